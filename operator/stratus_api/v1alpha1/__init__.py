@@ -1,0 +1,26 @@
+"""stratus.io/v1alpha1: every Stratus kind, one module each."""
+
+from stratus_api.v1alpha1.base import API_VERSION, GROUP, VERSION, Condition, Resource
+from stratus_api.v1alpha1.hypervisor import Hypervisor
+from stratus_api.v1alpha1.image import Image
+from stratus_api.v1alpha1.instance import Instance
+from stratus_api.v1alpha1.instancetype import InstanceType
+from stratus_api.v1alpha1.network import Network
+from stratus_api.v1alpha1.volume import Volume
+
+KINDS: tuple[type[Resource], ...] = (Image, Volume, Network, Instance, InstanceType, Hypervisor)
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "VERSION",
+    "Condition",
+    "Hypervisor",
+    "Image",
+    "Instance",
+    "InstanceType",
+    "Network",
+    "Resource",
+    "Volume",
+]

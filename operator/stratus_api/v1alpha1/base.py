@@ -1,0 +1,273 @@
+"""Shared pieces of every Stratus resource: the model base, conditions, CRD facts, CEL rules."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+from stratus_api.quantity import ByteQuantity
+
+GROUP = "stratus.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "stratus"
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_MAX = 63
+
+
+class FieldError(ValueError):
+    """A cross-field rule broken by one field, named relative to the model that checks it.
+
+    stratus_api.validation appends `field` to the location pydantic reports, so messages name
+    the same path the API server names for the CEL twin of the rule.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule for `x-kubernetes-validations`; `field_path` points the error at a child."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: str | None = None
+
+    def as_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def rules(*items: Rule) -> dict[str, Any]:
+    """`json_schema_extra` carrying CEL rules, for a model's config or a field."""
+    return {"x-kubernetes-validations": [item.as_schema() for item in items]}
+
+
+def add_rules(schema: JsonSchemaValue, *items: Rule) -> JsonSchemaValue:
+    """Append CEL rules to a JSON schema, keeping any it already has."""
+    out = dict(schema)
+    out["x-kubernetes-validations"] = [
+        *out.get("x-kubernetes-validations", []),
+        *(item.as_schema() for item in items),
+    ]
+    return out
+
+
+class WithRules:
+    """`Annotated` marker adding CEL rules to a type's schema (no Python-side check)."""
+
+    def __init__(self, *items: Rule) -> None:
+        self.items = items
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return handler(source)
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return add_rules(handler(schema), *self.items)
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """`Annotated` marker: a ByteQuantity no smaller than `minimum`, checked in both places."""
+
+    minimum: str
+
+    def _check(self, value: ByteQuantity) -> ByteQuantity:
+        if value.bytes < ByteQuantity(self.minimum).bytes:
+            raise ValueError(f"must be at least {self.minimum}")
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return add_rules(
+            handler(schema),
+            Rule(
+                f"quantity(string(self)).compareTo(quantity('{self.minimum}')) >= 0",
+                f"must be at least {self.minimum}",
+            ),
+        )
+
+
+def immutable(what: str) -> dict[str, Any]:
+    """CEL transition rule refusing any change to a field after creation."""
+    return rules(Rule("self == oldSelf", f"{what} is immutable once created"))
+
+
+def list_map(*keys: str) -> dict[str, Any]:
+    """Schema markers for a list that is a map keyed by `keys` (merges by key under SSA)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class ApiModel(BaseModel):
+    """snake_case in Python, camelCase on the wire; unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        validate_assignment=True,
+        extra="forbid",
+        use_enum_values=False,
+        use_attribute_docstrings=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ConditionStatus(str, enum.Enum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """One aspect of the object's current state, in the standard Kubernetes shape."""
+
+    type: str = Field(description="Condition type in CamelCase, such as Ready or Scheduled.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="",
+        description="One CamelCase word a program can switch on, such as ImagePulled.",
+    )
+    message: str = Field(default="", description="What happened, for a person to read.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation this condition was set for."
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata Stratus reads; the API server owns the rest."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """An `additionalPrinterColumns` entry for `kubectl get`."""
+
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    description: str = ""
+    priority: int = 0
+
+    def as_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.description:
+            out["description"] = self.description
+        if self.priority:
+            out["priority"] = self.priority
+        return out
+
+
+AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
+
+
+@dataclass(frozen=True)
+class CrdInfo:
+    """What a CustomResourceDefinition says besides the schema."""
+
+    kind: str
+    plural: str
+    scope: Literal["Namespaced", "Cluster"]
+    short_names: tuple[str, ...]
+    printer_columns: tuple[PrinterColumn, ...]
+    categories: tuple[str, ...] = (CATEGORY,)
+    root_rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+class Resource(ApiModel):
+    """Root of every Stratus kind. CRD facts are class keyword arguments:
+
+    `class Image(Resource, plural="images", scope="Namespaced", short_names=("img",), ...)`
+    """
+
+    crd: ClassVar[CrdInfo]
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: Literal["stratus.io/v1alpha1"] = Field(default=API_VERSION)
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+    def __init_subclass__(
+        cls,
+        *,
+        plural: str | None = None,
+        scope: Literal["Namespaced", "Cluster"] = "Namespaced",
+        short_names: tuple[str, ...] = (),
+        printer_columns: tuple[PrinterColumn, ...] = (),
+        root_rules: tuple[Rule, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if plural is not None:
+            cls.crd = CrdInfo(
+                kind=cls.__name__,
+                plural=plural,
+                scope=scope,
+                short_names=short_names,
+                printer_columns=(*printer_columns, AGE),
+                root_rules=root_rules,
+            )
+
+
+class DnsLabelObjectMeta(ObjectMeta):
+    """Metadata of a kind whose name becomes a node-side name (a guest's hostname)."""
+
+    name: str | None = Field(
+        default=None,
+        max_length=DNS_LABEL_MAX,
+        pattern=DNS_LABEL_PATTERN,
+        description="A DNS label: lowercase letters, digits and '-', at most 63 characters.",
+    )

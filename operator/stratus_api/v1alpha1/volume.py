@@ -1,0 +1,138 @@
+"""Volume: a block device that outlives instances (Cinder's volume)."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import ConfigDict, Field, model_validator
+
+from stratus_api.quantity import ByteQuantity
+from stratus_api.v1alpha1.base import (
+    DNS_LABEL_MAX,
+    ApiModel,
+    Condition,
+    FieldError,
+    PrinterColumn,
+    Resource,
+    Rule,
+    immutable,
+    list_map,
+    rules,
+)
+from stratus_api.v1alpha1.instancetype import DiskSize
+
+RESOURCE_NAME_MAX = 253
+
+
+class VolumeBackend(str, enum.Enum):
+    FILE = "file"
+    CEPH = "ceph"
+    LVM = "lvm"
+
+
+class VolumePhase(str, enum.Enum):
+    PENDING = "Pending"
+    CREATING = "Creating"
+    AVAILABLE = "Available"
+    IN_USE = "InUse"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+class VolumeSource(ApiModel):
+    """What the volume starts with. Neither field set: a blank volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            Rule("!(has(self.image) && has(self.volume))", "set at most one of image or volume")
+        )
+    )
+
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=RESOURCE_NAME_MAX,
+        description="Name of an Image in the same namespace to copy in.",
+    )
+    volume: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=RESOURCE_NAME_MAX,
+        description="Name of a Volume in the same namespace to clone.",
+    )
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> VolumeSource:
+        if self.image is not None and self.volume is not None:
+            raise FieldError("", "set at most one of image or volume")
+        return self
+
+
+class VolumeSpec(ApiModel):
+    """Size, backend and initial content of a volume."""
+
+    size: DiskSize = Field(
+        description="Size as a quantity, such as 10Gi. It can grow but never shrink.",
+        json_schema_extra=rules(
+            Rule(
+                "quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0",
+                "size can grow but never shrink",
+            )
+        ),
+    )
+    backend: VolumeBackend = Field(
+        default=VolumeBackend.FILE,
+        description="Where the data lives: file (qcow2 on the node), ceph (RBD) or lvm. "
+        "Immutable.",
+        json_schema_extra=immutable("backend"),
+    )
+    source: VolumeSource | None = Field(
+        default=None,
+        description="Initial content. Unset: blank. Immutable.",
+        json_schema_extra=immutable("source"),
+    )
+
+
+class VolumeStatus(ApiModel):
+    """Where the volume is and who uses it."""
+
+    phase: VolumePhase = Field(default=VolumePhase.PENDING, description="Lifecycle phase.")
+    size: ByteQuantity | None = Field(default=None, description="Size as provisioned.")
+    node: str | None = Field(
+        default=None, description="Hypervisor holding the data, for node-local backends."
+    )
+    location: str | None = Field(
+        default=None, description="Backend location: a file path, an RBD pool/image or an LV."
+    )
+    attached_to: str | None = Field(
+        default=None, max_length=DNS_LABEL_MAX, description="Instance using the volume."
+    )
+    progress: int | None = Field(
+        default=None, ge=0, le=100, description="Copy progress in percent while creating."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Current state: Ready says whether the volume can be attached.",
+        json_schema_extra=list_map("type"),
+    )
+
+
+class Volume(
+    Resource,
+    plural="volumes",
+    short_names=("vol",),
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Size", ".spec.size"),
+        PrinterColumn("Backend", ".spec.backend"),
+        PrinterColumn("AttachedTo", ".status.attachedTo"),
+    ),
+):
+    """A block device that lives on after the instance using it is gone (Cinder's volume)."""
+
+    kind: str = "Volume"
+    spec: VolumeSpec = Field(description="Size, backend and initial content.")
+    status: VolumeStatus | None = Field(default=None, description="Where the volume is.")

@@ -1,0 +1,106 @@
+"""`stratus`: one command for every Stratus process and developer task."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from stratus_api import crdgen
+from stratus_devcloud import controlplane
+
+REPO_ROOT = controlplane.REPO_ROOT
+STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=controlplane.default_state_dir,
+    show_default="~/.local/state/stratus/dev",
+    help="Where the local cloud keeps its data, certificates, logs and kubeconfig.",
+)
+
+
+@click.group()
+def cli() -> None:
+    """Stratus: virtual machines on Kubernetes."""
+
+
+@cli.group()
+def dev() -> None:
+    """The all-in-one local cloud, for development and tests."""
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def up(state_dir: Path) -> None:
+    """Start the local control plane (or find it running) and install the CRDs.
+
+    Prints the `export` lines for KUBECONFIG and PATH on stdout, so
+    `eval "$(stratus dev up)"` sets up the calling shell.
+    """
+    plane = controlplane.LocalControlPlane(state_dir)
+    start = time.monotonic()
+    already = plane.running()
+    try:
+        plane.up(crd_dir=REPO_ROOT / "crds")
+    except controlplane.ControlPlaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    verb = "already up" if len(already) == len(plane.daemons()) else "up"
+    click.echo(
+        f"stratus dev: control plane {verb} at {plane.server_url} "
+        f"({time.monotonic() - start:.1f} s); logs in {plane.state_dir / 'logs'}",
+        err=True,
+    )
+    click.echo(f"export KUBECONFIG={plane.kubeconfig}")
+    click.echo(f"export PATH={plane.user_bin_dir}:$PATH")
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def down(state_dir: Path) -> None:
+    """Stop every process of the local cloud. Its data stays in the state directory."""
+    plane = controlplane.LocalControlPlane(state_dir)
+    if not (plane.state_dir / "run").exists():
+        click.echo(f"stratus dev: nothing running in {plane.state_dir}", err=True)
+        return
+    stopped = plane.down()
+    click.echo(f"stratus dev: stopped {', '.join(stopped) or 'nothing'}", err=True)
+
+
+@dev.command()
+@STATE_DIR_OPTION
+def status(state_dir: Path) -> None:
+    """Say which processes of the local cloud run; exit 1 when the API is not ready."""
+    plane = controlplane.LocalControlPlane(state_dir)
+    if not (plane.state_dir / "ports.json").exists():
+        click.echo(f"no local cloud in {plane.state_dir}")
+        sys.exit(1)
+    for daemon in plane.daemons():
+        pid = daemon.pid()
+        click.echo(f"{daemon.name:<26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    ready = plane.ready()
+    click.echo(f"{'API ' + plane.server_url:<26} {'ready' if ready else 'not ready'}")
+    sys.exit(0 if ready else 1)
+
+
+@dev.command("gen-crds")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO_ROOT / "crds",
+    show_default="crds/",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files differ.")
+def gen_crds(output: Path, check: bool) -> None:
+    """Generate the CustomResourceDefinitions from the stratus_api models."""
+    if check:
+        stale = crdgen.diff(output)
+        if stale:
+            raise click.ClickException(
+                f"out of date in {output}: {', '.join(stale)}; run `stratus dev gen-crds`"
+            )
+        click.echo(f"{output} is up to date")
+        return
+    for path in crdgen.write(output):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,1 @@
+"""The all-in-one local cloud for development and tests: `stratus dev up` / `dev down`."""
