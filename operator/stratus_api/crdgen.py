@@ -68,17 +68,17 @@ def _structural(node: Schema, defs: dict[str, Schema]) -> Schema:
         rest = {key: value for key, value in node.items() if key != "anyOf"}
         if len(branches) == 1:
             # `X | None`: the field may be absent or null.
-            node = {**_resolve(branches[0], defs), **rest, "nullable": True}
-            if "x-kubernetes-validations" in branches[0]:
-                node["x-kubernetes-validations"] = (
-                    branches[0]["x-kubernetes-validations"] + rest.get("x-kubernetes-validations", [])
-                )
+            target = _resolve(branches[0], defs)
+            node = {**target, **rest, "nullable": True}
+            rules = target.get("x-kubernetes-validations", []) + rest.get(
+                "x-kubernetes-validations", []
+            )
+            if rules:
+                node["x-kubernetes-validations"] = rules
         else:
             node = {**rest, "anyOf": branches}
     if node.get("default", 0) is None:
         del node["default"]
-    if node.get("nullable") and "x-kubernetes-int-or-string" in node:
-        node["nullable"] = True
     out: Schema = {}
     for key, value in node.items():
         if key in _DROPPED:

@@ -124,4 +124,11 @@ class ByteQuantity(str):
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "isQuantity(string(self)) && quantity(string(self)).isInteger() "
+                    "&& quantity(string(self)).compareTo(quantity('0')) >= 0",
+                    "message": "must be a whole, non-negative number of bytes",
+                }
+            ],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -60,9 +61,20 @@ class Rule:
         return out
 
 
-def rules(*items: Rule) -> dict[str, Any]:
-    """`json_schema_extra` carrying CEL rules, for a model's config or a field."""
-    return {"x-kubernetes-validations": [item.as_schema() for item in items]}
+def rules(*items: Rule) -> Callable[..., None]:
+    """`json_schema_extra` adding CEL rules to a model's or a field's schema.
+
+    A callable rather than a dict, so the rules are appended to those the field's type
+    already carries (a dict would replace them).
+    """
+
+    def extra(schema: JsonSchemaValue, *_: Any) -> None:
+        schema["x-kubernetes-validations"] = [
+            *schema.get("x-kubernetes-validations", []),
+            *(item.as_schema() for item in items),
+        ]
+
+    return extra
 
 
 def add_rules(schema: JsonSchemaValue, *items: Rule) -> JsonSchemaValue:
@@ -120,7 +132,7 @@ class AtLeast:
         )
 
 
-def immutable(what: str) -> dict[str, Any]:
+def immutable(what: str) -> Callable[..., None]:
     """CEL transition rule refusing any change to a field after creation."""
     return rules(Rule("self == oldSelf", f"{what} is immutable once created"))
 

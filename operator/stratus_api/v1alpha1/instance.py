@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from stratus_api.v1alpha1.base import (
     ApiModel,
@@ -19,7 +19,7 @@ from stratus_api.v1alpha1.base import (
     rules,
 )
 from stratus_api.v1alpha1.instancetype import MAX_CPU, DiskSize, Memory
-from stratus_api.v1alpha1.network import IpText, parse_ip
+from stratus_api.v1alpha1.network import IpText
 from stratus_api.v1alpha1.volume import RESOURCE_NAME_MAX
 
 MAC_PATTERN = r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$"
@@ -106,13 +106,6 @@ class NetworkAttachment(ApiModel):
         description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56). Unset: "
         "generated.",
     )
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_ip(value)
-        return value
 
 
 class VolumeAttachment(ApiModel):

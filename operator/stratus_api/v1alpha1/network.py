@@ -6,7 +6,7 @@ import enum
 import ipaddress
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from stratus_api.v1alpha1.base import (
     ApiModel,
@@ -61,9 +61,23 @@ CIDR_RULE = Rule(
 )
 IP_RULE = Rule("isIP(self)", "must be an IP address")
 
-# Strings checked by CEL in the API server and by the validators below in Python.
-CidrText = Annotated[str, Field(max_length=43), WithRules(CIDR_RULE)]
-IpText = Annotated[str, Field(max_length=39), WithRules(IP_RULE)]
+
+
+def _check_cidr(text: str) -> str:
+    parse_cidr(text)
+    return text
+
+
+def _check_ip(text: str) -> str:
+    parse_ip(text)
+    return text
+
+
+# Strings checked by CEL in the API server and by the same rule in Python.
+CidrText = Annotated[
+    str, Field(max_length=43), AfterValidator(_check_cidr), WithRules(CIDR_RULE)
+]
+IpText = Annotated[str, Field(max_length=39), AfterValidator(_check_ip), WithRules(IP_RULE)]
 
 
 def overlap_free(cidrs: str, field: str, what: str) -> Rule:
@@ -120,33 +134,6 @@ class Subnet(ApiModel):
         max_length=MAX_DNS_SERVERS,
         description="DNS servers given to instances.",
     )
-
-    @field_validator("cidr")
-    @classmethod
-    def _cidr(cls, value: str) -> str:
-        parse_cidr(value)
-        return value
-
-    @field_validator("gateway")
-    @classmethod
-    def _gateway(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_ip(value)
-        return value
-
-    @field_validator("allocation_pools")
-    @classmethod
-    def _pools(cls, value: list[str] | None) -> list[str] | None:
-        for pool in value or []:
-            parse_cidr(pool)
-        return value
-
-    @field_validator("dns_servers")
-    @classmethod
-    def _dns(cls, value: list[str] | None) -> list[str] | None:
-        for server in value or []:
-            parse_ip(server)
-        return value
 
     @model_validator(mode="after")
     def _inside_cidr(self) -> Subnet:

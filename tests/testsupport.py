@@ -1,0 +1,63 @@
+"""Helpers shared by the test folders (on sys.path through pytest's `pythonpath`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stratus_devcloud import controlplane
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_yaml_documents(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def bad_object_cases() -> list[dict[str, Any]]:
+    """tests/data/bad_objects.yaml: objects that break one rule each."""
+    cases: list[dict[str, Any]] = load_yaml_documents(REPO_ROOT / "tests/data/bad_objects.yaml")[0]
+    return cases
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    bin_dir: Path
+    local: controlplane.LocalControlPlane | None
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a process that talks to this cluster (kopf, kubectl)."""
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
+        }
+
+
