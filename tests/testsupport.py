@@ -39,6 +39,7 @@ class Cluster:
             [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
+            check=False,
             text=True,
             timeout=timeout,
         )
@@ -59,5 +60,3 @@ class Cluster:
             "KUBECONFIG": str(self.kubeconfig),
             "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
         }
-
-

@@ -200,7 +200,10 @@ def write(directory: Path) -> list[Path]:
 def diff(directory: Path) -> list[str]:
     """Names of files in `directory` that differ from what the generator writes."""
     files = generate()
-    out = [name for name, content in files.items()
-           if not (directory / name).exists() or (directory / name).read_text() != content]
+    out = [
+        name
+        for name, content in files.items()
+        if not (directory / name).exists() or (directory / name).read_text() != content
+    ]
     out += [p.name for p in directory.glob(f"{GROUP}_*.yaml") if p.name not in files]
     return sorted(out)

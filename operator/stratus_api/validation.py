@@ -27,7 +27,7 @@ class FieldProblem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class InvalidObject(ValueError):
+class InvalidObjectError(ValueError):
     """The object breaks one or more rules; `problems` names each field."""
 
     def __init__(self, kind: str, name: str | None, problems: Sequence[FieldProblem]) -> None:
@@ -72,15 +72,16 @@ def model_for(kind: str) -> type[Resource]:
         return _BY_KIND[kind]
     except KeyError:
         known = ", ".join(sorted(_BY_KIND))
-        raise InvalidObject(kind, None, [FieldProblem("kind", f"unknown kind (one of {known})")])
+        problem = FieldProblem("kind", f"unknown kind (one of {known})")
+        raise InvalidObjectError(kind, None, [problem]) from None
 
 
 def validate(obj: Mapping[str, Any]) -> Resource:
-    """Parse a wire-format object of any Stratus kind, or raise InvalidObject."""
+    """Parse a wire-format object of any Stratus kind, or raise InvalidObjectError."""
     kind = str(obj.get("kind", ""))
     model = model_for(kind)
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
         name = (obj.get("metadata") or {}).get("name")
-        raise InvalidObject(kind, name, problems_of(exc)) from None
+        raise InvalidObjectError(kind, name, problems_of(exc)) from None

@@ -61,7 +61,7 @@ def kube_bin_dir() -> Path:
         )
     if not script.exists():
         return Path(os.environ["STRATUS_KUBE_BIN_DIR"])
-    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         raise ControlPlaneError(f"{script} failed (exit {result.returncode}); see its output")
     return Path(result.stdout.strip().splitlines()[-1])
@@ -271,9 +271,7 @@ class LocalControlPlane:
         )
 
     def apply_crds(self, crd_dir: Path) -> None:
-        apply_and_establish_crds(
-            lambda *args: self.kubectl_run(*args, check=False), crd_dir
-        )
+        apply_and_establish_crds(lambda *args: self.kubectl_run(*args, check=False), crd_dir)
 
 
 def apply_and_establish_crds(
@@ -281,14 +279,18 @@ def apply_and_establish_crds(
 ) -> None:
     """Server-side apply every CRD in `crd_dir` and wait until each is Established."""
     applied = kubectl(
-        "apply", "--server-side", "--force-conflicts", "--field-manager=stratus", "-f",
-        str(crd_dir), "-o", "name",
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=stratus",
+        "-f",
+        str(crd_dir),
+        "-o",
+        "name",
     )
     if applied.returncode != 0:
         raise ControlPlaneError(f"applying {crd_dir} failed: {applied.stderr.strip()}")
     names = applied.stdout.split()
-    waited = kubectl(
-        "wait", "--for=condition=Established", f"--timeout={timeout_seconds}s", *names
-    )
+    waited = kubectl("wait", "--for=condition=Established", f"--timeout={timeout_seconds}s", *names)
     if waited.returncode != 0:
         raise ControlPlaneError(f"CRDs not Established: {waited.stderr.strip()}")

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testsupport import REPO_ROOT, Cluster
 
 from stratus_devcloud import controlplane
+from testsupport import REPO_ROOT, Cluster
 
 
 @pytest.fixture(scope="session")

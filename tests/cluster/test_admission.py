@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from testsupport import REPO_ROOT, Cluster, bad_object_cases, load_yaml_documents
+
+from testsupport import REPO_ROOT, Cluster, bad_object_cases
 
 CASES = bad_object_cases()
 
@@ -52,7 +53,14 @@ def test_immutable_fields_refuse_changes(
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(REPO_ROOT / "examples" / f"{kind}.yaml"))
     result = cluster.kubectl(
-        "patch", kind, name, "-n", namespace, "--type=merge", "-p", json.dumps(patch),
+        "patch",
+        kind,
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
         check=False,
     )
     assert result.returncode != 0, result.stdout
@@ -61,6 +69,14 @@ def test_immutable_fields_refuse_changes(
 
 def test_volume_can_grow(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(REPO_ROOT / "examples" / "volume.yaml"))
-    cluster.kubectl("patch", "volume", "data", "-n", namespace, "--type=merge", "-p",
-                    '{"spec": {"size": "2Gi"}}')
+    cluster.kubectl(
+        "patch",
+        "volume",
+        "data",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"size": "2Gi"}}',
+    )
     assert cluster.get_json("volume", "data", "-n", namespace)["spec"]["size"] == "2Gi"

@@ -159,7 +159,7 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-class ConditionStatus(str, enum.Enum):
+class ConditionStatus(enum.StrEnum):
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
@@ -248,7 +248,7 @@ class Resource(ApiModel):
     crd: ClassVar[CrdInfo]
     model_config = ConfigDict(extra="forbid")
 
-    api_version: Literal["stratus.io/v1alpha1"] = Field(default=API_VERSION)
+    api_version: Literal["stratus.io/v1alpha1"] = "stratus.io/v1alpha1"
     kind: str
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,7 +15,7 @@ from stratus_api.v1alpha1.volume import RESOURCE_NAME_MAX
 AGENT_URL_PATTERN = r"^https?://[^\s/?#]+(:[0-9]+)?(/\S*)?$"
 
 
-class VirtType(str, enum.Enum):
+class VirtType(enum.StrEnum):
     KVM = "kvm"
     QEMU = "qemu"
 
@@ -35,9 +36,7 @@ class HypervisorSpec(ApiModel):
         pattern=AGENT_URL_PATTERN,
         description="Base URL of the node agent, such as https://10.0.0.5:8441.",
     )
-    token_secret_ref: TokenSecretRef = Field(
-        description="Secret holding the agent's bearer token."
-    )
+    token_secret_ref: TokenSecretRef = Field(description="Secret holding the agent's bearer token.")
     schedulable: bool = Field(
         default=True, description="false: keep running instances but place no new ones."
     )
@@ -60,9 +59,7 @@ class HypervisorStatus(ApiModel):
     allocatable: Resources | None = Field(
         default=None, description="What instances may use, after the node's reserve."
     )
-    allocated: Resources | None = Field(
-        default=None, description="What instances placed here use."
-    )
+    allocated: Resources | None = Field(default=None, description="What instances placed here use.")
     heartbeat: datetime | None = Field(default=None, description="Last successful health check.")
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
@@ -89,6 +86,6 @@ class Hypervisor(
 ):
     """A node running the Stratus agent, as the operator sees it (nova-compute's record)."""
 
-    kind: str = "Hypervisor"
+    kind: Literal["Hypervisor"] = "Hypervisor"
     spec: HypervisorSpec = Field(description="How to reach the agent.")
     status: HypervisorStatus | None = Field(default=None, description="What the agent reports.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from pydantic import Field
 
@@ -21,13 +22,13 @@ SHA256_PATTERN = r"^[a-f0-9]{64}$"
 HTTP_URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
 
 
-class DiskFormat(str, enum.Enum):
+class DiskFormat(enum.StrEnum):
     QCOW2 = "qcow2"
     RAW = "raw"
     ISO = "iso"
 
 
-class ImagePhase(str, enum.Enum):
+class ImagePhase(enum.StrEnum):
     PENDING = "Pending"
     DOWNLOADING = "Downloading"
     READY = "Ready"
@@ -113,6 +114,6 @@ class Image(
 ):
     """A disk image that instances and volumes can be created from (Glance's image)."""
 
-    kind: str = "Image"
+    kind: Literal["Image"] = "Image"
     spec: ImageSpec = Field(description="What image to import.")
     status: ImageStatus | None = Field(default=None, description="What the import found.")

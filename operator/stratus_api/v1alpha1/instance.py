@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -32,12 +32,12 @@ MAX_SSH_KEYS = 16
 SshKey = Annotated[str, Field(max_length=16384, pattern=SSH_KEY_PATTERN)]
 
 
-class RunStrategy(str, enum.Enum):
+class RunStrategy(enum.StrEnum):
     ALWAYS = "Always"
     HALTED = "Halted"
 
 
-class InstancePhase(str, enum.Enum):
+class InstancePhase(enum.StrEnum):
     PENDING = "Pending"
     SCHEDULING = "Scheduling"
     PROVISIONING = "Provisioning"
@@ -103,8 +103,7 @@ class NetworkAttachment(ApiModel):
     mac: str | None = Field(
         default=None,
         pattern=MAC_PATTERN,
-        description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56). Unset: "
-        "generated.",
+        description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56). Unset: generated.",
     )
 
 
@@ -237,7 +236,7 @@ class Instance(
 ):
     """A virtual machine (Nova's server). Its name becomes the guest's hostname."""
 
-    kind: str = "Instance"
+    kind: Literal["Instance"] = "Instance"
     metadata: DnsLabelObjectMeta = Field(default_factory=DnsLabelObjectMeta)
     spec: InstanceSpec = Field(description="What to run.")
     status: InstanceStatus | None = Field(default=None, description="How it runs.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -43,5 +43,5 @@ class InstanceType(
 ):
     """A named instance size, shared by all namespaces (like a Nova flavor)."""
 
-    kind: str = "InstanceType"
+    kind: Literal["InstanceType"] = "InstanceType"
     spec: InstanceTypeSpec = Field(description="The size an Instance of this type gets.")

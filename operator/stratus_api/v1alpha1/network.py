@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
@@ -31,7 +31,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class NetworkType(str, enum.Enum):
+class NetworkType(enum.StrEnum):
     OVERLAY = "overlay"
     VLAN = "vlan"
     FLAT = "flat"
@@ -62,7 +62,6 @@ CIDR_RULE = Rule(
 IP_RULE = Rule("isIP(self)", "must be an IP address")
 
 
-
 def _check_cidr(text: str) -> str:
     parse_cidr(text)
     return text
@@ -74,9 +73,7 @@ def _check_ip(text: str) -> str:
 
 
 # Strings checked by CEL in the API server and by the same rule in Python.
-CidrText = Annotated[
-    str, Field(max_length=43), AfterValidator(_check_cidr), WithRules(CIDR_RULE)
-]
+CidrText = Annotated[str, Field(max_length=43), AfterValidator(_check_cidr), WithRules(CIDR_RULE)]
 IpText = Annotated[str, Field(max_length=39), AfterValidator(_check_ip), WithRules(IP_RULE)]
 
 
@@ -200,18 +197,16 @@ class NetworkSpec(ApiModel):
 
     @model_validator(mode="after")
     def _segment_and_subnets(self) -> NetworkSpec:
-        if self.segmentation_id is not None:
-            if self.type is NetworkType.FLAT or (
-                self.type is NetworkType.VLAN and self.segmentation_id > VLAN_MAX
-            ):
-                raise FieldError(
-                    "segmentationId",
-                    f"segmentationId is a VLAN id (1-{VLAN_MAX}) for type vlan, a VNI "
-                    f"(1-{VNI_MAX}) for type overlay, and must be unset for type flat",
-                )
+        vlan_too_big = self.type is NetworkType.VLAN and (self.segmentation_id or 0) > VLAN_MAX
+        if self.segmentation_id is not None and (self.type is NetworkType.FLAT or vlan_too_big):
+            raise FieldError(
+                "segmentationId",
+                f"segmentationId is a VLAN id (1-{VLAN_MAX}) for type vlan, a VNI "
+                f"(1-{VNI_MAX}) for type overlay, and must be unset for type flat",
+            )
         networks = [subnet.network for subnet in self.subnets]
         for index, network in enumerate(networks):
-            if any(network.overlaps(other) for other in networks[index + 1 :]):  # type: ignore[arg-type]
+            if any(network.overlaps(other) for other in networks[index + 1 :]):
                 raise FieldError("subnets", "subnets must not overlap")
         return self
 
@@ -245,7 +240,7 @@ class Network(
 ):
     """An L2 segment and its subnets that instances attach to (Neutron network + subnet)."""
 
-    kind: str = "Network"
+    kind: Literal["Network"] = "Network"
     spec: NetworkSpec = Field(description="How the segment is built, which addresses it has.")
     status: NetworkStatus | None = Field(default=None, description="What was allocated.")
 

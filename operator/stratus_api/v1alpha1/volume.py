@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -24,13 +25,13 @@ from stratus_api.v1alpha1.instancetype import DiskSize
 RESOURCE_NAME_MAX = 253
 
 
-class VolumeBackend(str, enum.Enum):
+class VolumeBackend(enum.StrEnum):
     FILE = "file"
     CEPH = "ceph"
     LVM = "lvm"
 
 
-class VolumePhase(str, enum.Enum):
+class VolumePhase(enum.StrEnum):
     PENDING = "Pending"
     CREATING = "Creating"
     AVAILABLE = "Available"
@@ -82,8 +83,7 @@ class VolumeSpec(ApiModel):
     )
     backend: VolumeBackend = Field(
         default=VolumeBackend.FILE,
-        description="Where the data lives: file (qcow2 on the node), ceph (RBD) or lvm. "
-        "Immutable.",
+        description="Where the data lives: file (qcow2 on the node), ceph (RBD) or lvm. Immutable.",
         json_schema_extra=immutable("backend"),
     )
     source: VolumeSource | None = Field(
@@ -133,6 +133,6 @@ class Volume(
 ):
     """A block device that lives on after the instance using it is gone (Cinder's volume)."""
 
-    kind: str = "Volume"
+    kind: Literal["Volume"] = "Volume"
     spec: VolumeSpec = Field(description="Size, backend and initial content.")
     status: VolumeStatus | None = Field(default=None, description="Where the volume is.")

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from testsupport import REPO_ROOT, bad_object_cases, load_yaml_documents
 
 from stratus_api import validation
+from testsupport import REPO_ROOT, bad_object_cases, load_yaml_documents
 
 CASES = bad_object_cases()
 
@@ -18,7 +18,7 @@ CASES = bad_object_cases()
 @pytest.mark.parametrize("case", CASES, ids=[c["case"] for c in CASES])
 def test_models_refuse_naming_the_field(case: dict[str, Any]) -> None:
     obj = {"apiVersion": "stratus.io/v1alpha1", **case["object"]}
-    with pytest.raises(validation.InvalidObject) as caught:
+    with pytest.raises(validation.InvalidObjectError) as caught:
         validation.validate(obj)
     paths = {problem.path: problem.message for problem in caught.value.problems}
     assert case["field"] in paths, f"models named {sorted(paths)}, expected {case['field']}"

@@ -1,0 +1,1 @@
+"""The Stratus operator: kopf handlers (thin) over plain controllers, scheduler and IPAM."""
