@@ -175,6 +175,8 @@ class LocalControlPlane:
             f"--kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
             f"--controllers={','.join(CONTROLLERS)}",
             "--leader-elect=false",
+            # Each controller acts as its own service account, with the roles RBAC bootstraps.
+            "--use-service-account-credentials=true",
             "--secure-port=0",
             f"--service-account-private-key-file={p / 'sa.key'}",
             f"--root-ca-file={p / 'ca.crt'}",

@@ -38,7 +38,10 @@ class Daemon:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if _cmdline(pid)[:1] == [self.argv[0]]:
+        cmdline = _cmdline(pid)
+        # Right after exec the new cmdline can still read empty for a moment: count a live
+        # process with no cmdline yet as ours.
+        if cmdline[:1] == [self.argv[0]] or (not cmdline and _alive(pid)):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None

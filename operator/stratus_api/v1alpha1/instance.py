@@ -148,7 +148,9 @@ class InstanceSpec(ApiModel):
     )
     cpu: int | None = Field(default=None, ge=1, le=MAX_CPU, description="Virtual CPUs.")
     memory: Memory | None = Field(default=None, description="Guest memory, such as 1Gi.")
-    boot: BootSource = Field(description="What the root disk is made from.")
+    boot: BootSource = Field(
+        description="What the root disk is made from: exactly one of image or volume."
+    )
     networks: list[NetworkAttachment] = Field(
         default_factory=list,
         max_length=MAX_NICS,
