@@ -221,11 +221,18 @@ class LocalControlPlane:
     def up(self, crd_dir: Path | None = None) -> None:
         """Start what is not running, wait for /readyz, apply and establish the CRDs."""
         self.prepare()
-        for daemon in self.daemons():
+        started = [daemon for daemon in self.daemons() if not daemon.running()]
+        for daemon in started:
             daemon.start()
-        self.wait_ready()
-        if crd_dir is not None:
-            self.apply_crds(crd_dir)
+        try:
+            self.wait_ready()
+            if crd_dir is not None:
+                self.apply_crds(crd_dir)
+        except ControlPlaneError:
+            # Leave nothing half-started behind; the logs stay for the error message.
+            for daemon in reversed(started):
+                daemon.stop()
+            raise
 
     def down(self) -> list[str]:
         """Stop every daemon; return the names of those that were running."""

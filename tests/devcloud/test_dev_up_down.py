@@ -39,15 +39,15 @@ def pids(state_dir: Path) -> dict[str, str]:
 
 def test_up_twice_down_and_up_again(tmp_path: Path) -> None:
     state = tmp_path / "dev"
-    first = stratus("dev", "up", "--state-dir", str(state))
-    assert first.returncode == 0, first.stderr
     kubeconfig = state / "kubeconfig"
-    assert first.stdout.splitlines() == [
-        f"export KUBECONFIG={kubeconfig}",
-        f"export PATH={state / 'bin'}:$PATH",
-    ]
     kubectl = [str(state / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
     try:
+        first = stratus("dev", "up", "--state-dir", str(state))
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.splitlines() == [
+            f"export KUBECONFIG={kubeconfig}",
+            f"export PATH={state / 'bin'}:$PATH",
+        ]
         started = pids(state)
         assert set(started) == {"etcd", "kube-apiserver", "kube-controller-manager"}
 
