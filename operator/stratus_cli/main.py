@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,28 @@ STATE_DIR_OPTION = click.option(
 @click.group()
 def cli() -> None:
     """Stratus: virtual machines on Kubernetes."""
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Agent configuration (YAML).",
+)
+def agent(config_path: Path) -> None:
+    """Run the node agent: the HTTPS API that runs guests on this node."""
+    from stratus_agent import config as agent_config
+    from stratus_agent import main as agent_main
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = agent_config.load(config_path)
+        settings.read_token()
+    except (agent_config.ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    asyncio.run(agent_main.serve(settings))
 
 
 @cli.group()

@@ -1,7 +1,7 @@
 """Background daemons with a pid file and a log file each, that outlive the starting command.
 
 A pid file alone can point at a recycled pid, so a process counts as ours only while its
-/proc cmdline still starts with the binary we launched.
+/proc cmdline still names the binary we launched.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class Daemon:
     argv: tuple[str, ...]
     run_dir: Path
     log_dir: Path
+    # The binary the process ends up running, when argv starts with a wrapper (unshare).
+    exe: str | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -39,9 +41,10 @@ class Daemon:
         except (FileNotFoundError, ValueError):
             return None
         cmdline = _cmdline(pid)
-        # Right after exec the new cmdline can still read empty for a moment: count a live
-        # process with no cmdline yet as ours.
-        if cmdline[:1] == [self.argv[0]] or (not cmdline and _alive(pid)):
+        exe = self.exe or self.argv[0]
+        # Through a wrapper the binary shows up inside an argument until the final exec;
+        # right after an exec the cmdline can read empty for a moment.
+        if any(exe in part for part in cmdline) or (not cmdline and _alive(pid)):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None

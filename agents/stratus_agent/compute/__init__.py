@@ -1,0 +1,1 @@
+"""Compute drivers: turn guest specs into running guests (libvirt, or in memory)."""

@@ -1,0 +1,256 @@
+"""The libvirt compute driver: the only module that imports libvirt.
+
+`LibvirtHost` owns the connection and libvirt's event loop thread; `LibvirtGuest` wraps one
+domain with the verbs the driver needs; `LibvirtComputeDriver` maps guest specs onto them.
+Every libvirt call runs in a worker thread, never on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import libvirt
+
+from stratus_agent.compute import domain_builder, domain_xml
+from stratus_agent.compute.base import GuestListener
+from stratus_agent.compute.domain_builder import NodeFacts
+from stratus_api import naming
+from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 20.0
+_EVENT_LOOP_LOCK = threading.Lock()
+_event_loop_started = False
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: GuestState.PROVISIONING,
+    libvirt.VIR_DOMAIN_RUNNING: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: GuestState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: GuestState.RUNNING,  # shutting down, still there
+    libvirt.VIR_DOMAIN_SHUTOFF: GuestState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: GuestState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: GuestState.PAUSED,
+}
+
+
+def _event_state(event: int, detail: int) -> GuestState | None:
+    """The state a lifecycle event leaves a guest in; None for events that change none."""
+    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+        failed = (libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+        return GuestState.CRASHED if detail in failed else GuestState.STOPPED
+    return {
+        libvirt.VIR_DOMAIN_EVENT_STARTED: GuestState.RUNNING,
+        libvirt.VIR_DOMAIN_EVENT_RESUMED: GuestState.RUNNING,
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED: GuestState.PAUSED,
+        libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: GuestState.PAUSED,
+        libvirt.VIR_DOMAIN_EVENT_CRASHED: GuestState.CRASHED,
+        libvirt.VIR_DOMAIN_EVENT_UNDEFINED: GuestState.MISSING,
+    }.get(event)
+
+
+def _start_event_loop() -> None:
+    """libvirt delivers events only while its default event loop runs: once per process,
+    before the first connection, in a daemon thread."""
+    global _event_loop_started  # noqa: PLW0603 - process-wide by libvirt's own design
+    with _EVENT_LOOP_LOCK:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+class LibvirtGuest:
+    """One domain, with high-level verbs. Blocking: call from a worker thread."""
+
+    def __init__(self, domain: libvirt.virDomain) -> None:
+        self.domain = domain
+
+    @property
+    def uid(self) -> str | None:
+        return naming.instance_uid_of_domain(self.domain.name())
+
+    def state(self) -> GuestState:
+        code, _reason = self.domain.state()
+        return _STATES.get(code, GuestState.FAILED)
+
+    def running(self) -> bool:
+        return bool(self.domain.isActive())
+
+    def start(self) -> None:
+        if not self.running():
+            self.domain.create()
+
+    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """ACPI shutdown, then power off if the guest ignores it."""
+        if not self.running():
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            self.domain.shutdown()  # the guest may ignore ACPI: destroyed below
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.2)
+        if self.running():
+            self.destroy()
+
+    def destroy(self) -> None:
+        if self.running():
+            try:
+                self.domain.destroy()
+            except libvirt.libvirtError:
+                if self.running():
+                    raise
+
+    def undefine(self) -> None:
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        self.domain.undefineFlags(flags)
+
+    def vnc_port(self) -> int | None:
+        if not self.running():
+            return None
+        live = domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
+        ports = [g.port for g in live.devices.graphics if g.port is not None and g.port > 0]
+        return ports[0] if ports else None
+
+    def status(self, generation: int | None = None) -> GuestStatus:
+        assert self.uid is not None
+        return GuestStatus(
+            uid=self.uid, state=self.state(), generation=generation, vnc_port=self.vnc_port()
+        )
+
+
+class LibvirtHost:
+    """The libvirt connection: capabilities, lifecycle events, our guests. Blocking."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._callback_id: int | None = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None or not self._conn.isAlive():
+            self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    def virt_type(self) -> str:
+        """kvm when libvirt offers it for x86_64 guests, else qemu (TCG)."""
+        caps = domain_xml.parse(self.conn.getCapabilities())
+        types = {d.get("type") for d in caps.iterfind("guest/arch[@name='x86_64']/domain")}
+        return "kvm" if "kvm" in types else "qemu"
+
+    def capacity(self) -> tuple[int, int]:
+        _model, memory_mib, cpus, *_ = self.conn.getInfo()
+        return int(cpus), int(memory_mib) * 2**20
+
+    def watch(self, callback: Any) -> None:
+        self._callback_id = self.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            if self._callback_id is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.domainEventDeregisterAny(self._callback_id)
+            self._conn.close()
+            self._conn = None
+
+    def guest(self, uid: str) -> LibvirtGuest | None:
+        try:
+            return LibvirtGuest(self.conn.lookupByName(naming.domain_name(uid)))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def guests(self) -> list[LibvirtGuest]:
+        """Domains Stratus made (by name); others on the host are left alone."""
+        return [
+            LibvirtGuest(domain)
+            for domain in self.conn.listAllDomains()
+            if naming.instance_uid_of_domain(domain.name()) is not None
+        ]
+
+    def define(self, xml: str) -> LibvirtGuest:
+        return LibvirtGuest(self.conn.defineXML(xml))
+
+
+class LibvirtComputeDriver:
+    def __init__(self, uri: str = "qemu:///system", virt_type: str | None = None) -> None:
+        _start_event_loop()
+        self.host = LibvirtHost(uri)
+        self.virt_type = virt_type or "qemu"
+        self._forced_virt_type = virt_type
+        self._generations: dict[str, int] = {}
+
+    async def start(self, on_change: GuestListener) -> None:
+        loop = asyncio.get_running_loop()
+
+        def lifecycle(
+            _conn: Any, domain: libvirt.virDomain, event: int, detail: int, _opaque: Any
+        ) -> None:
+            # Runs in libvirt's event thread. No libvirt calls here (a call from inside a
+            # callback can stall the event loop it needs): map the event, hand it over.
+            uid = naming.instance_uid_of_domain(domain.name())
+            state = _event_state(event, detail)
+            if uid is None or state is None:
+                return
+            status = GuestStatus(uid=uid, state=state, generation=self._generations.get(uid))
+            loop.call_soon_threadsafe(on_change, status)
+
+        def connect() -> str:
+            self.host.watch(lifecycle)
+            return self._forced_virt_type or self.host.virt_type()
+
+        self.virt_type = await asyncio.to_thread(connect)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.host.close)
+
+    async def ensure(self, spec: GuestSpec, facts: NodeFacts) -> GuestStatus:
+        xml = domain_builder.build_domain(spec, facts).to_xml()
+
+        def apply() -> GuestStatus:
+            guest = self.host.define(xml)  # updates the persistent definition in place
+            if spec.power is PowerState.RUNNING:
+                guest.start()
+            else:
+                guest.stop()
+            return guest.status(spec.generation)
+
+        self._generations[spec.uid] = spec.generation
+        return await asyncio.to_thread(apply)
+
+    async def delete(self, uid: str) -> bool:
+        def remove() -> bool:
+            guest = self.host.guest(uid)
+            if guest is None:
+                return False
+            guest.destroy()
+            guest.undefine()
+            return True
+
+        self._generations.pop(uid, None)
+        return await asyncio.to_thread(remove)
+
+    async def list(self) -> list[GuestStatus]:
+        def collect() -> list[GuestStatus]:
+            return [g.status(self._generations.get(g.uid or "")) for g in self.host.guests()]
+
+        return await asyncio.to_thread(collect)
+
+    async def capacity(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self.host.capacity)

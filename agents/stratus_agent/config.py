@@ -1,0 +1,93 @@
+"""Agent configuration: one YAML file, read once at startup and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Section):
+    host: str = Field(default="127.0.0.1", description="Address the HTTPS API binds.")
+    port: int = Field(default=8441, ge=0, le=65535, description="0 picks a free port.")
+    tls_cert_file: Path | None = Field(default=None, description="PEM serving certificate.")
+    tls_key_file: Path | None = Field(default=None, description="PEM key of that certificate.")
+    insecure: bool = Field(
+        default=False, description="Serve plain HTTP. Only for a node's own loopback."
+    )
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> ListenConfig:
+        if not self.insecure and (self.tls_cert_file is None or self.tls_key_file is None):
+            raise ValueError(
+                "listen.tls_cert_file and listen.tls_key_file are required unless "
+                "listen.insecure is true"
+            )
+        return self
+
+
+class NetworkConfig(_Section):
+    bridge: str = Field(default="br-stratus", max_length=15, description="OVS bridge.")
+    datapath_type: Literal["system", "netdev"] = Field(
+        default="system", description="netdev: OVS userspace datapath, where no kernel module."
+    )
+
+
+class ReserveConfig(_Section):
+    """What the node keeps for itself; the rest is allocatable to guests."""
+
+    cpu: int = Field(default=0, ge=0)
+    memory_bytes: int = Field(default=512 * 2**20, ge=0)
+
+
+class AgentConfig(_Section):
+    node_name: str = Field(default_factory=socket.gethostname)
+    token_file: Path = Field(description="File holding the bearer token callers must send.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/stratus"),
+        description="Disks, seed ISOs, console logs and the image cache live here.",
+    )
+    compute: Literal["libvirt", "fake"] = "libvirt"
+    libvirt_uri: str = "qemu:///system"
+    listen: ListenConfig = Field(default_factory=lambda: ListenConfig(insecure=True))
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    reserve: ReserveConfig = Field(default_factory=ReserveConfig)
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="Event-stream heartbeat, so dead peers are noticed."
+    )
+
+    def read_token(self) -> str:
+        token = self.token_file.read_text().strip()
+        if len(token) < 16:
+            raise ConfigError(f"{self.token_file}: the token must be at least 16 characters")
+        mode = self.token_file.stat().st_mode
+        if mode & 0o077 and os.geteuid() == self.token_file.stat().st_uid:
+            raise ConfigError(f"{self.token_file}: must not be readable by others (chmod 600)")
+        return token
+
+
+class ConfigError(ValueError):
+    """The agent's configuration file is missing, unreadable or invalid."""
+
+
+def load(path: Path) -> AgentConfig:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError(f"invalid agent config {path}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,88 @@
+"""Assemble and run the agent from its configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from stratus_agent import config as agent_config
+from stratus_agent.compute.base import ComputeDriver
+from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent.disks import GuestFiles
+from stratus_agent.events import EventHub
+from stratus_agent.images import ImageCache
+from stratus_agent.manager import GuestManager, Provisioner
+from stratus_agent.ovs import OvsBridge
+from stratus_agent.provisioner import FakeProvisioner, NodeProvisioner
+from stratus_agent.server import create_app
+
+log = logging.getLogger("stratus.agent")
+
+
+async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHub]:
+    """Drivers by configuration, connected and ready."""
+    hub = EventHub()
+    compute: ComputeDriver
+    provisioner: Provisioner
+    if config.compute == "fake":
+        compute = FakeComputeDriver()
+        provisioner = FakeProvisioner(config.state_dir / "guests")
+    else:
+        from stratus_agent.compute.libvirt_driver import LibvirtComputeDriver
+
+        compute = LibvirtComputeDriver(config.libvirt_uri)
+        node = NodeProvisioner(
+            ImageCache(config.state_dir / "images"),
+            GuestFiles(config.state_dir / "guests"),
+            OvsBridge(config.network.bridge, config.network.datapath_type),
+            virt_type="qemu",
+        )
+        provisioner = node
+    manager = GuestManager(compute, provisioner, hub)
+    await manager.start()
+    if isinstance(provisioner, NodeProvisioner):
+        provisioner.virt_type = "kvm" if compute.virt_type == "kvm" else "qemu"
+    return manager, hub
+
+
+def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:
+    if listen.insecure:
+        return None
+    assert listen.tls_cert_file is not None and listen.tls_key_file is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listen.tls_cert_file, listen.tls_key_file)
+    return context
+
+
+async def serve(config: agent_config.AgentConfig) -> None:
+    token = config.read_token()
+    manager, hub = await build(config)
+    app = create_app(
+        manager, hub, token=token, node=config.node_name, heartbeat=config.heartbeat_seconds
+    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.listen.host, config.listen.port, ssl_context=_ssl_context(config.listen)
+    )
+    await site.start()
+    scheme = "http" if config.listen.insecure else "https"
+    log.info(
+        "agent for node %s serving %s://%s:%s (virt type %s)",
+        config.node_name, scheme, config.listen.host, config.listen.port,
+        manager.compute.virt_type,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("agent stopping; guests keep running")
+        await runner.cleanup()
+        await manager.stop()

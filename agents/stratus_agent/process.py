@@ -1,0 +1,39 @@
+"""Running node commands (qemu-img, ovs-vsctl) without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+class CommandError(RuntimeError):
+    def __init__(self, argv: tuple[str, ...], code: int, stderr: str) -> None:
+        super().__init__(f"{' '.join(argv)} exited {code}: {stderr.strip()}")
+        self.argv, self.code, self.stderr = argv, code, stderr
+
+
+@dataclass(frozen=True)
+class Output:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def run(*argv: str, check: bool = True, timeout: float = 120.0) -> Output:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise CommandError(argv, -9, f"timed out after {timeout:.0f} s") from None
+    code = process.returncode or 0
+    result = Output(code, out.decode(errors="replace"), err.decode(errors="replace"))
+    if check and code != 0:
+        raise CommandError(argv, code, result.stderr)
+    return result

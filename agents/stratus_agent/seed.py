@@ -1,0 +1,111 @@
+"""cloud-init NoCloud seed ISOs ("cidata"): meta-data, user-data and network-config v2.
+
+The agent renders these from the guest spec's structured data (hostname, NICs, keys), so the
+operator never has to know cloud-init's file formats, and writes the ISO with pycdlib.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+from pathlib import Path
+
+import pycdlib
+import yaml
+
+from stratus_api.guest import CloudInit, Nic
+
+VOLUME_ID = "cidata"
+
+
+def meta_data(cloud_init: CloudInit) -> str:
+    data: dict[str, object] = {
+        "instance-id": cloud_init.instance_id,
+        "local-hostname": cloud_init.hostname,
+    }
+    if cloud_init.ssh_keys:
+        # NoCloud reads keys from meta-data, which keeps user-data entirely the user's.
+        data["public-keys"] = list(cloud_init.ssh_keys)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def user_data(cloud_init: CloudInit) -> str:
+    if cloud_init.user_data is None:
+        return "#cloud-config\n{}\n"
+    return cloud_init.user_data.get_secret_value()
+
+
+def network_config(nics: list[Nic]) -> str:
+    """network-config version 2, matching each NIC by MAC address."""
+    ethernets: dict[str, dict[str, object]] = {}
+    for index, nic in enumerate(nics):
+        entry: dict[str, object] = {
+            "match": {"macaddress": nic.mac},
+            "set-name": f"eth{index}",
+            "mtu": nic.mtu,
+        }
+        if nic.address is not None and nic.prefix_length is not None:
+            entry["addresses"] = [f"{nic.address}/{nic.prefix_length}"]
+            if nic.gateway:
+                # `to: default` is refused by cloud-init 22.x, which guests still run.
+                version = ipaddress.ip_address(nic.gateway).version
+                entry["routes"] = [
+                    {"to": "0.0.0.0/0" if version == 4 else "::/0", "via": nic.gateway}
+                ]
+            if nic.dns_servers:
+                entry["nameservers"] = {"addresses": list(nic.dns_servers)}
+        else:
+            entry["dhcp4"] = True
+        ethernets[f"nic{index}"] = entry
+    return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
+
+
+def seed_files(cloud_init: CloudInit, nics: list[Nic]) -> dict[str, bytes]:
+    return {
+        "meta-data": meta_data(cloud_init).encode(),
+        "user-data": user_data(cloud_init).encode(),
+        "network-config": network_config(nics).encode(),
+    }
+
+
+def write_seed_iso(path: Path, files: dict[str, bytes]) -> None:
+    """Write an ISO9660 image labelled cidata (with Joliet and Rock Ridge names).
+
+    Written to a temporary file and renamed, so a crash never leaves half an ISO under the
+    final name; the file is private to root because user-data may hold credentials.
+    """
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
+    for number, (name, content) in enumerate(sorted(files.items())):
+        iso.add_fp(
+            io.BytesIO(content),
+            len(content),
+            f"/FILE{number}.;1",
+            rr_name=name,
+            joliet_path=f"/{name}",
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        iso.write_fp(out)
+    iso.close()
+    tmp.replace(path)
+
+
+def read_seed_iso(path: Path) -> dict[str, bytes]:
+    """The files of a seed ISO by their Rock Ridge names (used to check what is on a node)."""
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = {}
+        for child in iso.list_children(rr_path="/"):
+            if child.is_dot() or child.is_dotdot():
+                continue
+            name = child.rock_ridge.name().decode()
+            buffer = io.BytesIO()
+            iso.get_file_from_iso_fp(buffer, rr_path=f"/{name}")
+            out[name] = buffer.getvalue()
+        return out
+    finally:
+        iso.close()

@@ -1,0 +1,195 @@
+"""The agent's HTTPS API (aiohttp). Every request needs the bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from stratus_agent.events import EventHub
+from stratus_agent.manager import GuestManager
+from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
+from stratus_api.validation import problems_of
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MANAGER = web.AppKey("manager", GuestManager)
+HUB = web.AppKey("hub", EventHub)
+TOKEN = web.AppKey("token", str)
+NODE = web.AppKey("node", str)
+HEARTBEAT = web.AppKey("heartbeat", float)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "stratus_agent_requests",
+            "API requests by route and status code.",
+            ["method", "route", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "stratus_agent_request_seconds",
+            "API request latency (event streams excluded).",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.guests = Gauge(
+            "stratus_agent_guests",
+            "Guests on this node by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.streams = Gauge(
+            "stratus_agent_event_streams", "Open event streams.", registry=self.registry
+        )
+
+
+METRICS = web.AppKey("metrics", AgentMetrics)
+
+
+def _error(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    expected = request.app[TOKEN]
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return await handler(request)
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    started = time.monotonic()
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except web.HTTPException as exc:
+        code = exc.status
+        raise
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.labels(request.method, name, str(code)).inc()
+        if name != "/v1/events":
+            metrics.latency.labels(request.method, name).observe(time.monotonic() - started)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    return web.json_response(
+        {"ok": True, "node": request.app[NODE], "virtType": manager.compute.virt_type}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app_metrics = request.app[METRICS]
+    counts: dict[str, int] = {state.value: 0 for state in GuestState}
+    for status in await request.app[MANAGER].inventory():
+        counts[status.state.value] += 1
+    for state, count in counts.items():
+        app_metrics.guests.labels(state).set(count)
+    return web.Response(
+        body=generate_latest(app_metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+async def inventory(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    cpu, memory = await manager.compute.capacity()
+    body = NodeInventory(
+        node=request.app[NODE],
+        virt_type=manager.compute.virt_type,
+        cpu=cpu,
+        memory_bytes=memory,
+        guests=await manager.inventory(),
+    )
+    return web.json_response(text=body.model_dump_json(by_alias=True))
+
+
+async def get_guest(request: web.Request) -> web.Response:
+    status = request.app[MANAGER].status(request.match_info["uid"])
+    if status is None:
+        return _error(404, f"no guest {request.match_info['uid']} on this node")
+    return web.json_response(text=status.model_dump_json(by_alias=True))
+
+
+async def put_guest(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    try:
+        raw = await request.json()
+    except json.JSONDecodeError as exc:
+        return _error(400, f"body is not JSON: {exc}")
+    try:
+        spec = GuestSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [str(problem) for problem in problems_of(exc)]
+        return _error(422, "invalid guest spec: " + "; ".join(problems), problems=problems)
+    if spec.uid != uid:
+        return _error(422, f"uid: {spec.uid} does not match the URL's {uid}")
+    status = await request.app[MANAGER].ensure(spec)
+    return web.json_response(text=status.model_dump_json(by_alias=True), status=202)
+
+
+async def delete_guest(request: web.Request) -> web.Response:
+    deleted = await request.app[MANAGER].delete(request.match_info["uid"])
+    return web.json_response({"deleted": deleted})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON GuestEvents until the client goes away, with heartbeats."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    hub, beat = request.app[HUB], request.app[HEARTBEAT]
+    app_metrics = request.app[METRICS]
+    app_metrics.streams.inc()
+    try:
+        with hub.subscribe() as queue:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=beat)
+                except TimeoutError:
+                    event = GuestEvent(type="heartbeat", time=datetime.datetime.now(datetime.UTC))
+                if event is None:
+                    break  # fell too far behind: the client reconnects and resyncs
+                await response.write(event.model_dump_json(by_alias=True).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        app_metrics.streams.dec()
+    return response
+
+
+def create_app(
+    manager: GuestManager, hub: EventHub, *, token: str, node: str, heartbeat: float = 10.0
+) -> web.Application:
+    app = web.Application(middlewares=[measure, authenticate], client_max_size=2 * 2**20)
+    app[MANAGER], app[HUB], app[TOKEN], app[NODE] = manager, hub, token, node
+    app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/guests", inventory)
+    app.router.add_get("/v1/guests/{uid}", get_guest)
+    app.router.add_put("/v1/guests/{uid}", put_guest)
+    app.router.add_delete("/v1/guests/{uid}", delete_guest)
+    app.router.add_get("/v1/events", events)
+    return app

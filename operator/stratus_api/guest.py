@@ -1,0 +1,137 @@
+"""The guest spec: everything a node agent needs to run one Instance, and nothing more.
+
+The operator resolves an Instance and the objects it refers to (InstanceType, Image, Network,
+Volumes, Secrets) into one self-contained GuestSpec and sends it to the node's agent, which
+never reads other resources, allocates addresses or picks nodes (the Nova seam). It is also
+the agent's wire protocol, with the agent's replies below it.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_serializer
+
+from stratus_api.v1alpha1.base import ApiModel
+from stratus_api.v1alpha1.image import DiskFormat
+
+MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+
+
+class PowerState(enum.StrEnum):
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+class ImageRef(ApiModel):
+    """A base image the node fetches into its cache, keyed by the Image's UID."""
+
+    uid: str = Field(description="Image UID: names the cache entry.")
+    name: str = Field(description="Image name, for messages.")
+    url: str = Field(description="http(s) address to download from.")
+    sha256: str | None = Field(default=None, description="Expected SHA-256, lowercase hex.")
+    format: DiskFormat | None = Field(default=None, description="Expected format.")
+
+
+class Disk(ApiModel):
+    """A disk of the guest, in boot order."""
+
+    name: str = Field(description="Role of the disk: 'root', or the Volume's name.")
+    image: ImageRef | None = Field(
+        default=None, description="Root disk: a copy-on-write overlay on this image."
+    )
+    size_bytes: int | None = Field(
+        default=None, ge=1, description="Virtual size; None keeps the image's own."
+    )
+
+
+class Nic(ApiModel):
+    """A NIC, fully resolved: where to plug it and what the guest configures on it."""
+
+    network: str = Field(description="Network name, for messages and status.")
+    network_uid: str = Field(description="Network UID.")
+    mac: str = Field(pattern=MAC_PATTERN)
+    address: str | None = Field(default=None, description="IP address, if the NIC has one.")
+    prefix_length: int | None = Field(default=None, ge=0, le=128)
+    gateway: str | None = None
+    dns_servers: list[str] = Field(default_factory=list)
+    mtu: int = Field(default=1500, ge=576, le=9000)
+    segmentation_id: int | None = Field(
+        default=None, description="VLAN tag / VNI of the network on the node's bridge."
+    )
+
+
+class CloudInit(ApiModel):
+    """First-boot configuration, written to a NoCloud seed ISO by the agent."""
+
+    instance_id: str
+    hostname: str
+    user_data: SecretStr | None = Field(
+        default=None, description="cloud-init user-data; may hold credentials."
+    )
+    ssh_keys: list[str] = Field(default_factory=list)
+
+    @field_serializer("user_data", when_used="json")
+    def _reveal_on_the_wire(self, value: SecretStr | None) -> str | None:
+        # Masked in repr() and logs; sent in full only when serialised for the agent.
+        return value.get_secret_value() if value is not None else None
+
+
+class GuestSpec(ApiModel):
+    """One Instance as its node runs it. PUT to the agent, idempotently."""
+
+    uid: str = Field(description="Instance UID: every node-side name derives from it.")
+    name: str
+    namespace: str
+    generation: int = Field(ge=0, description="Instance metadata.generation it was built from.")
+    cpu: int = Field(ge=1)
+    memory_bytes: int = Field(ge=64 * 2**20)
+    power: PowerState = PowerState.RUNNING
+    disks: list[Disk] = Field(min_length=1, description="Boot disk first.")
+    nics: list[Nic] = Field(default_factory=list)
+    cloud_init: CloudInit
+    vnc: bool = Field(default=True, description="Graphical console on the node's loopback.")
+
+
+class GuestState(enum.StrEnum):
+    """What the hypervisor says about a guest (libvirt's domain states, simplified)."""
+
+    PROVISIONING = "Provisioning"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    STOPPED = "Stopped"
+    CRASHED = "Crashed"
+    FAILED = "Failed"
+    MISSING = "Missing"
+
+
+class GuestStatus(ApiModel):
+    """The agent's report on one guest."""
+
+    uid: str
+    state: GuestState
+    generation: int | None = Field(default=None, description="GuestSpec generation applied.")
+    reason: str = ""
+    message: str = ""
+    vnc_port: int | None = None
+    console_log: str | None = None
+
+
+class GuestEvent(ApiModel):
+    """One line of the agent's event stream."""
+
+    type: Literal["guest", "resync", "heartbeat"]
+    time: datetime
+    guest: GuestStatus | None = None
+
+
+class NodeInventory(ApiModel):
+    """GET /v1/guests: every guest this agent owns, and the node's resources."""
+
+    node: str
+    virt_type: Literal["kvm", "qemu", "fake"]
+    cpu: int
+    memory_bytes: int
+    guests: list[GuestStatus] = Field(default_factory=list)

@@ -1,0 +1,61 @@
+"""Names of everything Stratus creates on a node, derived from resource UIDs.
+
+A retry, a restarted operator or a restarted agent computes the same names, so it finds what
+an earlier attempt made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import re
+
+DOMAIN_PREFIX = "stratus-"
+# Linux interface names hold at most 15 characters.
+IFNAME_MAX = 15
+_UID = re.compile(r"^[0-9a-fA-F-]{8,}$")
+
+
+def _checked(uid: str) -> str:
+    if not _UID.match(uid):
+        raise ValueError(f"{uid!r} is not a Kubernetes UID")
+    return uid.lower()
+
+
+def domain_name(instance_uid: str) -> str:
+    """libvirt domain of an Instance."""
+    return f"{DOMAIN_PREFIX}{_checked(instance_uid)}"
+
+
+def instance_uid_of_domain(name: str) -> str | None:
+    """The Instance UID a domain name carries, or None for a domain Stratus did not make."""
+    if not name.startswith(DOMAIN_PREFIX):
+        return None
+    uid = name.removeprefix(DOMAIN_PREFIX)
+    return uid if _UID.match(uid) else None
+
+
+def root_disk_file(instance_uid: str) -> str:
+    """Copy-on-write overlay holding an Instance's root disk."""
+    return f"{_checked(instance_uid)}-root.qcow2"
+
+
+def seed_iso_file(instance_uid: str) -> str:
+    """cloud-init NoCloud seed ISO of an Instance."""
+    return f"{_checked(instance_uid)}-seed.iso"
+
+
+def console_log_file(instance_uid: str) -> str:
+    return f"{_checked(instance_uid)}-console.log"
+
+
+def image_cache_file(image_uid: str) -> str:
+    """Base image in the node's image cache."""
+    return f"{_checked(image_uid)}.img"
+
+
+def tap_name(instance_uid: str, index: int) -> str:
+    """Host-side interface (and OVS port) of an Instance's NIC number `index`."""
+    if not 0 <= index <= 9:
+        raise ValueError(f"NIC index {index} out of range 0-9")
+    name = f"st{_checked(instance_uid).replace('-', '')[:12]}{index}"
+    assert len(name) <= IFNAME_MAX
+    return name

@@ -1,0 +1,297 @@
+"""Domain XML: golden files per element and per whole domain, round trips, builder policy.
+
+Golden files are the reviewed text of what we send libvirt. After an intended change,
+regenerate them with `STRATUS_UPDATE_GOLDEN=1 pytest tests/unit/agent/domain` and review the
+diff; without the variable, the text must match exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from lxml import etree
+
+from stratus_agent.compute import domain_builder as builder
+from stratus_agent.compute import domain_xml as dx
+from stratus_api import guest
+
+GOLDEN = Path(__file__).parent / "golden"
+UID = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+
+
+def assert_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("STRATUS_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.exists(), f"{path} is missing: run with STRATUS_UPDATE_GOLDEN=1 to write it"
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def nic(index: int, **changes: object) -> guest.Nic:
+    fields: dict[str, object] = {
+        "network": f"net-{index}",
+        "network_uid": f"0000000{index}-0000-4000-8000-000000000000",
+        "mac": f"52:54:00:00:00:0{index}",
+        "address": f"10.0.{index}.5",
+        "prefix_length": 24,
+        "mtu": 1450,
+        **changes,
+    }
+    return guest.Nic.model_validate(fields)
+
+
+def spec(**changes: object) -> guest.GuestSpec:
+    fields: dict[str, object] = {
+        "uid": UID,
+        "name": "web",
+        "namespace": "team-a",
+        "generation": 3,
+        "cpu": 1,
+        "memory_bytes": 256 * 2**20,
+        "disks": [
+            guest.Disk(
+                name="root",
+                image=guest.ImageRef(uid=UID, name="debian", url="http://images.test/d.qcow2"),
+            )
+        ],
+        "nics": [nic(0)],
+        "cloud_init": guest.CloudInit(instance_id=UID, hostname="web"),
+        **changes,
+    }
+    return guest.GuestSpec.model_validate(fields)
+
+
+def facts(**changes: object) -> builder.NodeFacts:
+    fields: dict[str, object] = {
+        "virt_type": "qemu",
+        "root_disk_path": f"/var/lib/stratus/guests/{UID}-root.qcow2",
+        "seed_iso_path": f"/var/lib/stratus/guests/{UID}-seed.iso",
+        "console_log_path": f"/var/lib/stratus/guests/{UID}-console.log",
+        "bridge": "br-stratus",
+        **changes,
+    }
+    return builder.NodeFacts(**fields)  # type: ignore[arg-type]
+
+
+def qemu_one_nic() -> dx.Domain:
+    return builder.build_domain(spec(), facts())
+
+
+def kvm_two_nics_no_vnc() -> dx.Domain:
+    volume = guest.Disk(name="data", size_bytes=2**30)
+    two_nics = spec(
+        cpu=2,
+        memory_bytes=2 * 2**30,
+        vnc=False,
+        disks=[*spec().disks, volume],
+        nics=[nic(0), nic(1, mtu=9000, segmentation_id=42)],
+    )
+    node = facts(
+        virt_type="kvm",
+        cdrom_bus="sata",
+        machine="q35",
+        volumes=(builder.VolumeAttachment(name="data", path="/srv/volumes/data.raw"),),
+    )
+    return builder.build_domain(two_nics, node)
+
+
+DOMAINS = {"domain_qemu_1nic.xml": qemu_one_nic, "domain_kvm_2nic_novnc.xml": kvm_two_nics_no_vnc}
+
+
+class Element(Protocol):
+    def to_element(self) -> etree._Element: ...
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> object: ...
+
+
+ELEMENTS: dict[str, Element] = {
+    "element_metadata.xml": dx.StratusMetadata(
+        uid=UID, namespace="team-a", name="web", generation=3
+    ),
+    "element_memory_bytes.xml": dx.Memory(amount=1_000_000_000, unit="b"),
+    "element_os.xml": dx.Os(machine="pc", boot=("hd", "cdrom")),
+    "element_cpu_custom.xml": dx.Cpu(mode="custom", model="qemu64"),
+    "element_clock.xml": dx.Clock(
+        timers=(dx.Timer(name="rtc", tickpolicy="catchup"), dx.Timer(name="hpet", present=False))
+    ),
+    "element_disk_root.xml": dx.Disk(
+        source_file="/var/lib/stratus/guests/x-root.qcow2", target_dev="vda", target_bus="virtio"
+    ),
+    "element_disk_cdrom.xml": dx.Disk(
+        device="cdrom",
+        source_file="/var/lib/stratus/guests/x-seed.iso",
+        driver_type="raw",
+        target_dev="hda",
+        target_bus="ide",
+        readonly=True,
+    ),
+    "element_interface_full.xml": dx.Interface(
+        source_bridge="br-stratus",
+        target_dev="st6f1c2a3b4d5e0",
+        mac="52:54:00:12:34:56",
+        mtu=1450,
+        virtualport=dx.VirtualPort(interface_id="a5bd4c2e-1f0a-4b7e-9d3c-2e1f0a4b7e9d"),
+        vlan_tag=42,
+    ),
+    "element_serial_pty_logged.xml": dx.Serial(log_file="/var/log/stratus/x.log"),
+    "element_serial_file.xml": dx.Serial(type="file", source_path="/var/log/stratus/x.log"),
+    "element_graphics_vnc.xml": dx.Graphics(listen="127.0.0.1"),
+    "element_memballoon.xml": dx.MemBalloon(stats_period=10),
+    "element_rng.xml": dx.Rng(),
+}
+
+
+# --- golden files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTS))
+def test_element_matches_golden(name: str) -> None:
+    assert_golden(name, dx.to_text(ELEMENTS[name].to_element()))
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_domain_matches_golden(name: str) -> None:
+    assert_golden(name, DOMAINS[name]().to_xml())
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_golden_domain_passes_libvirt_schema(name: str) -> None:
+    validator = shutil.which("virt-xml-validate")
+    if validator is None:
+        pytest.skip("virt-xml-validate not installed (Debian package libvirt-clients)")
+    if shutil.which("xmllint") is None:  # virt-xml-validate is a script around it
+        pytest.skip("xmllint not installed (Debian package libxml2-utils)")
+    result = subprocess.run(
+        [validator, str(GOLDEN / name), "domain"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTS))
+def test_element_round_trips(name: str) -> None:
+    value = ELEMENTS[name]
+    assert type(value).from_element(value.to_element()) == value
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_domain_round_trips(name: str) -> None:
+    domain = DOMAINS[name]()
+    assert dx.Domain.from_xml(domain.to_xml()) == domain
+    assert dx.Domain.from_xml(domain.to_xml()).to_xml() == domain.to_xml()
+
+
+def test_reading_ignores_what_libvirt_adds_to_a_running_domain() -> None:
+    live = dx.parse(qemu_one_nic().to_xml())
+    live.set("id", "7")
+    devices = live.find("devices")
+    assert devices is not None
+    etree.SubElement(devices, "controller", type="usb", index="0")
+    for device in devices:
+        etree.SubElement(device, "alias", name="ua-x")
+    serial, graphics = devices.find("serial"), devices.find("graphics")
+    assert serial is not None and graphics is not None
+    etree.SubElement(serial, "source", path="/dev/pts/3")  # the pty it was given
+    graphics.set("port", "5900")
+    domain = dx.Domain.from_element(live)
+    assert domain.devices.graphics[0].port == 5900
+    assert domain.devices.serials == qemu_one_nic().devices.serials
+    assert domain.metadata == qemu_one_nic().metadata
+
+
+def test_other_metadata_namespaces_are_ignored() -> None:
+    text = (
+        qemu_one_nic()
+        .to_xml()
+        .replace("<metadata>", '<metadata><other:x xmlns:other="urn:other"/>')
+    )
+    assert dx.Domain.from_xml(text).metadata == qemu_one_nic().metadata
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("<domain type='xen'/>", "'xen' is not one of kvm, qemu"),
+        ("<domain type='qemu'><name>a</name></domain>", "has no <uuid>"),
+        ("<domain", "not well-formed"),
+    ],
+)
+def test_bad_xml_is_refused_clearly(text: str, complaint: str) -> None:
+    with pytest.raises(dx.DomainXMLError, match=complaint):
+        dx.Domain.from_xml(text)
+
+
+# --- builder policy ---------------------------------------------------------------------
+
+
+def test_names_and_ids_come_from_the_instance_uid() -> None:
+    domain = qemu_one_nic()
+    assert domain.name == f"stratus-{UID}" and domain.uuid == UID
+    assert domain.metadata == dx.StratusMetadata(
+        uid=UID, namespace="team-a", name="web", generation=3
+    )
+    assert [i.target_dev for i in kvm_two_nics_no_vnc().devices.interfaces] == [
+        "st6f1c2a3b4d5e0",
+        "st6f1c2a3b4d5e1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("memory_bytes", "expected"),
+    [
+        (256 * 2**20, dx.Memory(amount=256 * 1024, unit="KiB")),
+        (10**9, dx.Memory(amount=10**9, unit="b")),  # "1G" is not whole KiB: keep the bytes
+    ],
+)
+def test_memory_is_exact(memory_bytes: int, expected: dx.Memory) -> None:
+    assert builder.build_domain(spec(memory_bytes=memory_bytes), facts()).memory == expected
+
+
+def test_cpu_mode_follows_the_virt_type() -> None:
+    assert qemu_one_nic().cpu == dx.Cpu(mode="maximum")
+    assert kvm_two_nics_no_vnc().cpu == dx.Cpu(mode="host-passthrough")
+
+
+def test_power_state_does_not_change_the_definition() -> None:
+    stopped = spec(power=guest.PowerState.STOPPED)
+    assert builder.build_domain(stopped, facts()) == qemu_one_nic()
+
+
+def test_disks_are_root_then_volumes_then_the_seed_cdrom() -> None:
+    disks = kvm_two_nics_no_vnc().devices.disks
+    assert [(d.target_dev, d.target_bus, d.driver_type) for d in disks] == [
+        ("vda", "virtio", "qcow2"),
+        ("vdb", "virtio", "raw"),
+        ("sda", "sata", "raw"),
+    ]
+    assert disks[-1].device == "cdrom" and disks[-1].readonly
+
+
+def test_a_volume_the_node_did_not_attach_is_an_error() -> None:
+    with_volume = spec(disks=[*spec().disks, guest.Disk(name="data")])
+    with pytest.raises(ValueError, match="'data' has no volume attached"):
+        builder.build_domain(with_volume, facts())
+
+
+def test_no_vnc_means_no_graphics_and_no_video() -> None:
+    devices = kvm_two_nics_no_vnc().devices
+    assert devices.graphics == () and devices.videos == ()
+
+
+def test_nics_carry_mtu_and_no_vlan_yet() -> None:
+    second = kvm_two_nics_no_vnc().devices.interfaces[1]
+    assert second.mtu == 9000 and second.vlan_tag is None
+    assert second.virtualport == dx.VirtualPort() and second.source_bridge == "br-stratus"
