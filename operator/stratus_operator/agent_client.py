@@ -1,0 +1,419 @@
+"""The operator's client for one node agent: guest specs out, statuses and events back.
+
+Failures become one small error tree, so a kopf handler chooses between "retry later" and
+"tell the user" without knowing HTTP: replies are interpreted in `error_for_status` only,
+transport failures in `_unavailable` only. The token never appears in a repr, a log line or
+an error message, and request bodies (cloud-init user-data) are never logged.
+
+Reconnecting is the caller's business: `AgentClient.events` follows one connection, and
+`watch_events` is the reconnect loop the operator runs per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pydantic
+from aiohttp import http_exceptions
+
+from stratus_api import guest
+
+log = logging.getLogger(__name__)
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+T = TypeVar("T")
+OnConnect = Callable[[], Awaitable[None]]
+OnEvent = Callable[[guest.GuestEvent], Awaitable[None]]
+
+# Seconds for one whole request: the agent answers at once (a PUT only queues the work).
+DEFAULT_TIMEOUT = 30.0
+# Bytes: one event line is a few hundred; anything near this is not our protocol.
+MAX_EVENT_LINE = 2**20
+# Characters of a non-JSON error body kept in a message (proxies send whole HTML pages).
+MAX_ERROR_BODY = 200
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """Where one node's agent listens, and how to trust it."""
+
+    url: str  # base address, http:// or https://
+    token: str = field(repr=False)
+    ca_pem: bytes | None = field(default=None, repr=False)  # None: the system's CAs
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"agent address {self.url!r} is not an http(s) URL")
+        if parts.username is not None:
+            raise ValueError(f"agent address {parts.hostname}: credentials go in the token")
+        if self.ca_pem is not None and parts.scheme != "https":
+            raise ValueError(f"agent address {self.url} is plain http but a CA was given")
+
+
+class AgentError(Exception):
+    """A request to a node agent failed; `status` is the HTTP status if there was a reply."""
+
+    def __init__(self, url: str, what: str, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"agent {url}: {what}: {detail}")
+        self.url = url
+        self.what = what
+        self.detail = detail
+        self.status = status
+
+
+class AgentUnavailable(AgentError):
+    """Unreachable, TLS failure, timeout, connection lost, 5xx, 408 or 429: retry later."""
+
+
+class AgentUnauthorized(AgentError):
+    """401 or 403: the agent refused the token."""
+
+
+class AgentRejected(AgentError):
+    """Any other 4xx: the request is wrong, and sending it again will not help."""
+
+    def __init__(
+        self,
+        url: str,
+        what: str,
+        detail: str,
+        *,
+        status: int,
+        error: str,
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(url, what, detail, status=status)
+        self.error = error
+        self.problems = problems  # "path: message" per field, when the agent names them
+
+
+class GuestNotFound(AgentError):
+    """404 from the agent for a guest it does not have."""
+
+
+def _agent_message(body: bytes) -> tuple[str, tuple[str, ...], bool]:
+    """The agent's `{"error", "problems"}` reply as (error, problems, is_the_agent's)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        problems = parsed.get("problems")
+        listed = tuple(str(p) for p in problems) if isinstance(problems, list) else ()
+        return parsed["error"], listed, True
+    text = body.decode("utf-8", errors="replace").strip()
+    if len(text) > MAX_ERROR_BODY:
+        text = text[:MAX_ERROR_BODY] + "..."
+    return text or "(empty reply)", (), False
+
+
+def error_for_status(
+    url: str, what: str, status: int, body: bytes, *, guest_uid: str | None = None
+) -> AgentError:
+    """The error for an HTTP reply the request did not expect: the one place statuses mean
+    something. A 404 is GuestNotFound only for a request about a guest, and only when the
+    agent itself said so (a 404 from a router or proxy means a wrong address)."""
+    error, problems, from_agent = _agent_message(body)
+    detail = f"HTTP {status}: {error}"
+    if status in (401, 403):
+        return AgentUnauthorized(url, what, detail, status=status)
+    if status == 404 and guest_uid is not None and from_agent:
+        return GuestNotFound(url, what, detail, status=status)
+    if status in (408, 429) or 500 <= status <= 599:
+        return AgentUnavailable(url, what, detail, status=status)
+    if 400 <= status <= 499:
+        return AgentRejected(url, what, detail, status=status, error=error, problems=problems)
+    return AgentError(url, what, f"unexpected {detail}", status=status)
+
+
+def _unavailable(url: str, what: str, exc: BaseException) -> AgentUnavailable:
+    """The error for a request that got no complete reply."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        detail = f"TLS certificate not trusted ({reason}); is the agent's CA the one configured?"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        detail = f"TLS handshake failed: {exc.os_error}"
+    elif isinstance(exc, TimeoutError):
+        detail = "timed out"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        detail = f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    else:
+        detail = f"connection lost: {str(exc) or type(exc).__name__}"
+    return AgentUnavailable(url, what, detail)
+
+
+def tls_context(ca_pem: bytes | None) -> ssl.SSLContext:
+    """Verify the agent's certificate and host name against `ca_pem`, else the system CAs."""
+    if ca_pem is None:
+        return ssl.create_default_context()
+    try:
+        # cadata takes PEM as str; bytes would be read as DER.
+        return ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError) as exc:
+        raise ValueError("the agent CA is not a PEM certificate") from exc
+
+
+class AgentClient:
+    """Typed calls to one agent. Use as `async with`; it closes only a session it made."""
+
+    def __init__(
+        self,
+        endpoint: AgentEndpoint,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._base = endpoint.url.rstrip("/")
+        # aiohttp's `ssl=True` is its default (verify against the system); unused for http.
+        self._ssl: ssl.SSLContext | bool = (
+            tls_context(endpoint.ca_pem) if endpoint.url.startswith("https") else True
+        )
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def healthz(self) -> dict[str, Any]:
+        what, raw = await self._call("GET", "/healthz")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise AgentError(self.endpoint.url, what, "reply is not a JSON object")
+        return body
+
+    async def inventory(self) -> guest.NodeInventory:
+        what, raw = await self._call("GET", "/v1/guests")
+        return self._parse(guest.NodeInventory, what, raw)
+
+    async def get(self, uid: str) -> guest.GuestStatus | None:
+        """The guest's status, or None if the agent has no such guest."""
+        try:
+            what, raw = await self._call("GET", _guest_path(uid), guest_uid=uid)
+        except GuestNotFound:
+            return None
+        return self._parse(guest.GuestStatus, what, raw)
+
+    async def ensure(self, spec: guest.GuestSpec) -> guest.GuestStatus:
+        """PUT the spec (idempotent); the agent converges in the background."""
+        body = spec.model_dump_json(by_alias=True)
+        what, raw = await self._call("PUT", _guest_path(spec.uid), body=body, expect=202)
+        return self._parse(guest.GuestStatus, what, raw)
+
+    async def delete(self, uid: str) -> bool:
+        """Remove the guest and its node-side files; False if there was none."""
+        what, raw = await self._call("DELETE", _guest_path(uid))
+        try:
+            deleted = json.loads(raw).get("deleted")
+        except (ValueError, AttributeError):
+            deleted = None
+        if not isinstance(deleted, bool):
+            raise AgentError(self.endpoint.url, what, 'reply has no boolean "deleted"')
+        return deleted
+
+    async def events(self, idle_timeout: float | None = None) -> AsyncIterator[guest.GuestEvent]:
+        """Every line of one event stream, heartbeats included, until the agent ends it.
+
+        Raises AgentUnavailable if the connection is lost or stays silent for
+        `idle_timeout` seconds. Close it with `contextlib.aclosing` when leaving early.
+        """
+        async with self.event_stream(idle_timeout) as stream:
+            async for event in stream:
+                yield event
+
+    @contextlib.asynccontextmanager
+    async def event_stream(
+        self, idle_timeout: float | None = None
+    ) -> AsyncIterator[AsyncIterator[guest.GuestEvent]]:
+        """Open GET /v1/events now and give its events to iterate, like `events`.
+
+        Opening fails at once if the agent cannot be reached or refuses, so a caller knows
+        it is connected before the first event arrives.
+        """
+        what = "GET /v1/events"
+        session = self._require_session()
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await session.get(
+                    self._base + "/v1/events",
+                    headers=self._headers(),
+                    ssl=self._ssl,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(),  # a stream has no end; see idle_timeout
+                )
+                if response.status != 200:
+                    async with response:
+                        raw = await response.read()
+                    raise error_for_status(self.endpoint.url, what, response.status, raw)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unavailable(self.endpoint.url, what, exc) from exc
+        log.debug("agent %s: %s: connected", self.endpoint.url, what)
+        try:
+            yield self._read_events(response, what, idle_timeout)
+        finally:
+            response.close()
+
+    async def _read_events(
+        self, response: aiohttp.ClientResponse, what: str, idle_timeout: float | None
+    ) -> AsyncIterator[guest.GuestEvent]:
+        url = self.endpoint.url
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    line = await response.content.readline(max_line_length=MAX_EVENT_LINE)
+            except TimeoutError as exc:
+                silence = f"no event or heartbeat for {idle_timeout:g} s"
+                raise AgentUnavailable(url, what, silence) from exc
+            except aiohttp.ClientError as exc:
+                raise _unavailable(url, what, exc) from exc
+            except http_exceptions.LineTooLong as exc:
+                raise AgentError(url, what, f"event line over {MAX_EVENT_LINE} bytes") from exc
+            if not line:
+                return  # the agent ended the stream, e.g. because this reader fell behind
+            if line.strip():
+                yield self._parse(guest.GuestEvent, what, line)
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("AgentClient used outside `async with` and without a session")
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.endpoint.token}", "Accept": "application/json"}
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: str | None = None,
+        expect: int = 200,
+        guest_uid: str | None = None,
+    ) -> tuple[str, bytes]:
+        """One request; returns (what, the reply body) or raises an AgentError."""
+        what = f"{method} {path}"
+        headers = self._headers()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._require_session().request(
+                method,
+                self._base + path,
+                data=body,
+                headers=headers,
+                ssl=self._ssl,
+                allow_redirects=False,  # never replay the token to another address
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unavailable(self.endpoint.url, what, exc) from exc
+        log.debug("agent %s: %s -> %d", self.endpoint.url, what, response.status)
+        if response.status != expect:
+            raise error_for_status(
+                self.endpoint.url, what, response.status, raw, guest_uid=guest_uid
+            )
+        return what, raw
+
+    def _parse(self, model: type[Model], what: str, raw: bytes) -> Model:
+        try:
+            return model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            detail = f"reply is not a {model.__name__} ({exc.error_count()} problems)"
+            raise AgentError(self.endpoint.url, what, detail) from exc
+
+
+def _guest_path(uid: str) -> str:
+    return "/v1/guests/" + quote(uid, safe="")
+
+
+async def watch_events(
+    client: AgentClient,
+    on_connect: OnConnect,
+    on_event: OnEvent,
+    stop: asyncio.Event,
+    backoff: tuple[float, float] = (0.5, 10.0),
+    idle_timeout: float = 30.0,
+) -> None:
+    """Follow the agent's events until `stop` is set, reconnecting whenever a stream ends.
+
+    After every (re)connection `on_connect` runs before any event reaches `on_event`: it is
+    where whatever was missed while disconnected is recovered (the operator re-reads the
+    inventory). Heartbeats are not passed on. A connection silent for `idle_timeout`
+    seconds is taken for dead, so set it above the agent's heartbeat. The delay between
+    attempts doubles from backoff[0] up to backoff[1], and drops back to backoff[0] after a
+    connection that delivered anything. AgentErrors, from the stream or from `on_connect`,
+    lead to a reconnection; any other exception from a callback ends the watch.
+    """
+    first, cap = backoff
+    delay = first
+    while not stop.is_set():
+        alive = await _until(stop, _follow(client, on_connect, on_event, idle_timeout))
+        if alive is None:
+            return  # stopped
+        if alive:
+            delay = first
+        await _until(stop, asyncio.sleep(delay))
+        delay = min(delay * 2, cap)
+
+
+async def _follow(
+    client: AgentClient, on_connect: OnConnect, on_event: OnEvent, idle_timeout: float
+) -> bool:
+    """One connection; True if it delivered anything (the agent was alive and well)."""
+    alive = False
+    try:
+        async with client.event_stream(idle_timeout) as stream:
+            await on_connect()
+            async for event in stream:
+                alive = True
+                if event.type != "heartbeat":
+                    await on_event(event)
+    except AgentError as exc:
+        log.warning("%s; reconnecting", exc)
+    else:
+        log.info("agent %s: the event stream ended; reconnecting", client.endpoint.url)
+    return alive
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`'s result, or None if `stop` is set first (then `work` is cancelled)."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()  # no-op for a task that is done
+        stopped.cancel()
+        await asyncio.wait((task, stopped))
+    return None if task.cancelled() else task.result()

@@ -1,0 +1,1 @@
+"""Domain logic of the operator: plain functions over stratus_api models, no kopf."""

@@ -1,0 +1,187 @@
+"""An Instance resolved into a guest spec, and agent reports turned into its status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from stratus_api.guest import (
+    CloudInit,
+    Disk,
+    GuestSpec,
+    GuestState,
+    GuestStatus,
+    ImageRef,
+    Nic,
+    PowerState,
+)
+from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
+from stratus_api.v1alpha1.image import ImagePhase
+from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
+from stratus_api.v1alpha1.network import NetworkType
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.ipam import Allocation
+
+READY = "Ready"
+SCHEDULED = "Scheduled"
+OVERLAY_MTU = 1450  # room for the VXLAN header on a 1500-byte underlay
+
+
+class InstanceProblem(Exception):
+    """Something stops the Instance from progressing; `reason` and `message` go into its Ready
+    condition, `field` names what to fix. `retry` says whether waiting can help (a missing
+    dependency may appear) or only a change to the Instance can."""
+
+    def __init__(self, reason: str, message: str, *, field: str = "", retry: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Size:
+    cpu: int
+    memory_bytes: int
+    disk_bytes: int | None
+
+
+def resolve_size(instance: Instance, itype: InstanceType | None) -> Size:
+    spec = instance.spec
+    if spec.instance_type is not None and itype is None:
+        raise InstanceProblem(
+            "InstanceTypeNotFound",
+            f"spec.instanceType: InstanceType {spec.instance_type} not found",
+            field="spec.instanceType",
+        )
+    cpu = spec.cpu or (itype.spec.cpu if itype else None)
+    memory = spec.memory or (itype.spec.memory if itype else None)
+    assert cpu is not None and memory is not None  # guaranteed by the schema's CEL rule
+    disk = spec.boot.disk_size or (itype.spec.disk if itype else None)
+    return Size(cpu, memory.bytes, disk.bytes if disk is not None else None)
+
+
+def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
+    name = instance.spec.boot.image
+    if image is None:
+        raise InstanceProblem(
+            "ImageNotFound", f"spec.boot.image: Image {name} not found", field="spec.boot.image"
+        )
+    status = image.status
+    if status is not None and status.phase is ImagePhase.FAILED:
+        failed = conditions.condition(status.conditions, READY)
+        detail = failed.message if failed else "the Image failed"
+        raise InstanceProblem(
+            "ImageFailed", f"spec.boot.image: Image {name} failed: {detail}",
+            field="spec.boot.image",
+        )  # fmt: skip
+    min_memory = image.spec.min_memory
+    if min_memory is not None and size.memory_bytes < min_memory.bytes:
+        raise InstanceProblem(
+            "MemoryTooSmall",
+            f"memory: Image {name} needs at least {min_memory} of memory",
+            field="spec.memory",
+            retry=False,
+        )
+    min_disk = image.spec.min_disk
+    if min_disk is not None and size.disk_bytes is not None and size.disk_bytes < min_disk.bytes:
+        raise InstanceProblem(
+            "DiskTooSmall",
+            f"spec.boot.diskSize: Image {name} needs a root disk of at least {min_disk}",
+            field="spec.boot.diskSize",
+            retry=False,
+        )
+    return image
+
+
+def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
+    spec = network.spec
+    mtu = spec.mtu or (OVERLAY_MTU if spec.type is NetworkType.OVERLAY else 1500)
+    segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
+    return Nic(
+        network=network.metadata.name or "",
+        network_uid=network.metadata.uid or "",
+        mac=mac,
+        address=allocation.address,
+        prefix_length=allocation.prefix_length,
+        gateway=allocation.gateway,
+        dns_servers=list(allocation.dns_servers),
+        mtu=mtu,
+        segmentation_id=segment,
+    )
+
+
+def guest_spec(
+    instance: Instance, size: Size, image: Image, nics: list[Nic], user_data: str | None
+) -> GuestSpec:
+    meta, spec = instance.metadata, instance.spec
+    assert meta.uid and meta.name and meta.namespace and image.metadata.uid
+    source = image.spec.source.http
+    return GuestSpec(
+        uid=meta.uid,
+        name=meta.name,
+        namespace=meta.namespace,
+        generation=meta.generation or 0,
+        cpu=size.cpu,
+        memory_bytes=size.memory_bytes,
+        power=PowerState.RUNNING if spec.run_strategy is RunStrategy.ALWAYS else PowerState.STOPPED,
+        disks=[
+            Disk(
+                name="root",
+                image=ImageRef(
+                    uid=image.metadata.uid,
+                    name=image.metadata.name or "",
+                    url=source.url,
+                    sha256=source.sha256,
+                    format=image.spec.format,
+                ),
+                size_bytes=size.disk_bytes,
+            )
+        ],
+        nics=nics,
+        cloud_init=CloudInit(
+            instance_id=meta.uid,
+            hostname=meta.name,
+            user_data=SecretStr(user_data) if user_data is not None else None,
+            ssh_keys=list(spec.ssh_keys),
+        ),
+    )
+
+
+_PHASES = {
+    GuestState.PROVISIONING: InstancePhase.PROVISIONING,
+    GuestState.RUNNING: InstancePhase.RUNNING,
+    GuestState.PAUSED: InstancePhase.RUNNING,
+    GuestState.STOPPED: InstancePhase.STOPPED,
+    GuestState.CRASHED: InstancePhase.FAILED,
+    GuestState.FAILED: InstancePhase.FAILED,
+    GuestState.MISSING: InstancePhase.PROVISIONING,
+}
+
+
+def with_guest_status(
+    status: InstanceStatus, guest: GuestStatus, generation: int
+) -> InstanceStatus:
+    """The Instance status after the agent reported `guest`."""
+    ready = guest.state is GuestState.RUNNING
+    if ready:
+        reason, message = "GuestRunning", f"running on {status.node}"
+    elif guest.state is GuestState.STOPPED:
+        reason, message = "GuestStopped", "the guest is shut off"
+    elif guest.state is GuestState.CRASHED:
+        reason, message = "GuestCrashed", "the guest crashed"
+    elif guest.state is GuestState.FAILED:
+        reason, message = guest.reason or "GuestFailed", guest.message or "the guest failed"
+    else:
+        reason, message = "Provisioning", f"being prepared on {status.node}"
+    applied = guest.generation if guest.generation is not None else status.observed_generation
+    return status.model_copy(
+        update={
+            "phase": _PHASES[guest.state],
+            "observed_generation": applied,
+            "conditions": conditions.set_condition(
+                status.conditions, READY, ready, reason, message, applied or generation
+            ),
+        }
+    )

@@ -1,0 +1,81 @@
+"""IP and MAC addresses for NICs. Pure: the caller keeps what is in use."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from stratus_api.v1alpha1.network import IPAddress, NetworkSpec, Subnet, check_fixed_ip, parse_cidr
+
+MAC_PREFIX = "52:54:00"  # QEMU's locally administered range
+
+
+class IpamError(Exception):
+    """The request cannot be met; `field` names the Instance field to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Allocation:
+    address: str
+    prefix_length: int
+    gateway: str | None
+    dns_servers: tuple[str, ...]
+
+
+def _reserved(subnet: Subnet) -> set[IPAddress]:
+    network = subnet.network
+    reserved: set[IPAddress] = {network.network_address}
+    if network.version == 4 and network.prefixlen < 31:
+        reserved.add(network.broadcast_address)
+    if subnet.gateway:
+        reserved.add(ipaddress.ip_address(subnet.gateway))
+    return reserved
+
+
+def _candidates(subnet: Subnet) -> Iterator[IPAddress]:
+    pools = [parse_cidr(pool) for pool in subnet.allocation_pools or []] or [subnet.network]
+    for pool in pools:
+        yield from pool  # in address order; the reserved ones are skipped by the caller
+
+
+def _allocation(subnet: Subnet, address: IPAddress) -> Allocation:
+    return Allocation(
+        str(address), subnet.network.prefixlen, subnet.gateway, tuple(subnet.dns_servers or ())
+    )
+
+
+def allocate(spec: NetworkSpec, used: set[str], fixed: str | None, field: str) -> Allocation:
+    """A free address in the network's first subnet, or the fixed one if it is allowed."""
+    taken = {ipaddress.ip_address(address) for address in used}
+    if fixed is not None:
+        problem = check_fixed_ip(spec, fixed)
+        if problem is not None:
+            raise IpamError(field, problem)
+        address = ipaddress.ip_address(fixed)
+        if address in taken:
+            raise IpamError(field, f"{fixed} is already in use on this network")
+        subnet = next(s for s in spec.subnets if address in s.network)
+        return _allocation(subnet, address)
+    subnet = spec.subnets[0]
+    reserved = _reserved(subnet)
+    for address in _candidates(subnet):
+        if address not in reserved and address not in taken:
+            return _allocation(subnet, address)
+    raise IpamError(field, f"no free address left in {subnet.cidr}")
+
+
+def mac_for(uid: str, index: int, used: set[str]) -> str:
+    """A MAC derived from the Instance UID, so a retry picks the same one; re-derived on the
+    rare collision with one in use."""
+    for attempt in range(1000):
+        digest = hashlib.sha256(f"{uid}/{index}/{attempt}".encode()).digest()
+        mac = f"{MAC_PREFIX}:{digest[0]:02x}:{digest[1]:02x}:{digest[2]:02x}"
+        if mac not in used:
+            return mac
+    raise IpamError("spec.networks", "no free MAC address")  # pragma: no cover - 2^24 space

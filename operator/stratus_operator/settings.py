@@ -1,0 +1,33 @@
+"""Operator settings: one frozen dataclass per concern, built once at startup, passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROUP = "stratus.io"
+FINALIZER = "stratus.io/finalizer"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    # Seconds between health checks of each agent; also how stale a Ready condition can be.
+    health_interval_seconds: float = 10.0
+    # Seconds one agent request may take; PUT returns at once, so this bounds slow nodes only.
+    request_timeout_seconds: float = 30.0
+    # Seconds without a line on the event stream before it counts as dead (agents send a
+    # heartbeat every 10 s by default).
+    event_idle_timeout_seconds: float = 35.0
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    # Seconds before an unschedulable Instance is tried again (capacity may have appeared).
+    retry_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    # Namespaces to watch; empty: all (cluster-wide).
+    namespaces: tuple[str, ...] = ()
