@@ -37,6 +37,12 @@ class EventHub:
         finally:
             self._queues.discard(queue)
 
+    def close(self) -> None:
+        """End every stream (agent shutdown): clients see a clean end and reconnect."""
+        for queue in list(self._queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
     @property
     def subscribers(self) -> int:
         return len(self._queues)

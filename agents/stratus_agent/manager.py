@@ -30,6 +30,10 @@ class Provisioner(Protocol):
         """Remove everything `prepare` made for the guest; idempotent."""
 
 
+class StaleSpecError(Exception):
+    """A spec older than one already accepted: applying it would roll the guest back."""
+
+
 def _wanted(spec: GuestSpec) -> GuestState:
     return GuestState.RUNNING if spec.power is PowerState.RUNNING else GuestState.STOPPED
 
@@ -73,6 +77,12 @@ class GuestManager:
     async def ensure(self, spec: GuestSpec) -> GuestStatus:
         """Accept a spec; return the guest's status as of now."""
         uid = spec.uid
+        newest = self._desired.get(uid) or self._applied.get(uid)
+        if newest is not None and spec.generation < newest.generation:
+            raise StaleSpecError(
+                f"guest {uid}: generation {spec.generation} is older than the accepted "
+                f"{newest.generation}"
+            )
         current = self._status.get(uid)
         if (
             self._applied.get(uid) == spec
@@ -131,13 +141,14 @@ class GuestManager:
         existed = await self.compute.delete(uid)
         await self._provisioner.cleanup(uid)
         existed = self._status.pop(uid, None) is not None or existed
-        self._hub.publish(
-            GuestEvent(
-                type="guest",
-                time=datetime.datetime.now(datetime.UTC),
-                guest=GuestStatus(uid=uid, state=GuestState.MISSING),
+        if existed:
+            self._hub.publish(
+                GuestEvent(
+                    type="guest",
+                    time=datetime.datetime.now(datetime.UTC),
+                    guest=GuestStatus(uid=uid, state=GuestState.MISSING),
+                )
             )
-        )
         return existed
 
     async def inventory(self) -> list[GuestStatus]:

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from stratus_agent.events import EventHub
-from stratus_agent.manager import GuestManager
+from stratus_agent.manager import GuestManager, StaleSpecError
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.validation import problems_of
 
@@ -137,7 +137,7 @@ async def put_guest(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
     try:
         raw = await request.json()
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"body is not JSON: {exc}")
     try:
         spec = GuestSpec.model_validate(raw)
@@ -145,8 +145,12 @@ async def put_guest(request: web.Request) -> web.Response:
         problems = [str(problem) for problem in problems_of(exc)]
         return _error(422, "invalid guest spec: " + "; ".join(problems), problems=problems)
     if spec.uid != uid:
-        return _error(422, f"uid: {spec.uid} does not match the URL's {uid}")
-    status = await request.app[MANAGER].ensure(spec)
+        problem = f"uid: {spec.uid} does not match the URL's {uid}"
+        return _error(422, f"invalid guest spec: {problem}", problems=[problem])
+    try:
+        status = await request.app[MANAGER].ensure(spec)
+    except StaleSpecError as exc:
+        return _error(409, str(exc))
     return web.json_response(text=status.model_dump_json(by_alias=True), status=202)
 
 
@@ -156,27 +160,35 @@ async def delete_guest(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Newline-delimited JSON GuestEvents until the client goes away, with heartbeats."""
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
+    """Newline-delimited JSON GuestEvents until the client goes away, with heartbeats.
+
+    The first line is a `resync` event: the stream is live from here on, so the client
+    reads the inventory now and misses nothing in between.
+    """
     hub, beat = request.app[HUB], request.app[HEARTBEAT]
     app_metrics = request.app[METRICS]
-    app_metrics.streams.inc()
-    try:
-        with hub.subscribe() as queue:
-            while True:
+    with hub.subscribe() as queue:  # before the headers go out, so no event falls between
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        app_metrics.streams.inc()
+        try:
+            event: GuestEvent | None = GuestEvent(type="resync", time=_now())
+            while event is not None:  # None: agent stopping, or the client fell behind
+                await response.write(event.model_dump_json(by_alias=True).encode() + b"\n")
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=beat)
                 except TimeoutError:
-                    event = GuestEvent(type="heartbeat", time=datetime.datetime.now(datetime.UTC))
-                if event is None:
-                    break  # fell too far behind: the client reconnects and resyncs
-                await response.write(event.model_dump_json(by_alias=True).encode() + b"\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        app_metrics.streams.dec()
+                    event = GuestEvent(type="heartbeat", time=_now())
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        finally:
+            app_metrics.streams.dec()
     return response
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def create_app(
@@ -192,4 +204,9 @@ def create_app(
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
     app.router.add_get("/v1/events", events)
+
+    async def end_streams(_app: web.Application) -> None:
+        hub.close()
+
+    app.on_shutdown.append(end_streams)
     return app

@@ -397,7 +397,7 @@ async def _follow(
             await on_connect()
             async for event in stream:
                 alive = True
-                if event.type != "heartbeat":
+                if event.type == "guest":  # resync is on_connect's, heartbeats only keep it alive
                     await on_event(event)
     except AgentError as exc:
         log.warning("%s; reconnecting", exc)

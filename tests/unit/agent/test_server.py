@@ -89,17 +89,33 @@ async def test_bad_requests_say_what_is_wrong(agent: Agent) -> None:
     assert invalid.status == 422 and any(p.startswith("cpu:") for p in body["problems"])
 
     mismatch = await client.put("/v1/guests/other", json=guest_spec(), headers=AUTH)
-    assert mismatch.status == 422 and "uid" in (await mismatch.json())["error"]
+    assert mismatch.status == 422 and (await mismatch.json())["problems"][0].startswith("uid:")
+
+    binary = await client.put("/v1/guests/x", data=b"\xff\xfe", headers=AUTH)
+    assert binary.status == 400
+
+
+async def test_an_older_generation_is_refused(agent: Agent) -> None:
+    client, _ = agent
+    spec = guest_spec(generation=3)
+    await client.put(f"/v1/guests/{spec['uid']}", json=spec, headers=AUTH)
+    await wait_for_state(client, spec["uid"], "Running")
+    older = await client.put(
+        f"/v1/guests/{spec['uid']}", json={**spec, "generation": 2}, headers=AUTH
+    )
+    assert older.status == 409 and "older" in (await older.json())["error"]
 
 
 async def test_event_stream_reports_changes_and_heartbeats(agent: Agent) -> None:
     client, compute = agent
     response = await client.get("/v1/events", headers=AUTH)
     assert response.status == 200
+    first = json.loads(await asyncio.wait_for(response.content.readline(), 5))
+    assert first["type"] == "resync"  # live from here: the client reads the inventory now
     spec = guest_spec()
     await client.put(f"/v1/guests/{spec['uid']}", json=spec, headers=AUTH)
     seen: list[dict[str, Any]] = []
-    while not any(e.get("guest", {}).get("state") == "Running" for e in seen):
+    while not any((e.get("guest") or {}).get("state") == "Running" for e in seen):
         seen.append(json.loads(await asyncio.wait_for(response.content.readline(), 5)))
     compute.crash(spec["uid"])
     crashed = json.loads(await asyncio.wait_for(response.content.readline(), 5))
