@@ -50,6 +50,25 @@ def agent(config_path: Path) -> None:
     asyncio.run(agent_main.serve(settings))
 
 
+@cli.command()
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch only this namespace (repeatable). Default: the whole cluster.",
+)
+@click.option("--liveness-port", type=int, default=None, help="Serve /healthz on loopback.")
+def operator(namespaces: tuple[str, ...], liveness_port: int | None) -> None:
+    """Run the operator: reconcile Stratus resources, dispatch guests to node agents.
+
+    Uses the in-cluster service account, else KUBECONFIG.
+    """
+    from stratus_operator import main as operator_main
+    from stratus_operator.settings import OperatorSettings
+
+    operator_main.run(OperatorSettings(namespaces=namespaces), liveness_port=liveness_port)
+
+
 @cli.group()
 def dev() -> None:
     """The all-in-one local cloud, for development and tests."""

@@ -22,7 +22,7 @@ class AgentSettings:
 @dataclass(frozen=True)
 class SchedulingSettings:
     # Seconds before an unschedulable Instance is tried again (capacity may have appeared).
-    retry_seconds: float = 15.0
+    retry_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

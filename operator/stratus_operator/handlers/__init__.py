@@ -1,0 +1,8 @@
+"""kopf handlers, one small module per kind: parse the body, call plain code, map errors.
+
+Importing this package registers every handler with kopf.
+"""
+
+from stratus_operator.handlers import hypervisor, image, indexes, instance, lifecycle, network
+
+__all__ = ["hypervisor", "image", "indexes", "instance", "lifecycle", "network"]

@@ -1,0 +1,18 @@
+"""Network handlers: settle the segment and say the Network is ready for NICs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from stratus_api.v1alpha1 import Network
+from stratus_operator import networks
+from stratus_operator.handlers.common import NETWORKS
+
+
+@kopf.on.resume(*NETWORKS)
+@kopf.on.create(*NETWORKS)
+def settle(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    network = Network.model_validate(dict(body))
+    patch.status.update(networks.settled_status(network).to_wire())

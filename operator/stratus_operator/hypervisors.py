@@ -1,0 +1,56 @@
+"""Hypervisors: health-check each agent and keep Ready, capacity and allocations current."""
+
+from __future__ import annotations
+
+from stratus_api.quantity import ByteQuantity
+from stratus_api.v1alpha1 import Hypervisor
+from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
+from stratus_operator import instances
+from stratus_operator.agent_client import AgentError, AgentUnauthorized
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.instance import READY
+from stratus_operator.runtime import AgentNotConfigured, Runtime
+from stratus_operator.world import World
+
+
+async def health(hypervisor: Hypervisor, world: World, runtime: Runtime) -> HypervisorStatus:
+    """The Hypervisor's status after asking its agent how it is."""
+    status = hypervisor.status or HypervisorStatus()
+    name = hypervisor.metadata.name or ""
+    generation = hypervisor.metadata.generation
+    cpu, memory = instances.allocated(name, world, runtime)
+    status = status.model_copy(
+        update={"allocated": Resources(cpu=cpu, memory=ByteQuantity(memory)),
+                "observed_generation": generation}
+    )  # fmt: skip
+    try:
+        client = await runtime.agents.client(hypervisor)
+        inventory = await client.inventory()
+    except AgentNotConfigured as exc:
+        reason, message = "AgentNotConfigured", str(exc)
+    except AgentUnauthorized as exc:
+        reason, message = "AgentUnauthorized", f"{exc} (check spec.tokenSecretRef)"
+    except AgentError as exc:
+        reason, message = "AgentUnreachable", str(exc)
+    else:
+        capacity = Resources(cpu=inventory.cpu, memory=ByteQuantity(inventory.memory_bytes))
+        virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
+        return status.model_copy(
+            update={
+                "virt_type": virt,
+                "capacity": capacity,
+                "allocatable": capacity,
+                "heartbeat": conditions.now(),
+                "conditions": conditions.set_condition(
+                    status.conditions, READY, True, "AgentReady",
+                    f"agent answers; {len(inventory.guests)} guests", generation,
+                ),
+            }
+        )  # fmt: skip
+    return status.model_copy(
+        update={
+            "conditions": conditions.set_condition(
+                status.conditions, READY, False, reason, message, generation
+            )
+        }
+    )

@@ -1,0 +1,116 @@
+"""The few Kubernetes API calls the operator makes besides kopf's own, off the event loop.
+
+kopf watches and patches the objects it handles; this is for the rest: Secrets, status of
+objects other than the handled one, and full lists at resync. The sync `kubernetes` client
+runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from stratus_api.v1alpha1 import GROUP, VERSION
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        if api is None:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config()  # type: ignore[no-untyped-call]
+            api = client.ApiClient()
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's decoded data, or None when it does not exist."""
+
+        def read() -> dict[str, bytes] | None:
+            try:
+                secret = self._core.read_namespaced_secret(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+        return await asyncio.to_thread(read)
+
+    async def list_objects(self, plural: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            found = cast(
+                dict[str, Any], self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            )
+            return cast(list[dict[str, Any]], found["items"])
+
+        return await asyncio.to_thread(read)
+
+    async def update_status(
+        self,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+        attempts: int = 5,
+    ) -> dict[str, Any] | None:
+        """Read the object, let `mutate` compute its new status, write it back only if the
+        object is still at the version read (a 409 reads again). `mutate` returns None to
+        write nothing. Returns the status written, or None.
+
+        Every status writer goes through here, so two writers (a handler and an agent
+        report) never overwrite each other's changes with stale copies.
+        """
+
+        def attempt() -> tuple[bool, dict[str, Any] | None]:
+            try:
+                obj = self._get(plural, namespace, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return True, None
+                raise
+            status = mutate(obj)
+            if status is None or status == obj.get("status"):
+                return True, None
+            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "status": status}  # fmt: skip
+            try:
+                self._patch_status(plural, namespace, name, body)
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False, None
+                if exc.status == 404:
+                    return True, None
+                raise
+            return True, status
+
+        for _ in range(attempts):
+            done, written = await asyncio.to_thread(attempt)
+            if done:
+                return written
+        raise RuntimeError(f"{plural} {namespace}/{name}: status kept changing; gave up")
+
+    def _get(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+        if namespace is None:
+            found = self._custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        else:
+            found = self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            )
+        return cast(dict[str, Any], found)
+
+    def _patch_status(
+        self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
+    ) -> None:
+        if namespace is None:
+            self._custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+        else:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body
+            )

@@ -1,0 +1,36 @@
+"""Networks: the segment id and the Ready condition."""
+
+from __future__ import annotations
+
+import hashlib
+
+from stratus_api.v1alpha1 import Network
+from stratus_api.v1alpha1.network import VLAN_MAX, VNI_MAX, NetworkStatus, NetworkType
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.instance import READY
+
+
+def segment_for(network: Network) -> int | None:
+    """The spec's segment, or one derived from the UID (stable across restarts).
+
+    Derived ids can collide; a full allocator comes with multi-node networking.
+    """
+    if network.spec.segmentation_id is not None or network.spec.type is NetworkType.FLAT:
+        return network.spec.segmentation_id
+    space = VLAN_MAX if network.spec.type is NetworkType.VLAN else VNI_MAX
+    digest = int.from_bytes(hashlib.sha256((network.metadata.uid or "").encode()).digest()[:4])
+    return 1 + digest % space
+
+
+def settled_status(network: Network) -> NetworkStatus:
+    status = network.status or NetworkStatus()
+    generation = network.metadata.generation
+    return status.model_copy(
+        update={
+            "segmentation_id": segment_for(network),
+            "observed_generation": generation,
+            "conditions": conditions.set_condition(
+                status.conditions, READY, True, "Ready", "instances can attach", generation
+            ),
+        }
+    )

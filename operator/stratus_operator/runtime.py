@@ -1,0 +1,93 @@
+"""What the operator holds while it runs: settings, API access, agent clients, claims.
+
+Built once at startup and handed to handlers through kopf's memo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from stratus_api.v1alpha1 import Hypervisor
+from stratus_operator.agent_client import AgentClient, AgentEndpoint
+from stratus_operator.kube import Kube
+from stratus_operator.settings import OperatorSettings
+
+
+class AgentNotConfigured(Exception):
+    """The Hypervisor's token Secret is missing or lacks its key."""
+
+
+@dataclass
+class Claims:
+    """Placements and addresses handed out but maybe not yet visible in the watched
+    Instances. The watched state is the truth; claims only cover the gap until it shows."""
+
+    placements: dict[str, tuple[str, int, int]] = field(
+        default_factory=dict
+    )  # uid → node, cpu, mem
+    addresses: dict[str, dict[str, tuple[str, str]]] = field(
+        default_factory=dict
+    )  # net → uid → (ip, mac)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def release(self, uid: str) -> None:
+        self.placements.pop(uid, None)
+        for owners in self.addresses.values():
+            owners.pop(uid, None)
+
+
+class AgentPool:
+    """One client per Hypervisor, rebuilt when its spec or token changes."""
+
+    def __init__(self, kube: Kube, timeout: float) -> None:
+        self._kube = kube
+        self._timeout = timeout
+        self._clients: dict[str, tuple[AgentEndpoint, AgentClient]] = {}
+
+    async def endpoint(self, hypervisor: Hypervisor) -> AgentEndpoint:
+        ref = hypervisor.spec.token_secret_ref
+        data = await self._kube.secret_data(ref.namespace, ref.name)
+        if data is None:
+            raise AgentNotConfigured(
+                f"spec.tokenSecretRef: Secret {ref.namespace}/{ref.name} not found"
+            )
+        if ref.key not in data:
+            raise AgentNotConfigured(
+                f"spec.tokenSecretRef: Secret {ref.namespace}/{ref.name} has no key {ref.key}"
+            )
+        return AgentEndpoint(
+            url=hypervisor.spec.endpoint,
+            token=data[ref.key].decode().strip(),
+            ca_pem=data.get("ca.crt"),
+        )
+
+    async def client(self, hypervisor: Hypervisor) -> AgentClient:
+        name = hypervisor.metadata.name or ""
+        endpoint = await self.endpoint(hypervisor)
+        known = self._clients.get(name)
+        if known is not None and known[0] == endpoint:
+            return known[1]
+        if known is not None:
+            await known[1].close()
+        fresh = AgentClient(endpoint, timeout=self._timeout)
+        await fresh.__aenter__()
+        self._clients[name] = (endpoint, fresh)
+        return fresh
+
+    async def forget(self, name: str) -> None:
+        known = self._clients.pop(name, None)
+        if known is not None:
+            await known[1].close()
+
+    async def close(self) -> None:
+        for name in list(self._clients):
+            await self.forget(name)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    kube: Kube
+    agents: AgentPool
+    claims: Claims = field(default_factory=Claims)

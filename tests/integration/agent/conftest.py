@@ -1,0 +1,369 @@
+"""A real node for the agent: libvirtd + QEMU (TCG), Open vSwitch (netdev), the test image.
+
+Node services are started only when not already running, and stopped again only if this
+module started them. Each module gets its own state directory under STATE_ROOT and its own
+OVS bridge; every domain a test makes is destroyed and undefined when the test ends, pass or
+fail, and the bridge is deleted when the module ends.
+
+Where the state lives matters: QEMU under libvirt runs as libvirt-qemu, and libvirt's
+dynamic ownership chowns each disk, ISO and backing file to that user when a domain starts,
+but never the directories above them. So every directory from / down to the agent's state
+must be world-traversable (o+x); pytest's tmp_path (/tmp/pytest-of-root is 0700) and
+~/.cache (/root is 0700) are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from stratus_agent import config as agent_config
+from stratus_agent import main as agent_main
+from stratus_agent.manager import GuestManager
+from stratus_agent.server import create_app
+from stratus_api import naming
+from testsupport import AGENT_AUTH, AGENT_TOKEN, REPO_ROOT, guest_spec
+
+LIBVIRT_URI = "qemu:///system"
+# World-traversable, unlike pytest's tmp dirs: see the module docstring.
+STATE_ROOT = Path(os.environ.get("STRATUS_TEST_STATE_ROOT", "/var/lib/stratus-test"))
+MARKER = "STRATUS-GUEST: "
+TOOLS = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "ovs-vsctl",
+         "ovsdb-server", "ovs-vswitchd")  # fmt: skip
+# A TCG guest of the test image is ready in seconds; this leaves room for a loaded machine.
+BOOT_TIMEOUT = 180.0
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("virsh", "-c", LIBVIRT_URI, *args, check=check)
+
+
+def destroy_domain(uid: str) -> None:
+    """Remove a guest's domain whatever state it is in; nothing if it is gone."""
+    name = naming.domain_name(uid)
+    if virsh("domstate", name, check=False).returncode != 0:
+        return
+    virsh("destroy", name, check=False)
+    virsh("undefine", "--managed-save", "--nvram", name, check=False)
+
+
+def _which(tool: str) -> bool:
+    return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
+
+
+@pytest.fixture(scope="session")
+def test_image() -> Path:
+    """hack/build-test-image's qcow2 (cached between runs)."""
+    if not _which("qemu-img"):
+        pytest.skip("qemu-img not installed: run hack/install-deps")
+    result = subprocess.run(
+        [str(REPO_ROOT / "hack/build-test-image")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"hack/build-test-image failed ({result.returncode}):\n{result.stderr}")
+    image = Path(result.stdout.strip().splitlines()[-1])
+    assert image.is_file(), image
+    return image
+
+
+@dataclass
+class Node:
+    """The node under test: the agent's state directory and its OVS bridge."""
+
+    root: Path
+    bridge: str
+    services_started: list[str]
+    # One Image for the whole module, so the agent's cache fetches it once.
+    image_uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def guests_dir(self) -> Path:
+        return self.state_dir / "guests"
+
+    # What the node itself says, through virsh and ovs-vsctl.
+
+    def domains(self) -> list[str]:
+        """Names of every domain libvirt knows, running or not."""
+        return virsh("list", "--all", "--name").stdout.split()
+
+    def domain_state(self, uid: str) -> str:
+        return virsh("domstate", naming.domain_name(uid)).stdout.strip()
+
+    def domain_id(self, uid: str) -> str:
+        return virsh("domid", naming.domain_name(uid)).stdout.strip()
+
+    def domain_xml(self, uid: str) -> str:
+        return virsh("dumpxml", naming.domain_name(uid)).stdout
+
+    def ovs_ports_of(self, uid: str) -> list[str]:
+        """OVS interfaces tagged external_ids:vm-id=<uid>, on any bridge."""
+        out = run("ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find",
+                  "Interface", f"external_ids:vm-id={uid}").stdout  # fmt: skip
+        return sorted(out.split())
+
+    def bridge_ports(self) -> list[str]:
+        return sorted(run("ovs-vsctl", "--timeout=10", "list-ports", self.bridge).stdout.split())
+
+
+def _world_traversable_dir() -> Path:
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    STATE_ROOT.chmod(0o755)
+    root = Path(tempfile.mkdtemp(prefix="agent-", dir=STATE_ROOT))
+    root.chmod(0o755)  # mkdtemp makes it 0700
+    blocked = [p for p in (root, *root.parents) if not p.stat().st_mode & 0o001]
+    if blocked:
+        shutil.rmtree(root)
+        pytest.fail(f"{blocked[-1]} is not world-traversable: QEMU could not reach {root}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def libvirt_node() -> Iterator[Node]:
+    """libvirtd, virtlogd and OVS running; a fresh state directory and bridge."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: libvirt's qemu:///system and Open vSwitch")
+    missing = [tool for tool in TOOLS if not _which(tool)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: run hack/install-deps")
+    from stratus_devcloud.nodeservices import NodeServices  # noqa: PLC0415 - needs the tools
+
+    root = _world_traversable_dir()
+    services = NodeServices(root / "node-services")
+    bridge = f"stt{secrets.token_hex(4)}"  # 11 characters: Linux allows 15
+    try:
+        node = Node(root=root, bridge=bridge, services_started=services.up())
+        yield node
+    finally:
+        # Domains whose files live in this state directory (a test's own finalizer should
+        # have removed them already).
+        for name in virsh("list", "--all", "--name", check=False).stdout.split():
+            uid = naming.instance_uid_of_domain(name)
+            if uid and str(root) in virsh("dumpxml", name, check=False).stdout:
+                destroy_domain(uid)
+        run("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge, check=False)
+        services.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def image_server(libvirt_node: Node, test_image: Path) -> AsyncIterator[dict[str, Any]]:
+    """Serves the test image over HTTP on 127.0.0.1; yields its ImageRef (wire form)."""
+    digest = hashlib.sha256(test_image.read_bytes()).hexdigest()
+
+    async def handle(_request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(test_image)
+
+    app = web.Application()
+    app.router.add_get("/stratus-test.qcow2", handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield {
+            "uid": libvirt_node.image_uid,
+            "name": "stratus-test",
+            "url": str(server.make_url("/stratus-test.qcow2")),
+            "sha256": digest,
+            "format": "qcow2",
+        }
+
+
+@pytest.fixture
+def make_guest_spec(
+    libvirt_node: Node, image_server: dict[str, Any]
+) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Guest specs (wire form) booting the test image; their domains are removed when the
+    test ends, pass or fail."""
+    made: list[str] = []
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        spec = guest_spec(**overrides)
+        spec["disks"] = [{"name": "root", "image": image_server}]
+        made.append(spec["uid"])
+        return spec
+
+    yield make
+    for uid in made:
+        destroy_domain(uid)
+
+
+class Console:
+    """A guest's serial console log, as virtlogd writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def text(self) -> str:
+        try:
+            return self.path.read_bytes().decode(errors="replace").replace("\r", "")
+        except FileNotFoundError:
+            return ""
+
+    def markers(self) -> list[str]:
+        """The test image's marker lines, without the prefix (a prompt may precede one)."""
+        return [
+            line[line.index(MARKER) + len(MARKER) :].rstrip()
+            for line in self.text().splitlines()
+            if MARKER in line
+        ]
+
+
+@dataclass
+class AgentUnderTest:
+    """The real agent app served over HTTP, with helpers that speak its API."""
+
+    client: TestClient[Any, Any]
+    manager: GuestManager
+    node: Node
+    stopped: bool = False
+
+    async def put(self, spec: dict[str, Any]) -> dict[str, Any]:
+        response = await self.client.put(f"/v1/guests/{spec['uid']}", json=spec, headers=AGENT_AUTH)
+        body: dict[str, Any] = await response.json()
+        assert response.status == 202, body
+        return body
+
+    async def get(self, uid: str) -> dict[str, Any] | None:
+        response = await self.client.get(f"/v1/guests/{uid}", headers=AGENT_AUTH)
+        if response.status == 404:
+            return None
+        body: dict[str, Any] = await response.json()
+        assert response.status == 200, body
+        return body
+
+    async def inventory(self) -> dict[str, Any]:
+        response = await self.client.get("/v1/guests", headers=AGENT_AUTH)
+        body: dict[str, Any] = await response.json()
+        assert response.status == 200, body
+        return body
+
+    async def delete(self, uid: str) -> dict[str, Any]:
+        response = await self.client.delete(f"/v1/guests/{uid}", headers=AGENT_AUTH)
+        body: dict[str, Any] = await response.json()
+        assert response.status == 200, body
+        return body
+
+    async def stop(self) -> None:
+        """Stop serving and disconnect, as the agent does on SIGTERM (guests keep running);
+        idempotent."""
+        if not self.stopped:
+            self.stopped = True
+            await self.client.close()
+            await self.manager.stop()
+
+    def console(self, uid: str) -> Console:
+        return Console(self.node.guests_dir / naming.console_log_file(uid))
+
+    def diagnostics(self, uid: str) -> str:
+        qemu_log = Path("/var/log/libvirt/qemu") / f"{naming.domain_name(uid)}.log"
+        qemu = qemu_log.read_text(errors="replace")[-3000:] if qemu_log.exists() else ""
+        return (
+            f"--- agent status: {self.manager.status(uid)}\n"
+            f"--- console (last 3000 chars):\n{self.console(uid).text()[-3000:]}\n"
+            f"--- {qemu_log} (last 3000 chars):\n{qemu}"
+        )
+
+    async def wait_for_state(
+        self, uid: str, state: str, *, generation: int | None = None, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Poll GET /v1/guests/{uid} until the guest is in `state` (at `generation`)."""
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            status = await self.get(uid)
+            if status is not None:
+                if status["state"] == state and generation in (None, status["generation"]):
+                    return status
+                if status["state"] == "Failed" and state != "Failed":
+                    break
+            await asyncio.sleep(0.2)
+        raise AssertionError(
+            f"guest {uid}: not {state} (generation {generation}) within {timeout} s; "
+            f"last status {status}\n{self.diagnostics(uid)}"
+        )
+
+    async def wait_for_marker(
+        self, uid: str, marker: str, timeout: float = BOOT_TIMEOUT
+    ) -> list[str]:
+        """Poll the agent's status and the console log until `marker` shows up on the
+        console; all markers by then. Fails early when the agent reports a failure."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            markers = self.console(uid).markers()
+            if marker in markers:
+                return markers
+            status = await self.get(uid)
+            if status is not None and status["state"] in ("Failed", "Crashed"):
+                break
+            await asyncio.sleep(0.2)
+        raise AssertionError(
+            f"guest {uid}: no {marker!r} on the console within {timeout} s\n"
+            f"{self.diagnostics(uid)}"
+        )
+
+
+@pytest.fixture
+async def start_agent(
+    libvirt_node: Node,
+) -> AsyncIterator[Callable[[], Awaitable[AgentUnderTest]]]:
+    """Starts the agent as `stratus_agent.main` assembles it (LibvirtComputeDriver,
+    NodeProvisioner) over the node's state; more than one call simulates a restart. Every
+    agent started is stopped at the end; guests keep running, as with a real agent."""
+    token_file = libvirt_node.root / "token"
+    token_file.write_text(AGENT_TOKEN)
+    token_file.chmod(0o600)
+    config = agent_config.AgentConfig(
+        node_name="node-under-test",
+        token_file=token_file,
+        state_dir=libvirt_node.state_dir,
+        libvirt_uri=LIBVIRT_URI,
+        network=agent_config.NetworkConfig(bridge=libvirt_node.bridge, datapath_type="netdev"),
+    )
+    running: list[AgentUnderTest] = []
+
+    async def start() -> AgentUnderTest:
+        manager, hub = await agent_main.build(config)
+        app = create_app(
+            manager, hub, token=config.read_token(), node=config.node_name, heartbeat=1.0
+        )
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        agent = AgentUnderTest(client, manager, libvirt_node)
+        running.append(agent)
+        return agent
+
+    yield start
+    for agent in reversed(running):
+        await agent.stop()
+
+
+@pytest.fixture
+async def agent(start_agent: Callable[[], Awaitable[AgentUnderTest]]) -> AgentUnderTest:
+    return await start_agent()

@@ -1,0 +1,204 @@
+"""The agent on a real node: libvirtd + QEMU (TCG), Open vSwitch (netdev), the test image.
+
+The agent app is assembled as `stratus_agent.main.build` does it and served over HTTP on
+127.0.0.1; the tests speak only its API, and check the node with virsh, ovs-vsctl and the
+guest's serial console log, where the test image prints "STRATUS-GUEST: ..." markers.
+Fixtures (conftest.py) remove every domain a test made, pass or fail.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stratus_api import naming
+from testsupport import AGENT_AUTH
+
+if TYPE_CHECKING:
+    from conftest import AgentUnderTest, Node
+
+SpecFactory = Callable[..., dict[str, Any]]
+StartAgent = Callable[[], Awaitable["AgentUnderTest"]]
+SUBNET = "10.77.0"  # only on this module's own bridge, which has no host address
+PING_OK = "PING-OK"
+
+
+def nic(address: str) -> dict[str, Any]:
+    return {
+        "network": "test-net",
+        "networkUid": str(uuid.uuid4()),
+        "mac": "52:54:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:3]),
+        "address": address,
+        "prefixLength": 24,
+    }
+
+
+def spec_for(
+    make_guest_spec: SpecFactory, hostname: str, address: str, user_data: str
+) -> dict[str, Any]:
+    spec = make_guest_spec(name=hostname, nics=[nic(address)])
+    spec["cloudInit"] = {
+        "instanceId": f"i-{spec['uid'][:8]}",
+        "hostname": hostname,
+        "userData": user_data,
+    }
+    return spec
+
+
+def file_identity(path: Path) -> tuple[int, int, int]:
+    """Changes when the file is replaced or written to."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def report(what: str, seconds: float) -> None:
+    print(f"TIMING {what}: {seconds:.2f} s")  # shown with `pytest -s`
+
+
+async def boot(agent: AgentUnderTest, spec: dict[str, Any]) -> list[str]:
+    """PUT the spec; wait for Running, then for 'ready' on the console; its markers."""
+    started = time.monotonic()
+    accepted = await agent.put(spec)
+    assert accepted["state"] in ("Provisioning", "Running")
+    await agent.wait_for_state(spec["uid"], "Running", generation=spec["generation"])
+    report(f"{spec['name']}: PUT -> Running", time.monotonic() - started)
+    markers = await agent.wait_for_marker(spec["uid"], "ready")
+    report(f"{spec['name']}: PUT -> 'ready' on the console", time.monotonic() - started)
+    return markers
+
+
+async def test_ensure_boots_a_guest_and_again_changes_nothing(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory, libvirt_node: Node
+) -> None:
+    spec = spec_for(
+        make_guest_spec, "vm-one", f"{SUBNET}.11", "#!/bin/sh\necho hello-from-user-data\n"
+    )
+    uid = spec["uid"]
+    markers = await boot(agent, spec)
+
+    for expected in (
+        "hostname=vm-one",
+        f"instance-id=i-{uid[:8]}",
+        f"ip eth0 {SUBNET}.11/24",
+        "user-data start",
+        "user-data exit=0",
+    ):
+        assert expected in markers, agent.diagnostics(uid)
+    assert "\nhello-from-user-data\n" in agent.console(uid).text()
+    assert libvirt_node.domain_state(uid) == "running"
+    assert "<domain type='qemu'" in libvirt_node.domain_xml(uid)
+    assert (await agent.inventory())["virtType"] == "qemu"
+    tap = naming.tap_name(uid, 0)
+    assert libvirt_node.ovs_ports_of(uid) == [tap]
+    assert tap in libvirt_node.bridge_ports()
+
+    # Ensure again with the same spec: same domain, not restarted, disk and seed untouched.
+    overlay = libvirt_node.guests_dir / naming.root_disk_file(uid)
+    seed = libvirt_node.guests_dir / naming.seed_iso_file(uid)
+    console = agent.console(uid)
+    before = libvirt_node.domain_id(uid), file_identity(overlay), file_identity(seed)
+    console_before = console.text()
+    again = await agent.put(spec)
+    assert (again["state"], again["generation"]) == ("Running", 1)
+    assert (libvirt_node.domain_id(uid), file_identity(overlay), file_identity(seed)) == before
+    assert console.text().startswith(console_before)  # went on, did not start over
+    assert console.markers().count("booted") == 1
+    assert libvirt_node.domains().count(naming.domain_name(uid)) == 1
+
+
+async def test_guests_on_one_bridge_reach_each_other(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory
+) -> None:
+    first = spec_for(make_guest_spec, "vm-a", f"{SUBNET}.21", "#!/bin/sh\ntrue\n")
+    target = f"{SUBNET}.21"
+    # The first guest may still be booting: wait for its first answer, then ping for real.
+    pinger = (
+        "#!/bin/sh\n"
+        f"i=0; until ping -c 1 -W 1 {target} >/dev/null 2>&1; do\n"
+        '  i=$((i + 1)); [ "$i" -lt 60 ] || break\n'
+        "done\n"
+        f"ping -c 3 -W 2 {target} && echo {PING_OK}\n"
+    )
+    second = spec_for(make_guest_spec, "vm-b", f"{SUBNET}.22", pinger)
+    await agent.put(first)
+    await boot(agent, second)
+    await agent.wait_for_marker(first["uid"], "ready")
+
+    console = agent.console(second["uid"]).text()
+    assert f"\n{PING_OK}\n" in console, agent.diagnostics(second["uid"])
+    assert "3 packets transmitted, 3 packets received, 0% packet loss" in console
+    assert "user-data exit=0" in agent.console(second["uid"]).markers()
+
+
+async def test_stop_start_and_delete(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory, libvirt_node: Node
+) -> None:
+    spec = spec_for(make_guest_spec, "vm-stop", f"{SUBNET}.31", "#!/bin/sh\ntrue\n")
+    uid = spec["uid"]
+    await boot(agent, spec)
+    first_id = libvirt_node.domain_id(uid)
+
+    # runStrategy Halted: graceful (ACPI) shutdown, reported as Stopped.
+    spec = {**spec, "generation": 2, "power": "Stopped"}
+    started = time.monotonic()
+    await agent.put(spec)
+    await agent.wait_for_state(uid, "Stopped", generation=2, timeout=60)
+    report("Running -> Stopped (ACPI)", time.monotonic() - started)
+    assert libvirt_node.domain_state(uid) == "shut off"
+    assert "power button" in agent.console(uid).markers(), "stopped, but not through ACPI"
+
+    # runStrategy Always again: the same domain starts anew, from the same disk.
+    spec = {**spec, "generation": 3, "power": "Running"}
+    await agent.put(spec)
+    await agent.wait_for_state(uid, "Running", generation=3)
+    assert libvirt_node.domain_id(uid) != first_id
+    markers = await agent.wait_for_marker(uid, "ready")
+    assert markers.count("booted") == 1  # the console log starts over with each boot
+    assert libvirt_node.ovs_ports_of(uid) == [naming.tap_name(uid, 0)]
+
+    # DELETE leaves nothing behind, and is idempotent.
+    assert await agent.delete(uid) == {"deleted": True}
+    assert naming.domain_name(uid) not in libvirt_node.domains()
+    assert libvirt_node.ovs_ports_of(uid) == []
+    assert naming.tap_name(uid, 0) not in libvirt_node.bridge_ports()
+    assert sorted(libvirt_node.guests_dir.glob(f"{uid}*")) == []
+    assert await agent.get(uid) is None
+    assert await agent.delete(uid) == {"deleted": False}
+
+
+async def test_stop_falls_back_to_power_off(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory, libvirt_node: Node
+) -> None:
+    """A guest that ignores the ACPI power button is powered off after the grace time."""
+
+
+async def test_wrong_token_is_refused(agent: AgentUnderTest) -> None:
+    response = await agent.client.get("/v1/guests", headers={"Authorization": "Bearer nope"})
+    assert response.status == 401
+    assert (await agent.client.get("/v1/guests", headers=AGENT_AUTH)).status == 200
+
+
+async def test_restarted_agent_finds_its_guest(
+    start_agent: StartAgent, make_guest_spec: SpecFactory, libvirt_node: Node
+) -> None:
+    spec = spec_for(make_guest_spec, "vm-restart", f"{SUBNET}.41", "#!/bin/sh\ntrue\n")
+    uid = spec["uid"]
+    first = await start_agent()
+    await boot(first, spec)
+    domain_id = libvirt_node.domain_id(uid)
+    await first.stop()
+
+    second = await start_agent()  # same state directory, bridge and libvirtd
+    listed = {guest["uid"]: guest for guest in (await second.inventory())["guests"]}
+    assert listed[uid]["state"] == "Running"
+    assert (await second.get(uid) or {}).get("state") == "Running"
+
+    await second.put(spec)
+    await second.wait_for_state(uid, "Running", generation=1)
+    assert libvirt_node.domains().count(naming.domain_name(uid)) == 1
+    assert libvirt_node.domain_id(uid) == domain_id
+    assert second.console(uid).markers().count("booted") == 1
+    assert libvirt_node.ovs_ports_of(uid) == [naming.tap_name(uid, 0)]
