@@ -48,6 +48,13 @@ class ReserveConfig(_Section):
     memory_bytes: int = Field(default=512 * 2**20, ge=0)
 
 
+class FakeComputeConfig(_Section):
+    """What the fake compute driver claims the node has (control-plane tests, benchmarks)."""
+
+    cpu: int = Field(default=1024, ge=1)
+    memory_bytes: int = Field(default=4 * 2**40, ge=2**30)
+
+
 class AgentConfig(_Section):
     node_name: str = Field(default_factory=socket.gethostname)
     token_file: Path = Field(description="File holding the bearer token callers must send.")
@@ -56,6 +63,7 @@ class AgentConfig(_Section):
         description="Disks, seed ISOs, console logs and the image cache live here.",
     )
     compute: Literal["libvirt", "fake"] = "libvirt"
+    fake: FakeComputeConfig = Field(default_factory=FakeComputeConfig)
     libvirt_uri: str = "qemu:///system"
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(insecure=True))
     network: NetworkConfig = Field(default_factory=NetworkConfig)

@@ -29,7 +29,7 @@ async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHu
     compute: ComputeDriver
     provisioner: Provisioner
     if config.compute == "fake":
-        compute = FakeComputeDriver()
+        compute = FakeComputeDriver(config.fake.cpu, config.fake.memory_bytes)
         provisioner = FakeProvisioner(config.state_dir / "guests")
     else:
         from stratus_agent.compute.libvirt_driver import LibvirtComputeDriver

@@ -189,10 +189,17 @@ class LibvirtHost:
 
 
 class LibvirtComputeDriver:
-    def __init__(self, uri: str = "qemu:///system", virt_type: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str = "qemu:///system",
+        virt_type: str | None = None,
+        shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+    ) -> None:
         _start_event_loop()
         self.host = LibvirtHost(uri)
         self.virt_type = virt_type or "qemu"
+        # Seconds a guest gets to power off on ACPI before it is destroyed.
+        self.shutdown_grace = shutdown_grace
         self._forced_virt_type = virt_type
         self._generations: dict[str, int] = {}
 
@@ -228,7 +235,7 @@ class LibvirtComputeDriver:
             if spec.power is PowerState.RUNNING:
                 guest.start()
             else:
-                guest.stop()
+                guest.stop(self.shutdown_grace)
             return guest.status(spec.generation)
 
         self._generations[spec.uid] = spec.generation

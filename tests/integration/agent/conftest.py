@@ -324,8 +324,7 @@ class AgentUnderTest:
                 break
             await asyncio.sleep(0.2)
         raise AssertionError(
-            f"guest {uid}: no {marker!r} on the console within {timeout} s\n"
-            f"{self.diagnostics(uid)}"
+            f"guest {uid}: no {marker!r} on the console within {timeout} s\n{self.diagnostics(uid)}"
         )
 
 

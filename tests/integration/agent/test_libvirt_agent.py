@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stratus_agent.compute import libvirt_driver
 from stratus_api import naming
 from testsupport import AGENT_AUTH
 
@@ -173,6 +174,23 @@ async def test_stop_falls_back_to_power_off(
     agent: AgentUnderTest, make_guest_spec: SpecFactory, libvirt_node: Node
 ) -> None:
     """A guest that ignores the ACPI power button is powered off after the grace time."""
+    # The test image handles the power button only once it is ready, and user-data runs
+    # before that: this guest ignores ACPI for as long as its user-data sleeps.
+    spec = spec_for(make_guest_spec, "vm-deaf", f"{SUBNET}.51", "#!/bin/sh\nsleep 600\n")
+    uid = spec["uid"]
+    compute = agent.manager.compute
+    assert isinstance(compute, libvirt_driver.LibvirtComputeDriver)
+    compute.shutdown_grace = 3.0
+    await agent.put(spec)
+    await agent.wait_for_marker(uid, "user-data start")
+
+    started = time.monotonic()
+    await agent.put({**spec, "generation": 2, "power": "Stopped"})
+    await agent.wait_for_state(uid, "Stopped", generation=2, timeout=60)
+    report("Running -> Stopped (ACPI ignored, destroyed)", time.monotonic() - started)
+    assert time.monotonic() - started >= compute.shutdown_grace
+    assert libvirt_node.domain_state(uid) == "shut off"
+    assert "power button" not in agent.console(uid).markers()
 
 
 async def test_wrong_token_is_refused(agent: AgentUnderTest) -> None:
