@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import controlplane
+from stratus_devcloud import allinone, controlplane
+from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
 STATE_DIR_OPTION = click.option(
@@ -58,11 +60,18 @@ def agent(config_path: Path) -> None:
     help="Watch only this namespace (repeatable). Default: the whole cluster.",
 )
 @click.option("--liveness-port", type=int, default=None, help="Serve /healthz on loopback.")
-def operator(namespaces: tuple[str, ...], liveness_port: int | None) -> None:
-    """Run the operator: reconcile Stratus resources, dispatch guests to node agents.
-
-    Uses the in-cluster service account, else KUBECONFIG.
-    """
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Use this kubeconfig (default: in-cluster service account, else KUBECONFIG).",
+)
+def operator(
+    namespaces: tuple[str, ...], liveness_port: int | None, kubeconfig: str | None
+) -> None:
+    """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
     from stratus_operator.settings import OperatorSettings
 
@@ -76,50 +85,75 @@ def dev() -> None:
 
 @dev.command()
 @STATE_DIR_OPTION
-def up(state_dir: Path) -> None:
-    """Start the local control plane (or find it running) and install the CRDs.
+@click.option(
+    "--control-plane-only",
+    is_flag=True,
+    help="Only etcd, kube-apiserver and kube-controller-manager: no node, agent or operator.",
+)
+def up(state_dir: Path, control_plane_only: bool) -> None:
+    """Start the local cloud (or find it running): the Kubernetes control plane with the
+    CRDs, Open vSwitch and libvirtd, one agent registered as Hypervisor `local`, the
+    operator, and an HTTP server for the test image.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
     `eval "$(stratus dev up)"` sets up the calling shell.
     """
-    plane = controlplane.LocalControlPlane(state_dir)
+    cloud = allinone.DevCloud(state_dir)
     start = time.monotonic()
-    already = plane.running()
     try:
-        plane.up(crd_dir=REPO_ROOT / "crds")
-    except controlplane.ControlPlaneError as exc:
+        if control_plane_only:
+            cloud.plane.up(crd_dir=REPO_ROOT / "crds")
+        else:
+            cloud.up()
+    except (controlplane.ControlPlaneError, NodeServiceError) as exc:
         raise click.ClickException(str(exc)) from exc
-    verb = "already up" if len(already) == len(plane.daemons()) else "up"
     click.echo(
-        f"stratus dev: control plane {verb} at {plane.server_url} "
-        f"({time.monotonic() - start:.1f} s); logs in {plane.state_dir / 'logs'}",
+        f"stratus dev: up in {time.monotonic() - start:.1f} s: API {cloud.plane.server_url}, "
+        f"logs in {cloud.state_dir / 'logs'}",
         err=True,
     )
-    click.echo(f"export KUBECONFIG={plane.kubeconfig}")
-    click.echo(f"export PATH={plane.user_bin_dir}:$PATH")
+    click.echo(f"export KUBECONFIG={cloud.plane.kubeconfig}")
+    click.echo(f"export PATH={cloud.plane.user_bin_dir}:$PATH")
 
 
 @dev.command()
 @STATE_DIR_OPTION
 def down(state_dir: Path) -> None:
-    """Stop every process of the local cloud. Its data stays in the state directory."""
-    plane = controlplane.LocalControlPlane(state_dir)
-    if not (plane.state_dir / "run").exists():
-        click.echo(f"stratus dev: nothing running in {plane.state_dir}", err=True)
+    """Stop the local cloud: delete its guests, bridge and node files, stop every process it
+    started. Kubernetes data stays in the state directory for the next `up`."""
+    cloud = allinone.DevCloud(state_dir)
+    if not (cloud.state_dir / "run").exists():
+        click.echo(f"stratus dev: nothing running in {cloud.state_dir}", err=True)
         return
-    stopped = plane.down()
+    stopped = cloud.down()
     click.echo(f"stratus dev: stopped {', '.join(stopped) or 'nothing'}", err=True)
+
+
+@dev.command()
+@STATE_DIR_OPTION
+@click.argument("instance")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--lines", default=20, show_default=True)
+def console(state_dir: Path, instance: str, namespace: str, lines: int) -> None:
+    """Print the end of an Instance's serial console log (on this all-in-one node)."""
+    cloud = allinone.DevCloud(state_dir)
+    try:
+        text = cloud.console_log(namespace, instance)
+    except controlplane.ControlPlaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(text.splitlines()[-lines:]))
 
 
 @dev.command()
 @STATE_DIR_OPTION
 def status(state_dir: Path) -> None:
     """Say which processes of the local cloud run; exit 1 when the API is not ready."""
-    plane = controlplane.LocalControlPlane(state_dir)
+    cloud = allinone.DevCloud(state_dir)
+    plane = cloud.plane
     if not (plane.state_dir / "ports.json").exists():
         click.echo(f"no local cloud in {plane.state_dir}")
         sys.exit(1)
-    for daemon in plane.daemons():
+    for daemon in [*plane.daemons(), cloud.image_server, cloud.agent, cloud.operator]:
         pid = daemon.pid()
         click.echo(f"{daemon.name:<26} {'running, pid ' + str(pid) if pid else 'stopped'}")
     ready = plane.ready()
