@@ -33,6 +33,8 @@ AGENT_SYSTEM_NAMESPACE = "stratus-system"
 # which neither /tmp/pytest-* nor /root is. One directory per state dir, named from it.
 NODE_ROOT = Path("/var/lib/stratus")
 READY_TIMEOUT_SECONDS = 60.0
+# Seconds `down` keeps sweeping for guests whose start was already under way.
+DOWN_SETTLE_SECONDS = 90.0
 
 
 def _free_port() -> int:
@@ -186,21 +188,34 @@ class DevCloud:
         return stopped
 
     def _remove_node_state(self) -> None:
-        """Every guest, the bridge and the node's files; needs the node services running."""
+        """Every guest, the bridge and the node's files; needs the node services running.
+
+        A domain start the agent had sent just before it stopped still completes inside
+        libvirtd, so guests are removed until a pass finds none twice in a row.
+        """
         if self.node.libvirt_running():
-            listed = subprocess.run(
-                ["virsh", "-c", LIBVIRT_URI, "list", "--all", "--name"],
-                capture_output=True, text=True, check=False,
-            ).stdout.split()  # fmt: skip
-            for domain in (d for d in listed if self._ours(d)):
-                subprocess.run(["virsh", "-c", LIBVIRT_URI, "destroy", domain],
-                               capture_output=True, check=False)  # fmt: skip
-                subprocess.run(["virsh", "-c", LIBVIRT_URI, "undefine", "--nvram", domain],
-                               capture_output=True, check=False)  # fmt: skip
+            deadline, quiet = time.monotonic() + DOWN_SETTLE_SECONDS, 0
+            while quiet < 2 and time.monotonic() < deadline:
+                removed = self._remove_domains()
+                quiet = 0 if removed else quiet + 1
+                time.sleep(0 if removed else 1.0)
         if self.node.ovs_running():
             subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", BRIDGE],
                            capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.node_dir, ignore_errors=True)
+
+    def _remove_domains(self) -> int:
+        listed = subprocess.run(
+            ["virsh", "-c", LIBVIRT_URI, "list", "--all", "--name"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        ours = [domain for domain in listed if self._ours(domain)]
+        for domain in ours:
+            subprocess.run(["virsh", "-c", LIBVIRT_URI, "destroy", domain],
+                           capture_output=True, check=False)  # fmt: skip
+            subprocess.run(["virsh", "-c", LIBVIRT_URI, "undefine", "--nvram", domain],
+                           capture_output=True, check=False)  # fmt: skip
+        return len(ours)
 
     def console_log(self, namespace: str, name: str) -> str:
         """The serial console log of an Instance running on this node."""
