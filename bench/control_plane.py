@@ -1,0 +1,134 @@
+"""Benchmark: N Instances on the fake compute driver, through the real API server.
+
+Prints a table: time until all Running, API requests per Instance (from kube-apiserver's
+own apiserver_request_total), operator peak memory (VmHWM). Not a test: run it by hand,
+`.venv/bin/python bench/control_plane.py [--instances 200]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from stratus_devcloud.controlplane import REPO_ROOT, LocalControlPlane
+
+STRATUS = [sys.executable, "-m", "stratus_cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def request_count(plane: LocalControlPlane) -> int:
+    with urllib.request.urlopen(f"{plane.server_url}/metrics", context=plane.ssl_context()) as r:
+        text = r.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("apiserver_request_total{")))  # fmt: skip
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def kubectl(plane: LocalControlPlane, *args: str, input: str | None = None) -> str:
+    argv = [str(plane.kubectl), f"--kubeconfig={plane.kubeconfig}", *args]
+    return subprocess.run(argv, input=input, capture_output=True, text=True, check=True).stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=200)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
+    plane = LocalControlPlane(work / "cluster")
+    plane.up(crd_dir=REPO_ROOT / "crds")
+    token = work / "token"
+    token.write_text(secrets.token_urlsafe(24))
+    token.chmod(0o600)
+    port = free_port()
+    config = {"node_name": "bench", "token_file": str(token), "state_dir": str(work / "node"),
+              "compute": "fake",
+              "listen": {"host": "127.0.0.1", "port": port, "insecure": True}}  # fmt: skip
+    (work / "agent.yaml").write_text(json.dumps(config))
+    agent = subprocess.Popen([*STRATUS, "agent", "--config", str(work / "agent.yaml")],
+                             stdout=(work / "agent.log").open("w"),
+                             stderr=subprocess.STDOUT)  # fmt: skip
+    kubectl(plane, "create", "namespace", "stratus-system")
+    kubectl(plane, "-n", "stratus-system", "create", "secret", "generic", "agent-bench",
+            f"--from-file=token={token}")  # fmt: skip
+    items = [
+        {"apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": "bench"},
+         "spec": {"endpoint": f"http://127.0.0.1:{port}",
+                  "tokenSecretRef": {"namespace": "stratus-system", "name": "agent-bench"}}},
+        {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": "net",
+         "namespace": "default"}, "spec": {"subnets": [{"cidr": "10.64.0.0/16"}]}},
+        {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "img",
+         "namespace": "default"}, "spec": {"source": {"http": {"url": "http://127.0.0.1:9/i"}}}},
+    ]  # fmt: skip
+    kubectl(plane, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                         "items": items}))  # fmt: skip
+    operator = subprocess.Popen([*STRATUS, "operator", "--kubeconfig", str(plane.kubeconfig)],
+                                stdout=(work / "operator.log").open("w"),
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "True" not in kubectl(plane, "get", "hypervisor", "bench", "-o",
+                                    "jsonpath={.status.conditions[0].status}"):  # fmt: skip
+            assert time.monotonic() < deadline, "hypervisor never Ready"
+            time.sleep(0.2)
+        instances = [
+            {"apiVersion": "stratus.io/v1alpha1", "kind": "Instance",
+             "metadata": {"name": f"vm-{i:04d}", "namespace": "default"},
+             "spec": {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
+                      "networks": [{"name": "net"}]}}
+            for i in range(args.instances)
+        ]  # fmt: skip
+        before = request_count(plane)
+        start = time.monotonic()
+        batch = {"apiVersion": "v1", "kind": "List", "items": instances}
+        kubectl(plane, "apply", "-f", "-", input=json.dumps(batch))
+        applied = time.monotonic() - start
+        while True:
+            phases = kubectl(plane, "get", "instances", "-n", "default", "-o",
+                             "jsonpath={.items[*].status.phase}").split()  # fmt: skip
+            if phases.count("Running") == args.instances:
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        requests = request_count(plane) - before
+        rows = [
+            ("instances", f"{args.instances}"),
+            ("kubectl apply (all)", f"{applied:.1f} s"),
+            ("apply -> all Running", f"{elapsed:.1f} s"),
+            ("per Instance", f"{elapsed / args.instances * 1000:.0f} ms"),
+            ("API requests / Instance", f"{requests / args.instances:.1f} (incl. bench polling)"),
+            ("operator peak RSS", f"{peak_rss_mib(operator.pid):.0f} MiB"),
+            ("agent (fake) peak RSS", f"{peak_rss_mib(agent.pid):.0f} MiB"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        print(f"{'metric':<{width}}  value")
+        for name, value in rows:
+            print(f"{name:<{width}}  {value}")
+    finally:
+        for process in (operator, agent):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        plane.down()
+
+
+if __name__ == "__main__":
+    main()
