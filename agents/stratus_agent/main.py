@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from pathlib import Path
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHu
     else:
         from stratus_agent.compute.libvirt_driver import LibvirtComputeDriver
 
+        _prepare_state_dir(config.state_dir)
         compute = LibvirtComputeDriver(config.libvirt_uri)
         node = NodeProvisioner(
             ImageCache(config.state_dir / "images"),
@@ -47,6 +49,21 @@ async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHu
     if isinstance(provisioner, NodeProvisioner):
         provisioner.virt_type = "kvm" if compute.virt_type == "kvm" else "qemu"
     return manager, hub
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    """QEMU runs as libvirt-qemu: libvirt hands it each disk file, but every directory above
+    must let others through (o+x), which /root or a 0700 temporary directory does not."""
+    for directory in (state_dir, state_dir / "images", state_dir / "guests"):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o711)
+    for parent in state_dir.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            raise agent_config.ConfigError(
+                f"state_dir: {parent} is not traversable by others, so QEMU (running as "
+                f"libvirt-qemu) cannot reach disks under {state_dir}; use a directory such "
+                "as /var/lib/stratus or chmod o+x it"
+            )
 
 
 def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:

@@ -62,6 +62,9 @@ def _start_event_loop() -> None:
     with _EVENT_LOOP_LOCK:
         if _event_loop_started:
             return
+        # libvirt's default error handler prints every error on stderr, also those handled
+        # here (looking up a domain that is gone); each one reaches us as a libvirtError.
+        libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
@@ -117,17 +120,19 @@ class LibvirtGuest:
         flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         self.domain.undefineFlags(flags)
 
-    def vnc_port(self) -> int | None:
-        if not self.running():
-            return None
-        live = domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
-        ports = [g.port for g in live.devices.graphics if g.port is not None and g.port > 0]
-        return ports[0] if ports else None
-
     def status(self, generation: int | None = None) -> GuestStatus:
+        """State, VNC port and the generation the definition was built from (kept in our
+        metadata, so it survives an agent restart)."""
         assert self.uid is not None
+        described = domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
+        ports = [g.port for g in described.devices.graphics if g.port is not None and g.port > 0]
+        if generation is None and described.metadata is not None:
+            generation = described.metadata.generation
         return GuestStatus(
-            uid=self.uid, state=self.state(), generation=generation, vnc_port=self.vnc_port()
+            uid=self.uid,
+            state=self.state(),
+            generation=generation,
+            vnc_port=ports[0] if ports and self.running() else None,
         )
 
 
@@ -202,6 +207,11 @@ class LibvirtComputeDriver:
         self.shutdown_grace = shutdown_grace
         self._forced_virt_type = virt_type
         self._generations: dict[str, int] = {}
+        # A libvirt call in a worker thread outlives the cancelled task that made it, so
+        # calls for one guest are serialised by its lock, and a define/start asked for
+        # before a delete is skipped when it runs after it: it would bring the guest back.
+        self._locks: dict[str, threading.Lock] = {}
+        self._deletes: dict[str, int] = {}
 
     async def start(self, on_change: GuestListener) -> None:
         loop = asyncio.get_running_loop()
@@ -230,25 +240,35 @@ class LibvirtComputeDriver:
     async def ensure(self, spec: GuestSpec, facts: NodeFacts) -> GuestStatus:
         xml = domain_builder.build_domain(spec, facts).to_xml()
 
+        lock = self._locks.setdefault(spec.uid, threading.Lock())
+        deletes = self._deletes.get(spec.uid, 0)
+
         def apply() -> GuestStatus:
-            guest = self.host.define(xml)  # updates the persistent definition in place
-            if spec.power is PowerState.RUNNING:
-                guest.start()
-            else:
-                guest.stop(self.shutdown_grace)
-            return guest.status(spec.generation)
+            with lock:
+                if self._deletes.get(spec.uid, 0) != deletes:
+                    return GuestStatus(uid=spec.uid, state=GuestState.MISSING)
+                guest = self.host.define(xml)  # updates the persistent definition in place
+                if spec.power is PowerState.RUNNING:
+                    guest.start()
+                else:
+                    guest.stop(self.shutdown_grace)
+                return guest.status(spec.generation)
 
         self._generations[spec.uid] = spec.generation
         return await asyncio.to_thread(apply)
 
     async def delete(self, uid: str) -> bool:
+        lock = self._locks.setdefault(uid, threading.Lock())
+        self._deletes[uid] = self._deletes.get(uid, 0) + 1
+
         def remove() -> bool:
-            guest = self.host.guest(uid)
-            if guest is None:
-                return False
-            guest.destroy()
-            guest.undefine()
-            return True
+            with lock:
+                guest = self.host.guest(uid)
+                if guest is None:
+                    return False
+                guest.destroy()
+                guest.undefine()
+                return True
 
         self._generations.pop(uid, None)
         return await asyncio.to_thread(remove)

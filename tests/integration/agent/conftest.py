@@ -45,7 +45,10 @@ STATE_ROOT = Path(os.environ.get("STRATUS_TEST_STATE_ROOT", "/var/lib/stratus-te
 MARKER = "STRATUS-GUEST: "
 TOOLS = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img", "ovs-vsctl",
          "ovsdb-server", "ovs-vswitchd")  # fmt: skip
-# A TCG guest of the test image is ready in seconds; this leaves room for a loaded machine.
+# Bounds, not expectations. Here a define+start takes ~0.4 s and a TCG guest of the test
+# image is ready ~4 s later; but a libvirtd that re-probes QEMU takes ~20 s per define and
+# per start, one guest at a time (see stratus_devcloud.nodeservices).
+START_TIMEOUT = 240.0
 BOOT_TIMEOUT = 180.0
 
 
@@ -74,7 +77,7 @@ def _which(tool: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def test_image() -> Path:
+def stratus_test_image() -> Path:
     """hack/build-test-image's qcow2 (cached between runs)."""
     if not _which("qemu-img"):
         pytest.skip("qemu-img not installed: run hack/install-deps")
@@ -176,12 +179,14 @@ def libvirt_node() -> Iterator[Node]:
 
 
 @pytest.fixture
-async def image_server(libvirt_node: Node, test_image: Path) -> AsyncIterator[dict[str, Any]]:
+async def image_server(
+    libvirt_node: Node, stratus_test_image: Path
+) -> AsyncIterator[dict[str, Any]]:
     """Serves the test image over HTTP on 127.0.0.1; yields its ImageRef (wire form)."""
-    digest = hashlib.sha256(test_image.read_bytes()).hexdigest()
+    digest = hashlib.sha256(stratus_test_image.read_bytes()).hexdigest()
 
     async def handle(_request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(test_image)
+        return web.FileResponse(stratus_test_image)
 
     app = web.Application()
     app.router.add_get("/stratus-test.qcow2", handle)
@@ -196,22 +201,28 @@ async def image_server(libvirt_node: Node, test_image: Path) -> AsyncIterator[di
 
 
 @pytest.fixture
+def created_guests(libvirt_node: Node) -> Iterator[list[str]]:
+    """UIDs of the guests a test made: their domains are removed when it ends, pass or fail
+    (after the test's agents stopped, see `start_agent`)."""
+    uids: list[str] = []
+    yield uids
+    for uid in uids:
+        destroy_domain(uid)
+
+
+@pytest.fixture
 def make_guest_spec(
-    libvirt_node: Node, image_server: dict[str, Any]
-) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Guest specs (wire form) booting the test image; their domains are removed when the
-    test ends, pass or fail."""
-    made: list[str] = []
+    created_guests: list[str], image_server: dict[str, Any]
+) -> Callable[..., dict[str, Any]]:
+    """Guest specs (wire form) booting the test image, recorded in `created_guests`."""
 
     def make(**overrides: Any) -> dict[str, Any]:
         spec = guest_spec(**overrides)
         spec["disks"] = [{"name": "root", "image": image_server}]
-        made.append(spec["uid"])
+        created_guests.append(spec["uid"])
         return spec
 
-    yield make
-    for uid in made:
-        destroy_domain(uid)
+    return make
 
 
 class Console:
@@ -291,7 +302,12 @@ class AgentUnderTest:
         )
 
     async def wait_for_state(
-        self, uid: str, state: str, *, generation: int | None = None, timeout: float = 120
+        self,
+        uid: str,
+        state: str,
+        *,
+        generation: int | None = None,
+        timeout: float = START_TIMEOUT,
     ) -> dict[str, Any]:
         """Poll GET /v1/guests/{uid} until the guest is in `state` (at `generation`)."""
         deadline = time.monotonic() + timeout
@@ -330,7 +346,7 @@ class AgentUnderTest:
 
 @pytest.fixture
 async def start_agent(
-    libvirt_node: Node,
+    libvirt_node: Node, created_guests: list[str]
 ) -> AsyncIterator[Callable[[], Awaitable[AgentUnderTest]]]:
     """Starts the agent as `stratus_agent.main` assembles it (LibvirtComputeDriver,
     NodeProvisioner) over the node's state; more than one call simulates a restart. Every
@@ -361,6 +377,9 @@ async def start_agent(
     yield start
     for agent in reversed(running):
         await agent.stop()
+    # A libvirt call cannot be cancelled: let those still running in worker threads end
+    # before `created_guests` removes the domains they may be starting.
+    await asyncio.get_running_loop().shutdown_default_executor()
 
 
 @pytest.fixture
