@@ -49,7 +49,10 @@ def agent(config_path: Path) -> None:
         settings.read_token()
     except (agent_config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    asyncio.run(agent_main.serve(settings))
+    try:
+        asyncio.run(agent_main.serve(settings))
+    except agent_config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @cli.command()
