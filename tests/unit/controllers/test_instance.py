@@ -1,0 +1,112 @@
+"""Instance resolution into a guest spec, and agent reports into status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stratus_api.guest import GuestState, GuestStatus, PowerState
+from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
+from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.instance import (
+    InstanceProblem,
+    check_image,
+    guest_spec,
+    nic_for,
+    resolve_size,
+    with_guest_status,
+)
+from stratus_operator.controllers.ipam import Allocation
+
+UID = "6295dea5-ce37-4888-9124-91b65ededffc"
+
+
+def instance(**spec: Any) -> Instance:
+    body: dict[str, Any] = {"instanceType": "small", "boot": {"image": "img"}}
+    body.update(spec)
+    return Instance.model_validate(
+        {"metadata": {"name": "web", "namespace": "t", "uid": UID, "generation": 3},
+         "spec": body}
+    )  # fmt: skip
+
+
+SMALL = InstanceType.model_validate(
+    {"metadata": {"name": "small"}, "spec": {"cpu": 2, "memory": "1Gi", "disk": "4Gi"}}
+)
+IMAGE = Image.model_validate(
+    {"metadata": {"name": "img", "namespace": "t", "uid": "1f1f1f1f-0000-0000-0000-000000000001"},
+     "spec": {"source": {"http": {"url": "http://h/i.qcow2", "sha256": "a" * 64}},
+              "format": "qcow2", "minMemory": "512Mi"}}
+)  # fmt: skip
+
+
+def test_size_comes_from_the_type_with_overrides() -> None:
+    size = resolve_size(instance(), SMALL)
+    assert (size.cpu, size.memory_bytes, size.disk_bytes) == (2, 2**30, 4 * 2**30)
+    size = resolve_size(instance(cpu=4, boot={"image": "img", "diskSize": "8Gi"}), SMALL)
+    assert (size.cpu, size.memory_bytes, size.disk_bytes) == (4, 2**30, 8 * 2**30)
+    with pytest.raises(InstanceProblem) as caught:
+        resolve_size(instance(), None)
+    assert caught.value.reason == "InstanceTypeNotFound" and caught.value.retry
+    assert str(caught.value).startswith("spec.instanceType:")
+
+
+def test_image_requirements() -> None:
+    with pytest.raises(InstanceProblem) as caught:
+        check_image(instance(memory="256Mi"), IMAGE, resolve_size(instance(memory="256Mi"), SMALL))
+    assert caught.value.reason == "MemoryTooSmall" and not caught.value.retry
+    assert caught.value.field == "spec.memory"
+    with pytest.raises(InstanceProblem, match="Image img not found"):
+        check_image(instance(), None, resolve_size(instance(), SMALL))
+
+
+def test_guest_spec_is_self_contained() -> None:
+    web = instance(userData="#!/bin/sh\necho secret", runStrategy="Halted",
+                   sshKeys=["ssh-ed25519 AAAAC3 me@host"])  # fmt: skip
+    network = Network.model_validate(
+        {"metadata": {"name": "net", "uid": "2e2e2e2e-0000-0000-0000-000000000002"},
+         "spec": {"type": "overlay", "subnets": [{"cidr": "10.0.0.0/24"}]}}
+    )  # fmt: skip
+    nic = nic_for(
+        network, Allocation("10.0.0.5", 24, "10.0.0.1", ("10.0.0.1",)), "52:54:00:0a:0b:0c"
+    )
+    spec = guest_spec(web, resolve_size(web, SMALL), IMAGE, [nic], web.spec.user_data)
+    assert spec.uid == UID and spec.generation == 3 and spec.power is PowerState.STOPPED
+    assert spec.disks[0].image is not None and spec.disks[0].image.sha256 == "a" * 64
+    assert spec.disks[0].size_bytes == 4 * 2**30
+    assert spec.nics[0].mtu == 1450  # overlay default
+    assert spec.cloud_init.hostname == "web" and spec.cloud_init.ssh_keys
+    assert "secret" not in repr(spec)  # user-data is masked outside the wire format
+    assert "secret" in spec.model_dump_json(by_alias=True)
+
+
+@pytest.mark.parametrize(
+    ("state", "phase", "ready", "reason"),
+    [
+        (GuestState.PROVISIONING, InstancePhase.PROVISIONING, False, "Provisioning"),
+        (GuestState.RUNNING, InstancePhase.RUNNING, True, "GuestRunning"),
+        (GuestState.STOPPED, InstancePhase.STOPPED, False, "GuestStopped"),
+        (GuestState.CRASHED, InstancePhase.FAILED, False, "GuestCrashed"),
+    ],
+)
+def test_reports_become_phase_and_ready(
+    state: GuestState, phase: InstancePhase, ready: bool, reason: str
+) -> None:
+    status = InstanceStatus(node="hv-1")
+    updated = with_guest_status(status, GuestStatus(uid=UID, state=state, generation=3), 3)
+    found = conditions.condition(updated.conditions, "Ready")
+    assert updated.phase is phase and updated.observed_generation == 3
+    assert found is not None and found.reason == reason
+    assert conditions.is_true(updated.conditions, "Ready") is ready
+
+
+def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
+    failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="ImageChecksumMismatch",
+                         message="image img: downloaded file has sha256 b...")  # fmt: skip
+    status = with_guest_status(InstanceStatus(node="hv"), failed, 1)
+    again = with_guest_status(status, failed, 1)
+    first, second = status.conditions[0], again.conditions[0]
+    assert first.reason == "ImageChecksumMismatch" and "sha256" in first.message
+    assert first.last_transition_time == second.last_transition_time

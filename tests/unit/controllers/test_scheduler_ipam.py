@@ -1,0 +1,95 @@
+"""Placement and addresses, as plain functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from stratus_api.v1alpha1.network import NetworkSpec
+from stratus_operator.controllers import ipam, scheduler
+from stratus_operator.controllers.scheduler import Candidate, Request
+
+
+def node(name: str, **kw: object) -> Candidate:
+    values: dict[str, object] = {"labels": {}, "ready": True, "schedulable": True,
+                                 "cpu_free": 4, "memory_free_bytes": 8 * 2**30}  # fmt: skip
+    values.update(kw)
+    return Candidate(name=name, **values)  # type: ignore[arg-type]
+
+
+def test_picks_the_node_with_most_free_memory_then_by_name() -> None:
+    request = Request(cpu=1, memory_bytes=2**30, node_selector={})
+    nodes = [node("b"), node("a"), node("c", memory_free_bytes=2 * 2**30)]
+    assert scheduler.pick(request, nodes).name == "a"
+
+
+def test_says_why_nothing_fits() -> None:
+    request = Request(cpu=2, memory_bytes=4 * 2**30, node_selector={"zone": "east"})
+    nodes = [
+        node("down", ready=False),
+        node("drained", schedulable=False),
+        node("west", labels={"zone": "west"}),
+        node("small", labels={"zone": "east"}, cpu_free=1),
+        node("full", labels={"zone": "east"}, memory_free_bytes=2**30),
+    ]
+    with pytest.raises(scheduler.Unschedulable) as caught:
+        scheduler.pick(request, nodes)
+    assert str(caught.value) == (
+        "0/5 Hypervisors fit: 1 nodeSelector does not match, 1 not Ready, "
+        "1 not enough free CPU, 1 not enough free memory, 1 not schedulable"
+    )
+    with pytest.raises(scheduler.Unschedulable, match="no Hypervisors registered"):
+        scheduler.pick(request, [])
+
+
+NET = NetworkSpec.model_validate(
+    {"subnets": [{"cidr": "10.0.0.0/29", "gateway": "10.0.0.1", "dnsServers": ["10.0.0.1"]}]}
+)
+
+
+def test_allocates_in_order_skipping_reserved_and_used() -> None:
+    first = ipam.allocate(NET, set(), None, "spec.networks[0].ip")
+    assert (first.address, first.prefix_length, first.gateway, first.dns_servers) == (
+        "10.0.0.2",
+        29,
+        "10.0.0.1",
+        ("10.0.0.1",),
+    )
+    assert ipam.allocate(NET, {"10.0.0.2", "10.0.0.3"}, None, "f").address == "10.0.0.4"
+
+
+def test_runs_out_with_a_clear_error() -> None:
+    used = {f"10.0.0.{i}" for i in range(2, 7)}
+    with pytest.raises(ipam.IpamError, match=r"no free address left in 10\.0\.0\.0/29"):
+        ipam.allocate(NET, used, None, "spec.networks[0].ip")
+
+
+def test_pools_bound_the_automatic_addresses() -> None:
+    pooled = NetworkSpec.model_validate(
+        {"subnets": [{"cidr": "10.0.0.0/24", "allocationPools": ["10.0.0.128/30"]}]}
+    )
+    # A pool is a range of the subnet, not a subnet: its first address is usable.
+    assert ipam.allocate(pooled, set(), None, "f").address == "10.0.0.128"
+    assert ipam.allocate(pooled, set(), "10.0.0.9", "f").address == "10.0.0.9"
+
+
+@pytest.mark.parametrize(
+    ("fixed", "used", "message"),
+    [
+        ("10.0.0.1", set(), "is the gateway"),
+        ("10.0.0.7", set(), "broadcast"),
+        ("10.0.1.5", set(), "outside the network's subnets"),
+        ("10.0.0.5", {"10.0.0.5"}, "already in use"),
+    ],
+)
+def test_fixed_addresses_are_checked(fixed: str, used: set[str], message: str) -> None:
+    with pytest.raises(ipam.IpamError, match=message) as caught:
+        ipam.allocate(NET, used, fixed, "spec.networks[1].ip")
+    assert caught.value.field == "spec.networks[1].ip"
+
+
+def test_macs_are_stable_local_and_avoid_collisions() -> None:
+    uid = "6295dea5-ce37-4888-9124-91b65ededffc"
+    mac = ipam.mac_for(uid, 0, set())
+    assert mac == ipam.mac_for(uid, 0, set()) and mac.startswith("52:54:00:")
+    assert ipam.mac_for(uid, 1, set()) != mac
+    assert ipam.mac_for(uid, 0, {mac}) != mac
