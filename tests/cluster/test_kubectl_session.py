@@ -33,6 +33,7 @@ def test_user_session(cluster: Cluster, namespace: str) -> None:
     ]
     assert k("get", "networks").split()[:6] == ["NAME", "TYPE", "CIDR", "SEGMENT", "AGE", "default"]
     assert k("get", "images").splitlines()[0].split() == ["NAME", "PHASE", "FORMAT", "SIZE", "AGE"]
+    cluster.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "nodes" / "hypervisor.yaml"))
     hypervisors = cluster.kubectl("get", "hypervisors").stdout.splitlines()[0].split()
     assert hypervisors == ["NAME", "READY", "VIRTTYPE", "CPU", "MEMORY", "AGE"]
     itypes = cluster.kubectl("get", "itype", "s1.small").stdout.splitlines()
@@ -96,3 +97,4 @@ def test_user_session(cluster: Cluster, namespace: str) -> None:
     assert "NotFound" in k("get", "instance", "demo", check=False)
 
     k("delete", "-f", EXAMPLES, "--ignore-not-found")
+    cluster.kubectl("delete", "-f", str(REPO_ROOT / "examples" / "nodes"), "--ignore-not-found")
