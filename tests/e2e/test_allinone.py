@@ -153,3 +153,37 @@ def test_operator_killed_mid_provisioning_makes_one_guest(cloud: Cloud) -> None:
     assert [d for d in virsh_domains() if d == f"stratus-{uid}"] == [f"stratus-{uid}"]
     cloud.kubectl("delete", "instance", "restart", "--timeout=120s")
     cloud.kubectl("delete", "-f", str(REPO_ROOT / "examples"), "--timeout=120s")
+
+
+def test_a_bad_checksum_fails_the_image_and_caches_nothing(cloud: Cloud) -> None:
+    cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))
+    image = json.loads(cloud.kubectl("get", "image", "stratus-test", "-o", "json"))
+    tampered = {
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "tampered"},
+        "spec": {"source": {"http": {"url": image["spec"]["source"]["http"]["url"],
+                                     "sha256": "0" * 64}}},
+    }  # fmt: skip
+    victim = {
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": {"name": "victim"},
+        "spec": {"instanceType": "s1.small", "boot": {"image": "tampered"},
+                 "networks": [{"name": "default"}]},
+    }  # fmt: skip
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(tampered))
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(victim))
+
+    def ready_reason() -> str | None:
+        found = cloud.instance("victim").get("status", {}).get("conditions", [])
+        return next((c["reason"] for c in found if c["type"] == "Ready"), None)
+
+    wait_until("the checksum failure", lambda: ready_reason() == "ImageChecksumMismatch")
+    failed = wait_until(
+        "the Image Failed",
+        lambda: (got := json.loads(cloud.kubectl("get", "image", "tampered", "-o", "json")))
+        .get("status", {}).get("phase") == "Failed" and got,
+    )  # fmt: skip
+    message = failed["status"]["conditions"][0]["message"]
+    assert "spec.source.http.sha256 is " + "0" * 64 in message
+    cached = cloud.dev.node_dir / "agent" / "images"
+    assert not list(cached.glob(f"{failed['metadata']['uid']}*"))
+    cloud.kubectl("delete", "instance", "victim", "--timeout=120s")
+    cloud.kubectl("delete", "image", "tampered")
