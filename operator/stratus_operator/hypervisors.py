@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stratus_api.guest import NodeInventory
 from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
@@ -13,8 +14,11 @@ from stratus_operator.runtime import AgentNotConfigured, Runtime
 from stratus_operator.world import World
 
 
-async def health(hypervisor: Hypervisor, world: World, runtime: Runtime) -> HypervisorStatus:
-    """The Hypervisor's status after asking its agent how it is."""
+async def health(
+    hypervisor: Hypervisor, world: World, runtime: Runtime
+) -> tuple[HypervisorStatus, NodeInventory | None]:
+    """The Hypervisor's status after asking its agent how it is, and the node's inventory
+    when the agent answered."""
     status = hypervisor.status or HypervisorStatus()
     name = hypervisor.metadata.name or ""
     generation = hypervisor.metadata.generation
@@ -46,11 +50,6 @@ async def health(hypervisor: Hypervisor, world: World, runtime: Runtime) -> Hype
                     f"agent answers; {len(inventory.guests)} guests", generation,
                 ),
             }
-        )  # fmt: skip
-    return status.model_copy(
-        update={
-            "conditions": conditions.set_condition(
-                status.conditions, READY, False, reason, message, generation
-            )
-        }
-    )
+        ), inventory  # fmt: skip
+    failed = conditions.set_condition(status.conditions, READY, False, reason, message, generation)
+    return status.model_copy(update={"conditions": failed}), None

@@ -209,14 +209,13 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
                 ),
             }
         )  # fmt: skip
+        # The PUT's answer is the guest as it was when the spec arrived; the agent reports
+        # what follows as events, which may be written before this. So the answer counts
+        # only if it is about this spec, and then only a real state, or a first one.
+        about_this_spec = (reported.generation or 0) >= spec.generation
         ready = conditions.condition(updated.conditions, READY)
-        if (
-            reported.state is not GuestState.PROVISIONING
-            or ready is None
-            or updated.phase in (InstancePhase.PENDING, InstancePhase.SCHEDULING)
-        ):
-            # An event may already have said more than this PUT's answer: only a real
-            # state, or a first one, is written from here.
+        first = ready is None or updated.phase in (InstancePhase.PENDING, InstancePhase.SCHEDULING)
+        if about_this_spec and (reported.state is not GuestState.PROVISIONING or first):
             updated = with_guest_status(updated, reported, generation)
         return updated
 
@@ -269,9 +268,14 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
     instance = world.instance(guest.uid)
     if instance is None or instance.metadata.deletion_timestamp:
         return
-    await write_status(
-        instance, runtime, lambda status, generation: with_guest_status(status, guest, generation)
-    )
+    known = instance.status or InstanceStatus()
+    if with_guest_status(known, guest, instance.metadata.generation or 0) != known:
+        # Only news costs API calls: resyncs report every guest every few seconds.
+        await write_status(
+            instance,
+            runtime,
+            lambda status, generation: with_guest_status(status, guest, generation),
+        )
     if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
         await _fail_image(instance, guest, world, runtime)
 

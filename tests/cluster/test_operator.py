@@ -239,7 +239,10 @@ def test_problems_are_reported_on_the_named_field(
 
     def reported() -> dict[str, dict[str, Any]] | None:
         found = statuses(cluster, namespace)
-        return found if all(found.get(n, {}).get("conditions") for n in found) else None
+        if len(found) < 4 or any(ready_reason(found[n]) is None for n in found if n != "nowhere"):
+            return None
+        nowhere = found["nowhere"].get("conditions", [])
+        return found if any(c["type"] == "Scheduled" for c in nowhere) else None
 
     found = wait_until("conditions on every Instance", reported)
     assert ready_reason(found["no-type"]) == "InstanceTypeNotFound"

@@ -26,9 +26,17 @@ HEALTH_INTERVAL = AgentSettings().health_interval_seconds
 
 @kopf.timer(*HYPERVISORS, interval=HEALTH_INTERVAL, initial_delay=0)
 async def check_health(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Health, capacity and allocations; and, level-triggered, the node against the
+    Instances: guests of no Instance go, Instances missing their guest are dispatched."""
     hypervisor = Hypervisor.model_validate(dict(body))
-    status = await hypervisors.health(hypervisor, world(kwargs), runtime(memo))
+    rt, view = runtime(memo), world(kwargs)
+    status, inventory = await hypervisors.health(hypervisor, view, rt)
     patch.status.update(status.to_wire())
+    if inventory is not None and not hypervisor.metadata.deletion_timestamp:
+        name = hypervisor.metadata.name or ""
+        client = await rt.agents.client(hypervisor)
+        for instance in await instances.resync(name, inventory, client, view, rt):
+            await _redispatch(instance, view, rt)
 
 
 @kopf.daemon(*HYPERVISORS, cancellation_timeout=10)
@@ -53,6 +61,10 @@ async def follow_agent(
             async def on_connect() -> None:
                 inventory = await client.inventory()  # noqa: B023 - used within the iteration
                 missing = await instances.resync(name, inventory, client, view, rt)  # noqa: B023
+                log.info(
+                    "hypervisor %s: connected; %d guests on the node, %d to dispatch again",
+                    name, len(inventory.guests), len(missing),
+                )  # fmt: skip
                 for instance in missing:
                     await _redispatch(instance, view, rt)
 
