@@ -41,13 +41,6 @@ class NetworkConfig(_Section):
     )
 
 
-class ReserveConfig(_Section):
-    """What the node keeps for itself; the rest is allocatable to guests."""
-
-    cpu: int = Field(default=0, ge=0)
-    memory_bytes: int = Field(default=512 * 2**20, ge=0)
-
-
 class FakeComputeConfig(_Section):
     """What the fake compute driver claims the node has (control-plane tests, benchmarks)."""
 
@@ -67,7 +60,6 @@ class AgentConfig(_Section):
     libvirt_uri: str = "qemu:///system"
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(insecure=True))
     network: NetworkConfig = Field(default_factory=NetworkConfig)
-    reserve: ReserveConfig = Field(default_factory=ReserveConfig)
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, description="Event-stream heartbeat, so dead peers are noticed."
     )

@@ -27,14 +27,6 @@ class OvsBridge:
             "--", "set", "Bridge", self.name, f"datapath_type={self.datapath_type}",
         )  # fmt: skip
 
-    async def exists(self) -> bool:
-        # br-exists answers with its exit code: 0 yes, 2 no.
-        result = await process.run(self._vsctl, "--timeout=10", "br-exists", self.name, check=False)
-        return result.code == 0
-
-    async def delete(self) -> None:
-        await self._vsctl_run("--if-exists", "del-br", self.name)
-
     async def ports_of(self, instance_uid: str) -> list[str]:
         """OVS ports (interface names) plugged for an Instance."""
         out = await self._vsctl_run(

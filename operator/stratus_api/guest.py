@@ -116,7 +116,6 @@ class GuestStatus(ApiModel):
     reason: str = ""
     message: str = ""
     vnc_port: int | None = None
-    console_log: str | None = None
 
 
 class GuestEvent(ApiModel):
