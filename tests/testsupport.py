@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,3 +94,29 @@ def guest_spec(**overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
+
+
+def build_test_image() -> Path:
+    """hack/build-test-image's qcow2 (built once, cached between runs)."""
+    result = subprocess.run(
+        [str(REPO_ROOT / "hack/build-test-image")],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(
+            f"hack/build-test-image failed ({result.returncode}):\n{result.stderr}"
+        )
+    image = Path(result.stdout.strip().splitlines()[-1])
+    assert image.is_file(), image
+    return image
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, poll: float = 0.25) -> Any:
+    """`check()`'s first truthy result, polled until `timeout` seconds; else fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -12,14 +12,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testsupport import REPO_ROOT, Cluster
+from testsupport import REPO_ROOT, Cluster, wait_until
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
 
@@ -175,16 +175,6 @@ BASICS = [
     {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "img"},
      "spec": {"source": {"http": {"url": "http://127.0.0.1:9/img.qcow2"}}}},
 ]  # fmt: skip
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def statuses(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:

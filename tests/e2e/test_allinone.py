@@ -11,28 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stratus_devcloud.allinone import BRIDGE, DevCloud
-from testsupport import REPO_ROOT
+from testsupport import REPO_ROOT, wait_until
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
 BOOT_TIMEOUT = 300.0
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = BOOT_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def virsh_domains() -> list[str]:
@@ -96,7 +85,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 def boot_marker(cloud: Cloud, name: str, marker: str) -> str:
     return wait_until(f"{marker!r} on the console of {name}",
-                      lambda: marker in cloud.console(name) and cloud.console(name))  # fmt: skip
+                      lambda: marker in cloud.console(name) and cloud.console(name),
+                      BOOT_TIMEOUT)  # fmt: skip
 
 
 def test_examples_boot_ping_and_delete(cloud: Cloud) -> None:
@@ -179,11 +169,14 @@ def test_a_bad_checksum_fails_the_image_and_caches_nothing(cloud: Cloud) -> None
         found = cloud.instance("victim").get("status", {}).get("conditions", [])
         return next((c["reason"] for c in found if c["type"] == "Ready"), None)
 
-    wait_until("the checksum failure", lambda: ready_reason() == "ImageChecksumMismatch")
+    wait_until(
+        "the checksum failure", lambda: ready_reason() == "ImageChecksumMismatch", BOOT_TIMEOUT
+    )
     failed = wait_until(
         "the Image Failed",
         lambda: (got := json.loads(cloud.kubectl("get", "image", "tampered", "-o", "json")))
         .get("status", {}).get("phase") == "Failed" and got,
+        BOOT_TIMEOUT,
     )  # fmt: skip
     message = failed["status"]["conditions"][0]["message"]
     assert "spec.source.http.sha256 is " + "0" * 64 in message

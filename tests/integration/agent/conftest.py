@@ -37,7 +37,7 @@ from stratus_agent import main as agent_main
 from stratus_agent.manager import GuestManager
 from stratus_agent.server import create_app
 from stratus_api import naming
-from testsupport import AGENT_AUTH, AGENT_TOKEN, REPO_ROOT, guest_spec
+from testsupport import AGENT_AUTH, AGENT_TOKEN, build_test_image, guest_spec
 
 LIBVIRT_URI = "qemu:///system"
 # World-traversable, unlike pytest's tmp dirs: see the module docstring.
@@ -81,18 +81,7 @@ def stratus_test_image() -> Path:
     """hack/build-test-image's qcow2 (cached between runs)."""
     if not _which("qemu-img"):
         pytest.skip("qemu-img not installed: run hack/install-deps")
-    result = subprocess.run(
-        [str(REPO_ROOT / "hack/build-test-image")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hack/build-test-image failed ({result.returncode}):\n{result.stderr}")
-    image = Path(result.stdout.strip().splitlines()[-1])
-    assert image.is_file(), image
-    return image
+    return build_test_image()
 
 
 @dataclass

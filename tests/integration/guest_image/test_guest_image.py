@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testsupport import REPO_ROOT
+from testsupport import build_test_image
 
 MARKER = "STRATUS-GUEST: "
 TOOLS = ("qemu-system-x86_64", "qemu-img", "genisoimage")
@@ -31,18 +31,7 @@ def guest_image() -> Path:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: run hack/install-deps")
-    result = subprocess.run(
-        [str(REPO_ROOT / "hack/build-test-image")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hack/build-test-image failed ({result.returncode}):\n{result.stderr}")
-    image = Path(result.stdout.strip().splitlines()[-1])
-    assert image.is_file(), image
-    return image
+    return build_test_image()
 
 
 def make_seed(directory: Path, files: dict[str, str]) -> Path:
