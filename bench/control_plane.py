@@ -11,7 +11,6 @@ import argparse
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stratus_devcloud.controlplane import REPO_ROOT, LocalControlPlane
+from stratus_devcloud.controlplane import REPO_ROOT, LocalControlPlane, free_port
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def request_count(plane: LocalControlPlane) -> int:
@@ -45,8 +38,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def kubectl(plane: LocalControlPlane, *args: str, input: str | None = None) -> str:
-    argv = [str(plane.kubectl), f"--kubeconfig={plane.kubeconfig}", *args]
-    return subprocess.run(argv, input=input, capture_output=True, text=True, check=True).stdout
+    return plane.kubectl_run(*args, input=input).stdout
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,12 @@ import urllib.request
 from pathlib import Path
 
 from stratus_api import naming
-from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError, LocalControlPlane
+from stratus_devcloud.controlplane import (
+    REPO_ROOT,
+    ControlPlaneError,
+    LocalControlPlane,
+    free_port,
+)
 from stratus_devcloud.nodeservices import LIBVIRT_URI, NodeServices
 from stratus_devcloud.processes import Daemon
 
@@ -35,12 +39,6 @@ NODE_ROOT = Path("/var/lib/stratus")
 READY_TIMEOUT_SECONDS = 60.0
 # Seconds `down` keeps sweeping for guests whose start was already under way.
 DOWN_SETTLE_SECONDS = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class DevCloud:
@@ -106,7 +104,7 @@ class DevCloud:
             token.chmod(0o600)
         port_file = agent_dir / "port"
         if not port_file.exists():
-            port_file.write_text(str(_free_port()))
+            port_file.write_text(str(free_port()))
         self.agent_port = int(port_file.read_text())
         pki = self.plane.pki_dir
         self.agent_config.write_text(
@@ -171,10 +169,9 @@ class DevCloud:
                                              "name": secret_name}}},
             ],
         }  # fmt: skip
-        result = subprocess.run(
-            [str(self.plane.kubectl), f"--kubeconfig={self.plane.kubeconfig}", "apply",
-             "--server-side", "--force-conflicts", "--field-manager=stratus-dev", "-f", "-"],
-            input=json.dumps(manifests), capture_output=True, text=True, check=False,
+        result = self.plane.kubectl_run(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=stratus-dev", "-f", "-",
+            input=json.dumps(manifests), check=False,
         )  # fmt: skip
         if result.returncode != 0:
             raise ControlPlaneError(f"registering the node failed: {result.stderr.strip()}")

@@ -67,7 +67,8 @@ def kube_bin_dir() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -85,7 +86,7 @@ class Ports:
         """Ports chosen at first start and kept, so the kubeconfig stays valid."""
         if path.exists():
             return cls(**json.loads(path.read_text()))
-        ports = cls(_free_port(), _free_port(), _free_port())
+        ports = cls(free_port(), free_port(), free_port())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(ports)) + "\n")
         return ports
@@ -271,9 +272,12 @@ class LocalControlPlane:
             f"kube-apiserver not ready after {timeout:.0f} s; see {self.state_dir / 'logs'}"
         )
 
-    def kubectl_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl_run(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
             capture_output=True,
             text=True,
             check=check,

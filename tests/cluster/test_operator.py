@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ from typing import Any
 
 import pytest
 
+from stratus_devcloud.controlplane import free_port
 from testsupport import REPO_ROOT, Cluster, wait_until
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -45,9 +45,7 @@ class Cloud:
                               cwd=REPO_ROOT)  # fmt: skip
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        plane = self.dev.plane
-        argv = [str(plane.kubectl), f"--kubeconfig={plane.kubeconfig}", *args]
-        result = subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
+        result = self.dev.plane.kubectl_run(*args, input=input, check=False)
         assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
         return result.stdout
 
