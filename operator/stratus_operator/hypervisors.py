@@ -28,7 +28,7 @@ async def health(
                 "observed_generation": generation}
     )  # fmt: skip
     try:
-        client = await runtime.agents.client(hypervisor)
+        client = await runtime.agents.client(hypervisor, refresh=True)  # token rotation
         inventory = await client.inventory()
     except AgentNotConfigured as exc:
         reason, message = "AgentNotConfigured", str(exc)

@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from stratus_api.v1alpha1 import Hypervisor
+from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.agent_client import AgentClient, AgentEndpoint
 from stratus_operator.kube import Kube
 from stratus_operator.settings import OperatorSettings
@@ -38,12 +39,16 @@ class Claims:
 
 
 class AgentPool:
-    """One client per Hypervisor, rebuilt when its spec or token changes."""
+    """One client per Hypervisor, rebuilt when its spec or token changes.
+
+    The token Secret is read when a client is first made and on `refresh` (the periodic
+    health check), not on every call: reconciling an Instance costs no Secret read.
+    """
 
     def __init__(self, kube: Kube, timeout: float) -> None:
         self._kube = kube
         self._timeout = timeout
-        self._clients: dict[str, tuple[AgentEndpoint, AgentClient]] = {}
+        self._clients: dict[str, tuple[HypervisorSpec, AgentEndpoint, AgentClient]] = {}
 
     async def endpoint(self, hypervisor: Hypervisor) -> AgentEndpoint:
         ref = hypervisor.spec.token_secret_ref
@@ -62,23 +67,26 @@ class AgentPool:
             ca_pem=data.get("ca.crt"),
         )
 
-    async def client(self, hypervisor: Hypervisor) -> AgentClient:
+    async def client(self, hypervisor: Hypervisor, *, refresh: bool = False) -> AgentClient:
         name = hypervisor.metadata.name or ""
-        endpoint = await self.endpoint(hypervisor)
         known = self._clients.get(name)
-        if known is not None and known[0] == endpoint:
-            return known[1]
+        if known is not None and known[0] == hypervisor.spec and not refresh:
+            return known[2]
+        endpoint = await self.endpoint(hypervisor)
+        if known is not None and known[1] == endpoint:
+            self._clients[name] = (hypervisor.spec, endpoint, known[2])
+            return known[2]
         if known is not None:
-            await known[1].close()
+            await known[2].close()
         fresh = AgentClient(endpoint, timeout=self._timeout)
         await fresh.__aenter__()
-        self._clients[name] = (endpoint, fresh)
+        self._clients[name] = (hypervisor.spec, endpoint, fresh)
         return fresh
 
     async def forget(self, name: str) -> None:
         known = self._clients.pop(name, None)
         if known is not None:
-            await known[1].close()
+            await known[2].close()
 
     async def close(self) -> None:
         for name in list(self._clients):
