@@ -81,6 +81,14 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     assert cloud.dev.running() == []
 
 
+def small_instance(name: str, **spec: Any) -> dict[str, Any]:
+    """An Instance like examples/instance.yaml: s1.small, the test image, network default."""
+    body: dict[str, Any] = {"instanceType": "s1.small", "boot": {"image": "stratus-test"},
+                            "networks": [{"name": "default"}]}  # fmt: skip
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": name}, "spec": {**body, **spec}}  # fmt: skip
+
+
 def boot_marker(cloud: Cloud, name: str, marker: str) -> str:
     return wait_until(f"{marker!r} on the console of {name}",
                       lambda: marker in cloud.console(name) and cloud.console(name),
@@ -101,12 +109,7 @@ def test_examples_boot_ping_and_delete(cloud: Cloud) -> None:
     assert "hello from demo" in console and "STRATUS-GUEST: user-data exit=0" in console
 
     # A second guest on the same network reaches the first.
-    pinger = {
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": {"name": "pinger"},
-        "spec": {"instanceType": "s1.small", "boot": {"image": "stratus-test"},
-                 "networks": [{"name": "default"}],
-                 "userData": f"#!/bin/sh\nping -c 3 -W 2 {ip} && echo PING-OK\n"},
-    }  # fmt: skip
+    pinger = small_instance("pinger", userData=f"#!/bin/sh\nping -c 3 -W 2 {ip} && echo PING-OK\n")
     cloud.kubectl("apply", "-f", "-", input=json.dumps(pinger))
     console = boot_marker(cloud, "pinger", "STRATUS-GUEST: user-data exit=")
     assert "PING-OK" in console, console[-2000:]
@@ -125,11 +128,7 @@ def test_examples_boot_ping_and_delete(cloud: Cloud) -> None:
 
 def test_operator_killed_mid_provisioning_makes_one_guest(cloud: Cloud) -> None:
     cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))
-    twin = {
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": {"name": "restart"},
-        "spec": {"instanceType": "s1.small", "boot": {"image": "stratus-test"},
-                 "networks": [{"name": "default"}]},
-    }  # fmt: skip
+    twin = small_instance("restart")
     cloud.kubectl("apply", "-f", "-", input=json.dumps(twin))
     scheduled = lambda: cloud.instance("restart").get("status", {}).get("node")  # noqa: E731
     wait_until("the Instance scheduled", scheduled, timeout=60)
@@ -155,11 +154,7 @@ def test_a_bad_checksum_fails_the_image_and_caches_nothing(cloud: Cloud) -> None
         "spec": {"source": {"http": {"url": image["spec"]["source"]["http"]["url"],
                                      "sha256": "0" * 64}}},
     }  # fmt: skip
-    victim = {
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": {"name": "victim"},
-        "spec": {"instanceType": "s1.small", "boot": {"image": "tampered"},
-                 "networks": [{"name": "default"}]},
-    }  # fmt: skip
+    victim = small_instance("victim", boot={"image": "tampered"})
     cloud.kubectl("apply", "-f", "-", input=json.dumps(tampered))
     cloud.kubectl("apply", "-f", "-", input=json.dumps(victim))
 
