@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -89,7 +90,7 @@ def guest_spec(**overrides: Any) -> dict[str, Any]:
         "cloudInit": {
             "instanceId": uid,
             "hostname": "web",
-            "userData": "#!/bin/sh\necho password=hunter2-secret",
+            "userData": base64.b64encode(b"#!/bin/sh\necho password=hunter2-secret").decode(),
         },
     }
     spec.update(overrides)

@@ -9,6 +9,7 @@ from stratus_agent import process
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.images import CachedImage
 from stratus_api import naming
+from stratus_api.reasons import GuestFailure
 
 
 class GuestFiles:
@@ -35,7 +36,7 @@ class GuestFiles:
         path = self.root_disk(uid)
         if size_bytes is not None and size_bytes < base.virtual_size:
             raise ProvisioningError(
-                "DiskTooSmall",
+                GuestFailure.DISK_TOO_SMALL,
                 f"root disk of {size_bytes} bytes is smaller than the image's virtual size "
                 f"of {base.virtual_size} bytes",
             )

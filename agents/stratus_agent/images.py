@@ -19,6 +19,7 @@ from stratus_agent import process
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import ImageRef
+from stratus_api.reasons import GuestFailure
 
 CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=3600, sock_connect=30, sock_read=120)
@@ -59,7 +60,7 @@ class ImageCache:
             digest = await self._download(ref, partial)
             if ref.sha256 is not None and digest != ref.sha256:
                 raise ProvisioningError(
-                    "ImageChecksumMismatch",
+                    GuestFailure.IMAGE_CHECKSUM_MISMATCH,
                     f"image {ref.name}: downloaded file has sha256 {digest}, "
                     f"spec.source.http.sha256 is {ref.sha256}",
                 )
@@ -81,7 +82,7 @@ class ImageCache:
             ):
                 if response.status != 200:
                     raise ProvisioningError(
-                        "ImageDownloadFailed",
+                        GuestFailure.IMAGE_DOWNLOAD_FAILED,
                         f"image {ref.name}: GET {ref.url} answered {response.status} "
                         f"{response.reason}",
                     )
@@ -92,7 +93,7 @@ class ImageCache:
                         await asyncio.to_thread(out.write, chunk)
         except aiohttp.ClientError as exc:
             raise ProvisioningError(
-                "ImageDownloadFailed", f"image {ref.name}: GET {ref.url} failed: {exc}"
+                GuestFailure.IMAGE_DOWNLOAD_FAILED, f"image {ref.name}: GET {ref.url} failed: {exc}"
             ) from exc
         return digest.hexdigest()
 
@@ -101,22 +102,25 @@ class ImageCache:
             out = await process.run("qemu-img", "info", "--output=json", str(path))
         except process.CommandError as exc:
             raise ProvisioningError(
-                "ImageUnreadable", f"image {ref.name}: not a disk image ({exc.stderr.strip()})"
+                GuestFailure.IMAGE_UNREADABLE,
+                f"image {ref.name}: not a disk image ({exc.stderr.strip()})",
             ) from exc
         info = json.loads(out.stdout)
         detected = str(info["format"])
         if info.get("backing-filename"):
             # A backing file would let an image read arbitrary files on the node.
             raise ProvisioningError(
-                "ImageHasBackingFile", f"image {ref.name}: images with a backing file are refused"
+                GuestFailure.IMAGE_HAS_EXTERNAL_REFERENCE,
+                f"image {ref.name}: images with a backing file are refused",
             )
         if detected not in ("qcow2", "raw"):
             raise ProvisioningError(
-                "ImageFormatUnsupported", f"image {ref.name}: format {detected} is not supported"
+                GuestFailure.IMAGE_FORMAT_UNSUPPORTED,
+                f"image {ref.name}: format {detected} is not supported",
             )
         if ref.format is not None and ref.format.value != detected:
             raise ProvisioningError(
-                "ImageFormatMismatch",
+                GuestFailure.IMAGE_FORMAT_MISMATCH,
                 f"image {ref.name}: spec.format is {ref.format.value} but the file is {detected}",
             )
         return detected, int(info["virtual-size"])

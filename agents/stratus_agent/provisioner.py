@@ -13,6 +13,7 @@ from stratus_agent.errors import ProvisioningError
 from stratus_agent.images import ImageCache
 from stratus_agent.ovs import OvsBridge
 from stratus_api.guest import GuestSpec
+from stratus_api.reasons import GuestFailure
 
 VirtType = Literal["kvm", "qemu"]
 
@@ -40,7 +41,8 @@ class NodeProvisioner:
         root = spec.disks[0]
         if root.image is None:
             raise ProvisioningError(
-                "BootVolumeUnsupported", "booting from a volume is not supported by this agent yet"
+                GuestFailure.BOOT_VOLUME_UNSUPPORTED,
+                "booting from a volume is not supported by this agent yet",
             )
         base = await self.images.ensure(root.image)
         root_disk = await self.files.ensure_root_disk(spec.uid, base, root.size_bytes)

@@ -30,9 +30,10 @@ def meta_data(cloud_init: CloudInit) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def user_data(cloud_init: CloudInit) -> str:
+def user_data(cloud_init: CloudInit) -> bytes:
+    """The user's bytes as given (cloud-init takes gzip and MIME multipart as well)."""
     if cloud_init.user_data is None:
-        return "#cloud-config\n{}\n"
+        return b"#cloud-config\n{}\n"
     return cloud_init.user_data.get_secret_value()
 
 
@@ -64,7 +65,7 @@ def network_config(nics: list[Nic]) -> str:
 def seed_files(cloud_init: CloudInit, nics: list[Nic]) -> dict[str, bytes]:
     return {
         "meta-data": meta_data(cloud_init).encode(),
-        "user-data": user_data(cloud_init).encode(),
+        "user-data": user_data(cloud_init),
         "network-config": network_config(nics).encode(),
     }
 

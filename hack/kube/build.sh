@@ -22,7 +22,8 @@ if [[ -n "${STRATUS_KUBE_BIN_DIR:-}" ]]; then
 fi
 
 cache=${STRATUS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/stratus}
-bin="$cache/kube-$kube_version-etcd-$etcd_version/bin"
+# "-2": binaries carry their version (ldflags below); earlier caches did not.
+bin="$cache/kube-$kube_version-etcd-$etcd_version-2/bin"
 mkdir -p "$bin"
 
 log() { echo "[hack/kube] $*" >&2; }
@@ -45,13 +46,26 @@ ensure_go() {
   export PATH="$target/go/bin:$PATH"
 }
 
-build_go() { # module dir, package, output name
-  local dir=$1 pkg=$2 out=$3
+# Version stamps as Kubernetes' hack/lib/version.sh sets them. Unstamped, the server says
+# v0.0.0-master+$Format:%H$: `kubectl version` fails and charts with kubeVersion are refused.
+kube_ldflags() {
+  local minor flags="" pkg
+  minor=$(sed -E 's/^v1\.([0-9]+)\..*/\1/' <<<"$kube_version")
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    flags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitCommit=module-proxy-$kube_version -X $pkg.gitTreeState=clean"
+    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+build_go() { # module dir, package, output name, extra ldflags
+  local dir=$1 pkg=$2 out=$3 extra=${4:-}
   if [[ -x "$bin/$out" ]]; then return; fi
   ensure_go
   log "building $out from $pkg (first run only; several minutes on 2 cores)"
   local start=$SECONDS
-  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin/$out.tmp" "$pkg")
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w$extra" -o "$bin/$out.tmp" "$pkg")
   mv "$bin/$out.tmp" "$bin/$out"
   log "built $out in $((SECONDS - start)) s"
 }
@@ -80,6 +94,6 @@ PY
 
 unpack_kubectl_helm
 build_go "$here/etcd" go.etcd.io/etcd/server/v3 etcd
-build_go "$here" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
-build_go "$here" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager
+build_go "$here" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$(kube_ldflags)"
+build_go "$here" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$(kube_ldflags)"
 echo "$bin"

@@ -8,16 +8,22 @@ the agent's wire protocol, with the agent's replies below it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_serializer
+from pydantic import Field, SecretBytes, field_serializer, field_validator
 
+from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
 from stratus_api.v1alpha1.image import DiskFormat
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+# Bytes of user-data a guest spec carries at most (cloud-init's own NoCloud limit is far
+# above; this bounds one PUT). The Instance's userData and its Secret obey it too.
+MAX_USER_DATA_BYTES = 65_536
 
 
 class PowerState(enum.StrEnum):
@@ -28,7 +34,7 @@ class PowerState(enum.StrEnum):
 class ImageRef(ApiModel):
     """A base image the node fetches into its cache, keyed by the Image's UID."""
 
-    uid: str = Field(description="Image UID: names the cache entry.")
+    uid: str = Field(pattern=UID_PATTERN, description="Image UID: names the cache entry.")
     name: str = Field(description="Image name, for messages.")
     url: str = Field(description="http(s) address to download from.")
     sha256: str | None = Field(default=None, description="Expected SHA-256, lowercase hex.")
@@ -68,21 +74,36 @@ class CloudInit(ApiModel):
 
     instance_id: str
     hostname: str
-    user_data: SecretStr | None = Field(
-        default=None, description="cloud-init user-data; may hold credentials."
+    user_data: SecretBytes | None = Field(
+        default=None,
+        max_length=MAX_USER_DATA_BYTES,
+        description="cloud-init user-data, any bytes (gzip is allowed); may hold credentials. "
+        "Base64 on the wire.",
     )
     ssh_keys: list[str] = Field(default_factory=list)
 
+    @field_validator("user_data", mode="before")
+    @classmethod
+    def _from_base64(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise ValueError("user_data must be base64") from exc
+        return value
+
     @field_serializer("user_data", when_used="json")
-    def _reveal_on_the_wire(self, value: SecretStr | None) -> str | None:
+    def _reveal_on_the_wire(self, value: SecretBytes | None) -> str | None:
         # Masked in repr() and logs; sent in full only when serialised for the agent.
-        return value.get_secret_value() if value is not None else None
+        return base64.b64encode(value.get_secret_value()).decode() if value is not None else None
 
 
 class GuestSpec(ApiModel):
     """One Instance as its node runs it. PUT to the agent, idempotently."""
 
-    uid: str = Field(description="Instance UID: every node-side name derives from it.")
+    uid: str = Field(
+        pattern=UID_PATTERN, description="Instance UID: every node-side name derives from it."
+    )
     name: str
     namespace: str
     generation: int = Field(ge=0, description="Instance metadata.generation it was built from.")
@@ -113,9 +134,18 @@ class GuestStatus(ApiModel):
     uid: str
     state: GuestState
     generation: int | None = Field(default=None, description="GuestSpec generation applied.")
-    reason: str = ""
+    reason: str = Field(default="", description="A GuestFailure when state is Failed.")
     message: str = ""
     vnc_port: int | None = None
+    restarts: int = Field(
+        default=0,
+        ge=0,
+        description="Times the agent started the guest again after it stopped on its own "
+        "while its spec said Running (runStrategy Always).",
+    )
+    last_restart_reason: str = Field(
+        default="", description="Why the guest stopped before its last restart."
+    )
 
 
 class GuestEvent(ApiModel):

@@ -11,13 +11,20 @@ import re
 DOMAIN_PREFIX = "stratus-"
 # Linux interface names hold at most 15 characters.
 IFNAME_MAX = 15
-_UID = re.compile(r"^[0-9a-fA-F-]{8,}$")
+# A Kubernetes UID (RFC 4122 text). Everything on a node is named from one, so anything
+# else (a path, `../../etc`) is refused before it can become a file name.
+UID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_UID = re.compile(UID_PATTERN)
+
+
+def is_uid(text: str) -> bool:
+    return bool(_UID.fullmatch(text))
 
 
 def _checked(uid: str) -> str:
-    if not _UID.match(uid):
+    if not _UID.fullmatch(uid):
         raise ValueError(f"{uid!r} is not a Kubernetes UID")
-    return uid.lower()
+    return uid
 
 
 def domain_name(instance_uid: str) -> str:
@@ -30,7 +37,7 @@ def instance_uid_of_domain(name: str) -> str | None:
     if not name.startswith(DOMAIN_PREFIX):
         return None
     uid = name.removeprefix(DOMAIN_PREFIX)
-    return uid if _UID.match(uid) else None
+    return uid if _UID.fullmatch(uid) else None
 
 
 def root_disk_file(instance_uid: str) -> str:

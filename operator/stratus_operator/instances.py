@@ -133,10 +133,10 @@ def _nics(
     return interfaces, nics
 
 
-async def _user_data(instance: Instance, runtime: Runtime) -> str | None:
+async def _user_data(instance: Instance, runtime: Runtime) -> bytes | None:
     spec = instance.spec
     if spec.user_data_secret_ref is None:
-        return spec.user_data
+        return spec.user_data.encode() if spec.user_data is not None else None
     ref, namespace = spec.user_data_secret_ref, instance.metadata.namespace or ""
     data = await runtime.kube.secret_data(namespace, ref.name)
     if data is None or ref.key not in data:
@@ -145,7 +145,7 @@ async def _user_data(instance: Instance, runtime: Runtime) -> str | None:
             "UserDataNotFound", f"spec.userDataSecretRef: {what} not found",
             field="spec.userDataSecretRef",
         )  # fmt: skip
-    return data[ref.key].decode()
+    return data[ref.key]
 
 
 StatusChange = Callable[[InstanceStatus, int], InstanceStatus]

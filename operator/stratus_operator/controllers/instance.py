@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import SecretStr
+from pydantic import SecretBytes
 
 from stratus_api.guest import (
     CloudInit,
@@ -113,7 +113,7 @@ def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
 
 
 def guest_spec(
-    instance: Instance, size: Size, image: Image, nics: list[Nic], user_data: str | None
+    instance: Instance, size: Size, image: Image, nics: list[Nic], user_data: bytes | None
 ) -> GuestSpec:
     meta, spec = instance.metadata, instance.spec
     assert meta.uid and meta.name and meta.namespace and image.metadata.uid
@@ -143,7 +143,7 @@ def guest_spec(
         cloud_init=CloudInit(
             instance_id=meta.uid,
             hostname=meta.name,
-            user_data=SecretStr(user_data) if user_data is not None else None,
+            user_data=SecretBytes(user_data) if user_data is not None else None,
             ssh_keys=list(spec.ssh_keys),
         ),
     )

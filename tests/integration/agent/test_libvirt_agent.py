@@ -9,6 +9,7 @@ Fixtures (conftest.py) remove every domain a test made, pass or fail.
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 import uuid
@@ -51,7 +52,7 @@ def spec_for(
     spec["cloudInit"] = {
         "instanceId": f"i-{spec['uid'][:8]}",
         "hostname": hostname,
-        "userData": user_data,
+        "userData": base64.b64encode(user_data.encode()).decode(),
     }
     return spec
 

@@ -29,7 +29,7 @@ NICS = [
 CLOUD_INIT = CloudInit(
     instance_id="0b7f7c3e-1111-2222-3333-444455556666",
     hostname="demo",
-    user_data="#!/bin/sh\necho hi\n",
+    user_data=b"#!/bin/sh\necho hi\n",
     ssh_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0 user@host"],
 )
 
@@ -45,7 +45,7 @@ def test_meta_data_carries_identity_and_keys() -> None:
 
 def test_no_user_data_is_an_empty_cloud_config() -> None:
     empty = CLOUD_INIT.model_copy(update={"user_data": None})
-    assert seed.user_data(empty).startswith("#cloud-config")
+    assert seed.user_data(empty).startswith(b"#cloud-config")
 
 
 @pytest.mark.skipif(shutil.which("cloud-init") is None, reason="Debian's cloud-init not installed")

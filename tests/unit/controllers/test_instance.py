@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -72,14 +74,17 @@ def test_guest_spec_is_self_contained() -> None:
     nic = nic_for(
         network, Allocation("10.0.0.5", 24, "10.0.0.1", ("10.0.0.1",)), "52:54:00:0a:0b:0c"
     )
-    spec = guest_spec(web, resolve_size(web, SMALL), IMAGE, [nic], web.spec.user_data)
+    spec = guest_spec(
+        web, resolve_size(web, SMALL), IMAGE, [nic], (web.spec.user_data or "").encode()
+    )
     assert spec.uid == UID and spec.generation == 3 and spec.power is PowerState.STOPPED
     assert spec.disks[0].image is not None and spec.disks[0].image.sha256 == "a" * 64
     assert spec.disks[0].size_bytes == 4 * 2**30
     assert spec.nics[0].mtu == 1450  # overlay default
     assert spec.cloud_init.hostname == "web" and spec.cloud_init.ssh_keys
     assert "secret" not in repr(spec)  # user-data is masked outside the wire format
-    assert "secret" in spec.model_dump_json(by_alias=True)
+    wire = json.loads(spec.model_dump_json(by_alias=True))  # base64 on the wire
+    assert base64.b64decode(wire["cloudInit"]["userData"]) == b"#!/bin/sh\necho secret"
 
 
 @pytest.mark.parametrize(
