@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stratus_api.sources import SourcePolicy
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,6 +43,16 @@ class NetworkConfig(_Section):
     )
 
 
+class ImagesConfig(_Section):
+    """The image cache and where images may be downloaded from."""
+
+    sources: SourcePolicy = Field(
+        default_factory=SourcePolicy,
+        description="Allowed schemes, hosts and ports, refused networks and ports; the "
+        "agent's own listen port is always refused.",
+    )
+
+
 class FakeComputeConfig(_Section):
     """What the fake compute driver claims the node has (control-plane tests, benchmarks)."""
 
@@ -60,6 +72,7 @@ class AgentConfig(_Section):
     libvirt_uri: str = "qemu:///system"
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(insecure=True))
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, description="Event-stream heartbeat, so dead peers are noticed."
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stratus_api.sources import SourcePolicy
+
 GROUP = "stratus.io"
 FINALIZER = "stratus.io/finalizer"
 
@@ -26,8 +28,18 @@ class SchedulingSettings:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    # Where Image sources may point; the operator checks a URL before probing it, and the
+    # agents check it again, with their own policy, before every connection they make.
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    # Seconds the operator's HEAD probe of a source may take before it is tried again.
+    probe_timeout_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
