@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import allinone, controlplane
+from stratus_devcloud import allinone, controlplane, processes
 from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
@@ -69,16 +69,48 @@ def agent(config_path: Path) -> None:
     default=None,
     help="Use this kubeconfig (default: in-cluster service account, else KUBECONFIG).",
 )
+@click.option(
+    "--allow-image-endpoint",
+    "allowed_endpoints",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Allow Image sources on exactly this host and port, even on a refused network "
+    "such as loopback (repeatable).",
+)
+@click.option(
+    "--refuse-image-port",
+    "refused_ports",
+    multiple=True,
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Refuse Image sources on this port: the cluster's own service ports (repeatable).",
+)
 def operator(
-    namespaces: tuple[str, ...], liveness_port: int | None, kubeconfig: str | None
+    namespaces: tuple[str, ...],
+    liveness_port: int | None,
+    kubeconfig: str | None,
+    allowed_endpoints: tuple[str, ...],
+    refused_ports: tuple[int, ...],
 ) -> None:
     """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
+    import pydantic
+
+    from stratus_api.sources import SourcePolicy
+
+    try:
+        sources = SourcePolicy(allowed_endpoints=allowed_endpoints, refused_ports=refused_ports)
+    except pydantic.ValidationError as exc:
+        bad = ", ".join(str(err["input"]) for err in exc.errors())
+        raise click.BadParameter(
+            f"{bad}: expected HOST:PORT", param_hint="--allow-image-endpoint"
+        ) from None
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
-    from stratus_operator.settings import OperatorSettings
+    from stratus_operator.settings import ImageSettings, OperatorSettings
 
-    operator_main.run(OperatorSettings(namespaces=namespaces), liveness_port=liveness_port)
+    settings = OperatorSettings(namespaces=namespaces, images=ImageSettings(sources=sources))
+    operator_main.run(settings, liveness_port=liveness_port)
 
 
 @cli.group()
@@ -123,13 +155,18 @@ def up(state_dir: Path, control_plane_only: bool) -> None:
 @STATE_DIR_OPTION
 def down(state_dir: Path) -> None:
     """Stop the local cloud: delete its guests, bridge and node files, stop every process it
-    started. Kubernetes data stays in the state directory for the next `up`."""
+    started. Kubernetes data stays in the state directory for the next `up`.
+
+    Needs nothing of the environment `up` ran in: what to stop comes from the records `up`
+    wrote in the state directory, and a process they do not prove ours is left alone."""
     cloud = allinone.DevCloud(state_dir)
-    if not (cloud.state_dir / "run").exists():
+    if not cloud.run_dir.exists() and not cloud.node_record.exists():
         click.echo(f"stratus dev: nothing running in {cloud.state_dir}", err=True)
         return
-    stopped = cloud.down()
-    click.echo(f"stratus dev: stopped {', '.join(stopped) or 'nothing'}", err=True)
+    report = cloud.down()
+    for note in report.notes:
+        click.echo(f"stratus dev: {note}", err=True)
+    click.echo(f"stratus dev: stopped {', '.join(report.stopped) or 'nothing'}", err=True)
 
 
 @dev.command()
@@ -150,15 +187,27 @@ def console(state_dir: Path, instance: str, namespace: str, lines: int) -> None:
 @dev.command()
 @STATE_DIR_OPTION
 def status(state_dir: Path) -> None:
-    """Say which processes of the local cloud run; exit 1 when the API is not ready."""
+    """Say which processes of the local cloud run (from the records `up` wrote in the state
+    directory); exit 1 when the API is not ready."""
     cloud = allinone.DevCloud(state_dir)
     plane = cloud.plane
     if not (plane.state_dir / "ports.json").exists():
         click.echo(f"no local cloud in {plane.state_dir}")
         sys.exit(1)
-    for daemon in [*plane.daemons(), cloud.image_server, cloud.agent, cloud.operator]:
-        pid = daemon.pid()
-        click.echo(f"{daemon.name:<26} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    records = {record.name: record for record in processes.recorded(cloud.run_dir)}
+    for name in dict.fromkeys([*controlplane.DAEMON_NAMES, *allinone.APP_NAMES, *records]):
+        record = records.get(name)
+        state = record.state() if record else processes.State.NO_RECORD
+        if record and state is processes.State.RUNNING:
+            shown = f"running, pid {record.pid}"
+        elif record and state is processes.State.NOT_OURS:
+            shown = f"stopped (pid {record.pid} now belongs to another process)"
+        else:
+            shown = "stopped"
+        click.echo(f"{name:<26} {shown}")
+    if cloud.node_record.exists():
+        click.echo(f"{'bridge':<26} {cloud.bridge}")
+        click.echo(f"{'node files':<26} {cloud.node_dir}")
     ready = plane.ready()
     click.echo(f"{'API ' + plane.server_url:<26} {'ready' if ready else 'not ready'}")
     sys.exit(0 if ready else 1)

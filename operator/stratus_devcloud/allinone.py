@@ -4,6 +4,11 @@
 node-side file and stops what `up` started. Kubernetes data (etcd) stays in the state
 directory, so Instances come back on the next `up`: the operator finds their guests missing
 on the node and dispatches them again (with fresh disks).
+
+Several local clouds can share a machine: the node directory and the OVS bridge are named
+after the state directory (and written to STATE/node.json at `up`), guests are ours when
+their disks live in our node directory, and `down` uses only STATE/node.json and the process
+records in STATE/run, never the environment `up` ran in.
 """
 
 from __future__ import annotations
@@ -18,59 +23,114 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from stratus_api import naming
+from stratus_devcloud import processes
 from stratus_devcloud.controlplane import (
     REPO_ROOT,
     ControlPlaneError,
     LocalControlPlane,
     free_port,
 )
-from stratus_devcloud.nodeservices import LIBVIRT_URI, NodeServices
+from stratus_devcloud.nodeservices import LIBVIRT_URI, NodeServices, tool
 from stratus_devcloud.processes import Daemon
 
 NODE_NAME = "local"
+# The bridge every local cloud shared before bridges were named per state directory; no
+# longer used (see DevCloud.bridge). Kept for callers that import it.
 BRIDGE = "br-stratus"
+BRIDGE_PREFIX = "stratus-"  # plus 7 hex digits: 15 characters, Linux's interface name limit
 IMAGE_PORT = 8480  # examples/image.yaml points here
+IMAGE_ENDPOINT = f"127.0.0.1:{IMAGE_PORT}"
 AGENT_SYSTEM_NAMESPACE = "stratus-system"
-# QEMU runs as libvirt-qemu: the node's files must sit under world-traversable directories,
-# which neither /tmp/pytest-* nor /root is. One directory per state dir, named from it.
+# One directory per state dir, named from it (see DevCloud.node_dir).
 NODE_ROOT = Path("/var/lib/stratus")
 READY_TIMEOUT_SECONDS = 60.0
 # Seconds `down` keeps sweeping for guests whose start was already under way.
 DOWN_SETTLE_SECONDS = 90.0
 
 
+APP_NAMES = ("image-server", "stratus-agent", "stratus-operator")  # in start order
+
+
 class DevCloud:
     def __init__(self, state_dir: Path) -> None:
         self.plane = LocalControlPlane(state_dir)
         self.state_dir = self.plane.state_dir
-        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
-        self.node_dir = NODE_ROOT / f"dev-{digest}"
+        self.digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()
         self.node = NodeServices(self.state_dir)
-        run, logs = self.state_dir / "run", self.state_dir / "logs"
+        self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
         self.agent_config = self.state_dir / "agent" / "agent.yaml"
+        self.node_record = self.state_dir / "node.json"
         python = sys.executable
         self.image_server = Daemon(
             "image-server",
             (python, "-m", "http.server", str(IMAGE_PORT), "--bind", "127.0.0.1",
              "--directory", str(self.node_dir / "served")),
-            run, logs, exe=str(self.node_dir / "served"),
+            self.run_dir, self.log_dir,
         )  # fmt: skip
         self.agent = Daemon(
             "stratus-agent",
             (python, "-m", "stratus_cli", "agent", "--config", str(self.agent_config)),
-            run, logs, exe=str(self.agent_config),
+            self.run_dir, self.log_dir,
         )  # fmt: skip
-        self.operator = Daemon(
+
+    # -- node-side names, per state directory ---------------------------------------------
+    def _recorded_node(self) -> dict[str, str]:
+        try:
+            found: dict[str, str] = json.loads(self.node_record.read_text())
+            return found
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def node_dir(self) -> Path:
+        """QEMU runs as libvirt-qemu: the node's files sit under world-traversable
+        directories, which neither /tmp/pytest-* nor /root is."""
+        recorded = self._recorded_node().get("node_dir")
+        return Path(recorded) if recorded else NODE_ROOT / f"dev-{self.digest[:10]}"
+
+    @property
+    def bridge(self) -> str:
+        return self._recorded_node().get("bridge") or BRIDGE_PREFIX + self.digest[:7]
+
+    def _record_node(self) -> None:
+        node = {"bridge": self.bridge, "node_dir": str(self.node_dir)}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.node_record.write_text(json.dumps(node, indent=2) + "\n")
+
+    # -- ports ----------------------------------------------------------------------------
+    @property
+    def agent_port(self) -> int:
+        """Chosen at first start and kept, like the control plane's (ports.json)."""
+        port_file = self.agent_config.parent / "port"
+        if not port_file.exists():
+            port_file.parent.mkdir(parents=True, exist_ok=True)
+            port_file.write_text(str(free_port()))
+        return int(port_file.read_text())
+
+    def service_ports(self) -> list[int]:
+        """This cloud's own service ports: no Image may be downloaded from them."""
+        ports = self.plane.ports
+        return [ports.etcd_client, ports.etcd_peer, ports.apiserver, self.agent_port]
+
+    @property
+    def operator(self) -> Daemon:
+        image_policy = ["--allow-image-endpoint", IMAGE_ENDPOINT]
+        for port in self.service_ports():
+            image_policy += ["--refuse-image-port", str(port)]
+        return Daemon(
             "stratus-operator",
-            (python, "-m", "stratus_cli", "operator", "--kubeconfig", str(self.plane.kubeconfig)),
-            run, logs, exe=str(self.plane.kubeconfig),
+            (sys.executable, "-m", "stratus_cli", "operator",
+             "--kubeconfig", str(self.plane.kubeconfig), *image_policy),
+            self.run_dir, self.log_dir,
         )  # fmt: skip
 
     # -- up -------------------------------------------------------------------------------
     def up(self) -> None:
         self.plane.up(crd_dir=REPO_ROOT / "crds")
+        self._record_node()
         self.node.up()
         self._serve_test_image()
         self._start_agent()
@@ -95,6 +155,35 @@ class DevCloud:
         target.chmod(0o644)
         self.image_server.start()
 
+    def agent_settings(self) -> dict[str, Any]:
+        """The agent's configuration (stratus_agent.config.AgentConfig, as YAML/JSON)."""
+        pki = self.plane.pki_dir
+        return {
+            "node_name": NODE_NAME,
+            "token_file": str(self.agent_config.parent / "token"),
+            "state_dir": str(self.node_dir / "agent"),
+            "compute": "libvirt",
+            "libvirt_uri": LIBVIRT_URI,
+            "listen": {
+                "host": "127.0.0.1",
+                "port": self.agent_port,
+                # Explicit whatever the agent's default: the token and guest specs travel
+                # over TLS only.
+                "insecure": False,
+                "tls_cert_file": str(pki / "agent.crt"),
+                "tls_key_file": str(pki / "agent.key"),
+            },
+            "network": {"bridge": self.bridge, "datapath_type": "netdev"},
+            # Loopback is refused by default: this cloud's image server is the one exception,
+            # and none of its own service ports may ever serve an image.
+            "images": {
+                "sources": {
+                    "allowed_endpoints": [IMAGE_ENDPOINT],
+                    "refused_ports": self.service_ports(),
+                }
+            },
+        }
+
     def _start_agent(self) -> None:
         agent_dir = self.agent_config.parent
         agent_dir.mkdir(parents=True, exist_ok=True)
@@ -102,30 +191,7 @@ class DevCloud:
         if not token.exists():
             token.write_text(secrets.token_urlsafe(32))
             token.chmod(0o600)
-        port_file = agent_dir / "port"
-        if not port_file.exists():
-            port_file.write_text(str(free_port()))
-        self.agent_port = int(port_file.read_text())
-        pki = self.plane.pki_dir
-        self.agent_config.write_text(
-            json.dumps(
-                {
-                    "node_name": NODE_NAME,
-                    "token_file": str(token),
-                    "state_dir": str(self.node_dir / "agent"),
-                    "compute": "libvirt",
-                    "libvirt_uri": LIBVIRT_URI,
-                    "listen": {
-                        "host": "127.0.0.1",
-                        "port": self.agent_port,
-                        "tls_cert_file": str(pki / "agent.crt"),
-                        "tls_key_file": str(pki / "agent.key"),
-                    },
-                    "network": {"bridge": BRIDGE, "datapath_type": "netdev"},
-                },
-                indent=2,
-            )
-        )
+        self.agent_config.write_text(json.dumps(self.agent_settings(), indent=2) + "\n")
         self.agent.start()
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -177,12 +243,22 @@ class DevCloud:
             raise ControlPlaneError(f"registering the node failed: {result.stderr.strip()}")
 
     # -- down -----------------------------------------------------------------------------
-    def down(self) -> list[str]:
-        stopped = [d.name for d in (self.operator, self.agent, self.image_server) if d.stop()]
+    def down(self) -> processes.StopReport:
+        """Stop what the records in STATE/run prove ours, remove this cloud's guests, bridge
+        and node files; leave everything else, and say what was left and why."""
+        report = processes.stop_all(self.run_dir, APP_NAMES)
         self._remove_node_state()
-        stopped += self.node.down()
-        stopped += self.plane.down()
-        return stopped
+        report.add(self.node.stop())
+        report.add(self.plane.stop())
+        report.add(processes.stop_all(self.run_dir))  # records of names this version lacks
+        for pid_file in sorted(self.run_dir.glob("*.pid")):
+            pid = pid_file.read_text().strip()
+            report.notes.append(
+                f"{pid_file.stem}: pid {pid} from an older stratus, with no record proving "
+                "it ours; not stopped"
+            )
+            pid_file.unlink()
+        return report
 
     def _remove_node_state(self) -> None:
         """Every guest, the bridge and the node's files; needs the node services running.
@@ -196,21 +272,22 @@ class DevCloud:
                 removed = self._remove_domains()
                 quiet = 0 if removed else quiet + 1
                 time.sleep(0 if removed else 1.0)
-        if self.node.ovs_running():
-            subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", BRIDGE],
-                           capture_output=True, check=False)  # fmt: skip
+        recorded = self._recorded_node()
+        if "bridge" in recorded and self.node.ovs_running():
+            subprocess.run([tool("ovs-vsctl"), "--timeout=10", "--if-exists", "del-br",
+                            recorded["bridge"]], capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.node_dir, ignore_errors=True)
 
     def _remove_domains(self) -> int:
         listed = subprocess.run(
-            ["virsh", "-c", LIBVIRT_URI, "list", "--all", "--name"],
+            [tool("virsh"), "-c", LIBVIRT_URI, "list", "--all", "--name"],
             capture_output=True, text=True, check=False,
         ).stdout.split()  # fmt: skip
         ours = [domain for domain in listed if self._ours(domain)]
         for domain in ours:
-            subprocess.run(["virsh", "-c", LIBVIRT_URI, "destroy", domain],
+            subprocess.run([tool("virsh"), "-c", LIBVIRT_URI, "destroy", domain],
                            capture_output=True, check=False)  # fmt: skip
-            subprocess.run(["virsh", "-c", LIBVIRT_URI, "undefine", "--nvram", domain],
+            subprocess.run([tool("virsh"), "-c", LIBVIRT_URI, "undefine", "--nvram", domain],
                            capture_output=True, check=False)  # fmt: skip
         return len(ours)
 
@@ -232,11 +309,15 @@ class DevCloud:
         if not domain.startswith("stratus-"):
             return False
         xml = subprocess.run(
-            ["virsh", "-c", LIBVIRT_URI, "dumpxml", domain],
+            [tool("virsh"), "-c", LIBVIRT_URI, "dumpxml", domain],
             capture_output=True, text=True, check=False,
         ).stdout  # fmt: skip
         return str(self.node_dir) in xml
 
     def running(self) -> list[str]:
-        daemons = [self.image_server, self.agent, self.operator]
-        return self.plane.running() + [d.name for d in daemons if d.running()]
+        """Names of the processes of ours that run, by their records, in start order."""
+        return [
+            record.name
+            for record in processes.recorded(self.run_dir)
+            if processes.Tracked(record.name, self.run_dir).running()
+        ]

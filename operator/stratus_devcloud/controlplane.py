@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
 
 Everything lives in one state directory: pki/, etcd/ (the data, kept across down/up),
-logs/, run/ (pid files), bin/ (kubectl and helm), ports.json and kubeconfig.
+logs/, run/ (one record per started process, see processes.py), bin/ (kubectl and helm),
+ports.json and kubeconfig. Stopping and asking use only the records, never the binaries.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from stratus_devcloud import kubeconfig, pki
+from stratus_devcloud import kubeconfig, pki, processes
 from stratus_devcloud.processes import Daemon
 
 READY_TIMEOUT_SECONDS = 90.0
@@ -33,6 +34,8 @@ CONTROLLERS = (
     "clusterrole-aggregation-controller",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# In start order.
+DAEMON_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 
 class KubectlRunner(Protocol):
@@ -103,6 +106,10 @@ class LocalControlPlane:
         return self.state_dir / "pki"
 
     @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
 
@@ -130,7 +137,7 @@ class LocalControlPlane:
     def daemons(self) -> list[Daemon]:
         """In start order; stop in reverse."""
         bins, p, ports = self.bin_dir(), self.pki_dir, self.ports
-        run, logs = self.state_dir / "run", self.state_dir / "logs"
+        run, logs = self.run_dir, self.state_dir / "logs"
         etcd_url = f"https://127.0.0.1:{ports.etcd_client}"
         peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
         etcd = (
@@ -182,10 +189,9 @@ class LocalControlPlane:
             f"--service-account-private-key-file={p / 'sa.key'}",
             f"--root-ca-file={p / 'ca.crt'}",
         )
+        argvs = (etcd, apiserver, controller_manager)
         return [
-            Daemon("etcd", etcd, run, logs),
-            Daemon("kube-apiserver", apiserver, run, logs),
-            Daemon("kube-controller-manager", controller_manager, run, logs),
+            Daemon(name, argv, run, logs) for name, argv in zip(DAEMON_NAMES, argvs, strict=True)
         ]
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -236,11 +242,14 @@ class LocalControlPlane:
             raise
 
     def down(self) -> list[str]:
-        """Stop every daemon; return the names of those that were running."""
-        return [daemon.name for daemon in reversed(self.daemons()) if daemon.stop()]
+        """Stop every daemon `up` recorded; return the names of those that were running."""
+        return self.stop().stopped
+
+    def stop(self) -> processes.StopReport:
+        return processes.stop_all(self.run_dir, DAEMON_NAMES)
 
     def running(self) -> list[str]:
-        return [daemon.name for daemon in self.daemons() if daemon.running()]
+        return [name for name in DAEMON_NAMES if processes.Tracked(name, self.run_dir).running()]
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))

@@ -2,7 +2,9 @@
 
 Both are machine-wide (libvirt plugs NICs through OVS's default socket, and qemu:///system
 is one daemon), so each is started only when not already running, and stopped only by
-whoever started it: the pid files under STATE/run say which.
+whoever started it, as the process records under STATE/run prove (see processes.py), and
+only once nothing else uses it: another local cloud's bridge or guests may sit on the OVS
+or libvirtd this one started.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from stratus_devcloud import processes
 from stratus_devcloud.processes import Daemon
 
 OVS_RUN_DIR = Path("/var/run/openvswitch")
@@ -20,17 +23,35 @@ OVS_DB_SOCK = OVS_RUN_DIR / "db.sock"
 OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 LIBVIRT_URI = "qemu:///system"
 START_TIMEOUT_SECONDS = 30.0
+# Where Debian puts system tools, for callers whose PATH lacks them (`down` from cron, sudo).
+SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+OVS_NAMES = ("ovsdb-server", "ovs-vswitchd")
+LIBVIRT_NAMES = ("virtlogd", "libvirtd")
 
 
 class NodeServiceError(RuntimeError):
     """A node service could not be found or started."""
 
 
-def _ok(*argv: str) -> bool:
+def tool(binary: str) -> str:
+    """`binary` on PATH, else in the system directories; else the bare name (which fails
+    when run, as a missing tool should)."""
+    found = shutil.which(binary) or shutil.which(binary, path=":".join(SYSTEM_BIN_DIRS))
+    return found or binary
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+        return subprocess.run(
+            [tool(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
+
+
+def _ok(*argv: str) -> bool:
+    result = _run(*argv)
+    return result is not None and result.returncode == 0
 
 
 def _wait(what: str, probe: list[str], daemons: list[Daemon]) -> None:
@@ -58,10 +79,8 @@ def kvm_usable() -> bool:
 
 
 def _require(binary: str, package: str) -> str:
-    path = shutil.which(binary) or (
-        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
-    )
-    if path is None:
+    path = tool(binary)
+    if "/" not in path:
         raise NodeServiceError(f"{binary} not found: apt-get install {package}")
     return path
 
@@ -69,56 +88,64 @@ def _require(binary: str, package: str) -> str:
 class NodeServices:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        run, logs = state_dir / "run", state_dir / "logs"
-        ovs_db = state_dir / "ovs" / "conf.db"
-        self.ovsdb = Daemon(
+        self.run_dir, self.log_dir = state_dir / "run", state_dir / "logs"
+        self._ovs_db = state_dir / "ovs" / "conf.db"
+
+    # Built when starting only: asking and stopping need no binaries, just the records.
+    def _ovs_daemons(self) -> tuple[Daemon, Daemon]:
+        ovs = self.state_dir / "ovs"
+        ovsdb = Daemon(
             "ovsdb-server",
             (
                 _require("ovsdb-server", "openvswitch-switch"),
-                str(ovs_db),
+                str(self._ovs_db),
                 f"--remote=punix:{OVS_DB_SOCK}",
-                f"--pidfile={state_dir / 'ovs' / 'ovsdb-server.pid'}",
-                "--unixctl=" + str(state_dir / "ovs" / "ovsdb-server.ctl"),
+                f"--pidfile={ovs / 'ovsdb-server.pid'}",
+                f"--unixctl={ovs / 'ovsdb-server.ctl'}",
             ),
-            run,
-            logs,
+            self.run_dir,
+            self.log_dir,
         )
-        self.vswitchd = Daemon(
+        vswitchd = Daemon(
             "ovs-vswitchd",
             (
                 _require("ovs-vswitchd", "openvswitch-switch"),
                 f"unix:{OVS_DB_SOCK}",
-                f"--pidfile={state_dir / 'ovs' / 'ovs-vswitchd.pid'}",
-                "--unixctl=" + str(state_dir / "ovs" / "ovs-vswitchd.ctl"),
+                f"--pidfile={ovs / 'ovs-vswitchd.pid'}",
+                f"--unixctl={ovs / 'ovs-vswitchd.ctl'}",
             ),
-            run,
-            logs,
+            self.run_dir,
+            self.log_dir,
         )
-        self._ovs_db = ovs_db
+        return ovsdb, vswitchd
+
+    def _libvirt_daemons(self) -> tuple[Daemon, Daemon]:
         libvirtd = _require("libvirtd", "libvirt-daemon-system")
-        if Path("/dev/kvm").exists() and not kvm_usable():
-            # Hide the unusable /dev/kvm from libvirtd only, in a private mount namespace,
-            # behind a character device (libvirt's per-domain /dev copies only device nodes)
-            # that the QEMU user cannot open. /dev/null would not do: libvirt 9.0 counts a
-            # /dev/kvm it can open as usable KVM, finds its cached capabilities without KVM
-            # stale and re-probes QEMU for ~20 s on every domain start.
-            mask = shlex.quote(str(run / "kvm-masked"))
-            libvirtd_argv: tuple[str, ...] = (
-                _require("unshare", "util-linux"),
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f"{{ [ -c {mask} ] || mknod -m 000 {mask} c 1 3; }} && "
-                f"mount --bind {mask} /dev/kvm && exec {libvirtd}",
-            )
-        else:
-            libvirtd_argv = (libvirtd,)
-        self.virtlogd = Daemon(
-            "virtlogd", (_require("virtlogd", "libvirt-daemon-system"),), run, logs
+        virtlogd = Daemon(
+            "virtlogd", (_require("virtlogd", "libvirt-daemon-system"),), self.run_dir, self.log_dir
         )
-        self.libvirtd = Daemon("libvirtd", libvirtd_argv, run, logs, exe=libvirtd)
+        if not (Path("/dev/kvm").exists() and not kvm_usable()):
+            return virtlogd, Daemon("libvirtd", (libvirtd,), self.run_dir, self.log_dir)
+        # Hide the unusable /dev/kvm from libvirtd only, in a private mount namespace,
+        # behind a character device (libvirt's per-domain /dev copies only device nodes)
+        # that the QEMU user cannot open. /dev/null would not do: libvirt 9.0 counts a
+        # /dev/kvm it can open as usable KVM, finds its cached capabilities without KVM
+        # stale and re-probes QEMU for ~20 s on every domain start.
+        mask = shlex.quote(str(self.run_dir / "kvm-masked"))
+        shell = _require("sh", "dash")
+        argv = (
+            _require("unshare", "util-linux"),
+            "-m",
+            "--propagation",
+            "private",
+            shell,
+            "-c",
+            f"{{ [ -c {mask} ] || mknod -m 000 {mask} c 1 3; }} && "
+            f"mount --bind {mask} /dev/kvm && exec {libvirtd}",
+        )
+        return virtlogd, Daemon(
+            "libvirtd", argv, self.run_dir, self.log_dir, becomes=(shell, libvirtd)
+        )
 
     def ovs_running(self) -> bool:
         return _ok("ovs-vsctl", "--timeout=2", "show")
@@ -130,27 +157,52 @@ class NodeServices:
         """Start what is not running; return the names of what this call started."""
         started = []
         if not self.ovs_running():
+            ovsdb, vswitchd = self._ovs_daemons()
             OVS_RUN_DIR.mkdir(parents=True, exist_ok=True)
             if not self._ovs_db.exists():
                 self._ovs_db.parent.mkdir(parents=True, exist_ok=True)
                 subprocess.run(
-                    ["ovsdb-tool", "create", str(self._ovs_db), str(OVS_SCHEMA)], check=True
+                    [tool("ovsdb-tool"), "create", str(self._ovs_db), str(OVS_SCHEMA)], check=True
                 )
-            self.ovsdb.start()
-            _wait("ovsdb-server", ["ovs-vsctl", "--timeout=2", "--no-wait", "init"], [self.ovsdb])
-            self.vswitchd.start()
-            _wait("ovs-vswitchd", ["ovs-vsctl", "--timeout=2", "show"], [self.ovsdb, self.vswitchd])
+            ovsdb.start()
+            _wait("ovsdb-server", ["ovs-vsctl", "--timeout=2", "--no-wait", "init"], [ovsdb])
+            vswitchd.start()
+            _wait("ovs-vswitchd", ["ovs-vsctl", "--timeout=2", "show"], [ovsdb, vswitchd])
             started += ["ovsdb-server", "ovs-vswitchd"]
         if not self.libvirt_running():
+            virtlogd, libvirtd = self._libvirt_daemons()
             if not _ok("pgrep", "-x", "virtlogd"):
-                self.virtlogd.start()
+                virtlogd.start()
                 started.append("virtlogd")
-            self.libvirtd.start()
-            _wait("libvirtd", ["virsh", "-c", LIBVIRT_URI, "version"], [self.libvirtd])
+            libvirtd.start()
+            _wait("libvirtd", ["virsh", "-c", LIBVIRT_URI, "version"], [libvirtd])
             started.append("libvirtd")
         return started
 
     def down(self) -> list[str]:
-        """Stop what this state directory started."""
-        daemons = [self.libvirtd, self.virtlogd, self.vswitchd, self.ovsdb]
-        return [daemon.name for daemon in daemons if daemon.stop()]
+        """Stop what this state directory started and nothing else uses; return the names."""
+        return self.stop().stopped
+
+    def stop(self) -> processes.StopReport:
+        report = processes.StopReport()
+        running_domains = _run("virsh", "-c", LIBVIRT_URI, "list", "--name")
+        domains = running_domains.stdout.split() if running_domains else []
+        if domains and self._started_any(LIBVIRT_NAMES):
+            report.notes.append(
+                f"left libvirtd running: {len(domains)} other guest(s) run on it "
+                f"({', '.join(domains[:3])})"
+            )
+        else:
+            report.add(processes.stop_all(self.run_dir, ("libvirtd", "virtlogd")))
+        listed = _run("ovs-vsctl", "--timeout=5", "list-br")
+        bridges = listed.stdout.split() if listed and listed.returncode == 0 else []
+        if bridges and self._started_any(OVS_NAMES):
+            report.notes.append(
+                f"left Open vSwitch running: other bridges are on it ({', '.join(bridges)})"
+            )
+        else:
+            report.add(processes.stop_all(self.run_dir, ("ovs-vswitchd", "ovsdb-server")))
+        return report
+
+    def _started_any(self, names: tuple[str, ...]) -> bool:
+        return any(processes.Tracked(name, self.run_dir).running() for name in names)

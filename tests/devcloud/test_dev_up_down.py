@@ -1,21 +1,47 @@
-"""`stratus dev up` / `dev down` as a user runs them: one cluster, nothing left, data kept."""
+"""`stratus dev up` / `dev down` as a user runs them: one cluster, nothing left, data kept;
+`down` needs nothing of the environment `up` had, and touches nothing of another cloud's."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from stratus_devcloud import controlplane, processes
+from stratus_devcloud.allinone import DevCloud
 from testsupport import REPO_ROOT
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
 
 
-def stratus(*args: str) -> subprocess.CompletedProcess[str]:
+def stratus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*STRATUS, *args], capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT
+        [*STRATUS, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO_ROOT,
+        env=env,
     )
+
+
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """Not the environment `up` ran in: no STRATUS_KUBE_BIN_DIR, another HOME (so another
+    ~/.cache/stratus, where nothing is built), a PATH with neither the venv nor kubectl."""
+    home = tmp_path / "elsewhere"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    if "PYTHONPATH" in os.environ:  # which Stratus code runs, not the cloud's environment
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def processes_using(state_dir: Path) -> list[str]:
@@ -33,16 +59,25 @@ def processes_using(state_dir: Path) -> list[str]:
     return found
 
 
-def pids(state_dir: Path) -> dict[str, str]:
-    return {p.stem: p.read_text().strip() for p in sorted((state_dir / "run").glob("*.pid"))}
+def pids(state_dir: Path) -> dict[str, int]:
+    return {r.name: r.pid for r in processes.recorded(state_dir / "run")}
 
 
 def test_up_twice_down_and_up_again(tmp_path: Path) -> None:
     state = tmp_path / "dev"
     kubeconfig = state / "kubeconfig"
     kubectl = [str(state / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
+    # The first `up` finds the binaries through STRATUS_KUBE_BIN_DIR, a directory that is
+    # gone by the time `down` runs.
+    links = tmp_path / "kube-bin"
+    links.mkdir()
+    for binary in controlplane.kube_bin_dir().iterdir():
+        (links / binary.name).symlink_to(binary)
     try:
-        first = stratus("dev", "up", "--control-plane-only", "--state-dir", str(state))
+        first = stratus(
+            "dev", "up", "--control-plane-only", "--state-dir", str(state),
+            env={**os.environ, "STRATUS_KUBE_BIN_DIR": str(links)},
+        )  # fmt: skip
         assert first.returncode == 0, first.stderr
         assert first.stdout.splitlines() == [
             f"export KUBECONFIG={kubeconfig}",
@@ -67,13 +102,20 @@ def test_up_twice_down_and_up_again(tmp_path: Path) -> None:
             check=True,
             capture_output=True,
         )
-        status = stratus("dev", "status", "--state-dir", str(state))
-        assert status.returncode == 0 and "ready" in status.stdout
+        shutil.rmtree(links)
+        status = stratus("dev", "status", "--state-dir", str(state), env=bare_env(tmp_path))
+        assert status.returncode == 0, status.stdout + status.stderr
+        for name, pid in started.items():
+            assert f"running, pid {pid}" in status.stdout, name
     finally:
-        down = stratus("dev", "down", "--state-dir", str(state))
+        down = stratus("dev", "down", "--state-dir", str(state), env=bare_env(tmp_path))
+        if down.returncode != 0:  # leave nothing running, whatever failed
+            processes.stop_all(state / "run")
     assert down.returncode == 0, down.stderr
+    assert "stopped kube-controller-manager, kube-apiserver, etcd" in down.stderr
     assert processes_using(state) == []
-    assert not list((state / "run").glob("*.pid"))
+    assert processes.recorded(state / "run") == []
+    assert not (tmp_path / "elsewhere" / ".cache").exists()  # nothing was built for `down`
     assert stratus("dev", "status", "--state-dir", str(state)).returncode == 1
 
     again = stratus("dev", "up", "--control-plane-only", "--state-dir", str(state))
@@ -88,6 +130,7 @@ def test_up_twice_down_and_up_again(tmp_path: Path) -> None:
         assert kept.stdout == "v"
     finally:
         stratus("dev", "down", "--state-dir", str(state))
+        processes.stop_all(state / "run")
     assert processes_using(state) == []
 
 
@@ -96,3 +139,124 @@ def test_down_without_a_cloud_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "nothing running" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_down_leaves_a_process_that_took_over_a_recorded_pid(tmp_path: Path) -> None:
+    """The kernel reuses pids: a record naming one that now runs something else (here a
+    `cat`, with a start time that is not the recorded one) must not get it killed."""
+    state = tmp_path / "dev"
+    bystander = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+    try:
+        earlier = processes.Daemon("etcd", ("/bin/sleep", "300"), state / "run", state / "logs")
+        earlier.start()
+        record = earlier.tracked.record()
+        assert record is not None
+        earlier.stop(grace=5)
+        forged = {**dataclasses.asdict(record), "pid": bystander.pid}
+        earlier.tracked.record_file.write_text(json.dumps(forged))
+
+        down = stratus("dev", "down", "--state-dir", str(state), env=bare_env(tmp_path))
+        assert down.returncode == 0, down.stderr
+        assert f"etcd: pid {bystander.pid} is now another process; left alone" in down.stderr
+        assert "stopped nothing" in down.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def ovs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True, check=check
+    )
+
+
+@pytest.fixture
+def node_services_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: Open vSwitch and libvirtd")
+    missing = [t for t in ("ovs-vsctl", "ovsdb-server", "libvirtd", "virsh") if not _which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: run hack/install-deps")
+
+
+def _which(binary: str) -> str | None:
+    return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+
+
+@pytest.fixture
+def two_clouds(tmp_path: Path, node_services_tools: None) -> Iterator[tuple[DevCloud, DevCloud]]:
+    """Two local clouds' node sides on one machine: `ours` as `up` leaves it (node record,
+    OVS and libvirtd started unless already running, its bridge and node files), and
+    `theirs` stood in for by its bridge and node files made by hand (a second control plane
+    would cost minutes and change nothing here)."""
+    ours, theirs = DevCloud(tmp_path / "ours"), DevCloud(tmp_path / "theirs")
+    ours._record_node()
+    ours.node.up()
+    try:
+        for cloud in (ours, theirs):
+            ovs("--may-exist", "add-br", cloud.bridge,
+                "--", "set", "Bridge", cloud.bridge, "datapath_type=netdev")  # fmt: skip
+            cloud.node_dir.mkdir(parents=True, exist_ok=True)
+            (cloud.node_dir / "disk.qcow2").write_text("")
+        yield ours, theirs
+    finally:
+        ovs("--if-exists", "del-br", theirs.bridge, check=False)
+        shutil.rmtree(theirs.node_dir, ignore_errors=True)
+        stratus("dev", "down", "--state-dir", str(ours.state_dir))
+        # Should `down` itself have failed: leave the machine as it was all the same.
+        ovs("--if-exists", "del-br", ours.bridge, check=False)
+        shutil.rmtree(ours.node_dir, ignore_errors=True)
+        left = processes.stop_all(ours.run_dir).stopped
+        processes.reap_children()
+    assert left == []
+
+
+def test_down_removes_its_own_bridge_and_files_only(
+    tmp_path: Path, two_clouds: tuple[DevCloud, DevCloud]
+) -> None:
+    ours, theirs = two_clouds
+    assert ours.bridge != theirs.bridge
+    started_ovs = processes.Tracked("ovs-vswitchd", ours.run_dir).running()
+
+    down = stratus("dev", "down", "--state-dir", str(ours.state_dir), env=bare_env(tmp_path))
+    assert down.returncode == 0, down.stderr
+
+    bridges = ovs("list-br").stdout.split()
+    assert ours.bridge not in bridges
+    assert theirs.bridge in bridges
+    assert not ours.node_dir.exists()
+    assert (theirs.node_dir / "disk.qcow2").exists()
+    if started_ovs:
+        # Ours to stop, but the other cloud's bridge still needs it.
+        assert "left Open vSwitch running" in down.stderr
+        assert processes.Tracked("ovs-vswitchd", ours.run_dir).running()
+
+
+def pinned_kubernetes_version() -> str:
+    """The k8s.io/kubernetes release hack/kube/go.mod requires (what build.sh stamps)."""
+    for line in (REPO_ROOT / "hack" / "kube" / "go.mod").read_text().splitlines():
+        fields = line.split()
+        if fields[:1] == ["k8s.io/kubernetes"]:
+            return fields[1]
+    raise AssertionError("hack/kube/go.mod requires no k8s.io/kubernetes")
+
+
+def test_the_control_plane_reports_the_pinned_version(tmp_path: Path) -> None:
+    """Unstamped binaries say v0.0.0-master+$Format:%H$, which `kubectl version` refuses
+    and Helm charts with a kubeVersion constraint fail on."""
+    pinned = pinned_kubernetes_version()
+    assert pinned.startswith("v1.")
+    plane = controlplane.LocalControlPlane(tmp_path / "dev")
+    try:
+        plane.up()
+        shown = plane.kubectl_run("version", "-o", "json", check=False)
+        assert shown.returncode == 0, shown.stderr
+        server = json.loads(shown.stdout)["serverVersion"]
+        assert server["gitVersion"] == pinned
+        assert (server["major"], server["minor"]) == ("1", pinned.split(".")[1])
+    finally:
+        plane.down()
+    manager = plane.bin_dir() / "kube-controller-manager"
+    said = subprocess.run([str(manager), "--version"], capture_output=True, text=True, check=True)
+    assert said.stdout.split() == ["Kubernetes", pinned]

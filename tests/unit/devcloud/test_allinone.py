@@ -1,0 +1,115 @@
+"""The all-in-one's names and configuration, without starting it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from stratus_agent import config as agent_config
+from stratus_api import sources
+from stratus_cli import main as cli_main
+from stratus_devcloud import allinone
+from testsupport import REPO_ROOT
+
+EXAMPLE_IMAGE_URL = yaml.safe_load((REPO_ROOT / "examples" / "image.yaml").read_text())["spec"][
+    "source"
+]["http"]["url"]
+
+
+def test_two_state_directories_get_their_own_bridge_and_node_files(tmp_path: Path) -> None:
+    first, second = allinone.DevCloud(tmp_path / "a"), allinone.DevCloud(tmp_path / "b")
+    assert first.bridge != second.bridge
+    assert first.node_dir != second.node_dir
+    for cloud in (first, second):
+        assert len(cloud.bridge) <= 15 and cloud.bridge.startswith(allinone.BRIDGE_PREFIX)
+        assert cloud.bridge != allinone.BRIDGE  # the name earlier versions shared
+    # Stable: the same state directory names the same bridge from any process.
+    assert allinone.DevCloud(tmp_path / "a").bridge == first.bridge
+
+
+def test_the_recorded_names_are_the_ones_down_uses(tmp_path: Path) -> None:
+    cloud = allinone.DevCloud(tmp_path / "dev")
+    cloud._record_node()
+    assert json.loads(cloud.node_record.read_text()) == {
+        "bridge": cloud.bridge,
+        "node_dir": str(cloud.node_dir),
+    }
+    # A cloud brought up under another naming scheme keeps the names it was given.
+    cloud.node_record.write_text(json.dumps({"bridge": "br-old", "node_dir": "/var/lib/x"}))
+    assert (cloud.bridge, cloud.node_dir) == ("br-old", Path("/var/lib/x"))
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> allinone.DevCloud:
+    return allinone.DevCloud(tmp_path / "dev")
+
+
+def test_the_agent_config_is_explicit_about_tls_and_image_sources(
+    cloud: allinone.DevCloud,
+) -> None:
+    settings = agent_config.AgentConfig.model_validate(cloud.agent_settings())
+    assert settings.listen.insecure is False
+    assert settings.listen.tls_cert_file == cloud.plane.pki_dir / "agent.crt"
+    assert settings.network.bridge == cloud.bridge
+    policy = settings.images.sources
+    ports = cloud.plane.ports
+    assert policy.allowed_endpoints == ("127.0.0.1:8480",)
+    assert set(policy.refused_ports) == {
+        ports.etcd_client,
+        ports.etcd_peer,
+        ports.apiserver,
+        cloud.agent_port,
+    }
+    assert_policy_fits_the_all_in_one(policy, cloud)
+
+
+def assert_policy_fits_the_all_in_one(
+    policy: sources.SourcePolicy, cloud: allinone.DevCloud
+) -> None:
+    # examples/image.yaml points at the image server: allowed.
+    assert sources.check_url(policy, EXAMPLE_IMAGE_URL) == ("127.0.0.1", allinone.IMAGE_PORT)
+    # The cloud's own services and the rest of loopback: refused.
+    for port in cloud.service_ports():
+        with pytest.raises(sources.SourceRefused):
+            sources.check_url(policy, f"http://127.0.0.1:{port}/x")
+    with pytest.raises(sources.SourceRefused):
+        sources.check_url(policy, "http://127.0.0.1:9/x")
+
+
+def test_the_operator_gets_the_same_image_policy(
+    cloud: allinone.DevCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stratus_operator import main as operator_main  # noqa: PLC0415 - imports kopf
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(operator_main, "run", lambda settings, **kw: seen.update(s=settings))
+    argv = cloud.operator.argv
+    assert argv[1:3] == ("-m", "stratus_cli")
+    cloud.plane.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    cloud.plane.kubeconfig.write_text("{}")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    result = CliRunner().invoke(cli_main.cli, list(argv[3:]))
+    assert result.exit_code == 0, result.output
+    policy = seen["s"].images.sources
+    assert policy.allowed_endpoints == ("127.0.0.1:8480",)
+    assert sorted(policy.refused_ports) == sorted(cloud.service_ports())
+    assert_policy_fits_the_all_in_one(policy, cloud)
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--allow-image-endpoint", "127.0.0.1"], "expected HOST:PORT"),
+        (["--refuse-image-port", "0"], "0 is not in the range"),
+        (["--refuse-image-port", "http"], "is not a valid integer"),
+    ],
+)
+def test_bad_image_policy_options_are_refused(args: list[str], complaint: str) -> None:
+    result = CliRunner().invoke(cli_main.cli, ["operator", *args])
+    assert result.exit_code == 2
+    assert complaint in result.output
