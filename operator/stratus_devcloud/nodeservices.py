@@ -2,9 +2,9 @@
 
 Both are machine-wide (libvirt plugs NICs through OVS's default socket, and qemu:///system
 is one daemon), so each is started only when not already running, and stopped only by
-whoever started it, as the process records under STATE/run prove (see processes.py), and
-only once nothing else uses it: another local cloud's bridge or guests may sit on the OVS
-or libvirtd this one started.
+whoever started it, as the process records under STATE/run prove (see processes.py). The
+all-in-one's `down` also waits until nothing else uses them (`stop`): another local cloud's
+bridge or guests may sit on the OVS or libvirtd this one started.
 """
 
 from __future__ import annotations
@@ -180,10 +180,14 @@ class NodeServices:
         return started
 
     def down(self) -> list[str]:
-        """Stop what this state directory started and nothing else uses; return the names."""
-        return self.stop().stopped
+        """Stop what this state directory started, in use or not; return the names."""
+        return self.stop(spare_in_use=False).stopped
 
-    def stop(self) -> processes.StopReport:
+    def stop(self, spare_in_use: bool = True) -> processes.StopReport:
+        """Stop what this state directory started; with `spare_in_use`, leave OVS while
+        another bridge is on it and libvirtd while guests run on it, and say so."""
+        if not spare_in_use:
+            return processes.stop_all(self.run_dir, (*OVS_NAMES, *LIBVIRT_NAMES))
         report = processes.StopReport()
         running_domains = _run("virsh", "-c", LIBVIRT_URI, "list", "--name")
         domains = running_domains.stdout.split() if running_domains else []
@@ -193,7 +197,7 @@ class NodeServices:
                 f"({', '.join(domains[:3])})"
             )
         else:
-            report.add(processes.stop_all(self.run_dir, ("libvirtd", "virtlogd")))
+            report.add(processes.stop_all(self.run_dir, LIBVIRT_NAMES))
         listed = _run("ovs-vsctl", "--timeout=5", "list-br")
         bridges = listed.stdout.split() if listed and listed.returncode == 0 else []
         if bridges and self._started_any(OVS_NAMES):
@@ -201,7 +205,7 @@ class NodeServices:
                 f"left Open vSwitch running: other bridges are on it ({', '.join(bridges)})"
             )
         else:
-            report.add(processes.stop_all(self.run_dir, ("ovs-vswitchd", "ovsdb-server")))
+            report.add(processes.stop_all(self.run_dir, OVS_NAMES))
         return report
 
     def _started_any(self, names: tuple[str, ...]) -> bool:
