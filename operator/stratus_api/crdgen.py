@@ -26,12 +26,16 @@ _KEY_ORDER = (
     "default",
     "nullable",
     "minimum",
+    "exclusiveMinimum",
     "maximum",
+    "exclusiveMaximum",
     "minLength",
     "maxLength",
     "pattern",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "x-kubernetes-int-or-string",
     "anyOf",
     "required",
@@ -97,6 +101,11 @@ def _structural(node: Schema, defs: dict[str, Schema]) -> Schema:
             out[key] = [{k: rule[k] for k in order if k in rule} for rule in value]
         elif key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema's `exclusiveMinimum: 0` is OpenAPI v3.0's `minimum: 0` plus
+            # `exclusiveMinimum: true`, the only form the API server takes.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         else:
             out[key] = value
     if "properties" in out:

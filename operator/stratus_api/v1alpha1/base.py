@@ -20,8 +20,6 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from stratus_api.quantity import ByteQuantity
-
 GROUP = "stratus.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -104,34 +102,6 @@ class WithRules:
         return add_rules(handler(schema), *self.items)
 
 
-@dataclass(frozen=True)
-class AtLeast:
-    """`Annotated` marker: a ByteQuantity no smaller than `minimum`, checked in both places."""
-
-    minimum: str
-
-    def _check(self, value: ByteQuantity) -> ByteQuantity:
-        if value.bytes < ByteQuantity(self.minimum).bytes:
-            raise ValueError(f"must be at least {self.minimum}")
-        return value
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        return add_rules(
-            handler(schema),
-            Rule(
-                f"quantity(string(self)).compareTo(quantity('{self.minimum}')) >= 0",
-                f"must be at least {self.minimum}",
-            ),
-        )
-
-
 def immutable(what: str) -> Callable[..., None]:
     """CEL transition rule refusing any change to a field after creation."""
     return rules(Rule("self == oldSelf", f"{what} is immutable once created"))
@@ -152,6 +122,11 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=False,
         use_attribute_docstrings=False,
+        # Field patterns run on the Rust regex crate, where `^`/`$` mean the start and end of
+        # the text as in Go's RE2 (Python's `re` lets `$` match before a final newline).
+        # Patterns use explicit ASCII classes only: `\s`, `\d`, `\w` are Unicode-aware
+        # here and ASCII-only in the API server.
+        regex_engine="rust-regex",
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -186,7 +161,7 @@ class Condition(ApiModel):
 class ObjectMeta(BaseModel):
     """The parts of metadata Stratus reads; the API server owns the rest."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, regex_engine="rust-regex")
 
     name: str | None = None
     namespace: str | None = None

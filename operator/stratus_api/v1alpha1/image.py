@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Literal
+import ipaddress
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
@@ -13,13 +15,117 @@ from stratus_api.v1alpha1.base import (
     Condition,
     PrinterColumn,
     Resource,
+    Rule,
+    WithRules,
     immutable,
     list_map,
 )
 from stratus_api.v1alpha1.instancetype import DiskSize, Memory
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
-HTTP_URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
+
+# URLs are written in explicit ASCII classes that mean the same to the models' regex engine
+# and the API server's RE2 (no \s, \S or `.`), and hold only what RFC 3986 allows, so Go's
+# net/url and Python agree on the host: no backslash, space or non-ASCII; `%` only as an
+# escape; at most one `@`; hosts are names, dotted IPv4 or bracketed IPv6 without a zone.
+_PCT = "%[0-9A-Fa-f]{2}"
+_SUB = "A-Za-z0-9._~!$&'()*+,;="  # unreserved and sub-delims; each class ends in '-'
+
+URL_HOST = r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
+URL_PORT = "(:[0-9]{1,5})?"
+URL_PATH = f"([/?#]([{_SUB}:@/?#-]|{_PCT})*)?"
+HTTP_URL_PATTERN = f"^https?://(([{_SUB}:-]|{_PCT})*@)?{URL_HOST}{URL_PORT}{URL_PATH}$"
+# The host, found the same way in Python and in CEL (the API server's cost estimator prices
+# url(self).getHostname() as unbounded, and `find` keeps the size of the string it searches):
+# the authority, what follows its last '@', what precedes the port, without brackets.
+URL_HOST_STEPS = (r"^https?://[^/?#]*", r"[^@/]*$", r"^(\[[^\]]*\]|[^:]*)", r"[^\[\]]+")
+# A host that is not an IP address is a DNS name whose last label starts with a letter, as
+# every top-level domain does; that leaves out what resolvers read as numeric IPv4 (127.1,
+# 2130706433, 0x7f.0.0.1, 0177.0.0.1, 127.0.0.1.) and would reach the node itself.
+HOST_NAME_PATTERN = r"^([A-Za-z0-9_-]+[.])*[A-Za-z][A-Za-z0-9_-]*[.]?$"
+_HOST_NAME_RE = re.compile(HOST_NAME_PATTERN.removeprefix("^").removesuffix("$"))
+
+# Image sources admission refuses whatever the cloud's source policy says: the node itself
+# (loopback, "this network"), link-local (cloud metadata at 169.254.169.254) and multicast.
+# Each lies inside stratus_api.sources.DEFAULT_REFUSED_NETWORKS, which agents and the
+# operator also apply to the addresses host names resolve to (admission cannot resolve).
+REFUSED_SOURCE_NETWORKS = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "ff00::/8",
+)
+LOCALHOST_NAMES = ("localhost", "localhost.")
+URL_HOST_FORM_MESSAGE = (
+    "url host must be a DNS name, a dotted-decimal IPv4 address or a bracketed IPv6 "
+    "address (not IPv4-mapped)"
+)
+URL_HOST_REFUSED_MESSAGE = (
+    "url must not point at localhost or a loopback, link-local, unspecified or multicast address"
+)
+
+_HOST = "self" + "".join(f".find(r'{step}')" for step in URL_HOST_STEPS)
+URL_HOST_RULES = (
+    # `[x].all(h, ...)` names x once (this CEL has no cel.bind).
+    Rule(
+        f"[{_HOST}].all(h, h.contains(':') ? isIP(h) : "
+        f"(isIP(h) || h.matches(r'{HOST_NAME_PATTERN}')))",
+        URL_HOST_FORM_MESSAGE,
+    ),
+    Rule(
+        f"[{_HOST}].all(h, !((isIP(h) && {list(REFUSED_SOURCE_NETWORKS)!r}"
+        ".exists(n, cidr(n).containsIP(h))) || h.lowerAscii() in "
+        f"{list(LOCALHOST_NAMES)!r} || h.lowerAscii().endsWith('.localhost') || "
+        "h.lowerAscii().endsWith('.localhost.')))",
+        URL_HOST_REFUSED_MESSAGE,
+    ),
+)
+_REFUSED = [ipaddress.ip_network(net) for net in REFUSED_SOURCE_NETWORKS]
+
+
+def url_host(url: str) -> str:
+    """The host of a URL that matches HTTP_URL_PATTERN, brackets removed, as the CEL rules
+    find it."""
+    host = url
+    for step in URL_HOST_STEPS:
+        match = re.search(step, host)
+        host = match.group(0) if match else ""
+    return host
+
+
+def check_source_url(url: str) -> str:
+    """The Python twin of URL_HOST_RULES (the pattern has already matched)."""
+    host = url_host(url)
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if ":" in host:
+        if not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None:
+            raise ValueError(URL_HOST_FORM_MESSAGE)
+    elif address is None and not _HOST_NAME_RE.fullmatch(host):
+        raise ValueError(URL_HOST_FORM_MESSAGE)
+    lower = host.lower()
+    if (
+        (address is not None and any(address in network for network in _REFUSED))
+        or lower in LOCALHOST_NAMES
+        or lower.endswith((".localhost", ".localhost."))
+    ):
+        raise ValueError(URL_HOST_REFUSED_MESSAGE)
+    return url
+
+
+SourceUrl = Annotated[
+    str,
+    Field(max_length=2048, pattern=HTTP_URL_PATTERN),
+    AfterValidator(check_source_url),
+    WithRules(*URL_HOST_RULES),
+]
 
 
 class DiskFormat(enum.StrEnum):
@@ -38,10 +144,11 @@ class ImagePhase(enum.StrEnum):
 class HttpSource(ApiModel):
     """An image served over HTTP(S)."""
 
-    url: str = Field(
-        max_length=2048,
-        pattern=HTTP_URL_PATTERN,
-        description="http:// or https:// address of the image file.",
+    url: SourceUrl = Field(
+        description="http:// or https:// address of the image file. user:password@ is "
+        "allowed (status and events show it redacted). The host may not be localhost or a "
+        "loopback, link-local, unspecified or multicast address; nodes also refuse names "
+        "that resolve to those, unless the cloud's image source policy allows the endpoint.",
     )
     sha256: str | None = Field(
         default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from stratus_api.v1alpha1.base import (
     ApiModel,
@@ -15,6 +15,7 @@ from stratus_api.v1alpha1.base import (
     PrinterColumn,
     Resource,
     Rule,
+    WithRules,
     list_map,
     rules,
 )
@@ -22,14 +23,71 @@ from stratus_api.v1alpha1.instancetype import MAX_CPU, DiskSize, Memory
 from stratus_api.v1alpha1.network import IpText
 from stratus_api.v1alpha1.volume import RESOURCE_NAME_MAX
 
+# Bytes of user-data, whether in userData or in the Secret userDataSecretRef names: the same
+# number as stratus_api.guest.MAX_USER_DATA_BYTES, which a test keeps equal (guest imports
+# this package, so this module cannot import it).
+MAX_USER_DATA_BYTES = 65_536
+# Lowercase, unicast (the first octet's low bit clear). Patterns use explicit ASCII classes
+# that mean the same to the models' regex engine and the API server's RE2 (no \s, \S, \d).
 MAC_PATTERN = r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$"
-SSH_KEY_PATTERN = r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) \S+"
-MAX_USER_DATA = 65_536
+ZERO_MAC = "00:00:00:00:00:00"
+# A public key as one authorized_keys line: type, one space, the base64 body, and an
+# optional comment of printable ASCII and spaces; nothing else (no tab, newline or
+# non-ASCII, which the guest's sshd would read differently or not at all).
+SSH_KEY_PATTERN = (
+    r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9.@-]+) "
+    r"[A-Za-z0-9+/]+={0,2}( [ -~]*)?$"
+)
+MAX_SSH_KEY_LENGTH = 8192  # characters, which are bytes here (ASCII): a 16384-bit RSA key is 2.8K
+MAX_SSH_KEYS = 16
 MAX_NICS = 8
 MAX_VOLUMES = 16
-MAX_SSH_KEYS = 16
+MAX_NODE_SELECTOR = 32
+LABEL_KEY_MAX = 317  # a DNS subdomain prefix (253), '/', a name (63)
+LABEL_VALUE_MAX = 63
+USER_DATA_MESSAGE = f"userData must be at most {MAX_USER_DATA_BYTES} bytes of UTF-8"
+NODE_SELECTOR_KEY_MESSAGE = f"nodeSelector keys must be at most {LABEL_KEY_MAX} characters"
 
-SshKey = Annotated[str, Field(max_length=16384, pattern=SSH_KEY_PATTERN)]
+
+def _not_zero_mac(mac: str) -> str:
+    if mac == ZERO_MAC:
+        raise ValueError(f"mac must not be {ZERO_MAC}")
+    return mac
+
+
+def _user_data_bytes(text: str) -> str:
+    # "surrogatepass": a lone surrogate counts 3 bytes, as the API server's U+FFFD does.
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_USER_DATA_BYTES:
+        raise ValueError(USER_DATA_MESSAGE)
+    return text
+
+
+def _label_keys(selector: dict[str, str]) -> dict[str, str]:
+    if any(len(key) > LABEL_KEY_MAX for key in selector):
+        raise ValueError(NODE_SELECTOR_KEY_MESSAGE)
+    return selector
+
+
+SshKey = Annotated[str, Field(max_length=MAX_SSH_KEY_LENGTH, pattern=SSH_KEY_PATTERN)]
+Mac = Annotated[
+    str,
+    Field(pattern=MAC_PATTERN),
+    AfterValidator(_not_zero_mac),
+    WithRules(Rule(f"self != '{ZERO_MAC}'", f"mac must not be {ZERO_MAC}")),
+]
+UserData = Annotated[
+    str,
+    # Characters bound the CEL cost estimate; the rule bounds the bytes.
+    Field(max_length=MAX_USER_DATA_BYTES),
+    AfterValidator(_user_data_bytes),
+    WithRules(Rule(f"size(bytes(self)) <= {MAX_USER_DATA_BYTES}", USER_DATA_MESSAGE)),
+]
+NodeSelector = Annotated[
+    dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]],
+    Field(max_length=MAX_NODE_SELECTOR),
+    AfterValidator(_label_keys),
+    WithRules(Rule(f"self.all(k, size(k) <= {LABEL_KEY_MAX})", NODE_SELECTOR_KEY_MESSAGE)),
+]
 
 
 class RunStrategy(enum.StrEnum):
@@ -100,10 +158,10 @@ class NetworkAttachment(ApiModel):
         default=None,
         description="Fixed IP inside one of the network's subnets. Unset: allocated.",
     )
-    mac: str | None = Field(
+    mac: Mac | None = Field(
         default=None,
-        pattern=MAC_PATTERN,
-        description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56). Unset: generated.",
+        description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56), not all zero. "
+        "Unset: generated.",
     )
 
 
@@ -163,11 +221,11 @@ class InstanceSpec(ApiModel):
         description="Extra disks, in order.",
         json_schema_extra=list_map("name"),
     )
-    user_data: str | None = Field(
+    user_data: UserData | None = Field(
         default=None,
-        max_length=MAX_USER_DATA,
-        description="cloud-init user-data. Put credentials in userDataSecretRef instead: "
-        "this field is readable by anyone who can read the Instance.",
+        description=f"cloud-init user-data, at most {MAX_USER_DATA_BYTES} bytes of UTF-8. Put "
+        "credentials in userDataSecretRef instead: this field is readable by anyone who can "
+        "read the Instance.",
     )
     user_data_secret_ref: SecretKeyRef | None = Field(
         default=None, description="cloud-init user-data from a Secret."
@@ -175,15 +233,18 @@ class InstanceSpec(ApiModel):
     ssh_keys: list[SshKey] = Field(
         default_factory=list,
         max_length=MAX_SSH_KEYS,
-        description="Public SSH keys for the default user.",
+        description=f"Public SSH keys for the default user, one authorized_keys line each "
+        f"(type, base64 key, optional comment; printable ASCII, at most {MAX_SSH_KEY_LENGTH} "
+        f"characters), at most {MAX_SSH_KEYS}.",
     )
     run_strategy: RunStrategy = Field(
         default=RunStrategy.ALWAYS,
         description="Always: keep the guest running. Halted: keep it shut off.",
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: NodeSelector | None = Field(
         default=None,
-        description="Labels a Hypervisor must have to run this instance.",
+        description=f"Labels a Hypervisor must have to run this instance (at most "
+        f"{MAX_NODE_SELECTOR}).",
     )
 
     @model_validator(mode="after")
@@ -218,9 +279,18 @@ class InstanceStatus(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
     )
+    restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times the node started the guest again after it stopped on its own "
+        "(runStrategy Always).",
+    )
+    last_restart_reason: str | None = Field(
+        default=None, description="Why the guest stopped before its last restart."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Current state: Scheduled and Ready.",
+        description="Current state: Scheduled, Ready, and Reconciling or Stalled (kstatus).",
         json_schema_extra=list_map("type"),
     )
 

@@ -77,6 +77,9 @@ CidrText = Annotated[str, Field(max_length=43), AfterValidator(_check_cidr), Wit
 IpText = Annotated[str, Field(max_length=39), AfterValidator(_check_ip), WithRules(IP_RULE)]
 
 
+BROADCAST_GATEWAY_MESSAGE = "gateway must not be the broadcast address of cidr"
+
+
 def overlap_free(cidrs: str, field: str, what: str) -> Rule:
     """CEL: no two CIDRs of the list expression `cidrs` overlap (for CIDRs: containment)."""
     return Rule(
@@ -102,6 +105,18 @@ class Subnet(ApiModel):
                 field_path=".gateway",
             ),
             Rule(
+                # CEL has no IP arithmetic: the gateway's four decimal octets make its number
+                # n, and n is the broadcast address of a /p when n + 1 is a multiple of
+                # 2^(32 - p). (isIP only takes dotted decimal without leading zeros.)
+                "!has(self.gateway) || !isIP(self.gateway) || !isCIDR(self.cidr) || "
+                "!(cidr(self.cidr).ip().family() == 4 && cidr(self.cidr).containsIP(self.gateway)"
+                " && cidr(self.cidr).prefixLength() < 31 && [self.gateway.split('.')].all(o, "
+                "(int(o[0]) * 16777216 + int(o[1]) * 65536 + int(o[2]) * 256 + int(o[3]) + 1) % "
+                f"{[2**bits for bits in range(33)]}[32 - cidr(self.cidr).prefixLength()] == 0))",
+                BROADCAST_GATEWAY_MESSAGE,
+                field_path=".gateway",
+            ),
+            Rule(
                 "!has(self.allocationPools) || !isCIDR(self.cidr) || "
                 "self.allocationPools.all(p, !isCIDR(p) || cidr(self.cidr).containsCIDR(p))",
                 "every allocation pool must lie inside cidr",
@@ -116,8 +131,9 @@ class Subnet(ApiModel):
     )
     gateway: IpText | None = Field(
         default=None,
-        description="Default gateway given to instances; a host address inside cidr. Unset: "
-        "instances get no default route.",
+        description="Default gateway given to instances; a host address inside cidr, neither "
+        "its network address nor (IPv4) its broadcast address. Unset: instances get no "
+        "default route.",
     )
     allocation_pools: list[CidrText] | None = Field(
         default=None,
@@ -139,6 +155,9 @@ class Subnet(ApiModel):
             gateway = ipaddress.ip_address(self.gateway)
             if gateway not in network or gateway == network.network_address:
                 raise FieldError("gateway", "gateway must be a host address inside cidr")
+            ipv4 = isinstance(network, ipaddress.IPv4Network) and network.prefixlen < 31
+            if ipv4 and gateway == network.broadcast_address:
+                raise FieldError("gateway", BROADCAST_GATEWAY_MESSAGE)
         pools = [parse_cidr(pool) for pool in self.allocation_pools or []]
         for pool in pools:
             if pool.version != network.version or not pool.subnet_of(network):  # type: ignore[arg-type]

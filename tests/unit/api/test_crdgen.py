@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stratus_api import crdgen
-from stratus_api.v1alpha1 import KINDS
+from stratus_api.v1alpha1 import KINDS, image
 from testsupport import REPO_ROOT
 
 
@@ -99,3 +99,62 @@ def test_optional_fields_become_nullable_not_any_of() -> None:
     gateway = crdgen.schema_for(by_kind["Network"])["properties"]["spec"]["properties"]["subnets"]
     node = gateway["items"]["properties"]["gateway"]
     assert node["type"] == "string" and node["nullable"] is True and "default" not in node
+
+
+def test_ratios_are_numbers_with_openapi_v3_0_exclusive_bounds() -> None:
+    by_kind = {m.crd.kind: m for m in KINDS}
+    spec = crdgen.schema_for(by_kind["Hypervisor"])["properties"]["spec"]
+    ratio = spec["properties"]["allocationRatio"]
+    assert ratio["default"] == {}  # the API server then fills in each ratio's default
+    cpu = ratio["properties"]["cpu"]
+    assert cpu["type"] == "number" and cpu["default"] == 4.0
+    assert cpu["minimum"] == 0 and cpu["exclusiveMinimum"] is True and cpu["maximum"] == 64
+    assert spec["properties"]["reserved"]["properties"]["memory"]["default"] == "512Mi"
+
+
+def test_wide_hypervisor_columns_show_what_is_allocatable() -> None:
+    by_kind = {m.crd.kind: m for m in KINDS}
+    columns = crdgen.crd_for(by_kind["Hypervisor"])["spec"]["versions"][0]
+    wide = {c["name"]: c for c in columns["additionalPrinterColumns"] if c.get("priority")}
+    assert wide["Allocatable CPU"]["jsonPath"] == ".status.allocatable.cpu"
+    assert wide["Allocatable Memory"]["jsonPath"] == ".status.allocatable.memory"
+
+
+def engine_dependent(pattern: str) -> list[str]:
+    """The parts of a regex that Python/Rust and Go's RE2 read differently: class escapes
+    (Unicode-aware in one, ASCII in the other) and `.` outside a character class."""
+    found, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            escape = pattern[index : index + 2]
+            if escape[1:] in "sSdDwWbBAzZ":
+                found.append(escape)
+            index += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        elif char == "." and not in_class:
+            found.append(".")
+        index += 1
+    return found
+
+
+def schema_patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in schema_patterns(value)]
+    if isinstance(node, list):
+        return [p for item in node for p in schema_patterns(item)]
+    return []
+
+
+def test_patterns_use_explicit_ascii_classes() -> None:
+    patterns = [p for model in KINDS for p in schema_patterns(crdgen.schema_for(model))]
+    patterns += [image.HOST_NAME_PATTERN, *image.URL_HOST_STEPS]  # CEL matches()/find()
+    assert len(patterns) > 10
+    for pattern in patterns:
+        assert engine_dependent(pattern) == [], pattern
+    assert engine_dependent(r"^\S+ [.]\.x.$") == ["\\S", "."]

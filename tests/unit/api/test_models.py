@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from stratus_api import validation
-from stratus_api.v1alpha1 import Instance, Network, Volume
+from stratus_api import guest, sources, validation
+from stratus_api.v1alpha1 import Hypervisor, Instance, Network, Volume, image, instance
 from stratus_api.v1alpha1.instance import RunStrategy
 from stratus_api.v1alpha1.network import NetworkSpec, check_fixed_ip
 from stratus_api.v1alpha1.volume import VolumeBackend
@@ -95,3 +97,56 @@ def test_fixed_ip_rule(address: str, problem: str | None) -> None:
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://images.example/disk.img", "images.example"),
+        ("https://user:pw@images.example:8443/a/b?c=d#e", "images.example"),
+        ("http://[fd00::1]:8080/x", "fd00::1"),
+        ("http://u:p@[::1]/", "::1"),
+        ("http://10.0.0.5", "10.0.0.5"),
+        ("http://images.example?q=a@b", "images.example"),  # '@' after the authority
+        ("http://images.example#a@b", "images.example"),
+    ],
+)
+def test_url_host_is_found_as_the_cel_rules_find_it(url: str, host: str) -> None:
+    assert image.url_host(url) == host
+
+
+def test_admission_refuses_no_source_the_default_policy_allows() -> None:
+    """Admission's fixed list lies inside what agents and the operator refuse by default."""
+    defaults = [ipaddress.ip_network(net) for net in sources.DEFAULT_REFUSED_NETWORKS]
+    for text in image.REFUSED_SOURCE_NETWORKS:
+        network = ipaddress.ip_network(text)
+        assert any(
+            network.version == default.version and network.subnet_of(default)  # type: ignore[arg-type]
+            for default in defaults
+        ), text
+
+
+def test_hypervisor_allocation_defaults_match_the_crd() -> None:
+    hypervisor = Hypervisor.model_validate(
+        {
+            "metadata": {"name": "hv"},
+            "spec": {
+                "endpoint": "https://10.0.0.5:8441",
+                "tokenSecretRef": {"namespace": "stratus-system", "name": "t"},
+            },
+        }
+    )
+    spec = hypervisor.to_wire()["spec"]
+    assert spec["allocationRatio"] == {"cpu": 4.0, "memory": 1.0}
+    assert spec["reserved"] == {"cpu": 0, "memory": "512Mi"}
+    # What the API server hands back after defaulting (JSON has no 4.0, only 4) reads the same.
+    assert (
+        validation.validate(
+            {**hypervisor.to_wire(), "spec": {**spec, "allocationRatio": {"cpu": 4, "memory": 1}}}
+        ).to_wire()["spec"]
+        == spec
+    )
+
+
+def test_user_data_limit_is_the_guest_specs() -> None:
+    assert instance.MAX_USER_DATA_BYTES == guest.MAX_USER_DATA_BYTES
