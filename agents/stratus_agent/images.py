@@ -1,28 +1,36 @@
-"""The node's image cache: download over HTTP(S), verify sha256, detect and check format.
+"""The node's image cache: download over HTTP(S), verify sha256, check format, evict.
 
 An image is cached under its Image UID. It appears under its final name only once it is
-whole and verified, so a failed or interrupted download leaves nothing usable behind.
+whole and verified, so a failed or interrupted download leaves nothing usable behind; its
+.json metadata says what it is, when it was last used and whether its Image released it.
+
+Which images guests use is read from the guests' root overlays themselves (the backing file
+named in each qcow2 header), so it survives agent restarts. A released image goes when no
+overlay uses it; beyond the size budget, the least recently used unused images go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePath
 
-import aiohttp
-
-from stratus_agent import process
+from stratus_agent import download, imageformat, qcow2
+from stratus_agent.config import ImagesConfig
 from stratus_agent.errors import ProvisioningError
-from stratus_api import naming
+from stratus_api import naming, sources
 from stratus_api.guest import ImageRef
 from stratus_api.reasons import GuestFailure
 
-CHUNK = 1 << 20
-DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=3600, sock_connect=30, sock_read=120)
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = ".img"
+# Overlays being made are `.<name>.partial` until complete: they count as users too.
+OVERLAY_SUFFIXES = ("-root.qcow2", "-root.qcow2.partial")
 
 
 @dataclass(frozen=True)
@@ -33,99 +41,305 @@ class CachedImage:
     sha256: str
 
 
-class ImageCache:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._locks: dict[str, asyncio.Lock] = {}
+@dataclass(frozen=True)
+class Released:
+    evicted: bool
+    in_use: bool
 
-    def _paths(self, ref: ImageRef) -> tuple[Path, Path]:
-        path = self.directory / naming.image_cache_file(ref.uid)
-        return path, path.with_suffix(".json")
+
+@dataclass(frozen=True)
+class _Meta:
+    format: str
+    virtual_size: int
+    sha256: str
+    # Wall-clock seconds: kept across agent restarts, compared between images only.
+    last_used: float = 0.0
+    released: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> _Meta | None:
+        try:
+            raw = json.loads(text)
+            return cls(
+                format=str(raw["format"]),
+                virtual_size=int(raw["virtual_size"]),
+                sha256=str(raw["sha256"]),
+                last_used=float(raw.get("last_used", 0.0)),
+                released=bool(raw.get("released", False)),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    uid: str
+    allocated_bytes: int
+    meta: _Meta | None
+
+
+class ImageCache:
+    def __init__(
+        self,
+        directory: Path,
+        settings: ImagesConfig | None = None,
+        *,
+        guests: Path | None = None,
+        own_ports: tuple[int, ...] = (),
+    ) -> None:
+        """`guests`: where the guests' root overlays are (default: `guests` beside the
+        cache). `own_ports`: the agent's own service ports, never a download source."""
+        self.directory = directory
+        self.settings = settings if settings is not None else ImagesConfig()
+        self.guests = guests if guests is not None else directory.parent / "guests"
+        self.policy = self.settings.sources.refusing_ports(*own_ports)
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Released while a download or ensure held the image (so its metadata could not be
+        # written then): counts as released until the image is evicted.
+        self._release_pending: set[str] = set()
+        self._collecting = asyncio.Lock()
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def path(self, image_uid: str) -> Path:
+        return self.directory / naming.image_cache_file(image_uid)
+
+    def _meta_path(self, image_uid: str) -> Path:
+        return self.path(image_uid).with_suffix(".json")
+
+    # Metadata (blocking: called in a thread).
+
+    def _read_meta(self, uid: str) -> _Meta | None:
+        if not self.path(uid).exists():
+            return None
+        try:
+            return _Meta.parse(self._meta_path(uid).read_text())
+        except OSError:
+            return None
+
+    def _write_meta(self, uid: str, meta: _Meta) -> None:
+        target = self._meta_path(uid)
+        temporary = target.with_name(f".{target.name}.tmp")
+        try:
+            temporary.write_text(json.dumps(asdict(meta)))
+            temporary.replace(target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _evict_files(self, uid: str) -> None:
+        self.path(uid).unlink(missing_ok=True)
+        self._meta_path(uid).unlink(missing_ok=True)
+
+    # Ensure: the image in the cache, downloaded once.
 
     async def ensure(self, ref: ImageRef) -> CachedImage:
-        lock = self._locks.setdefault(ref.uid, asyncio.Lock())
-        async with lock:
-            path, meta = self._paths(ref)
-            if path.exists() and meta.exists():
-                cached = CachedImage(path=path, **json.loads(meta.read_text()))
-                if ref.sha256 is None or ref.sha256 == cached.sha256:
-                    return cached
-                # The Image was re-created with another checksum under the same UID: refetch.
-            return await self._fetch(ref, path, meta)
+        async with self._lock(ref.uid):
+            meta = await asyncio.to_thread(self._read_meta, ref.uid)
+            # Another checksum under the same UID (the Image was re-created): refetch.
+            if meta is not None and ref.sha256 in (None, meta.sha256):
+                released = meta.released or ref.uid in self._release_pending
+                meta = replace(meta, last_used=time.time(), released=released)
+                await asyncio.to_thread(self._write_meta, ref.uid, meta)
+                return CachedImage(self.path(ref.uid), meta.format, meta.virtual_size, meta.sha256)
+            cached = await self._fetch(ref, released=meta is not None and meta.released)
+        await self.collect(keep=ref.uid)  # the new image may have put the cache over budget
+        return cached
 
-    async def _fetch(self, ref: ImageRef, path: Path, meta: Path) -> CachedImage:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    async def _fetch(self, ref: ImageRef, *, released: bool) -> CachedImage:
+        path = self.path(ref.uid)
         partial = path.with_name(f".{path.name}.partial")
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        limits = download.Limits(
+            max_bytes=self.settings.max_image_bytes,
+            min_free_bytes=self.settings.min_free_bytes,
+            connect_timeout_seconds=self.settings.connect_timeout_seconds,
+            read_timeout_seconds=self.settings.read_timeout_seconds,
+        )
         try:
-            digest = await self._download(ref, partial)
+            digest = await download.fetch(
+                ref.url, partial, name=ref.name, policy=self.policy, limits=limits
+            )
             if ref.sha256 is not None and digest != ref.sha256:
                 raise ProvisioningError(
                     GuestFailure.IMAGE_CHECKSUM_MISMATCH,
                     f"image {ref.name}: downloaded file has sha256 {digest}, "
                     f"spec.source.http.sha256 is {ref.sha256}",
                 )
-            detected, virtual_size = await self._inspect(ref, partial)
-            meta.write_text(
-                json.dumps({"format": detected, "virtual_size": virtual_size, "sha256": digest})
+            expected = ref.format.value if ref.format is not None else None
+            detected = await imageformat.inspect(partial, ref.name, expected)
+            meta = _Meta(
+                format=detected.format,
+                virtual_size=detected.virtual_size,
+                sha256=digest,
+                last_used=time.time(),
+                released=released or ref.uid in self._release_pending,
             )
-            partial.replace(path)
-            return CachedImage(path, detected, virtual_size, digest)
+            await asyncio.to_thread(self._write_meta, ref.uid, meta)
+            await asyncio.to_thread(partial.replace, path)
+            log.info(
+                "image %s (%s): cached from %s, %s, %d bytes virtual",
+                ref.name, ref.uid, sources.redact(ref.url), detected.format, detected.virtual_size,
+            )  # fmt: skip
+            return CachedImage(path, detected.format, detected.virtual_size, digest)
         finally:
-            partial.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)  # blocking but short; also runs when cancelled
 
-    async def _download(self, ref: ImageRef, target: Path) -> str:
-        digest = hashlib.sha256()
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT) as session,
-                session.get(ref.url) as response,
-            ):
-                if response.status != 200:
-                    raise ProvisioningError(
-                        GuestFailure.IMAGE_DOWNLOAD_FAILED,
-                        f"image {ref.name}: GET {ref.url} answered {response.status} "
-                        f"{response.reason}",
-                    )
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        digest.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-        except aiohttp.ClientError as exc:
-            raise ProvisioningError(
-                GuestFailure.IMAGE_DOWNLOAD_FAILED, f"image {ref.name}: GET {ref.url} failed: {exc}"
-            ) from exc
-        return digest.hexdigest()
+    # Eviction.
 
-    async def _inspect(self, ref: ImageRef, path: Path) -> tuple[str, int]:
+    def _in_use_now(self) -> set[str]:
+        """Image UIDs some guest's root overlay has as its backing file (blocking)."""
+        used: set[str] = set()
         try:
-            out = await process.run("qemu-img", "info", "--output=json", str(path))
-        except process.CommandError as exc:
-            raise ProvisioningError(
-                GuestFailure.IMAGE_UNREADABLE,
-                f"image {ref.name}: not a disk image ({exc.stderr.strip()})",
-            ) from exc
-        info = json.loads(out.stdout)
-        detected = str(info["format"])
-        if info.get("backing-filename"):
-            # A backing file would let an image read arbitrary files on the node.
-            raise ProvisioningError(
-                GuestFailure.IMAGE_HAS_EXTERNAL_REFERENCE,
-                f"image {ref.name}: images with a backing file are refused",
-            )
-        if detected not in ("qcow2", "raw"):
-            raise ProvisioningError(
-                GuestFailure.IMAGE_FORMAT_UNSUPPORTED,
-                f"image {ref.name}: format {detected} is not supported",
-            )
-        if ref.format is not None and ref.format.value != detected:
-            raise ProvisioningError(
-                GuestFailure.IMAGE_FORMAT_MISMATCH,
-                f"image {ref.name}: spec.format is {ref.format.value} but the file is {detected}",
-            )
-        return detected, int(info["virtual-size"])
+            entries = list(os.scandir(self.guests))
+        except FileNotFoundError:
+            return used
+        for entry in entries:
+            name = entry.name.lstrip(".")
+            if not name.endswith(OVERLAY_SUFFIXES):
+                continue
+            try:
+                header = qcow2.read_header(Path(entry.path))
+            except (OSError, qcow2.Qcow2Error) as exc:
+                log.warning("image cache: cannot read overlay %s: %s", entry.path, exc)
+                continue
+            if header is None or header.backing_file is None:
+                continue
+            base = PurePath(header.backing_file).name
+            uid = base.removesuffix(IMAGE_SUFFIX)
+            if base.endswith(IMAGE_SUFFIX) and naming.is_uid(uid):
+                used.add(uid)
+        return used
+
+    async def in_use(self) -> set[str]:
+        return await asyncio.to_thread(self._in_use_now)
+
+    def _entries_now(self) -> tuple[list[_Entry], list[tuple[str, Path]]]:
+        """Every cached image with its allocated size and metadata, and the files a crash
+        may have left (partial downloads, metadata of no image) by image UID (blocking)."""
+        entries: list[_Entry] = []
+        leftovers: list[tuple[str, Path]] = []
+        try:
+            listing = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return entries, leftovers
+        for item in listing:
+            name = item.name
+            if name.startswith(".") and name.endswith((".partial", ".tmp")):
+                leftovers.append((name[1:].split(".", 1)[0], Path(item.path)))
+                continue
+            uid, _, suffix = name.partition(".")
+            if not naming.is_uid(uid):
+                continue
+            if suffix == "json" and not self.path(uid).exists():
+                leftovers.append((uid, Path(item.path)))
+            if suffix != IMAGE_SUFFIX[1:]:
+                continue
+            try:
+                allocated = item.stat(follow_symlinks=False).st_blocks * 512
+            except FileNotFoundError:
+                continue
+            entries.append(_Entry(uid, allocated, self._read_meta(uid)))
+        return entries, leftovers
+
+    def _remove_leftovers(self, leftovers: list[tuple[str, Path]]) -> None:
+        """Unlinks in the event loop, each right after checking that no task holds its
+        image: a download starts only with the lock held, so none can start in between."""
+        for uid, path in leftovers:
+            if not self._lock(uid).locked():
+                path.unlink(missing_ok=True)
+
+    async def _evict(self, uid: str, why: str) -> bool:
+        """Remove a cached image unless a task holds it right now."""
+        lock = self._lock(uid)
+        if lock.locked():
+            return False
+        async with lock:  # free: acquired at once, so nothing changed since the check
+            await asyncio.to_thread(self._evict_files, uid)
+        log.info("image cache: evicted %s (%s)", uid, why)
+        return True
+
+    async def release(self, image_uid: str) -> Released:
+        """The Image is gone: remove its cached file now if no guest uses it, else once
+        the last guest using it is gone (see `collect`)."""
+        lock = self._lock(image_uid)
+        if lock.locked():
+            # Being downloaded or ensured for a guest: mark it, `collect` finishes the job.
+            self._release_pending.add(image_uid)
+            return Released(evicted=False, in_use=True)
+        async with lock:
+            if not await asyncio.to_thread(self.path(image_uid).exists):
+                await asyncio.to_thread(self._evict_files, image_uid)  # a stray .json
+                return Released(evicted=False, in_use=False)
+            if image_uid in await self.in_use():
+                meta = await asyncio.to_thread(self._read_meta, image_uid)
+                if meta is None:
+                    self._release_pending.add(image_uid)
+                else:
+                    new = replace(meta, released=True)
+                    await asyncio.to_thread(self._write_meta, image_uid, new)
+                return Released(evicted=False, in_use=True)
+            await asyncio.to_thread(self._evict_files, image_uid)
+        log.info("image cache: evicted %s (released)", image_uid)
+        return Released(evicted=True, in_use=False)
+
+    async def collect(self, *, keep: str | None = None) -> list[str]:
+        """Evict released images no guest uses any more, then least recently used unused
+        ones while the cache is over its budget (never `keep`); return the UIDs evicted.
+        Never raises: it runs after guest deletions and downloads, which must not fail
+        because of it."""
+        try:
+            return await self._collect(keep)
+        except Exception:
+            log.exception("image cache: collection failed")
+            return []
+
+    async def _collect(self, keep: str | None) -> list[str]:
+        async with self._collecting:
+            used = await self.in_use()
+            entries, leftovers = await asyncio.to_thread(self._entries_now)
+            self._remove_leftovers(leftovers)
+            evicted: list[str] = []
+            for entry in entries:
+                released = (entry.meta is not None and entry.meta.released) or (
+                    entry.uid in self._release_pending
+                )
+                if (
+                    released
+                    and entry.uid not in used
+                    and entry.uid != keep
+                    and await self._evict(entry.uid, "released, no guest uses it")
+                ):
+                    self._release_pending.discard(entry.uid)
+                    evicted.append(entry.uid)
+            total = sum(e.allocated_bytes for e in entries if e.uid not in evicted)
+            budget = self.settings.cache_budget_bytes
+            if total <= budget:
+                return evicted
+            recent = time.time() - self.settings.eviction_grace_seconds
+            candidates = sorted(
+                (
+                    e
+                    for e in entries
+                    if e.uid not in evicted and e.uid not in used and e.uid != keep
+                    and (e.meta is None or e.meta.last_used < recent)
+                ),
+                key=lambda e: e.meta.last_used if e.meta is not None else 0.0,
+            )  # fmt: skip
+            for entry in candidates:
+                if total <= budget:
+                    break
+                if await self._evict(entry.uid, f"least recently used, cache over {budget} B"):
+                    evicted.append(entry.uid)
+                    total -= entry.allocated_bytes
+            if total > budget:
+                log.warning(
+                    "image cache: %d bytes cached, over the budget of %d; the rest is in use",
+                    total, budget,
+                )  # fmt: skip
+            return evicted
 
     async def remove(self, image_uid: str) -> None:
-        path = self.directory / naming.image_cache_file(image_uid)
-        path.unlink(missing_ok=True)
-        path.with_suffix(".json").unlink(missing_ok=True)
+        """Remove a cached image whether or not guests use it."""
+        async with self._lock(image_uid):
+            await asyncio.to_thread(self._evict_files, image_uid)

@@ -64,6 +64,7 @@ class NodeProvisioner:
     async def cleanup(self, uid: str) -> None:
         await self.bridge.remove_ports(uid)
         await asyncio.to_thread(self.files.remove, uid)
+        await self.images.collect()  # released or over-budget images this guest held
 
 
 class FakeProvisioner:

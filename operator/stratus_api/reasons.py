@@ -18,6 +18,9 @@ class GuestFailure(enum.StrEnum):
     IMAGE_FORMAT_UNSUPPORTED = "ImageFormatUnsupported"
     IMAGE_TOO_LARGE = "ImageTooLarge"
     IMAGE_SOURCE_REFUSED = "ImageSourceRefused"
+    # The source answered, but not with the image: a 4xx other than 408/429, a redirect
+    # loop. Only a corrected URL or server helps.
+    IMAGE_SOURCE_ERROR = "ImageSourceError"
     # The download did not complete (timeout, reset, 5xx): worth another try.
     IMAGE_DOWNLOAD_FAILED = "ImageDownloadFailed"
     # The node lacks room now; space may be freed.
@@ -40,6 +43,7 @@ IMAGE_FAILURES = frozenset(
         GuestFailure.IMAGE_FORMAT_UNSUPPORTED,
         GuestFailure.IMAGE_TOO_LARGE,
         GuestFailure.IMAGE_SOURCE_REFUSED,
+        GuestFailure.IMAGE_SOURCE_ERROR,
     }
 )
 
