@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,15 +23,21 @@ class ListenConfig(_Section):
     tls_cert_file: Path | None = Field(default=None, description="PEM serving certificate.")
     tls_key_file: Path | None = Field(default=None, description="PEM key of that certificate.")
     insecure: bool = Field(
-        default=False, description="Serve plain HTTP. Only for a node's own loopback."
+        default=False,
+        description="Serve plain HTTP instead of TLS. Only for a node's own loopback; the "
+        "agent logs a warning naming the address when it does.",
     )
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> ListenConfig:
+        # TLS is the default: the bearer token and user-data cross this connection.
+        has_tls = self.tls_cert_file is not None or self.tls_key_file is not None
+        if self.insecure and has_tls:
+            raise ValueError("insecure: true serves plain HTTP; remove tls_cert_file/tls_key_file")
         if not self.insecure and (self.tls_cert_file is None or self.tls_key_file is None):
             raise ValueError(
-                "listen.tls_cert_file and listen.tls_key_file are required unless "
-                "listen.insecure is true"
+                "tls_cert_file and tls_key_file are required (TLS is the default); set "
+                "insecure: true to serve plain HTTP"
             )
         return self
 
@@ -41,6 +47,72 @@ class NetworkConfig(_Section):
     datapath_type: Literal["system", "netdev"] = Field(
         default="system", description="netdev: OVS userspace datapath, where no kernel module."
     )
+    vsctl: str = Field(default="ovs-vsctl", description="The ovs-vsctl command to run.")
+    check_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the agent re-ensures the bridge, so one deleted from outside "
+        "comes back without waiting for the next guest.",
+    )
+
+
+class RecoveryConfig(_Section):
+    """How the agent heals guests by itself (seconds)."""
+
+    retry_initial_seconds: float = Field(
+        default=1.0, gt=0, description="First wait before retrying a transient failure."
+    )
+    retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries; doubles up to it."
+    )
+    restart_initial_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="First wait before starting a guest that stopped on its own while its "
+        "spec says Running (runStrategy Always).",
+    )
+    restart_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between restarts; doubles up to it."
+    )
+    restart_stable_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A guest that stayed up this long starts its restart backoff afresh.",
+    )
+
+
+class IsolationConfig(_Section):
+    """Each guest's QEMU runs as its own user, so no guest can open another's files."""
+
+    uid_first: int = Field(
+        default=1_900_000_000,
+        ge=1000,
+        le=2**32 - 2,
+        description="First UID given to guests; in systemd's unused block (1879048192 to "
+        "2147483647), far from users, system accounts and container ranges.",
+    )
+    uid_count: int = Field(
+        default=65536, ge=1, description="UIDs in the range: at most this many guests."
+    )
+    gid: int | None = Field(
+        default=None,
+        ge=0,
+        description="Group of every guest's QEMU. None: each guest has its own group, "
+        "numbered like its UID. Set it to the kvm group where /dev/kvm is not world-"
+        "accessible (libvirt gives a per-domain user no supplementary groups).",
+    )
+    libvirt_qemu_dir: Path | None = Field(
+        default=Path("/var/lib/libvirt/qemu"),
+        description="libvirt's per-domain state directory. QEMU under a per-guest user must "
+        "traverse it; Debian ships it 0750 (upstream 0751) and resets it on upgrades, so the "
+        "agent keeps o+x on it. None: leave it alone.",
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> IsolationConfig:
+        if self.uid_first + self.uid_count > 2**32 - 1:
+            raise ValueError("uid_first + uid_count must stay below 4294967295")
+        return self
 
 
 class ImagesConfig(_Section):
@@ -50,39 +122,6 @@ class ImagesConfig(_Section):
         default_factory=SourcePolicy,
         description="Allowed schemes, hosts and ports, refused networks and ports; the "
         "agent's own listen port is always refused.",
-    )
-    max_image_bytes: int = Field(
-        default=50 * 2**30,
-        gt=0,
-        description="Largest image a download may bring (50 GiB): refused from its "
-        "Content-Length, or as soon as more bytes arrive.",
-    )
-    min_free_bytes: int = Field(
-        default=2**30,
-        ge=0,
-        description="Bytes kept free on the image cache's filesystem (1 GiB), checked "
-        "before and during every download.",
-    )
-    connect_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="Seconds a connection to an image server may take."
-    )
-    read_timeout_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        description="Seconds without a byte from an image server before the download fails "
-        "(and is retried): a hanging server cannot hold a download forever.",
-    )
-    cache_budget_bytes: int = Field(
-        default=100 * 2**30,
-        ge=0,
-        description="Bytes the cached images may take (100 GiB); beyond it, the least "
-        "recently used images no guest uses are evicted.",
-    )
-    eviction_grace_seconds: float = Field(
-        default=300.0,
-        ge=0,
-        description="An image used this recently is not evicted for the budget: a guest "
-        "being prepared may not have its root overlay on it yet.",
     )
 
 
@@ -103,12 +142,23 @@ class AgentConfig(_Section):
     compute: Literal["libvirt", "fake"] = "libvirt"
     fake: FakeComputeConfig = Field(default_factory=FakeComputeConfig)
     libvirt_uri: str = "qemu:///system"
-    listen: ListenConfig = Field(default_factory=lambda: ListenConfig(insecure=True))
+    listen: ListenConfig = Field(description="The API's address; TLS unless insecure.")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, description="Event-stream heartbeat, so dead peers are noticed."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listen_defaults_to_tls(cls, data: Any) -> Any:
+        # A missing listen section is validated as an empty one, so the error names the
+        # TLS files it needs rather than only "field required".
+        if isinstance(data, dict) and "listen" not in data:
+            return {**data, "listen": {}}
+        return data
 
     def read_token(self) -> str:
         token = self.token_file.read_text().strip()

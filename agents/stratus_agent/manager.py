@@ -2,22 +2,36 @@
 
 PUT returns at once; the work goes on in one task per guest, which always converges to the
 newest spec it was given. Results reach the operator through the event stream.
+
+The agent heals what it can by itself: a transient failure (is_transient) is retried with
+backoff until it succeeds, a newer spec arrives or the guest is deleted; a guest whose
+applied spec says Running and that stops or crashes while nothing here is working on it is
+started again, with its own backoff (runStrategy Always), and counted in its status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import time
 from typing import Protocol
 
 from stratus_agent.compute.base import ComputeDriver
 from stratus_agent.compute.domain_builder import NodeFacts
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.events import EventHub
+from stratus_agent.recovery import RecoveryPolicy, RestartBook, RestartRecord
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, GuestStatus, PowerState
+from stratus_api.reasons import GuestFailure, is_transient
 
 log = logging.getLogger(__name__)
+
+# Why a guest stopped before the agent started it again (GuestStatus.last_restart_reason).
+CRASHED = "Crashed"
+STOPPED_OUTSIDE = "StoppedOutsideStratus"
+_DOWN = (GuestState.STOPPED, GuestState.CRASHED)
 
 
 class Provisioner(Protocol):
@@ -25,6 +39,9 @@ class Provisioner(Protocol):
 
     async def prepare(self, spec: GuestSpec) -> NodeFacts:
         """Image in the cache, root disk, seed ISO, bridge; idempotent."""
+
+    async def check_node(self) -> None:
+        """Repair node-wide state guests depend on (the bridge); periodic, idempotent."""
 
     async def cleanup(self, uid: str) -> None:
         """Remove everything `prepare` made for the guest; idempotent."""
@@ -39,37 +56,82 @@ def _wanted(spec: GuestSpec) -> GuestState:
 
 
 class GuestManager:
-    def __init__(self, compute: ComputeDriver, provisioner: Provisioner, hub: EventHub) -> None:
+    def __init__(
+        self,
+        compute: ComputeDriver,
+        provisioner: Provisioner,
+        hub: EventHub,
+        *,
+        policy: RecoveryPolicy | None = None,
+        restarts: RestartBook | None = None,
+    ) -> None:
         self.compute = compute
         self._provisioner = provisioner
         self._hub = hub
+        self._policy = policy or RecoveryPolicy()
+        self._book = restarts  # None: counts live in memory only
         self._desired: dict[str, GuestSpec] = {}
         self._applied: dict[str, GuestSpec] = {}
         self._status: dict[str, GuestStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Set when a newer spec arrives, so it does not wait out a backoff meant for the old.
+        self._wake: dict[str, asyncio.Event] = {}
+        self._records: dict[str, RestartRecord] = {}
+        self._streaks: dict[str, int] = {}  # restarts in a row, for the backoff
+        self._up_since: dict[str, float] = {}  # monotonic time the guest was last seen start
+        self._deleting: set[str] = set()
+        self._stopping = False
+        self._node_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self._book is not None:
+            self._records = await asyncio.to_thread(self._book.load_all)
         await self.compute.start(self._record)
         for status in await self.compute.list():
-            self._status[status.uid] = status
+            self._status[status.uid] = self._with_restarts(status)
+            if status.state is GuestState.RUNNING:
+                self._up_since[status.uid] = time.monotonic()
+        self._node_task = asyncio.create_task(self._check_node_forever(), name="node-check")
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        self._stopping = True  # cancelled tasks must not schedule restarts on their way out
+        tasks = [*self._tasks.values(), *([self._node_task] if self._node_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.compute.stop()
 
+    def _with_restarts(self, status: GuestStatus) -> GuestStatus:
+        record = self._records.get(status.uid)
+        if record is None or (status.restarts, status.last_restart_reason) == (
+            record.restarts,
+            record.last_reason,
+        ):
+            return status
+        return status.model_copy(
+            update={"restarts": record.restarts, "last_restart_reason": record.last_reason}
+        )
+
     def _record(self, status: GuestStatus) -> None:
-        if status.generation is None and status.uid in self._applied:
-            status = status.model_copy(update={"generation": self._applied[status.uid].generation})
-        if self._status.get(status.uid) == status:
+        uid = status.uid
+        if status.generation is None and uid in self._applied:
+            status = status.model_copy(update={"generation": self._applied[uid].generation})
+        status = self._with_restarts(status)
+        previous = self._status.get(uid)
+        if previous == status:
             return  # the driver and the converge loop may both report the same change
-        self._status[status.uid] = status
+        if status.state is GuestState.RUNNING and (
+            previous is None or previous.state is not GuestState.RUNNING
+        ):
+            self._up_since[uid] = time.monotonic()
+        self._status[uid] = status
         if status.state is GuestState.MISSING:
-            self._status.pop(status.uid, None)
+            self._status.pop(uid, None)
         self._hub.publish(
             GuestEvent(type="guest", time=datetime.datetime.now(datetime.UTC), guest=status)
         )
+        if status.state in _DOWN:
+            self._restart_if_wanted(uid)
 
     def status(self, uid: str) -> GuestStatus | None:
         return self._status.get(uid)
@@ -91,56 +153,148 @@ class GuestManager:
             and uid not in self._tasks
         ):
             return current  # already as asked: change nothing
+        previous = self._desired.get(uid)
         self._desired[uid] = spec
-        if uid not in self._tasks:
+        if uid in self._tasks:
+            if spec != previous:
+                self._wake[uid].set()
+        else:
+            # Also after a failure, transient or not: the same spec again means try again.
             if current is None or current.state in (GuestState.FAILED, GuestState.MISSING):
                 self._record(
                     GuestStatus(uid=uid, state=GuestState.PROVISIONING, generation=spec.generation)
                 )
-            self._tasks[uid] = asyncio.create_task(self._converge(uid), name=f"guest-{uid}")
-        return self._status[uid]
+            self._spawn(uid)
+        return self._status.get(uid) or GuestStatus(
+            uid=uid, state=GuestState.PROVISIONING, generation=spec.generation
+        )
 
-    async def _converge(self, uid: str) -> None:
+    def _spawn(self, uid: str, delay: float = 0.0, restart_reason: str | None = None) -> None:
+        self._wake[uid] = asyncio.Event()
+        self._tasks[uid] = asyncio.create_task(
+            self._converge(uid, delay, restart_reason), name=f"guest-{uid}"
+        )
+
+    async def _converge(self, uid: str, delay: float, restart_reason: str | None) -> None:
+        task = asyncio.current_task()
+        restart_of = self._desired[uid] if restart_reason else None
+        attempt = 0
         try:
             while True:
+                if delay > 0:
+                    await self._pause(uid, delay)
                 spec = self._desired[uid]
-                try:
-                    facts = await self._provisioner.prepare(spec)
-                    status = await self.compute.ensure(spec, facts)
-                    self._applied[uid] = spec
-                except ProvisioningError as exc:
-                    status = GuestStatus(
-                        uid=uid,
-                        state=GuestState.FAILED,
-                        generation=spec.generation,
-                        reason=exc.reason,
-                        message=str(exc),
-                    )
-                except Exception as exc:
-                    log.exception("guest %s: ensure failed", uid)
-                    status = GuestStatus(
-                        uid=uid,
-                        state=GuestState.FAILED,
-                        generation=spec.generation,
-                        reason="AgentError",
-                        message=f"{type(exc).__name__}: {exc}",
-                    )
-                self._record(status.model_copy(update={"generation": spec.generation}))
-                if self._desired.get(uid) is spec:
-                    return
+                if restart_of is not None and restart_reason is not None:
+                    if spec is restart_of:  # not when a newer spec came during the wait
+                        await self._count_restart(uid, restart_reason)
+                    restart_of = None
+                failure = await self._apply(uid, spec)
+                if self._desired.get(uid) is not spec:
+                    attempt, delay = 0, 0.0  # a newer spec came meanwhile: apply it now
+                    continue
+                if failure is None or not is_transient(failure):
+                    return  # done, or only the user can fix it
+                delay = self._policy.retry.delay(attempt)
+                attempt += 1
+                log.warning("guest %s: %s (transient), retrying in %.1f s", uid, failure, delay)
         finally:
-            self._tasks.pop(uid, None)
+            if self._tasks.get(uid) is task:
+                self._tasks.pop(uid, None)
+                self._wake.pop(uid, None)
+            # It may have stopped while this task worked on it, when no restart was made.
+            self._restart_if_wanted(uid)
+
+    async def _apply(self, uid: str, spec: GuestSpec) -> str | None:
+        """One attempt at `spec`; the failure reason, or None when it worked."""
+        failure: str | None = None
+        try:
+            facts = await self._provisioner.prepare(spec)
+            status = await self.compute.ensure(spec, facts)
+            self._applied[uid] = spec
+        except ProvisioningError as exc:
+            failure = exc.reason
+            status = GuestStatus(uid=uid, state=GuestState.FAILED, reason=failure, message=str(exc))
+        except Exception as exc:
+            log.exception("guest %s: ensure failed", uid)
+            failure = GuestFailure.AGENT_ERROR
+            status = GuestStatus(
+                uid=uid,
+                state=GuestState.FAILED,
+                reason=failure,
+                message=f"{type(exc).__name__}: {exc}",
+            )
+        self._record(status.model_copy(update={"generation": spec.generation}))
+        return failure
+
+    async def _pause(self, uid: str, seconds: float) -> None:
+        wake = self._wake.get(uid)
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
+
+    def _restart_if_wanted(self, uid: str) -> None:
+        """Start a guest again that is down although its applied spec says Running, unless
+        something here is already working on it or deleting it."""
+        if self._stopping or uid in self._deleting or uid in self._tasks:
+            return
+        applied, status = self._applied.get(uid), self._status.get(uid)
+        if applied is None or applied.power is not PowerState.RUNNING:
+            return  # runStrategy Halted, or a spec this agent has not applied
+        if status is None or status.state not in _DOWN:
+            return
+        reason = CRASHED if status.state is GuestState.CRASHED else STOPPED_OUTSIDE
+        up_since = self._up_since.pop(uid, None)
+        if up_since is not None and time.monotonic() - up_since >= (
+            self._policy.restart_stable_seconds
+        ):
+            self._streaks[uid] = 0
+        streak = self._streaks.get(uid, 0)
+        self._streaks[uid] = streak + 1
+        delay = self._policy.restart.delay(streak)
+        log.warning(
+            "guest %s: %s while its spec says Running; starting it again in %.1f s",
+            uid, status.state.value.lower(), delay,
+        )  # fmt: skip
+        self._desired[uid] = applied
+        self._spawn(uid, delay, reason)
+
+    async def _count_restart(self, uid: str, reason: str) -> None:
+        old = self._records.get(uid, RestartRecord())
+        record = RestartRecord(restarts=old.restarts + 1, last_reason=reason)
+        self._records[uid] = record
+        if self._book is not None:
+            await asyncio.to_thread(self._book.save, uid, record)
+
+    async def _check_node_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._policy.node_check_seconds)
+            try:
+                await self._provisioner.check_node()
+            except Exception as exc:
+                # Guests that need it fail with the same problem and retry; keep checking.
+                log.warning("node check failed: %s", exc)
 
     async def delete(self, uid: str) -> bool:
-        task = self._tasks.pop(uid, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        self._desired.pop(uid, None)
-        self._applied.pop(uid, None)
-        existed = await self.compute.delete(uid)
-        await self._provisioner.cleanup(uid)
-        existed = self._status.pop(uid, None) is not None or existed
+        self._deleting.add(uid)
+        try:
+            task = self._tasks.pop(uid, None)
+            self._wake.pop(uid, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            for state in (self._desired, self._applied, self._streaks, self._up_since):
+                state.pop(uid, None)
+            existed = await self.compute.delete(uid)
+            await self._provisioner.cleanup(uid)
+            if self._book is not None:
+                await asyncio.to_thread(self._book.remove, uid)
+            self._records.pop(uid, None)
+            existed = self._status.pop(uid, None) is not None or existed
+        finally:
+            self._deleting.discard(uid)
         if existed:
             self._hub.publish(
                 GuestEvent(
@@ -154,7 +308,7 @@ class GuestManager:
     async def inventory(self) -> list[GuestStatus]:
         """Every guest on the node: the driver's view, plus guests still provisioning or
         failed before the driver ever saw them."""
-        known = {status.uid: status for status in await self.compute.list()}
+        known = {status.uid: self._with_restarts(status) for status in await self.compute.list()}
         for uid, status in self._status.items():
             if uid not in known or status.state in (GuestState.PROVISIONING, GuestState.FAILED):
                 known[uid] = status

@@ -8,8 +8,11 @@ how leftover ports of a guest are found and removed.
 from __future__ import annotations
 
 import json
+import logging
 
 from stratus_agent import process
+
+log = logging.getLogger(__name__)
 
 
 class OvsBridge:
@@ -21,11 +24,25 @@ class OvsBridge:
     async def _vsctl_run(self, *args: str) -> str:
         return (await process.run(self._vsctl, "--timeout=10", *args)).stdout
 
-    async def ensure(self) -> None:
+    async def exists(self) -> bool:
+        # br-exists answers 2 for "no such bridge"; anything else is a real failure.
+        result = await process.run(self._vsctl, "--timeout=10", "br-exists", self.name, check=False)
+        if result.code in (0, 2):
+            return result.code == 0
+        raise process.CommandError(
+            (self._vsctl, "br-exists", self.name), result.code, result.stderr
+        )
+
+    async def ensure(self) -> bool:
+        """Make the bridge unless it exists (a read-only check, cheap enough for every
+        guest); True if it had to be made."""
+        if await self.exists():
+            return False
         await self._vsctl_run(
             "--may-exist", "add-br", self.name,
             "--", "set", "Bridge", self.name, f"datapath_type={self.datapath_type}",
         )  # fmt: skip
+        return True
 
     async def ports_of(self, instance_uid: str) -> list[str]:
         """OVS ports (interface names) plugged for an Instance."""
@@ -36,7 +53,14 @@ class OvsBridge:
         return sorted(row[0] for row in json.loads(out)["data"])
 
     async def remove_ports(self, instance_uid: str) -> list[str]:
-        ports = await self.ports_of(instance_uid)
-        for port in ports:
-            await self._vsctl_run("--if-exists", "del-port", port)
-        return ports
+        """Remove the Instance's ports; a port that cannot be removed is logged and skipped,
+        so the others still go."""
+        removed = []
+        for port in await self.ports_of(instance_uid):
+            try:
+                await self._vsctl_run("--if-exists", "del-port", port)
+            except process.CommandError as exc:
+                log.warning("cannot remove OVS port %s of %s: %s", port, instance_uid, exc)
+                continue
+            removed.append(port)
+        return removed

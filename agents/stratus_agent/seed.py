@@ -70,11 +70,15 @@ def seed_files(cloud_init: CloudInit, nics: list[Nic]) -> dict[str, bytes]:
     }
 
 
-def write_seed_iso(path: Path, files: dict[str, bytes]) -> None:
+def write_seed_iso(
+    path: Path, files: dict[str, bytes], owner: tuple[int, int] | None = None
+) -> None:
     """Write an ISO9660 image labelled cidata (with Joliet and Rock Ridge names).
 
     Written to a temporary file and renamed, so a crash never leaves half an ISO under the
-    final name; the file is private to root because user-data may hold credentials.
+    final name. Mode 0600, owned by `owner` (uid, gid: the guest's own QEMU user) or else
+    root, because user-data may hold credentials; ownership is set before the rename, so
+    the file is never readable by anyone else under its final name.
     """
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
@@ -89,6 +93,9 @@ def write_seed_iso(path: Path, files: dict[str, bytes]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its mode through O_TRUNC
+        if owner is not None:
+            os.fchown(fd, *owner)
         iso.write_fp(out)
     iso.close()
     tmp.replace(path)

@@ -16,7 +16,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from stratus_agent.events import EventHub
-from stratus_agent.images import ImageCache
 from stratus_agent.manager import GuestManager, StaleSpecError
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
@@ -30,7 +29,6 @@ HUB = web.AppKey("hub", EventHub)
 TOKEN = web.AppKey("token", str)
 NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
-IMAGES = web.AppKey("images", ImageCache)
 
 
 class AgentMetrics:
@@ -74,6 +72,18 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.encode()):
         return _error(401, "missing or wrong bearer token")
     return await handler(request)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unexpected exception still answers JSON the client can show, never a bare 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"agent error: {type(exc).__name__}: {exc}")
 
 
 @web.middleware
@@ -129,15 +139,32 @@ async def inventory(request: web.Request) -> web.Response:
     return web.json_response(text=body.model_dump_json(by_alias=True))
 
 
-async def get_guest(request: web.Request) -> web.Response:
-    status = request.app[MANAGER].status(request.match_info["uid"])
+GuestHandler = Callable[[web.Request, str], Awaitable[web.Response]]
+
+
+def guest_route(handler: GuestHandler) -> Handler:
+    """Refuses a {uid} that is not a Kubernetes UID before the handler sees it: every file,
+    domain and port name on the node is made from it (aiohttp decodes %2e%2e%2f to ../)."""
+
+    async def checked(request: web.Request) -> web.Response:
+        uid = request.match_info["uid"]
+        if not naming.is_uid(uid):
+            return _error(400, f"{uid!r} in the URL is not a guest UID (a Kubernetes UID)")
+        return await handler(request, uid)
+
+    return checked
+
+
+@guest_route
+async def get_guest(request: web.Request, uid: str) -> web.Response:
+    status = request.app[MANAGER].status(uid)
     if status is None:
-        return _error(404, f"no guest {request.match_info['uid']} on this node")
+        return _error(404, f"no guest {uid} on this node")
     return web.json_response(text=status.model_dump_json(by_alias=True))
 
 
-async def put_guest(request: web.Request) -> web.Response:
-    uid = request.match_info["uid"]
+@guest_route
+async def put_guest(request: web.Request, uid: str) -> web.Response:
     try:
         raw = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -157,22 +184,10 @@ async def put_guest(request: web.Request) -> web.Response:
     return web.json_response(text=status.model_dump_json(by_alias=True), status=202)
 
 
-async def delete_guest(request: web.Request) -> web.Response:
-    deleted = await request.app[MANAGER].delete(request.match_info["uid"])
+@guest_route
+async def delete_guest(request: web.Request, uid: str) -> web.Response:
+    deleted = await request.app[MANAGER].delete(uid)
     return web.json_response({"deleted": deleted})
-
-
-async def delete_image(request: web.Request) -> web.Response:
-    """The Image is gone: evict its cached file now, or once no guest's root disk uses it.
-    A node without an image cache (fake compute) has nothing to evict."""
-    uid = request.match_info["uid"]
-    if not naming.is_uid(uid):
-        return _error(400, f"{uid!r} in the URL is not an image UID (a Kubernetes UID)")
-    images = request.app.get(IMAGES)
-    if images is None:
-        return web.json_response({"evicted": False, "inUse": False})
-    released = await images.release(uid)
-    return web.json_response({"evicted": released.evicted, "inUse": released.in_use})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -208,26 +223,19 @@ def _now() -> datetime.datetime:
 
 
 def create_app(
-    manager: GuestManager,
-    hub: EventHub,
-    *,
-    token: str,
-    node: str,
-    heartbeat: float = 10.0,
-    images: ImageCache | None = None,
+    manager: GuestManager, hub: EventHub, *, token: str, node: str, heartbeat: float = 10.0
 ) -> web.Application:
-    app = web.Application(middlewares=[measure, authenticate], client_max_size=2 * 2**20)
+    app = web.Application(
+        middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
+    )
     app[MANAGER], app[HUB], app[TOKEN], app[NODE] = manager, hub, token, node
     app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
-    if images is not None:
-        app[IMAGES] = images
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
     app.router.add_get("/v1/guests/{uid}", get_guest)
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
-    app.router.add_delete("/v1/images/{uid}", delete_image)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -33,6 +33,14 @@ class VolumeAttachment:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GuestOwner:
+    """The user and group one guest's QEMU runs as, owner of that guest's files only."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeFacts:
     """What the node decided or prepared for one guest: never in the spec, which is
     node-independent, but needed to write its domain."""
@@ -48,6 +56,8 @@ class NodeFacts:
     cdrom_bus: Literal["ide", "sata", "scsi", "usb"] = "ide"
     vnc_listen: str = "127.0.0.1"  # reached through the agent's console proxy only
     volumes: tuple[VolumeAttachment, ...] = ()
+    # None: QEMU runs as libvirt's default user, shared by every guest (fake driver, tests).
+    owner: GuestOwner | None = None
 
 
 def build_domain(spec: guest.GuestSpec, node: NodeFacts) -> dx.Domain:
@@ -83,7 +93,17 @@ def build_domain(spec: guest.GuestSpec, node: NodeFacts) -> dx.Domain:
         on_reboot="restart",
         on_crash="destroy",
         devices=_devices(spec, node),
+        seclabel=_seclabel(node.owner),
     )
+
+
+def _seclabel(owner: GuestOwner | None) -> dx.DacSeclabel | None:
+    if owner is None:
+        return None
+    # relabel=no: the agent owns the guest's files itself. libvirt's relabelling would chown
+    # the whole backing chain, so the cached base image every guest shares would end up
+    # owned (writable) by whichever guest started last, and keep that owner after it stops.
+    return dx.DacSeclabel(uid=owner.uid, gid=owner.gid, relabel=False)
 
 
 def _memory(memory_bytes: int) -> dx.Memory:

@@ -10,6 +10,7 @@ drift checks compare text.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeVar, get_args
 
@@ -579,6 +580,40 @@ class Devices:
         )
 
 
+# --- security -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DacSeclabel:
+    """`<seclabel type='static' model='dac'>`: the user and group QEMU runs as.
+
+    `relabel` says whether libvirt chowns the guest's files to them when it starts; the
+    label is written as `+UID:+GID`, numbers that need no passwd entry.
+    """
+
+    uid: int
+    gid: int
+    relabel: bool = False
+
+    def to_element(self) -> etree._Element:
+        el = _root("seclabel", type="static", model="dac", relabel=_yes_no(self.relabel))
+        _sub(el, "label", f"+{self.uid}:+{self.gid}")
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> DacSeclabel:
+        if el.get("model") != "dac" or el.get("type") != "static":
+            raise DomainXMLError(f"{_where(el)} is not a static DAC label")
+        user, sep, group = _text(el, "label").partition(":")
+        if not sep or not user.startswith("+") or not group.startswith("+"):
+            raise DomainXMLError(f"{_where(el)}: label must be +UID:+GID")
+        return cls(
+            uid=_int(user[1:], el),
+            gid=_int(group[1:], el),
+            relabel=el.get("relabel", "yes") == "yes",  # libvirt's default for static: yes
+        )
+
+
 # --- the domain -------------------------------------------------------------------------
 
 
@@ -602,6 +637,7 @@ class Domain:
     on_poweroff: Lifecycle = "destroy"
     on_reboot: Lifecycle = "restart"
     on_crash: Lifecycle = "destroy"
+    seclabel: DacSeclabel | None = None  # None: the driver's default user (libvirt-qemu)
 
     def to_element(self) -> etree._Element:
         el = _root("domain", type=self.type)
@@ -622,6 +658,8 @@ class Domain:
         _sub(el, "on_reboot", self.on_reboot)
         _sub(el, "on_crash", self.on_crash)
         el.append(self.devices.to_element())
+        if self.seclabel is not None:
+            el.append(self.seclabel.to_element())
         return el
 
     @classmethod
@@ -630,6 +668,13 @@ class Domain:
             raise DomainXMLError(f"expected <domain>, got <{el.tag}>")
         ours = el.find(f"metadata/{StratusMetadata.TAG}")
         features, cpu, clock = el.find("features"), el.find("cpu"), el.find("clock")
+        dac = el.find("seclabel[@model='dac'][@type='static']")
+        seclabel = None
+        if dac is not None:
+            # Lenient like the rest of reading: a label set by hand with user names is not
+            # ours, and must not make the whole domain unreadable.
+            with contextlib.suppress(DomainXMLError):
+                seclabel = DacSeclabel.from_element(dac)
 
         def lifecycle(tag: str, default: Lifecycle) -> Lifecycle:
             return _one_of(_optional_text(el, tag) or default, get_args(Lifecycle), el)
@@ -652,6 +697,7 @@ class Domain:
             on_poweroff=lifecycle("on_poweroff", "destroy"),
             on_reboot=lifecycle("on_reboot", "restart"),
             on_crash=lifecycle("on_crash", "destroy"),
+            seclabel=seclabel,
         )
 
     def to_xml(self) -> str:

@@ -54,3 +54,7 @@ class FakeComputeDriver:
     def crash(self, uid: str) -> None:
         """Test hook: the guest dies as if QEMU had crashed."""
         self._set(self._guests[uid].model_copy(update={"state": GuestState.CRASHED}))
+
+    def power_off(self, uid: str) -> None:
+        """Test hook: the guest stops as after `virsh destroy` or a poweroff inside it."""
+        self._set(self._guests[uid].model_copy(update={"state": GuestState.STOPPED}))

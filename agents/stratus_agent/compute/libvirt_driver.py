@@ -18,7 +18,7 @@ import libvirt
 
 from stratus_agent.compute import domain_builder, domain_xml
 from stratus_agent.compute.base import GuestListener
-from stratus_agent.compute.domain_builder import NodeFacts
+from stratus_agent.compute.domain_builder import GuestOwner, NodeFacts
 from stratus_api import naming
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 
@@ -275,7 +275,33 @@ class LibvirtComputeDriver:
 
     async def list(self) -> list[GuestStatus]:
         def collect() -> list[GuestStatus]:
-            return [g.status(self._generations.get(g.uid or "")) for g in self.host.guests()]
+            statuses = []
+            for guest in self.host.guests():
+                # One domain that vanished meanwhile or cannot be read must not hide the rest.
+                try:
+                    statuses.append(guest.status(self._generations.get(guest.uid or "")))
+                except (libvirt.libvirtError, domain_xml.DomainXMLError) as exc:
+                    log.warning("skipping domain %s in the inventory: %s", guest.uid, exc)
+            return statuses
+
+        return await asyncio.to_thread(collect)
+
+    async def owners(self) -> dict[str, GuestOwner]:
+        """The user each defined guest's QEMU runs as, from its persistent definition's DAC
+        label: how per-guest users are recovered after an agent restart."""
+
+        def collect() -> dict[str, GuestOwner]:
+            found = {}
+            for guest in self.host.guests():
+                try:
+                    xml = guest.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                    label = domain_xml.Domain.from_xml(xml).seclabel
+                except (libvirt.libvirtError, domain_xml.DomainXMLError) as exc:
+                    log.warning("cannot read the label of domain %s: %s", guest.uid, exc)
+                    continue
+                if guest.uid is not None and label is not None:
+                    found[guest.uid] = GuestOwner(uid=label.uid, gid=label.gid)
+            return found
 
         return await asyncio.to_thread(collect)
 

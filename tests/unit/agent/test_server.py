@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from stratus_agent.compute.fake import FakeComputeDriver
 from testsupport import AGENT_AUTH as AUTH
@@ -80,7 +81,8 @@ async def test_ensure_is_idempotent_and_delete_removes(agent: Agent) -> None:
 
 async def test_bad_requests_say_what_is_wrong(agent: Agent) -> None:
     client, _ = agent
-    not_json = await client.put("/v1/guests/x", data=b"{nope", headers=AUTH)
+    uid = guest_spec()["uid"]
+    not_json = await client.put(f"/v1/guests/{uid}", data=b"{nope", headers=AUTH)
     assert not_json.status == 400 and "not JSON" in (await not_json.json())["error"]
 
     spec = guest_spec(cpu=0)
@@ -88,11 +90,48 @@ async def test_bad_requests_say_what_is_wrong(agent: Agent) -> None:
     body = await invalid.json()
     assert invalid.status == 422 and any(p.startswith("cpu:") for p in body["problems"])
 
-    mismatch = await client.put("/v1/guests/other", json=guest_spec(), headers=AUTH)
+    mismatch = await client.put(f"/v1/guests/{uid}", json=guest_spec(), headers=AUTH)
     assert mismatch.status == 422 and (await mismatch.json())["problems"][0].startswith("uid:")
 
-    binary = await client.put("/v1/guests/x", data=b"\xff\xfe", headers=AUTH)
+    binary = await client.put(f"/v1/guests/{uid}", data=b"\xff\xfe", headers=AUTH)
     assert binary.status == 400
+
+    bad_uid = guest_spec(uid="../../etc")
+    refused = await client.put("/v1/guests/x", json=bad_uid, headers=AUTH)
+    assert refused.status == 400 and "not a guest UID" in (await refused.json())["error"]
+
+
+# Paths as a client may send them, percent-encoded: aiohttp decodes %2e%2e%2f to ../ in
+# match_info, so the check must happen on the decoded {uid}.
+BAD_UID_PATHS = [
+    "/v1/guests/%2e%2e%2f%2e%2e%2fetc",
+    "/v1/guests/..%2F..%2Fetc%2Fpasswd",
+    "/v1/guests/%2e%2e",
+    "/v1/guests/abc",
+    "/v1/guests/6F1C2A3B-4D5E-4F60-8A7B-9C0D1E2F3A4B",  # upper case: not how Kubernetes writes it
+    "/v1/guests/6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b%00",
+    "/v1/guests/6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b%0a",
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("path", BAD_UID_PATHS)
+async def test_a_uid_that_is_not_a_uid_is_refused_with_400(
+    agent: Agent, method: str, path: str
+) -> None:
+    client, compute = agent
+    response = await client.request(
+        method, URL(path, encoded=True), json=guest_spec(), headers=AUTH
+    )
+    body = await response.json()
+    assert response.status == 400, body
+    assert "is not a guest UID" in body["error"]
+    assert await compute.list() == []
+    # The node is still fine: inventory and a real guest's delete answer as usual.
+    assert (await client.get("/v1/guests", headers=AUTH)).status == 200
+    spec = guest_spec()
+    deleted = await client.delete(f"/v1/guests/{spec['uid']}", headers=AUTH)
+    assert (deleted.status, await deleted.json()) == (200, {"deleted": False})
 
 
 async def test_an_older_generation_is_refused(agent: Agent) -> None:

@@ -101,6 +101,7 @@ def kvm_two_nics_no_vnc() -> dx.Domain:
         cdrom_bus="sata",
         machine="q35",
         volumes=(builder.VolumeAttachment(name="data", path="/srv/volumes/data.raw"),),
+        owner=builder.GuestOwner(uid=1_900_000_007, gid=108),
     )
     return builder.build_domain(two_nics, node)
 
@@ -149,6 +150,7 @@ ELEMENTS: dict[str, Element] = {
     "element_graphics_vnc.xml": dx.Graphics(listen="127.0.0.1"),
     "element_memballoon.xml": dx.MemBalloon(stats_period=10),
     "element_rng.xml": dx.Rng(),
+    "element_seclabel_dac.xml": dx.DacSeclabel(uid=1_900_000_001, gid=1_900_000_001),
 }
 
 
@@ -289,6 +291,29 @@ def test_a_volume_the_node_did_not_attach_is_an_error() -> None:
 def test_no_vnc_means_no_graphics_and_no_video() -> None:
     devices = kvm_two_nics_no_vnc().devices
     assert devices.graphics == () and devices.videos == ()
+
+
+def test_an_owner_becomes_a_static_dac_label_that_libvirt_does_not_relabel() -> None:
+    assert qemu_one_nic().seclabel is None  # libvirt's default user
+    assert kvm_two_nics_no_vnc().seclabel == dx.DacSeclabel(
+        uid=1_900_000_007, gid=108, relabel=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        (
+            "<seclabel type='static' model='dac'><label>qemu:kvm</label></seclabel>",
+            r"must be \+UID",
+        ),
+        ("<seclabel type='static' model='dac'><label>+x:+1</label></seclabel>", "not an integer"),
+        ("<seclabel type='dynamic' model='selinux'/>", "not a static DAC label"),
+    ],
+)
+def test_seclabels_we_cannot_read_are_refused(text: str, complaint: str) -> None:
+    with pytest.raises(dx.DomainXMLError, match=complaint):
+        dx.DacSeclabel.from_element(dx.parse(text))
 
 
 def test_nics_carry_mtu_and_no_vlan_yet() -> None:

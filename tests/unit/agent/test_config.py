@@ -1,0 +1,82 @@
+"""Agent configuration: TLS unless plain HTTP is asked for explicitly, with clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from stratus_agent import config as agent_config
+from stratus_agent import main as agent_main
+
+
+def load(tmp_path: Path, text: str) -> agent_config.AgentConfig:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"token_file: {tmp_path / 'token'}\ncompute: fake\n{text}")
+    return agent_config.load(path)
+
+
+def test_without_a_listen_section_tls_files_are_required(tmp_path: Path) -> None:
+    with pytest.raises(agent_config.ConfigError) as err:
+        load(tmp_path, "")
+    assert "listen: " in str(err.value)
+    assert "tls_cert_file and tls_key_file are required (TLS is the default)" in str(err.value)
+    assert "insecure: true" in str(err.value)
+
+
+def test_a_port_alone_is_not_plain_http(tmp_path: Path) -> None:
+    with pytest.raises(agent_config.ConfigError, match="tls_cert_file and tls_key_file"):
+        load(tmp_path, "listen: {port: 9000}\n")
+
+
+def test_tls_files_or_explicit_insecure(tmp_path: Path) -> None:
+    tls = load(tmp_path, "listen: {tls_cert_file: /c.pem, tls_key_file: /k.pem}\n")
+    assert not tls.listen.insecure and tls.listen.tls_cert_file == Path("/c.pem")
+    plain = load(tmp_path, "listen: {insecure: true}\n")
+    assert plain.listen.insecure
+
+
+def test_insecure_with_tls_files_is_contradictory(tmp_path: Path) -> None:
+    with pytest.raises(agent_config.ConfigError, match="insecure: true serves plain HTTP"):
+        load(tmp_path, "listen: {insecure: true, tls_cert_file: /c.pem, tls_key_file: /k.pem}\n")
+
+
+def test_recovery_and_isolation_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, "listen: {insecure: true}\n")
+    assert config.network.check_seconds == 30.0
+    assert (config.recovery.restart_initial_seconds, config.recovery.restart_max_seconds) == (
+        1.0,
+        300.0,
+    )
+    assert config.recovery.restart_stable_seconds == 600.0
+    assert (config.isolation.uid_first, config.isolation.uid_count) == (1_900_000_000, 65536)
+    assert config.isolation.gid is None
+    with pytest.raises(agent_config.ConfigError, match="must stay below 4294967295"):
+        load(tmp_path, "listen: {insecure: true}\nisolation: {uid_first: 4294967000}\n")
+
+
+async def test_plain_http_is_announced_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("a-token-of-enough-length")
+    token.chmod(0o600)
+    config = load(
+        tmp_path, f"state_dir: {tmp_path / 'state'}\nlisten: {{insecure: true, port: 0}}\n"
+    )
+    # serve() runs until a signal; stop it as soon as it serves.
+    stopped: list[bool] = []
+
+    class StopAtOnce:
+        def set(self) -> None: ...
+
+        async def wait(self) -> None:
+            stopped.append(True)
+
+    monkeypatch.setattr(agent_main.asyncio, "Event", StopAtOnce)
+    caplog.set_level(logging.INFO)
+    await agent_main.serve(config)
+    assert stopped
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("plain HTTP on 127.0.0.1:0" in r.getMessage() for r in warnings)

@@ -1,0 +1,292 @@
+"""GuestManager's self-healing with the fake compute driver: retries of transient failures,
+restarts of guests that stopped on their own (runStrategy Always), restart counts on disk.
+
+Pure policy over in-memory drivers; the same behaviour on real libvirt and OVS is in
+tests/integration/agent/test_recovery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stratus_agent.compute.domain_builder import NodeFacts
+from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent.errors import ProvisioningError
+from stratus_agent.events import EventHub
+from stratus_agent.manager import GuestManager
+from stratus_agent.provisioner import FakeProvisioner
+from stratus_agent.recovery import Backoff, RecoveryPolicy, RestartBook
+from stratus_api.guest import GuestSpec, GuestState, GuestStatus
+from stratus_api.reasons import GuestFailure
+from testsupport import guest_spec
+
+FAST = RecoveryPolicy(
+    retry=Backoff(0.01, 0.05), restart=Backoff(0.01, 0.05), node_check_seconds=0.01
+)
+
+
+class FlakyProvisioner(FakeProvisioner):
+    """Fails with `failure` while `failing` is set; counts prepares and node checks."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.failing: Exception | None = None
+        self.prepares = 0
+        self.node_checks = 0
+
+    async def prepare(self, spec: GuestSpec) -> NodeFacts:
+        self.prepares += 1
+        if self.failing is not None:
+            raise self.failing
+        return await super().prepare(spec)
+
+    async def check_node(self) -> None:
+        self.node_checks += 1
+
+
+@dataclass
+class Node:
+    manager: GuestManager
+    compute: FakeComputeDriver
+    provisioner: FlakyProvisioner
+    book: RestartBook
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    compute = FakeComputeDriver()
+    provisioner = FlakyProvisioner(tmp_path)
+    book = RestartBook(tmp_path)
+    manager = GuestManager(compute, provisioner, EventHub(), policy=FAST, restarts=book)
+    await manager.start()
+    yield Node(manager, compute, provisioner, book)
+    await manager.stop()
+
+
+async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def state(manager: GuestManager, uid: str) -> GuestStatus | None:
+    return manager.status(uid)
+
+
+def is_state(manager: GuestManager, uid: str, wanted: GuestState) -> Callable[[], bool]:
+    return lambda: (status := manager.status(uid)) is not None and status.state is wanted
+
+
+def spec(**overrides: object) -> GuestSpec:
+    return GuestSpec.model_validate(guest_spec(**overrides))
+
+
+async def test_a_transient_failure_is_reported_then_retried_until_it_heals(node: Node) -> None:
+    node.provisioner.failing = ProvisioningError(GuestFailure.NETWORK_SETUP_FAILED, "no bridge")
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Failed", is_state(node.manager, guest.uid, GuestState.FAILED))
+    failed = node.manager.status(guest.uid)
+    assert failed is not None
+    assert (failed.reason, failed.message) == ("NetworkSetupFailed", "no bridge")
+    await until("a few retries", lambda: node.provisioner.prepares >= 3)
+
+    node.provisioner.failing = None
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+
+
+async def test_an_unexpected_exception_counts_as_a_transient_agent_error(node: Node) -> None:
+    node.provisioner.failing = RuntimeError("surprise")
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Failed", is_state(node.manager, guest.uid, GuestState.FAILED))
+    failed = node.manager.status(guest.uid)
+    assert failed is not None and failed.reason == "AgentError"
+    assert "RuntimeError: surprise" in failed.message
+    node.provisioner.failing = None
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+
+
+async def test_a_permanent_failure_is_not_retried_but_the_same_spec_again_is(
+    node: Node,
+) -> None:
+    node.provisioner.failing = ProvisioningError(GuestFailure.DISK_TOO_SMALL, "too small")
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Failed", is_state(node.manager, guest.uid, GuestState.FAILED))
+    await asyncio.sleep(0.2)  # many retry intervals of FAST
+    assert node.provisioner.prepares == 1
+
+    node.provisioner.failing = None  # e.g. the user freed what was missing
+    accepted = await node.manager.ensure(guest)
+    assert accepted.state is GuestState.PROVISIONING
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+
+
+async def test_a_newer_spec_cuts_a_backoff_short(tmp_path: Path) -> None:
+    compute, provisioner = FakeComputeDriver(), FlakyProvisioner(tmp_path)
+    slow = RecoveryPolicy(retry=Backoff(600, 600))
+    manager = GuestManager(compute, provisioner, EventHub(), policy=slow)
+    await manager.start()
+    try:
+        provisioner.failing = ProvisioningError(GuestFailure.AGENT_ERROR, "flaky")
+        guest = spec()
+        await manager.ensure(guest)
+        await until("Failed", is_state(manager, guest.uid, GuestState.FAILED))
+        await manager.ensure(guest)  # the same spec: the task already retries it
+        await asyncio.sleep(0.05)
+        assert provisioner.prepares == 1
+
+        provisioner.failing = None
+        await manager.ensure(guest.model_copy(update={"generation": 2}))
+        await until("Running", is_state(manager, guest.uid, GuestState.RUNNING))
+        status = manager.status(guest.uid)
+        assert status is not None and status.generation == 2
+    finally:
+        await manager.stop()
+
+
+@pytest.mark.parametrize(
+    ("stop", "reason"), [("crash", "Crashed"), ("power_off", "StoppedOutsideStratus")]
+)
+async def test_a_guest_that_stops_on_its_own_is_started_again_and_counted(
+    node: Node, stop: str, reason: str
+) -> None:
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+
+    getattr(node.compute, stop)(guest.uid)
+    await until("restarted", lambda: (s := state(node.manager, guest.uid)) and s.restarts == 1)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    status = node.manager.status(guest.uid)
+    assert status is not None and status.last_restart_reason == reason
+    listed = {s.uid: s for s in await node.manager.inventory()}
+    assert (listed[guest.uid].restarts, listed[guest.uid].last_restart_reason) == (1, reason)
+
+    getattr(node.compute, stop)(guest.uid)
+    await until(
+        "restarted again", lambda: (s := state(node.manager, guest.uid)) and s.restarts == 2
+    )
+
+
+async def test_a_halted_guest_is_never_restarted(node: Node) -> None:
+    guest = spec(power="Stopped")
+    await node.manager.ensure(guest)
+    await until("Stopped", is_state(node.manager, guest.uid, GuestState.STOPPED))
+    node.compute.crash(guest.uid)
+    await asyncio.sleep(0.2)
+    status = node.manager.status(guest.uid)
+    assert status is not None and status.state is GuestState.CRASHED and status.restarts == 0
+
+
+async def test_restart_backoff_doubles_and_starts_afresh_after_a_stable_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays: list[float] = []
+    policy = RecoveryPolicy(restart=Backoff(0.01, 0.04), restart_stable_seconds=0.3)
+    manager = GuestManager(
+        FakeComputeDriver(), FlakyProvisioner(tmp_path), EventHub(), policy=policy
+    )
+    compute = manager.compute
+    assert isinstance(compute, FakeComputeDriver)
+    original = manager._spawn
+
+    def spy(uid: str, delay: float = 0.0, restart_reason: str | None = None) -> None:
+        if restart_reason is not None:
+            delays.append(delay)
+        original(uid, delay, restart_reason)
+
+    monkeypatch.setattr(manager, "_spawn", spy)
+    await manager.start()
+    try:
+        guest = spec()
+        await manager.ensure(guest)
+        for count in range(1, 5):
+            await until("Running", is_state(manager, guest.uid, GuestState.RUNNING))
+            compute.crash(guest.uid)
+            await until(
+                "restart", lambda n=count: (s := state(manager, guest.uid)) and s.restarts == n
+            )  # type: ignore[misc]
+        assert delays == [0.01, 0.02, 0.04, 0.04]
+        await until("Running", is_state(manager, guest.uid, GuestState.RUNNING))
+        await asyncio.sleep(0.35)  # stayed up longer than restart_stable_seconds
+        compute.crash(guest.uid)
+        await until("restart", lambda: (s := state(manager, guest.uid)) and s.restarts == 5)
+        assert delays[-1] == 0.01
+    finally:
+        await manager.stop()
+
+
+async def test_restart_counts_survive_an_agent_restart_and_go_with_the_guest(
+    tmp_path: Path,
+) -> None:
+    compute, provisioner, book = (
+        FakeComputeDriver(),
+        FlakyProvisioner(tmp_path),
+        RestartBook(tmp_path),
+    )
+    first = GuestManager(compute, provisioner, EventHub(), policy=FAST, restarts=book)
+    await first.start()
+    guest = spec()
+    await first.ensure(guest)
+    await until("Running", is_state(first, guest.uid, GuestState.RUNNING))
+    compute.crash(guest.uid)
+    await until("restarted", lambda: (s := state(first, guest.uid)) and s.restarts == 1)
+    await until("Running", is_state(first, guest.uid, GuestState.RUNNING))
+    await first.stop()
+    saved = json.loads((tmp_path / f"{guest.uid}-restarts.json").read_text())
+    assert saved == {"restarts": 1, "lastReason": "Crashed"}
+
+    second = GuestManager(compute, provisioner, EventHub(), policy=FAST, restarts=book)
+    await second.start()  # the same driver: the guest is still there, still running
+    try:
+        status = second.status(guest.uid)
+        assert status is not None and (status.restarts, status.last_restart_reason) == (
+            1,
+            "Crashed",
+        )
+        assert await second.delete(guest.uid)
+        assert not (tmp_path / f"{guest.uid}-restarts.json").exists()
+    finally:
+        await second.stop()
+
+
+async def test_a_deleted_guest_is_not_restarted(node: Node) -> None:
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    node.compute.power_off(guest.uid)  # a restart is now pending
+    assert await node.manager.delete(guest.uid)
+    await asyncio.sleep(0.2)
+    assert await node.compute.list() == []
+    assert node.manager.status(guest.uid) is None
+
+
+async def test_the_node_is_checked_periodically(node: Node) -> None:
+    await until("node checks", lambda: node.provisioner.node_checks >= 3)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(1.0, 300.0)
+    assert [backoff.delay(n) for n in range(10)] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]
+    assert backoff.delay(10_000) == 300.0
+
+
+def test_unreadable_restart_records_are_skipped(tmp_path: Path) -> None:
+    book = RestartBook(tmp_path)
+    good = spec().uid
+    (tmp_path / f"{good}-restarts.json").write_text('{"restarts": 2, "lastReason": "Crashed"}')
+    (tmp_path / f"{spec().uid}-restarts.json").write_text("{not json")
+    (tmp_path / "..-restarts.json").write_text('{"restarts": 1, "lastReason": "x"}')
+    assert list(book.load_all()) == [good]
+    with pytest.raises(ValueError, match="not a Kubernetes UID"):
+        book.path("../../etc")
