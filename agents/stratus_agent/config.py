@@ -123,6 +123,39 @@ class ImagesConfig(_Section):
         description="Allowed schemes, hosts and ports, refused networks and ports; the "
         "agent's own listen port is always refused.",
     )
+    max_image_bytes: int = Field(
+        default=50 * 2**30,
+        gt=0,
+        description="Largest image a download may bring (50 GiB): refused from its "
+        "Content-Length, or as soon as more bytes arrive.",
+    )
+    min_free_bytes: int = Field(
+        default=2**30,
+        ge=0,
+        description="Bytes kept free on the image cache's filesystem (1 GiB), checked "
+        "before and during every download.",
+    )
+    connect_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Seconds a connection to an image server may take."
+    )
+    read_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a byte from an image server before the download fails "
+        "(and is retried): a hanging server cannot hold a download forever.",
+    )
+    cache_budget_bytes: int = Field(
+        default=100 * 2**30,
+        ge=0,
+        description="Bytes the cached images may take (100 GiB); beyond it, the least "
+        "recently used images no guest uses are evicted.",
+    )
+    eviction_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="An image used this recently is not evicted for the budget: a guest "
+        "being prepared may not have its root overlay on it yet.",
+    )
 
 
 class FakeComputeConfig(_Section):

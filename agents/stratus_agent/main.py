@@ -26,8 +26,21 @@ from stratus_agent.server import create_app
 log = logging.getLogger("stratus.agent")
 
 
-async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHub]:
-    """Drivers by configuration, connected and ready."""
+def image_cache(config: agent_config.AgentConfig) -> ImageCache:
+    """The node's image cache; never downloads from the agent's own port."""
+    return ImageCache(
+        config.state_dir / "images",
+        config.images,
+        guests=config.state_dir / "guests",
+        own_ports=(config.listen.port,),
+    )
+
+
+async def build(
+    config: agent_config.AgentConfig, images: ImageCache | None = None
+) -> tuple[GuestManager, EventHub]:
+    """Drivers by configuration, connected and ready. `images`: the image cache the API
+    serves too (DELETE /v1/images/{uid}); made here when not given."""
     hub = EventHub()
     compute: ComputeDriver
     provisioner: Provisioner
@@ -44,7 +57,7 @@ async def build(config: agent_config.AgentConfig) -> tuple[GuestManager, EventHu
         # Before the manager starts: a guest it restarts must not get a UID already taken.
         owners.adopt(await compute.owners())
         node = NodeProvisioner(
-            ImageCache(config.state_dir / "images"),
+            images if images is not None else image_cache(config),
             GuestFiles(config.state_dir / "guests"),
             OvsBridge(config.network.bridge, config.network.datapath_type, config.network.vsctl),
             virt_type="qemu",
@@ -117,9 +130,15 @@ def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:
 
 async def serve(config: agent_config.AgentConfig) -> None:
     token = config.read_token()
-    manager, hub = await build(config)
+    images = image_cache(config) if config.compute != "fake" else None
+    manager, hub = await build(config, images)
     app = create_app(
-        manager, hub, token=token, node=config.node_name, heartbeat=config.heartbeat_seconds
+        manager,
+        hub,
+        token=token,
+        node=config.node_name,
+        heartbeat=config.heartbeat_seconds,
+        images=images,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -123,6 +123,11 @@ class NodeProvisioner:
         await asyncio.to_thread(self.files.remove, uid)
         if self.owners is not None:
             self.owners.release(uid)
+        try:
+            await self.images.collect()  # released or over-budget images this guest held
+        except Exception as exc:
+            # The guest is gone; a cache that cannot be tidied now is tidied next time.
+            log.warning("guest %s: image cache collection failed: %s", uid, exc)
 
 
 class FakeProvisioner:

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from stratus_agent.events import EventHub
+from stratus_agent.images import ImageCache
 from stratus_agent.manager import GuestManager, StaleSpecError
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
@@ -29,6 +30,7 @@ HUB = web.AppKey("hub", EventHub)
 TOKEN = web.AppKey("token", str)
 NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
+IMAGES = web.AppKey("images", ImageCache)
 
 
 class AgentMetrics:
@@ -190,6 +192,19 @@ async def delete_guest(request: web.Request, uid: str) -> web.Response:
     return web.json_response({"deleted": deleted})
 
 
+async def delete_image(request: web.Request) -> web.Response:
+    """The Image is gone: evict its cached file now, or once no guest's root disk uses it.
+    A node without an image cache (fake compute) has nothing to evict."""
+    uid = request.match_info["uid"]
+    if not naming.is_uid(uid):
+        return _error(400, f"{uid!r} in the URL is not an image UID (a Kubernetes UID)")
+    images = request.app.get(IMAGES)
+    if images is None:
+        return web.json_response({"evicted": False, "inUse": False})
+    released = await images.release(uid)
+    return web.json_response({"evicted": released.evicted, "inUse": released.in_use})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON GuestEvents until the client goes away, with heartbeats.
 
@@ -223,19 +238,28 @@ def _now() -> datetime.datetime:
 
 
 def create_app(
-    manager: GuestManager, hub: EventHub, *, token: str, node: str, heartbeat: float = 10.0
+    manager: GuestManager,
+    hub: EventHub,
+    *,
+    token: str,
+    node: str,
+    heartbeat: float = 10.0,
+    images: ImageCache | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
     )
     app[MANAGER], app[HUB], app[TOKEN], app[NODE] = manager, hub, token, node
     app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
+    if images is not None:
+        app[IMAGES] = images
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
     app.router.add_get("/v1/guests/{uid}", get_guest)
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
+    app.router.add_delete("/v1/images/{uid}", delete_image)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -31,12 +31,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from stratus_agent import config as agent_config
 from stratus_agent import main as agent_main
 from stratus_agent.manager import GuestManager
 from stratus_agent.server import create_app
 from stratus_api import naming
+from stratus_api.sources import SourcePolicy
 from testsupport import AGENT_AUTH, AGENT_TOKEN, build_test_image, guest_spec
 
 LIBVIRT_URI = "qemu:///system"
@@ -335,12 +337,14 @@ class AgentUnderTest:
 
 @pytest.fixture
 async def start_agent(
-    libvirt_node: Node, created_guests: list[str]
+    libvirt_node: Node, created_guests: list[str], image_server: dict[str, Any]
 ) -> AsyncIterator[Callable[..., Awaitable[AgentUnderTest]]]:
     """Starts the agent as `stratus_agent.main` assembles it (LibvirtComputeDriver,
-    NodeProvisioner) over the node's state; more than one call simulates a restart. Keyword
-    arguments replace config sections (`recovery=`, `network=`). Every agent started is
-    stopped at the end; guests keep running, as with a real agent."""
+    NodeProvisioner, the image cache also behind the API) over the node's state; more than
+    one call simulates a restart. Keyword arguments replace config sections (`recovery=`,
+    `network=`). Every agent started is stopped at the end; guests keep
+    running, as with a real agent. The image server is on loopback, which the default
+    source policy refuses: its exact host:port is allowed, as the all-in-one does."""
     token_file = libvirt_node.root / "token"
     token_file.write_text(AGENT_TOKEN)
     token_file.chmod(0o600)
@@ -352,14 +356,23 @@ async def start_agent(
         # Served by aiohttp's TestServer on loopback below; the listen section is not used.
         listen=agent_config.ListenConfig(insecure=True),
         network=agent_config.NetworkConfig(bridge=libvirt_node.bridge, datapath_type="netdev"),
+        images=agent_config.ImagesConfig(
+            sources=SourcePolicy(allowed_endpoints=(URL(image_server["url"]).raw_authority,))
+        ),
     )
     running: list[AgentUnderTest] = []
 
     async def start(**sections: Any) -> AgentUnderTest:
         settings = config.model_copy(update=sections)
-        manager, hub = await agent_main.build(settings)
+        images = agent_main.image_cache(settings)
+        manager, hub = await agent_main.build(settings, images)
         app = create_app(
-            manager, hub, token=settings.read_token(), node=settings.node_name, heartbeat=1.0
+            manager,
+            hub,
+            token=settings.read_token(),
+            node=settings.node_name,
+            heartbeat=1.0,
+            images=images,
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
