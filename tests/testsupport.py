@@ -121,3 +121,60 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, poll: f
             return result
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# -- the operator against a real API server (tests/cluster) --
+
+
+def apply(cluster: Cluster, namespace: str, *objects: dict[str, Any]) -> None:
+    docs = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(docs))
+
+
+def instance(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
+                            "networks": [{"name": "net"}]}  # fmt: skip
+    body.update(spec)
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Instance",
+            "metadata": {"name": name}, "spec": body}  # fmt: skip
+
+
+def basics(image_url: str) -> list[dict[str, Any]]:
+    """The Network `net` and the Image `img` that `instance()` refers to."""
+    return [
+        {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": "net"},
+         "spec": {"subnets": [{"cidr": "10.30.0.0/24", "gateway": "10.30.0.1"}]}},
+        {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "img"},
+         "spec": {"source": {"http": {"url": image_url}}}},
+    ]  # fmt: skip
+
+
+def statuses(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    items = cluster.get_json("instances", "-n", namespace)["items"]
+    return {i["metadata"]["name"]: i.get("status", {}) for i in items}
+
+
+def ready_reason(status: dict[str, Any]) -> str | None:
+    return next((c["reason"] for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def qcow2_naming_data_file(path: Path, data_file: str) -> Path:
+    """A qcow2 whose header names `data_file` as its raw external data file, made without
+    qemu-img touching that file: `qemu-img create -o data_file=X` creates and truncates X,
+    which for /etc/passwd wipes the machine's users. A decoy name of the same length is
+    written first, then replaced in the header."""
+    decoy = "d" * len(data_file)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={decoy},data_file_raw=on",
+         path.name, "1M"],
+        cwd=path.parent, check=True,
+    )  # fmt: skip
+    (path.parent / decoy).unlink()
+    raw = path.read_bytes()
+    at = raw.index(decoy.encode(), 72)
+    path.write_bytes(raw[:at] + data_file.encode() + raw[at + len(decoy) :])
+    return path

@@ -241,6 +241,18 @@ class AgentClient:
             raise AgentError(self.endpoint.url, what, 'reply has no boolean "deleted"')
         return deleted
 
+    async def evict_image(self, uid: str) -> bool:
+        """Drop the Image from the node's cache now, or as soon as no guest uses it; True if
+        it was removed at once."""
+        what, raw = await self._call("DELETE", "/v1/images/" + quote(uid, safe=""))
+        try:
+            evicted = json.loads(raw).get("evicted")
+        except (ValueError, AttributeError):
+            evicted = None
+        if not isinstance(evicted, bool):
+            raise AgentError(self.endpoint.url, what, 'reply has no boolean "evicted"')
+        return evicted
+
     async def events(self, idle_timeout: float | None = None) -> AsyncIterator[guest.GuestEvent]:
         """Every line of one event stream, heartbeats included, until the agent ends it.
 

@@ -8,7 +8,7 @@ from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
 from stratus_operator import instances
 from stratus_operator.agent_client import AgentError, AgentUnauthorized
-from stratus_operator.controllers import conditions
+from stratus_operator.controllers import conditions, placement
 from stratus_operator.controllers.instance import READY
 from stratus_operator.runtime import AgentNotConfigured, Runtime
 from stratus_operator.world import World
@@ -22,9 +22,9 @@ async def health(
     status = hypervisor.status or HypervisorStatus()
     name = hypervisor.metadata.name or ""
     generation = hypervisor.metadata.generation
-    cpu, memory = instances.allocated(name, world, runtime)
+    used = instances.usage(world, runtime).get(name, placement.Usage())
     status = status.model_copy(
-        update={"allocated": Resources(cpu=cpu, memory=ByteQuantity(memory)),
+        update={"allocated": Resources(cpu=used.cpu, memory=ByteQuantity(used.memory_bytes)),
                 "observed_generation": generation}
     )  # fmt: skip
     try:
@@ -39,11 +39,14 @@ async def health(
     else:
         capacity = Resources(cpu=inventory.cpu, memory=ByteQuantity(inventory.memory_bytes))
         virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
+        reported = status.model_copy(update={"capacity": capacity})
+        free = placement.allocatable(hypervisor.model_copy(update={"status": reported}))
+        allocatable = Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes))
         return status.model_copy(
             update={
                 "virt_type": virt,
                 "capacity": capacity,
-                "allocatable": capacity,
+                "allocatable": allocatable,
                 "heartbeat": conditions.now(),
                 "conditions": conditions.set_condition(
                     status.conditions, READY, True, "AgentReady",

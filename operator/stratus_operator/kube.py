@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -42,6 +43,28 @@ class Kube:
             return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
         return await asyncio.to_thread(read)
+
+    async def post_event(
+        self, involved: dict[str, str], type_: str, reason: str, message: str
+    ) -> None:
+        """Record a core/v1 Event on an object (cluster-scoped ones in `default`), as
+        `kubectl describe` and `kubectl get events` show them."""
+        namespace = involved.get("namespace") or "default"
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{involved['name']}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(**involved),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component="stratus-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            reporting_component="stratus.io/operator",
+            reporting_instance="stratus-operator",
+        )
+        await asyncio.to_thread(self._core.create_namespaced_event, namespace, event)
 
     async def list_objects(self, plural: str) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.agent_client import AgentClient, AgentEndpoint
+from stratus_operator.controllers.placement import Usage
+from stratus_operator.events import EventRecorder
 from stratus_operator.kube import Kube
 from stratus_operator.settings import OperatorSettings
 
@@ -24,9 +26,7 @@ class Claims:
     """Placements and addresses handed out but maybe not yet visible in the watched
     Instances. The watched state is the truth; claims only cover the gap until it shows."""
 
-    placements: dict[str, tuple[str, int, int]] = field(
-        default_factory=dict
-    )  # uid → node, cpu, mem
+    placements: dict[str, tuple[str, Usage]] = field(default_factory=dict)  # uid → node, size
     addresses: dict[str, dict[str, tuple[str, str]]] = field(
         default_factory=dict
     )  # net → uid → (ip, mac)
@@ -99,3 +99,7 @@ class Runtime:
     kube: Kube
     agents: AgentPool
     claims: Claims = field(default_factory=Claims)
+    events: EventRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventRecorder(self.kube)

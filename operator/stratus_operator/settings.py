@@ -28,6 +28,20 @@ class SchedulingSettings:
 
 
 @dataclass(frozen=True)
+class RetrySettings:
+    # Seconds before the first retry of something that can heal (agent unreachable, a
+    # dependency not there yet); doubled per attempt up to `max_seconds`.
+    initial_seconds: float = 2.0
+    max_seconds: float = 300.0
+    # Seconds between looks at a problem that needs the user but may be fixed outside the
+    # object (a Secret too large): cheap, so a fix is picked up without touching the object.
+    stalled_seconds: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.initial_seconds * 2 ** min(attempt, 20), self.max_seconds))
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     # Where Image sources may point; the operator checks a URL before probing it, and the
     # agents check it again, with their own policy, before every connection they make.
@@ -41,5 +55,6 @@ class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     images: ImageSettings = field(default_factory=ImageSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()

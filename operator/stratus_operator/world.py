@@ -20,6 +20,11 @@ class World:
     images: Callable[[], Iterable[Image]]
     networks: Callable[[], Iterable[Network]]
     instances: Callable[[], Iterable[Instance]]
+    # Whether any Instance has this UID, also one whose spec the models refuse; None: look
+    # among the parsed ones (tests).
+    instance_exists: Callable[[str], bool] | None = None
+    # The parsed Instance of a UID in O(1); None: scan (tests).
+    instance_by_uid: Callable[[str], Instance | None] | None = None
 
     def hypervisor(self, name: str) -> Hypervisor | None:
         return next((h for h in self.hypervisors() if h.metadata.name == name), None)
@@ -34,7 +39,14 @@ class World:
         return next((n for n in self.networks() if _key(n) == key), None)
 
     def instance(self, uid: str) -> Instance | None:
+        if self.instance_by_uid is not None:
+            return self.instance_by_uid(uid)
         return next((i for i in self.instances() if i.metadata.uid == uid), None)
+
+    def has_instance(self, uid: str) -> bool:
+        if self.instance_exists is not None:
+            return self.instance_exists(uid)
+        return self.instance(uid) is not None
 
 
 def _key(obj: Image | Network) -> Key:

@@ -8,15 +8,29 @@ applied to it either way. Each test gets a namespace of its own.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stratus_devcloud import controlplane
+from stratus_devcloud.controlplane import free_port
 from testsupport import REPO_ROOT, Cluster
+
+STRATUS = [sys.executable, "-m", "stratus_cli"]
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +58,201 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class FakeAgent:
+    name: str
+    url: str
+    token: str
+    config: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [*STRATUS, "agent", "--config", str(self.config)],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", "/healthz")
+                return
+            except OSError:
+                assert self.process.poll() is None, self.log.read_text()
+                time.sleep(0.1)
+        raise AssertionError(f"agent did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return json.loads(response.read())
+
+    def guest_uids(self) -> set[str]:
+        return {g["uid"] for g in self.request("GET", "/v1/guests")["guests"]}
+
+
+StartFakeAgent = Callable[..., FakeAgent]
+
+
+@pytest.fixture
+def start_fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[StartFakeAgent]:
+    """Start agents on the fake compute driver, each registered as a Hypervisor labelled
+    stratus.io/test=NAME; `spec` is merged into its Hypervisor spec."""
+    started: list[FakeAgent] = []
+
+    def start(cpu: int = 1024, **spec: Any) -> FakeAgent:
+        agent = _fake_agent(cluster, tmp_path / f"agent-{len(started)}", cpu, spec)
+        started.append(agent)
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            cluster.kubectl("delete", "hypervisor", agent.name, "--wait=false", check=False)
+            cluster.kubectl("-n", "stratus-system", "delete", "secret", f"agent-{agent.name}",
+                            check=False)  # fmt: skip
+            agent.stop()
+
+
+@pytest.fixture
+def fake_agent(start_fake_agent: StartFakeAgent) -> FakeAgent:
+    return start_fake_agent()
+
+
+def _fake_agent(cluster: Cluster, tmp_path: Path, cpu: int, spec: dict[str, Any]) -> FakeAgent:
+    tmp_path.mkdir(parents=True)
+    name = f"fake-{uuid.uuid4().hex[:8]}"
+    token = secrets.token_urlsafe(24)
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    port = free_port()
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"node_name: {name}\ntoken_file: {token_file}\nstate_dir: {tmp_path / 'state'}\n"
+        f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
+        f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}}}\n"
+    )
+    agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
+    agent.start()
+    cluster.kubectl("create", "namespace", "stratus-system", check=False)
+    cluster.kubectl(
+        "-n", "stratus-system", "create", "secret", "generic", f"agent-{name}",
+        f"--from-file=token={token_file}",
+    )  # fmt: skip
+    hypervisor = {
+        "apiVersion": "stratus.io/v1alpha1",
+        "kind": "Hypervisor",
+        "metadata": {"name": name, "labels": {"stratus.io/test": name}},
+        "spec": {
+            "endpoint": agent.url,
+            "tokenSecretRef": {"namespace": "stratus-system", "name": f"agent-{name}"},
+            **spec,
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(hypervisor))
+    return agent
+
+
+@dataclass
+class Operator:
+    log: Path
+    args: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class ImageServer(http.server.ThreadingHTTPServer):
+    """Answers HEAD and GET for any path with a few bytes: enough for an Image to be Ready
+    on the operator's probe (fake agents download nothing)."""
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def url(self, path: str = "img.qcow2") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    body = b"not really a disk"
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.do_HEAD()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    server = ImageServer(("127.0.0.1", 0), _ImageHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, namespace: str, tmp_path: Path, image_server: ImageServer
+) -> Iterator[Operator]:
+    # The test image server is on loopback, which the source policy refuses unless allowed.
+    running = Operator(
+        tmp_path / "operator.log",
+        [
+            *STRATUS,
+            "operator",
+            "--namespace",
+            namespace,
+            "--allow-image-endpoint",
+            f"127.0.0.1:{image_server.port}",
+        ],
+        {**cluster.env, "PYTHONUNBUFFERED": "1"},
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        # Leave nothing behind: the namespace goes, so Instances must lose their finalizer.
+        for kind in ("instances", "images", "networks"):
+            cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
+                            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip

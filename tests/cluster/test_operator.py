@@ -4,189 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
+from conftest import FakeAgent, ImageServer, Operator
 
-from stratus_devcloud.controlplane import free_port
-from testsupport import REPO_ROOT, Cluster, wait_until
-
-STRATUS = [sys.executable, "-m", "stratus_cli"]
-
-
-@dataclass
-class FakeAgent:
-    name: str
-    url: str
-    token: str
-    config: Path
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [*STRATUS, "agent", "--config", str(self.config)],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.request("GET", "/healthz")
-                return
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text()
-                time.sleep(0.1)
-        raise AssertionError(f"agent did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return json.loads(response.read())
-
-    def guest_uids(self) -> set[str]:
-        return {g["uid"] for g in self.request("GET", "/v1/guests")["guests"]}
-
-
-@pytest.fixture
-def fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[FakeAgent]:
-    name = f"fake-{uuid.uuid4().hex[:8]}"
-    token = secrets.token_urlsafe(24)
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    port = free_port()
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        f"node_name: {name}\ntoken_file: {token_file}\nstate_dir: {tmp_path / 'state'}\n"
-        f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
-        "heartbeat_seconds: 2\n"
-    )
-    agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
-    agent.start()
-    cluster.kubectl("create", "namespace", "stratus-system", check=False)
-    cluster.kubectl(
-        "-n", "stratus-system", "create", "secret", "generic", f"agent-{name}",
-        f"--from-file=token={token_file}",
-    )  # fmt: skip
-    hypervisor = {
-        "apiVersion": "stratus.io/v1alpha1",
-        "kind": "Hypervisor",
-        "metadata": {"name": name, "labels": {"stratus.io/test": name}},
-        "spec": {
-            "endpoint": agent.url,
-            "tokenSecretRef": {"namespace": "stratus-system", "name": f"agent-{name}"},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(hypervisor))
-    try:
-        yield agent
-    finally:
-        cluster.kubectl("delete", "hypervisor", name, "--wait=false", check=False)
-        cluster.kubectl("-n", "stratus-system", "delete", "secret", f"agent-{name}", check=False)
-        agent.stop()
-
-
-@dataclass
-class Operator:
-    log: Path
-    args: list[str]
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.args, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture
-def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    running = Operator(
-        tmp_path / "operator.log",
-        [*STRATUS, "operator", "--namespace", namespace],
-        {**cluster.env, "PYTHONUNBUFFERED": "1"},
-    )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-        # Leave nothing behind: the namespace goes, so Instances must lose their finalizer.
-        for kind in ("instances", "images", "networks"):
-            cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
-                            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
-
-
-def apply(cluster: Cluster, namespace: str, *objects: dict[str, Any]) -> None:
-    docs = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(docs))
-
-
-def instance(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
-                            "networks": [{"name": "net"}]}  # fmt: skip
-    body.update(spec)
-    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Instance",
-            "metadata": {"name": name}, "spec": body}  # fmt: skip
-
-
-BASICS = [
-    {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": "net"},
-     "spec": {"subnets": [{"cidr": "10.30.0.0/24", "gateway": "10.30.0.1"}]}},
-    {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "img"},
-     "spec": {"source": {"http": {"url": "http://127.0.0.1:9/img.qcow2"}}}},
-]  # fmt: skip
-
-
-def statuses(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
-    items = cluster.get_json("instances", "-n", namespace)["items"]
-    return {i["metadata"]["name"]: i.get("status", {}) for i in items}
-
-
-def ready_reason(status: dict[str, Any]) -> str | None:
-    return next((c["reason"] for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+from testsupport import Cluster, apply, basics, instance, ready_reason, statuses, wait_until
 
 
 def test_instance_runs_and_is_deleted_from_its_node(
-    cluster: Cluster, namespace: str, fake_agent: FakeAgent, operator: Operator
+    cluster: Cluster,
+    namespace: str,
+    fake_agent: FakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
 ) -> None:
     apply(
         cluster,
         namespace,
-        *BASICS,
+        *basics(image_server.url()),
         instance("web", nodeSelector={"stratus.io/test": fake_agent.name}),
     )
     cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/web",
@@ -208,11 +44,15 @@ def test_instance_runs_and_is_deleted_from_its_node(
 
 
 def test_problems_are_reported_on_the_named_field(
-    cluster: Cluster, namespace: str, fake_agent: FakeAgent, operator: Operator
+    cluster: Cluster,
+    namespace: str,
+    fake_agent: FakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
 ) -> None:
     selector = {"stratus.io/test": fake_agent.name}
     apply(
-        cluster, namespace, *BASICS,
+        cluster, namespace, *basics(image_server.url()),
         instance(
             "no-type", cpu=None, memory=None, instanceType="missing-type", nodeSelector=selector
         ),
@@ -251,11 +91,15 @@ def test_problems_are_reported_on_the_named_field(
 
 
 def test_many_instances_restarts_and_resync(
-    cluster: Cluster, namespace: str, fake_agent: FakeAgent, operator: Operator
+    cluster: Cluster,
+    namespace: str,
+    fake_agent: FakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
 ) -> None:
     count = int(os.environ.get("STRATUS_TEST_INSTANCES", "100"))
     selector = {"stratus.io/test": fake_agent.name}
-    apply(cluster, namespace, *BASICS,
+    apply(cluster, namespace, *basics(image_server.url()),
           *(instance(f"vm-{i:03d}", nodeSelector=selector) for i in range(count)))  # fmt: skip
 
     # Kill the operator while it is provisioning, start it again: no guest twice.

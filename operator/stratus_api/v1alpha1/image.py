@@ -45,28 +45,25 @@ URL_HOST_STEPS = (r"^https?://[^/?#]*", r"[^@/]*$", r"^(\[[^\]]*\]|[^:]*)", r"[^
 HOST_NAME_PATTERN = r"^([A-Za-z0-9_-]+[.])*[A-Za-z][A-Za-z0-9_-]*[.]?$"
 _HOST_NAME_RE = re.compile(HOST_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 
-# Image sources admission refuses whatever the cloud's source policy says: the node itself
-# (loopback, "this network"), link-local (cloud metadata at 169.254.169.254) and multicast.
-# Each lies inside stratus_api.sources.DEFAULT_REFUSED_NETWORKS, which agents and the
-# operator also apply to the addresses host names resolve to (admission cannot resolve).
+# Image sources admission refuses whatever the cloud's source policy says: "this network",
+# link-local (cloud metadata at 169.254.169.254) and multicast. Loopback is left to the
+# source policy (stratus_api.sources), which refuses it by default but can open one
+# endpoint, as the all-in-one does for its own image server; admission cannot be configured.
+# Each lies inside sources.DEFAULT_REFUSED_NETWORKS, which agents and the operator also
+# apply to the addresses host names resolve to (admission cannot resolve).
 REFUSED_SOURCE_NETWORKS = (
     "0.0.0.0/8",
-    "127.0.0.0/8",
     "169.254.0.0/16",
     "224.0.0.0/4",
     "::/128",
-    "::1/128",
     "fe80::/10",
     "ff00::/8",
 )
-LOCALHOST_NAMES = ("localhost", "localhost.")
 URL_HOST_FORM_MESSAGE = (
     "url host must be a DNS name, a dotted-decimal IPv4 address or a bracketed IPv6 "
     "address (not IPv4-mapped)"
 )
-URL_HOST_REFUSED_MESSAGE = (
-    "url must not point at localhost or a loopback, link-local, unspecified or multicast address"
-)
+URL_HOST_REFUSED_MESSAGE = "url must not point at a link-local, unspecified or multicast address"
 
 _HOST = "self" + "".join(f".find(r'{step}')" for step in URL_HOST_STEPS)
 URL_HOST_RULES = (
@@ -77,10 +74,8 @@ URL_HOST_RULES = (
         URL_HOST_FORM_MESSAGE,
     ),
     Rule(
-        f"[{_HOST}].all(h, !((isIP(h) && {list(REFUSED_SOURCE_NETWORKS)!r}"
-        ".exists(n, cidr(n).containsIP(h))) || h.lowerAscii() in "
-        f"{list(LOCALHOST_NAMES)!r} || h.lowerAscii().endsWith('.localhost') || "
-        "h.lowerAscii().endsWith('.localhost.')))",
+        f"[{_HOST}].all(h, !(isIP(h) && {list(REFUSED_SOURCE_NETWORKS)!r}"
+        ".exists(n, cidr(n).containsIP(h))))",
         URL_HOST_REFUSED_MESSAGE,
     ),
 )
@@ -110,12 +105,7 @@ def check_source_url(url: str) -> str:
             raise ValueError(URL_HOST_FORM_MESSAGE)
     elif address is None and not _HOST_NAME_RE.fullmatch(host):
         raise ValueError(URL_HOST_FORM_MESSAGE)
-    lower = host.lower()
-    if (
-        (address is not None and any(address in network for network in _REFUSED))
-        or lower in LOCALHOST_NAMES
-        or lower.endswith((".localhost", ".localhost."))
-    ):
+    if address is not None and any(address in network for network in _REFUSED):
         raise ValueError(URL_HOST_REFUSED_MESSAGE)
     return url
 
@@ -146,9 +136,9 @@ class HttpSource(ApiModel):
 
     url: SourceUrl = Field(
         description="http:// or https:// address of the image file. user:password@ is "
-        "allowed (status and events show it redacted). The host may not be localhost or a "
-        "loopback, link-local, unspecified or multicast address; nodes also refuse names "
-        "that resolve to those, unless the cloud's image source policy allows the endpoint.",
+        "allowed (status and events show it redacted). The host may not be a link-local, "
+        "unspecified or multicast address; the cloud's image source policy also refuses "
+        "loopback and names resolving to refused addresses, unless it allows the endpoint.",
     )
     sha256: str | None = Field(
         default=None,

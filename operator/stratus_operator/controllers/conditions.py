@@ -49,3 +49,40 @@ def condition(conditions: list[Condition], type_: str) -> Condition | None:
 def is_true(conditions: list[Condition], type_: str) -> bool:
     found = condition(conditions, type_)
     return found is not None and found.status is ConditionStatus.TRUE
+
+
+# kstatus: Reconciling says work is under way (or being retried), Stalled that it cannot
+# go on without the user. Both are "abnormal-true": False when the object is settled.
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+
+def with_progress(
+    conditions: list[Condition],
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    reconciling: bool = False,
+    stalled: bool = False,
+) -> list[Condition]:
+    """Ready, Reconciling and Stalled set together, so they never contradict each other."""
+    out = set_condition(conditions, READY, ready, reason, message, generation)
+    out = set_condition(
+        out,
+        RECONCILING,
+        reconciling,
+        reason if reconciling else "Settled",
+        message if reconciling else "",
+        generation,
+    )
+    return set_condition(
+        out,
+        STALLED,
+        stalled,
+        reason if stalled else "Progressing" if reconciling else "Settled",
+        message if stalled else "",
+        generation,
+    )

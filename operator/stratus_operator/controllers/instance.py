@@ -16,6 +16,7 @@ from stratus_api.guest import (
     Nic,
     PowerState,
 )
+from stratus_api.reasons import is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
@@ -23,21 +24,31 @@ from stratus_api.v1alpha1.network import NetworkType
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.ipam import Allocation
 
-READY = "Ready"
+READY = conditions.READY
 SCHEDULED = "Scheduled"
 OVERLAY_MTU = 1450  # room for the VXLAN header on a 1500-byte underlay
 
 
 class InstanceProblem(Exception):
     """Something stops the Instance from progressing; `reason` and `message` go into its Ready
-    condition, `field` names what to fix. `retry` says whether waiting can help (a missing
-    dependency may appear) or only a change to the Instance can."""
+    condition, `field` names what to fix. `retry` says whether trying again can help (a
+    missing dependency may appear); `stalled` whether it is the user's move (Stalled rather
+    than Reconciling), by default when retrying cannot help."""
 
-    def __init__(self, reason: str, message: str, *, field: str = "", retry: bool = True) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        field: str = "",
+        retry: bool = True,
+        stalled: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.field = field
         self.retry = retry
+        self.needs_user = (not retry) if stalled is None else stalled
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
         detail = failed.message if failed else "the Image failed"
         raise InstanceProblem(
             "ImageFailed", f"spec.boot.image: Image {name} failed: {detail}",
-            field="spec.boot.image",
+            field="spec.boot.image", retry=False,
         )  # fmt: skip
     min_memory = image.spec.min_memory
     if min_memory is not None and size.memory_bytes < min_memory.bytes:
@@ -92,6 +103,13 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
             field="spec.boot.diskSize",
             retry=False,
         )
+    if status is None or status.phase is not ImagePhase.READY:
+        # Never dispatch on an Image nobody has checked: its source may be refused yet.
+        phase = status.phase if status is not None else ImagePhase.PENDING
+        raise InstanceProblem(
+            "ImageNotReady", f"spec.boot.image: Image {name} is {phase}, not Ready yet",
+            field="spec.boot.image",
+        )  # fmt: skip
     return image
 
 
@@ -160,28 +178,64 @@ _PHASES = {
 }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What a guest report means for the Instance's conditions."""
+
+    phase: InstancePhase
+    ready: bool
+    reason: str
+    message: str
+    reconciling: bool = False
+    stalled: bool = False
+
+
+def progress_of(guest: GuestStatus, node: str | None, wanted_running: bool) -> Progress:
+    state = guest.state
+    if state is GuestState.RUNNING:
+        return Progress(InstancePhase.RUNNING, True, "GuestRunning", f"running on {node}")
+    if state is GuestState.PAUSED:
+        return Progress(InstancePhase.RUNNING, False, "GuestPaused", "the guest is paused")
+    if state in (GuestState.STOPPED, GuestState.CRASHED) and wanted_running:
+        what = "crashed" if state is GuestState.CRASHED else "stopped"
+        return Progress(
+            _PHASES[state], False, "GuestRestarting",
+            f"the guest {what}; the node starts it again (runStrategy Always)", reconciling=True,
+        )  # fmt: skip
+    if state is GuestState.STOPPED:
+        return Progress(InstancePhase.STOPPED, False, "GuestStopped", "the guest is shut off")
+    if state is GuestState.CRASHED:
+        return Progress(InstancePhase.FAILED, False, "GuestCrashed", "the guest crashed")
+    if state is GuestState.FAILED:
+        reason, message = guest.reason or "GuestFailed", guest.message or "the guest failed"
+        if is_transient(reason):
+            return Progress(
+                InstancePhase.PROVISIONING, False, reason,
+                f"{message} (the node retries with backoff)", reconciling=True,
+            )  # fmt: skip
+        return Progress(InstancePhase.FAILED, False, reason, message, stalled=True)
+    return Progress(
+        InstancePhase.PROVISIONING, False, "Provisioning", f"being prepared on {node}",
+        reconciling=True,
+    )  # fmt: skip
+
+
 def with_guest_status(
-    status: InstanceStatus, guest: GuestStatus, generation: int
+    status: InstanceStatus, guest: GuestStatus, generation: int, wanted_running: bool
 ) -> InstanceStatus:
     """The Instance status after the agent reported `guest`."""
-    ready = guest.state is GuestState.RUNNING
-    if ready:
-        reason, message = "GuestRunning", f"running on {status.node}"
-    elif guest.state is GuestState.STOPPED:
-        reason, message = "GuestStopped", "the guest is shut off"
-    elif guest.state is GuestState.CRASHED:
-        reason, message = "GuestCrashed", "the guest crashed"
-    elif guest.state is GuestState.FAILED:
-        reason, message = guest.reason or "GuestFailed", guest.message or "the guest failed"
-    else:
-        reason, message = "Provisioning", f"being prepared on {status.node}"
+    progress = progress_of(guest, status.node, wanted_running)
     applied = guest.generation if guest.generation is not None else status.observed_generation
-    return status.model_copy(
-        update={
-            "phase": _PHASES[guest.state],
-            "observed_generation": applied,
-            "conditions": conditions.set_condition(
-                status.conditions, READY, ready, reason, message, applied or generation
-            ),
-        }
-    )
+    update: dict[str, object] = {
+        "phase": progress.phase,
+        "observed_generation": applied,
+        "conditions": conditions.with_progress(
+            status.conditions, ready=progress.ready, reason=progress.reason,
+            message=progress.message, generation=applied or generation,
+            reconciling=progress.reconciling, stalled=progress.stalled,
+        ),
+    }  # fmt: skip
+    if guest.restarts or status.restarts:
+        update["restarts"] = max(guest.restarts, status.restarts or 0)
+        update["last_restart_reason"] = guest.last_restart_reason or status.last_restart_reason
+    return status.model_copy(update=update)

@@ -70,6 +70,19 @@ def allocate(spec: NetworkSpec, used: set[str], fixed: str | None, field: str) -
     raise IpamError(field, f"no free address left in {subnet.cidr}")
 
 
+def check_mac(mac: str, used: set[str], field: str) -> str:
+    """A fixed MAC, refused as a fixed IP is: when another NIC of the network has it, or it
+    cannot be a NIC's (all zeros, multicast)."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    if not any(octets):
+        raise IpamError(field, f"{mac} is not a usable MAC address (all zeros)")
+    if octets[0] & 1:
+        raise IpamError(field, f"{mac} is a multicast MAC address")
+    if mac in used:
+        raise IpamError(field, f"{mac} is already in use on this network")
+    return mac
+
+
 def mac_for(uid: str, index: int, used: set[str]) -> str:
     """A MAC derived from the Instance UID, so a retry picks the same one; re-derived on the
     rare collision with one in use."""

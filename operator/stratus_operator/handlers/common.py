@@ -26,14 +26,22 @@ def _values(index: kopf.Index[Any, T]) -> Iterable[T]:
         yield from store
 
 
+def _first(index: kopf.Index[Any, T], key: Any) -> T | None:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
 def world(kwargs: dict[str, Any]) -> World:
     """The World over the live indexes kopf passes to every handler (see indexes.py)."""
+    instances, uids = kwargs["stratus_instances"], kwargs["stratus_instance_uids"]
     return World(
         hypervisors=lambda: _values(kwargs["stratus_hypervisors"]),
         instance_types=lambda: _values(kwargs["stratus_instance_types"]),
         images=lambda: _values(kwargs["stratus_images"]),
         networks=lambda: _values(kwargs["stratus_networks"]),
-        instances=lambda: _values(kwargs["stratus_instances"]),
+        instances=lambda: _values(instances),
+        instance_exists=lambda uid: uid in uids,
+        instance_by_uid=lambda uid: _first(instances, uid),
     )
 
 

@@ -11,10 +11,8 @@ import kopf
 
 from stratus_api.guest import GuestEvent
 from stratus_api.v1alpha1 import Hypervisor, Instance
-from stratus_operator import hypervisors, instances
-from stratus_operator.agent_client import AgentError, watch_events
-from stratus_operator.controllers.instance import InstanceProblem
-from stratus_operator.controllers.scheduler import Unschedulable
+from stratus_operator import events, hypervisors, instances
+from stratus_operator.agent_client import watch_events
 from stratus_operator.handlers.common import HYPERVISORS, runtime, world
 from stratus_operator.runtime import AgentNotConfigured, Runtime
 from stratus_operator.settings import AgentSettings
@@ -32,6 +30,10 @@ async def check_health(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw
     rt, view = runtime(memo), world(kwargs)
     status, inventory = await hypervisors.health(hypervisor, view, rt)
     patch.status.update(status.to_wire())
+    before = hypervisor.status.conditions if hypervisor.status else []
+    ref = events.involved("Hypervisor", None, hypervisor.metadata.name or "",
+                          hypervisor.metadata.uid or "")  # fmt: skip
+    await rt.events.transition(ref, before, status.conditions)
     if inventory is not None and not hypervisor.metadata.deletion_timestamp:
         name = hypervisor.metadata.name or ""
         client = await rt.agents.client(hypervisor)
@@ -88,12 +90,13 @@ async def _redispatch(instance: Instance, view: World, rt: Runtime) -> None:
         return
     try:
         change = await instances.reconcile(instance, view, rt)
-    except InstanceProblem as problem:
-        change = instances.with_problem(problem)
-    except (Unschedulable, AgentError, AgentNotConfigured) as exc:
-        log.warning("instance %s: dispatch after resync failed: %s", instance.metadata.name, exc)
-        return
-    await instances.write_status(instance, rt, change)
+    except Exception as exc:
+        failure = instances.failed(exc)
+        if failure is None:
+            log.exception("instance %s: dispatch after resync failed", instance.metadata.name)
+            return
+        change = failure
+    await instances.write_status(instances.InstanceRef.of(instance), rt, change)
 
 
 async def _set_when_stopped(stopped: kopf.DaemonStopped, stop: asyncio.Event) -> None:

@@ -25,7 +25,10 @@ def _parsed(model: type[Resource], body: kopf.Body) -> dict[str, Any]:
     try:
         obj = model.model_validate(dict(body))
     except ValidationError as exc:  # the CRD schema should make this impossible
-        log.warning("skipping invalid %s %s: %s", model.crd.kind, body.get("metadata"), exc)
+        meta = body.get("metadata") or {}
+        where = f"{meta.get('namespace') or ''}/{meta.get('name')}".lstrip("/")
+        log.warning("%s %s cannot be read (%d problems); left out", model.crd.kind, where,
+                    exc.error_count())  # fmt: skip
         return {}
     return {obj.metadata.uid or "": obj}
 
@@ -53,3 +56,10 @@ def stratus_networks(body: kopf.Body, **_: Any) -> dict[str, Any]:
 @kopf.index(*INSTANCES)
 def stratus_instances(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return _parsed(Instance, body)
+
+
+@kopf.index(*INSTANCES)
+def stratus_instance_uids(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """Every Instance's UID, parsed or not: a guest whose Instance exists is never garbage,
+    even when its spec is one the models refuse."""
+    return {body.metadata.uid: True}

@@ -5,47 +5,49 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from stratus_api.v1alpha1 import Instance
+from stratus_api.validation import problems_of
 from stratus_operator import instances
 from stratus_operator.agent_client import AgentError
-from stratus_operator.controllers.instance import InstanceProblem
-from stratus_operator.controllers.scheduler import Unschedulable
+from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import INSTANCES, runtime, world
 from stratus_operator.runtime import AgentNotConfigured
-
-AGENT_RETRY_SECONDS = 10.0
-DEPENDENCY_RETRY_SECONDS = 15.0
 
 
 @kopf.on.resume(*INSTANCES)
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES, field="spec")
-async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     # Status is written through instances.write_status (read, change, write at that
     # version), never kopf's patch: agent reports write it too, concurrently.
-    instance = Instance.model_validate(dict(body))
-    rt = runtime(memo)
+    rt, ref = runtime(memo), instances.InstanceRef.of_body(body)
+    try:
+        instance = Instance.model_validate(dict(body))
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        await instances.write_status(ref, rt, instances.invalid(problems))
+        raise kopf.PermanentError("; ".join(str(p) for p in problems)) from None
     try:
         change = await instances.reconcile(instance, world(kwargs), rt)
-    except InstanceProblem as problem:
-        await instances.write_status(instance, rt, instances.with_problem(problem))
-        if problem.retry:
-            raise kopf.TemporaryError(str(problem), delay=DEPENDENCY_RETRY_SECONDS) from None
-        raise kopf.PermanentError(str(problem)) from None
-    except Unschedulable as exc:
-        await instances.write_status(instance, rt, instances.unschedulable(str(exc)))
-        raise kopf.TemporaryError(str(exc), delay=rt.settings.scheduling.retry_seconds) from None
-    except (AgentError, AgentNotConfigured) as exc:
-        raise kopf.TemporaryError(str(exc), delay=AGENT_RETRY_SECONDS) from None
-    await instances.write_status(instance, rt, change)
+    except Exception as exc:
+        failure = instances.failed(exc)
+        if failure is None:
+            raise
+        await instances.write_status(ref, rt, failure)
+        raise errors.intent(exc, retry, rt.settings) from None
+    await instances.write_status(ref, rt, change)
 
 
 @kopf.on.delete(*INSTANCES)
-async def delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    instance = Instance.model_validate(dict(body))
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
+    # Only the UID and the node are needed: an Instance whose spec cannot be read is
+    # deleted like any other.
+    rt = runtime(memo)
+    node = (body.get("status") or {}).get("node")
     try:
-        await instances.remove(instance, world(kwargs), runtime(memo))
+        await instances.remove(body.metadata.uid or "", node, world(kwargs), rt)
     except (AgentError, AgentNotConfigured) as exc:
         # The finalizer holds the Instance until its node confirms the guest is gone.
-        raise kopf.TemporaryError(str(exc), delay=AGENT_RETRY_SECONDS) from None
+        raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None

@@ -25,6 +25,7 @@ from stratus_agent.images import ImageCache
 from stratus_api.guest import ImageRef
 from stratus_api.sources import SourcePolicy
 from stratus_api.v1alpha1.image import DiskFormat
+from testsupport import qcow2_naming_data_file
 
 PASSWD_LINE = "root:x:0:0"  # /etc/passwd's first line: must never show in a message
 
@@ -57,8 +58,7 @@ def served(tmp_path: Path) -> dict[str, bytes]:
             "backed.qcow2": backed.read_bytes()}  # fmt: skip
     # Another tenant's file as an external data file: a read of the guest disk would be a
     # read of /etc/passwd (data_file_raw: the same bytes at the same offsets).
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=/etc/passwd,data_file_raw=on",
-             str(tmp_path / "datafile.qcow2"), "1M")  # fmt: skip
+    qcow2_naming_data_file(tmp_path / "datafile.qcow2", "/etc/passwd")
     # A FIFO as data file: opening it would block whoever opens it.
     fifo_data = tmp_path / "fifo-data"
     fifo_data.touch()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stratus_agent import imageformat, qcow2
+from testsupport import qcow2_naming_data_file
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
@@ -49,7 +50,7 @@ def test_backing_files_v3_and_v2(tmp_path: Path) -> None:
 
 
 def test_external_data_file_by_extension_and_by_feature_bit(tmp_path: Path) -> None:
-    path = create(tmp_path / "data.qcow2", "-o", "data_file=/etc/passwd,data_file_raw=on")
+    path = qcow2_naming_data_file(tmp_path / "data.qcow2", "/etc/passwd")
     header = qcow2.read_header(path)
     assert header is not None and header.external_data
     assert header.data_file == "/etc/passwd"
@@ -123,7 +124,7 @@ def test_second_line_reads_qemu_img_info(tmp_path: Path) -> None:
         result: dict[str, object] = json.loads(out)
         return result
 
-    data = create(tmp_path / "data.qcow2", "-o", "data_file=/etc/passwd,data_file_raw=on")
+    data = qcow2_naming_data_file(tmp_path / "data.qcow2", "/etc/passwd")
     backed = create(tmp_path / "backed.qcow2", "-F", "raw", "-b", "/etc/hostname", "-u")
     plain = create(tmp_path / "plain.qcow2")
     assert imageformat._external_in_info(info(data)) == ["external data file '/etc/passwd'"]

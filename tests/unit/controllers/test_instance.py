@@ -88,30 +88,64 @@ def test_guest_spec_is_self_contained() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "phase", "ready", "reason"),
+    ("state", "wanted_running", "phase", "ready", "reason", "kstatus"),
     [
-        (GuestState.PROVISIONING, InstancePhase.PROVISIONING, False, "Provisioning"),
-        (GuestState.RUNNING, InstancePhase.RUNNING, True, "GuestRunning"),
-        (GuestState.STOPPED, InstancePhase.STOPPED, False, "GuestStopped"),
-        (GuestState.CRASHED, InstancePhase.FAILED, False, "GuestCrashed"),
+        (GuestState.PROVISIONING, True, InstancePhase.PROVISIONING, False, "Provisioning",
+         "Reconciling"),
+        (GuestState.RUNNING, True, InstancePhase.RUNNING, True, "GuestRunning", None),
+        (GuestState.STOPPED, False, InstancePhase.STOPPED, False, "GuestStopped", None),
+        # runStrategy Always: the node restarts it, so the Instance is reconciling, not done.
+        (GuestState.STOPPED, True, InstancePhase.STOPPED, False, "GuestRestarting",
+         "Reconciling"),
+        (GuestState.CRASHED, False, InstancePhase.FAILED, False, "GuestCrashed", None),
     ],
-)
-def test_reports_become_phase_and_ready(
-    state: GuestState, phase: InstancePhase, ready: bool, reason: str
+)  # fmt: skip
+def test_reports_become_phase_ready_and_kstatus(
+    state: GuestState,
+    wanted_running: bool,
+    phase: InstancePhase,
+    ready: bool,
+    reason: str,
+    kstatus: str | None,
 ) -> None:
     status = InstanceStatus(node="hv-1")
-    updated = with_guest_status(status, GuestStatus(uid=UID, state=state, generation=3), 3)
+    guest = GuestStatus(uid=UID, state=state, generation=3)
+    updated = with_guest_status(status, guest, 3, wanted_running)
     found = conditions.condition(updated.conditions, "Ready")
     assert updated.phase is phase and updated.observed_generation == 3
     assert found is not None and found.reason == reason
     assert conditions.is_true(updated.conditions, "Ready") is ready
+    for kind in ("Reconciling", "Stalled"):
+        assert conditions.is_true(updated.conditions, kind) is (kind == kstatus)
 
 
 def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
     failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="ImageChecksumMismatch",
                          message="image img: downloaded file has sha256 b...")  # fmt: skip
-    status = with_guest_status(InstanceStatus(node="hv"), failed, 1)
-    again = with_guest_status(status, failed, 1)
-    first, second = status.conditions[0], again.conditions[0]
+    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, True)
+    again = with_guest_status(status, failed, 1, True)
+    first = conditions.condition(status.conditions, "Ready")
+    second = conditions.condition(again.conditions, "Ready")
+    assert first is not None and second is not None
     assert first.reason == "ImageChecksumMismatch" and "sha256" in first.message
     assert first.last_transition_time == second.last_transition_time
+    # The user must act (a bad image): Stalled, not Reconciling, and the phase says Failed.
+    assert conditions.is_true(status.conditions, "Stalled")
+    assert not conditions.is_true(status.conditions, "Reconciling")
+    assert status.phase is InstancePhase.FAILED
+
+
+def test_transient_failures_keep_reconciling() -> None:
+    failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="NetworkSetupFailed",
+                         message="ovs-vsctl: bridge missing")  # fmt: skip
+    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, True)
+    assert conditions.is_true(status.conditions, "Reconciling")
+    assert not conditions.is_true(status.conditions, "Stalled")
+    assert status.phase is InstancePhase.PROVISIONING
+
+
+def test_restarts_are_counted_from_the_nodes_reports() -> None:
+    restarted = GuestStatus(uid=UID, state=GuestState.RUNNING, restarts=2,
+                            last_restart_reason="Crashed")  # fmt: skip
+    status = with_guest_status(InstanceStatus(node="hv"), restarted, 1, True)
+    assert status.restarts == 2 and status.last_restart_reason == "Crashed"

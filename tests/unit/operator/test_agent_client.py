@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -104,7 +105,7 @@ async def test_ensure_get_inventory_delete(client: AgentClient, agent: RunningAg
     assert (inventory.node, inventory.virt_type, inventory.cpu) == ("node-1", "fake", 8)
     assert [status.uid for status in inventory.guests] == [wanted.uid]
 
-    assert await client.get("no-such-guest") is None
+    assert await client.get(str(uuid.uuid4())) is None
     assert await client.delete(wanted.uid) is True
     assert await client.get(wanted.uid) is None
     assert await client.delete(wanted.uid) is False
