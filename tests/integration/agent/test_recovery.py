@@ -11,7 +11,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import libvirt
+import pytest
+
 from stratus_agent import config as agent_config
+from stratus_agent.compute import libvirt_driver
 from stratus_api import naming
 
 if TYPE_CHECKING:
@@ -193,3 +197,24 @@ async def test_a_network_failure_is_reported_and_heals_by_itself(
     await wait_for(agent, uid, "Running", lambda s: s["state"] == "Running", timeout=60)
     assert bridge_exists(libvirt_node.bridge)
     assert libvirt_node.ovs_ports_of(uid) == [naming.tap_name(uid, 0)]
+
+
+async def test_one_unreadable_domain_does_not_break_the_inventory(
+    agent: AgentUnderTest,
+    make_guest_spec: SpecFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    good, bad = make_guest_spec(name="vm-good"), make_guest_spec(name="vm-bad")
+    for spec in (good, bad):
+        await agent.put(spec)
+        await agent.wait_for_state(spec["uid"], "Running")
+    original = libvirt_driver.LibvirtGuest.status
+
+    def status(guest: libvirt_driver.LibvirtGuest, generation: int | None = None) -> Any:
+        if guest.uid == bad["uid"]:  # e.g. undefined between listing and reading it
+            raise libvirt.libvirtError("Domain not found: vanished meanwhile")
+        return original(guest, generation)
+
+    monkeypatch.setattr(libvirt_driver.LibvirtGuest, "status", status)
+    listed = {g["uid"]: g["state"] for g in (await agent.inventory())["guests"]}
+    assert listed[good["uid"]] == "Running"
