@@ -195,7 +195,7 @@ class Operator:
 
 class ImageServer(http.server.ThreadingHTTPServer):
     """Answers HEAD and GET for any path with a few bytes: enough for an Image to be Ready
-    on the operator's probe (fake agents download nothing)."""
+    on the operator's probe (fake agents download nothing). Paths with "missing" get 404."""
 
     @property
     def port(self) -> int:
@@ -209,13 +209,18 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
     body = b"not really a disk"
 
     def do_HEAD(self) -> None:
+        if "missing" in self.path:  # for Images whose source is not there (yet)
+            self.send_response(404, "secret-looking reason phrase")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
 
     def do_GET(self) -> None:
         self.do_HEAD()
-        self.wfile.write(self.body)
+        if "missing" not in self.path:
+            self.wfile.write(self.body)
 
     def log_message(self, *_: Any) -> None:
         return None

@@ -68,8 +68,9 @@ def test_concurrent_creates_never_overcommit_a_node(
     wait_until("the burst decided", lambda: (found := statuses(cluster, namespace))
                and len(found) == 20 and all(scheduled(s) for s in found.values()))  # fmt: skip
     assert placed_count() == 8
-    hypervisor = cluster.get_json("hypervisor", node.name)
-    assert hypervisor["status"]["allocatable"]["cpu"] == 8
+    # The health check (every 10 s) shows the new allocatable in the Hypervisor's status.
+    wait_until("allocatable updated", lambda: cluster.get_json("hypervisor", node.name)
+               ["status"]["allocatable"]["cpu"] == 8, timeout=30)  # fmt: skip
 
 
 def _relax_ssh_key_pattern(cluster: Cluster) -> None:
@@ -218,10 +219,9 @@ def test_no_guest_is_dispatched_on_an_image_that_is_not_ready(
         # Loopback, not the allowed image server: refused by the source policy for good.
         {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "inside"},
          "spec": {"source": {"http": {"url": "http://user:hunter2@127.0.0.1:2379/v2/keys"}}}},
-        # Allowed endpoint, nothing listens: Pending, retried.
+        # Allowed endpoint, but no such file (yet): Pending, retried.
         {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "later"},
-         "spec": {"source": {"http": {"url": image_server.url().replace(
-             str(image_server.port), str(image_server.port + 1))}}}},
+         "spec": {"source": {"http": {"url": image_server.url("missing.qcow2")}}}},
     ]  # fmt: skip
     apply(cluster, namespace, net, *images,
           instance("a", nodeSelector=selector, boot={"image": "inside"}),
@@ -236,11 +236,13 @@ def test_no_guest_is_dispatched_on_an_image_that_is_not_ready(
     assert "hunter2" not in json.dumps(image_status("inside"))  # credentials redacted
     assert "127.0.0.1:2379" in refused["message"] and "refused network" in refused["message"]
 
-    def reasons() -> dict[str, str | None] | None:
+    def reasons() -> dict[str, str | None]:
         found = statuses(cluster, namespace)
-        out = {n: (condition(found.get(n, {}), "Ready") or {}).get("reason") for n in "ab"}
-        return out if all(out.values()) else None
+        return {n: (condition(found.get(n, {}), "Ready") or {}).get("reason") for n in "ab"}
 
-    found = wait_until("both Instances explain themselves", reasons)
-    assert found == {"a": "ImageFailed", "b": "ImageNotReady"}
+    wanted = {"a": "ImageFailed", "b": "ImageNotReady"}
+    wait_until(f"the Instances say {wanted}", lambda: reasons() == wanted)
+    pending = condition(image_status("later"), "Reconciling") or {}
+    assert pending.get("status") == "True" and "404 Not Found" in pending["message"]
+    assert "secret-looking" not in json.dumps(image_status("later"))  # no remote text
     assert node.guest_uids() == set()
