@@ -8,12 +8,14 @@ own apiserver_request_total), operator peak memory (VmHWM). Not a test: run it b
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +30,24 @@ def request_count(plane: LocalControlPlane) -> int:
         text = r.read().decode()
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("apiserver_request_total{")))  # fmt: skip
+
+
+class _HeadOk(http.server.BaseHTTPRequestHandler):
+    """An image source that answers the operator's probe (the fake agent downloads nothing)."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+def image_server() -> int:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeadOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return int(server.server_address[1])
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -51,7 +71,7 @@ def main() -> None:
     token = work / "token"
     token.write_text(secrets.token_urlsafe(24))
     token.chmod(0o600)
-    port = free_port()
+    port, images = free_port(), image_server()
     config = {"node_name": "bench", "token_file": str(token), "state_dir": str(work / "node"),
               "compute": "fake",
               "listen": {"host": "127.0.0.1", "port": port, "insecure": True}}  # fmt: skip
@@ -69,11 +89,12 @@ def main() -> None:
         {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": "net",
          "namespace": "default"}, "spec": {"subnets": [{"cidr": "10.64.0.0/16"}]}},
         {"apiVersion": "stratus.io/v1alpha1", "kind": "Image", "metadata": {"name": "img",
-         "namespace": "default"}, "spec": {"source": {"http": {"url": "http://127.0.0.1:9/i"}}}},
+         "namespace": "default"}, "spec": {"source": {"http": {"url": f"http://127.0.0.1:{images}/i"}}}},
     ]  # fmt: skip
     kubectl(plane, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                          "items": items}))  # fmt: skip
-    operator = subprocess.Popen([*STRATUS, "operator", "--kubeconfig", str(plane.kubeconfig)],
+    operator = subprocess.Popen([*STRATUS, "operator", "--kubeconfig", str(plane.kubeconfig),
+                                 "--allow-image-endpoint", f"127.0.0.1:{images}"],
                                 stdout=(work / "operator.log").open("w"),
                                 stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -81,6 +102,10 @@ def main() -> None:
         while "True" not in kubectl(plane, "get", "hypervisor", "bench", "-o",
                                     "jsonpath={.status.conditions[0].status}"):  # fmt: skip
             assert time.monotonic() < deadline, "hypervisor never Ready"
+            time.sleep(0.2)
+        while kubectl(plane, "get", "image", "img", "-n", "default", "-o",
+                      "jsonpath={.status.phase}") != "Ready":  # fmt: skip
+            assert time.monotonic() < deadline, "image never Ready"
             time.sleep(0.2)
         instances = [
             {"apiVersion": "stratus.io/v1alpha1", "kind": "Instance",
