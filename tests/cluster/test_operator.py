@@ -116,7 +116,8 @@ def test_many_instances_restarts_and_resync(
     uids = {i["metadata"]["uid"] for i in items}
     assert fake_agent.guest_uids() == uids
     ips = [i["status"]["interfaces"][0]["ip"] for i in items]
-    assert len(set(ips)) == count  # no address handed out twice
+    macs = [i["status"]["interfaces"][0]["mac"] for i in items]
+    assert len(set(ips)) == len(set(macs)) == count  # no address handed out twice
 
     # A guest that belongs to no Instance is removed; guests lost by the node come back.
     orphan = str(uuid.uuid4())
