@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any
-
-from conftest import FakeAgent, ImageServer, Operator
+from typing import TYPE_CHECKING, Any
 
 from testsupport import Cluster, apply, basics, instance, ready_reason, statuses, wait_until
+
+if TYPE_CHECKING:
+    from conftest import FakeAgent, ImageServer, Operator
 
 
 def test_instance_runs_and_is_deleted_from_its_node(

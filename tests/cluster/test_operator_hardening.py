@@ -9,9 +9,7 @@ import base64
 import gzip
 import json
 import time
-from typing import Any
-
-from conftest import ImageServer, Operator, StartFakeAgent
+from typing import TYPE_CHECKING, Any
 
 from testsupport import (
     REPO_ROOT,
@@ -23,6 +21,9 @@ from testsupport import (
     statuses,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from conftest import ImageServer, Operator, StartFakeAgent
 
 
 def scheduled(status: dict[str, Any]) -> str | None:

@@ -11,8 +11,7 @@ import os
 import signal
 import subprocess
 
-from conftest import BOOT_TIMEOUT, Cloud, boot_marker, small_instance, virsh_domains
-
+from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance, virsh_domains
 from testsupport import REPO_ROOT, wait_until
 
 

@@ -18,8 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import BOOT_TIMEOUT, Cloud, boot_marker, small_instance, virsh_domains
-
+from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance, virsh_domains
 from stratus_agent import seed
 from testsupport import REPO_ROOT, wait_until
 
