@@ -233,25 +233,23 @@ class AgentClient:
     async def delete(self, uid: str) -> bool:
         """Remove the guest and its node-side files; False if there was none."""
         what, raw = await self._call("DELETE", _guest_path(uid))
-        try:
-            deleted = json.loads(raw).get("deleted")
-        except (ValueError, AttributeError):
-            deleted = None
-        if not isinstance(deleted, bool):
-            raise AgentError(self.endpoint.url, what, 'reply has no boolean "deleted"')
-        return deleted
+        return self._flag(what, raw, "deleted")
 
     async def evict_image(self, uid: str) -> bool:
         """Drop the Image from the node's cache now, or as soon as no guest uses it; True if
         it was removed at once."""
         what, raw = await self._call("DELETE", "/v1/images/" + quote(uid, safe=""))
+        return self._flag(what, raw, "evicted")
+
+    def _flag(self, what: str, raw: bytes, key: str) -> bool:
+        """The boolean `key` of a JSON reply, or an AgentError."""
         try:
-            evicted = json.loads(raw).get("evicted")
+            value = json.loads(raw).get(key)
         except (ValueError, AttributeError):
-            evicted = None
-        if not isinstance(evicted, bool):
-            raise AgentError(self.endpoint.url, what, 'reply has no boolean "evicted"')
-        return evicted
+            value = None
+        if not isinstance(value, bool):
+            raise AgentError(self.endpoint.url, what, f'reply has no boolean "{key}"')
+        return value
 
     async def events(self, idle_timeout: float | None = None) -> AsyncIterator[guest.GuestEvent]:
         """Every line of one event stream, heartbeats included, until the agent ends it.

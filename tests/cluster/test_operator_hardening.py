@@ -9,6 +9,7 @@ import base64
 import gzip
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from testsupport import (
@@ -24,6 +25,16 @@ from testsupport import (
 
 if TYPE_CHECKING:
     from conftest import ImageServer, Operator, StartFakeAgent
+
+
+def stalled(cluster: Cluster, namespace: str, name: str) -> Callable[[], dict[str, Any] | None]:
+    """A check for wait_until: the Instance's Stalled condition once it is True."""
+
+    def check() -> dict[str, Any] | None:
+        found = condition(statuses(cluster, namespace).get(name, {}), "Stalled")
+        return found if found and found["status"] == "True" else None
+
+    return check
 
 
 def scheduled(status: dict[str, Any]) -> str | None:
@@ -110,11 +121,7 @@ def test_an_instance_the_operator_cannot_read_keeps_its_guest_and_stays_deletabl
         patch = json.dumps({"spec": {"sshKeys": [key]}})
         cluster.kubectl("-n", namespace, "patch", "instance", "web", "--type=merge", "-p", patch)
 
-        def stalled() -> dict[str, Any] | None:
-            found = condition(statuses(cluster, namespace)["web"], "Stalled")
-            return found if found and found["status"] == "True" else None
-
-        found = wait_until("Stalled on the unreadable field", stalled)
+        found = wait_until("Stalled on the unreadable field", stalled(cluster, namespace, "web"))
         assert found["reason"] == "InvalidSpec" and "spec.sshKeys[0]" in found["message"]
         # Two health checks later (each a level-triggered resync) the guest is still there.
         time.sleep(25)
@@ -150,11 +157,7 @@ def test_user_data_limits_and_binary_user_data(
         cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"instance/{name}",
                         "--timeout=60s")  # fmt: skip
 
-    def stalled_big() -> dict[str, Any] | None:
-        found = condition(statuses(cluster, namespace)["big"], "Stalled")
-        return found if found and found["status"] == "True" else None
-
-    found = wait_until("the oversized Secret stalls its Instance", stalled_big)
+    found = wait_until("the oversized Secret stalls", stalled(cluster, namespace, "big"))
     assert found["reason"] == "UserDataTooLarge"
     assert found["message"].startswith("spec.userDataSecretRef")
     assert "65536" in found["message"]
@@ -196,11 +199,7 @@ def test_a_mac_is_unique_on_its_network(
         instance("second", nodeSelector=selector, networks=[{"name": "net", "mac": mac}]),
     )
 
-    def stalled() -> dict[str, Any] | None:
-        found = condition(statuses(cluster, namespace).get("second", {}), "Stalled")
-        return found if found and found["status"] == "True" else None
-
-    found = wait_until("the second NIC refused", stalled)
+    found = wait_until("the second NIC refused", stalled(cluster, namespace, "second"))
     assert found["reason"] == "AddressUnavailable"
     assert found["message"] == f"spec.networks[0].mac: {mac} is already in use on this network"
     assert len(node.guest_uids()) == 1
