@@ -100,15 +100,17 @@ class SourceRefused(ValueError):
 
 
 def redact(url: str) -> str:
-    """The URL with any user:password replaced by ***, for status, events and logs."""
+    """The URL for status, events and logs: user:password and the query (where signed URLs
+    carry their signature and expiry) become ***."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "(unparseable URL)"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}")
+    if parts.query:
+        parts = parts._replace(query="***")
+    return parts.geturl()
 
 
 def _port(parts: SplitResult) -> int:
