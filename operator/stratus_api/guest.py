@@ -29,6 +29,8 @@ MAX_USER_DATA_BYTES = 65_536
 class PowerState(enum.StrEnum):
     RUNNING = "Running"
     STOPPED = "Stopped"
+    # Defined and started, vCPUs suspended, memory kept (virDomainSuspend): resumes at once.
+    PAUSED = "Paused"
 
 
 class ImageRef(ApiModel):
@@ -110,6 +112,12 @@ class GuestSpec(ApiModel):
     cpu: int = Field(ge=1)
     memory_bytes: int = Field(ge=64 * 2**20)
     power: PowerState = PowerState.RUNNING
+    restart_token: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Changes whenever the user asks for a restart: the agent restarts a "
+        "running guest once per new token (power cycle from outside the guest). Unset: none.",
+    )
     disks: list[Disk] = Field(min_length=1, description="Boot disk first.")
     nics: list[Nic] = Field(default_factory=list)
     cloud_init: CloudInit
@@ -145,6 +153,9 @@ class GuestStatus(ApiModel):
     )
     last_restart_reason: str = Field(
         default="", description="Why the guest stopped before its last restart."
+    )
+    restart_token: str | None = Field(
+        default=None, description="The GuestSpec restart_token the agent last acted on."
     )
 
 
