@@ -49,17 +49,14 @@ class EventRecorder:
     async def transition(
         self, ref: Involved, before: list[Condition], after: list[Condition]
     ) -> None:
-        """Post a Warning when a new failure appears, a Normal event when Ready turns True."""
+        """Post a Warning when a new failure appears. Recoveries post nothing: a Normal
+        event per Instance per start would cost an API request each, and Ready says it."""
         was, now = _failing(before), _failing(after)
-        if now is not None and (
-            was is None or (was.reason, was.message) != (now.reason, now.message)
-        ):
+        news = (
+            was is None or (was.reason, was.message) != (now.reason, now.message) if now else False
+        )
+        if now is not None and news:
             await self._post(ref, "Warning", now.reason, now.message)
-            return
-        ready_before = conditions.is_true(before, conditions.READY)
-        ready_now = conditions.condition(after, conditions.READY)
-        if ready_now is not None and ready_now.status is ConditionStatus.TRUE and not ready_before:
-            await self._post(ref, "Normal", ready_now.reason, ready_now.message)
 
     async def _post(self, ref: Involved, type_: str, reason: str, message: str) -> None:
         try:

@@ -1,58 +1,151 @@
-"""Hypervisors: health-check each agent and keep Ready, capacity and allocations current."""
+"""Hypervisors: health-check each agent, keep Ready, capacity and allocations current, and
+hold the node level-triggered against its Instances."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from stratus_api.guest import NodeInventory
 from stratus_api.quantity import ByteQuantity
-from stratus_api.v1alpha1 import Hypervisor
+from stratus_api.v1alpha1 import Hypervisor, Instance
 from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
-from stratus_operator import instances
-from stratus_operator.agent_client import AgentError, AgentUnauthorized
+from stratus_api.v1alpha1.instance import InstanceStatus
+from stratus_operator import allocations, instances
+from stratus_operator.agent_client import AgentClient, AgentError, AgentUnauthorized
 from stratus_operator.controllers import conditions, placement
-from stratus_operator.controllers.instance import READY
+from stratus_operator.controllers.instance import StatusChange
 from stratus_operator.runtime import AgentNotConfigured, Runtime
+from stratus_operator.status import ObjectRef
 from stratus_operator.world import World
 
+log = logging.getLogger(__name__)
 
-async def health(
-    hypervisor: Hypervisor, world: World, runtime: Runtime
-) -> tuple[HypervisorStatus, NodeInventory | None]:
-    """The Hypervisor's status after asking its agent how it is, and the node's inventory
-    when the agent answered."""
-    status = hypervisor.status or HypervisorStatus()
-    name = hypervisor.metadata.name or ""
-    generation = hypervisor.metadata.generation
-    used = instances.usage(world, runtime).get(name, placement.Usage())
-    status = status.model_copy(
-        update={"allocated": Resources(cpu=used.cpu, memory=ByteQuantity(used.memory_bytes)),
-                "observed_generation": generation}
-    )  # fmt: skip
+
+@dataclass(frozen=True)
+class Probe:
+    """What one health check found."""
+
+    inventory: NodeInventory | None
+    reason: str = "AgentReady"
+    message: str = ""
+
+
+async def probe(hypervisor: Hypervisor, runtime: Runtime) -> Probe:
     try:
         client = await runtime.agents.client(hypervisor, refresh=True)  # token rotation
-        inventory = await client.inventory()
+        return Probe(await client.inventory())
     except AgentNotConfigured as exc:
-        reason, message = "AgentNotConfigured", str(exc)
+        return Probe(None, "AgentNotConfigured", str(exc))
     except AgentUnauthorized as exc:
-        reason, message = "AgentUnauthorized", f"{exc} (check spec.tokenSecretRef)"
+        return Probe(None, "AgentUnauthorized", f"{exc} (check spec.tokenSecretRef)")
     except AgentError as exc:
-        reason, message = "AgentUnreachable", str(exc)
-    else:
+        return Probe(None, "AgentUnreachable", str(exc))
+
+
+def with_probe(
+    hypervisor: Hypervisor, found: Probe, used: placement.Usage
+) -> Callable[[HypervisorStatus, int], HypervisorStatus]:
+    """The status change a health check makes."""
+
+    def change(status: HypervisorStatus, generation: int) -> HypervisorStatus:
+        update: dict[str, object] = {
+            "allocated": Resources(cpu=used.cpu, memory=ByteQuantity(used.memory_bytes)),
+            "observed_generation": generation,
+        }
+        inventory = found.inventory
+        if inventory is None:
+            update["conditions"] = conditions.set_condition(
+                status.conditions, conditions.READY, False, found.reason, found.message, generation
+            )
+            return status.model_copy(update=update)
         capacity = Resources(cpu=inventory.cpu, memory=ByteQuantity(inventory.memory_bytes))
-        virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
         reported = status.model_copy(update={"capacity": capacity})
         free = placement.allocatable(hypervisor.model_copy(update={"status": reported}))
-        allocatable = Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes))
+        virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
+        update |= {
+            "virt_type": virt,
+            "capacity": capacity,
+            "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),
+            "heartbeat": conditions.now(),
+            "conditions": conditions.set_condition(
+                status.conditions, conditions.READY, True, "AgentReady",
+                f"agent answers; {len(inventory.guests)} guests", generation,
+            ),
+        }  # fmt: skip
+        return status.model_copy(update=update)
+
+    return change
+
+
+def ref_of(hypervisor: Hypervisor) -> ObjectRef:
+    meta = hypervisor.metadata
+    return ObjectRef("Hypervisor", "hypervisors", None, meta.name or "", meta.uid or "")
+
+
+async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
+    """One health check: status and Events; when the agent answers, the node against the
+    Instances (guests of no Instance go, Instances missing their guest are dispatched);
+    when it does not, its Instances say so."""
+    name = hypervisor.metadata.name or ""
+    allocations.seed(world, runtime)
+    found = await probe(hypervisor, runtime)
+    await runtime.status.write(
+        ref_of(hypervisor), hypervisor.status, hypervisor.metadata.generation or 0,
+        with_probe(hypervisor, found, runtime.placements.used(name)), HypervisorStatus,
+    )  # fmt: skip
+    if found.inventory is None:
+        for instance in world.instances_on(name):
+            await instances.write_status(
+                instances.ref_of(instance), instance.status, instance.metadata.generation or 0,
+                runtime, node_unreachable(name, found.message),
+            )  # fmt: skip
+        return
+    if hypervisor.metadata.deletion_timestamp:
+        return
+    client = await runtime.agents.client(hypervisor)
+    await resync(name, found.inventory, client, world, runtime)
+
+
+async def resync(
+    name: str, inventory: NodeInventory, client: AgentClient, world: World, runtime: Runtime
+) -> None:
+    for instance in await instances.resync(name, inventory, client, world, runtime):
+        await redispatch(instance, world, runtime)
+
+
+def node_unreachable(node: str, why: str) -> StatusChange:
+    """Ready turns Unknown: nobody can say how the guest is while its node does not answer."""
+
+    def change(status: InstanceStatus, generation: int) -> InstanceStatus:
         return status.model_copy(
             update={
-                "virt_type": virt,
-                "capacity": capacity,
-                "allocatable": allocatable,
-                "heartbeat": conditions.now(),
-                "conditions": conditions.set_condition(
-                    status.conditions, READY, True, "AgentReady",
-                    f"agent answers; {len(inventory.guests)} guests", generation,
-                ),
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=None, reason="NodeUnreachable",
+                    message=f"Hypervisor {node} does not answer: {why}",
+                    generation=status.observed_generation or generation, reconciling=True,
+                )
             }
-        ), inventory  # fmt: skip
-    failed = conditions.set_condition(status.conditions, READY, False, reason, message, generation)
-    return status.model_copy(update={"conditions": failed}), None
+        )  # fmt: skip
+
+    return change
+
+
+async def redispatch(instance: Instance, world: World, runtime: Runtime) -> None:
+    """A guest placed on this node is missing there (node wiped, agent state lost): ensure it
+    again and record what happened."""
+    if instance.metadata.deletion_timestamp:
+        return
+    try:
+        change = await instances.reconcile(instance, world, runtime)
+    except Exception as exc:
+        failure = instances.failed(exc)
+        if failure is None:
+            log.exception("instance %s: dispatch after resync failed", instance.metadata.name)
+            return
+        change = failure
+    await instances.write_status(
+        instances.ref_of(instance), instance.status, instance.metadata.generation or 0,
+        runtime, change,
+    )  # fmt: skip

@@ -19,7 +19,9 @@ from stratus_api.reasons import GuestFailure
 from stratus_api.v1alpha1 import Image
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_operator.controllers import conditions
+from stratus_operator.runtime import Runtime
 from stratus_operator.settings import ImageSettings
+from stratus_operator.status import ObjectRef
 
 MAX_REDIRECTS = 5
 
@@ -146,3 +148,11 @@ def _with(
             ),
         }
     )  # fmt: skip
+
+
+async def write_status(image: Image, status: ImageStatus, runtime: Runtime) -> None:
+    meta = image.metadata
+    ref = ObjectRef("Image", "images", meta.namespace, meta.name or "", meta.uid or "")
+    await runtime.status.write(
+        ref, image.status, meta.generation or 0, lambda _current, _generation: status, ImageStatus
+    )

@@ -10,13 +10,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from stratus_api.v1alpha1 import GROUP, VERSION
+
+
+class NotFound(Exception):
+    """The object is not there (any more)."""
+
+
+def _gone(exc: ApiException) -> bool:
+    # 404: deleted. A UID that no longer matches (re-created under the same name) is
+    # refused as a precondition or an immutable-field change, depending on the path.
+    return exc.status == 404 or "uid" in str(exc.body or "").lower()
 
 
 class Kube:
@@ -75,58 +84,21 @@ class Kube:
 
         return await asyncio.to_thread(read)
 
-    async def update_status(
-        self,
-        plural: str,
-        namespace: str | None,
-        name: str,
-        mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
-        attempts: int = 5,
-    ) -> dict[str, Any] | None:
-        """Read the object, let `mutate` compute its new status, write it back only if the
-        object is still at the version read (a 409 reads again). `mutate` returns None to
-        write nothing. Returns the status written, or None.
+    async def patch_status(
+        self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
+    ) -> None:
+        """Merge-patch the status subresource; NotFound when the object is gone (or was
+        re-created: `body` names the UID it is for)."""
 
-        Every status writer goes through here, so two writers (a handler and an agent
-        report) never overwrite each other's changes with stale copies.
-        """
-
-        def attempt() -> tuple[bool, dict[str, Any] | None]:
-            try:
-                obj = self._get(plural, namespace, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return True, None
-                raise
-            status = mutate(obj)
-            if status is None or status == obj.get("status"):
-                return True, None
-            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                    "status": status}  # fmt: skip
+        def send() -> None:
             try:
                 self._patch_status(plural, namespace, name, body)
             except ApiException as exc:
-                if exc.status == 409:
-                    return False, None
-                if exc.status == 404:
-                    return True, None
+                if exc.status in (404, 409, 422) and _gone(exc):
+                    raise NotFound(f"{plural} {namespace}/{name}") from None
                 raise
-            return True, status
 
-        for _ in range(attempts):
-            done, written = await asyncio.to_thread(attempt)
-            if done:
-                return written
-        raise RuntimeError(f"{plural} {namespace}/{name}: status kept changing; gave up")
-
-    def _get(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
-        if namespace is None:
-            found = self._custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
-        else:
-            found = self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
-            )
-        return cast(dict[str, Any], found)
+        await asyncio.to_thread(send)
 
     def _patch_status(
         self, plural: str, namespace: str | None, name: str, body: dict[str, Any]

@@ -8,6 +8,8 @@ from stratus_api.v1alpha1 import Network
 from stratus_api.v1alpha1.network import VLAN_MAX, VNI_MAX, NetworkStatus, NetworkType
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import READY
+from stratus_operator.runtime import Runtime
+from stratus_operator.status import ObjectRef
 
 
 def segment_for(network: Network) -> int | None:
@@ -33,4 +35,13 @@ def settled_status(network: Network) -> NetworkStatus:
                 status.conditions, READY, True, "Ready", "instances can attach", generation
             ),
         }
+    )
+
+
+async def settle(network: Network, runtime: Runtime) -> None:
+    meta = network.metadata
+    ref = ObjectRef("Network", "networks", meta.namespace, meta.name or "", meta.uid or "")
+    settled = settled_status(network)
+    await runtime.status.write(
+        ref, network.status, meta.generation or 0, lambda _current, _gen: settled, NetworkStatus
     )

@@ -1,4 +1,4 @@
-"""What the operator holds while it runs: settings, API access, agent clients, claims.
+"""What the operator holds while it runs: settings, API access, agent clients, ledgers.
 
 Built once at startup and handed to handlers through kopf's memo.
 """
@@ -11,31 +11,16 @@ from dataclasses import dataclass, field
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.agent_client import AgentClient, AgentEndpoint
-from stratus_operator.controllers.placement import Usage
+from stratus_operator.controllers.addressing import NetworkLedger
+from stratus_operator.controllers.placement import PlacementLedger
 from stratus_operator.events import EventRecorder
 from stratus_operator.kube import Kube
 from stratus_operator.settings import OperatorSettings
+from stratus_operator.status import StatusWriter
 
 
 class AgentNotConfigured(Exception):
     """The Hypervisor's token Secret is missing or lacks its key."""
-
-
-@dataclass
-class Claims:
-    """Placements and addresses handed out but maybe not yet visible in the watched
-    Instances. The watched state is the truth; claims only cover the gap until it shows."""
-
-    placements: dict[str, tuple[str, Usage]] = field(default_factory=dict)  # uid → node, size
-    addresses: dict[str, dict[str, tuple[str, str]]] = field(
-        default_factory=dict
-    )  # net → uid → (ip, mac)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def release(self, uid: str) -> None:
-        self.placements.pop(uid, None)
-        for owners in self.addresses.values():
-            owners.pop(uid, None)
 
 
 class AgentPool:
@@ -98,8 +83,16 @@ class Runtime:
     settings: OperatorSettings
     kube: Kube
     agents: AgentPool
-    claims: Claims = field(default_factory=Claims)
+    # What this process decided: placements and addresses, rebuilt from the watched
+    # Instances on first use, then kept in step (see instances.py). One lock orders the
+    # decisions, so concurrent creates get the answers they would get one at a time.
+    placements: PlacementLedger = field(default_factory=PlacementLedger)
+    addresses: dict[tuple[str, str, str], NetworkLedger] = field(default_factory=dict)
+    decisions: asyncio.Lock = field(default_factory=asyncio.Lock)
+    seeded: bool = False
     events: EventRecorder = field(init=False)
+    status: StatusWriter = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.kube)
+        self.status = StatusWriter(self.kube, self.events)

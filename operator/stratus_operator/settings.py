@@ -19,6 +19,9 @@ class AgentSettings:
     # Seconds without a line on the event stream before it counts as dead (agents send a
     # heartbeat every 10 s by default).
     event_idle_timeout_seconds: float = 35.0
+    # Seconds between reconnections of an event stream: doubling from the first to the
+    # second, back to the first after a stream that delivered anything.
+    watch_backoff_seconds: tuple[float, float] = (0.5, 10.0)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The operator's read-only view of the cluster, as the controllers need it.
 
-kopf fills it from its indexes (complete before any handler runs); tests fill it from dicts.
+kopf fills it from its indexes (complete before any handler runs), each keyed for the
+lookups below, so no lookup scans every object; tests build it from lists with `of`.
 """
 
 from __future__ import annotations
@@ -16,38 +17,47 @@ Key = tuple[str, str]  # (namespace, name)
 @dataclass(frozen=True)
 class World:
     hypervisors: Callable[[], Iterable[Hypervisor]]
-    instance_types: Callable[[], Iterable[InstanceType]]
-    images: Callable[[], Iterable[Image]]
-    networks: Callable[[], Iterable[Network]]
     instances: Callable[[], Iterable[Instance]]
-    # Whether any Instance has this UID, also one whose spec the models refuse; None: look
-    # among the parsed ones (tests).
-    instance_exists: Callable[[str], bool] | None = None
-    # The parsed Instance of a UID in O(1); None: scan (tests).
-    instance_by_uid: Callable[[str], Instance | None] | None = None
+    hypervisor: Callable[[str], Hypervisor | None]
+    instance_type: Callable[[str | None], InstanceType | None]
+    image: Callable[[Key], Image | None]
+    network: Callable[[Key], Network | None]
+    instance: Callable[[str], Instance | None]  # by UID
+    instances_on: Callable[[str], Iterable[Instance]]  # by node
+    # Whether any Instance has this UID, also one whose spec the models refuse.
+    has_instance: Callable[[str], bool]
 
-    def hypervisor(self, name: str) -> Hypervisor | None:
-        return next((h for h in self.hypervisors() if h.metadata.name == name), None)
+    @classmethod
+    def of(
+        cls,
+        hypervisors: Iterable[Hypervisor] = (),
+        instance_types: Iterable[InstanceType] = (),
+        images: Iterable[Image] = (),
+        networks: Iterable[Network] = (),
+        instances: Iterable[Instance] = (),
+    ) -> World:
+        """A World over fixed lists (tests)."""
+        hvs = {h.metadata.name or "": h for h in hypervisors}
+        types = {t.metadata.name or "": t for t in instance_types}
+        imgs = {key_of(i): i for i in images}
+        nets = {key_of(n): n for n in networks}
+        vms = {i.metadata.uid or "": i for i in instances}
+        return cls(
+            hypervisors=lambda: list(hvs.values()),
+            instances=lambda: list(vms.values()),
+            hypervisor=hvs.get,
+            instance_type=lambda name: types.get(name or ""),
+            image=imgs.get,
+            network=nets.get,
+            instance=vms.get,
+            instances_on=lambda node: [i for i in vms.values() if node_of(i) == node],
+            has_instance=lambda uid: uid in vms,
+        )
 
-    def instance_type(self, name: str | None) -> InstanceType | None:
-        return next((t for t in self.instance_types() if t.metadata.name == name), None)
 
-    def image(self, key: Key) -> Image | None:
-        return next((i for i in self.images() if _key(i) == key), None)
-
-    def network(self, key: Key) -> Network | None:
-        return next((n for n in self.networks() if _key(n) == key), None)
-
-    def instance(self, uid: str) -> Instance | None:
-        if self.instance_by_uid is not None:
-            return self.instance_by_uid(uid)
-        return next((i for i in self.instances() if i.metadata.uid == uid), None)
-
-    def has_instance(self, uid: str) -> bool:
-        if self.instance_exists is not None:
-            return self.instance_exists(uid)
-        return self.instance(uid) is not None
-
-
-def _key(obj: Image | Network) -> Key:
+def key_of(obj: Image | Network | Instance) -> Key:
     return (obj.metadata.namespace or "", obj.metadata.name or "")
+
+
+def node_of(instance: Instance) -> str | None:
+    return instance.status.node if instance.status else None

@@ -61,7 +61,7 @@ STALLED = "Stalled"
 def with_progress(
     conditions: list[Condition],
     *,
-    ready: bool,
+    ready: bool | None,
     reason: str,
     message: str,
     generation: int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import SecretBytes
@@ -21,6 +22,7 @@ from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
 from stratus_api.v1alpha1.network import NetworkType
+from stratus_api.validation import FieldProblem
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.ipam import Allocation
 
@@ -239,3 +241,49 @@ def with_guest_status(
         update["restarts"] = max(guest.restarts, status.restarts or 0)
         update["last_restart_reason"] = guest.last_restart_reason or status.last_restart_reason
     return status.model_copy(update=update)
+
+
+StatusChange = Callable[[InstanceStatus, int], InstanceStatus]
+
+
+def failing(
+    reason: str, message: str, *, stalled: bool, phase: InstancePhase | None = None
+) -> StatusChange:
+    def change(status: InstanceStatus, generation: int) -> InstanceStatus:
+        return status.model_copy(
+            update={
+                "phase": phase or (InstancePhase.FAILED if stalled else status.phase),
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=False, reason=reason, message=message,
+                    generation=generation, reconciling=not stalled, stalled=stalled,
+                ),
+            }
+        )  # fmt: skip
+
+    return change
+
+
+def with_problem(problem: InstanceProblem) -> StatusChange:
+    return failing(problem.reason, str(problem), stalled=problem.needs_user)
+
+
+def unschedulable(why: str) -> StatusChange:
+    def change(status: InstanceStatus, generation: int) -> InstanceStatus:
+        waiting = failing("Unschedulable", why, stalled=False, phase=InstancePhase.SCHEDULING)
+        updated = waiting(status, generation)
+        return updated.model_copy(
+            update={
+                "conditions": conditions.set_condition(
+                    updated.conditions, SCHEDULED, False, "Unschedulable", why, generation
+                )
+            }
+        )
+
+    return change
+
+
+def invalid(problems: Sequence[FieldProblem]) -> StatusChange:
+    """The operator cannot read the Instance (admission and the models disagree): say which
+    field, stall, and leave the guest alone."""
+    detail = "; ".join(str(problem) for problem in problems) or "the spec cannot be read"
+    return failing("InvalidSpec", detail, stalled=True, phase=None)

@@ -28,14 +28,15 @@ class Allocation:
     dns_servers: tuple[str, ...]
 
 
-def _reserved(subnet: Subnet) -> set[IPAddress]:
+def reserved(subnet: Subnet) -> set[IPAddress]:
+    """Addresses of a subnet never handed out: network, broadcast, gateway."""
     network = subnet.network
-    reserved: set[IPAddress] = {network.network_address}
+    out: set[IPAddress] = {network.network_address}
     if network.version == 4 and network.prefixlen < 31:
-        reserved.add(network.broadcast_address)
+        out.add(network.broadcast_address)
     if subnet.gateway:
-        reserved.add(ipaddress.ip_address(subnet.gateway))
-    return reserved
+        out.add(ipaddress.ip_address(subnet.gateway))
+    return out
 
 
 def _candidates(subnet: Subnet) -> Iterator[IPAddress]:
@@ -63,9 +64,9 @@ def allocate(spec: NetworkSpec, used: set[str], fixed: str | None, field: str) -
         subnet = next(s for s in spec.subnets if address in s.network)
         return _allocation(subnet, address)
     subnet = spec.subnets[0]
-    reserved = _reserved(subnet)
+    taken_too = reserved(subnet)
     for address in _candidates(subnet):
-        if address not in reserved and address not in taken:
+        if address not in taken_too and address not in taken:
             return _allocation(subnet, address)
     raise IpamError(field, f"no free address left in {subnet.cidr}")
 

@@ -33,15 +33,20 @@ def _first(index: kopf.Index[Any, T], key: Any) -> T | None:
 
 def world(kwargs: dict[str, Any]) -> World:
     """The World over the live indexes kopf passes to every handler (see indexes.py)."""
-    instances, uids = kwargs["stratus_instances"], kwargs["stratus_instance_uids"]
+    hypervisors, types = kwargs["stratus_hypervisors"], kwargs["stratus_instance_types"]
+    images, networks = kwargs["stratus_images"], kwargs["stratus_networks"]
+    instances, by_node = kwargs["stratus_instances"], kwargs["stratus_instances_by_node"]
+    uids = kwargs["stratus_instance_uids"]
     return World(
-        hypervisors=lambda: _values(kwargs["stratus_hypervisors"]),
-        instance_types=lambda: _values(kwargs["stratus_instance_types"]),
-        images=lambda: _values(kwargs["stratus_images"]),
-        networks=lambda: _values(kwargs["stratus_networks"]),
+        hypervisors=lambda: _values(hypervisors),
         instances=lambda: _values(instances),
-        instance_exists=lambda uid: uid in uids,
-        instance_by_uid=lambda uid: _first(instances, uid),
+        hypervisor=lambda name: _first(hypervisors, name),
+        instance_type=lambda name: _first(types, name),
+        image=lambda key: _first(images, key),
+        network=lambda key: _first(networks, key),
+        instance=lambda uid: _first(instances, uid),
+        instances_on=lambda node: list(by_node.get(node, ())),
+        has_instance=lambda uid: uid in uids,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import Image
-from stratus_operator import events, images
+from stratus_operator import images
 from stratus_operator.agent_client import AgentError
 from stratus_operator.controllers import conditions
 from stratus_operator.handlers.common import IMAGES, runtime, world
@@ -20,24 +20,17 @@ log = logging.getLogger(__name__)
 
 @kopf.on.resume(*IMAGES)
 @kopf.on.create(*IMAGES)
-async def check_source(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
-) -> None:
+async def check_source(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     image = Image.model_validate(dict(body))
     rt = runtime(memo)
-    before = image.status.conditions if image.status else []
-    ref = events.involved("Image", image.metadata.namespace, image.metadata.name or "",
-                          image.metadata.uid or "")  # fmt: skip
     try:
         status = await images.check_source(image, rt.settings.images)
     except images.SourceProblem as exc:
-        patch.status.update(exc.status.to_wire())
-        await rt.events.transition(ref, before, exc.status.conditions)
+        await images.write_status(image, exc.status, rt)
         if exc.permanent:
             raise kopf.PermanentError(str(exc)) from None
         raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None
-    patch.status.update(status.to_wire())
-    await rt.events.transition(ref, before, status.conditions)
+    await images.write_status(image, status, rt)
 
 
 @kopf.on.delete(*IMAGES)
@@ -45,6 +38,7 @@ async def evict_from_nodes(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
     """Evict by reference: each node drops the cached file now, or once no guest uses it.
     A node that does not answer keeps it until its cache budget evicts it."""
     rt, uid = runtime(memo), body.metadata.uid or ""
+    rt.status.forget(uid)
     for hypervisor in world(kwargs).hypervisors():
         status = hypervisor.status
         if status is None or not conditions.is_true(status.conditions, conditions.READY):

@@ -1,10 +1,11 @@
-"""In-memory copies of every Stratus object, kept by kopf from its watches. kopf fills them
-completely before the first handler runs, so handlers read them instead of the API."""
+"""In-memory copies of every Stratus object, kept by kopf from its watches and keyed for the
+World's lookups. kopf fills them completely before the first handler runs, so handlers read
+them instead of the API."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -17,49 +18,62 @@ from stratus_operator.handlers.common import (
     INSTANCES,
     NETWORKS,
 )
+from stratus_operator.world import key_of, node_of
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Resource)
 
 
-def _parsed(model: type[Resource], body: kopf.Body) -> dict[str, Any]:
+def _parsed(model: type[R], body: kopf.Body) -> R | None:
     try:
-        obj = model.model_validate(dict(body))
-    except ValidationError as exc:  # the CRD schema should make this impossible
+        return model.model_validate(dict(body))
+    except ValidationError as exc:  # admission should make this impossible
         meta = body.get("metadata") or {}
         where = f"{meta.get('namespace') or ''}/{meta.get('name')}".lstrip("/")
         log.warning("%s %s cannot be read (%d problems); left out", model.crd.kind, where,
                     exc.error_count())  # fmt: skip
-        return {}
-    return {obj.metadata.uid or "": obj}
+        return None
 
 
 @kopf.index(*HYPERVISORS)
-def stratus_hypervisors(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return _parsed(Hypervisor, body)
+def stratus_hypervisors(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Hypervisor, body)
+    return {found.metadata.name: found} if found else {}
 
 
 @kopf.index(*INSTANCE_TYPES)
-def stratus_instance_types(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return _parsed(InstanceType, body)
+def stratus_instance_types(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(InstanceType, body)
+    return {found.metadata.name: found} if found else {}
 
 
 @kopf.index(*IMAGES)
-def stratus_images(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return _parsed(Image, body)
+def stratus_images(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Image, body)
+    return {key_of(found): found} if found else {}
 
 
 @kopf.index(*NETWORKS)
-def stratus_networks(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return _parsed(Network, body)
+def stratus_networks(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Network, body)
+    return {key_of(found): found} if found else {}
 
 
 @kopf.index(*INSTANCES)
-def stratus_instances(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return _parsed(Instance, body)
+def stratus_instances(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Instance, body)
+    return {found.metadata.uid: found} if found else {}
 
 
 @kopf.index(*INSTANCES)
-def stratus_instance_uids(body: kopf.Body, **_: Any) -> dict[str, Any]:
+def stratus_instances_by_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Instance, body)
+    node = node_of(found) if found else None
+    return {node: found} if found and node else {}
+
+
+@kopf.index(*INSTANCES)
+def stratus_instance_uids(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Every Instance's UID, parsed or not: a guest whose Instance exists is never garbage,
     even when its spec is one the models refuse."""
     return {body.metadata.uid: True}

@@ -11,6 +11,7 @@ from stratus_api.v1alpha1 import Instance
 from stratus_api.validation import problems_of
 from stratus_operator import instances
 from stratus_operator.agent_client import AgentError
+from stratus_operator.controllers.instance import invalid
 from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import INSTANCES, runtime, world
 from stratus_operator.runtime import AgentNotConfigured
@@ -20,14 +21,14 @@ from stratus_operator.runtime import AgentNotConfigured
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES, field="spec")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
-    # Status is written through instances.write_status (read, change, write at that
-    # version), never kopf's patch: agent reports write it too, concurrently.
-    rt, ref = runtime(memo), instances.InstanceRef.of_body(body)
+    # Status goes through the one status writer, never kopf's patch: agent reports write
+    # it too, and the writer orders both.
+    rt = runtime(memo)
     try:
         instance = Instance.model_validate(dict(body))
     except ValidationError as exc:
         problems = problems_of(exc)
-        await instances.write_status(ref, rt, instances.invalid(problems))
+        await instances.write_body_status(body, rt, invalid(problems))
         raise kopf.PermanentError("; ".join(str(p) for p in problems)) from None
     try:
         change = await instances.reconcile(instance, world(kwargs), rt)
@@ -35,9 +36,9 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
         failure = instances.failed(exc)
         if failure is None:
             raise
-        await instances.write_status(ref, rt, failure)
+        await instances.write_body_status(body, rt, failure)
         raise errors.intent(exc, retry, rt.settings) from None
-    await instances.write_status(ref, rt, change)
+    await instances.write_body_status(body, rt, change)
 
 
 @kopf.on.delete(*INSTANCES)

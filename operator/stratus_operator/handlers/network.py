@@ -8,11 +8,11 @@ import kopf
 
 from stratus_api.v1alpha1 import Network
 from stratus_operator import networks
-from stratus_operator.handlers.common import NETWORKS
+from stratus_operator.handlers.common import NETWORKS, runtime
 
 
 @kopf.on.resume(*NETWORKS)
 @kopf.on.create(*NETWORKS)
-def settle(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def settle(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     network = Network.model_validate(dict(body))
-    patch.status.update(networks.settled_status(network).to_wire())
+    await networks.settle(network, runtime(memo))

@@ -1,0 +1,121 @@
+"""Where an Instance runs and which addresses its NICs get: the ledgers in the Runtime, fed
+from the World once and then kept in step. The caller holds `runtime.decisions`, so
+concurrent creates see each other's decisions and get the answers of one at a time."""
+
+from __future__ import annotations
+
+from stratus_api.v1alpha1 import Instance, Network
+from stratus_api.v1alpha1.instance import InterfaceStatus
+from stratus_operator.controllers import conditions, placement, scheduler
+from stratus_operator.controllers.addressing import Address, NetworkLedger
+from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
+from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.runtime import Runtime
+from stratus_operator.world import World
+
+
+def size_of(instance: Instance, world: World) -> placement.Usage | None:
+    try:
+        size = resolve_size(instance, world.instance_type(instance.spec.instance_type))
+    except InstanceProblem:
+        return None
+    return placement.Usage(size.cpu, size.memory_bytes)
+
+
+def seed(world: World, runtime: Runtime) -> None:
+    """The placements earlier runs made, from the watched Instances (once per process)."""
+    if runtime.seeded:
+        return
+    for instance in world.instances():
+        node = instance.status.node if instance.status else None
+        size = size_of(instance, world) if node else None
+        if node and size is not None:
+            runtime.placements.place(instance.metadata.uid or "", node, size)
+    runtime.seeded = True
+
+
+def schedule(instance: Instance, size: Size, world: World, runtime: Runtime) -> str:
+    """The node the Instance is on, or a new placement on the best fitting node."""
+    uid = instance.metadata.uid or ""
+    seed(world, runtime)
+    known = (instance.status.node if instance.status else None) or runtime.placements.node_of(uid)
+    if known:
+        return known
+    candidates = []
+    for hv in world.hypervisors():
+        name = hv.metadata.name or ""
+        free, used = placement.allocatable(hv), runtime.placements.used(name)
+        ready = hv.status is not None and conditions.is_true(hv.status.conditions, conditions.READY)
+        candidates.append(
+            scheduler.Candidate(
+                name=name,
+                labels=hv.metadata.labels,
+                ready=ready,
+                schedulable=hv.spec.schedulable,
+                cpu_free=free.cpu - used.cpu,
+                memory_free_bytes=free.memory_bytes - used.memory_bytes,
+            )
+        )
+    request = scheduler.Request(size.cpu, size.memory_bytes, instance.spec.node_selector or {})
+    chosen = scheduler.pick(request, candidates)
+    runtime.placements.place(uid, chosen.name, placement.Usage(size.cpu, size.memory_bytes))
+    return chosen.name
+
+
+def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
+    """The Network's address ledger, built from its NICs' status on first use."""
+    namespace, name = network.metadata.namespace or "", network.metadata.name or ""
+    key = (namespace, name, network.metadata.uid or "")
+    found = runtime.addresses.get(key)
+    if found is None:
+        found = NetworkLedger(network.spec)
+        for instance in world.instances():
+            if instance.metadata.namespace != namespace or instance.status is None:
+                continue
+            for iface in instance.status.interfaces:
+                if iface.network == name and iface.ip and iface.mac:
+                    found.hold(instance.metadata.uid or "", Address(iface.ip, iface.mac))
+        runtime.addresses[key] = found
+    return found
+
+
+def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[Network, Address]]:
+    """Each NIC's Network and address; an address is allocated once per NIC and kept."""
+    namespace, uid = instance.metadata.namespace or "", instance.metadata.uid or ""
+    own = {i.network: i for i in (instance.status.interfaces if instance.status else [])}
+    out = []
+    for index, attachment in enumerate(instance.spec.networks):
+        field = f"spec.networks[{index}]"
+        network = world.network((namespace, attachment.name))
+        if network is None:
+            raise InstanceProblem(
+                "NetworkNotFound", f"{field}.name: Network {attachment.name} not found",
+                field=f"{field}.name",
+            )  # fmt: skip
+        book = ledger(network, world, runtime)
+        previous = own.get(attachment.name)
+        if previous is not None and previous.ip and previous.mac and book.held(uid) is None:
+            book.hold(uid, Address(previous.ip, previous.mac))
+        try:
+            address = book.allocate(uid, index, attachment.ip, attachment.mac, field)
+        except IpamError as exc:
+            # A full pool may drain; a fixed address someone else holds needs an edit.
+            raise InstanceProblem(
+                "AddressUnavailable", f"{exc.field}: {exc}", field=exc.field,
+                retry=exc.field.endswith(".ip") and attachment.ip is None,
+            ) from exc  # fmt: skip
+        out.append((network, address))
+    return out
+
+
+def interfaces(allocated: list[tuple[Network, Address]]) -> list[InterfaceStatus]:
+    return [
+        InterfaceStatus(network=network.metadata.name or "", ip=address.ip, mac=address.mac)
+        for network, address in allocated
+    ]
+
+
+def release(uid: str, runtime: Runtime) -> None:
+    runtime.placements.release(uid)
+    for book in runtime.addresses.values():
+        book.release(uid)

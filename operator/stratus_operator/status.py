@@ -1,0 +1,93 @@
+"""The one way status is written, for every kind.
+
+The operator is the only writer of Stratus status (agents hold no credentials) and one
+replica is active, so writes are serialised per object in-process and start from the last
+status this process wrote (else the watched one): one merge patch per change, no read
+first. The patch names the object's UID, so a write never lands on an object re-created
+under the same name. Events follow the condition transitions a write makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from stratus_api.v1alpha1.base import ApiModel, Condition
+from stratus_operator.events import EventRecorder
+from stratus_operator.kube import Kube, NotFound
+
+S = TypeVar("S", bound=ApiModel)
+Change = Callable[[S, int], S]  # (current status, metadata.generation) -> new status
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    plural: str
+    namespace: str | None
+    name: str
+    uid: str
+
+    def involved(self) -> dict[str, str]:
+        ref = {"apiVersion": "stratus.io/v1alpha1", "kind": self.kind, "name": self.name,
+               "uid": self.uid}  # fmt: skip
+        if self.namespace:
+            ref["namespace"] = self.namespace
+        return ref
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 patch turning `old` into `new`: changed keys, and None for removed ones."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+class StatusWriter:
+    def __init__(self, kube: Kube, events: EventRecorder) -> None:
+        self._kube = kube
+        self._events = events
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._written: dict[str, Any] = {}
+
+    async def write(
+        self, ref: ObjectRef, watched: S | None, generation: int, change: Change[S], model: type[S]
+    ) -> S | None:
+        """Apply `change` to the object's status and write the difference; the new status,
+        or None when nothing changed or the object is gone."""
+        lock = self._locks.setdefault(ref.uid, asyncio.Lock())
+        async with lock:
+            known = self._written.get(ref.uid)
+            current: S = known if isinstance(known, model) else watched or model()
+            updated = change(current, generation)
+            old, new = current.to_wire(), updated.to_wire()
+            if old == new:
+                return None
+            body = {"metadata": {"uid": ref.uid}, "status": merge_patch(old, new)}
+            try:
+                await self._kube.patch_status(ref.plural, ref.namespace, ref.name, body)
+            except NotFound:
+                self.forget(ref.uid)
+                return None
+            self._written[ref.uid] = updated
+        await self._events.transition(ref.involved(), _conditions(current), _conditions(updated))
+        return updated
+
+    def forget(self, uid: str) -> None:
+        """The object is gone: drop what is kept for it."""
+        self._written.pop(uid, None)
+        self._locks.pop(uid, None)
+
+
+def _conditions(status: ApiModel) -> list[Condition]:
+    found = getattr(status, "conditions", [])
+    return list(found) if isinstance(found, list) else []
