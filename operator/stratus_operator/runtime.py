@@ -95,4 +95,4 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.kube)
-        self.status = StatusWriter(self.kube, self.events)
+        self.status = StatusWriter(self.kube, self.events, self.settings.status.coalesce_seconds)

@@ -54,10 +54,18 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    # Seconds a status change waits for others to the same object, so that a dispatch and
+    # the node's report right after it go out as one request.
+    coalesce_seconds: float = 0.1
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     images: ImageSettings = field(default_factory=ImageSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stratus_api.v1alpha1.base import ApiModel, Condition
@@ -52,33 +52,72 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+@dataclass
+class _Batch:
+    """Changes to one object's status waiting to be written together."""
+
+    changes: list[tuple[Change[Any], Any, int, type[Any]]] = field(default_factory=list)
+    done: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class StatusWriter:
-    def __init__(self, kube: Kube, events: EventRecorder) -> None:
+    """Writes are coalesced per object for `coalesce_seconds`: a dispatch and the node's
+    report that follows at once cost one request, not two. Each caller still waits until
+    its change is written (or failed)."""
+
+    def __init__(self, kube: Kube, events: EventRecorder, coalesce_seconds: float = 0.0) -> None:
         self._kube = kube
         self._events = events
+        self._coalesce = coalesce_seconds
+        self._batches: dict[str, _Batch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._written: dict[str, Any] = {}
 
     async def write(
         self, ref: ObjectRef, watched: S | None, generation: int, change: Change[S], model: type[S]
     ) -> S | None:
-        """Apply `change` to the object's status and write the difference; the new status,
-        or None when nothing changed or the object is gone."""
+        """Apply `change` to the object's status and write the difference; the status after
+        the batch it went out with, or None when nothing changed or the object is gone."""
+        batch = self._batches.get(ref.uid)
+        if batch is None:
+            batch = self._batches[ref.uid] = _Batch()
+            asyncio.get_running_loop().create_task(self._flush(ref, batch))
+        batch.changes.append((change, watched, generation, model))
+        written: S | None = await asyncio.shield(batch.done)
+        return written
+
+    async def _flush(self, ref: ObjectRef, batch: _Batch) -> None:
+        await asyncio.sleep(self._coalesce)
         lock = self._locks.setdefault(ref.uid, asyncio.Lock())
         async with lock:
-            known = self._written.get(ref.uid)
-            current: S = known if isinstance(known, model) else watched or model()
-            updated = change(current, generation)
-            old, new = current.to_wire(), updated.to_wire()
-            if old == new:
-                return None
-            body = {"metadata": {"uid": ref.uid}, "status": merge_patch(old, new)}
+            if self._batches.get(ref.uid) is batch:
+                del self._batches[ref.uid]  # later writes start the next batch
             try:
-                await self._kube.patch_status(ref.plural, ref.namespace, ref.name, body)
-            except NotFound:
-                self.forget(ref.uid)
-                return None
-            self._written[ref.uid] = updated
+                result = await self._apply(ref, batch)
+            except Exception as exc:
+                batch.done.set_exception(exc)
+                return
+        batch.done.set_result(result)
+
+    async def _apply(self, ref: ObjectRef, batch: _Batch) -> Any:
+        _, watched, _, model = batch.changes[0]
+        known = self._written.get(ref.uid)
+        current = known if isinstance(known, model) else watched or model()
+        updated = current
+        for change, _, generation, _ in batch.changes:
+            updated = change(updated, generation)
+        old, new = current.to_wire(), updated.to_wire()
+        if old == new:
+            return None
+        body = {"metadata": {"uid": ref.uid}, "status": merge_patch(old, new)}
+        try:
+            await self._kube.patch_status(ref.plural, ref.namespace, ref.name, body)
+        except NotFound:
+            self.forget(ref.uid)
+            return None
+        self._written[ref.uid] = updated
         await self._events.transition(ref.involved(), _conditions(current), _conditions(updated))
         return updated
 

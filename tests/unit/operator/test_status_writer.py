@@ -1,0 +1,88 @@
+"""The one status writer: one merge patch per batch of changes, no read, UID-guarded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
+from stratus_operator.events import EventRecorder
+from stratus_operator.kube import NotFound
+from stratus_operator.status import ObjectRef, StatusWriter, merge_patch
+
+REF = ObjectRef("Instance", "instances", "ns", "web", "0b7f7c3e-1111-2222-3333-444455556666")
+
+
+class FakeKube:
+    """Records status patches; anything else it is asked fails the test."""
+
+    def __init__(self, gone: bool = False) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self.gone = gone
+
+    async def patch_status(
+        self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
+    ) -> None:
+        assert (plural, namespace, name) == ("instances", "ns", "web")
+        if self.gone:
+            raise NotFound(name)
+        self.patches.append(body)
+
+    async def post_event(
+        self, involved: dict[str, str], type_: str, reason: str, message: str
+    ) -> None:
+        self.events.append((type_, reason))
+
+
+def writer(kube: FakeKube, coalesce: float = 0.05) -> StatusWriter:
+    return StatusWriter(kube, EventRecorder(kube), coalesce)  # type: ignore[arg-type]
+
+
+def to(phase: InstancePhase, node: str | None = None) -> Any:
+    def change(status: InstanceStatus, _generation: int) -> InstanceStatus:
+        update: dict[str, Any] = {"phase": phase}
+        if node is not None:
+            update["node"] = node
+        return status.model_copy(update=update)
+
+    return change
+
+
+def test_merge_patch_sets_changes_and_nulls_removals() -> None:
+    old = {"phase": "Pending", "node": "a", "capacity": {"cpu": 1, "memory": "1Gi"}}
+    new = {"phase": "Running", "capacity": {"cpu": 2, "memory": "1Gi"}}
+    assert merge_patch(old, new) == {"phase": "Running", "node": None, "capacity": {"cpu": 2}}
+
+
+async def test_changes_close_together_go_out_as_one_patch_naming_the_uid() -> None:
+    kube = FakeKube()
+    status = writer(kube)
+    results = await asyncio.gather(
+        status.write(REF, None, 1, to(InstancePhase.PROVISIONING, "hv-1"), InstanceStatus),
+        status.write(REF, None, 1, to(InstancePhase.RUNNING), InstanceStatus),
+    )
+    assert len(kube.patches) == 1
+    assert kube.patches[0] == {"metadata": {"uid": REF.uid},
+                               "status": {"phase": "Running", "node": "hv-1"}}  # fmt: skip
+    assert results[0] == results[1] and results[0] is not None
+    # The next write starts from what was written, not from the (stale) watched status.
+    await status.write(REF, InstanceStatus(), 1, to(InstancePhase.RUNNING), InstanceStatus)
+    assert len(kube.patches) == 1  # nothing changed: nothing sent
+
+
+async def test_a_gone_object_is_forgotten() -> None:
+    kube = FakeKube(gone=True)
+    status = writer(kube, 0)
+    assert await status.write(REF, None, 1, to(InstancePhase.RUNNING), InstanceStatus) is None
+
+
+@pytest.mark.parametrize("coalesce", [0.0, 0.05])
+async def test_every_caller_waits_for_its_own_change(coalesce: float) -> None:
+    kube = FakeKube()
+    status = writer(kube, coalesce)
+    await status.write(REF, None, 1, to(InstancePhase.PROVISIONING), InstanceStatus)
+    await status.write(REF, None, 1, to(InstancePhase.RUNNING), InstanceStatus)
+    assert [p["status"]["phase"] for p in kube.patches] == ["Provisioning", "Running"]
