@@ -28,12 +28,19 @@ from typing import Any
 from stratus_api import naming
 from stratus_devcloud import processes
 from stratus_devcloud.controlplane import (
+    DAEMON_NAMES,
     REPO_ROOT,
     ControlPlaneError,
     LocalControlPlane,
     free_port,
 )
-from stratus_devcloud.nodeservices import LIBVIRT_URI, NodeServices, tool
+from stratus_devcloud.nodeservices import (
+    LIBVIRT_NAMES,
+    LIBVIRT_URI,
+    OVS_NAMES,
+    NodeServices,
+    tool,
+)
 from stratus_devcloud.processes import Daemon
 
 NODE_NAME = "local"
@@ -250,7 +257,12 @@ class DevCloud:
         self._remove_node_state()
         report.add(self.node.stop())
         report.add(self.plane.stop())
-        report.add(processes.stop_all(self.run_dir))  # records of names this version lacks
+        # Records of names this version does not know; OVS and libvirtd, which node.stop()
+        # may have left running on purpose, are not among them.
+        known = {*APP_NAMES, *OVS_NAMES, *LIBVIRT_NAMES, *DAEMON_NAMES}
+        unknown = tuple(r.name for r in processes.recorded(self.run_dir) if r.name not in known)
+        if unknown:
+            report.add(processes.stop_all(self.run_dir, unknown))
         for pid_file in sorted(self.run_dir.glob("*.pid")):
             pid = pid_file.read_text().strip()
             report.notes.append(

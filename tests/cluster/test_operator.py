@@ -62,9 +62,13 @@ def test_problems_are_reported_on_the_named_field(
         instance("nowhere", nodeSelector={"stratus.io/test": "no-such-node"}),
     )  # fmt: skip
 
+    wanted = {"no-type": "InstanceTypeNotFound", "taken-ip": "AddressUnavailable",
+              "no-net": "NetworkNotFound"}  # fmt: skip
+
     def reported() -> dict[str, dict[str, Any]] | None:
+        # Each may first say something else (ImageNotReady until the Image is checked).
         found = statuses(cluster, namespace)
-        if len(found) < 4 or any(ready_reason(found[n]) is None for n in found if n != "nowhere"):
+        if len(found) < 4 or any(ready_reason(found[n]) != r for n, r in wanted.items()):
             return None
         nowhere = found["nowhere"].get("conditions", [])
         return found if any(c["type"] == "Scheduled" for c in nowhere) else None
