@@ -302,7 +302,8 @@ class InstanceSpec(ApiModel):
         description="Guest memory, such as 1Gi. A change applies at the guest's next start.",
     )
     boot: BootSource = Field(
-        description="What the root disk is made from: exactly one of image or volume."
+        description="What the root disk is made from: exactly one of image or volume. "
+        "Immutable (diskSize too): the node makes the root disk once."
     )
     networks: list[NetworkAttachment] = Field(
         default_factory=list,
@@ -421,8 +422,8 @@ class Instance(
     short_names=("inst", "vm"),
     root_rules=(
         # A root rule: the spec cannot see status.node. Placement happens once; until then
-        # the selector can be fixed (an Unschedulable instance), as a Pod's can while it has
-        # scheduling gates.
+        # the selector can still be fixed (an Unschedulable instance), much as Kubernetes
+        # lets a Pod's be edited while scheduling gates hold it back.
         Rule(
             "!has(oldSelf.status) || !has(oldSelf.status.node) || "
             f"({unchanged('spec.nodeSelector', NODE_SELECTOR_CHANGE).rule})",
