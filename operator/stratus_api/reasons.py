@@ -1,7 +1,11 @@
-"""Why a guest failed on its node: the agent's failure codes, shared with the operator.
+"""Condition types and reasons: the words a program switches on, shared by all components.
 
-The agent raises these, the operator copies them into conditions and decides from them
-whether waiting can help (Reconciling, retried with backoff) or only the user can (Stalled).
+`GuestFailure` is why a guest failed on its node: the agent raises these, the operator copies
+them into conditions and decides from them whether waiting can help (Reconciling, retried
+with backoff) or only the user can (Stalled). `ConditionType` and `Reason` are what the
+operator writes into the conditions of every kind. A condition's reason is a `Reason` or a
+`GuestFailure` (`ConditionReason`); all are StrEnums, so they serialise as the plain strings
+and compare equal to them.
 """
 
 from __future__ import annotations
@@ -64,3 +68,67 @@ def is_transient(reason: str) -> bool:
         return GuestFailure(reason) in TRANSIENT
     except ValueError:
         return True
+
+
+class ConditionType(enum.StrEnum):
+    """The `type` of the conditions Stratus writes (kstatus: Ready, Reconciling, Stalled)."""
+
+    # The object is usable: an Instance's guest runs, an Image or Network can be used, a
+    # Hypervisor's agent answers.
+    READY = "Ready"
+    # An Instance is placed on a node (status.node).
+    SCHEDULED = "Scheduled"
+    # Work is under way or being retried; False once settled ("abnormal-true").
+    RECONCILING = "Reconciling"
+    # Progress needs the user; False otherwise ("abnormal-true").
+    STALLED = "Stalled"
+
+
+class Reason(enum.StrEnum):
+    """The `reason` of a condition the operator writes itself (the node's own failures are
+    GuestFailure). One CamelCase word per situation, whatever the kind."""
+
+    # -- Reconciling and Stalled when there is nothing to report -------------------------
+    SETTLED = "Settled"  # Reconciling and Stalled False: nothing left to do
+    PROGRESSING = "Progressing"  # Stalled False while Reconciling is True
+    # -- Ready --------------------------------------------------------------------------------
+    READY = "Ready"  # a Network instances can attach to
+    SOURCE_REACHABLE = "SourceReachable"  # an Image whose source answers
+    SOURCE_UNREACHABLE = "SourceUnreachable"  # an Image whose source does not (yet)
+    AGENT_READY = "AgentReady"  # a Hypervisor whose agent answers
+    AGENT_UNREACHABLE = "AgentUnreachable"  # a Hypervisor whose agent does not
+    # -- An Instance's guest, as its node reports it ------------------------------------------
+    PROVISIONING = "Provisioning"
+    GUEST_RUNNING = "GuestRunning"
+    GUEST_STOPPED = "GuestStopped"
+    GUEST_PAUSED = "GuestPaused"
+    GUEST_RESTARTING = "GuestRestarting"  # down, and the node starts it again
+    GUEST_CRASHED = "GuestCrashed"
+    GUEST_FAILED = "GuestFailed"  # the node said Failed without a GuestFailure
+    # -- Scheduling -----------------------------------------------------------------------
+    SCHEDULED = "Scheduled"
+    UNSCHEDULABLE = "Unschedulable"
+    HYPERVISOR_GONE = "HypervisorGone"  # the node in status.node no longer exists
+    # -- What the Instance refers to, or asks for ---------------------------------------------
+    INVALID_SPEC = "InvalidSpec"  # the models refuse what admission accepted
+    INSTANCE_TYPE_NOT_FOUND = "InstanceTypeNotFound"
+    IMAGE_NOT_FOUND = "ImageNotFound"
+    IMAGE_NOT_READY = "ImageNotReady"
+    IMAGE_FAILED = "ImageFailed"
+    NETWORK_NOT_FOUND = "NetworkNotFound"
+    ADDRESS_UNAVAILABLE = "AddressUnavailable"
+    USER_DATA_NOT_FOUND = "UserDataNotFound"
+    USER_DATA_TOO_LARGE = "UserDataTooLarge"
+    MEMORY_TOO_SMALL = "MemoryTooSmall"
+    # The same words as the node's failures: the operator finds these out before asking it.
+    DISK_TOO_SMALL = GuestFailure.DISK_TOO_SMALL.value
+    BOOT_VOLUME_UNSUPPORTED = GuestFailure.BOOT_VOLUME_UNSUPPORTED.value
+    VOLUMES_UNSUPPORTED = "VolumesUnsupported"
+    # -- Talking to the node's agent ------------------------------------------------------
+    AGENT_REJECTED = "AgentRejected"  # the agent refused the guest spec (4xx)
+    AGENT_UNAUTHORIZED = "AgentUnauthorized"
+    AGENT_UNAVAILABLE = "AgentUnavailable"  # unreachable, timeout, 5xx: retried
+    AGENT_NOT_CONFIGURED = "AgentNotConfigured"
+
+
+ConditionReason = Reason | GuestFailure

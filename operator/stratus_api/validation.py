@@ -85,3 +85,23 @@ def validate(obj: Mapping[str, Any]) -> Resource:
     except ValidationError as exc:
         name = (obj.get("metadata") or {}).get("name")
         raise InvalidObjectError(kind, name, problems_of(exc)) from None
+
+
+def validate_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Resource:
+    """Parse `new` as an edit of `old` (same kind), or raise InvalidObjectError naming every
+    field the edit may not change, as the API server's transition rules do.
+
+    `old` is the object as stored, status included (some rules depend on it, such as an
+    Instance's nodeSelector once it is placed); `new` the object as sent. An edit the API
+    server refuses for `new` alone is refused here by `validate` first.
+    """
+    before = validate(old)
+    after = validate(new)
+    if type(after) is not type(before):
+        problem = FieldProblem("kind", f"an edit cannot change kind {before.crd.kind}")
+        raise InvalidObjectError(after.crd.kind, after.metadata.name, [problem])
+    refused = after.refused_changes(before)
+    if refused:
+        problems = [FieldProblem(error.field, str(error)) for error in refused]
+        raise InvalidObjectError(after.crd.kind, after.metadata.name, problems)
+    return after

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     AliasGenerator,
@@ -103,8 +103,34 @@ class WithRules:
 
 
 def immutable(what: str) -> Callable[..., None]:
-    """CEL transition rule refusing any change to a field after creation."""
-    return rules(Rule("self == oldSelf", f"{what} is immutable once created"))
+    """CEL transition rule refusing any change to a field after creation.
+
+    On the field itself, so the API server runs it only when the field is set both before
+    and after the edit: setting or clearing an optional field passes. `unchanged` is the
+    rule that refuses those too.
+    """
+    return rules(Rule("self == oldSelf", immutable_message(what)))
+
+
+def immutable_message(what: str) -> str:
+    return f"{what} is immutable once created"
+
+
+def unchanged(field: str, message: str, *, equal: str | None = None) -> Rule:
+    """CEL transition rule on an object: its child `field` stays set, or stays unset, and
+    keeps its value. `equal` compares the two values (default `self.F == oldSelf.F`), for
+    values that have more than one spelling, such as quantities.
+
+    On the parent, unlike `immutable()`, because the API server runs a field's own
+    transition rule only when the field exists before and after the edit. The models see
+    one object at a time: a kind's `refused_changes` is the Python twin.
+    """
+    same = equal or f"self.{field} == oldSelf.{field}"
+    return Rule(
+        f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || ({same}))",
+        message,
+        field_path=f".{field}",
+    )
 
 
 def list_map(*keys: str) -> dict[str, Any]:
@@ -248,6 +274,14 @@ class Resource(ApiModel):
                 printer_columns=(*printer_columns, AGE),
                 root_rules=root_rules,
             )
+
+    def refused_changes(self, old: Self) -> list[FieldError]:
+        """What admission refuses in an edit from `old` to this object: the Python twin of
+        the kind's CEL transition rules (`oldSelf`), each FieldError naming its field from
+        the object's root. A single object cannot tell; stratus_api.validation's
+        `validate_update` calls this with both. None here; kinds that have rules override it.
+        """
+        return []
 
 
 class DnsLabelObjectMeta(ObjectMeta):

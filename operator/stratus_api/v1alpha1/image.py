@@ -13,11 +13,13 @@ from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
     ApiModel,
     Condition,
+    FieldError,
     PrinterColumn,
     Resource,
     Rule,
     WithRules,
     immutable,
+    immutable_message,
     list_map,
 )
 from stratus_api.v1alpha1.instancetype import DiskSize, Memory
@@ -214,3 +216,8 @@ class Image(
     kind: Literal["Image"] = "Image"
     spec: ImageSpec = Field(description="What image to import.")
     status: ImageStatus | None = Field(default=None, description="What the import found.")
+
+    def refused_changes(self, old: Image) -> list[FieldError]:
+        if self.spec.source != old.spec.source:
+            return [FieldError("spec.source", immutable_message("source"))]
+        return []

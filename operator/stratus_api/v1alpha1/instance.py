@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
     ApiModel,
     Condition,
@@ -18,6 +20,7 @@ from stratus_api.v1alpha1.base import (
     WithRules,
     list_map,
     rules,
+    unchanged,
 )
 from stratus_api.v1alpha1.instancetype import MAX_CPU, DiskSize, Memory
 from stratus_api.v1alpha1.network import IpText
@@ -48,6 +51,59 @@ LABEL_VALUE_MAX = 63
 USER_DATA_MESSAGE = f"userData must be at most {MAX_USER_DATA_BYTES} bytes of UTF-8"
 NODE_SELECTOR_KEY_MESSAGE = f"nodeSelector keys must be at most {LABEL_KEY_MAX} characters"
 
+# An RFC 3339 time as `date -u +%FT%TZ`, Go's time.RFC3339(Nano) and `kubectl rollout
+# restart` write it: upper-case T and Z, at most nine digits of fraction, no leap second
+# (Go refuses :60 too), years 1000-9999 (Python's dates start at year 1, Go's at 0).
+RFC3339_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+# The longest text the pattern accepts (2026-11-27T08:00:00.123456789+01:00); the operator
+# hands the value to the node as GuestSpec.restart_token, which holds 64 (a test checks).
+RFC3339_MAX_LENGTH = 35
+RESTART_REQUEST_MESSAGE = (
+    "restartRequestedAt must be an RFC 3339 time such as 2026-11-27T08:00:00Z, on a day "
+    "the month has"
+)
+_YEAR, _MONTH, _DAY = "int(self.substring(0, 4))", "self.substring(5, 7)", "self.substring(8, 10)"
+# The pattern leaves the day of the month to this rule: 30 days hath September...
+RESTART_REQUEST_RULE = Rule(
+    f"!self.matches('{RFC3339_PATTERN}') || int({_DAY}) <= ("
+    f"{_MONTH} in ['04', '06', '09', '11'] ? 30 : {_MONTH} != '02' ? 31 : "
+    f"{_YEAR} % 4 == 0 && ({_YEAR} % 100 != 0 || {_YEAR} % 400 == 0) ? 29 : 28)",
+    RESTART_REQUEST_MESSAGE,
+)
+
+# Edits the node cannot apply, refused at admission (CEL `oldSelf`; `refused_changes` is
+# the Python twin). What stays editable is applied by the node at the guest's next start.
+BOOT_IMAGE_CHANGE = (
+    "image is immutable once created: the node makes the root disk from it once; create "
+    "another Instance to boot another image"
+)
+BOOT_VOLUME_CHANGE = (
+    "volume is immutable once created: create another Instance to boot from another volume"
+)
+DISK_SIZE_CHANGE = (
+    "diskSize is immutable once created: the root disk keeps the size it was made with "
+    "(growing it is not supported yet)"
+)
+NIC_IP_CHANGE = (
+    "ip is immutable while the network stays attached: the NIC keeps the address it was given"
+)
+NIC_MAC_CHANGE = (
+    "mac is immutable while the network stays attached: the NIC keeps the MAC it was given"
+)
+NODE_SELECTOR_CHANGE = (
+    "nodeSelector is immutable once the instance is placed on a node (status.node): it only "
+    "chooses the node, and instances do not move"
+)
+_SAME_DISK_SIZE = (
+    "[string(self.diskSize), string(oldSelf.diskSize)].all(q, isQuantity(q)) ? "
+    "quantity(string(self.diskSize)).compareTo(quantity(string(oldSelf.diskSize))) == 0 : "
+    "string(self.diskSize) == string(oldSelf.diskSize)"
+)
+
 
 def _not_zero_mac(mac: str) -> str:
     if mac == ZERO_MAC:
@@ -68,6 +124,18 @@ def _label_keys(selector: dict[str, str]) -> dict[str, str]:
     return selector
 
 
+def _bytes(size: ByteQuantity | None) -> int | None:
+    return size.bytes if size is not None else None
+
+
+def _calendar_day(text: str) -> str:
+    try:
+        datetime.date(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        raise ValueError(RESTART_REQUEST_MESSAGE) from None
+    return text
+
+
 SshKey = Annotated[str, Field(max_length=MAX_SSH_KEY_LENGTH, pattern=SSH_KEY_PATTERN)]
 Mac = Annotated[
     str,
@@ -82,6 +150,12 @@ UserData = Annotated[
     AfterValidator(_user_data_bytes),
     WithRules(Rule(f"size(bytes(self)) <= {MAX_USER_DATA_BYTES}", USER_DATA_MESSAGE)),
 ]
+RestartRequest = Annotated[
+    str,
+    Field(max_length=RFC3339_MAX_LENGTH, pattern=RFC3339_PATTERN),
+    AfterValidator(_calendar_day),
+    WithRules(RESTART_REQUEST_RULE),
+]
 NodeSelector = Annotated[
     dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]],
     Field(max_length=MAX_NODE_SELECTOR),
@@ -93,6 +167,7 @@ NodeSelector = Annotated[
 class RunStrategy(enum.StrEnum):
     ALWAYS = "Always"
     HALTED = "Halted"
+    PAUSED = "Paused"
 
 
 class InstancePhase(enum.StrEnum):
@@ -100,13 +175,15 @@ class InstancePhase(enum.StrEnum):
     SCHEDULING = "Scheduling"
     PROVISIONING = "Provisioning"
     RUNNING = "Running"
+    PAUSED = "Paused"
     STOPPED = "Stopped"
     FAILED = "Failed"
     TERMINATING = "Terminating"
 
 
 class BootSource(ApiModel):
-    """What the root disk is made from: exactly one of image or volume."""
+    """What the root disk is made from: exactly one of image or volume. Immutable: the node
+    makes the root disk once."""
 
     model_config = ConfigDict(
         json_schema_extra=rules(
@@ -116,6 +193,9 @@ class BootSource(ApiModel):
                 "diskSize applies only when booting from an image",
                 field_path=".diskSize",
             ),
+            unchanged("image", BOOT_IMAGE_CHANGE),
+            unchanged("volume", BOOT_VOLUME_CHANGE),
+            unchanged("diskSize", DISK_SIZE_CHANGE, equal=_SAME_DISK_SIZE),
         )
     )
 
@@ -136,7 +216,8 @@ class BootSource(ApiModel):
     disk_size: DiskSize | None = Field(
         default=None,
         description="Root disk size when booting from an image. Unset: the instance type's "
-        "disk, else the image's virtual size.",
+        "disk, else the image's virtual size. Immutable: growing the disk is not supported "
+        "yet.",
     )
 
     @model_validator(mode="after")
@@ -149,19 +230,24 @@ class BootSource(ApiModel):
 
 
 class NetworkAttachment(ApiModel):
-    """A NIC on a Network."""
+    """A NIC on a Network. Its ip and mac are fixed while it stays attached."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(unchanged("ip", NIC_IP_CHANGE), unchanged("mac", NIC_MAC_CHANGE))
+    )
 
     name: str = Field(
         min_length=1, max_length=RESOURCE_NAME_MAX, description="Network in the same namespace."
     )
     ip: IpText | None = Field(
         default=None,
-        description="Fixed IP inside one of the network's subnets. Unset: allocated.",
+        description="Fixed IP inside one of the network's subnets. Unset: allocated. "
+        "Immutable while the network stays attached.",
     )
     mac: Mac | None = Field(
         default=None,
         description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56), not all zero. "
-        "Unset: generated.",
+        "Unset: generated. Immutable while the network stays attached.",
     )
 
 
@@ -202,17 +288,28 @@ class InstanceSpec(ApiModel):
         min_length=1,
         max_length=RESOURCE_NAME_MAX,
         description="Name of an InstanceType giving cpu, memory and disk; cpu and memory set "
-        "here override it.",
+        "here override it. A new type's cpu and memory apply at the guest's next start; its "
+        "disk applies only when the root disk is made.",
     )
-    cpu: int | None = Field(default=None, ge=1, le=MAX_CPU, description="Virtual CPUs.")
-    memory: Memory | None = Field(default=None, description="Guest memory, such as 1Gi.")
+    cpu: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CPU,
+        description="Virtual CPUs. A change applies at the guest's next start.",
+    )
+    memory: Memory | None = Field(
+        default=None,
+        description="Guest memory, such as 1Gi. A change applies at the guest's next start.",
+    )
     boot: BootSource = Field(
-        description="What the root disk is made from: exactly one of image or volume."
+        description="What the root disk is made from: exactly one of image or volume. "
+        "Immutable (diskSize too): the node makes the root disk once."
     )
     networks: list[NetworkAttachment] = Field(
         default_factory=list,
         max_length=MAX_NICS,
-        description="NICs, in order, each on a Network of the same namespace.",
+        description="NICs, in order, each on a Network of the same namespace. NICs added or "
+        "removed apply at the guest's next start.",
         json_schema_extra=list_map("name"),
     )
     volumes: list[VolumeAttachment] = Field(
@@ -225,7 +322,8 @@ class InstanceSpec(ApiModel):
         default=None,
         description=f"cloud-init user-data, at most {MAX_USER_DATA_BYTES} bytes of UTF-8. Put "
         "credentials in userDataSecretRef instead: this field is readable by anyone who can "
-        "read the Instance.",
+        "read the Instance. Edits reach the guest's seed disk at its next start; cloud-init "
+        "applies most modules only on the first boot.",
     )
     user_data_secret_ref: SecretKeyRef | None = Field(
         default=None, description="cloud-init user-data from a Secret."
@@ -235,16 +333,34 @@ class InstanceSpec(ApiModel):
         max_length=MAX_SSH_KEYS,
         description=f"Public SSH keys for the default user, one authorized_keys line each "
         f"(type, base64 key, optional comment; printable ASCII, at most {MAX_SSH_KEY_LENGTH} "
-        f"characters), at most {MAX_SSH_KEYS}.",
+        f"characters), at most {MAX_SSH_KEYS}. Like userData, read by cloud-init, which "
+        "installs them on the first boot.",
     )
     run_strategy: RunStrategy = Field(
         default=RunStrategy.ALWAYS,
-        description="Always: keep the guest running. Halted: keep it shut off.",
+        description="Always: keep the guest running; the node starts it again when it stops "
+        "or crashes. Halted: keep it shut off. Paused: keep it started with its vCPUs "
+        "suspended and its memory kept (from Halted or at creation it starts paused, before "
+        "running one instruction); set Always again to resume it at once. Pausing is a run "
+        "strategy, not a separate flag, because it is one more power state of the same "
+        "knob: one field to patch (kubectl patch instance vm --type=merge -p "
+        '\'{"spec":{"runStrategy":"Paused"}}\'), no combination to refuse (a paused '
+        "Halted guest), and no doubt whether Always restarts a paused guest: a guest that "
+        "goes down while Paused is started again paused.",
+    )
+    restart_requested_at: RestartRequest | None = Field(
+        default=None,
+        description="Ask for one restart by setting the time of asking in RFC 3339, such as "
+        "2026-11-27T08:00:00Z (as kubectl rollout restart stamps restartedAt): each new "
+        "value is one more restart, a power cycle from outside the guest, which also applies "
+        "cpu, memory and NIC changes. The guest comes back as runStrategy says (paused under "
+        "Paused); a Halted guest stays off. Removing the field asks for nothing. "
+        "status.lastRestartRequestHandled shows the value last acted on.",
     )
     node_selector: NodeSelector | None = Field(
         default=None,
         description=f"Labels a Hypervisor must have to run this instance (at most "
-        f"{MAX_NODE_SELECTOR}).",
+        f"{MAX_NODE_SELECTOR}). Immutable once the instance is placed (status.node).",
     )
 
     @model_validator(mode="after")
@@ -288,6 +404,11 @@ class InstanceStatus(ApiModel):
     last_restart_reason: str | None = Field(
         default=None, description="Why the guest stopped before its last restart."
     )
+    last_restart_request_handled: str | None = Field(
+        default=None,
+        description="The spec.restartRequestedAt the node last acted on (restarted the "
+        "guest, or found it Halted): equal to it once the asked-for restart is done.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Current state: Scheduled, Ready, and Reconciling or Stalled (kstatus).",
@@ -299,6 +420,17 @@ class Instance(
     Resource,
     plural="instances",
     short_names=("inst", "vm"),
+    root_rules=(
+        # A root rule: the spec cannot see status.node. Placement happens once; until then
+        # the selector can still be fixed (an Unschedulable instance), much as Kubernetes
+        # lets a Pod's be edited while scheduling gates hold it back.
+        Rule(
+            "!has(oldSelf.status) || !has(oldSelf.status.node) || "
+            f"({unchanged('spec.nodeSelector', NODE_SELECTOR_CHANGE).rule})",
+            NODE_SELECTOR_CHANGE,
+            field_path=".spec.nodeSelector",
+        ),
+    ),
     printer_columns=(
         PrinterColumn("Phase", ".status.phase"),
         PrinterColumn("Node", ".status.node"),
@@ -312,3 +444,26 @@ class Instance(
     metadata: DnsLabelObjectMeta = Field(default_factory=DnsLabelObjectMeta)
     spec: InstanceSpec = Field(description="What to run.")
     status: InstanceStatus | None = Field(default=None, description="How it runs.")
+
+    def refused_changes(self, old: Instance) -> list[FieldError]:
+        """The twin of the CEL transition rules above. Paths name the new object's fields,
+        as the API server does (a NIC by its index in the new list)."""
+        out = []
+        new_boot, old_boot = self.spec.boot, old.spec.boot
+        if new_boot.image != old_boot.image:
+            out.append(FieldError("spec.boot.image", BOOT_IMAGE_CHANGE))
+        if new_boot.volume != old_boot.volume:
+            out.append(FieldError("spec.boot.volume", BOOT_VOLUME_CHANGE))
+        if _bytes(new_boot.disk_size) != _bytes(old_boot.disk_size):
+            out.append(FieldError("spec.boot.diskSize", DISK_SIZE_CHANGE))
+        attached = {nic.name: nic for nic in old.spec.networks}
+        for index, nic in enumerate(self.spec.networks):
+            before = attached.get(nic.name)
+            if before is not None and nic.ip != before.ip:
+                out.append(FieldError(f"spec.networks[{index}].ip", NIC_IP_CHANGE))
+            if before is not None and nic.mac != before.mac:
+                out.append(FieldError(f"spec.networks[{index}].mac", NIC_MAC_CHANGE))
+        placed = old.status is not None and old.status.node is not None
+        if placed and self.spec.node_selector != old.spec.node_selector:
+            out.append(FieldError("spec.nodeSelector", NODE_SELECTOR_CHANGE))
+        return out

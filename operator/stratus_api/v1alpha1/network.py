@@ -17,6 +17,7 @@ from stratus_api.v1alpha1.base import (
     Rule,
     WithRules,
     immutable,
+    immutable_message,
     list_map,
     rules,
 )
@@ -262,6 +263,17 @@ class Network(
     kind: Literal["Network"] = "Network"
     spec: NetworkSpec = Field(description="How the segment is built, which addresses it has.")
     status: NetworkStatus | None = Field(default=None, description="What was allocated.")
+
+    def refused_changes(self, old: Network) -> list[FieldError]:
+        """The twin of the `immutable` rules, which run only where a field is set before
+        and after (setting segmentationId later passes)."""
+        out = []
+        if self.spec.type != old.spec.type:
+            out.append(FieldError("spec.type", immutable_message("type")))
+        segments = (self.spec.segmentation_id, old.spec.segmentation_id)
+        if None not in segments and segments[0] != segments[1]:
+            out.append(FieldError("spec.segmentationId", immutable_message("segmentationId")))
+        return out
 
 
 def check_fixed_ip(spec: NetworkSpec, address: str) -> str | None:

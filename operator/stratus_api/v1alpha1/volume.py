@@ -17,12 +17,14 @@ from stratus_api.v1alpha1.base import (
     Resource,
     Rule,
     immutable,
+    immutable_message,
     list_map,
     rules,
 )
 from stratus_api.v1alpha1.instancetype import DiskSize
 
 RESOURCE_NAME_MAX = 253
+SHRINK_MESSAGE = "size can grow but never shrink"
 
 
 class VolumeBackend(enum.StrEnum):
@@ -77,7 +79,7 @@ class VolumeSpec(ApiModel):
         json_schema_extra=rules(
             Rule(
                 "quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0",
-                "size can grow but never shrink",
+                SHRINK_MESSAGE,
             )
         ),
     )
@@ -136,3 +138,16 @@ class Volume(
     kind: Literal["Volume"] = "Volume"
     spec: VolumeSpec = Field(description="Size, backend and initial content.")
     status: VolumeStatus | None = Field(default=None, description="Where the volume is.")
+
+    def refused_changes(self, old: Volume) -> list[FieldError]:
+        """The twin of the transition rules; `source` is checked only where it is set before
+        and after, as the API server runs its rule."""
+        out = []
+        if self.spec.size.bytes < old.spec.size.bytes:
+            out.append(FieldError("spec.size", SHRINK_MESSAGE))
+        if self.spec.backend != old.spec.backend:
+            out.append(FieldError("spec.backend", immutable_message("backend")))
+        sources = (self.spec.source, old.spec.source)
+        if None not in sources and sources[0] != sources[1]:
+            out.append(FieldError("spec.source", immutable_message("source")))
+        return out

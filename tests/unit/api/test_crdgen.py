@@ -92,6 +92,14 @@ def test_fields_fixed_at_creation_have_transition_rules() -> None:
     assert "self == oldSelf" in rules_at(by_kind["Network"], "spec", "segmentationId")
     assert "self == oldSelf" in rules_at(by_kind["Volume"], "spec", "backend")
     assert "self == oldSelf" in rules_at(by_kind["Image"], "spec", "source")
+    boot = " ".join(rules_at(by_kind["Instance"], "spec", "boot"))
+    for field in ("image", "volume", "diskSize"):
+        assert f"has(self.{field}) == has(oldSelf.{field})" in boot
+    nics = crdgen.schema_for(by_kind["Instance"])["properties"]["spec"]["properties"]["networks"]
+    nic_rules = " ".join(rule["rule"] for rule in nics["items"]["x-kubernetes-validations"])
+    assert "self.ip == oldSelf.ip" in nic_rules and "self.mac == oldSelf.mac" in nic_rules
+    root = crdgen.schema_for(by_kind["Instance"])["x-kubernetes-validations"]
+    assert [rule["fieldPath"] for rule in root] == [".spec.nodeSelector"]
 
 
 def test_optional_fields_become_nullable_not_any_of() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
-from stratus_api import guest, sources, validation
-from stratus_api.v1alpha1 import Hypervisor, Instance, Network, Volume, image, instance
+from stratus_api import guest, reasons, sources, validation
+from stratus_api.v1alpha1 import Condition, Hypervisor, Instance, Network, Volume, image, instance
 from stratus_api.v1alpha1.instance import RunStrategy
 from stratus_api.v1alpha1.network import NetworkSpec, check_fixed_ip
 from stratus_api.v1alpha1.volume import VolumeBackend
@@ -150,3 +151,47 @@ def test_hypervisor_allocation_defaults_match_the_crd() -> None:
 
 def test_user_data_limit_is_the_guest_specs() -> None:
     assert instance.MAX_USER_DATA_BYTES == guest.MAX_USER_DATA_BYTES
+
+
+def test_restart_request_is_kept_as_written_and_fits_the_guest_restart_token() -> None:
+    longest = "2026-11-27T08:00:00.123456789+01:00"
+    assert len(longest) == instance.RFC3339_MAX_LENGTH
+    vm = Instance.model_validate(
+        {
+            "metadata": {"name": "a"},
+            "spec": {
+                "instanceType": "small",
+                "boot": {"image": "i"},
+                "restartRequestedAt": longest,
+            },
+        }
+    )
+    assert vm.to_wire()["spec"]["restartRequestedAt"] == longest  # the token, byte for byte
+    token = guest.GuestSpec.model_fields["restart_token"]
+    limits = [m.max_length for m in token.metadata if getattr(m, "max_length", None)]
+    assert limits and limits[0] >= instance.RFC3339_MAX_LENGTH
+
+
+def test_paused_is_a_run_strategy_and_a_phase() -> None:
+    vm = Instance.model_validate(
+        {
+            "metadata": {"name": "a"},
+            "spec": {"instanceType": "small", "boot": {"image": "i"}, "runStrategy": "Paused"},
+            "status": {"phase": "Paused"},
+        }
+    )
+    assert vm.spec.run_strategy is RunStrategy.PAUSED
+    assert vm.status is not None and vm.status.phase is instance.InstancePhase.PAUSED
+
+
+def test_condition_words_are_one_string_each() -> None:
+    for words in (reasons.ConditionType, reasons.Reason, reasons.GuestFailure):
+        assert len(words.__members__) == len(words), f"{words.__name__} has aliases"
+        assert all(re.fullmatch("[A-Z][a-zA-Z]+", word) for word in words)
+    # The operator finds these out itself, before the node would: the same words.
+    shared = {str(word) for word in reasons.Reason} & {str(f) for f in reasons.GuestFailure}
+    assert shared == {"DiskTooSmall", "BootVolumeUnsupported"}
+    condition = Condition(type=reasons.ConditionType.READY, status="False",
+                          reason=reasons.Reason.GUEST_PAUSED)  # fmt: skip
+    assert condition.to_wire() == {"type": "Ready", "status": "False", "reason": "GuestPaused",
+                                   "message": ""}  # fmt: skip
