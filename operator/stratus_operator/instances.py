@@ -16,7 +16,7 @@ from stratus_api.guest import MAX_USER_DATA_BYTES, GuestState, GuestStatus, Node
 from stratus_api.reasons import IMAGE_FAILURES
 from stratus_api.v1alpha1 import Instance
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
-from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
+from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
 from stratus_operator import allocations
 from stratus_operator.agent_client import (
     AgentClient,
@@ -29,6 +29,7 @@ from stratus_operator.controllers.instance import (
     SCHEDULED,
     InstanceProblem,
     StatusChange,
+    Wanted,
     check_image,
     failing,
     guest_spec,
@@ -134,7 +135,7 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     spec = guest_spec(instance, size, image, nics, user_data)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
-    wanted_running = instance.spec.run_strategy is RunStrategy.ALWAYS
+    wanted = Wanted.of(instance)
 
     def dispatched(current: InstanceStatus, generation: int) -> InstanceStatus:
         updated = current.model_copy(
@@ -154,7 +155,7 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
         ready = conditions.condition(updated.conditions, conditions.READY)
         first = ready is None or updated.phase in (InstancePhase.PENDING, InstancePhase.SCHEDULING)
         if about_this_spec and (reported.state is not GuestState.PROVISIONING or first):
-            updated = with_guest_status(updated, reported, generation, wanted_running)
+            updated = with_guest_status(updated, reported, generation, wanted)
         return updated
 
     return dispatched
@@ -192,13 +193,13 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
     instance = world.instance(guest.uid)
     if instance is None or instance.metadata.deletion_timestamp:
         return
-    wanted_running = instance.spec.run_strategy is RunStrategy.ALWAYS
+    wanted = Wanted.of(instance)
     known = instance.status or InstanceStatus()
-    if with_guest_status(known, guest, instance.metadata.generation or 0, wanted_running) != known:
+    if with_guest_status(known, guest, instance.metadata.generation or 0, wanted) != known:
         # Only news costs API calls: resyncs report every guest every few seconds.
         await write_status(
             ref_of(instance), instance.status, instance.metadata.generation or 0, runtime,
-            lambda status, generation: with_guest_status(status, guest, generation, wanted_running),
+            lambda status, generation: with_guest_status(status, guest, generation, wanted),
         )  # fmt: skip
     if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
         await _fail_image(instance, guest, world, runtime)

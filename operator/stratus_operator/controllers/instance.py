@@ -17,7 +17,7 @@ from stratus_api.guest import (
     Nic,
     PowerState,
 )
-from stratus_api.reasons import is_transient
+from stratus_api.reasons import Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
@@ -145,7 +145,8 @@ def guest_spec(
         generation=meta.generation or 0,
         cpu=size.cpu,
         memory_bytes=size.memory_bytes,
-        power=PowerState.RUNNING if spec.run_strategy is RunStrategy.ALWAYS else PowerState.STOPPED,
+        power=Wanted.of(instance).power,
+        restart_token=spec.restart_requested_at,
         disks=[
             Disk(
                 name="root",
@@ -172,12 +173,35 @@ def guest_spec(
 _PHASES = {
     GuestState.PROVISIONING: InstancePhase.PROVISIONING,
     GuestState.RUNNING: InstancePhase.RUNNING,
-    GuestState.PAUSED: InstancePhase.RUNNING,
+    GuestState.PAUSED: InstancePhase.PAUSED,
     GuestState.STOPPED: InstancePhase.STOPPED,
     GuestState.CRASHED: InstancePhase.FAILED,
     GuestState.FAILED: InstancePhase.FAILED,
     GuestState.MISSING: InstancePhase.PROVISIONING,
 }
+_POWER = {
+    RunStrategy.ALWAYS: PowerState.RUNNING,
+    RunStrategy.HALTED: PowerState.STOPPED,
+    RunStrategy.PAUSED: PowerState.PAUSED,
+}
+_SETTLED = {
+    PowerState.RUNNING: GuestState.RUNNING,
+    PowerState.STOPPED: GuestState.STOPPED,
+    PowerState.PAUSED: GuestState.PAUSED,
+}
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the user asked of the guest: its power state, and the last restart request."""
+
+    power: PowerState
+    restart_token: str | None = None
+
+    @classmethod
+    def of(cls, instance: Instance) -> Wanted:
+        spec = instance.spec
+        return cls(_POWER[spec.run_strategy], spec.restart_requested_at)
 
 
 @dataclass(frozen=True)
@@ -192,41 +216,47 @@ class Progress:
     stalled: bool = False
 
 
-def progress_of(guest: GuestStatus, node: str | None, wanted_running: bool) -> Progress:
-    state = guest.state
-    if state is GuestState.RUNNING:
-        return Progress(InstancePhase.RUNNING, True, "GuestRunning", f"running on {node}")
-    if state is GuestState.PAUSED:
-        return Progress(InstancePhase.RUNNING, False, "GuestPaused", "the guest is paused")
-    if state in (GuestState.STOPPED, GuestState.CRASHED) and wanted_running:
-        what = "crashed" if state is GuestState.CRASHED else "stopped"
-        return Progress(
-            _PHASES[state], False, "GuestRestarting",
-            f"the guest {what}; the node starts it again (runStrategy Always)", reconciling=True,
-        )  # fmt: skip
-    if state is GuestState.STOPPED:
-        return Progress(InstancePhase.STOPPED, False, "GuestStopped", "the guest is shut off")
-    if state is GuestState.CRASHED:
-        return Progress(InstancePhase.FAILED, False, "GuestCrashed", "the guest crashed")
+def progress_of(guest: GuestStatus, node: str | None, wanted: Wanted) -> Progress:
+    state, phase = guest.state, _PHASES[guest.state]
     if state is GuestState.FAILED:
-        reason, message = guest.reason or "GuestFailed", guest.message or "the guest failed"
+        reason, message = guest.reason or Reason.GUEST_FAILED, guest.message or "the guest failed"
         if is_transient(reason):
             return Progress(
                 InstancePhase.PROVISIONING, False, reason,
                 f"{message} (the node retries with backoff)", reconciling=True,
             )  # fmt: skip
-        return Progress(InstancePhase.FAILED, False, reason, message, stalled=True)
-    return Progress(
-        InstancePhase.PROVISIONING, False, "Provisioning", f"being prepared on {node}",
-        reconciling=True,
-    )  # fmt: skip
+        return Progress(phase, False, reason, message, stalled=True)
+    if state in (GuestState.PROVISIONING, GuestState.MISSING):
+        return Progress(phase, False, Reason.PROVISIONING, f"being prepared on {node}",
+                        reconciling=True)  # fmt: skip
+    restart = wanted.restart_token
+    if restart and guest.restart_token != restart and wanted.power is not PowerState.STOPPED:
+        return Progress(phase, False, Reason.GUEST_RESTARTING,
+                        f"restart requested at {restart}", reconciling=True)  # fmt: skip
+    if state in (GuestState.STOPPED, GuestState.CRASHED) and wanted.power is not PowerState.STOPPED:
+        what = "crashed" if state is GuestState.CRASHED else "stopped"
+        return Progress(
+            phase, False, Reason.GUEST_RESTARTING,
+            f"the guest {what}; the node starts it again (runStrategy)", reconciling=True,
+        )  # fmt: skip
+    if state is not _SETTLED[wanted.power] and state is not GuestState.CRASHED:
+        return Progress(phase, False, Reason.PROGRESSING,
+                        f"the guest is {state.lower()}, going to {wanted.power.lower()}",
+                        reconciling=True)  # fmt: skip
+    if state is GuestState.RUNNING:
+        return Progress(phase, True, Reason.GUEST_RUNNING, f"running on {node}")
+    if state is GuestState.PAUSED:
+        return Progress(phase, False, Reason.GUEST_PAUSED, "the guest is paused (runStrategy)")
+    if state is GuestState.CRASHED:
+        return Progress(phase, False, Reason.GUEST_CRASHED, "the guest crashed")
+    return Progress(phase, False, Reason.GUEST_STOPPED, "the guest is shut off")
 
 
 def with_guest_status(
-    status: InstanceStatus, guest: GuestStatus, generation: int, wanted_running: bool
+    status: InstanceStatus, guest: GuestStatus, generation: int, wanted: Wanted
 ) -> InstanceStatus:
     """The Instance status after the agent reported `guest`."""
-    progress = progress_of(guest, status.node, wanted_running)
+    progress = progress_of(guest, status.node, wanted)
     applied = guest.generation if guest.generation is not None else status.observed_generation
     update: dict[str, object] = {
         "phase": progress.phase,
@@ -240,6 +270,8 @@ def with_guest_status(
     if guest.restarts or status.restarts:
         update["restarts"] = max(guest.restarts, status.restarts or 0)
         update["last_restart_reason"] = guest.last_restart_reason or status.last_restart_reason
+    if guest.restart_token:
+        update["last_restart_request_handled"] = guest.restart_token
     return status.model_copy(update=update)
 
 

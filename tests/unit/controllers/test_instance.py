@@ -14,6 +14,7 @@ from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import (
     InstanceProblem,
+    Wanted,
     check_image,
     guest_spec,
     nic_for,
@@ -87,22 +88,33 @@ def test_guest_spec_is_self_contained() -> None:
     assert base64.b64decode(wire["cloudInit"]["userData"]) == b"#!/bin/sh\necho secret"
 
 
+RUNNING, STOPPED, PAUSED = (Wanted(PowerState.RUNNING), Wanted(PowerState.STOPPED),
+                            Wanted(PowerState.PAUSED))  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("state", "wanted_running", "phase", "ready", "reason", "kstatus"),
+    ("state", "wanted", "phase", "ready", "reason", "kstatus"),
     [
-        (GuestState.PROVISIONING, True, InstancePhase.PROVISIONING, False, "Provisioning",
+        (GuestState.PROVISIONING, RUNNING, InstancePhase.PROVISIONING, False, "Provisioning",
          "Reconciling"),
-        (GuestState.RUNNING, True, InstancePhase.RUNNING, True, "GuestRunning", None),
-        (GuestState.STOPPED, False, InstancePhase.STOPPED, False, "GuestStopped", None),
+        (GuestState.RUNNING, RUNNING, InstancePhase.RUNNING, True, "GuestRunning", None),
+        (GuestState.STOPPED, STOPPED, InstancePhase.STOPPED, False, "GuestStopped", None),
         # runStrategy Always: the node restarts it, so the Instance is reconciling, not done.
-        (GuestState.STOPPED, True, InstancePhase.STOPPED, False, "GuestRestarting",
+        (GuestState.STOPPED, RUNNING, InstancePhase.STOPPED, False, "GuestRestarting",
          "Reconciling"),
-        (GuestState.CRASHED, False, InstancePhase.FAILED, False, "GuestCrashed", None),
+        (GuestState.CRASHED, STOPPED, InstancePhase.FAILED, False, "GuestCrashed", None),
+        # Paused is a phase of its own, settled when asked for, on the way otherwise.
+        (GuestState.PAUSED, PAUSED, InstancePhase.PAUSED, False, "GuestPaused", None),
+        (GuestState.PAUSED, RUNNING, InstancePhase.PAUSED, False, "Progressing", "Reconciling"),
+        (GuestState.RUNNING, PAUSED, InstancePhase.RUNNING, False, "Progressing", "Reconciling"),
+        # A restart asked for and not yet done by the node.
+        (GuestState.RUNNING, Wanted(PowerState.RUNNING, "2026-11-27T08:00:00Z"),
+         InstancePhase.RUNNING, False, "GuestRestarting", "Reconciling"),
     ],
 )  # fmt: skip
 def test_reports_become_phase_ready_and_kstatus(
     state: GuestState,
-    wanted_running: bool,
+    wanted: Wanted,
     phase: InstancePhase,
     ready: bool,
     reason: str,
@@ -110,7 +122,7 @@ def test_reports_become_phase_ready_and_kstatus(
 ) -> None:
     status = InstanceStatus(node="hv-1")
     guest = GuestStatus(uid=UID, state=state, generation=3)
-    updated = with_guest_status(status, guest, 3, wanted_running)
+    updated = with_guest_status(status, guest, 3, wanted)
     found = conditions.condition(updated.conditions, "Ready")
     assert updated.phase is phase and updated.observed_generation == 3
     assert found is not None and found.reason == reason
@@ -119,11 +131,20 @@ def test_reports_become_phase_ready_and_kstatus(
         assert conditions.is_true(updated.conditions, kind) is (kind == kstatus)
 
 
+def test_a_restart_done_by_the_node_settles_and_is_recorded() -> None:
+    token = "2026-11-27T08:00:00Z"
+    guest = GuestStatus(uid=UID, state=GuestState.RUNNING, restart_token=token)
+    wanted = Wanted(PowerState.RUNNING, token)
+    status = with_guest_status(InstanceStatus(node="hv"), guest, 1, wanted)
+    assert conditions.is_true(status.conditions, "Ready")
+    assert status.last_restart_request_handled == token
+
+
 def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
     failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="ImageChecksumMismatch",
                          message="image img: downloaded file has sha256 b...")  # fmt: skip
-    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, True)
-    again = with_guest_status(status, failed, 1, True)
+    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, RUNNING)
+    again = with_guest_status(status, failed, 1, RUNNING)
     first = conditions.condition(status.conditions, "Ready")
     second = conditions.condition(again.conditions, "Ready")
     assert first is not None and second is not None
@@ -138,7 +159,7 @@ def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
 def test_transient_failures_keep_reconciling() -> None:
     failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="NetworkSetupFailed",
                          message="ovs-vsctl: bridge missing")  # fmt: skip
-    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, True)
+    status = with_guest_status(InstanceStatus(node="hv"), failed, 1, RUNNING)
     assert conditions.is_true(status.conditions, "Reconciling")
     assert not conditions.is_true(status.conditions, "Stalled")
     assert status.phase is InstancePhase.PROVISIONING
@@ -147,5 +168,5 @@ def test_transient_failures_keep_reconciling() -> None:
 def test_restarts_are_counted_from_the_nodes_reports() -> None:
     restarted = GuestStatus(uid=UID, state=GuestState.RUNNING, restarts=2,
                             last_restart_reason="Crashed")  # fmt: skip
-    status = with_guest_status(InstanceStatus(node="hv"), restarted, 1, True)
+    status = with_guest_status(InstanceStatus(node="hv"), restarted, 1, RUNNING)
     assert status.restarts == 2 and status.last_restart_reason == "Crashed"
