@@ -7,7 +7,16 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from testsupport import Cluster, apply, basics, instance, ready_reason, statuses, wait_until
+from testsupport import (
+    Cluster,
+    apply,
+    basics,
+    condition,
+    instance,
+    ready_reason,
+    statuses,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from conftest import FakeAgent, ImageServer, Operator
@@ -39,6 +48,23 @@ def test_instance_runs_and_is_deleted_from_its_node(
     cluster.kubectl("-n", namespace, "patch", "instance", "web", "--type=merge",
                     "-p", '{"spec": {"runStrategy": "Halted"}}')  # fmt: skip
     wait_until("Stopped", lambda: statuses(cluster, namespace)["web"].get("phase") == "Stopped")
+
+    # An agent that stops answering turns its Instances Unknown within a health interval.
+    cluster.kubectl("-n", namespace, "patch", "instance", "web", "--type=merge",
+                    "-p", '{"spec": {"runStrategy": "Always"}}')  # fmt: skip
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/web",
+                    "--timeout=60s")  # fmt: skip
+    fake_agent.stop()
+
+    def unknown() -> dict[str, Any] | None:
+        found = condition(statuses(cluster, namespace)["web"], "Ready") or {}
+        return found if found.get("status") == "Unknown" else None
+
+    found = wait_until("Ready Unknown", unknown, timeout=30)
+    assert found["reason"] == "NodeUnreachable" and fake_agent.name in found["message"]
+    fake_agent.start()  # the fake driver forgot the guest: the resync dispatches it again
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/web",
+                    "--timeout=60s")  # fmt: skip
 
     cluster.kubectl("-n", namespace, "delete", "instance", "web", "--timeout=60s")
     assert fake_agent.guest_uids() == set()
@@ -80,6 +106,9 @@ def test_problems_are_reported_on_the_named_field(
     assert taken["message"].startswith("spec.networks[0].ip: 10.30.0.1 is the gateway")
     assert found["taken-ip"]["phase"] == "Failed"
     assert ready_reason(found["no-net"]) == "NetworkNotFound"
+    # kstatus: waiting on something that may yet appear is InProgress, not Failed.
+    waiting = {c["type"]: c["status"] for c in found["no-net"]["conditions"]}
+    assert (waiting["Reconciling"], waiting["Stalled"]) == ("True", "False")
     scheduled = next(c for c in found["nowhere"]["conditions"] if c["type"] == "Scheduled")
     assert scheduled["reason"] == "Unschedulable" and "nodeSelector" in scheduled["message"]
 

@@ -242,6 +242,10 @@ def test_no_guest_is_dispatched_on_an_image_that_is_not_ready(
 
     wanted = {"a": "ImageFailed", "b": "ImageNotReady"}
     wait_until(f"the Instances say {wanted}", lambda: reasons() == wanted)
+    # kstatus: the failed Image and the Instance on it are Failed (Stalled), the other waits.
+    found = statuses(cluster, namespace)
+    assert (condition(found["a"], "Stalled") or {}).get("status") == "True"
+    assert (condition(found["b"], "Reconciling") or {}).get("status") == "True"
     pending = condition(image_status("later"), "Reconciling") or {}
     assert pending.get("status") == "True" and "404 Not Found" in pending["message"]
     assert "secret-looking" not in json.dumps(image_status("later"))  # no remote text
