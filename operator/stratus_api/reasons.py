@@ -97,6 +97,7 @@ class Reason(enum.StrEnum):
     SOURCE_UNREACHABLE = "SourceUnreachable"  # an Image whose source does not (yet)
     AGENT_READY = "AgentReady"  # a Hypervisor whose agent answers
     AGENT_UNREACHABLE = "AgentUnreachable"  # a Hypervisor whose agent does not
+    NODE_UNREACHABLE = "NodeUnreachable"  # an Instance whose Hypervisor does not answer
     # -- An Instance's guest, as its node reports it ------------------------------------------
     PROVISIONING = "Provisioning"
     GUEST_RUNNING = "GuestRunning"

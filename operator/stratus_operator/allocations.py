@@ -4,6 +4,7 @@ concurrent creates see each other's decisions and get the answers of one at a ti
 
 from __future__ import annotations
 
+from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.instance import InterfaceStatus
 from stratus_operator.controllers import conditions, placement, scheduler
@@ -89,7 +90,7 @@ def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[
         network = world.network((namespace, attachment.name))
         if network is None:
             raise InstanceProblem(
-                "NetworkNotFound", f"{field}.name: Network {attachment.name} not found",
+                Reason.NETWORK_NOT_FOUND, f"{field}.name: Network {attachment.name} not found",
                 field=f"{field}.name",
             )  # fmt: skip
         book = ledger(network, world, runtime)
@@ -101,7 +102,7 @@ def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[
         except IpamError as exc:
             # A full pool may drain; a fixed address someone else holds needs an edit.
             raise InstanceProblem(
-                "AddressUnavailable", f"{exc.field}: {exc}", field=exc.field,
+                Reason.ADDRESS_UNAVAILABLE, f"{exc.field}: {exc}", field=exc.field,
                 retry=exc.field.endswith(".ip") and attachment.ip is None,
             ) from exc  # fmt: skip
         out.append((network, address))

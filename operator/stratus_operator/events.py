@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from stratus_api.reasons import Reason
 from stratus_api.v1alpha1.base import Condition, ConditionStatus
 from stratus_operator.controllers import conditions
 from stratus_operator.kube import Kube
@@ -39,7 +40,14 @@ def _failing(conds: list[Condition]) -> Condition | None:
 
 def _is_failure(reason: str) -> bool:
     # Progress reasons are not failures; everything else that keeps Ready false is.
-    return reason not in {"Provisioning", "GuestStopped", "GuestPaused", "Scheduled", ""}
+    return reason not in {
+        Reason.PROVISIONING,
+        Reason.GUEST_STOPPED,
+        Reason.GUEST_PAUSED,
+        Reason.SCHEDULED,
+        Reason.PROGRESSING,
+        "",
+    }
 
 
 class EventRecorder:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from stratus_api.guest import NodeInventory
 from stratus_api.quantity import ByteQuantity
+from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance
 from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
 from stratus_api.v1alpha1.instance import InstanceStatus
@@ -28,7 +29,7 @@ class Probe:
     """What one health check found."""
 
     inventory: NodeInventory | None
-    reason: str = "AgentReady"
+    reason: str = Reason.AGENT_READY
     message: str = ""
 
 
@@ -37,11 +38,11 @@ async def probe(hypervisor: Hypervisor, runtime: Runtime) -> Probe:
         client = await runtime.agents.client(hypervisor, refresh=True)  # token rotation
         return Probe(await client.inventory())
     except AgentNotConfigured as exc:
-        return Probe(None, "AgentNotConfigured", str(exc))
+        return Probe(None, Reason.AGENT_NOT_CONFIGURED, str(exc))
     except AgentUnauthorized as exc:
-        return Probe(None, "AgentUnauthorized", f"{exc} (check spec.tokenSecretRef)")
+        return Probe(None, Reason.AGENT_UNAUTHORIZED, f"{exc} (check spec.tokenSecretRef)")
     except AgentError as exc:
-        return Probe(None, "AgentUnreachable", str(exc))
+        return Probe(None, Reason.AGENT_UNREACHABLE, str(exc))
 
 
 def with_probe(
@@ -70,7 +71,7 @@ def with_probe(
             "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),
             "heartbeat": conditions.now(),
             "conditions": conditions.set_condition(
-                status.conditions, conditions.READY, True, "AgentReady",
+                status.conditions, conditions.READY, True, Reason.AGENT_READY,
                 f"agent answers; {len(inventory.guests)} guests", generation,
             ),
         }  # fmt: skip
@@ -122,7 +123,7 @@ def node_unreachable(node: str, why: str) -> StatusChange:
         return status.model_copy(
             update={
                 "conditions": conditions.with_progress(
-                    status.conditions, ready=None, reason="NodeUnreachable",
+                    status.conditions, ready=None, reason=Reason.NODE_UNREACHABLE,
                     message=f"Hypervisor {node} does not answer: {why}",
                     generation=status.observed_generation or generation, reconciling=True,
                 )

@@ -15,7 +15,7 @@ from yarl import URL
 
 from stratus_api import sources
 from stratus_api.quantity import ByteQuantity
-from stratus_api.reasons import GuestFailure
+from stratus_api.reasons import GuestFailure, Reason
 from stratus_api.v1alpha1 import Image
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_operator.controllers import conditions
@@ -108,18 +108,18 @@ async def check_source(image: Image, settings: ImageSettings) -> ImageStatus:
     except (aiohttp.ClientError, TimeoutError) as exc:
         message = f"spec.source.http.url: {shown} is not reachable ({_transport_problem(exc)})"
         raise SourceProblem(
-            _with(status, ImagePhase.PENDING, "SourceUnreachable", message, generation),
+            _with(status, ImagePhase.PENDING, Reason.SOURCE_UNREACHABLE, message, generation),
             message, permanent=False,
         ) from None  # fmt: skip
     if code != 200:
         message = f"spec.source.http.url: {shown} answered HEAD with {code} {_phrase(code)}"
         raise SourceProblem(
-            _with(status, ImagePhase.PENDING, "SourceUnreachable", message, generation),
+            _with(status, ImagePhase.PENDING, Reason.SOURCE_UNREACHABLE, message, generation),
             message, permanent=False,
         )  # fmt: skip
     ready = _with(
-        status, ImagePhase.READY, "SourceReachable", "nodes download and verify it on first use",
-        generation, ready=True,
+        status, ImagePhase.READY, Reason.SOURCE_REACHABLE,
+        "nodes download and verify it on first use", generation, ready=True,
     )  # fmt: skip
     update: dict[str, Any] = {"format": image.spec.format or status.format}
     if length is not None:

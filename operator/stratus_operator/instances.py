@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stratus_api.guest import MAX_USER_DATA_BYTES, GuestState, GuestStatus, NodeInventory
-from stratus_api.reasons import IMAGE_FAILURES
+from stratus_api.reasons import IMAGE_FAILURES, Reason
 from stratus_api.v1alpha1 import Instance
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
@@ -57,7 +57,7 @@ async def _user_data(instance: Instance, runtime: Runtime) -> bytes | None:
         if secret is None or ref.key not in secret:
             what = f"Secret {ref.name}" if secret is None else f"key {ref.key} in Secret {ref.name}"
             raise InstanceProblem(
-                "UserDataNotFound", f"spec.userDataSecretRef: {what} not found",
+                Reason.USER_DATA_NOT_FOUND, f"spec.userDataSecretRef: {what} not found",
                 field="spec.userDataSecretRef",
             )  # fmt: skip
         data, where = secret[ref.key], f"spec.userDataSecretRef: key {ref.key} of Secret {ref.name}"
@@ -65,7 +65,7 @@ async def _user_data(instance: Instance, runtime: Runtime) -> bytes | None:
         # Checked here, not left to the agent's 413: the user gets the field and the limit,
         # and the retry (a fixed Secret is picked up) costs one Secret read, not a PUT.
         raise InstanceProblem(
-            "UserDataTooLarge",
+            Reason.USER_DATA_TOO_LARGE,
             f"{where} holds {len(data)} bytes; user-data is limited to {MAX_USER_DATA_BYTES} "
             "bytes (gzip it, or fetch the rest from the guest)",
             field=where.partition(":")[0], stalled=True,
@@ -109,12 +109,13 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     size = resolve_size(instance, world.instance_type(instance.spec.instance_type))
     if instance.spec.boot.image is None:
         raise InstanceProblem(
-            "BootVolumeUnsupported", "spec.boot.volume: booting from a Volume is not supported yet",
+            Reason.BOOT_VOLUME_UNSUPPORTED,
+            "spec.boot.volume: booting from a Volume is not supported yet",
             field="spec.boot.volume", retry=False,
         )  # fmt: skip
     if instance.spec.volumes:
         raise InstanceProblem(
-            "VolumesUnsupported", "spec.volumes: attaching Volumes is not supported yet",
+            Reason.VOLUMES_UNSUPPORTED, "spec.volumes: attaching Volumes is not supported yet",
             field="spec.volumes", retry=False,
         )  # fmt: skip
     image = check_image(
@@ -131,7 +132,9 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     ]
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
-        raise InstanceProblem("HypervisorGone", f"status.node: Hypervisor {node} no longer exists")
+        raise InstanceProblem(
+            Reason.HYPERVISOR_GONE, f"status.node: Hypervisor {node} no longer exists"
+        )
     spec = guest_spec(instance, size, image, nics, user_data)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
@@ -143,7 +146,7 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
                 "node": node,
                 "interfaces": interfaces,
                 "conditions": conditions.set_condition(
-                    current.conditions, SCHEDULED, True, "Scheduled", f"placed on {node}",
+                    current.conditions, SCHEDULED, True, Reason.SCHEDULED, f"placed on {node}",
                     generation,
                 ),
             }
@@ -169,11 +172,11 @@ def failed(exc: Exception) -> StatusChange | None:
     if isinstance(exc, scheduler.Unschedulable):
         return unschedulable(str(exc))
     if isinstance(exc, AgentRejected):
-        return failing("AgentRejected", str(exc), stalled=True)
+        return failing(Reason.AGENT_REJECTED, str(exc), stalled=True)
     if isinstance(exc, AgentUnauthorized):
-        return failing("AgentUnauthorized", str(exc), stalled=False)
+        return failing(Reason.AGENT_UNAUTHORIZED, str(exc), stalled=False)
     if isinstance(exc, AgentError | AgentNotConfigured):
-        return failing("AgentUnavailable", str(exc), stalled=False)
+        return failing(Reason.AGENT_UNAVAILABLE, str(exc), stalled=False)
     return None
 
 

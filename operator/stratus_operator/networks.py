@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Network
 from stratus_api.v1alpha1.network import VLAN_MAX, VNI_MAX, NetworkStatus, NetworkType
 from stratus_operator.controllers import conditions
@@ -32,7 +33,7 @@ def settled_status(network: Network) -> NetworkStatus:
             "segmentation_id": segment_for(network),
             "observed_generation": generation,
             "conditions": conditions.set_condition(
-                status.conditions, READY, True, "Ready", "instances can attach", generation
+                status.conditions, READY, True, Reason.READY, "instances can attach", generation
             ),
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from stratus_api.reasons import ConditionType, Reason
 from stratus_api.v1alpha1.base import Condition, ConditionStatus
 
 
@@ -53,9 +54,9 @@ def is_true(conditions: list[Condition], type_: str) -> bool:
 
 # kstatus: Reconciling says work is under way (or being retried), Stalled that it cannot
 # go on without the user. Both are "abnormal-true": False when the object is settled.
-READY = "Ready"
-RECONCILING = "Reconciling"
-STALLED = "Stalled"
+READY = ConditionType.READY
+RECONCILING = ConditionType.RECONCILING
+STALLED = ConditionType.STALLED
 
 
 def with_progress(
@@ -74,7 +75,7 @@ def with_progress(
         out,
         RECONCILING,
         reconciling,
-        reason if reconciling else "Settled",
+        reason if reconciling else Reason.SETTLED,
         message if reconciling else "",
         generation,
     )
@@ -82,7 +83,7 @@ def with_progress(
         out,
         STALLED,
         stalled,
-        reason if stalled else "Progressing" if reconciling else "Settled",
+        reason if stalled else Reason.PROGRESSING if reconciling else Reason.SETTLED,
         message if stalled else "",
         generation,
     )

@@ -17,7 +17,7 @@ from stratus_api.guest import (
     Nic,
     PowerState,
 )
-from stratus_api.reasons import Reason, is_transient
+from stratus_api.reasons import ConditionType, Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
@@ -27,7 +27,7 @@ from stratus_operator.controllers import conditions
 from stratus_operator.controllers.ipam import Allocation
 
 READY = conditions.READY
-SCHEDULED = "Scheduled"
+SCHEDULED = ConditionType.SCHEDULED
 OVERLAY_MTU = 1450  # room for the VXLAN header on a 1500-byte underlay
 
 
@@ -64,7 +64,7 @@ def resolve_size(instance: Instance, itype: InstanceType | None) -> Size:
     spec = instance.spec
     if spec.instance_type is not None and itype is None:
         raise InstanceProblem(
-            "InstanceTypeNotFound",
+            Reason.INSTANCE_TYPE_NOT_FOUND,
             f"spec.instanceType: InstanceType {spec.instance_type} not found",
             field="spec.instanceType",
         )
@@ -79,20 +79,22 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
     name = instance.spec.boot.image
     if image is None:
         raise InstanceProblem(
-            "ImageNotFound", f"spec.boot.image: Image {name} not found", field="spec.boot.image"
+            Reason.IMAGE_NOT_FOUND,
+            f"spec.boot.image: Image {name} not found",
+            field="spec.boot.image",
         )
     status = image.status
     if status is not None and status.phase is ImagePhase.FAILED:
         failed = conditions.condition(status.conditions, READY)
         detail = failed.message if failed else "the Image failed"
         raise InstanceProblem(
-            "ImageFailed", f"spec.boot.image: Image {name} failed: {detail}",
+            Reason.IMAGE_FAILED, f"spec.boot.image: Image {name} failed: {detail}",
             field="spec.boot.image", retry=False,
         )  # fmt: skip
     min_memory = image.spec.min_memory
     if min_memory is not None and size.memory_bytes < min_memory.bytes:
         raise InstanceProblem(
-            "MemoryTooSmall",
+            Reason.MEMORY_TOO_SMALL,
             f"memory: Image {name} needs at least {min_memory} of memory",
             field="spec.memory",
             retry=False,
@@ -100,7 +102,7 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
     min_disk = image.spec.min_disk
     if min_disk is not None and size.disk_bytes is not None and size.disk_bytes < min_disk.bytes:
         raise InstanceProblem(
-            "DiskTooSmall",
+            Reason.DISK_TOO_SMALL,
             f"spec.boot.diskSize: Image {name} needs a root disk of at least {min_disk}",
             field="spec.boot.diskSize",
             retry=False,
@@ -109,7 +111,7 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
         # Never dispatch on an Image nobody has checked: its source may be refused yet.
         phase = status.phase if status is not None else ImagePhase.PENDING
         raise InstanceProblem(
-            "ImageNotReady", f"spec.boot.image: Image {name} is {phase}, not Ready yet",
+            Reason.IMAGE_NOT_READY, f"spec.boot.image: Image {name} is {phase}, not Ready yet",
             field="spec.boot.image",
         )  # fmt: skip
     return image
@@ -301,12 +303,12 @@ def with_problem(problem: InstanceProblem) -> StatusChange:
 
 def unschedulable(why: str) -> StatusChange:
     def change(status: InstanceStatus, generation: int) -> InstanceStatus:
-        waiting = failing("Unschedulable", why, stalled=False, phase=InstancePhase.SCHEDULING)
+        waiting = failing(Reason.UNSCHEDULABLE, why, stalled=False, phase=InstancePhase.SCHEDULING)
         updated = waiting(status, generation)
         return updated.model_copy(
             update={
                 "conditions": conditions.set_condition(
-                    updated.conditions, SCHEDULED, False, "Unschedulable", why, generation
+                    updated.conditions, SCHEDULED, False, Reason.UNSCHEDULABLE, why, generation
                 )
             }
         )
@@ -318,4 +320,4 @@ def invalid(problems: Sequence[FieldProblem]) -> StatusChange:
     """The operator cannot read the Instance (admission and the models disagree): say which
     field, stall, and leave the guest alone."""
     detail = "; ".join(str(problem) for problem in problems) or "the spec cannot be read"
-    return failing("InvalidSpec", detail, stalled=True, phase=None)
+    return failing(Reason.INVALID_SPEC, detail, stalled=True, phase=None)
