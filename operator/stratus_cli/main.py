@@ -107,7 +107,7 @@ def operator(
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
-    from stratus_operator.settings import ImageSettings, OperatorSettings
+    from stratus_operator.services.settings import ImageSettings, OperatorSettings
 
     settings = OperatorSettings(namespaces=namespaces, images=ImageSettings(sources=sources))
     operator_main.run(settings, liveness_port=liveness_port)

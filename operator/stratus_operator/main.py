@@ -7,9 +7,9 @@ import asyncio
 import kopf
 
 from stratus_operator import handlers
-from stratus_operator.kube import Kube
-from stratus_operator.runtime import AgentPool, Runtime
-from stratus_operator.settings import OperatorSettings
+from stratus_operator.services.kube import Kube
+from stratus_operator.services.runtime import AgentPool, Runtime
+from stratus_operator.services.settings import OperatorSettings
 
 assert handlers  # imported for its side effect: registering the handlers with kopf
 

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import kopf
 
 from stratus_api.v1alpha1 import GROUP, VERSION
-from stratus_operator.runtime import Runtime
-from stratus_operator.world import World
+from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.world import World
 
 T = TypeVar("T")
 

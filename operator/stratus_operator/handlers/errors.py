@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import kopf
 
-from stratus_operator.agent_client import AgentError, AgentRejected
 from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.scheduler import Unschedulable
-from stratus_operator.runtime import AgentNotConfigured
-from stratus_operator.settings import OperatorSettings
+from stratus_operator.services.agent_client import AgentError, AgentRejected
+from stratus_operator.services.runtime import AgentNotConfigured
+from stratus_operator.services.settings import OperatorSettings
 
 
 def intent(exc: Exception, attempt: int, settings: OperatorSettings) -> Exception:

@@ -11,10 +11,10 @@ import kopf
 
 from stratus_api.guest import GuestEvent
 from stratus_api.v1alpha1 import Hypervisor
-from stratus_operator import hypervisors, instances
-from stratus_operator.agent_client import watch_events
 from stratus_operator.handlers.common import HYPERVISORS, runtime, world
-from stratus_operator.runtime import AgentNotConfigured
+from stratus_operator.services import hypervisors, instances
+from stratus_operator.services.agent_client import watch_events
+from stratus_operator.services.runtime import AgentNotConfigured
 
 log = logging.getLogger(__name__)
 

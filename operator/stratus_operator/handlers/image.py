@@ -9,11 +9,11 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import Image
-from stratus_operator import images
-from stratus_operator.agent_client import AgentError
 from stratus_operator.controllers import conditions
 from stratus_operator.handlers.common import IMAGES, runtime, world
-from stratus_operator.runtime import AgentNotConfigured
+from stratus_operator.services import images
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.runtime import AgentNotConfigured
 
 log = logging.getLogger(__name__)
 

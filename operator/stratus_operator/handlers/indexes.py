@@ -18,7 +18,7 @@ from stratus_operator.handlers.common import (
     INSTANCES,
     NETWORKS,
 )
-from stratus_operator.world import key_of, node_of
+from stratus_operator.services.world import key_of, node_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)

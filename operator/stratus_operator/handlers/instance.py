@@ -9,12 +9,12 @@ from pydantic import ValidationError
 
 from stratus_api.v1alpha1 import Instance
 from stratus_api.validation import problems_of
-from stratus_operator import instances
-from stratus_operator.agent_client import AgentError
 from stratus_operator.controllers.instance import invalid
 from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import INSTANCES, runtime, world
-from stratus_operator.runtime import AgentNotConfigured
+from stratus_operator.services import instances
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.runtime import AgentNotConfigured
 
 
 @kopf.on.resume(*INSTANCES)

@@ -10,7 +10,7 @@ from typing import Any, cast
 import kopf
 
 from stratus_operator.handlers.common import runtime
-from stratus_operator.settings import FINALIZER, GROUP
+from stratus_operator.services.settings import FINALIZER, GROUP
 
 
 class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):

@@ -7,8 +7,8 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import Network
-from stratus_operator import networks
 from stratus_operator.handlers.common import NETWORKS, runtime
+from stratus_operator.services import networks
 
 
 @kopf.on.resume(*NETWORKS)

@@ -16,7 +16,7 @@ from stratus_agent.manager import GuestManager
 from stratus_agent.provisioner import FakeProvisioner
 from stratus_agent.server import create_app
 from stratus_devcloud import pki
-from stratus_operator import agent_client
+from stratus_operator.services import agent_client
 from testsupport import AGENT_TOKEN
 
 

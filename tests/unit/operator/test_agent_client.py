@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState
-from stratus_operator import agent_client
-from stratus_operator.agent_client import (
+from stratus_operator.services import agent_client
+from stratus_operator.services.agent_client import (
     AgentClient,
     AgentEndpoint,
     AgentError,

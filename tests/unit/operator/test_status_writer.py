@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
-from stratus_operator.events import EventRecorder
-from stratus_operator.kube import NotFound
-from stratus_operator.status import ObjectRef, StatusWriter, merge_patch
+from stratus_operator.services.events import EventRecorder
+from stratus_operator.services.kube import NotFound
+from stratus_operator.services.status import ObjectRef, StatusWriter, merge_patch
 
 REF = ObjectRef("Instance", "instances", "ns", "web", "0b7f7c3e-1111-2222-3333-444455556666")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stratus_api.v1alpha1.base import ApiModel, Condition
-from stratus_operator.events import EventRecorder
-from stratus_operator.kube import Kube, NotFound
+from stratus_operator.services.events import EventRecorder
+from stratus_operator.services.kube import Kube, NotFound
 
 S = TypeVar("S", bound=ApiModel)
 Change = Callable[[S, int], S]  # (current status, metadata.generation) -> new status

@@ -19,9 +19,9 @@ from stratus_api.reasons import GuestFailure, Reason
 from stratus_api.v1alpha1 import Image
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_operator.controllers import conditions
-from stratus_operator.runtime import Runtime
-from stratus_operator.settings import ImageSettings
-from stratus_operator.status import ObjectRef
+from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.settings import ImageSettings
+from stratus_operator.services.status import ObjectRef
 
 MAX_REDIRECTS = 5
 

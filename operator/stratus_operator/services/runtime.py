@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
-from stratus_operator.agent_client import AgentClient, AgentEndpoint
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.placement import PlacementLedger
-from stratus_operator.events import EventRecorder
-from stratus_operator.kube import Kube
-from stratus_operator.settings import OperatorSettings
-from stratus_operator.status import StatusWriter
+from stratus_operator.services.agent_client import AgentClient, AgentEndpoint
+from stratus_operator.services.events import EventRecorder
+from stratus_operator.services.kube import Kube
+from stratus_operator.services.settings import OperatorSettings
+from stratus_operator.services.status import StatusWriter
 
 
 class AgentNotConfigured(Exception):

@@ -17,13 +17,6 @@ from stratus_api.reasons import IMAGE_FAILURES, Reason
 from stratus_api.v1alpha1 import Instance
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
-from stratus_operator import allocations
-from stratus_operator.agent_client import (
-    AgentClient,
-    AgentError,
-    AgentRejected,
-    AgentUnauthorized,
-)
 from stratus_operator.controllers import addressing, conditions, scheduler
 from stratus_operator.controllers.instance import (
     SCHEDULED,
@@ -39,9 +32,16 @@ from stratus_operator.controllers.instance import (
     with_guest_status,
     with_problem,
 )
-from stratus_operator.runtime import AgentNotConfigured, Runtime
-from stratus_operator.status import ObjectRef
-from stratus_operator.world import World
+from stratus_operator.services import allocations
+from stratus_operator.services.agent_client import (
+    AgentClient,
+    AgentError,
+    AgentRejected,
+    AgentUnauthorized,
+)
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.status import ObjectRef
+from stratus_operator.services.world import World
 
 log = logging.getLogger(__name__)
 

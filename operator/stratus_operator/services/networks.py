@@ -9,8 +9,8 @@ from stratus_api.v1alpha1 import Network
 from stratus_api.v1alpha1.network import VLAN_MAX, VNI_MAX, NetworkStatus, NetworkType
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import READY
-from stratus_operator.runtime import Runtime
-from stratus_operator.status import ObjectRef
+from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.status import ObjectRef
 
 
 def segment_for(network: Network) -> int | None:

@@ -11,7 +11,7 @@ import logging
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1.base import Condition, ConditionStatus
 from stratus_operator.controllers import conditions
-from stratus_operator.kube import Kube
+from stratus_operator.services.kube import Kube
 
 log = logging.getLogger(__name__)
 

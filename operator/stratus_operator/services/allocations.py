@@ -11,8 +11,8 @@ from stratus_operator.controllers import conditions, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
 from stratus_operator.controllers.ipam import IpamError
-from stratus_operator.runtime import Runtime
-from stratus_operator.world import World
+from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.world import World
 
 
 def size_of(instance: Instance, world: World) -> placement.Usage | None:

@@ -13,13 +13,13 @@ from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance
 from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
 from stratus_api.v1alpha1.instance import InstanceStatus
-from stratus_operator import allocations, instances
-from stratus_operator.agent_client import AgentClient, AgentError, AgentUnauthorized
 from stratus_operator.controllers import conditions, placement
 from stratus_operator.controllers.instance import StatusChange
-from stratus_operator.runtime import AgentNotConfigured, Runtime
-from stratus_operator.status import ObjectRef
-from stratus_operator.world import World
+from stratus_operator.services import allocations, instances
+from stratus_operator.services.agent_client import AgentClient, AgentError, AgentUnauthorized
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.status import ObjectRef
+from stratus_operator.services.world import World
 
 log = logging.getLogger(__name__)
 
