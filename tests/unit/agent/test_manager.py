@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from stratus_agent.compute.domain_builder import NodeFacts
-from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.base import NodeFacts
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.events import EventHub
-from stratus_agent.manager import GuestManager
-from stratus_agent.provisioner import FakeProvisioner
-from stratus_agent.recovery import Backoff, RecoveryPolicy, RestartBook
+from stratus_agent.manager.guests import GuestManager
+from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus
 from stratus_api.reasons import GuestFailure
 from testsupport import guest_spec
@@ -31,11 +31,12 @@ FAST = RecoveryPolicy(
 )
 
 
-class FlakyProvisioner(FakeProvisioner):
-    """Fails with `failure` while `failing` is set; counts prepares and node checks."""
+class FlakyProvisioner:
+    """The fake-mode provisioner, failing with `failing` while it is set; counts prepares
+    and node checks."""
 
     def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
+        self.inner = agent_main.fake_provisioner(directory)
         self.failing: Exception | None = None
         self.prepares = 0
         self.node_checks = 0
@@ -44,10 +45,13 @@ class FlakyProvisioner(FakeProvisioner):
         self.prepares += 1
         if self.failing is not None:
             raise self.failing
-        return await super().prepare(spec)
+        return await self.inner.prepare(spec)
 
     async def check_node(self) -> None:
         self.node_checks += 1
+
+    async def cleanup(self, uid: str) -> None:
+        await self.inner.cleanup(uid)
 
 
 @dataclass
@@ -244,7 +248,7 @@ async def test_restart_counts_survive_an_agent_restart_and_go_with_the_guest(
     await until("Running", is_state(first, guest.uid, GuestState.RUNNING))
     await first.stop()
     saved = json.loads((tmp_path / f"{guest.uid}-restarts.json").read_text())
-    assert saved == {"restarts": 1, "lastReason": "Crashed"}
+    assert saved == {"restarts": 1, "lastReason": "Crashed", "restartToken": None}
 
     second = GuestManager(compute, provisioner, EventHub(), policy=FAST, restarts=book)
     await second.start()  # the same driver: the guest is still there, still running

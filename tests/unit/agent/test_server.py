@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from testsupport import AGENT_AUTH as AUTH
 from testsupport import guest_spec
 
