@@ -209,6 +209,7 @@ class GuestManager:
     async def _apply(self, uid: str, spec: GuestSpec) -> str | None:
         """One attempt at `spec`; the failure reason, or None when it worked."""
         failure: str | None = None
+        acted: RestartRecord | None = None
         try:
             facts = await self._provisioner.prepare(spec)
             restart = self._restart_asked(spec)
@@ -218,9 +219,7 @@ class GuestManager:
                 )
             status = await self.compute.ensure(spec, facts, restart=restart)
             self._applied[uid] = spec
-            # After the restart, not before: an agent that dies in between restarts the
-            # guest again rather than report a restart that never happened.
-            await self._act_on_token(uid, spec.restart_token)
+            acted = self._act_on_token(uid, spec.restart_token)
         except ProvisioningError as exc:
             failure = exc.reason
             status = GuestStatus(uid=uid, state=GuestState.FAILED, reason=failure, message=str(exc))
@@ -233,7 +232,13 @@ class GuestManager:
                 reason=failure,
                 message=f"{type(exc).__name__}: {exc}",
             )
+        # No await between the driver's answer and recording it: a change the driver
+        # reports meanwhile (the guest stopped) must not be overwritten by this older one.
         self._record(status.model_copy(update={"generation": spec.generation}))
+        if acted is not None and self._book is not None:
+            # Saved after the restart, not before: an agent that dies in between restarts
+            # the guest again rather than report a restart that never happened.
+            await asyncio.to_thread(self._book.save, uid, acted)
         return failure
 
     def _restart_asked(self, spec: GuestSpec) -> bool:
@@ -246,16 +251,13 @@ class GuestManager:
             and (record.restart_token != spec.restart_token)
         )
 
-    async def _act_on_token(self, uid: str, token: str | None) -> None:
+    def _act_on_token(self, uid: str, token: str | None) -> RestartRecord | None:
+        """Note `token` as acted on, in memory; the record to save, or None if unchanged."""
         old = self._records.get(uid, RestartRecord())
         if old.token_known and old.restart_token == token:
-            return
-        await self._save_record(uid, replace(old, restart_token=token, token_known=True))
-
-    async def _save_record(self, uid: str, record: RestartRecord) -> None:
-        self._records[uid] = record
-        if self._book is not None:
-            await asyncio.to_thread(self._book.save, uid, record)
+            return None
+        self._records[uid] = record = replace(old, restart_token=token, token_known=True)
+        return record
 
     async def _pause(self, uid: str, seconds: float) -> None:
         wake = self._wake.get(uid)
@@ -294,7 +296,9 @@ class GuestManager:
 
     async def _count_restart(self, uid: str, reason: str) -> None:
         old = self._records.get(uid, RestartRecord())
-        await self._save_record(uid, replace(old, restarts=old.restarts + 1, last_reason=reason))
+        self._records[uid] = record = replace(old, restarts=old.restarts + 1, last_reason=reason)
+        if self._book is not None:
+            await asyncio.to_thread(self._book.save, uid, record)
 
     async def _check_node_forever(self) -> None:
         while True:

@@ -327,3 +327,18 @@ def test_nics_carry_mtu_and_no_vlan_yet() -> None:
     second = kvm_two_nics_no_vnc().devices.interfaces[1]
     assert second.mtu == 9000 and second.vlan_tag is None
     assert second.virtualport == dx.VirtualPort() and second.source_bridge == "br-stratus"
+
+
+def test_restart_token_does_not_change_the_definition() -> None:
+    assert build(spec(restart_token="again"), facts()) == qemu_one_nic()
+
+
+def test_the_root_disk_is_what_the_disk_driver_made() -> None:
+    raw = facts(root_disk=base.DiskSource(path="/dev/vg0/root", format="raw"))
+    root = build(spec(), raw).devices.disks[0]
+    assert (root.source_file, root.driver_type) == ("/dev/vg0/root", "raw")
+
+
+def test_every_nic_needs_a_binding_from_the_network_driver() -> None:
+    with pytest.raises(ValueError, match="1 NICs in the spec, 0 plugged"):
+        build(spec(), facts(nics=0))
