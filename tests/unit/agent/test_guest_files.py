@@ -12,6 +12,7 @@ import pytest
 
 from stratus_agent.drivers.seed import nocloud as seed
 from stratus_agent.drivers.storage import file as disks
+from stratus_agent.errors import ProvisioningError
 
 
 async def test_a_disk_or_seed_that_cannot_be_removed_is_logged_not_raised(
@@ -61,3 +62,21 @@ def test_make_private_sets_0600(tmp_path: Path) -> None:
     path.chmod(0o644)
     disks.make_private(path, None)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_root_disk_grows_and_never_shrinks(tmp_path: Path) -> None:
+    """qemu-img on real files; the overlay's backing image need not exist for a resize."""
+    driver = disks.FileDiskDriver(tmp_path)
+    uid = str(uuid.uuid4())
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(driver.root_disk(uid)), "1M"], check=True
+    )
+    await driver.grow(uid, 4 * 2**20)
+    await driver.grow(uid, 4 * 2**20)  # already that size: nothing to do
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(driver.root_disk(uid))],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert '"virtual-size": 4194304' in info
+    with pytest.raises(ProvisioningError, match="shrinking it to 1048576 would lose data"):
+        await driver.grow(uid, 2**20)

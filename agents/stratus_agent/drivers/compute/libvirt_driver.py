@@ -354,6 +354,8 @@ class LibvirtComputeDriver:
         lock = self._locks.setdefault(uid, threading.Lock())
         self._deletes[uid] = self._deletes.get(uid, 0) + 1
         console_log = self.console_log(uid)
+        with self._own_stops_lock:
+            self._own_stops.pop(uid, None)
 
         def remove() -> bool:
             with lock:
