@@ -43,6 +43,11 @@ class ListenConfig(_Section):
 
 
 class NetworkConfig(_Section):
+    driver: Literal["ovs", "fake"] = Field(
+        default="ovs",
+        description="ovs: one Open vSwitch bridge every NIC is plugged into. fake: plugs "
+        "nothing (the default with compute: fake).",
+    )
     bridge: str = Field(default="br-stratus", max_length=15, description="OVS bridge.")
     datapath_type: Literal["system", "netdev"] = Field(
         default="system", description="netdev: OVS userspace datapath, where no kernel module."
@@ -115,9 +120,24 @@ class IsolationConfig(_Section):
         return self
 
 
+class StorageConfig(_Section):
+    """Where guests' disks live."""
+
+    driver: Literal["file", "fake"] = Field(
+        default="file",
+        description="file: each root disk a qcow2 overlay on the cached image, under "
+        "state_dir/guests. fake: makes nothing (the default with compute: fake).",
+    )
+
+
 class ImagesConfig(_Section):
     """The image cache and where images may be downloaded from."""
 
+    driver: Literal["cache", "fake"] = Field(
+        default="cache",
+        description="cache: download, verify and keep images under state_dir/images. "
+        "fake: fetches nothing (the default with compute: fake).",
+    )
     sources: SourcePolicy = Field(
         default_factory=SourcePolicy,
         description="Allowed schemes, hosts and ports, refused networks and ports; the "
@@ -177,6 +197,7 @@ class AgentConfig(_Section):
     libvirt_uri: str = "qemu:///system"
     listen: ListenConfig = Field(description="The API's address; TLS unless insecure.")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
@@ -193,6 +214,33 @@ class AgentConfig(_Section):
             return {**data, "listen": {}}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fake_compute_defaults_to_fake_drivers(cls, data: Any) -> Any:
+        # A fake node makes nothing on the host unless a section asks for a real driver
+        # (a storage test with fake guests): benchmarks and control-plane tests stay cheap.
+        if not isinstance(data, dict) or data.get("compute") != "fake":
+            return data
+        data = dict(data)
+        for section in _DRIVER_SECTIONS:
+            given = data.get(section, {})
+            if isinstance(given, dict) and "driver" not in given:
+                data[section] = {**given, "driver": "fake"}
+            elif isinstance(given, BaseModel) and "driver" not in given.model_fields_set:
+                data[section] = given.model_copy(update={"driver": "fake"})
+        return data
+
+    @model_validator(mode="after")
+    def _fake_drivers_need_fake_compute(self) -> AgentConfig:
+        if self.compute != "fake":
+            fakes = [s for s in _DRIVER_SECTIONS if getattr(self, s).driver == "fake"]
+            if fakes:
+                raise ValueError(
+                    f"{', '.join(f'{s}.driver' for s in fakes)}: fake drivers make nothing a "
+                    "real guest could use; they go with compute: fake only"
+                )
+        return self
+
     def read_token(self) -> str:
         token = self.token_file.read_text().strip()
         if len(token) < 16:
@@ -201,6 +249,10 @@ class AgentConfig(_Section):
         if mode & 0o077 and os.geteuid() == self.token_file.stat().st_uid:
             raise ConfigError(f"{self.token_file}: must not be readable by others (chmod 600)")
         return token
+
+
+# Sections whose `driver` follows compute: fake unless given.
+_DRIVER_SECTIONS = ("images", "storage", "network")
 
 
 class ConfigError(ValueError):

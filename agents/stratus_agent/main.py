@@ -6,65 +6,129 @@ import asyncio
 import logging
 import signal
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from stratus_agent import base
 from stratus_agent import config as agent_config
-from stratus_agent.compute.base import ComputeDriver
-from stratus_agent.compute.fake import FakeComputeDriver
-from stratus_agent.disks import GuestFiles
-from stratus_agent.events import EventHub
-from stratus_agent.images import ImageCache
-from stratus_agent.manager import GuestManager, Provisioner
-from stratus_agent.ovs import OvsBridge
-from stratus_agent.owners import GuestOwners
-from stratus_agent.provisioner import FakeProvisioner, NodeProvisioner
-from stratus_agent.recovery import Backoff, RecoveryPolicy, RestartBook
-from stratus_agent.server import create_app
+from stratus_agent.api.events import EventHub
+from stratus_agent.api.server import create_app
+from stratus_agent.manager.guests import GuestManager
+from stratus_agent.manager.owners import GuestOwners
+from stratus_agent.manager.provisioner import NodeProvisioner
+from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
 
 log = logging.getLogger("stratus.agent")
 
 
-def image_cache(config: agent_config.AgentConfig) -> ImageCache:
-    """The node's image cache; never downloads from the agent's own port."""
+@dataclass(frozen=True)
+class Agent:
+    """The assembled agent: its manager, the hub its event streams read, and the image store
+    the API serves too (DELETE /v1/images/{uid})."""
+
+    manager: GuestManager
+    hub: EventHub
+    images: base.ImageStore
+
+
+def image_store(config: agent_config.AgentConfig, disks: base.DiskDriver) -> base.ImageStore:
+    """The node's image store, by `images.driver`; never downloads from the agent's own
+    port, and keeps what `disks` says guests use."""
+    directory = config.state_dir / "images"
+    if config.images.driver == "fake":
+        from stratus_agent.drivers.images.fake import FakeImageStore
+
+        return FakeImageStore(directory)
+    from stratus_agent.drivers.images.cache import ImageCache
+
     return ImageCache(
-        config.state_dir / "images",
-        config.images,
-        guests=config.state_dir / "guests",
-        own_ports=(config.listen.port,),
+        directory, config.images, users=disks.images_in_use, own_ports=(config.listen.port,)
     )
 
 
-async def build(
-    config: agent_config.AgentConfig, images: ImageCache | None = None
-) -> tuple[GuestManager, EventHub]:
-    """Drivers by configuration, connected and ready. `images`: the image cache the API
-    serves too (DELETE /v1/images/{uid}); made here when not given."""
+def disk_driver(config: agent_config.AgentConfig) -> base.DiskDriver:
+    directory = config.state_dir / "guests"
+    if config.storage.driver == "fake":
+        from stratus_agent.drivers.storage.fake import FakeDiskDriver
+
+        return FakeDiskDriver(directory)
+    from stratus_agent.drivers.storage.file import FileDiskDriver
+
+    return FileDiskDriver(directory)
+
+
+def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
+    network = config.network
+    if network.driver == "fake":
+        from stratus_agent.drivers.network.fake import FakeNetworkDriver
+
+        return FakeNetworkDriver()
+    from stratus_agent.drivers.network.ovs import OvsBridge, OvsNetworkDriver
+
+    return OvsNetworkDriver(OvsBridge(network.bridge, network.datapath_type, network.vsctl))
+
+
+def seed_drive(config: agent_config.AgentConfig) -> base.SeedDrive:
+    # The seed follows the disks: a node that makes no disks makes no seed either.
+    directory = config.state_dir / "guests"
+    if config.storage.driver == "fake":
+        from stratus_agent.drivers.seed.fake import FakeSeed
+
+        return FakeSeed(directory)
+    from stratus_agent.drivers.seed.nocloud import NoCloudSeed
+
+    return NoCloudSeed(directory)
+
+
+def fake_provisioner(directory: Path) -> NodeProvisioner:
+    """A provisioner that makes nothing, as with compute: fake (tests and benchmarks)."""
+    from stratus_agent.drivers.images.fake import FakeImageStore
+    from stratus_agent.drivers.network.fake import FakeNetworkDriver
+    from stratus_agent.drivers.seed.fake import FakeSeed
+    from stratus_agent.drivers.storage.fake import FakeDiskDriver
+
+    return NodeProvisioner(
+        images=FakeImageStore(directory / "images"),
+        disks=FakeDiskDriver(directory),
+        network=FakeNetworkDriver(),
+        seed=FakeSeed(directory),
+    )
+
+
+async def build(config: agent_config.AgentConfig) -> Agent:
+    """Drivers by configuration, connected and ready."""
     hub = EventHub()
-    compute: ComputeDriver
-    provisioner: Provisioner
+    compute: base.ComputeDriver
+    owners: GuestOwners | None = None
     if config.compute == "fake":
+        from stratus_agent.drivers.compute.fake import FakeComputeDriver
+
         compute = FakeComputeDriver(config.fake.cpu, config.fake.memory_bytes)
-        provisioner = FakeProvisioner(config.state_dir / "guests")
     else:
-        from stratus_agent.compute.libvirt_driver import LibvirtComputeDriver
+        from stratus_agent.drivers.compute.libvirt_driver import LibvirtComputeDriver
 
         _prepare_state_dir(config.state_dir)
-        compute = LibvirtComputeDriver(config.libvirt_uri)
         isolation = config.isolation
+        libvirt_compute = LibvirtComputeDriver(
+            config.libvirt_uri,
+            console_dir=config.state_dir / "guests",
+            qemu_state_dir=isolation.libvirt_qemu_dir,
+        )
         owners = GuestOwners(isolation.uid_first, isolation.uid_count, isolation.gid)
         # Before the manager starts: a guest it restarts must not get a UID already taken.
-        owners.adopt(await compute.owners())
-        node = NodeProvisioner(
-            images if images is not None else image_cache(config),
-            GuestFiles(config.state_dir / "guests"),
-            OvsBridge(config.network.bridge, config.network.datapath_type, config.network.vsctl),
-            virt_type="qemu",
-            owners=owners,
-            libvirt_qemu_dir=isolation.libvirt_qemu_dir,
-        )
-        provisioner = node
+        owners.adopt(await libvirt_compute.owners())
+        compute = libvirt_compute
+    disks = disk_driver(config)
+    images = image_store(config, disks)
+    provisioner = NodeProvisioner(
+        images=images,
+        disks=disks,
+        network=network_driver(config),
+        seed=seed_drive(config),
+        owners=owners,
+    )
     manager = GuestManager(
         compute,
         provisioner,
@@ -73,10 +137,8 @@ async def build(
         restarts=RestartBook(config.state_dir / "guests"),
     )
     await manager.start()
-    if isinstance(provisioner, NodeProvisioner):
-        provisioner.virt_type = "kvm" if compute.virt_type == "kvm" else "qemu"
-        _check_kvm_access(provisioner.virt_type, config.isolation)
-    return manager, hub
+    _check_kvm_access(compute.virt_type, config.isolation)
+    return Agent(manager, hub, images)
 
 
 def _check_kvm_access(virt_type: str, isolation: agent_config.IsolationConfig) -> None:
@@ -130,15 +192,15 @@ def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:
 
 async def serve(config: agent_config.AgentConfig) -> None:
     token = config.read_token()
-    images = image_cache(config) if config.compute != "fake" else None
-    manager, hub = await build(config, images)
+    agent = await build(config)
+    manager = agent.manager
     app = create_app(
         manager,
-        hub,
+        agent.hub,
         token=token,
         node=config.node_name,
         heartbeat=config.heartbeat_seconds,
-        images=images,
+        images=agent.images,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance, virsh_domains
-from stratus_agent import seed
+from stratus_agent.drivers.seed import nocloud as seed
 from testsupport import REPO_ROOT, wait_until
 
 

@@ -35,8 +35,8 @@ from yarl import URL
 
 from stratus_agent import config as agent_config
 from stratus_agent import main as agent_main
-from stratus_agent.manager import GuestManager
-from stratus_agent.server import create_app
+from stratus_agent.api.server import create_app
+from stratus_agent.manager.guests import GuestManager
 from stratus_api import naming
 from stratus_api.sources import SourcePolicy
 from testsupport import AGENT_AUTH, AGENT_TOKEN, build_test_image, guest_spec
@@ -340,7 +340,8 @@ async def start_agent(
     libvirt_node: Node, created_guests: list[str], image_server: dict[str, Any]
 ) -> AsyncIterator[Callable[..., Awaitable[AgentUnderTest]]]:
     """Starts the agent as `stratus_agent.main` assembles it (LibvirtComputeDriver,
-    NodeProvisioner, the image cache also behind the API) over the node's state; more than
+    NodeProvisioner over the file, OVS and NoCloud drivers, the image cache also behind
+    the API) over the node's state; more than
     one call simulates a restart. Keyword arguments replace config sections (`recovery=`,
     `network=`). Every agent started is stopped at the end; guests keep
     running, as with a real agent. The image server is on loopback, which the default
@@ -364,15 +365,15 @@ async def start_agent(
 
     async def start(**sections: Any) -> AgentUnderTest:
         settings = config.model_copy(update=sections)
-        images = agent_main.image_cache(settings)
-        manager, hub = await agent_main.build(settings, images)
+        built = await agent_main.build(settings)
+        manager = built.manager
         app = create_app(
             manager,
-            hub,
+            built.hub,
             token=settings.read_token(),
             node=settings.node_name,
             heartbeat=1.0,
-            images=images,
+            images=built.images,
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

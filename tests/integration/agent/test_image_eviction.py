@@ -1,6 +1,6 @@
 """Evicting cached images: by release of the Image (once no guest's root overlay uses it),
 and least recently used under the size budget. Real overlays made by `qemu-img create -b`
-(GuestFiles), real files, a real HTTP server; the API route through the real app."""
+(the file disk driver), real files, a real HTTP server; the API route through the real app."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.api.server import create_app
+from stratus_agent.base import Released
 from stratus_agent.config import ImagesConfig
-from stratus_agent.disks import GuestFiles
-from stratus_agent.events import EventHub
-from stratus_agent.images import ImageCache, Released
-from stratus_agent.manager import GuestManager
-from stratus_agent.provisioner import FakeProvisioner
-from stratus_agent.server import create_app
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
+from stratus_agent.drivers.images.cache import ImageCache
+from stratus_agent.drivers.storage.file import FileDiskDriver
+from stratus_agent.manager.guests import GuestManager
 from stratus_api.guest import ImageRef
 from stratus_api.sources import SourcePolicy
 from testsupport import AGENT_AUTH, AGENT_TOKEN
@@ -36,7 +37,7 @@ class Node:
 
     def __init__(self, root: Path, base: URL) -> None:
         self.root, self.base = root, base
-        self.files = GuestFiles(root / "guests")
+        self.files = FileDiskDriver(root / "guests")
         self.gate = asyncio.Event()
         self.gate.set()
 
@@ -46,7 +47,7 @@ class Node:
         config = ImagesConfig(
             sources=SourcePolicy(allowed_endpoints=(self.base.raw_authority,)), **settings
         )
-        return ImageCache(self.root / "images", config, guests=self.root / "guests")
+        return ImageCache(self.root / "images", config, users=self.files.images_in_use)
 
     def ref(self, name: str = "disk") -> ImageRef:
         return ImageRef(uid=str(uuid.uuid4()), name=name, url=str(self.base / name))
@@ -106,11 +107,11 @@ async def test_a_released_image_goes_with_its_last_guest_even_after_a_restart(
     assert await cache.in_use() == {image.uid}
     assert await cache.release(image.uid) == Released(evicted=False, in_use=True)
     assert node.meta(image.uid)["released"] is True
-    node.files.remove(first)
+    await node.files.remove(first)
     assert await cache.collect() == []  # the second guest still uses it
     restarted = node.cache()  # knows nothing in memory: overlays and metadata tell
     assert await restarted.collect() == []
-    node.files.remove(second)
+    await node.files.remove(second)
     assert await restarted.collect() == [image.uid]
     assert node.cached() == set()
 
@@ -127,7 +128,7 @@ async def test_release_during_a_download_evicts_once_the_guest_is_gone(node: Nod
     uid = await guest
     assert node.meta(image.uid)["released"] is True
     assert await cache.collect() == []
-    node.files.remove(uid)
+    await node.files.remove(uid)
     assert await cache.collect() == [image.uid]
 
 
@@ -174,7 +175,9 @@ async def api(node: Node) -> AsyncIterator[tuple[TestClient[Any, Any], ImageCach
     cache = node.cache()
     hub = EventHub()
     manager = GuestManager(
-        FakeComputeDriver(cpu=4, memory_bytes=8 * 2**30), FakeProvisioner(node.root), hub
+        FakeComputeDriver(cpu=4, memory_bytes=8 * 2**30),
+        agent_main.fake_provisioner(node.root),
+        hub,
     )
     await manager.start()
     app = create_app(manager, hub, token=AGENT_TOKEN, node="node-1", images=cache)
@@ -201,7 +204,7 @@ async def test_delete_image_route(node: Node, api: tuple[TestClient[Any, Any], I
     status, body = await delete("..%2F..%2Fetc%2Fpasswd", headers=AGENT_AUTH)
     assert status == 400 and "not an image UID" in body["error"]
     assert (await delete("not-a-uid", headers=AGENT_AUTH))[0] == 400
-    node.files.remove(guest)
+    await node.files.remove(guest)
     assert await cache.collect() == [used.uid]
     assert node.cached() == set()
 
@@ -209,7 +212,7 @@ async def test_delete_image_route(node: Node, api: tuple[TestClient[Any, Any], I
 async def test_delete_image_route_without_an_image_cache(node: Node) -> None:
     hub = EventHub()
     manager = GuestManager(
-        FakeComputeDriver(cpu=1, memory_bytes=2**30), FakeProvisioner(node.root), hub
+        FakeComputeDriver(cpu=1, memory_bytes=2**30), agent_main.fake_provisioner(node.root), hub
     )
     await manager.start()
     app = create_app(manager, hub, token=AGENT_TOKEN, node="node-1")

@@ -22,10 +22,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from stratus_agent import download
 from stratus_agent.config import ImagesConfig
+from stratus_agent.drivers.images import download
+from stratus_agent.drivers.images.cache import ImageCache
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.images import ImageCache
 from stratus_api.guest import ImageRef
 from stratus_api.sources import SourcePolicy
 

@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from stratus_agent.config import ImagesConfig
-from stratus_agent.disks import GuestFiles
+from stratus_agent.drivers.images.cache import ImageCache
+from stratus_agent.drivers.storage.file import FileDiskDriver
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.images import ImageCache
 from stratus_api.guest import ImageRef
 from stratus_api.sources import SourcePolicy
 from stratus_api.v1alpha1.image import DiskFormat
@@ -184,18 +184,21 @@ async def test_root_disk_is_an_overlay_kept_across_ensures(
 ) -> None:
     base, _ = server
     cached = await cache_for(tmp_path, base).ensure(ref(base, "base.qcow2"))
-    files = GuestFiles(tmp_path / "guests")
+    files = FileDiskDriver(tmp_path / "guests")
     uid = str(uuid.uuid4())
-    disk = await files.ensure_root_disk(uid, cached, 16 * 2**20)
+    source = await files.ensure_root_disk(uid, cached, 16 * 2**20)
+    assert source.format == "qcow2"
+    disk = Path(source.path)
     assert await files.backing_file(uid) == str(cached.path)
     info = subprocess.run(["qemu-img", "info", str(disk)], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip
     assert "virtual size: 16 MiB" in info
     before = disk.stat().st_mtime_ns
-    assert await files.ensure_root_disk(uid, cached, 16 * 2**20) == disk
+    assert await files.ensure_root_disk(uid, cached, 16 * 2**20) == source
     assert disk.stat().st_mtime_ns == before
     with pytest.raises(ProvisioningError) as too_small:
         await files.ensure_root_disk(str(uuid.uuid4()), cached, 2**20)
     assert too_small.value.reason == "DiskTooSmall"
-    assert files.remove(uid) == [disk]
+    await files.remove(uid)
+    assert not disk.exists()
     assert list((tmp_path / "guests").iterdir()) == []

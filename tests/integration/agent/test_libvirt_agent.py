@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stratus_agent.compute import libvirt_driver
+from stratus_agent.drivers.compute import libvirt_driver
 from stratus_api import naming
 from stratus_devcloud import nodeservices
 from testsupport import AGENT_AUTH

@@ -15,7 +15,7 @@ import libvirt
 import pytest
 
 from stratus_agent import config as agent_config
-from stratus_agent.compute import libvirt_driver
+from stratus_agent.drivers.compute import libvirt_driver
 from stratus_api import naming
 
 if TYPE_CHECKING:
@@ -210,10 +210,10 @@ async def test_one_unreadable_domain_does_not_break_the_inventory(
         await agent.wait_for_state(spec["uid"], "Running")
     original = libvirt_driver.LibvirtGuest.status
 
-    def status(guest: libvirt_driver.LibvirtGuest, generation: int | None = None) -> Any:
+    def status(guest: libvirt_driver.LibvirtGuest) -> Any:
         if guest.uid == bad["uid"]:  # e.g. undefined between listing and reading it
             raise libvirt.libvirtError("Domain not found: vanished meanwhile")
-        return original(guest, generation)
+        return original(guest)
 
     monkeypatch.setattr(libvirt_driver.LibvirtGuest, "status", status)
     listed = {g["uid"]: g["state"] for g in (await agent.inventory())["guests"]}

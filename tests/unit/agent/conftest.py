@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stratus_agent.compute.fake import FakeComputeDriver
-from stratus_agent.events import EventHub
-from stratus_agent.manager import GuestManager
-from stratus_agent.provisioner import FakeProvisioner
-from stratus_agent.server import create_app
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.api.server import create_app
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
+from stratus_agent.manager.guests import GuestManager
 from testsupport import AGENT_TOKEN as TOKEN
 
 
@@ -21,7 +21,7 @@ from testsupport import AGENT_TOKEN as TOKEN
 async def agent(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], FakeComputeDriver]]:
     compute = FakeComputeDriver(cpu=8, memory_bytes=16 * 2**30)
     hub = EventHub()
-    manager = GuestManager(compute, FakeProvisioner(tmp_path), hub)
+    manager = GuestManager(compute, agent_main.fake_provisioner(tmp_path), hub)
     await manager.start()
     app = create_app(manager, hub, token=TOKEN, node="node-1", heartbeat=0.2)
     async with TestClient(TestServer(app)) as client:

@@ -9,6 +9,8 @@ import pytest
 
 from stratus_agent import config as agent_config
 from stratus_agent import main as agent_main
+from stratus_agent.drivers.images.cache import ImageCache
+from stratus_agent.drivers.images.fake import FakeImageStore
 
 
 def load(tmp_path: Path, text: str) -> agent_config.AgentConfig:
@@ -80,3 +82,45 @@ async def test_plain_http_is_announced_with_a_warning(
     assert stopped
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("plain HTTP on 127.0.0.1:0" in r.getMessage() for r in warnings)
+
+
+def test_fake_compute_brings_fake_drivers_unless_a_section_names_one(tmp_path: Path) -> None:
+    config = load(tmp_path, "listen: {insecure: true}\n")
+    assert (config.images.driver, config.storage.driver, config.network.driver) == (
+        "fake",
+        "fake",
+        "fake",
+    )
+    mixed = load(tmp_path, "listen: {insecure: true}\nstorage: {driver: file}\n")
+    assert (mixed.storage.driver, mixed.network.driver) == ("file", "fake")
+
+
+def test_real_compute_brings_real_drivers_and_refuses_fake_ones(tmp_path: Path) -> None:
+    base = {"token_file": str(tmp_path / "token"), "listen": {"insecure": True}}
+    config = agent_config.AgentConfig.model_validate(base)
+    assert (config.images.driver, config.storage.driver, config.network.driver) == (
+        "cache",
+        "file",
+        "ovs",
+    )
+    with pytest.raises(ValueError, match=r"storage\.driver, network\.driver: fake drivers"):
+        agent_config.AgentConfig.model_validate(
+            {**base, "storage": {"driver": "fake"}, "network": {"driver": "fake"}}
+        )
+
+
+async def test_build_wires_the_drivers_the_config_names(tmp_path: Path) -> None:
+    text = f"state_dir: {tmp_path / 'state'}\nlisten: {{insecure: true}}\n"
+    fake = await agent_main.build(load(tmp_path, text))
+    try:
+        assert isinstance(fake.images, FakeImageStore)
+        assert fake.manager.compute.virt_type == "fake"
+    finally:
+        await fake.manager.stop()
+    real_storage = await agent_main.build(
+        load(tmp_path, text + "images: {driver: cache}\nstorage: {driver: file}\n")
+    )
+    try:
+        assert isinstance(real_storage.images, ImageCache)
+    finally:
+        await real_storage.manager.stop()

@@ -4,27 +4,43 @@ one file it cannot remove."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from stratus_agent import disks, seed
-from stratus_agent.disks import GuestFiles
+from stratus_agent.drivers.seed import nocloud as seed
+from stratus_agent.drivers.storage import file as disks
+from stratus_agent.errors import ProvisioningError
 
 
-def test_remove_skips_what_it_cannot_remove_and_removes_the_rest(
+async def test_a_disk_or_seed_that_cannot_be_removed_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    files = GuestFiles(tmp_path)
+    driver, drive = disks.FileDiskDriver(tmp_path), seed.NoCloudSeed(tmp_path)
     uid = str(uuid.uuid4())
-    files.root_disk(uid).write_bytes(b"disk")
-    files.console_log(uid).mkdir()  # unlink() cannot remove a directory
-    removed = files.remove(uid)
-    assert removed == [files.root_disk(uid)]
-    assert not files.root_disk(uid).exists()
+    driver.root_disk(uid).write_bytes(b"disk")
+    drive.path(uid).mkdir()  # unlink() cannot remove a directory
+    await driver.remove(uid)
+    await drive.remove(uid)
+    assert not driver.root_disk(uid).exists()
     assert "cannot remove" in caplog.text
-    assert files.remove(uid) == []  # idempotent
+    await driver.remove(uid)  # idempotent
+
+
+async def test_images_in_use_are_the_overlays_backing_files(tmp_path: Path) -> None:
+    driver = disks.FileDiskDriver(tmp_path)
+    image = str(uuid.uuid4())
+    assert await driver.images_in_use() == set()
+    overlay = driver.root_disk(str(uuid.uuid4()))
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-u",
+         "-b", f"/var/lib/stratus/images/{image}.img", str(overlay), "1M"],
+        check=True,
+    )  # fmt: skip
+    (tmp_path / "not-an-overlay.qcow2").write_bytes(b"x")
+    assert await driver.images_in_use() == {image}
 
 
 def test_seed_iso_is_private_from_its_first_byte(tmp_path: Path) -> None:
@@ -46,3 +62,21 @@ def test_make_private_sets_0600(tmp_path: Path) -> None:
     path.chmod(0o644)
     disks.make_private(path, None)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_root_disk_grows_and_never_shrinks(tmp_path: Path) -> None:
+    """qemu-img on real files; the overlay's backing image need not exist for a resize."""
+    driver = disks.FileDiskDriver(tmp_path)
+    uid = str(uuid.uuid4())
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(driver.root_disk(uid)), "1M"], check=True
+    )
+    await driver.grow(uid, 4 * 2**20)
+    await driver.grow(uid, 4 * 2**20)  # already that size: nothing to do
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(driver.root_disk(uid))],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert '"virtual-size": 4194304' in info
+    with pytest.raises(ProvisioningError, match="shrinking it to 1048576 would lose data"):
+        await driver.grow(uid, 2**20)

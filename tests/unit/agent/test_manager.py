@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from stratus_agent.compute.domain_builder import NodeFacts
-from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.base import NodeFacts
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.events import EventHub
-from stratus_agent.manager import GuestManager
-from stratus_agent.provisioner import FakeProvisioner
-from stratus_agent.recovery import Backoff, RecoveryPolicy, RestartBook
-from stratus_api.guest import GuestSpec, GuestState, GuestStatus
+from stratus_agent.manager.guests import GuestManager
+from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
+from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure
 from testsupport import guest_spec
 
@@ -31,11 +31,12 @@ FAST = RecoveryPolicy(
 )
 
 
-class FlakyProvisioner(FakeProvisioner):
-    """Fails with `failure` while `failing` is set; counts prepares and node checks."""
+class FlakyProvisioner:
+    """The fake-mode provisioner, failing with `failing` while it is set; counts prepares
+    and node checks."""
 
     def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
+        self.inner = agent_main.fake_provisioner(directory)
         self.failing: Exception | None = None
         self.prepares = 0
         self.node_checks = 0
@@ -44,10 +45,13 @@ class FlakyProvisioner(FakeProvisioner):
         self.prepares += 1
         if self.failing is not None:
             raise self.failing
-        return await super().prepare(spec)
+        return await self.inner.prepare(spec)
 
     async def check_node(self) -> None:
         self.node_checks += 1
+
+    async def cleanup(self, uid: str) -> None:
+        await self.inner.cleanup(uid)
 
 
 @dataclass
@@ -244,7 +248,7 @@ async def test_restart_counts_survive_an_agent_restart_and_go_with_the_guest(
     await until("Running", is_state(first, guest.uid, GuestState.RUNNING))
     await first.stop()
     saved = json.loads((tmp_path / f"{guest.uid}-restarts.json").read_text())
-    assert saved == {"restarts": 1, "lastReason": "Crashed"}
+    assert saved == {"restarts": 1, "lastReason": "Crashed", "restartToken": None}
 
     second = GuestManager(compute, provisioner, EventHub(), policy=FAST, restarts=book)
     await second.start()  # the same driver: the guest is still there, still running
@@ -290,3 +294,122 @@ def test_unreadable_restart_records_are_skipped(tmp_path: Path) -> None:
     assert list(book.load_all()) == [good]
     with pytest.raises(ValueError, match="not a Kubernetes UID"):
         book.path("../../etc")
+
+
+# Lifecycle verbs: Paused, and restarts asked for by a new restart token.
+
+
+async def test_a_paused_guest_reports_paused_resumes_and_stops(node: Node) -> None:
+    guest = spec(power="Paused")
+    await node.manager.ensure(guest)
+    await until("Paused", is_state(node.manager, guest.uid, GuestState.PAUSED))
+    assert node.compute.boots[guest.uid] == 1  # started, then suspended
+
+    running = guest.model_copy(update={"generation": 2, "power": PowerState.RUNNING})
+    await node.manager.ensure(running)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    assert node.compute.boots[guest.uid] == 1  # resumed where it was, not booted again
+
+    paused = running.model_copy(update={"generation": 3, "power": PowerState.PAUSED})
+    await node.manager.ensure(paused)
+    await until("Paused", is_state(node.manager, guest.uid, GuestState.PAUSED))
+    stopped = paused.model_copy(update={"generation": 4, "power": PowerState.STOPPED})
+    await node.manager.ensure(stopped)
+    await until("Stopped", is_state(node.manager, guest.uid, GuestState.STOPPED))
+    assert node.compute.boots[guest.uid] == 1
+
+
+async def test_a_paused_guest_that_goes_down_comes_back_paused(node: Node) -> None:
+    guest = spec(power="Paused")
+    await node.manager.ensure(guest)
+    await until("Paused", is_state(node.manager, guest.uid, GuestState.PAUSED))
+    node.compute.crash(guest.uid)
+    await until("restarted", lambda: (s := state(node.manager, guest.uid)) and s.restarts == 1)
+    await until("Paused", is_state(node.manager, guest.uid, GuestState.PAUSED))
+
+
+async def test_a_new_restart_token_restarts_the_guest_once(node: Node) -> None:
+    guest = spec(restartToken="first")
+    await node.manager.ensure(guest)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    # The first spec a guest gets only adopts its token: creating it booted it.
+    assert node.compute.boots[guest.uid] == 1
+    status = node.manager.status(guest.uid)
+    assert status is not None and status.restart_token == "first"
+
+    again = guest.model_copy(update={"generation": 2, "restart_token": "second"})
+    await node.manager.ensure(again)
+    await until("restarted", lambda: node.compute.boots[guest.uid] == 2)
+    await until(
+        "token reported",
+        lambda: (s := state(node.manager, guest.uid)) and s.restart_token == "second",
+    )
+    await node.manager.ensure(again)  # a repeated PUT of the same spec
+    await node.manager.ensure(
+        again.model_copy(update={"generation": 3})
+    )  # other change, same token
+    await until("generation 3", lambda: (s := state(node.manager, guest.uid)) and s.generation == 3)
+    await asyncio.sleep(0.1)
+    status = node.manager.status(guest.uid)
+    assert node.compute.boots[guest.uid] == 2
+    # Asked for, so not a crash: runStrategy Always's count stays as it was.
+    assert status is not None and (status.state, status.restarts) == (GuestState.RUNNING, 0)
+    saved = json.loads((node.book.directory / f"{guest.uid}-restarts.json").read_text())
+    assert saved["restartToken"] == "second"
+
+
+async def test_no_token_then_a_token_restarts_and_removing_it_restarts_again(node: Node) -> None:
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    await node.manager.ensure(guest.model_copy(update={"generation": 2, "restart_token": "t"}))
+    await until("restarted", lambda: node.compute.boots[guest.uid] == 2)
+    await node.manager.ensure(guest.model_copy(update={"generation": 3, "restart_token": None}))
+    await until("restarted again", lambda: node.compute.boots[guest.uid] == 3)
+
+
+async def test_a_token_acted_on_survives_an_agent_restart(tmp_path: Path) -> None:
+    compute, book = FakeComputeDriver(), RestartBook(tmp_path)
+    first = GuestManager(
+        compute, FlakyProvisioner(tmp_path), EventHub(), policy=FAST, restarts=book
+    )
+    await first.start()
+    guest = spec(restartToken="a")
+    await first.ensure(guest)
+    await until("Running", is_state(first, guest.uid, GuestState.RUNNING))
+    newer = guest.model_copy(update={"generation": 2, "restart_token": "b"})
+    await first.ensure(newer)
+    await until("restarted", lambda: compute.boots[guest.uid] == 2)
+    await until("applied", lambda: (s := state(first, guest.uid)) and s.restart_token == "b")
+    await first.stop()
+
+    second = GuestManager(
+        compute, FlakyProvisioner(tmp_path), EventHub(), policy=FAST, restarts=book
+    )
+    await second.start()
+    try:
+        status = second.status(guest.uid)
+        assert status is not None and status.restart_token == "b"
+        await second.ensure(newer)  # the operator resyncs with the spec it had sent
+        await until("generation 2", lambda: (s := state(second, guest.uid)) and s.generation == 2)
+        await asyncio.sleep(0.1)
+        assert compute.boots[guest.uid] == 2
+    finally:
+        await second.stop()
+
+
+async def test_a_new_token_for_a_stopped_guest_is_acted_on_without_a_boot(node: Node) -> None:
+    guest = spec(power="Stopped", restartToken="a")
+    await node.manager.ensure(guest)
+    await until("Stopped", is_state(node.manager, guest.uid, GuestState.STOPPED))
+    stopped = guest.model_copy(update={"generation": 2, "restart_token": "b"})
+    await node.manager.ensure(stopped)
+    await until("token", lambda: (s := state(node.manager, guest.uid)) and s.restart_token == "b")
+    assert node.compute.boots.get(guest.uid, 0) == 0
+    # Started later with the same token: one boot, no extra restart.
+    await node.manager.ensure(
+        stopped.model_copy(update={"generation": 3, "power": PowerState.RUNNING})
+    )
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    await asyncio.sleep(0.1)
+    assert node.compute.boots[guest.uid] == 1

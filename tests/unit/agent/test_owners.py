@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from stratus_agent.compute.domain_builder import GuestOwner
+from stratus_agent.base import GuestOwner
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.owners import GuestOwners
+from stratus_agent.manager.owners import GuestOwners
 
 
 def uid() -> str:

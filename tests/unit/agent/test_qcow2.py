@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus_agent import imageformat, qcow2
+from stratus_agent.drivers.formats import imageformat, qcow2
 from testsupport import qcow2_naming_data_file
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")

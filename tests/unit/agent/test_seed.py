@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stratus_agent import seed
+from stratus_agent.drivers.seed import nocloud as seed
 from stratus_api.guest import CloudInit, Nic
 
 NICS = [

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from stratus_agent.compute.fake import FakeComputeDriver
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from testsupport import AGENT_AUTH as AUTH
 from testsupport import guest_spec
 
@@ -185,3 +185,26 @@ async def test_user_data_never_reaches_the_logs(
     inventory = await (await client.get("/v1/guests", headers=AUTH)).text()
     assert "hunter2" not in caplog.text
     assert "hunter2" not in inventory
+
+
+async def test_lifecycle_verbs_over_the_api(agent: Agent) -> None:
+    """Paused and a restart token as the operator sends them: the status says Paused, then
+    carries the token acted on; a repeated PUT restarts nothing."""
+    client, compute = agent
+    spec = guest_spec(power="Paused", restartToken="t1")
+    uid = spec["uid"]
+    assert (await client.put(f"/v1/guests/{uid}", json=spec, headers=AUTH)).status == 202
+    paused = await wait_for_state(client, uid, "Paused")
+    assert paused["restartToken"] == "t1"
+
+    restart = {**spec, "generation": 2, "power": "Running", "restartToken": "t2"}
+    for _ in range(2):
+        assert (await client.put(f"/v1/guests/{uid}", json=restart, headers=AUTH)).status == 202
+        running = await wait_for_state(client, uid, "Running")
+    for _ in range(200):
+        if running["restartToken"] == "t2":
+            break
+        await asyncio.sleep(0.01)
+        running = await (await client.get(f"/v1/guests/{uid}", headers=AUTH)).json()
+    assert (running["restartToken"], running["restarts"]) == ("t2", 0)
+    assert compute.boots[uid] == 2

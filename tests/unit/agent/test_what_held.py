@@ -10,7 +10,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from lxml import etree
 
-from stratus_agent.compute import domain_builder, domain_xml
+from stratus_agent import base
+from stratus_agent.domain import builder as domain_builder
+from stratus_agent.domain import xml as domain_xml
 from stratus_api.guest import GuestSpec
 from testsupport import AGENT_AUTH, REPO_ROOT, guest_spec
 
@@ -58,11 +60,11 @@ async def test_an_oversized_body_is_refused_with_413(
 def test_text_reaching_the_domain_xml_is_escaped() -> None:
     hostile = 'evil</title><devices><disk type="file"><source file="/etc/shadow"/></disk>&x;'
     spec = GuestSpec.model_validate({**guest_spec(), "name": hostile, "namespace": "ns&<>"})
-    facts = domain_builder.NodeFacts(
-        virt_type="qemu", root_disk_path="/r.qcow2", seed_iso_path="/s.iso",
-        console_log_path="/c.log", bridge="br0",
+    facts = base.NodeFacts(
+        root_disk=base.DiskSource(path="/r.qcow2"), seed_iso_path="/s.iso",
+        nics=tuple(base.NicBinding(bridge="br0") for _ in spec.nics),
     )  # fmt: skip
-    xml = domain_builder.build_domain(spec, facts).to_xml()
+    xml = domain_builder.build_domain(spec, facts, virt_type="qemu", console_log="/c.log").to_xml()
     tree = etree.fromstring(xml.encode())
     assert tree.findtext("title") == f"ns&<>/{hostile}"
     assert [s.get("file") for s in tree.iter("source") if s.get("file")] == [

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from stratus_agent.compute.fake import FakeComputeDriver
-from stratus_agent.events import EventHub
-from stratus_agent.manager import GuestManager
-from stratus_agent.provisioner import FakeProvisioner
-from stratus_agent.server import create_app
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.api.server import create_app
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
+from stratus_agent.manager.guests import GuestManager
 from stratus_devcloud import pki
 from stratus_operator.services import agent_client
 from testsupport import AGENT_TOKEN
@@ -82,7 +82,9 @@ async def start_agent(tmp_path: Path, pki_dir: Path) -> AsyncIterator[StartAgent
             context.load_cert_chain(pki_dir / "apiserver.crt", pki_dir / "apiserver.key")
         compute = FakeComputeDriver(cpu=8, memory_bytes=16 * 2**30)
         hub = EventHub()
-        manager = GuestManager(compute, FakeProvisioner(tmp_path / f"a{len(started)}"), hub)
+        manager = GuestManager(
+            compute, agent_main.fake_provisioner(tmp_path / f"a{len(started)}"), hub
+        )
         await manager.start()
         agent = RunningAgent(manager, hub, compute, context, heartbeat)
         started.append(agent)

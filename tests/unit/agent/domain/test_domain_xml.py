@@ -16,8 +16,9 @@ from typing import Protocol
 import pytest
 from lxml import etree
 
-from stratus_agent.compute import domain_builder as builder
-from stratus_agent.compute import domain_xml as dx
+from stratus_agent import base
+from stratus_agent.domain import builder
+from stratus_agent.domain import xml as dx
 from stratus_api import guest
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -71,20 +72,26 @@ def spec(**changes: object) -> guest.GuestSpec:
     return guest.GuestSpec.model_validate(fields)
 
 
-def facts(**changes: object) -> builder.NodeFacts:
+def facts(nics: int = 1, **changes: object) -> base.NodeFacts:
     fields: dict[str, object] = {
-        "virt_type": "qemu",
-        "root_disk_path": f"/var/lib/stratus/guests/{UID}-root.qcow2",
+        "root_disk": base.DiskSource(path=f"/var/lib/stratus/guests/{UID}-root.qcow2"),
         "seed_iso_path": f"/var/lib/stratus/guests/{UID}-seed.iso",
-        "console_log_path": f"/var/lib/stratus/guests/{UID}-console.log",
-        "bridge": "br-stratus",
+        "nics": tuple(base.NicBinding(bridge="br-stratus") for _ in range(nics)),
         **changes,
     }
-    return builder.NodeFacts(**fields)  # type: ignore[arg-type]
+    return base.NodeFacts(**fields)  # type: ignore[arg-type]
+
+
+def build(
+    spec: guest.GuestSpec, node: base.NodeFacts, virt_type: base.VirtType = "qemu"
+) -> dx.Domain:
+    """As the libvirt driver builds it: the virt type and console log are the driver's."""
+    console_log = f"/var/lib/stratus/guests/{UID}-console.log"
+    return builder.build_domain(spec, node, virt_type=virt_type, console_log=console_log)
 
 
 def qemu_one_nic() -> dx.Domain:
-    return builder.build_domain(spec(), facts())
+    return build(spec(), facts())
 
 
 def kvm_two_nics_no_vnc() -> dx.Domain:
@@ -97,13 +104,13 @@ def kvm_two_nics_no_vnc() -> dx.Domain:
         nics=[nic(0), nic(1, mtu=9000, segmentation_id=42)],
     )
     node = facts(
-        virt_type="kvm",
+        nics=2,
         cdrom_bus="sata",
         machine="q35",
-        volumes=(builder.VolumeAttachment(name="data", path="/srv/volumes/data.raw"),),
-        owner=builder.GuestOwner(uid=1_900_000_007, gid=108),
+        volumes=(base.VolumeAttachment(name="data", path="/srv/volumes/data.raw"),),
+        owner=base.GuestOwner(uid=1_900_000_007, gid=108),
     )
-    return builder.build_domain(two_nics, node)
+    return build(two_nics, node, "kvm")
 
 
 DOMAINS = {"domain_qemu_1nic.xml": qemu_one_nic, "domain_kvm_2nic_novnc.xml": kvm_two_nics_no_vnc}
@@ -259,7 +266,7 @@ def test_names_and_ids_come_from_the_instance_uid() -> None:
     ],
 )
 def test_memory_is_exact(memory_bytes: int, expected: dx.Memory) -> None:
-    assert builder.build_domain(spec(memory_bytes=memory_bytes), facts()).memory == expected
+    assert build(spec(memory_bytes=memory_bytes), facts()).memory == expected
 
 
 def test_cpu_mode_follows_the_virt_type() -> None:
@@ -269,7 +276,7 @@ def test_cpu_mode_follows_the_virt_type() -> None:
 
 def test_power_state_does_not_change_the_definition() -> None:
     stopped = spec(power=guest.PowerState.STOPPED)
-    assert builder.build_domain(stopped, facts()) == qemu_one_nic()
+    assert build(stopped, facts()) == qemu_one_nic()
 
 
 def test_disks_are_root_then_volumes_then_the_seed_cdrom() -> None:
@@ -285,7 +292,7 @@ def test_disks_are_root_then_volumes_then_the_seed_cdrom() -> None:
 def test_a_volume_the_node_did_not_attach_is_an_error() -> None:
     with_volume = spec(disks=[*spec().disks, guest.Disk(name="data")])
     with pytest.raises(ValueError, match="'data' has no volume attached"):
-        builder.build_domain(with_volume, facts())
+        build(with_volume, facts())
 
 
 def test_no_vnc_means_no_graphics_and_no_video() -> None:
@@ -320,3 +327,18 @@ def test_nics_carry_mtu_and_no_vlan_yet() -> None:
     second = kvm_two_nics_no_vnc().devices.interfaces[1]
     assert second.mtu == 9000 and second.vlan_tag is None
     assert second.virtualport == dx.VirtualPort() and second.source_bridge == "br-stratus"
+
+
+def test_restart_token_does_not_change_the_definition() -> None:
+    assert build(spec(restart_token="again"), facts()) == qemu_one_nic()
+
+
+def test_the_root_disk_is_what_the_disk_driver_made() -> None:
+    raw = facts(root_disk=base.DiskSource(path="/dev/vg0/root", format="raw"))
+    root = build(spec(), raw).devices.disks[0]
+    assert (root.source_file, root.driver_type) == ("/dev/vg0/root", "raw")
+
+
+def test_every_nic_needs_a_binding_from_the_network_driver() -> None:
+    with pytest.raises(ValueError, match="1 NICs in the spec, 0 plugged"):
+        build(spec(), facts(nics=0))

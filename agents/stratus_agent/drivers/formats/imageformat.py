@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stratus_agent import process, qcow2
+from stratus_agent import process
+from stratus_agent.drivers.formats import qcow2
 from stratus_agent.errors import ProvisioningError
 from stratus_api.reasons import GuestFailure
 

@@ -1,13 +1,22 @@
 """An in-memory compute driver, like Nova's fake driver: for control-plane tests and scale
-benchmarks, where what matters is the API traffic, not the guests."""
+benchmarks, where what matters is the API traffic, not the guests.
+
+It keeps the verbs' semantics (Running, Paused, Stopped, a restart that boots afresh) and
+counts boots per guest, so tests can tell a restart from none.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from stratus_agent.compute.base import GuestListener
-from stratus_agent.compute.domain_builder import NodeFacts
+from stratus_agent import base
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
+
+_WANTED = {
+    PowerState.RUNNING: GuestState.RUNNING,
+    PowerState.PAUSED: GuestState.PAUSED,
+    PowerState.STOPPED: GuestState.STOPPED,
+}
 
 
 class FakeComputeDriver:
@@ -18,9 +27,11 @@ class FakeComputeDriver:
         self._memory = memory_bytes
         self._boot_delay = boot_delay
         self._guests: dict[str, GuestStatus] = {}
-        self._listener: GuestListener | None = None
+        self._listener: base.GuestListener | None = None
+        # Times each guest was started from off (a fresh boot): a restart adds one.
+        self.boots: dict[str, int] = {}
 
-    async def start(self, on_change: GuestListener) -> None:
+    async def start(self, on_change: base.GuestListener) -> None:
         self._listener = on_change
 
     async def stop(self) -> None:
@@ -33,14 +44,24 @@ class FakeComputeDriver:
             self._listener(status)
         return status
 
-    async def ensure(self, spec: GuestSpec, facts: NodeFacts) -> GuestStatus:
+    async def ensure(
+        self, spec: GuestSpec, facts: base.NodeFacts, *, restart: bool = False
+    ) -> GuestStatus:
         if self._boot_delay:
             await asyncio.sleep(self._boot_delay)
-        state = GuestState.RUNNING if spec.power is PowerState.RUNNING else GuestState.STOPPED
-        return self._set(GuestStatus(uid=spec.uid, state=state, generation=spec.generation))
+        previous = self._guests.get(spec.uid)
+        active = previous is not None and previous.state in (GuestState.RUNNING, GuestState.PAUSED)
+        wanted = _WANTED[spec.power]
+        # A fresh boot when it was off, or when a restart power-cycles it; like libvirt's
+        # driver, the stop half of a restart is not reported.
+        if wanted is not GuestState.STOPPED and (not active or restart):
+            self.boots[spec.uid] = self.boots.get(spec.uid, 0) + 1
+        # The generation stands for the one libvirt keeps in the domain's definition.
+        return self._set(GuestStatus(uid=spec.uid, state=wanted, generation=spec.generation))
 
     async def delete(self, uid: str) -> bool:
         gone = self._guests.pop(uid, None)
+        self.boots.pop(uid, None)
         if gone is not None and self._listener:
             self._listener(GuestStatus(uid=uid, state=GuestState.MISSING))
         return gone is not None

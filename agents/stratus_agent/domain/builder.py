@@ -8,10 +8,9 @@ can compare text) and the unit tests need no libvirt.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
 
-from stratus_agent.compute import domain_xml as dx
+from stratus_agent import base
+from stratus_agent.domain import xml as dx
 from stratus_api import guest, naming
 
 # Guest-visible disk names: the root disk first, then volumes in spec order.
@@ -23,48 +22,15 @@ _CDROM_PREFIX = {"ide": "hd", "sata": "sd", "scsi": "sd", "usb": "sd"}
 _MEMORY_STATS_PERIOD = 10
 
 
-@dataclass(frozen=True, kw_only=True)
-class VolumeAttachment:
-    """A volume the node has made available to one guest, as a local file."""
-
-    name: str  # the spec Disk's name (the Volume's name)
-    path: str
-    format: dx.DiskFormat = "raw"
-
-
-@dataclass(frozen=True, kw_only=True)
-class GuestOwner:
-    """The user and group one guest's QEMU runs as, owner of that guest's files only."""
-
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class NodeFacts:
-    """What the node decided or prepared for one guest: never in the spec, which is
-    node-independent, but needed to write its domain."""
-
-    virt_type: Literal["kvm", "qemu"]  # detected by the agent, never assumed
-    root_disk_path: str  # the qcow2 overlay made for the guest
-    seed_iso_path: str  # the cloud-init NoCloud seed
-    console_log_path: str  # where virtlogd keeps the serial output
-    bridge: str  # OVS bridge every NIC's tap is plugged into
-    machine: str = "pc"
-    # Bus of the seed CD-ROM; it must be one the guest kernel has a driver for built in or
-    # in its initramfs (IDE on 'pc'; q35 has no IDE, use 'sata').
-    cdrom_bus: Literal["ide", "sata", "scsi", "usb"] = "ide"
-    vnc_listen: str = "127.0.0.1"  # reached through the agent's console proxy only
-    volumes: tuple[VolumeAttachment, ...] = ()
-    # None: QEMU runs as libvirt's default user, shared by every guest (fake driver, tests).
-    owner: GuestOwner | None = None
-
-
-def build_domain(spec: guest.GuestSpec, node: NodeFacts) -> dx.Domain:
-    """The domain that runs `spec` on this node. `spec.power` is not part of it: whether
-    the domain runs is the driver's business, not its definition's."""
+def build_domain(
+    spec: guest.GuestSpec, node: base.NodeFacts, *, virt_type: base.VirtType, console_log: str
+) -> dx.Domain:
+    """The domain that runs `spec` on this node. `virt_type` and `console_log` come from
+    the compute driver, which owns them. `spec.power` and `spec.restart_token` are not part
+    of it: whether and since when the domain runs is the driver's business, not its
+    definition's."""
     return dx.Domain(
-        type=node.virt_type,
+        type=virt_type,
         name=naming.domain_name(spec.uid),
         # libvirt's UUID is the Instance UID, so both sides name the guest the same way.
         uuid=str(uuid.UUID(spec.uid)),
@@ -76,7 +42,7 @@ def build_domain(spec: guest.GuestSpec, node: NodeFacts) -> dx.Domain:
         vcpu=dx.Vcpu(count=spec.cpu),
         os=dx.Os(arch="x86_64", machine=node.machine, boot=("hd",)),
         features=dx.Features(acpi=True, apic=True),
-        cpu=_cpu(node.virt_type),
+        cpu=_cpu(virt_type),
         clock=dx.Clock(
             offset="utc",
             # The usual tick policies for Linux and Windows guests: catch up on missed RTC
@@ -92,12 +58,12 @@ def build_domain(spec: guest.GuestSpec, node: NodeFacts) -> dx.Domain:
         on_poweroff="destroy",
         on_reboot="restart",
         on_crash="destroy",
-        devices=_devices(spec, node),
+        devices=_devices(spec, node, console_log),
         seclabel=_seclabel(node.owner),
     )
 
 
-def _seclabel(owner: GuestOwner | None) -> dx.DacSeclabel | None:
+def _seclabel(owner: base.GuestOwner | None) -> dx.DacSeclabel | None:
     if owner is None:
         return None
     # relabel=no: the agent owns the guest's files itself. libvirt's relabelling would chown
@@ -114,7 +80,7 @@ def _memory(memory_bytes: int) -> dx.Memory:
     return dx.Memory(amount=memory_bytes, unit="b")
 
 
-def _cpu(virt_type: Literal["kvm", "qemu"]) -> dx.Cpu:
+def _cpu(virt_type: base.VirtType) -> dx.Cpu:
     if virt_type == "kvm":
         # Best performance; live migration between unlike hosts is not offered.
         return dx.Cpu(mode="host-passthrough")
@@ -123,13 +89,13 @@ def _cpu(virt_type: Literal["kvm", "qemu"]) -> dx.Cpu:
     return dx.Cpu(mode="maximum")
 
 
-def _devices(spec: guest.GuestSpec, node: NodeFacts) -> dx.Devices:
+def _devices(spec: guest.GuestSpec, node: base.NodeFacts, console_log: str) -> dx.Devices:
     graphics = (dx.Graphics(listen=node.vnc_listen, autoport=True),) if spec.vnc else ()
     return dx.Devices(
         disks=(*_disks(spec, node), _seed_cdrom(node)),
-        interfaces=tuple(_interface(spec.uid, i, nic, node) for i, nic in enumerate(spec.nics)),
+        interfaces=_interfaces(spec, node),
         # A pty, so `virsh console` works, whose output virtlogd also writes to the log.
-        serials=(dx.Serial(type="pty", log_file=node.console_log_path, log_append=False),),
+        serials=(dx.Serial(type="pty", log_file=console_log, log_append=False),),
         consoles=(dx.Console(type="pty", target_type="serial", port=0),),
         graphics=graphics,
         # A display adapter only for a display: without VNC nobody looks at it.
@@ -139,7 +105,7 @@ def _devices(spec: guest.GuestSpec, node: NodeFacts) -> dx.Devices:
     )
 
 
-def _disks(spec: guest.GuestSpec, node: NodeFacts) -> list[dx.Disk]:
+def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
     if len(spec.disks) > len(_VIRTIO_LETTERS):
         raise ValueError(f"{len(spec.disks)} disks: at most {len(_VIRTIO_LETTERS)} supported")
     volumes = {v.name: v for v in node.volumes}
@@ -148,8 +114,8 @@ def _disks(spec: guest.GuestSpec, node: NodeFacts) -> list[dx.Disk]:
         path: str
         fmt: dx.DiskFormat
         if index == 0:
-            # The root disk is always the guest's own qcow2 overlay on the cached image.
-            path, fmt = node.root_disk_path, "qcow2"
+            # The root disk, as the disk driver made it (a qcow2 overlay for files).
+            path, fmt = node.root_disk.path, node.root_disk.format
         elif disk.name in volumes:
             path, fmt = volumes[disk.name].path, volumes[disk.name].format
         else:
@@ -165,7 +131,7 @@ def _disks(spec: guest.GuestSpec, node: NodeFacts) -> list[dx.Disk]:
     return disks
 
 
-def _seed_cdrom(node: NodeFacts) -> dx.Disk:
+def _seed_cdrom(node: base.NodeFacts) -> dx.Disk:
     return dx.Disk(
         device="cdrom",
         source_file=node.seed_iso_path,
@@ -176,13 +142,22 @@ def _seed_cdrom(node: NodeFacts) -> dx.Disk:
     )
 
 
-def _interface(uid: str, index: int, nic: guest.Nic, node: NodeFacts) -> dx.Interface:
+def _interfaces(spec: guest.GuestSpec, node: base.NodeFacts) -> tuple[dx.Interface, ...]:
+    if len(node.nics) != len(spec.nics):
+        raise ValueError(f"{len(spec.nics)} NICs in the spec, {len(node.nics)} plugged")
+    return tuple(
+        _interface(spec.uid, i, nic, binding)
+        for i, (nic, binding) in enumerate(zip(spec.nics, node.nics, strict=True))
+    )
+
+
+def _interface(uid: str, index: int, nic: guest.Nic, binding: base.NicBinding) -> dx.Interface:
     # No <vlan>: segmentation_id is a VLAN tag or a VNI depending on the network's type,
     # which the spec does not carry yet, and isolation on the bridge belongs to the network
     # driver (OVS port tag or flows), not to the domain. No interfaceid either: libvirt
     # generates one, and nothing reads it yet.
     return dx.Interface(
-        source_bridge=node.bridge,
+        source_bridge=binding.bridge,
         target_dev=naming.tap_name(uid, index),
         mac=nic.mac,
         model="virtio",

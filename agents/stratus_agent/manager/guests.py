@@ -5,8 +5,14 @@ newest spec it was given. Results reach the operator through the event stream.
 
 The agent heals what it can by itself: a transient failure (is_transient) is retried with
 backoff until it succeeds, a newer spec arrives or the guest is deleted; a guest whose
-applied spec says Running and that stops or crashes while nothing here is working on it is
-started again, with its own backoff (runStrategy Always), and counted in its status.
+applied spec says Running (or Paused) and that stops or crashes while nothing here is working
+on it is started again, with its own backoff (runStrategy Always), and counted in its status.
+
+The manager is the one owner of a guest's generation (the applied spec's) and of its restart
+token: a spec whose restart_token differs from the one last acted on restarts the guest
+once, through the compute driver's ensure; the token acted on is kept in the guest's record
+on disk, so neither a repeated PUT nor an agent restart restarts it again. The first spec a
+guest ever gets only adopts its token.
 """
 
 from __future__ import annotations
@@ -16,13 +22,11 @@ import contextlib
 import datetime
 import logging
 import time
-from typing import Protocol
+from dataclasses import replace
 
-from stratus_agent.compute.base import ComputeDriver
-from stratus_agent.compute.domain_builder import NodeFacts
+from stratus_agent.base import ComputeDriver, EventSink, Provisioner
 from stratus_agent.errors import ProvisioningError
-from stratus_agent.events import EventHub
-from stratus_agent.recovery import RecoveryPolicy, RestartBook, RestartRecord
+from stratus_agent.manager.recovery import RecoveryPolicy, RestartBook, RestartRecord
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure, is_transient
 
@@ -32,19 +36,13 @@ log = logging.getLogger(__name__)
 CRASHED = "Crashed"
 STOPPED_OUTSIDE = "StoppedOutsideStratus"
 _DOWN = (GuestState.STOPPED, GuestState.CRASHED)
-
-
-class Provisioner(Protocol):
-    """Makes what a guest needs on the node besides the guest itself."""
-
-    async def prepare(self, spec: GuestSpec) -> NodeFacts:
-        """Image in the cache, root disk, seed ISO, bridge; idempotent."""
-
-    async def check_node(self) -> None:
-        """Repair node-wide state guests depend on (the bridge); periodic, idempotent."""
-
-    async def cleanup(self, uid: str) -> None:
-        """Remove everything `prepare` made for the guest; idempotent."""
+# Powers a guest is kept up in: one that goes down on its own is started again.
+_UP = (PowerState.RUNNING, PowerState.PAUSED)
+_WANTED = {
+    PowerState.RUNNING: GuestState.RUNNING,
+    PowerState.PAUSED: GuestState.PAUSED,
+    PowerState.STOPPED: GuestState.STOPPED,
+}
 
 
 class StaleSpecError(Exception):
@@ -52,7 +50,7 @@ class StaleSpecError(Exception):
 
 
 def _wanted(spec: GuestSpec) -> GuestState:
-    return GuestState.RUNNING if spec.power is PowerState.RUNNING else GuestState.STOPPED
+    return _WANTED[spec.power]
 
 
 class GuestManager:
@@ -60,7 +58,7 @@ class GuestManager:
         self,
         compute: ComputeDriver,
         provisioner: Provisioner,
-        hub: EventHub,
+        hub: EventSink,
         *,
         policy: RecoveryPolicy | None = None,
         restarts: RestartBook | None = None,
@@ -102,15 +100,19 @@ class GuestManager:
         await self.compute.stop()
 
     def _with_restarts(self, status: GuestStatus) -> GuestStatus:
+        """The status with what the guest's record says: restart count and reason, and the
+        restart token acted on."""
         record = self._records.get(status.uid)
-        if record is None or (status.restarts, status.last_restart_reason) == (
-            record.restarts,
-            record.last_reason,
-        ):
+        if record is None:
             return status
-        return status.model_copy(
-            update={"restarts": record.restarts, "last_restart_reason": record.last_reason}
-        )
+        update = {
+            "restarts": record.restarts,
+            "last_restart_reason": record.last_reason,
+            "restart_token": record.restart_token,
+        }
+        if all(getattr(status, key) == value for key, value in update.items()):
+            return status
+        return status.model_copy(update=update)
 
     def _record(self, status: GuestStatus) -> None:
         uid = status.uid
@@ -207,10 +209,17 @@ class GuestManager:
     async def _apply(self, uid: str, spec: GuestSpec) -> str | None:
         """One attempt at `spec`; the failure reason, or None when it worked."""
         failure: str | None = None
+        acted: RestartRecord | None = None
         try:
             facts = await self._provisioner.prepare(spec)
-            status = await self.compute.ensure(spec, facts)
+            restart = self._restart_asked(spec)
+            if restart:
+                log.info(
+                    "guest %s: restart token %r is new: restarting it", uid, spec.restart_token
+                )
+            status = await self.compute.ensure(spec, facts, restart=restart)
             self._applied[uid] = spec
+            acted = self._act_on_token(uid, spec.restart_token)
         except ProvisioningError as exc:
             failure = exc.reason
             status = GuestStatus(uid=uid, state=GuestState.FAILED, reason=failure, message=str(exc))
@@ -223,8 +232,32 @@ class GuestManager:
                 reason=failure,
                 message=f"{type(exc).__name__}: {exc}",
             )
+        # No await between the driver's answer and recording it: a change the driver
+        # reports meanwhile (the guest stopped) must not be overwritten by this older one.
         self._record(status.model_copy(update={"generation": spec.generation}))
+        if acted is not None and self._book is not None:
+            # Saved after the restart, not before: an agent that dies in between restarts
+            # the guest again rather than report a restart that never happened.
+            await asyncio.to_thread(self._book.save, uid, acted)
         return failure
+
+    def _restart_asked(self, spec: GuestSpec) -> bool:
+        """Whether `spec` carries a restart token not yet acted on. The first spec a guest
+        gets (no record of a token) only adopts its token: creating a guest boots it."""
+        record = self._records.get(spec.uid)
+        return (
+            record is not None
+            and record.token_known
+            and (record.restart_token != spec.restart_token)
+        )
+
+    def _act_on_token(self, uid: str, token: str | None) -> RestartRecord | None:
+        """Note `token` as acted on, in memory; the record to save, or None if unchanged."""
+        old = self._records.get(uid, RestartRecord())
+        if old.token_known and old.restart_token == token:
+            return None
+        self._records[uid] = record = replace(old, restart_token=token, token_known=True)
+        return record
 
     async def _pause(self, uid: str, seconds: float) -> None:
         wake = self._wake.get(uid)
@@ -241,7 +274,7 @@ class GuestManager:
         if self._stopping or uid in self._deleting or uid in self._tasks:
             return
         applied, status = self._applied.get(uid), self._status.get(uid)
-        if applied is None or applied.power is not PowerState.RUNNING:
+        if applied is None or applied.power not in _UP:
             return  # runStrategy Halted, or a spec this agent has not applied
         if status is None or status.state not in _DOWN:
             return
@@ -255,16 +288,15 @@ class GuestManager:
         self._streaks[uid] = streak + 1
         delay = self._policy.restart.delay(streak)
         log.warning(
-            "guest %s: %s while its spec says Running; starting it again in %.1f s",
-            uid, status.state.value.lower(), delay,
+            "guest %s: %s while its spec says %s; starting it again in %.1f s",
+            uid, status.state.value.lower(), applied.power.value, delay,
         )  # fmt: skip
         self._desired[uid] = applied
         self._spawn(uid, delay, reason)
 
     async def _count_restart(self, uid: str, reason: str) -> None:
         old = self._records.get(uid, RestartRecord())
-        record = RestartRecord(restarts=old.restarts + 1, last_reason=reason)
-        self._records[uid] = record
+        self._records[uid] = record = replace(old, restarts=old.restarts + 1, last_reason=reason)
         if self._book is not None:
             await asyncio.to_thread(self._book.save, uid, record)
 

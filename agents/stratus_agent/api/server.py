@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from stratus_agent.events import EventHub
-from stratus_agent.images import ImageCache
-from stratus_agent.manager import GuestManager, StaleSpecError
+from stratus_agent.api.events import EventHub
+from stratus_agent.base import ImageStore
+from stratus_agent.manager.guests import GuestManager, StaleSpecError
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.validation import problems_of
@@ -30,7 +30,7 @@ HUB = web.AppKey("hub", EventHub)
 TOKEN = web.AppKey("token", str)
 NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
-IMAGES = web.AppKey("images", ImageCache)
+IMAGES = web.AppKey("images", ImageStore)
 
 
 class AgentMetrics:
@@ -194,7 +194,7 @@ async def delete_guest(request: web.Request, uid: str) -> web.Response:
 
 async def delete_image(request: web.Request) -> web.Response:
     """The Image is gone: evict its cached file now, or once no guest's root disk uses it.
-    A node without an image cache (fake compute) has nothing to evict."""
+    An app made without an image store has nothing to evict."""
     uid = request.match_info["uid"]
     if not naming.is_uid(uid):
         return _error(400, f"{uid!r} in the URL is not an image UID (a Kubernetes UID)")
@@ -244,7 +244,7 @@ def create_app(
     token: str,
     node: str,
     heartbeat: float = 10.0,
-    images: ImageCache | None = None,
+    images: ImageStore | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20

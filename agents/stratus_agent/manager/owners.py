@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from stratus_agent.compute.domain_builder import GuestOwner
+from stratus_agent.base import GuestOwner
 from stratus_agent.errors import ProvisioningError
 from stratus_api.reasons import GuestFailure
 

@@ -1,4 +1,4 @@
-"""The node's Open vSwitch bridge, through ovs-vsctl.
+"""The OVS network driver: one Open vSwitch bridge on the node, through ovs-vsctl.
 
 libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`) and tags the OVS
 Interface with external_ids:vm-id = the domain UUID, which is the Instance UID; that tag is
@@ -7,10 +7,16 @@ how leftover ports of a guest are found and removed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
 
 from stratus_agent import process
+from stratus_agent.base import NicBinding
+from stratus_agent.errors import ProvisioningError
+from stratus_api.guest import Nic
+from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +70,38 @@ class OvsBridge:
                 continue
             removed.append(port)
         return removed
+
+
+class OvsNetworkDriver:
+    """Every NIC on the one bridge; tenant networks (per-network tags or bridges) next."""
+
+    def __init__(self, bridge: OvsBridge) -> None:
+        self.bridge = bridge
+        self._bridge_ready = asyncio.Lock()
+
+    async def ensure_node(self) -> None:
+        """Checked on every plug and by the periodic check, never cached: someone may delete
+        the bridge (ovs-vsctl del-br) while the agent runs."""
+        async with self._bridge_ready:
+            try:
+                if await self.bridge.ensure():
+                    log.info("OVS bridge %s was missing: made it", self.bridge.name)
+            except (process.CommandError, OSError) as exc:
+                raise ProvisioningError(
+                    GuestFailure.NETWORK_SETUP_FAILED,
+                    f"OVS bridge {self.bridge.name} cannot be ensured: {exc}",
+                ) from exc
+
+    async def plug(self, uid: str, nics: Sequence[Nic]) -> tuple[NicBinding, ...]:
+        if nics:
+            await self.ensure_node()
+        return tuple(NicBinding(bridge=self.bridge.name) for _ in nics)
+
+    async def unplug(self, uid: str) -> None:
+        try:
+            await self.bridge.remove_ports(uid)
+        except (process.CommandError, OSError) as exc:
+            log.warning("guest %s: cannot list its OVS ports: %s", uid, exc)
+
+    async def check(self) -> None:
+        await self.ensure_node()

@@ -1,11 +1,11 @@
 """libvirt domain XML as small typed values: one class per element we use, nothing else.
 
 Each class converts itself to and from an lxml element and holds no policy: what goes into a
-guest's XML is decided by `domain_builder`. Reading is lenient on purpose: elements and
-attributes we do not model are ignored, so the XML libvirt hands back for a running domain
-(with its aliases, PCI addresses, controllers and defaults) parses too. Writing is strict
-and stable: attributes and children always come out in the same order, so golden files and
-drift checks compare text.
+guest's XML is decided by `stratus_agent.domain.builder`. Reading is lenient on purpose:
+elements and attributes we do not model are ignored, so the XML libvirt hands back for a
+running domain (with its aliases, PCI addresses, controllers and defaults) parses too.
+Writing is strict and stable: attributes and children always come out in the same order, so
+golden files and drift checks compare text.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 `LibvirtHost` owns the connection and libvirt's event loop thread; `LibvirtGuest` wraps one
 domain with the verbs the driver needs; `LibvirtComputeDriver` maps guest specs onto them.
 Every libvirt call runs in a worker thread, never on the asyncio loop.
+
+The driver owns the virt type (detected from libvirt's capabilities) and each guest's
+console log; the generation its definitions carry is the manager's, written into the
+domain's metadata by the builder and only read back here.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import contextlib
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from stratus_agent.compute import domain_builder, domain_xml
-from stratus_agent.compute.base import GuestListener
-from stratus_agent.compute.domain_builder import GuestOwner, NodeFacts
+from stratus_agent import base
+from stratus_agent.domain import builder
+from stratus_agent.domain import xml as domain_xml
 from stratus_api import naming
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 
@@ -53,6 +58,21 @@ def _event_state(event: int, detail: int) -> GuestState | None:
         libvirt.VIR_DOMAIN_EVENT_CRASHED: GuestState.CRASHED,
         libvirt.VIR_DOMAIN_EVENT_UNDEFINED: GuestState.MISSING,
     }.get(event)
+
+
+def ensure_traversable(directory: Path) -> None:
+    """o+x on a directory QEMU under a per-guest user must pass through: libvirt keeps each
+    domain's private files (master key, monitor socket) in a subdirectory of its state
+    directory, owned by that domain's user. Debian ships the parent 0750 and resets it on
+    package upgrades (upstream ships 0751), so this is checked before every define and
+    start, not set once."""
+    try:
+        mode = directory.stat().st_mode
+    except FileNotFoundError:
+        return  # libvirt makes it when it starts its first domain
+    if not mode & 0o001:
+        directory.chmod(mode | 0o001)
+        log.info("made %s traversable (o+x) for per-guest QEMU users", directory)
 
 
 def _start_event_loop() -> None:
@@ -92,14 +112,32 @@ class LibvirtGuest:
     def running(self) -> bool:
         return bool(self.domain.isActive())
 
+    def paused(self) -> bool:
+        """Suspended by virDomainSuspend (not a guest's own S3 sleep: resume cannot wake
+        that one)."""
+        code, _reason = self.domain.state()
+        return bool(code == libvirt.VIR_DOMAIN_PAUSED)
+
     def start(self) -> None:
         if not self.running():
             self.domain.create()
+
+    def suspend(self) -> None:
+        """vCPUs stopped, memory and devices kept: resumes where it left off."""
+        if self.running() and not self.paused():
+            self.domain.suspend()
+
+    def resume(self) -> None:
+        if self.paused():
+            self.domain.resume()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """ACPI shutdown, then power off if the guest ignores it."""
         if not self.running():
             return
+        # Resumed first: a suspended guest cannot see the ACPI button, and a clean
+        # shutdown is worth the moment it runs again.
+        self.resume()
         with contextlib.suppress(libvirt.libvirtError):
             self.domain.shutdown()  # the guest may ignore ACPI: destroyed below
         deadline = time.monotonic() + grace
@@ -120,14 +158,13 @@ class LibvirtGuest:
         flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         self.domain.undefineFlags(flags)
 
-    def status(self, generation: int | None = None) -> GuestStatus:
-        """State, VNC port and the generation the definition was built from (kept in our
-        metadata, so it survives an agent restart)."""
+    def status(self) -> GuestStatus:
+        """State, VNC port and the generation the definition was built from (the manager's,
+        kept in our metadata, so it survives an agent restart)."""
         assert self.uid is not None
         described = domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
         ports = [g.port for g in described.devices.graphics if g.port is not None and g.port > 0]
-        if generation is None and described.metadata is not None:
-            generation = described.metadata.generation
+        generation = described.metadata.generation if described.metadata is not None else None
         return GuestStatus(
             uid=self.uid,
             state=self.state(),
@@ -150,7 +187,7 @@ class LibvirtHost:
             self._conn = libvirt.open(self.uri)
         return self._conn
 
-    def virt_type(self) -> str:
+    def virt_type(self) -> base.VirtType:
         """kvm when libvirt offers it for x86_64 guests, else qemu (TCG)."""
         caps = domain_xml.parse(self.conn.getCapabilities())
         types = {d.get("type") for d in caps.iterfind("guest/arch[@name='x86_64']/domain")}
@@ -197,23 +234,54 @@ class LibvirtComputeDriver:
     def __init__(
         self,
         uri: str = "qemu:///system",
-        virt_type: str | None = None,
+        *,
+        console_dir: Path,
+        virt_type: base.VirtType | None = None,
         shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+        qemu_state_dir: Path | None = None,
     ) -> None:
+        """`console_dir`: where each guest's console log goes. `qemu_state_dir`: libvirt's
+        per-domain state directory, kept traversable for guests with users of their own."""
         _start_event_loop()
         self.host = LibvirtHost(uri)
-        self.virt_type = virt_type or "qemu"
+        self.console_dir = console_dir
+        self.virt_type: base.VirtType = virt_type or "qemu"
         # Seconds a guest gets to power off on ACPI before it is destroyed.
         self.shutdown_grace = shutdown_grace
+        self.qemu_state_dir = qemu_state_dir
         self._forced_virt_type = virt_type
-        self._generations: dict[str, int] = {}
         # A libvirt call in a worker thread outlives the cancelled task that made it, so
         # calls for one guest are serialised by its lock, and a define/start asked for
         # before a delete is skipped when it runs after it: it would bring the guest back.
         self._locks: dict[str, threading.Lock] = {}
         self._deletes: dict[str, int] = {}
+        # Destroys this driver makes to restart a guest, whose STOPPED event is its own and
+        # not news (the manager would take it for a crash). Shared with libvirt's event
+        # thread, hence the lock.
+        self._own_stops: dict[str, int] = {}
+        self._own_stops_lock = threading.Lock()
 
-    async def start(self, on_change: GuestListener) -> None:
+    def console_log(self, uid: str) -> Path:
+        return self.console_dir / naming.console_log_file(uid)
+
+    def _own_stop(self, uid: str, event: int, detail: int) -> bool:
+        """Whether a lifecycle event is the stop half of a restart made here (and so not
+        reported). A start ends any such expectation: events come in order, so one still
+        pending then was lost, and must not swallow a later real stop."""
+        with self._own_stops_lock:
+            if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+                self._own_stops.pop(uid, None)
+                return False
+            destroyed = (
+                event == libvirt.VIR_DOMAIN_EVENT_STOPPED
+                and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED
+            )
+            if destroyed and self._own_stops.get(uid, 0) > 0:
+                self._own_stops[uid] -= 1
+                return True
+            return False
+
+    async def start(self, on_change: base.GuestListener) -> None:
         loop = asyncio.get_running_loop()
 
         def lifecycle(
@@ -223,12 +291,12 @@ class LibvirtComputeDriver:
             # callback can stall the event loop it needs): map the event, hand it over.
             uid = naming.instance_uid_of_domain(domain.name())
             state = _event_state(event, detail)
-            if uid is None or state is None:
+            if uid is None or state is None or self._own_stop(uid, event, detail):
                 return
-            status = GuestStatus(uid=uid, state=state, generation=self._generations.get(uid))
-            loop.call_soon_threadsafe(on_change, status)
+            # No generation: the manager adds the one it applied.
+            loop.call_soon_threadsafe(on_change, GuestStatus(uid=uid, state=state))
 
-        def connect() -> str:
+        def connect() -> base.VirtType:
             self.host.watch(lifecycle)
             return self._forced_virt_type or self.host.virt_type()
 
@@ -237,8 +305,26 @@ class LibvirtComputeDriver:
     async def stop(self) -> None:
         await asyncio.to_thread(self.host.close)
 
-    async def ensure(self, spec: GuestSpec, facts: NodeFacts) -> GuestStatus:
-        xml = domain_builder.build_domain(spec, facts).to_xml()
+    def _power_cycle(self, guest: LibvirtGuest, uid: str) -> None:
+        """Destroy and start again: a new QEMU process, which boots the current persistent
+        definition (a changed CPU or memory count applies) and gets a new domain ID. Not
+        virDomainReset: that keeps the old process and its old definition."""
+        with self._own_stops_lock:
+            self._own_stops[uid] = self._own_stops.get(uid, 0) + 1
+        try:
+            guest.destroy()
+        except BaseException:
+            with self._own_stops_lock:
+                self._own_stops.pop(uid, None)
+            raise
+        guest.start()
+
+    async def ensure(
+        self, spec: GuestSpec, facts: base.NodeFacts, *, restart: bool = False
+    ) -> GuestStatus:
+        xml = builder.build_domain(
+            spec, facts, virt_type=self.virt_type, console_log=str(self.console_log(spec.uid))
+        ).to_xml()
 
         lock = self._locks.setdefault(spec.uid, threading.Lock())
         deletes = self._deletes.get(spec.uid, 0)
@@ -247,30 +333,42 @@ class LibvirtComputeDriver:
             with lock:
                 if self._deletes.get(spec.uid, 0) != deletes:
                     return GuestStatus(uid=spec.uid, state=GuestState.MISSING)
+                if facts.owner is not None and self.qemu_state_dir is not None:
+                    ensure_traversable(self.qemu_state_dir)
                 guest = self.host.define(xml)  # updates the persistent definition in place
-                if spec.power is PowerState.RUNNING:
-                    guest.start()
-                else:
+                if spec.power is PowerState.STOPPED:
                     guest.stop(self.shutdown_grace)
-                return guest.status(spec.generation)
+                    return guest.status()
+                if restart and guest.running():
+                    self._power_cycle(guest, spec.uid)
+                guest.start()
+                if spec.power is PowerState.PAUSED:
+                    guest.suspend()
+                else:
+                    guest.resume()
+                return guest.status()
 
-        self._generations[spec.uid] = spec.generation
         return await asyncio.to_thread(apply)
 
     async def delete(self, uid: str) -> bool:
         lock = self._locks.setdefault(uid, threading.Lock())
         self._deletes[uid] = self._deletes.get(uid, 0) + 1
+        console_log = self.console_log(uid)
+        with self._own_stops_lock:
+            self._own_stops.pop(uid, None)
 
         def remove() -> bool:
             with lock:
                 guest = self.host.guest(uid)
-                if guest is None:
-                    return False
-                guest.destroy()
-                guest.undefine()
-                return True
+                if guest is not None:
+                    guest.destroy()
+                    guest.undefine()
+                try:
+                    console_log.unlink(missing_ok=True)
+                except OSError as exc:  # the guest is gone; a leftover log is not a failure
+                    log.warning("guest %s: cannot remove %s: %s", uid, console_log, exc)
+                return guest is not None
 
-        self._generations.pop(uid, None)
         return await asyncio.to_thread(remove)
 
     async def list(self) -> list[GuestStatus]:
@@ -279,18 +377,18 @@ class LibvirtComputeDriver:
             for guest in self.host.guests():
                 # One domain that vanished meanwhile or cannot be read must not hide the rest.
                 try:
-                    statuses.append(guest.status(self._generations.get(guest.uid or "")))
+                    statuses.append(guest.status())
                 except (libvirt.libvirtError, domain_xml.DomainXMLError) as exc:
                     log.warning("skipping domain %s in the inventory: %s", guest.uid, exc)
             return statuses
 
         return await asyncio.to_thread(collect)
 
-    async def owners(self) -> dict[str, GuestOwner]:
+    async def owners(self) -> dict[str, base.GuestOwner]:
         """The user each defined guest's QEMU runs as, from its persistent definition's DAC
         label: how per-guest users are recovered after an agent restart."""
 
-        def collect() -> dict[str, GuestOwner]:
+        def collect() -> dict[str, base.GuestOwner]:
             found = {}
             for guest in self.host.guests():
                 try:
@@ -300,7 +398,7 @@ class LibvirtComputeDriver:
                     log.warning("cannot read the label of domain %s: %s", guest.uid, exc)
                     continue
                 if guest.uid is not None and label is not None:
-                    found[guest.uid] = GuestOwner(uid=label.uid, gid=label.gid)
+                    found[guest.uid] = base.GuestOwner(uid=label.uid, gid=label.gid)
             return found
 
         return await asyncio.to_thread(collect)

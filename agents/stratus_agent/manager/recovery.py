@@ -1,4 +1,5 @@
-"""How the agent heals guests by itself: backoff delays, and restart counts kept on disk.
+"""How the agent heals guests by itself: backoff delays, and per-guest records kept on disk
+(restart counts, and the restart token last acted on).
 
 Pure policy plus one small JSON file per guest; the GuestManager decides when to use them.
 """
@@ -10,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stratus_api import naming
 
@@ -41,15 +43,37 @@ class RecoveryPolicy:
 
 @dataclass(frozen=True)
 class RestartRecord:
-    restarts: int = 0
+    restarts: int = 0  # restarts after the guest stopped on its own (runStrategy Always)
     last_reason: str = ""
+    # The spec's restart_token last acted on; `token_known` tells "acted on no token" from
+    # "never saw a spec" (whose first token is adopted without a restart).
+    restart_token: str | None = None
+    token_known: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        raw: dict[str, object] = {"restarts": self.restarts, "lastReason": self.last_reason}
+        if self.token_known:
+            raw["restartToken"] = self.restart_token
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RestartRecord:
+        token = raw.get("restartToken")
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"restartToken {token!r} is not a string")
+        return cls(
+            restarts=int(raw["restarts"]),
+            last_reason=str(raw["lastReason"]),
+            restart_token=token,
+            token_known="restartToken" in raw,
+        )
 
 
 class RestartBook:
-    """Restart counts that survive an agent restart: `<uid>-restarts.json` per guest.
+    """Restart records that survive an agent restart: `<uid>-restarts.json` per guest.
 
-    Losing one is harmless (the count starts over), so a file that cannot be read or written
-    is logged, never raised.
+    Losing one is harmless (the count starts over; the next token is adopted without a
+    restart), so a file that cannot be read or written is logged, never raised.
     """
 
     SUFFIX = "-restarts.json"
@@ -69,8 +93,7 @@ class RestartBook:
             if not naming.is_uid(uid):
                 continue
             try:
-                raw = json.loads(path.read_text())
-                records[uid] = RestartRecord(int(raw["restarts"]), str(raw["lastReason"]))
+                records[uid] = RestartRecord.from_json(json.loads(path.read_text()))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring unreadable restart record %s: %s", path, exc)
         return records
@@ -80,12 +103,10 @@ class RestartBook:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(
-                json.dumps({"restarts": record.restarts, "lastReason": record.last_reason})
-            )
+            tmp.write_text(json.dumps(record.to_json()))
             os.replace(tmp, path)  # never half a file under the final name
         except OSError as exc:
-            log.warning("guest %s: cannot save its restart count: %s", uid, exc)
+            log.warning("guest %s: cannot save its restart record: %s", uid, exc)
 
     def remove(self, uid: str) -> None:
         try:

@@ -6,15 +6,21 @@ operator never has to know cloud-init's file formats, and writes the ISO with py
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
 import pycdlib
 import yaml
 
-from stratus_api.guest import CloudInit, Nic
+from stratus_agent.base import GuestOwner
+from stratus_api import naming
+from stratus_api.guest import CloudInit, GuestSpec, Nic
+
+log = logging.getLogger(__name__)
 
 VOLUME_ID = "cidata"
 
@@ -117,3 +123,32 @@ def read_seed_iso(path: Path) -> dict[str, bytes]:
         return out
     finally:
         iso.close()
+
+
+class NoCloudSeed:
+    """The SeedDrive of real nodes: `<uid>-seed.iso` in the guests' directory, private to
+    the guest's own user."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, uid: str) -> Path:
+        return self.directory / naming.seed_iso_file(uid)
+
+    async def write(self, spec: GuestSpec, owner: GuestOwner | None) -> str:
+        path = self.path(spec.uid)
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            write_seed_iso,
+            path,
+            seed_files(spec.cloud_init, spec.nics),
+            (owner.uid, owner.gid) if owner is not None else None,
+        )
+        return str(path)
+
+    async def remove(self, uid: str) -> None:
+        path = self.path(uid)
+        try:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as exc:  # logged: retrying a delete would not fix it
+            log.warning("guest %s: cannot remove %s: %s", uid, path, exc)

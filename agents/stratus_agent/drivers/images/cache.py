@@ -4,9 +4,10 @@ An image is cached under its Image UID. It appears under its final name only onc
 whole and verified, so a failed or interrupted download leaves nothing usable behind; its
 .json metadata says what it is, when it was last used and whether its Image released it.
 
-Which images guests use is read from the guests' root overlays themselves (the backing file
-named in each qcow2 header), so it survives agent restarts. A released image goes when no
-overlay uses it; beyond the size budget, the least recently used unused images go.
+Which images guests use is asked of the disk driver (`users`): for files, it reads the
+guests' root overlays themselves (the backing file in each qcow2 header), so it survives
+agent restarts. A released image goes when no disk uses it; beyond the size budget, the least
+recently used unused images go.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path, PurePath
+from pathlib import Path
 
-from stratus_agent import download, imageformat, qcow2
+from stratus_agent.base import CachedImage, Released
 from stratus_agent.config import ImagesConfig
+from stratus_agent.drivers.formats import imageformat
+from stratus_agent.drivers.images import download
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming, sources
 from stratus_api.guest import ImageRef
@@ -28,23 +32,12 @@ from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIX = ".img"
-# Overlays being made are `.<name>.partial` until complete: they count as users too.
-OVERLAY_SUFFIXES = ("-root.qcow2", "-root.qcow2.partial")
+# Image UIDs guests' disks depend on (DiskDriver.images_in_use).
+ImageUsers = Callable[[], Awaitable[set[str]]]
 
 
-@dataclass(frozen=True)
-class CachedImage:
-    path: Path
-    format: str
-    virtual_size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Released:
-    evicted: bool
-    in_use: bool
+async def _no_users() -> set[str]:
+    return set()
 
 
 @dataclass(frozen=True)
@@ -84,14 +77,15 @@ class ImageCache:
         directory: Path,
         settings: ImagesConfig | None = None,
         *,
-        guests: Path | None = None,
+        users: ImageUsers = _no_users,
         own_ports: tuple[int, ...] = (),
     ) -> None:
-        """`guests`: where the guests' root overlays are (default: `guests` beside the
-        cache). `own_ports`: the agent's own service ports, never a download source."""
+        """`users`: which images guests' disks use (the disk driver's images_in_use);
+        none are by default. `own_ports`: the agent's own service ports, never a download
+        source."""
         self.directory = directory
         self.settings = settings if settings is not None else ImagesConfig()
-        self.guests = guests if guests is not None else directory.parent / "guests"
+        self.users = users
         self.policy = self.settings.sources.refusing_ports(*own_ports)
         self._locks: dict[str, asyncio.Lock] = {}
         # Released while a download or ensure held the image (so its metadata could not be
@@ -141,7 +135,9 @@ class ImageCache:
                 released = meta.released or ref.uid in self._release_pending
                 meta = replace(meta, last_used=time.time(), released=released)
                 await asyncio.to_thread(self._write_meta, ref.uid, meta)
-                return CachedImage(self.path(ref.uid), meta.format, meta.virtual_size, meta.sha256)
+                return CachedImage(
+                    ref.uid, self.path(ref.uid), meta.format, meta.virtual_size, meta.sha256
+                )
             cached = await self._fetch(ref, released=meta is not None and meta.released)
         await self.collect(keep=ref.uid)  # the new image may have put the cache over budget
         return cached
@@ -181,38 +177,14 @@ class ImageCache:
                 "image %s (%s): cached from %s, %s, %d bytes virtual",
                 ref.name, ref.uid, sources.redact(ref.url), detected.format, detected.virtual_size,
             )  # fmt: skip
-            return CachedImage(path, detected.format, detected.virtual_size, digest)
+            return CachedImage(ref.uid, path, detected.format, detected.virtual_size, digest)
         finally:
             partial.unlink(missing_ok=True)  # blocking but short; also runs when cancelled
 
     # Eviction.
 
-    def _in_use_now(self) -> set[str]:
-        """Image UIDs some guest's root overlay has as its backing file (blocking)."""
-        used: set[str] = set()
-        try:
-            entries = list(os.scandir(self.guests))
-        except FileNotFoundError:
-            return used
-        for entry in entries:
-            name = entry.name.lstrip(".")
-            if not name.endswith(OVERLAY_SUFFIXES):
-                continue
-            try:
-                header = qcow2.read_header(Path(entry.path))
-            except (OSError, qcow2.Qcow2Error) as exc:
-                log.warning("image cache: cannot read overlay %s: %s", entry.path, exc)
-                continue
-            if header is None or header.backing_file is None:
-                continue
-            base = PurePath(header.backing_file).name
-            uid = base.removesuffix(IMAGE_SUFFIX)
-            if base.endswith(IMAGE_SUFFIX) and naming.is_uid(uid):
-                used.add(uid)
-        return used
-
     async def in_use(self) -> set[str]:
-        return await asyncio.to_thread(self._in_use_now)
+        return await self.users()
 
     def _entries_now(self) -> tuple[list[_Entry], list[tuple[str, Path]]]:
         """Every cached image with its allocated size and metadata, and the files a crash
@@ -233,7 +205,7 @@ class ImageCache:
                 continue
             if suffix == "json" and not self.path(uid).exists():
                 leftovers.append((uid, Path(item.path)))
-            if suffix != IMAGE_SUFFIX[1:]:
+            if suffix != "img":  # naming.image_cache_file: <uid>.img
                 continue
             try:
                 allocated = item.stat(follow_symlinks=False).st_blocks * 512

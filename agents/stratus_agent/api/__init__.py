@@ -1,0 +1,1 @@
+"""The agent's HTTPS API and its event stream: the top layer, over the manager."""

@@ -1,0 +1,223 @@
+"""The agent's seams: what the node prepared for a guest (NodeFacts and its parts), and every
+Protocol a driver or the provisioner implements.
+
+Plain data and Protocols only. It imports nothing else of the agent, so every layer (domain
+builder, drivers, manager, API) may import it; the layers contract in pyproject.toml keeps
+it at the bottom. Which implementation stands behind each Protocol is chosen by the agent's
+configuration, in stratus_agent.main, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, ImageRef, Nic
+
+# Formats a disk is handed to the hypervisor in (the domain XML's driver type).
+DiskFormat = Literal["qcow2", "raw"]
+# How guests are accelerated on this node; detected by the compute driver, never assumed.
+VirtType = Literal["kvm", "qemu"]
+
+GuestListener = Callable[[GuestStatus], None]
+
+
+# Node facts: what the node decided or prepared for one guest.
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestOwner:
+    """The user and group one guest's QEMU runs as, owner of that guest's files only."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskSource:
+    """A disk as the hypervisor opens it. Today a local path (a qcow2 overlay, a raw file or
+    block device); a network backend (RBD) adds its protocol and hosts here, and the domain
+    builder writes the matching <disk type=...>."""
+
+    path: str
+    format: DiskFormat = "qcow2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeAttachment:
+    """A volume the node has made available to one guest."""
+
+    name: str  # the spec Disk's name (the Volume's name)
+    path: str
+    format: DiskFormat = "raw"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NicBinding:
+    """Where the network driver wants one NIC plugged, in the order of the spec's NICs.
+    libvirt plugs the tap itself (virtualport openvswitch), so a bridge is all it needs
+    today; tenant networks add the port's tag or options here."""
+
+    bridge: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeFacts:
+    """What the node decided or prepared for one guest: never in the spec, which is
+    node-independent, but needed to write its domain. The virt type and the console log
+    are not here: they are the compute driver's own."""
+
+    root_disk: DiskSource  # made by the disk driver
+    seed_iso_path: str  # the cloud-init NoCloud seed, written by the seed drive
+    nics: tuple[NicBinding, ...] = ()  # one per spec NIC, same order
+    machine: str = "pc"
+    # Bus of the seed CD-ROM; it must be one the guest kernel has a driver for built in or
+    # in its initramfs (IDE on 'pc'; q35 has no IDE, use 'sata').
+    cdrom_bus: Literal["ide", "sata", "scsi", "usb"] = "ide"
+    vnc_listen: str = "127.0.0.1"  # reached through the agent's console proxy only
+    volumes: tuple[VolumeAttachment, ...] = ()
+    # None: QEMU runs as libvirt's default user, shared by every guest (fake driver, tests).
+    owner: GuestOwner | None = None
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A base image whole and verified in the node's image store."""
+
+    uid: str  # the Image UID: a pool backend imports an image once under it
+    path: Path
+    format: str
+    virtual_size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Released:
+    """What releasing an image did: evicted now, or kept while guests use it."""
+
+    evicted: bool
+    in_use: bool
+
+
+# Protocols. Every method is idempotent and keyed by a Kubernetes UID.
+
+
+class ComputeDriver(Protocol):
+    """Runs guests: libvirt, or the in-memory fake."""
+
+    @property
+    def virt_type(self) -> str:
+        """kvm or qemu as detected once started (fake: fake); the one owner of it."""
+
+    async def start(self, on_change: GuestListener) -> None:
+        """Connect; from now on report every guest state change to `on_change`, which is
+        called on the event loop. A change the driver makes itself as part of a verb (the
+        stop half of a restart) is not reported as one."""
+
+    async def stop(self) -> None:
+        """Disconnect; guests keep running."""
+
+    async def ensure(
+        self, spec: GuestSpec, facts: NodeFacts, *, restart: bool = False
+    ) -> GuestStatus:
+        """Define the guest, or update its definition, and bring it to `spec.power`:
+        Running (started, resumed), Paused (started if needed, then suspended) or Stopped.
+        `restart`: power-cycle a guest that was already running, so it boots afresh from
+        its current definition; a guest this call starts boots afresh anyway."""
+
+    async def delete(self, uid: str) -> bool:
+        """Stop and undefine the guest; True if there was one."""
+
+    async def list(self) -> list[GuestStatus]:
+        """Every guest this driver owns, with its state and the generation its definition
+        was built from (the manager's, written into the definition)."""
+
+    async def capacity(self) -> tuple[int, int]:
+        """(CPUs, memory bytes) of the node."""
+
+
+class ImageStore(Protocol):
+    """Base images on the node: download, verify sha256, inspect the format, cache, evict."""
+
+    async def ensure(self, ref: ImageRef) -> CachedImage:
+        """The image, whole and verified; fetched once, then from the cache."""
+
+    async def release(self, image_uid: str) -> Released:
+        """The Image is gone: evict it now if no guest's disk uses it, else once the last
+        one is gone (`collect`)."""
+
+    async def collect(self) -> list[str]:
+        """Evict released images no disk uses and, over budget, the least recently used
+        unused ones; the UIDs evicted. Never raises."""
+
+
+class DiskDriver(Protocol):
+    """A guest's root disk from a cached image: qcow2 files now, RBD and LVM next. It gets
+    the whole CachedImage (a pool backend imports it once under its UID) and answers with a
+    DiskSource (a path today, a pool/name with hosts for RBD)."""
+
+    async def ensure_root_disk(
+        self, uid: str, image: CachedImage, size_bytes: int | None, owner: GuestOwner | None
+    ) -> DiskSource:
+        """Make the root disk unless it exists; an existing one is kept as it is, so the
+        guest's data survives every later ensure. `owner`: who may open it (file backends
+        chown it to the guest's user; others ignore it)."""
+
+    async def grow(self, uid: str, size_bytes: int) -> None:
+        """Grow a stopped guest's root disk to `size_bytes`; never shrinks (refused)."""
+
+    async def remove(self, uid: str) -> None:
+        """Remove the guest's root disk; logs rather than raises (a delete is not retried)."""
+
+    async def images_in_use(self) -> set[str]:
+        """Image UIDs some guest's disk still depends on: the image store keeps them."""
+
+
+class NetworkDriver(Protocol):
+    """The node's networking and a guest's NICs, as far as the agent does them: OVS now."""
+
+    async def ensure_node(self) -> None:
+        """Node-wide networking guests depend on (the bridge); raises ProvisioningError."""
+
+    async def plug(self, uid: str, nics: Sequence[Nic]) -> tuple[NicBinding, ...]:
+        """Get the node ready for the guest's NICs; where each one is plugged."""
+
+    async def unplug(self, uid: str) -> None:
+        """Remove what is left of the guest's ports; logs rather than raises."""
+
+    async def check(self) -> None:
+        """Periodic: repair node networking someone else changed (a deleted bridge)."""
+
+
+class SeedDrive(Protocol):
+    """The guest's first-boot configuration medium (cloud-init NoCloud)."""
+
+    async def write(self, spec: GuestSpec, owner: GuestOwner | None) -> str:
+        """(Re)write the guest's seed for `spec`; its path. Rewritten on every ensure: a
+        newer generation may change its content."""
+
+    async def remove(self, uid: str) -> None:
+        """Remove the guest's seed; logs rather than raises."""
+
+
+class Provisioner(Protocol):
+    """Makes what a guest needs on the node besides the guest itself (the manager's seam)."""
+
+    async def prepare(self, spec: GuestSpec) -> NodeFacts:
+        """Image, root disk, seed, networking; idempotent."""
+
+    async def check_node(self) -> None:
+        """Repair node-wide state guests depend on; periodic, idempotent."""
+
+    async def cleanup(self, uid: str) -> None:
+        """Remove everything `prepare` made for the guest; idempotent, never raises."""
+
+
+class EventSink(Protocol):
+    """Where the manager publishes guest events; the API's EventHub fans them out to every
+    open event stream (a Protocol, so the manager never imports the layer above it)."""
+
+    def publish(self, event: GuestEvent) -> None:
+        """Hand one event over; never blocks."""

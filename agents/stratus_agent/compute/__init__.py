@@ -1,1 +1,0 @@
-"""Compute drivers: turn guest specs into running guests (libvirt, or in memory)."""

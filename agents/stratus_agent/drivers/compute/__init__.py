@@ -1,0 +1,1 @@
+"""Compute drivers: libvirt (the only module importing libvirt) and an in-memory fake."""

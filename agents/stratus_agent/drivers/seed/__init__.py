@@ -1,0 +1,1 @@
+"""Seed drives: the cloud-init NoCloud ISO a guest reads its first-boot configuration from."""

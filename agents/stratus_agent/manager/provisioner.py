@@ -1,0 +1,74 @@
+"""Node-side preparation of a guest, composed of drivers: image store, disk driver, seed drive,
+network driver, and the guest's own user.
+
+It only sequences them and knows none of their backends (stratus_agent.main picks those from
+the configuration), so a volume or network backend arrives as a driver, not as a branch here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from stratus_agent.base import (
+    DiskDriver,
+    ImageStore,
+    NetworkDriver,
+    NodeFacts,
+    SeedDrive,
+)
+from stratus_agent.errors import ProvisioningError
+from stratus_agent.manager.owners import GuestOwners
+from stratus_api.guest import GuestSpec
+from stratus_api.reasons import GuestFailure
+
+log = logging.getLogger(__name__)
+
+
+class NodeProvisioner:
+    """With `owners`, each guest's disk and seed belong to that guest's own user (0600), and
+    what guests share (cached base images) is root's and read-only; without, QEMU's default
+    user owns everything (fake mode, tests)."""
+
+    def __init__(
+        self,
+        *,
+        images: ImageStore,
+        disks: DiskDriver,
+        network: NetworkDriver,
+        seed: SeedDrive,
+        owners: GuestOwners | None = None,
+    ) -> None:
+        self.images = images
+        self.disks = disks
+        self.network = network
+        self.seed = seed
+        self.owners = owners
+
+    async def check_node(self) -> None:
+        """Periodic: repair node state that guests depend on and others may have changed."""
+        await self.network.check()
+
+    async def prepare(self, spec: GuestSpec) -> NodeFacts:
+        root = spec.disks[0]
+        if root.image is None:
+            raise ProvisioningError(
+                GuestFailure.BOOT_VOLUME_UNSUPPORTED,
+                "booting from a volume is not supported by this agent yet",
+            )
+        owner = self.owners.owner(spec.uid) if self.owners is not None else None
+        base = await self.images.ensure(root.image)
+        root_disk = await self.disks.ensure_root_disk(spec.uid, base, root.size_bytes, owner)
+        seed_iso = await self.seed.write(spec, owner)
+        nics = await self.network.plug(spec.uid, spec.nics)
+        return NodeFacts(root_disk=root_disk, seed_iso_path=seed_iso, nics=nics, owner=owner)
+
+    async def cleanup(self, uid: str) -> None:
+        """Ports, disk, seed and the guest's user; each driver logs rather than raises, so
+        every step runs: retrying a delete would not fix a leftover."""
+        await self.network.unplug(uid)
+        await self.disks.remove(uid)
+        await self.seed.remove(uid)
+        if self.owners is not None:
+            self.owners.release(uid)
+        # Released or over-budget images this guest held; never raises.
+        await self.images.collect()
