@@ -70,6 +70,10 @@ class GuestManager:
         self._book = restarts  # None: counts live in memory only
         self._desired: dict[str, GuestSpec] = {}
         self._applied: dict[str, GuestSpec] = {}
+        # Generation of the spec last handed to the compute driver: what the guest's
+        # definition is (being) built from, so what its events are about. Set before the
+        # driver runs, as a lifecycle event may arrive before or after its answer.
+        self._driven: dict[str, int] = {}
         self._status: dict[str, GuestStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Set when a newer spec arrives, so it does not wait out a backoff meant for the old.
@@ -116,10 +120,13 @@ class GuestManager:
 
     def _record(self, status: GuestStatus) -> None:
         uid = status.uid
-        if status.generation is None and uid in self._applied:
-            status = status.model_copy(update={"generation": self._applied[uid].generation})
-        status = self._with_restarts(status)
         previous = self._status.get(uid)
+        if status.generation is None:
+            # A driver event: the manager owns the generation (after an agent restart,
+            # the one listed from the definition until a spec is handed over).
+            generation = self._driven.get(uid, previous.generation if previous else None)
+            status = status.model_copy(update={"generation": generation})
+        status = self._with_restarts(status)
         if previous == status:
             return  # the driver and the converge loop may both report the same change
         if status.state is GuestState.RUNNING and (
@@ -217,6 +224,7 @@ class GuestManager:
                 log.info(
                     "guest %s: restart token %r is new: restarting it", uid, spec.restart_token
                 )
+            self._driven[uid] = spec.generation
             status = await self.compute.ensure(spec, facts, restart=restart)
             self._applied[uid] = spec
             acted = self._act_on_token(uid, spec.restart_token)
@@ -317,7 +325,13 @@ class GuestManager:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            for state in (self._desired, self._applied, self._streaks, self._up_since):
+            for state in (
+                self._desired,
+                self._applied,
+                self._driven,
+                self._streaks,
+                self._up_since,
+            ):
                 state.pop(uid, None)
             existed = await self.compute.delete(uid)
             await self._provisioner.cleanup(uid)

@@ -413,3 +413,25 @@ async def test_a_new_token_for_a_stopped_guest_is_acted_on_without_a_boot(node: 
     await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
     await asyncio.sleep(0.1)
     assert node.compute.boots[guest.uid] == 1
+
+
+async def test_a_driver_event_during_an_apply_is_about_the_spec_being_applied(
+    tmp_path: Path,
+) -> None:
+    """Lifecycle events carry no generation: the manager adds the one it handed over."""
+    compute = FakeComputeDriver(boot_delay=0.2)
+    manager = GuestManager(compute, FlakyProvisioner(tmp_path), EventHub(), policy=FAST)
+    await manager.start()
+    try:
+        guest = spec(power="Stopped")
+        await manager.ensure(guest)
+        await until("Stopped", is_state(manager, guest.uid, GuestState.STOPPED))
+        await manager.ensure(
+            guest.model_copy(update={"generation": 2, "power": PowerState.RUNNING})
+        )
+        await asyncio.sleep(0.05)  # the driver is at work on generation 2
+        compute.event(guest.uid, GuestState.RUNNING)
+        status = manager.status(guest.uid)
+        assert status is not None and (status.state, status.generation) == (GuestState.RUNNING, 2)
+    finally:
+        await manager.stop()

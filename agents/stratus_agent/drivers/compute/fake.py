@@ -79,3 +79,9 @@ class FakeComputeDriver:
     def power_off(self, uid: str) -> None:
         """Test hook: the guest stops as after `virsh destroy` or a poweroff inside it."""
         self._set(self._guests[uid].model_copy(update={"state": GuestState.STOPPED}))
+
+    def event(self, uid: str, state: GuestState) -> None:
+        """Test hook: a lifecycle event as libvirt's driver reports one (no generation),
+        whenever it happens to arrive."""
+        if self._listener:
+            self._listener(GuestStatus(uid=uid, state=state))
