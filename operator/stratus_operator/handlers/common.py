@@ -45,7 +45,9 @@ def world(kwargs: dict[str, Any]) -> World:
         image=lambda key: _first(images, key),
         network=lambda key: _first(networks, key),
         instance=lambda uid: _first(instances, uid),
-        instances_on=lambda node: list(by_node.get(node, ())),
+        instances_on=lambda node: [
+            found for uid in by_node.get(node, ()) if (found := _first(instances, uid))
+        ],
         has_instance=lambda uid: uid in uids,
     )
 
