@@ -98,20 +98,6 @@ class Running(threading.Thread):
                     break
 
 
-def cpu_seconds(*patterns: str) -> float:
-    """User and system CPU of every process whose command line contains all `patterns`."""
-    total = 0.0
-    for proc in Path("/proc").iterdir():
-        try:
-            line = (proc / "cmdline").read_bytes().decode(errors="replace")
-            if all(pattern in line for pattern in patterns):
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / 100  # clock ticks
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -191,12 +177,6 @@ def main() -> None:
             ("API requests / Instance", f"{requests / args.instances:.2f} (with its create)"),
             ("  of which the operator", f"{(requests - own) / args.instances:.2f}"),
             ("operator peak RSS", f"{peak_rss_mib(operator.pid):.0f} MiB"),
-            (
-                "CPU: operator",
-                f"{cpu_seconds('stratus_cli operator --kubeconfig ' + str(work)):.0f} s",
-            ),
-            ("CPU: kube-apiserver", f"{cpu_seconds('kube-apiserver --etcd-servers'):.0f} s"),
-            ("CPU: etcd", f"{cpu_seconds('--data-dir=' + str(work)):.0f} s"),
             ("agent (fake) peak RSS", f"{peak_rss_mib(agent.pid):.0f} MiB"),
         ]
         width = max(len(name) for name, _ in rows)

@@ -55,9 +55,11 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class StatusSettings:
-    # Seconds a status change waits for others to the same object, so that a dispatch and
-    # the node's report right after it go out as one request.
-    coalesce_seconds: float = 0.1
+    # Seconds a status change waits for others to the same object before it is written.
+    # Changes made while a write to the object is being prepared always join it; waiting
+    # longer saves requests only when a node answers within the wait, and it delays every
+    # reconcile by as much (0.1 s cost 1,000 Instances 48 -> 132 s in bench/control_plane.py).
+    coalesce_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
