@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,10 @@ class RestartBook:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Saves run in worker threads, which outlive a cancelled task: a save finishing
+        # after its guest's delete would leave the file behind. Removed guests stay removed.
+        self._lock = threading.Lock()
+        self._removed: set[str] = set()
 
     def path(self, uid: str) -> Path:
         if not naming.is_uid(uid):
@@ -101,6 +106,11 @@ class RestartBook:
     def save(self, uid: str, record: RestartRecord) -> None:
         path = self.path(uid)
         tmp = path.with_name(f".{path.name}.tmp")
+        with self._lock:
+            if uid not in self._removed:
+                self._write(uid, path, tmp, record)
+
+    def _write(self, uid: str, path: Path, tmp: Path, record: RestartRecord) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(record.to_json()))
@@ -110,6 +120,8 @@ class RestartBook:
 
     def remove(self, uid: str) -> None:
         try:
-            self.path(uid).unlink(missing_ok=True)
+            with self._lock:
+                self._removed.add(uid)
+                self.path(uid).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("guest %s: cannot remove its restart record: %s", uid, exc)

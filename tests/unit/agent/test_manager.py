@@ -21,7 +21,7 @@ from stratus_agent.base import NodeFacts
 from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.guests import GuestManager
-from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
+from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook, RestartRecord
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure
 from testsupport import guest_spec
@@ -435,3 +435,16 @@ async def test_a_driver_event_during_an_apply_is_about_the_spec_being_applied(
         assert status is not None and (status.state, status.generation) == (GuestState.RUNNING, 2)
     finally:
         await manager.stop()
+
+
+def test_a_restart_record_saved_after_its_guests_delete_stays_gone(tmp_path: Path) -> None:
+    """Saves run in worker threads that outlive a cancelled task; one landing after the
+    delete must not leave `<uid>-restarts.json` behind."""
+    book = RestartBook(tmp_path)
+    uid = "0b7f7c3e-1111-2222-3333-444455556666"
+    book.save(uid, RestartRecord(restarts=1))
+    assert book.path(uid).exists()
+    book.remove(uid)
+    book.save(uid, RestartRecord(restarts=2))  # the late save
+    assert not book.path(uid).exists()
+    assert list(tmp_path.iterdir()) == []
