@@ -1,13 +1,13 @@
-"""IP and MAC addresses for NICs. Pure: the caller keeps what is in use."""
+"""Address rules for NICs: reserved addresses, MAC checks and derivation. Pure; the
+per-Network ledger (addressing.py) keeps what is in use."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stratus_api.v1alpha1.network import IPAddress, NetworkSpec, Subnet, check_fixed_ip, parse_cidr
+from stratus_api.v1alpha1.network import IPAddress, Subnet
 
 MAC_PREFIX = "52:54:00"  # QEMU's locally administered range
 
@@ -37,38 +37,6 @@ def reserved(subnet: Subnet) -> set[IPAddress]:
     if subnet.gateway:
         out.add(ipaddress.ip_address(subnet.gateway))
     return out
-
-
-def _candidates(subnet: Subnet) -> Iterator[IPAddress]:
-    pools = [parse_cidr(pool) for pool in subnet.allocation_pools or []] or [subnet.network]
-    for pool in pools:
-        yield from pool  # in address order; the reserved ones are skipped by the caller
-
-
-def _allocation(subnet: Subnet, address: IPAddress) -> Allocation:
-    return Allocation(
-        str(address), subnet.network.prefixlen, subnet.gateway, tuple(subnet.dns_servers or ())
-    )
-
-
-def allocate(spec: NetworkSpec, used: set[str], fixed: str | None, field: str) -> Allocation:
-    """A free address in the network's first subnet, or the fixed one if it is allowed."""
-    taken = {ipaddress.ip_address(address) for address in used}
-    if fixed is not None:
-        problem = check_fixed_ip(spec, fixed)
-        if problem is not None:
-            raise IpamError(field, problem)
-        address = ipaddress.ip_address(fixed)
-        if address in taken:
-            raise IpamError(field, f"{fixed} is already in use on this network")
-        subnet = next(s for s in spec.subnets if address in s.network)
-        return _allocation(subnet, address)
-    subnet = spec.subnets[0]
-    taken_too = reserved(subnet)
-    for address in _candidates(subnet):
-        if address not in taken_too and address not in taken:
-            return _allocation(subnet, address)
-    raise IpamError(field, f"no free address left in {subnet.cidr}")
 
 
 def check_mac(mac: str, used: set[str], field: str) -> str:

@@ -18,13 +18,6 @@ log = logging.getLogger(__name__)
 Involved = dict[str, str]
 
 
-def involved(kind: str, namespace: str | None, name: str, uid: str) -> Involved:
-    ref = {"apiVersion": "stratus.io/v1alpha1", "kind": kind, "name": name, "uid": uid}
-    if namespace:
-        ref["namespace"] = namespace
-    return ref
-
-
 def _failing(conds: list[Condition]) -> Condition | None:
     """The condition that says why the object is not Ready, if it is failing."""
     stalled = conditions.condition(conds, conditions.STALLED)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stratus_api.v1alpha1.network import NetworkSpec
-from stratus_operator.controllers import ipam, scheduler
+from stratus_operator.controllers import addressing, ipam, scheduler
+from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.scheduler import Candidate, Request
 
 
@@ -46,21 +47,34 @@ NET = NetworkSpec.model_validate(
 )
 
 
+def ledger(spec: NetworkSpec, *used: str) -> NetworkLedger:
+    """A Network's ledger with `used` held by other Instances."""
+    book = NetworkLedger(spec)
+    for index, ip in enumerate(used):
+        book.hold(f"other-{index}", Address(ip, f"52:54:00:00:00:{index:02x}"))
+    return book
+
+
 def test_allocates_in_order_skipping_reserved_and_used() -> None:
-    first = ipam.allocate(NET, set(), None, "spec.networks[0].ip")
-    assert (first.address, first.prefix_length, first.gateway, first.dns_servers) == (
-        "10.0.0.2",
-        29,
-        "10.0.0.1",
-        ("10.0.0.1",),
-    )
-    assert ipam.allocate(NET, {"10.0.0.2", "10.0.0.3"}, None, "f").address == "10.0.0.4"
+    first = ledger(NET).allocate("vm", 0, None, None, "spec.networks[0]")
+    allocation = addressing.describe(NET, first.ip)
+    assert (first.ip, allocation.prefix_length, allocation.gateway,
+            allocation.dns_servers) == ("10.0.0.2", 29, "10.0.0.1", ("10.0.0.1",))  # fmt: skip
+    assert ledger(NET, "10.0.0.2", "10.0.0.3").allocate("vm", 0, None, None, "f").ip == "10.0.0.4"
+
+
+def test_one_allocation_per_nic_and_released_addresses_come_back() -> None:
+    book = ledger(NET)
+    first = book.allocate("vm", 0, None, None, "f")
+    assert book.allocate("vm", 0, None, None, "f") == first  # held, not allocated again
+    book.release("vm")
+    assert book.held("vm") is None and len(book) == 0
 
 
 def test_runs_out_with_a_clear_error() -> None:
-    used = {f"10.0.0.{i}" for i in range(2, 7)}
+    book = ledger(NET, *(f"10.0.0.{i}" for i in range(2, 7)))
     with pytest.raises(ipam.IpamError, match=r"no free address left in 10\.0\.0\.0/29"):
-        ipam.allocate(NET, used, None, "spec.networks[0].ip")
+        book.allocate("vm", 0, None, None, "spec.networks[0]")
 
 
 def test_pools_bound_the_automatic_addresses() -> None:
@@ -68,8 +82,8 @@ def test_pools_bound_the_automatic_addresses() -> None:
         {"subnets": [{"cidr": "10.0.0.0/24", "allocationPools": ["10.0.0.128/30"]}]}
     )
     # A pool is a range of the subnet, not a subnet: its first address is usable.
-    assert ipam.allocate(pooled, set(), None, "f").address == "10.0.0.128"
-    assert ipam.allocate(pooled, set(), "10.0.0.9", "f").address == "10.0.0.9"
+    assert ledger(pooled).allocate("vm", 0, None, None, "f").ip == "10.0.0.128"
+    assert ledger(pooled).allocate("vm", 0, "10.0.0.9", None, "f").ip == "10.0.0.9"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +97,7 @@ def test_pools_bound_the_automatic_addresses() -> None:
 )
 def test_fixed_addresses_are_checked(fixed: str, used: set[str], message: str) -> None:
     with pytest.raises(ipam.IpamError, match=message) as caught:
-        ipam.allocate(NET, used, fixed, "spec.networks[1].ip")
+        ledger(NET, *used).allocate("vm", 1, fixed, None, "spec.networks[1]")
     assert caught.value.field == "spec.networks[1].ip"
 
 
