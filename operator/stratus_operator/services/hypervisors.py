@@ -80,11 +80,6 @@ def with_probe(
     return change
 
 
-def ref_of(hypervisor: Hypervisor) -> ObjectRef:
-    meta = hypervisor.metadata
-    return ObjectRef("Hypervisor", "hypervisors", None, meta.name or "", meta.uid or "")
-
-
 async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
     """One health check: status and Events; when the agent answers, the node against the
     Instances (guests of no Instance go, Instances missing their guest are dispatched);
@@ -93,13 +88,13 @@ async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
     allocations.seed(world, runtime)
     found = await probe(hypervisor, runtime)
     await runtime.status.write(
-        ref_of(hypervisor), hypervisor.status, hypervisor.metadata.generation or 0,
+        ObjectRef.of(hypervisor), hypervisor.status, hypervisor.metadata.generation or 0,
         with_probe(hypervisor, found, runtime.placements.used(name)), HypervisorStatus,
     )  # fmt: skip
     if found.inventory is None:
         for instance in world.instances_on(name):
             await instances.write_status(
-                instances.ref_of(instance), instance.status, instance.metadata.generation or 0,
+                ObjectRef.of(instance), instance.status, instance.metadata.generation or 0,
                 runtime, node_unreachable(name, found.message),
             )  # fmt: skip
         return
@@ -147,6 +142,6 @@ async def redispatch(instance: Instance, world: World, runtime: Runtime) -> None
             return
         change = failure
     await instances.write_status(
-        instances.ref_of(instance), instance.status, instance.metadata.generation or 0,
+        ObjectRef.of(instance), instance.status, instance.metadata.generation or 0,
         runtime, change,
     )  # fmt: skip

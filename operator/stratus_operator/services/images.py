@@ -151,8 +151,7 @@ def _with(
 
 
 async def write_status(image: Image, status: ImageStatus, runtime: Runtime) -> None:
-    meta = image.metadata
-    ref = ObjectRef("Image", "images", meta.namespace, meta.name or "", meta.uid or "")
     await runtime.status.write(
-        ref, image.status, meta.generation or 0, lambda _current, _generation: status, ImageStatus
-    )
+        ObjectRef.of(image), image.status, image.metadata.generation or 0,
+        lambda _current, _generation: status, ImageStatus,
+    )  # fmt: skip

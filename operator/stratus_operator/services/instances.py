@@ -73,17 +73,13 @@ async def _user_data(instance: Instance, runtime: Runtime) -> bytes | None:
     return data
 
 
-def ref_of(instance: Instance) -> ObjectRef:
-    meta = instance.metadata
-    return ObjectRef("Instance", "instances", meta.namespace, meta.name or "", meta.uid or "")
-
-
 async def write_body_status(
     body: Mapping[str, Any], runtime: Runtime, change: StatusChange
 ) -> None:
     """Write status for an Instance known by its raw body (its spec may be unreadable)."""
     meta = body.get("metadata") or {}
-    ref = ObjectRef("Instance", "instances", meta.get("namespace"), meta.get("name") or "",
+    kind, plural = Instance.crd.kind, Instance.crd.plural
+    ref = ObjectRef(kind, plural, meta.get("namespace"), meta.get("name") or "",
                     meta.get("uid") or "")  # fmt: skip
     try:
         watched: InstanceStatus | None = InstanceStatus.model_validate(body.get("status") or {})
@@ -201,7 +197,7 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
     if with_guest_status(known, guest, instance.metadata.generation or 0, wanted) != known:
         # Only news costs API calls: resyncs report every guest every few seconds.
         await write_status(
-            ref_of(instance), instance.status, instance.metadata.generation or 0, runtime,
+            ObjectRef.of(instance), instance.status, instance.metadata.generation or 0, runtime,
             lambda status, generation: with_guest_status(status, guest, generation, wanted),
         )  # fmt: skip
     if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
@@ -227,9 +223,8 @@ async def _fail_image(instance: Instance, guest: GuestStatus, world: World, rt: 
             }
         )  # fmt: skip
 
-    meta = image.metadata
-    ref = ObjectRef("Image", "images", meta.namespace, name, meta.uid or "")
-    await rt.status.write(ref, image.status, meta.generation or 0, failed_image, ImageStatus)
+    generation = image.metadata.generation or 0
+    await rt.status.write(ObjectRef.of(image), image.status, generation, failed_image, ImageStatus)
 
 
 async def resync(

@@ -40,9 +40,12 @@ def settled_status(network: Network) -> NetworkStatus:
 
 
 async def settle(network: Network, runtime: Runtime) -> None:
-    meta = network.metadata
-    ref = ObjectRef("Network", "networks", meta.namespace, meta.name or "", meta.uid or "")
+    ref = ObjectRef.of(network)
     settled = settled_status(network)
     await runtime.status.write(
-        ref, network.status, meta.generation or 0, lambda _current, _gen: settled, NetworkStatus
+        ref,
+        network.status,
+        network.metadata.generation or 0,
+        lambda _current, _gen: settled,
+        NetworkStatus,
     )

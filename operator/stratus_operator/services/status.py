@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stratus_api.v1alpha1.base import ApiModel, Condition
+from stratus_api.v1alpha1.base import ApiModel, Condition, Resource
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube, NotFound
 
@@ -29,6 +29,11 @@ class ObjectRef:
     namespace: str | None
     name: str
     uid: str
+
+    @classmethod
+    def of(cls, obj: Resource) -> ObjectRef:
+        meta = obj.metadata
+        return cls(obj.crd.kind, obj.crd.plural, meta.namespace, meta.name or "", meta.uid or "")
 
     def involved(self) -> dict[str, str]:
         ref = {"apiVersion": "stratus.io/v1alpha1", "kind": self.kind, "name": self.name,
