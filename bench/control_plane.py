@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import os
+import re
+import resource
 import secrets
 import signal
 import subprocess
@@ -18,21 +21,31 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kubernetes import client, config, watch
 
+from stratus_devcloud import processes
 from stratus_devcloud.controlplane import REPO_ROOT, LocalControlPlane, free_port
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
 
 
-def request_count(plane: LocalControlPlane) -> int:
+def request_counts(plane: LocalControlPlane) -> Counter[str]:
+    """kube-apiserver's own apiserver_request_total, by verb, resource and subresource."""
     with urllib.request.urlopen(f"{plane.server_url}/metrics", context=plane.ssl_context()) as r:
         text = r.read().decode()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("apiserver_request_total{")))  # fmt: skip
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            what = f"{labels['verb']} {labels['resource']}"
+            if labels.get("subresource"):
+                what += f"/{labels['subresource']}"
+            counts[f"{what} {labels['code']}"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 class _HeadOk(http.server.BaseHTTPRequestHandler):
@@ -105,17 +118,25 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kubectl(plane: LocalControlPlane, *args: str, input: str | None = None) -> str:
     return plane.kubectl_run(*args, input=input).stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=1000)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
-    plane = LocalControlPlane(work / "cluster")
-    plane.up(crd_dir=REPO_ROOT / "crds")
+def plane_pid(plane: LocalControlPlane, name: str) -> int:
+    pid = processes.Tracked(name, plane.run_dir).pid()
+    assert pid is not None, f"{name} is not running"
+    return pid
+
+
+def start_stack(work: Path, plane: LocalControlPlane) -> tuple[subprocess.Popen[bytes], ...]:
+    """A fake-driver agent, its Hypervisor, a Network, an Image and the operator; returns
+    (agent, operator) once the Hypervisor and the Image are Ready."""
     token = work / "token"
     token.write_text(secrets.token_urlsafe(24))
     token.chmod(0o600)
@@ -145,44 +166,74 @@ def main() -> None:
                                  "--allow-image-endpoint", f"127.0.0.1:{images}"],
                                 stdout=(work / "operator.log").open("w"),
                                 stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while "True" not in kubectl(plane, "get", "hypervisor", "bench", "-o",
+                                "jsonpath={.status.conditions[0].status}"):  # fmt: skip
+        assert time.monotonic() < deadline, "hypervisor never Ready"
+        time.sleep(0.2)
+    while kubectl(plane, "get", "image", "img", "-n", "default", "-o",
+                  "jsonpath={.status.phase}") != "Ready":  # fmt: skip
+        assert time.monotonic() < deadline, "image never Ready"
+        time.sleep(0.2)
+    return agent, operator
+
+
+def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> None:
+    """Create `count` Instances, wait until all are Running, print the tables."""
+    api = client.CustomObjectsApi(
+        config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
+    )
+    pids = {
+        "kube-apiserver": plane_pid(plane, "kube-apiserver"),
+        "etcd": plane_pid(plane, "etcd"),
+        "operator": operator,
+        "agent (fake)": agent,
+    }
+    before, cpu_before = request_counts(plane), {n: cpu_seconds(p) for n, p in pids.items()}
+    own_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.monotonic()
+    watcher = Running(api, count)
+    watcher.start()
+    create_all(api, count)
+    created = time.monotonic() - start
+    watcher.join()
+    elapsed = time.monotonic() - start
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu["bench client"] = usage.ru_utime + usage.ru_stime - own_cpu.ru_utime - own_cpu.ru_stime
+    requests = request_counts(plane) - before
+    # The bench's own requests: one create per Instance, its list+watch, two scrapes.
+    own = count + watcher.requests + 2
+    total = sum(requests.values())
+    rows = [
+        ("instances", f"{count}"),
+        ("create (all, 16 clients)", f"{created:.1f} s"),
+        ("create -> all Running", f"{elapsed:.1f} s"),
+        ("per Instance", f"{elapsed / count * 1000:.1f} ms"),
+        ("API requests / Instance", f"{total / count:.2f} (with its create)"),
+        ("  of which the operator", f"{(total - own) / count:.2f}"),
+        ("operator peak RSS", f"{peak_rss_mib(operator):.0f} MiB"),
+        ("agent (fake) peak RSS", f"{peak_rss_mib(agent):.0f} MiB"),
+    ]
+    rows += [(f"CPU: {name}", f"{seconds:.1f} s") for name, seconds in cpu.items()]
+    rows += [(f"requests: {what}", f"{n / count:.2f} / Instance")
+             for what, n in requests.most_common() if n >= count / 100]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=1000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
+    plane = LocalControlPlane(work / "cluster")
+    plane.up(crd_dir=REPO_ROOT / "crds")
+    agent, operator = start_stack(work, plane)
     try:
-        deadline = time.monotonic() + 60
-        while "True" not in kubectl(plane, "get", "hypervisor", "bench", "-o",
-                                    "jsonpath={.status.conditions[0].status}"):  # fmt: skip
-            assert time.monotonic() < deadline, "hypervisor never Ready"
-            time.sleep(0.2)
-        while kubectl(plane, "get", "image", "img", "-n", "default", "-o",
-                      "jsonpath={.status.phase}") != "Ready":  # fmt: skip
-            assert time.monotonic() < deadline, "image never Ready"
-            time.sleep(0.2)
-        api = client.CustomObjectsApi(
-            config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
-        )
-        before = request_count(plane)
-        start = time.monotonic()
-        watcher = Running(api, args.instances)
-        watcher.start()
-        create_all(api, args.instances)
-        created = time.monotonic() - start
-        watcher.join()
-        elapsed = time.monotonic() - start
-        # The bench's own requests: one create per Instance, its list+watch, two scrapes.
-        own = args.instances + watcher.requests + 2
-        requests = request_count(plane) - before
-        rows = [
-            ("instances", f"{args.instances}"),
-            ("create (all, 16 clients)", f"{created:.1f} s"),
-            ("create -> all Running", f"{elapsed:.1f} s"),
-            ("per Instance", f"{elapsed / args.instances * 1000:.1f} ms"),
-            ("API requests / Instance", f"{requests / args.instances:.2f} (with its create)"),
-            ("  of which the operator", f"{(requests - own) / args.instances:.2f}"),
-            ("operator peak RSS", f"{peak_rss_mib(operator.pid):.0f} MiB"),
-            ("agent (fake) peak RSS", f"{peak_rss_mib(agent.pid):.0f} MiB"),
-        ]
-        width = max(len(name) for name, _ in rows)
-        print(f"{'metric':<{width}}  value")
-        for name, value in rows:
-            print(f"{name:<{width}}  {value}")
+        measure(plane, args.instances, operator.pid, agent.pid)
     finally:
         for process in (operator, agent):
             process.send_signal(signal.SIGTERM)

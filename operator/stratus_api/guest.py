@@ -157,6 +157,12 @@ class GuestStatus(ApiModel):
     restart_token: str | None = Field(
         default=None, description="The GuestSpec restart_token the agent last acted on."
     )
+    sequence: int | None = Field(
+        default=None,
+        description="Orders the agent's reports on this guest, across agent restarts: the "
+        "operator ignores a report older than one it has applied (an inventory read before "
+        "an event it has already seen).",
+    )
 
 
 class GuestEvent(ApiModel):

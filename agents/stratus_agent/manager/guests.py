@@ -84,13 +84,14 @@ class GuestManager:
         self._deleting: set[str] = set()
         self._stopping = False
         self._node_task: asyncio.Task[None] | None = None
+        self._sequence = 0
 
     async def start(self) -> None:
         if self._book is not None:
             self._records = await asyncio.to_thread(self._book.load_all)
         await self.compute.start(self._record)
         for status in await self.compute.list():
-            self._status[status.uid] = self._with_restarts(status)
+            self._status[status.uid] = self._stamped(self._with_restarts(status))
             if status.state is GuestState.RUNNING:
                 self._up_since[status.uid] = time.monotonic()
         self._node_task = asyncio.create_task(self._check_node_forever(), name="node-check")
@@ -127,8 +128,9 @@ class GuestManager:
             generation = self._driven.get(uid, previous.generation if previous else None)
             status = status.model_copy(update={"generation": generation})
         status = self._with_restarts(status)
-        if previous == status:
+        if previous is not None and previous.model_copy(update={"sequence": None}) == status:
             return  # the driver and the converge loop may both report the same change
+        status = self._stamped(status)
         if status.state is GuestState.RUNNING and (
             previous is None or previous.state is not GuestState.RUNNING
         ):
@@ -141,6 +143,12 @@ class GuestManager:
         )
         if status.state in _DOWN:
             self._restart_if_wanted(uid)
+
+    def _stamped(self, status: GuestStatus) -> GuestStatus:
+        # Wall-clock nanoseconds, never repeating: later than anything an earlier run of
+        # this agent reported, so the operator can order reports across restarts.
+        self._sequence = max(self._sequence + 1, time.time_ns())
+        return status.model_copy(update={"sequence": self._sequence})
 
     def status(self, uid: str) -> GuestStatus | None:
         return self._status.get(uid)
@@ -358,4 +366,5 @@ class GuestManager:
         for uid, status in self._status.items():
             if uid not in known or status.state in (GuestState.PROVISIONING, GuestState.FAILED):
                 known[uid] = status
-        return sorted(known.values(), key=lambda status: status.uid)
+        # Stamped now: as of this moment, newer than every event already sent.
+        return sorted((self._stamped(s) for s in known.values()), key=lambda status: status.uid)

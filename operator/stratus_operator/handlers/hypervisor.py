@@ -53,10 +53,11 @@ async def follow_agent(
                 continue
 
             async def on_connect() -> None:
+                placed = instances.placed_on(name, view)
                 inventory = await client.inventory()  # noqa: B023 - used within the iteration
                 log.info("hypervisor %s: connected; %d guests on the node", name,
                          len(inventory.guests))  # fmt: skip
-                await hypervisors.resync(name, inventory, client, view, rt)  # noqa: B023
+                await hypervisors.resync(name, placed, inventory, client, view, rt)  # noqa: B023
 
             async def on_event(event: GuestEvent) -> None:
                 if event.guest is not None:

@@ -86,6 +86,7 @@ async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
     when it does not, its Instances say so."""
     name = hypervisor.metadata.name or ""
     allocations.seed(world, runtime)
+    placed = instances.placed_on(name, world)
     found = await probe(hypervisor, runtime)
     await runtime.status.write(
         ObjectRef.of(hypervisor), hypervisor.status, hypervisor.metadata.generation or 0,
@@ -101,13 +102,14 @@ async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
     if hypervisor.metadata.deletion_timestamp:
         return
     client = await runtime.agents.client(hypervisor)
-    await resync(name, found.inventory, client, world, runtime)
+    await resync(name, placed, found.inventory, client, world, runtime)
 
 
 async def resync(
-    name: str, inventory: NodeInventory, client: AgentClient, world: World, runtime: Runtime
-) -> None:
-    for instance in await instances.resync(name, inventory, client, world, runtime):
+    name: str, placed: set[str], inventory: NodeInventory, client: AgentClient, world: World,
+    runtime: Runtime,
+) -> None:  # fmt: skip
+    for instance in await instances.resync(name, placed, inventory, client, world, runtime):
         await redispatch(instance, world, runtime)
 
 

@@ -185,6 +185,7 @@ async def remove(uid: str, node: str | None, world: World, runtime: Runtime) -> 
         await client.delete(uid)
     allocations.release(uid, runtime)
     runtime.status.forget(uid)
+    runtime.reported.pop(uid, None)
 
 
 async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> None:
@@ -192,6 +193,10 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
     instance = world.instance(guest.uid)
     if instance is None or instance.metadata.deletion_timestamp:
         return
+    if guest.sequence is not None:
+        if guest.sequence < runtime.reported.get(guest.uid, 0):
+            return  # older than a report already applied
+        runtime.reported[guest.uid] = guest.sequence
     wanted = Wanted.of(instance)
     known = instance.status or InstanceStatus()
     if with_guest_status(known, guest, instance.metadata.generation or 0, wanted) != known:
@@ -227,16 +232,23 @@ async def _fail_image(instance: Instance, guest: GuestStatus, world: World, rt: 
     await rt.status.write(ObjectRef.of(image), image.status, generation, failed_image, ImageStatus)
 
 
+def placed_on(node: str, world: World) -> set[str]:
+    """UIDs of the Instances placed on `node`: taken before the node's inventory is read,
+    so an Instance dispatched meanwhile is not taken for one whose guest went missing."""
+    return {uid for i in world.instances_on(node) if (uid := i.metadata.uid)}
+
+
 async def resync(
-    node: str, inventory: NodeInventory, client: AgentClient, world: World, runtime: Runtime
-) -> list[Instance]:
+    node: str, placed: set[str], inventory: NodeInventory, client: AgentClient, world: World,
+    runtime: Runtime,
+) -> list[Instance]:  # fmt: skip
     """After (re)connecting to a node: report every guest, delete guests of no Instance, and
-    return the Instances placed here whose guest is missing (to dispatch again).
+    return the Instances placed here (`placed`, from before the inventory was read) whose
+    guest is missing, to dispatch again.
 
     A guest is deleted only when no Instance of its UID exists at all, parsed or not: an
     Instance the operator cannot read still owns its guest.
     """
-    on_node = {i.metadata.uid: i for i in world.instances_on(node)}
     for guest in inventory.guests:
         if world.has_instance(guest.uid):
             await apply_report(guest, world, runtime)
@@ -248,4 +260,5 @@ async def resync(
             # One entry the node cannot delete must not stop the resync of the others.
             log.warning("node %s: guest %s not deleted, skipped: %s", node, guest.uid, exc)
     present = {guest.uid for guest in inventory.guests}
-    return [i for uid, i in on_node.items() if uid not in present]
+    missing = (world.instance(uid) for uid in placed - present)
+    return [i for i in missing if i is not None and i.status and i.status.node == node]

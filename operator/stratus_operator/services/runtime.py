@@ -90,6 +90,9 @@ class Runtime:
     addresses: dict[tuple[str, str, str], NetworkLedger] = field(default_factory=dict)
     decisions: asyncio.Lock = field(default_factory=asyncio.Lock)
     seeded: bool = False
+    # The sequence of the newest agent report applied per guest UID: an inventory read
+    # before an event already applied must not turn a Running guest back to Provisioning.
+    reported: dict[str, int] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
 

@@ -448,3 +448,27 @@ def test_a_restart_record_saved_after_its_guests_delete_stays_gone(tmp_path: Pat
     book.save(uid, RestartRecord(restarts=2))  # the late save
     assert not book.path(uid).exists()
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_reports_are_ordered_across_an_agent_restart(node: Node) -> None:
+    hub = EventHub()
+    with hub.subscribe() as events:
+        manager = GuestManager(node.compute, node.provisioner, hub, policy=FAST)
+        await manager.start()
+        guest = spec()
+        await manager.ensure(guest)
+        await until("Running", is_state(manager, guest.uid, GuestState.RUNNING))
+        await manager.stop()
+        sequences = []
+        while not events.empty():
+            event = events.get_nowait()
+            if event is not None and event.guest is not None:
+                sequences.append(event.guest.sequence)
+    assert len(sequences) >= 2 and sequences == sorted(set(sequences))  # type: ignore[type-var]
+    # A new agent process lists the same guest: its report sorts after every earlier one.
+    again = GuestManager(node.compute, node.provisioner, EventHub(), policy=FAST)
+    await again.start()
+    listed = again.status(guest.uid)
+    await again.stop()
+    assert listed is not None and listed.sequence is not None
+    assert listed.sequence > sequences[-1]  # type: ignore[operator]
