@@ -111,9 +111,10 @@ class Running(threading.Thread):
                     break
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of a live process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -212,8 +213,9 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
         ("per Instance", f"{elapsed / count * 1000:.1f} ms"),
         ("API requests / Instance", f"{total / count:.2f} (with its create)"),
         ("  of which the operator", f"{(total - own) / count:.2f}"),
-        ("operator peak RSS", f"{peak_rss_mib(operator):.0f} MiB"),
-        ("agent (fake) peak RSS", f"{peak_rss_mib(agent):.0f} MiB"),
+        ("operator peak RSS", f"{rss_mib(operator):.0f} MiB"),
+        ("operator RSS when all Running", f"{rss_mib(operator, 'VmRSS'):.0f} MiB"),
+        ("agent (fake) peak RSS", f"{rss_mib(agent):.0f} MiB"),
     ]
     rows += [(f"CPU: {name}", f"{seconds:.1f} s") for name, seconds in cpu.items()]
     rows += [(f"requests: {what}", f"{n / count:.2f} / Instance")
