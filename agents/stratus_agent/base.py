@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, ImageRef, Nic
+from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
+from stratus_api.imageref import ImageRef
 
 # Formats a disk is handed to the hypervisor in (the domain XML's driver type).
 DiskFormat = Literal["qcow2", "raw"]

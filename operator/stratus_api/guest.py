@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretBytes, field_serializer, field_validator
 
+from stratus_api.imageref import ImageRef
 from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
-from stratus_api.v1alpha1.image import DiskFormat
+from stratus_api.v1alpha1.volume import VolumeBackend
+from stratus_api.volume_wire import SERIAL_LENGTH, NodeVolumeStatus
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 # Bytes of user-data a guest spec carries at most (cloud-init's own NoCloud limit is far
@@ -33,23 +35,24 @@ class PowerState(enum.StrEnum):
     PAUSED = "Paused"
 
 
-class ImageRef(ApiModel):
-    """A base image the node fetches into its cache, keyed by the Image's UID."""
+class VolumeDisk(ApiModel):
+    """A Volume as a disk of one guest; the node holds its data (see volume_wire)."""
 
-    uid: str = Field(pattern=UID_PATTERN, description="Image UID: names the cache entry.")
-    name: str = Field(description="Image name, for messages.")
-    url: str = Field(description="http(s) address to download from.")
-    sha256: str | None = Field(default=None, description="Expected SHA-256, lowercase hex.")
-    format: DiskFormat | None = Field(default=None, description="Expected format.")
+    uid: str = Field(pattern=UID_PATTERN, description="Volume UID.")
+    backend: VolumeBackend
+    serial: str = Field(
+        max_length=SERIAL_LENGTH, description="The disk's serial: /dev/disk/by-id/virtio-<serial>."
+    )
 
 
 class Disk(ApiModel):
-    """A disk of the guest, in boot order."""
+    """A disk of the guest, in boot order: at most one of image or volume (neither: never)."""
 
     name: str = Field(description="Role of the disk: 'root', or the Volume's name.")
     image: ImageRef | None = Field(
         default=None, description="Root disk: a copy-on-write overlay on this image."
     )
+    volume: VolumeDisk | None = Field(default=None, description="A Volume's data, as it is.")
     size_bytes: int | None = Field(
         default=None, ge=1, description="Virtual size; None keeps the image's own."
     )
@@ -168,9 +171,10 @@ class GuestStatus(ApiModel):
 class GuestEvent(ApiModel):
     """One line of the agent's event stream."""
 
-    type: Literal["guest", "resync", "heartbeat"]
+    type: Literal["guest", "volume", "resync", "heartbeat"]
     time: datetime
     guest: GuestStatus | None = None
+    volume: NodeVolumeStatus | None = None
 
 
 class NodeInventory(ApiModel):

@@ -13,10 +13,10 @@ from stratus_api.guest import (
     GuestSpec,
     GuestState,
     GuestStatus,
-    ImageRef,
     Nic,
     PowerState,
 )
+from stratus_api.imageref import ImageRef
 from stratus_api.reasons import ConditionType, Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
 from stratus_api.v1alpha1.image import ImagePhase

@@ -25,7 +25,7 @@ from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from stratus_agent.drivers.images.cache import ImageCache
 from stratus_agent.drivers.storage.file import FileDiskDriver
 from stratus_agent.manager.guests import GuestManager
-from stratus_api.guest import ImageRef
+from stratus_api.imageref import ImageRef
 from stratus_api.sources import SourcePolicy
 from testsupport import AGENT_AUTH, AGENT_TOKEN
 

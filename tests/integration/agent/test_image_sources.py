@@ -26,7 +26,7 @@ from stratus_agent.config import ImagesConfig
 from stratus_agent.drivers.images import download
 from stratus_agent.drivers.images.cache import ImageCache
 from stratus_agent.errors import ProvisioningError
-from stratus_api.guest import ImageRef
+from stratus_api.imageref import ImageRef
 from stratus_api.sources import SourcePolicy
 
 MiB = 2**20

@@ -22,7 +22,7 @@ from stratus_agent.config import ImagesConfig
 from stratus_agent.drivers.images.cache import ImageCache
 from stratus_agent.drivers.storage.file import FileDiskDriver
 from stratus_agent.errors import ProvisioningError
-from stratus_api.guest import ImageRef
+from stratus_api.imageref import ImageRef
 from stratus_api.sources import SourcePolicy
 from stratus_api.v1alpha1.image import DiskFormat
 from testsupport import qcow2_naming_data_file

@@ -27,7 +27,7 @@ from stratus_agent.drivers.formats import imageformat
 from stratus_agent.drivers.images import download
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming, sources
-from stratus_api.guest import ImageRef
+from stratus_api.imageref import ImageRef
 from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stratus_agent.base import CachedImage, Released
 from stratus_api import naming
-from stratus_api.guest import ImageRef
+from stratus_api.imageref import ImageRef
 
 # What a fake image claims to be: small enough for any root disk size in a spec.
 FAKE_VIRTUAL_SIZE = 2**20

@@ -20,6 +20,7 @@ from stratus_agent import base
 from stratus_agent.domain import builder
 from stratus_agent.domain import xml as dx
 from stratus_api import guest
+from stratus_api.imageref import ImageRef
 
 GOLDEN = Path(__file__).parent / "golden"
 UID = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
@@ -62,7 +63,7 @@ def spec(**changes: object) -> guest.GuestSpec:
         "disks": [
             guest.Disk(
                 name="root",
-                image=guest.ImageRef(uid=UID, name="debian", url="http://images.test/d.qcow2"),
+                image=ImageRef(uid=UID, name="debian", url="http://images.test/d.qcow2"),
             )
         ],
         "nics": [nic(0)],

@@ -1,0 +1,97 @@
+"""The node volume spec: what an agent needs to create, grow and delete one Volume's data,
+and its replies. The operator resolves a Volume (its source Image or Volume, its node) into
+one self-contained NodeVolumeSpec, as it does an Instance into a GuestSpec; the agent never
+reads Volumes itself.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field, model_validator
+
+from stratus_api.imageref import ImageRef
+from stratus_api.naming import UID_PATTERN
+from stratus_api.v1alpha1.base import ApiModel, FieldError
+from stratus_api.v1alpha1.volume import VolumeBackend
+
+# virtio-blk serials are at most 20 bytes; the guest sees /dev/disk/by-id/virtio-<serial>.
+SERIAL_LENGTH = 20
+
+
+def disk_serial(volume_uid: str) -> str:
+    """The serial a Volume's disk carries in every guest: its UID's first 20 hex digits."""
+    return volume_uid.replace("-", "")[:SERIAL_LENGTH]
+
+
+class NodeVolumeSource(ApiModel):
+    """Initial content: a copy of an Image, or a clone of another Volume on the same node and
+    backend. Neither set: blank."""
+
+    image: ImageRef | None = None
+    volume: str | None = Field(default=None, pattern=UID_PATTERN, description="Volume UID.")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> NodeVolumeSource:
+        if self.image is not None and self.volume is not None:
+            raise FieldError("", "set at most one of image or volume")
+        return self
+
+
+class NodeVolumeSpec(ApiModel):
+    """One Volume as its node holds it. PUT to the agent, idempotently: a larger size grows
+    it; the source counts only when the data is first made."""
+
+    uid: str = Field(pattern=UID_PATTERN, description="Volume UID: names the data on the node.")
+    name: str
+    namespace: str
+    generation: int = Field(ge=0)
+    backend: VolumeBackend
+    size_bytes: int = Field(ge=1)
+    source: NodeVolumeSource | None = None
+
+
+class NodeVolumeState(enum.StrEnum):
+    CREATING = "Creating"
+    AVAILABLE = "Available"
+    EXTENDING = "Extending"
+    FAILED = "Failed"
+    MISSING = "Missing"  # deleted, or never made on this node
+
+
+class NodeVolumeStatus(ApiModel):
+    """The agent's report on one volume."""
+
+    uid: str
+    state: NodeVolumeState
+    generation: int | None = None
+    size_bytes: int | None = Field(default=None, description="Virtual size as provisioned.")
+    location: str | None = Field(
+        default=None, description="Backend location: a file path, pool/image or VG/LV."
+    )
+    progress: int | None = Field(default=None, ge=0, le=100, description="Copy progress.")
+    attached_to: list[str] = Field(
+        default_factory=list, description="UIDs of the guests on this node using the volume."
+    )
+    reason: str = Field(default="", description="A GuestFailure when state is Failed.")
+    message: str = ""
+    sequence: int | None = Field(
+        default=None, description="Orders the agent's reports (see GuestStatus.sequence)."
+    )
+
+
+class PoolUsage(ApiModel):
+    """Capacity and use of one volume backend on the node."""
+
+    backend: VolumeBackend
+    capacity_bytes: int = Field(ge=0)
+    used_bytes: int = Field(ge=0, description="Provisioned (virtual) bytes of its volumes.")
+    free_bytes: int = Field(ge=0, description="Bytes the backend can still store.")
+
+
+class VolumeInventory(ApiModel):
+    """GET /v1/volumes: every volume this agent holds, and its pools."""
+
+    node: str
+    volumes: list[NodeVolumeStatus] = Field(default_factory=list)
+    pools: list[PoolUsage] = Field(default_factory=list)
