@@ -124,7 +124,19 @@ class Reason(enum.StrEnum):
     # The same words as the node's failures: the operator finds these out before asking it.
     DISK_TOO_SMALL = GuestFailure.DISK_TOO_SMALL.value
     BOOT_VOLUME_UNSUPPORTED = GuestFailure.BOOT_VOLUME_UNSUPPORTED.value
-    VOLUMES_UNSUPPORTED = "VolumesUnsupported"
+    VOLUME_NOT_FOUND = "VolumeNotFound"  # an Instance names a Volume that does not exist
+    VOLUME_NOT_READY = "VolumeNotReady"  # an Instance waits for its Volume's data
+    VOLUME_IN_USE = "VolumeInUse"  # attached to another Instance, or blocks a delete
+    VOLUMES_ON_DIFFERENT_NODES = "VolumesOnDifferentNodes"
+    WAITING_FOR_FIRST_CONSUMER = "WaitingForFirstConsumer"  # a local Volume with no node yet
+    NO_MATCHING_NODE = "NoMatchingNode"  # no Ready Hypervisor matches a Volume's nodeSelector
+    SOURCE_NOT_READY = "SourceNotReady"  # a Volume's source Image or Volume is not ready
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    BACKEND_UNSUPPORTED = "BackendUnsupported"
+    VOLUME_CREATING = "VolumeCreating"
+    VOLUME_AVAILABLE = "VolumeAvailable"
+    VOLUME_EXTENDING = "VolumeExtending"
+    VOLUME_FAILED = "VolumeFailed"  # the node said Failed without a GuestFailure
     # -- Talking to the node's agent ------------------------------------------------------
     AGENT_REJECTED = "AgentRejected"  # the agent refused the guest spec (4xx)
     AGENT_UNAUTHORIZED = "AgentUnauthorized"

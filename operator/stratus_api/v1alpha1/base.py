@@ -6,9 +6,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AliasGenerator,
     BaseModel,
     ConfigDict,
@@ -293,3 +294,24 @@ class DnsLabelObjectMeta(ObjectMeta):
         pattern=DNS_LABEL_PATTERN,
         description="A DNS label: lowercase letters, digits and '-', at most 63 characters.",
     )
+
+
+MAX_NODE_SELECTOR = 32
+LABEL_KEY_MAX = 317  # a DNS subdomain prefix (253), '/', a name (63)
+LABEL_VALUE_MAX = 63
+NODE_SELECTOR_KEY_MESSAGE = f"nodeSelector keys must be at most {LABEL_KEY_MAX} characters"
+
+
+def _label_keys(selector: dict[str, str]) -> dict[str, str]:
+    if any(len(key) > LABEL_KEY_MAX for key in selector):
+        raise ValueError(NODE_SELECTOR_KEY_MESSAGE)
+    return selector
+
+
+# Labels a Hypervisor must have: an Instance's, or a node-local Volume's.
+NodeSelector = Annotated[
+    dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]],
+    Field(max_length=MAX_NODE_SELECTOR),
+    AfterValidator(_label_keys),
+    WithRules(Rule(f"self.all(k, size(k) <= {LABEL_KEY_MAX})", NODE_SELECTOR_KEY_MESSAGE)),
+]

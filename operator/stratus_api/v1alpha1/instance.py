@@ -10,10 +10,12 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
+    MAX_NODE_SELECTOR,
     ApiModel,
     Condition,
     DnsLabelObjectMeta,
     FieldError,
+    NodeSelector,
     PrinterColumn,
     Resource,
     Rule,
@@ -45,11 +47,7 @@ MAX_SSH_KEY_LENGTH = 8192  # characters, which are bytes here (ASCII): a 16384-b
 MAX_SSH_KEYS = 16
 MAX_NICS = 8
 MAX_VOLUMES = 16
-MAX_NODE_SELECTOR = 32
-LABEL_KEY_MAX = 317  # a DNS subdomain prefix (253), '/', a name (63)
-LABEL_VALUE_MAX = 63
 USER_DATA_MESSAGE = f"userData must be at most {MAX_USER_DATA_BYTES} bytes of UTF-8"
-NODE_SELECTOR_KEY_MESSAGE = f"nodeSelector keys must be at most {LABEL_KEY_MAX} characters"
 
 # An RFC 3339 time as `date -u +%FT%TZ`, Go's time.RFC3339(Nano) and `kubectl rollout
 # restart` write it: upper-case T and Z, at most nine digits of fraction, no leap second
@@ -118,12 +116,6 @@ def _user_data_bytes(text: str) -> str:
     return text
 
 
-def _label_keys(selector: dict[str, str]) -> dict[str, str]:
-    if any(len(key) > LABEL_KEY_MAX for key in selector):
-        raise ValueError(NODE_SELECTOR_KEY_MESSAGE)
-    return selector
-
-
 def _bytes(size: ByteQuantity | None) -> int | None:
     return size.bytes if size is not None else None
 
@@ -155,12 +147,6 @@ RestartRequest = Annotated[
     Field(max_length=RFC3339_MAX_LENGTH, pattern=RFC3339_PATTERN),
     AfterValidator(_calendar_day),
     WithRules(RESTART_REQUEST_RULE),
-]
-NodeSelector = Annotated[
-    dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]],
-    Field(max_length=MAX_NODE_SELECTOR),
-    AfterValidator(_label_keys),
-    WithRules(Rule(f"self.all(k, size(k) <= {LABEL_KEY_MAX})", NODE_SELECTOR_KEY_MESSAGE)),
 ]
 
 

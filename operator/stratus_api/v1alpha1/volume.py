@@ -7,12 +7,11 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
-    DNS_LABEL_MAX,
     ApiModel,
     Condition,
     FieldError,
+    NodeSelector,
     PrinterColumn,
     Resource,
     Rule,
@@ -34,12 +33,17 @@ class VolumeBackend(enum.StrEnum):
 
 
 class VolumePhase(enum.StrEnum):
-    PENDING = "Pending"
+    PENDING = "Pending"  # not placed yet: waiting for a node, a source or a first consumer
     CREATING = "Creating"
     AVAILABLE = "Available"
     IN_USE = "InUse"
-    FAILED = "Failed"
+    EXTENDING = "Extending"
     DELETING = "Deleting"
+    ERROR = "Error"
+
+
+# Backends whose data lives on one node: the Volume binds to it, its Instances run there.
+NODE_LOCAL = frozenset({VolumeBackend.FILE, VolumeBackend.LVM})
 
 
 class VolumeSource(ApiModel):
@@ -93,13 +97,19 @@ class VolumeSpec(ApiModel):
         description="Initial content. Unset: blank. Immutable.",
         json_schema_extra=immutable("source"),
     )
+    node_selector: NodeSelector | None = Field(
+        default=None,
+        description="Node-local backends (file, lvm): labels of the Hypervisor to make the "
+        "volume on, at once. Unset: it is made on the node of the first Instance that uses "
+        "it. Ignored by ceph, which every node reaches.",
+    )
 
 
 class VolumeStatus(ApiModel):
     """Where the volume is and who uses it."""
 
     phase: VolumePhase = Field(default=VolumePhase.PENDING, description="Lifecycle phase.")
-    size: ByteQuantity | None = Field(default=None, description="Size as provisioned.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size as provisioned.")
     node: str | None = Field(
         default=None, description="Hypervisor holding the data, for node-local backends."
     )
@@ -107,7 +117,9 @@ class VolumeStatus(ApiModel):
         default=None, description="Backend location: a file path, an RBD pool/image or an LV."
     )
     attached_to: str | None = Field(
-        default=None, max_length=DNS_LABEL_MAX, description="Instance using the volume."
+        default=None,
+        max_length=RESOURCE_NAME_MAX,
+        description="Name of the Instance using the volume.",
     )
     progress: int | None = Field(
         default=None, ge=0, le=100, description="Copy progress in percent while creating."

@@ -15,14 +15,16 @@ from stratus_api.guest import (
     GuestStatus,
     Nic,
     PowerState,
+    VolumeDisk,
 )
 from stratus_api.imageref import ImageRef
 from stratus_api.reasons import ConditionType, Reason, is_transient
-from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
+from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network, Volume
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
 from stratus_api.v1alpha1.network import NetworkType
 from stratus_api.validation import FieldProblem
+from stratus_api.volume_wire import disk_serial
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.ipam import Allocation
 
@@ -134,12 +136,38 @@ def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
     )
 
 
+def image_ref(image: Image) -> ImageRef:
+    """The Image as a node fetches it into its cache."""
+    assert image.metadata.uid
+    source = image.spec.source.http
+    return ImageRef(
+        uid=image.metadata.uid,
+        name=image.metadata.name or "",
+        url=source.url,
+        sha256=source.sha256,
+        format=image.spec.format,
+    )
+
+
+def volume_disk(volume: Volume) -> Disk:
+    """A Volume as an extra disk; the guest finds it by its serial."""
+    uid = volume.metadata.uid or ""
+    return Disk(
+        name=volume.metadata.name or "",
+        volume=VolumeDisk(uid=uid, backend=volume.spec.backend, serial=disk_serial(uid)),
+    )
+
+
 def guest_spec(
-    instance: Instance, size: Size, image: Image, nics: list[Nic], user_data: bytes | None
+    instance: Instance,
+    size: Size,
+    image: Image,
+    nics: list[Nic],
+    user_data: bytes | None,
+    volumes: Sequence[Volume] = (),
 ) -> GuestSpec:
     meta, spec = instance.metadata, instance.spec
-    assert meta.uid and meta.name and meta.namespace and image.metadata.uid
-    source = image.spec.source.http
+    assert meta.uid and meta.name and meta.namespace
     return GuestSpec(
         uid=meta.uid,
         name=meta.name,
@@ -150,17 +178,8 @@ def guest_spec(
         power=Wanted.of(instance).power,
         restart_token=spec.restart_requested_at,
         disks=[
-            Disk(
-                name="root",
-                image=ImageRef(
-                    uid=image.metadata.uid,
-                    name=image.metadata.name or "",
-                    url=source.url,
-                    sha256=source.sha256,
-                    format=image.spec.format,
-                ),
-                size_bytes=size.disk_bytes,
-            )
+            Disk(name="root", image=image_ref(image), size_bytes=size.disk_bytes),
+            *(volume_disk(volume) for volume in volumes),
         ],
         nics=nics,
         cloud_init=CloudInit(

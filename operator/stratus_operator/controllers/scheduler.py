@@ -10,6 +10,7 @@ class Request:
     cpu: int
     memory_bytes: int
     node_selector: dict[str, str]
+    required_node: str | None = None  # where its local Volumes are
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ def pick(request: Request, candidates: list[Candidate]) -> Candidate:
 
     fitting = []
     for node in candidates:
-        if not node.ready:
+        if request.required_node is not None and node.name != request.required_node:
+            reject("not the node of its local Volumes")
+        elif not node.ready:
             reject("not Ready")
         elif not node.schedulable:
             reject("not schedulable")

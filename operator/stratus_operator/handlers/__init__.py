@@ -3,6 +3,14 @@
 Importing this package registers every handler with kopf.
 """
 
-from stratus_operator.handlers import hypervisor, image, indexes, instance, lifecycle, network
+from stratus_operator.handlers import (
+    hypervisor,
+    image,
+    indexes,
+    instance,
+    lifecycle,
+    network,
+    volume,
+)
 
-__all__ = ["hypervisor", "image", "indexes", "instance", "lifecycle", "network"]
+__all__ = ["hypervisor", "image", "indexes", "instance", "lifecycle", "network", "volume"]

@@ -19,6 +19,7 @@ INSTANCES = (GROUP, VERSION, "instances")
 IMAGES = (GROUP, VERSION, "images")
 NETWORKS = (GROUP, VERSION, "networks")
 INSTANCE_TYPES = (GROUP, VERSION, "instancetypes")
+VOLUMES = (GROUP, VERSION, "volumes")
 
 
 def _values(index: kopf.Index[Any, T]) -> Iterable[T]:
@@ -37,6 +38,7 @@ def world(kwargs: dict[str, Any]) -> World:
     images, networks = kwargs["stratus_images"], kwargs["stratus_networks"]
     instances, by_node = kwargs["stratus_instances"], kwargs["stratus_instances_by_node"]
     uids = kwargs["stratus_instance_uids"]
+    volumes, users = kwargs["stratus_volumes"], kwargs["stratus_volume_users"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _values(instances),
@@ -49,6 +51,9 @@ def world(kwargs: dict[str, Any]) -> World:
             found for uid in by_node.get(node, ()) if (found := _first(instances, uid))
         ],
         has_instance=lambda uid: uid in uids,
+        volume=lambda key: _first(volumes, key),
+        volume_by_uid=lambda uid: _first(volumes, uid),
+        volume_users=lambda key: list(users.get(key, ())),
     )
 
 

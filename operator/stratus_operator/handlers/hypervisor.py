@@ -12,7 +12,7 @@ import kopf
 from stratus_api.guest import GuestEvent
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_operator.handlers.common import HYPERVISORS, runtime, world
-from stratus_operator.services import hypervisors, instances
+from stratus_operator.services import hypervisors, instances, volumes
 from stratus_operator.services.agent_client import watch_events
 from stratus_operator.services.runtime import AgentNotConfigured
 
@@ -62,6 +62,8 @@ async def follow_agent(
             async def on_event(event: GuestEvent) -> None:
                 if event.guest is not None:
                     await instances.apply_report(event.guest, view, rt)
+                if event.volume is not None:
+                    await volumes.apply_report(event.volume, name, view, rt)
 
             await watch_events(
                 client, on_connect, on_event, stop,

@@ -14,13 +14,22 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from stratus_api.v1alpha1 import Hypervisor, Image, Instance, InstanceType, Network, Resource
+from stratus_api.v1alpha1 import (
+    Hypervisor,
+    Image,
+    Instance,
+    InstanceType,
+    Network,
+    Resource,
+    Volume,
+)
 from stratus_operator.handlers.common import (
     HYPERVISORS,
     IMAGES,
     INSTANCE_TYPES,
     INSTANCES,
     NETWORKS,
+    VOLUMES,
 )
 from stratus_operator.services.world import key_of
 
@@ -82,3 +91,20 @@ async def stratus_instance_uids(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Every Instance's UID, parsed or not: a guest whose Instance exists is never garbage,
     even when its spec is one the models refuse."""
     return {body.metadata.uid: True}
+
+
+@kopf.index(*VOLUMES)
+async def stratus_volumes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each Volume under its (namespace, name) and under its UID (agents report by UID)."""
+    found = _parsed(Volume, body)
+    return {key_of(found): found, found.metadata.uid: found} if found else {}
+
+
+@kopf.index(*INSTANCES)
+async def stratus_volume_users(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Which Instances name each Volume, from the raw body (as by_node above): a Volume
+    in use is never deleted, even under an Instance the models refuse."""
+    spec, namespace = body.get("spec") or {}, body.metadata.namespace or ""
+    names = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    names.add((spec.get("boot") or {}).get("volume"))
+    return {(namespace, name): body.metadata.uid for name in names if isinstance(name, str)}

@@ -27,6 +27,7 @@ import pydantic
 from aiohttp import http_exceptions
 
 from stratus_api import guest
+from stratus_api.volume_wire import NodeVolumeSpec, NodeVolumeStatus, VolumeInventory
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,21 @@ class AgentClient:
         what, raw = await self._call("DELETE", "/v1/images/" + quote(uid, safe=""))
         return self._flag(what, raw, "evicted")
 
+    async def ensure_volume(self, spec: NodeVolumeSpec) -> NodeVolumeStatus:
+        """PUT the volume spec (idempotent); the node makes or grows it in the background."""
+        body = spec.model_dump_json(by_alias=True)
+        what, raw = await self._call("PUT", _volume_path(spec.uid), body=body)
+        return self._parse(NodeVolumeStatus, what, raw)
+
+    async def delete_volume(self, uid: str) -> None:
+        """Remove the volume's data (none there is fine); AgentRejected while a guest on the
+        node uses it."""
+        await self._call("DELETE", _volume_path(uid), expect=204)
+
+    async def volumes(self) -> VolumeInventory:
+        what, raw = await self._call("GET", "/v1/volumes")
+        return self._parse(VolumeInventory, what, raw)
+
     def _flag(self, what: str, raw: bytes, key: str) -> bool:
         """The boolean `key` of a JSON reply, or an AgentError."""
         try:
@@ -367,6 +383,10 @@ def _guest_path(uid: str) -> str:
     return "/v1/guests/" + quote(uid, safe="")
 
 
+def _volume_path(uid: str) -> str:
+    return "/v1/volumes/" + quote(uid, safe="")
+
+
 async def watch_events(
     client: AgentClient,
     on_connect: OnConnect,
@@ -407,7 +427,10 @@ async def _follow(
             await on_connect()
             async for event in stream:
                 alive = True
-                if event.type == "guest":  # resync is on_connect's, heartbeats only keep it alive
+                if event.type in (
+                    "guest",
+                    "volume",
+                ):  # resync is on_connect's; heartbeats keep it alive
                     await on_event(event)
     except AgentError as exc:
         log.warning("%s; reconnecting", exc)

@@ -35,11 +35,18 @@ def seed(world: World, runtime: Runtime) -> None:
     runtime.seeded = True
 
 
-def schedule(instance: Instance, size: Size, world: World, runtime: Runtime) -> str:
-    """The node the Instance is on, or a new placement on the best fitting node."""
+def schedule(
+    instance: Instance, size: Size, world: World, runtime: Runtime, required: str | None = None
+) -> str:
+    """The node the Instance is on, or a new placement on the best fitting node (`required`:
+    the one where its local Volumes are)."""
     uid = instance.metadata.uid or ""
     seed(world, runtime)
     known = (instance.status.node if instance.status else None) or runtime.placements.node_of(uid)
+    if known and required is not None and known != required:
+        raise scheduler.Unschedulable(
+            f"spec.volumes: the Instance runs on {known}, its local Volumes are on {required}"
+        )
     if known:
         return known
     candidates = []
@@ -57,7 +64,9 @@ def schedule(instance: Instance, size: Size, world: World, runtime: Runtime) -> 
                 memory_free_bytes=free.memory_bytes - used.memory_bytes,
             )
         )
-    request = scheduler.Request(size.cpu, size.memory_bytes, instance.spec.node_selector or {})
+    request = scheduler.Request(
+        size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required
+    )
     chosen = scheduler.pick(request, candidates)
     runtime.placements.place(uid, chosen.name, placement.Usage(size.cpu, size.memory_bytes))
     return chosen.name

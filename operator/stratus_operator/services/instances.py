@@ -32,7 +32,7 @@ from stratus_operator.controllers.instance import (
     with_guest_status,
     with_problem,
 )
-from stratus_operator.services import allocations
+from stratus_operator.services import allocations, volumes
 from stratus_operator.services.agent_client import (
     AgentClient,
     AgentError,
@@ -109,18 +109,16 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
             "spec.boot.volume: booting from a Volume is not supported yet",
             field="spec.boot.volume", retry=False,
         )  # fmt: skip
-    if instance.spec.volumes:
-        raise InstanceProblem(
-            Reason.VOLUMES_UNSUPPORTED, "spec.volumes: attaching Volumes is not supported yet",
-            field="spec.volumes", retry=False,
-        )  # fmt: skip
     image = check_image(
         instance, world.image((meta.namespace or "", instance.spec.boot.image)), size
     )
     user_data = await _user_data(instance, runtime)
     async with runtime.decisions:
-        node = allocations.schedule(instance, size, world, runtime)
+        attached = volumes.claim(instance, world, runtime)
+        required = volumes.required_node(attached, runtime)
+        node = allocations.schedule(instance, size, world, runtime, required)
         allocated = allocations.addresses(instance, world, runtime)
+    await volumes.made_ready(attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)
     nics = [
         nic_for(network, addressing.describe(network.spec, address.ip), address.mac)
@@ -131,9 +129,10 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
         raise InstanceProblem(
             Reason.HYPERVISOR_GONE, f"status.node: Hypervisor {node} no longer exists"
         )
-    spec = guest_spec(instance, size, image, nics, user_data)
+    spec = guest_spec(instance, size, image, nics, user_data, attached)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
+    await volumes.mark_attached(instance, attached, runtime)
     wanted = Wanted.of(instance)
 
     def dispatched(current: InstanceStatus, generation: int) -> InstanceStatus:
@@ -184,6 +183,7 @@ async def remove(uid: str, node: str | None, world: World, runtime: Runtime) -> 
         client = await runtime.agents.client(hypervisor)
         await client.delete(uid)
     allocations.release(uid, runtime)
+    await volumes.release(uid, world, runtime)
     runtime.status.forget(uid)
     runtime.reported.pop(uid, None)
 

@@ -90,9 +90,13 @@ class Runtime:
     addresses: dict[tuple[str, str, str], NetworkLedger] = field(default_factory=dict)
     decisions: asyncio.Lock = field(default_factory=asyncio.Lock)
     seeded: bool = False
-    # The sequence of the newest agent report applied per guest UID: an inventory read
+    # The sequence of the newest agent report applied per guest or volume UID: an inventory read
     # before an event already applied must not turn a Running guest back to Provisioning.
     reported: dict[str, int] = field(default_factory=dict)
+    # Local Volumes bound to a node (Volume UID -> node) before their status says so.
+    volume_nodes: dict[str, str] = field(default_factory=dict)
+    # Which Instance each Volume is attached to (Volume UID -> Instance UID).
+    volume_holders: dict[str, str] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
 

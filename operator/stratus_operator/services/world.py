@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from stratus_api.v1alpha1 import Hypervisor, Image, Instance, InstanceType, Network
+from stratus_api.v1alpha1 import Hypervisor, Image, Instance, InstanceType, Network, Volume
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -26,7 +26,11 @@ class World:
     instances_on: Callable[[str], Iterable[Instance]]  # by node
     # Whether any Instance has this UID, also one whose spec the models refuse.
     has_instance: Callable[[str], bool]
+    volume: Callable[[Key], Volume | None] = lambda _: None
+    volume_by_uid: Callable[[str], Volume | None] = lambda _: None
+    # UIDs of the Instances whose spec names this Volume (boot or attached).
+    volume_users: Callable[[Key], Iterable[str]] = lambda _: ()
 
 
-def key_of(obj: Image | Network | Instance) -> Key:
+def key_of(obj: Image | Network | Instance | Volume) -> Key:
     return (obj.metadata.namespace or "", obj.metadata.name or "")

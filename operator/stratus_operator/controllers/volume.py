@@ -1,0 +1,230 @@
+"""A Volume resolved into a node volume spec, node reports turned into its status, and where a
+node-local Volume lives. Plain functions: the services feed them what they read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from stratus_api.reasons import Reason, is_transient
+from stratus_api.v1alpha1 import Hypervisor, Image, Volume
+from stratus_api.v1alpha1.image import ImagePhase
+from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase, VolumeStatus
+from stratus_api.volume_wire import (
+    NodeVolumeSource,
+    NodeVolumeSpec,
+    NodeVolumeState,
+    NodeVolumeStatus,
+)
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.instance import InstanceProblem, image_ref
+
+VolumeChange = Callable[[VolumeStatus, int], VolumeStatus]
+
+
+class VolumeProblem(InstanceProblem):
+    """Something stops the Volume from progressing (same contract as InstanceProblem)."""
+
+
+def is_local(volume: Volume) -> bool:
+    return volume.spec.backend in NODE_LOCAL
+
+
+def pick_node(volume: Volume, hypervisors: Iterable[Hypervisor]) -> str:
+    """The Ready Hypervisor matching the Volume's nodeSelector; ties by name."""
+    selector = volume.spec.node_selector or {}
+    fitting = sorted(
+        hv.metadata.name or ""
+        for hv in hypervisors
+        if hv.status is not None
+        and conditions.is_true(hv.status.conditions, conditions.READY)
+        and all(hv.metadata.labels.get(k) == v for k, v in selector.items())
+    )
+    if not fitting:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(any)"
+        raise VolumeProblem(
+            Reason.NO_MATCHING_NODE, f"spec.nodeSelector: no Ready Hypervisor has {wanted}",
+            field="spec.nodeSelector",
+        )  # fmt: skip
+    return fitting[0]
+
+
+def node_spec(
+    volume: Volume, image: Image | None, source_volume: Volume | None, node: str | None
+) -> NodeVolumeSpec:
+    """The spec a node needs. `image`/`source_volume`: the source as found (None: missing);
+    both are checked here, so a Volume is never made from a source that is not ready."""
+    meta, source = volume.metadata, volume.spec.source
+    made_from: NodeVolumeSource | None = None
+    if source is not None and source.image is not None:
+        made_from = NodeVolumeSource(image=image_ref(_ready_image(source.image, image)))
+    elif source is not None and source.volume is not None:
+        found = _ready_volume(source.volume, source_volume, volume, node)
+        made_from = NodeVolumeSource(volume=found.metadata.uid)
+    assert meta.uid and meta.name and meta.namespace
+    return NodeVolumeSpec(
+        uid=meta.uid, name=meta.name, namespace=meta.namespace,
+        generation=meta.generation or 0, backend=volume.spec.backend,
+        size_bytes=volume.spec.size.bytes, source=made_from,
+    )  # fmt: skip
+
+
+def _ready_image(name: str, image: Image | None) -> Image:
+    if image is None:
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_FOUND, f"spec.source.image: Image {name} not found",
+            field="spec.source.image",
+        )  # fmt: skip
+    phase = image.status.phase if image.status else ImagePhase.PENDING
+    if phase is ImagePhase.FAILED:
+        raise VolumeProblem(
+            Reason.IMAGE_FAILED, f"spec.source.image: Image {name} failed",
+            field="spec.source.image", retry=False,
+        )  # fmt: skip
+    if phase is not ImagePhase.READY:
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_READY, f"spec.source.image: Image {name} is {phase}, not Ready yet",
+            field="spec.source.image",
+        )  # fmt: skip
+    return image
+
+
+def _ready_volume(name: str, found: Volume | None, volume: Volume, node: str | None) -> Volume:
+    where = "spec.source.volume"
+    if found is None:
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_FOUND, f"{where}: Volume {name} not found", field=where
+        )
+    if found.spec.backend != volume.spec.backend:
+        raise VolumeProblem(
+            Reason.BACKEND_UNSUPPORTED,
+            f"{where}: Volume {name} is a {found.spec.backend} volume; a clone keeps its "
+            f"source's backend ({volume.spec.backend} asked)",
+            field=where, retry=False,
+        )  # fmt: skip
+    status = found.status
+    if status is None or status.phase not in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
+        phase = status.phase if status else VolumePhase.PENDING
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_READY, f"{where}: Volume {name} is {phase}, not Available yet",
+            field=where,
+        )  # fmt: skip
+    if is_local(volume) and status.node != node:
+        raise VolumeProblem(
+            Reason.VOLUMES_ON_DIFFERENT_NODES,
+            f"{where}: Volume {name} is on node {status.node}; a clone of a local volume is "
+            "made on the same node",
+            field=where, retry=False,
+        )  # fmt: skip
+    return found
+
+
+_PHASES = {
+    NodeVolumeState.CREATING: VolumePhase.CREATING,
+    NodeVolumeState.AVAILABLE: VolumePhase.AVAILABLE,
+    NodeVolumeState.EXTENDING: VolumePhase.EXTENDING,
+    NodeVolumeState.FAILED: VolumePhase.ERROR,
+    NodeVolumeState.MISSING: VolumePhase.PENDING,
+}
+
+
+def with_report(node: str | None, report: NodeVolumeStatus) -> VolumeChange:
+    """The status change a node's report on the volume makes."""
+
+    def change(status: VolumeStatus, generation: int) -> VolumeStatus:
+        phase = _PHASES[report.state]
+        if phase is VolumePhase.AVAILABLE and status.attached_to:
+            phase = VolumePhase.IN_USE
+        ready = phase in (VolumePhase.AVAILABLE, VolumePhase.IN_USE)
+        failed = report.state is NodeVolumeState.FAILED
+        reason = report.reason if failed and report.reason else _REASONS[report.state]
+        message = report.message or (f"on node {node}" if node else "")
+        stalled = failed and not is_transient(reason)
+        return status.model_copy(
+            update={
+                "phase": phase,
+                "node": node if node is not None else status.node,
+                "location": report.location or status.location,
+                "size_bytes": report.size_bytes or status.size_bytes,
+                "progress": report.progress if phase is VolumePhase.CREATING else None,
+                "observed_generation": generation,
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=ready, reason=reason, message=message,
+                    generation=generation, reconciling=not ready and not stalled,
+                    stalled=stalled,
+                ),
+            }
+        )  # fmt: skip
+
+    return change
+
+
+_REASONS = {
+    NodeVolumeState.CREATING: Reason.VOLUME_CREATING,
+    NodeVolumeState.AVAILABLE: Reason.VOLUME_AVAILABLE,
+    NodeVolumeState.EXTENDING: Reason.VOLUME_EXTENDING,
+    NodeVolumeState.FAILED: Reason.VOLUME_FAILED,
+    NodeVolumeState.MISSING: Reason.VOLUME_CREATING,
+}
+
+
+def with_problem(problem: InstanceProblem) -> VolumeChange:
+    """Pending (or Error, when only the user can help), with the problem in the conditions."""
+
+    def change(status: VolumeStatus, generation: int) -> VolumeStatus:
+        phase = VolumePhase.ERROR if problem.needs_user else VolumePhase.PENDING
+        if status.phase in (VolumePhase.AVAILABLE, VolumePhase.IN_USE) and not problem.needs_user:
+            phase = status.phase  # the data is there; only this change waits
+        return status.model_copy(
+            update={
+                "phase": phase,
+                "observed_generation": generation,
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=False, reason=problem.reason, message=str(problem),
+                    generation=generation, reconciling=not problem.needs_user,
+                    stalled=problem.needs_user,
+                ),
+            }
+        )  # fmt: skip
+
+    return change
+
+
+def waiting_for_consumer() -> VolumeChange:
+    return with_problem(
+        VolumeProblem(
+            Reason.WAITING_FOR_FIRST_CONSUMER,
+            "no node yet: the volume is made on the node of the first Instance that uses it "
+            "(or set spec.nodeSelector)",
+        )
+    )
+
+
+def attached(instance: str | None) -> VolumeChange:
+    """The Volume is in use by `instance` now (None: by nobody)."""
+
+    def change(status: VolumeStatus, generation: int) -> VolumeStatus:
+        phase = status.phase
+        if instance is not None and phase is VolumePhase.AVAILABLE:
+            phase = VolumePhase.IN_USE
+        elif instance is None and phase is VolumePhase.IN_USE:
+            phase = VolumePhase.AVAILABLE
+        return status.model_copy(update={"attached_to": instance, "phase": phase})
+
+    return change
+
+
+def deleting(blocked_by: str) -> VolumeChange:
+    def change(status: VolumeStatus, generation: int) -> VolumeStatus:
+        return status.model_copy(
+            update={
+                "phase": VolumePhase.DELETING,
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=False, reason=Reason.VOLUME_IN_USE,
+                    message=f"deletion waits: Instance {blocked_by} uses the volume (remove it "
+                    "from the Instance's spec.volumes, or delete the Instance)",
+                    generation=generation, reconciling=True,
+                ),
+            }
+        )  # fmt: skip
+
+    return change

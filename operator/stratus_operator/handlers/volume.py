@@ -1,0 +1,47 @@
+"""Volume handlers: make or grow the data on create/update/resume; on delete, wait while an
+Instance uses it, then remove it from its node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from stratus_api.v1alpha1 import Volume
+from stratus_operator.controllers.volume import deleting
+from stratus_operator.handlers import errors
+from stratus_operator.handlers.common import VOLUMES, runtime, world
+from stratus_operator.services import volumes
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.runtime import AgentNotConfigured
+
+
+@kopf.on.resume(*VOLUMES)
+@kopf.on.create(*VOLUMES)
+@kopf.on.update(*VOLUMES, field="spec")
+async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
+    rt, volume = runtime(memo), Volume.model_validate(dict(body))
+    try:
+        change = await volumes.reconcile(volume, world(kwargs), rt)
+    except Exception as exc:
+        failure = volumes.failed(exc)
+        if failure is None:
+            raise
+        await volumes.write_status(volume, rt, failure)
+        raise errors.intent(exc, retry, rt.settings) from None
+    await volumes.write_status(volume, rt, change)
+
+
+@kopf.on.delete(*VOLUMES)
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
+    rt, volume = runtime(memo), Volume.model_validate(dict(body))
+    try:
+        await volumes.remove(volume, world(kwargs), rt)
+    except volumes.VolumeInUse as exc:
+        # Never pull a disk from under a guest: the finalizer holds until it is detached.
+        await volumes.write_status(volume, rt, deleting(", ".join(exc.instances)))
+        raise kopf.TemporaryError(
+            f"in use by Instance {exc}", delay=rt.settings.retries.backoff(retry)
+        ) from None
+    except (AgentError, AgentNotConfigured) as exc:
+        raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None

@@ -1,0 +1,263 @@
+"""Volumes: where each one lives, making and growing its data on the node, following the node's
+reports, and deleting only what no Instance uses.
+
+No kopf here (see handlers/volume.py). A node-local Volume (file) binds to one node: the one
+its nodeSelector picks, else the node of the first Instance that uses it (instances.py binds
+it through `bind`). The binding is kept in `runtime.volume_nodes` until the Volume's status
+says it, so two Instances placed at once agree on it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from stratus_api.reasons import Reason
+from stratus_api.v1alpha1 import Instance, Volume
+from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
+from stratus_api.volume_wire import NodeVolumeStatus
+from stratus_operator.controllers.instance import InstanceProblem
+from stratus_operator.controllers.scheduler import Unschedulable
+from stratus_operator.controllers.volume import (
+    VolumeChange,
+    VolumeProblem,
+    attached,
+    is_local,
+    node_spec,
+    pick_node,
+    waiting_for_consumer,
+    with_problem,
+    with_report,
+)
+from stratus_operator.services.agent_client import AgentError, AgentRejected
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.status import ObjectRef
+from stratus_operator.services.world import World, key_of
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = frozenset({VolumeBackend.FILE})
+
+
+class VolumeInUse(Exception):
+    """A delete waits: Instances still name the Volume."""
+
+    def __init__(self, instances: list[str]) -> None:
+        super().__init__(", ".join(instances))
+        self.instances = instances
+
+
+async def write_status(volume: Volume, runtime: Runtime, change: VolumeChange) -> None:
+    await runtime.status.write(
+        ObjectRef.of(volume), volume.status, volume.metadata.generation or 0, change, VolumeStatus
+    )
+
+
+def node_of(volume: Volume, runtime: Runtime) -> str | None:
+    """The node a local Volume is bound to, if any."""
+    known = volume.status.node if volume.status else None
+    return known or runtime.volume_nodes.get(volume.metadata.uid or "")
+
+
+def check_backend(volume: Volume) -> None:
+    if volume.spec.backend not in SUPPORTED:
+        raise VolumeProblem(
+            Reason.BACKEND_UNSUPPORTED,
+            f"spec.backend: {volume.spec.backend} volumes are not supported by this operator "
+            f"yet (supported: {', '.join(sorted(SUPPORTED))})",
+            field="spec.backend", retry=False,
+        )  # fmt: skip
+
+
+async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeChange:
+    """Make or grow the Volume's data on its node; the status change to write. A local
+    Volume with neither a node nor a nodeSelector waits for its first Instance."""
+    check_backend(volume)
+    node = node_of(volume, runtime)
+    if node is None and is_local(volume):
+        if volume.spec.node_selector is None:
+            return waiting_for_consumer()
+        async with runtime.decisions:
+            node = node_of(volume, runtime) or pick_node(volume, world.hypervisors())
+            runtime.volume_nodes[volume.metadata.uid or ""] = node
+    assert node is not None  # every supported backend is node-local so far
+    return await dispatch(volume, node, world, runtime)
+
+
+def bind(volume: Volume, node: str, runtime: Runtime) -> None:
+    """Bind an unbound local Volume to the node an Instance that uses it was placed on;
+    the caller holds runtime.decisions."""
+    runtime.volume_nodes.setdefault(volume.metadata.uid or "", node)
+
+
+async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) -> VolumeChange:
+    namespace, source = volume.metadata.namespace or "", volume.spec.source
+    image = world.image((namespace, source.image)) if source and source.image else None
+    cloned = world.volume((namespace, source.volume)) if source and source.volume else None
+    spec = node_spec(volume, image, cloned, node)
+    hypervisor = world.hypervisor(node)
+    if hypervisor is None:
+        raise VolumeProblem(
+            Reason.HYPERVISOR_GONE, f"status.node: Hypervisor {node} no longer exists; the "
+            "volume's data was there", retry=False,
+        )  # fmt: skip
+    client = await runtime.agents.client(hypervisor)
+    return with_report(node, await client.ensure_volume(spec))
+
+
+def failed(exc: Exception) -> VolumeChange | None:
+    """The status change for an error out of `reconcile`; None for unknown errors."""
+    if isinstance(exc, InstanceProblem):
+        return with_problem(exc)
+    if isinstance(exc, AgentRejected):
+        return with_problem(VolumeProblem(Reason.AGENT_REJECTED, str(exc), retry=False))
+    if isinstance(exc, AgentError | AgentNotConfigured):
+        return with_problem(VolumeProblem(Reason.AGENT_UNAVAILABLE, str(exc)))
+    return None
+
+
+async def remove(volume: Volume, world: World, runtime: Runtime) -> None:
+    """Delete the Volume's data on its node, unless an Instance still names it
+    (VolumeInUse: the finalizer waits)."""
+    users = [world.instance(uid) for uid in world.volume_users(key_of(volume))]
+    names = sorted(i.metadata.name or "" for i in users if i is not None)
+    if names:
+        raise VolumeInUse(names)
+    uid = volume.metadata.uid or ""
+    node = node_of(volume, runtime)
+    hypervisor = world.hypervisor(node) if node else None
+    if hypervisor is not None:
+        client = await runtime.agents.client(hypervisor)
+        await client.delete_volume(uid)
+    elif node:
+        log.warning("volume %s: node %s is gone; nothing to delete there", volume.metadata.name,
+                    node)  # fmt: skip
+    runtime.volume_nodes.pop(uid, None)
+    runtime.reported.pop(uid, None)
+    runtime.status.forget(uid)
+
+
+async def apply_report(report: NodeVolumeStatus, node: str, world: World, rt: Runtime) -> None:
+    """A node reported a volume: update its Volume (reports older than one applied are
+    ignored, as for guests)."""
+    volume = world.volume_by_uid(report.uid)
+    if volume is None or volume.metadata.deletion_timestamp:
+        return
+    if report.sequence is not None:
+        if report.sequence < rt.reported.get(report.uid, 0):
+            return
+        rt.reported[report.uid] = report.sequence
+    await write_status(volume, rt, with_report(node, report))
+
+
+async def set_attached(volume: Volume, instance: str | None, runtime: Runtime) -> None:
+    """Record which Instance uses the Volume now (None: nobody)."""
+    current = volume.status.attached_to if volume.status else None
+    if current != instance:
+        await write_status(volume, runtime, attached(instance))
+
+
+# -- Volumes as an Instance uses them ------------------------------------------------------
+
+
+def holder_of(volume: Volume, world: World, runtime: Runtime) -> str | None:
+    """UID of the Instance the Volume is attached to: this process's claim, else the one its
+    status names (after a restart)."""
+    uid = volume.metadata.uid or ""
+    if uid in runtime.volume_holders:
+        return runtime.volume_holders[uid]
+    name = volume.status.attached_to if volume.status else None
+    for user in world.volume_users(key_of(volume)) if name else ():
+        found = world.instance(user)
+        if found is not None and found.metadata.name == name:
+            runtime.volume_holders[uid] = user
+            return user
+    return None
+
+
+def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
+    """The Volumes in the Instance's spec.volumes, claimed for it (one Instance per Volume);
+    InstanceProblem naming the field when one is missing, going, or another's. The caller
+    holds runtime.decisions."""
+    namespace, uid = instance.metadata.namespace or "", instance.metadata.uid or ""
+    found = []
+    for index, attachment in enumerate(instance.spec.volumes):
+        field = f"spec.volumes[{index}].name"
+        volume = world.volume((namespace, attachment.name))
+        if volume is None or volume.metadata.deletion_timestamp:
+            what = "not found" if volume is None else "being deleted"
+            raise InstanceProblem(
+                Reason.VOLUME_NOT_FOUND, f"{field}: Volume {attachment.name} {what}", field=field
+            )
+        check_backend(volume)
+        holder = holder_of(volume, world, runtime)
+        if holder is not None and holder != uid:
+            other = world.instance(holder)
+            raise InstanceProblem(
+                Reason.VOLUME_IN_USE,
+                f"{field}: Volume {attachment.name} is attached to Instance "
+                f"{other.metadata.name if other else holder}; a volume attaches to one "
+                "Instance at a time",
+                field=field, stalled=True,
+            )  # fmt: skip
+        found.append(volume)
+    for volume in found:
+        runtime.volume_holders[volume.metadata.uid or ""] = uid
+    return found
+
+
+def required_node(volumes: list[Volume], runtime: Runtime) -> str | None:
+    """The node the Instance must run on: where its bound local Volumes are."""
+    bound = {
+        v.metadata.name or "": n for v in volumes if is_local(v) and (n := node_of(v, runtime))
+    }
+    nodes = set(bound.values())
+    if len(nodes) > 1:
+        where = ", ".join(f"{name} on {node}" for name, node in sorted(bound.items()))
+        raise Unschedulable(
+            f"spec.volumes: its local Volumes are on different nodes ({where}); an Instance "
+            "runs where its local Volumes are"
+        )
+    return next(iter(nodes), None)
+
+
+async def made_ready(volumes: list[Volume], node: str, world: World, runtime: Runtime) -> None:
+    """Bind the Instance's unbound local Volumes to its node and have them made there;
+    InstanceProblem (retried) until every one is Available."""
+    for index, volume in enumerate(volumes):
+        status = volume.status or VolumeStatus()
+        if status.phase in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
+            continue
+        if is_local(volume) and node_of(volume, runtime) is None:
+            bind(volume, node, runtime)
+        try:
+            change = await dispatch(volume, node_of(volume, runtime) or node, world, runtime)
+        except Exception as exc:
+            failure = failed(exc)
+            if failure is None:
+                raise
+            change = failure
+        await write_status(volume, runtime, change)
+        phase = change(status, volume.metadata.generation or 0).phase
+        if phase not in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
+            field = f"spec.volumes[{index}].name"
+            raise InstanceProblem(
+                Reason.VOLUME_NOT_READY,
+                f"{field}: Volume {volume.metadata.name} is {phase}, not Available yet",
+                field=field, stalled=phase is VolumePhase.ERROR,
+            )  # fmt: skip
+
+
+async def mark_attached(instance: Instance, volumes: list[Volume], rt: Runtime) -> None:
+    for volume in volumes:
+        await set_attached(volume, instance.metadata.name, rt)
+
+
+async def release(instance_uid: str, world: World, runtime: Runtime) -> None:
+    """The Instance is gone: its Volumes are free for others."""
+    for volume_uid, holder in list(runtime.volume_holders.items()):
+        if holder != instance_uid:
+            continue
+        del runtime.volume_holders[volume_uid]
+        volume = world.volume_by_uid(volume_uid)
+        if volume is not None and not volume.metadata.deletion_timestamp:
+            await set_attached(volume, None, runtime)
