@@ -97,6 +97,20 @@ def guest_spec(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def volume_spec(**overrides: Any) -> dict[str, Any]:
+    """A NodeVolumeSpec in wire form: a blank file volume of 1 MiB."""
+    spec: dict[str, Any] = {
+        "uid": str(uuid.uuid4()),
+        "name": "data",
+        "namespace": "team-a",
+        "generation": 1,
+        "backend": "file",
+        "sizeBytes": 2**20,
+    }
+    spec.update(overrides)
+    return spec
+
+
 def build_test_image() -> Path:
     """hack/build-test-image's qcow2 (built once, cached between runs)."""
     result = subprocess.run(

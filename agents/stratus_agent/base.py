@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 
 from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
 from stratus_api.imageref import ImageRef
+from stratus_api.v1alpha1.volume import VolumeBackend
+from stratus_api.volume_wire import PoolUsage
 
 # Formats a disk is handed to the hypervisor in (the domain XML's driver type).
 DiskFormat = Literal["qcow2", "raw"]
@@ -23,6 +25,8 @@ DiskFormat = Literal["qcow2", "raw"]
 VirtType = Literal["kvm", "qemu"]
 
 GuestListener = Callable[[GuestStatus], None]
+# Called with a copy's percentage done (0-100) while a volume's data is being made.
+ProgressListener = Callable[[int], None]
 
 
 # Node facts: what the node decided or prepared for one guest.
@@ -53,6 +57,8 @@ class VolumeAttachment:
     name: str  # the spec Disk's name (the Volume's name)
     path: str
     format: DiskFormat = "raw"
+    # What the guest sees as the disk's serial (/dev/disk/by-id/virtio-<serial>).
+    serial: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +98,15 @@ class CachedImage:
     format: str
     virtual_size: int
     sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredVolume:
+    """A volume's data as its backend holds it."""
+
+    uid: str  # the Volume UID
+    size_bytes: int  # virtual size
+    location: str  # a file path, pool/image or VG/LV
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,48 @@ class DiskDriver(Protocol):
 
     async def images_in_use(self) -> set[str]:
         """Image UIDs some guest's disk still depends on: the image store keeps them."""
+
+
+class VolumeDriver(Protocol):
+    """Volumes of one backend on this node (files now, RBD and LVM next). Every method is
+    keyed by the Volume UID and idempotent; what exists is read from the backend, so it
+    survives agent restarts."""
+
+    @property
+    def backend(self) -> VolumeBackend:
+        """The backend this driver serves."""
+
+    async def create(
+        self,
+        uid: str,
+        size_bytes: int,
+        *,
+        image: CachedImage | None = None,
+        clone_of: str | None = None,
+        progress: ProgressListener | None = None,
+    ) -> StoredVolume:
+        """Make the volume unless it exists (an existing one is kept as it is): blank, a
+        standalone copy of a cached image, or a copy of another volume of this driver. A
+        half-made volume never looks like a whole one. Raises ProvisioningError."""
+
+    async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
+        """Grow the volume to `size_bytes`; never shrinks (refused). Offline for now."""
+
+    async def remove(self, uid: str) -> bool:
+        """Remove the volume's data; True if there was some."""
+
+    async def list(self) -> list[StoredVolume]:
+        """Every volume the backend holds."""
+
+    async def attach(self, uid: str, owner: GuestOwner | None) -> VolumeAttachment:
+        """Check the volume is safe to hand to a guest and give it to `owner`; the
+        attachment is named by the volume UID (the caller names it after the spec disk)."""
+
+    async def detach(self, uid: str) -> None:
+        """No guest uses the volume any more: take it back from the guest's user."""
+
+    async def usage(self) -> PoolUsage:
+        """Capacity, provisioned and free bytes of the backend."""
 
 
 class NetworkDriver(Protocol):

@@ -121,12 +121,13 @@ class IsolationConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """Where guests' disks live."""
+    """Where guests' disks and the node's volumes live."""
 
     driver: Literal["file", "fake"] = Field(
         default="file",
         description="file: each root disk a qcow2 overlay on the cached image, under "
-        "state_dir/guests. fake: makes nothing (the default with compute: fake).",
+        "state_dir/guests, and each volume a standalone qcow2 under state_dir/volumes. "
+        "fake: makes nothing (the default with compute: fake).",
     )
 
 

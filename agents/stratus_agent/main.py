@@ -19,18 +19,21 @@ from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.owners import GuestOwners
 from stratus_agent.manager.provisioner import NodeProvisioner
 from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
+from stratus_agent.manager.sequence import SequenceClock
+from stratus_agent.manager.volumes import AttachmentBook, VolumeManager
 
 log = logging.getLogger("stratus.agent")
 
 
 @dataclass(frozen=True)
 class Agent:
-    """The assembled agent: its manager, the hub its event streams read, and the image store
-    the API serves too (DELETE /v1/images/{uid})."""
+    """The assembled agent: its manager, the hub its event streams read, the image store
+    the API serves too (DELETE /v1/images/{uid}) and the node's volumes."""
 
     manager: GuestManager
     hub: EventHub
     images: base.ImageStore
+    volumes: VolumeManager
 
 
 def image_store(config: agent_config.AgentConfig, disks: base.DiskDriver) -> base.ImageStore:
@@ -57,6 +60,18 @@ def disk_driver(config: agent_config.AgentConfig) -> base.DiskDriver:
     from stratus_agent.drivers.storage.file import FileDiskDriver
 
     return FileDiskDriver(directory)
+
+
+def volume_driver(config: agent_config.AgentConfig) -> base.VolumeDriver:
+    # Volumes follow the disks: a node that makes no disks makes no volumes either.
+    directory = config.state_dir / "volumes"
+    if config.storage.driver == "fake":
+        from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
+
+        return FakeVolumeDriver(directory)
+    from stratus_agent.drivers.storage.file_volumes import FileVolumeDriver
+
+    return FileVolumeDriver(directory)
 
 
 def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
@@ -122,12 +137,23 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         compute = libvirt_compute
     disks = disk_driver(config)
     images = image_store(config, disks)
+    sequence = SequenceClock()  # one order for every report, guests' and volumes'
+    volumes = VolumeManager(
+        volume_driver(config),
+        images,
+        hub,
+        node=config.node_name,
+        sequence=sequence,
+        book=AttachmentBook(config.state_dir / "volumes" / "attachments.json"),
+    )
+    await volumes.start()
     provisioner = NodeProvisioner(
         images=images,
         disks=disks,
         network=network_driver(config),
         seed=seed_drive(config),
         owners=owners,
+        volumes=volumes,
     )
     manager = GuestManager(
         compute,
@@ -135,10 +161,11 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         hub,
         policy=recovery_policy(config),
         restarts=RestartBook(config.state_dir / "guests"),
+        sequence=sequence,
     )
     await manager.start()
     _check_kvm_access(compute.virt_type, config.isolation)
-    return Agent(manager, hub, images)
+    return Agent(manager, hub, images, volumes)
 
 
 def _check_kvm_access(virt_type: str, isolation: agent_config.IsolationConfig) -> None:
@@ -169,7 +196,7 @@ def _prepare_state_dir(state_dir: Path) -> None:
     """Each guest's QEMU runs as a user of its own: it opens its own files, but every
     directory above them must let others through (o+x), which /root or a 0700 temporary
     directory does not."""
-    for directory in (state_dir, state_dir / "images", state_dir / "guests"):
+    for directory in (state_dir, state_dir / "images", state_dir / "guests", state_dir / "volumes"):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o711)
     for parent in state_dir.resolve().parents:
@@ -201,6 +228,7 @@ async def serve(config: agent_config.AgentConfig) -> None:
         node=config.node_name,
         heartbeat=config.heartbeat_seconds,
         images=agent.images,
+        volumes=agent.volumes,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -230,3 +258,4 @@ async def serve(config: agent_config.AgentConfig) -> None:
         log.info("agent stopping; guests keep running")
         await runner.cleanup()
         await manager.stop()
+        await agent.volumes.stop()

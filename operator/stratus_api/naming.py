@@ -59,6 +59,11 @@ def image_cache_file(image_uid: str) -> str:
     return f"{_checked(image_uid)}.img"
 
 
+def volume_file(volume_uid: str) -> str:
+    """A file-backed Volume's data: a standalone qcow2."""
+    return f"{_checked(volume_uid)}.qcow2"
+
+
 def tap_name(instance_uid: str, index: int) -> str:
     """Host-side interface (and OVS port) of an Instance's NIC number `index`."""
     if not 0 <= index <= 9:

@@ -32,6 +32,14 @@ class GuestFailure(enum.StrEnum):
     # The Instance asks for what this node cannot give.
     DISK_TOO_SMALL = "DiskTooSmall"
     BOOT_VOLUME_UNSUPPORTED = "BootVolumeUnsupported"
+    # A guest's Volume is not (yet) on its node: the operator may still be creating it.
+    VOLUME_NOT_FOUND = "VolumeNotFound"
+    # Another guest on the node holds the Volume; it heals when that one lets go.
+    VOLUME_IN_USE = "VolumeInUse"
+    # Making or growing a Volume's data failed on the node.
+    VOLUME_CREATE_FAILED = "VolumeCreateFailed"
+    # A Volume's data refers to files outside itself (a backing or data file): never used.
+    VOLUME_HAS_EXTERNAL_REFERENCE = "VolumeHasExternalReference"
     # Node plumbing (bridge, ports, libvirt) failed; the agent re-ensures and retries.
     NETWORK_SETUP_FAILED = "NetworkSetupFailed"
     AGENT_ERROR = "AgentError"
@@ -58,6 +66,8 @@ TRANSIENT = frozenset(
         GuestFailure.NODE_STORAGE_FULL,
         GuestFailure.NETWORK_SETUP_FAILED,
         GuestFailure.AGENT_ERROR,
+        GuestFailure.VOLUME_NOT_FOUND,
+        GuestFailure.VOLUME_IN_USE,
     }
 )
 

@@ -18,9 +18,11 @@ from pydantic import ValidationError
 from stratus_agent.api.events import EventHub
 from stratus_agent.base import ImageStore
 from stratus_agent.manager.guests import GuestManager, StaleSpecError
+from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.validation import problems_of
+from stratus_api.volume_wire import NodeVolumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ TOKEN = web.AppKey("token", str)
 NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
 IMAGES = web.AppKey("images", ImageStore)
+VOLUMES = web.AppKey("volumes", VolumeManager)
 
 
 class AgentMetrics:
@@ -141,20 +144,27 @@ async def inventory(request: web.Request) -> web.Response:
     return web.json_response(text=body.model_dump_json(by_alias=True))
 
 
-GuestHandler = Callable[[web.Request, str], Awaitable[web.Response]]
+UidHandler = Callable[[web.Request, str], Awaitable[web.Response]]
 
 
-def guest_route(handler: GuestHandler) -> Handler:
+def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
     """Refuses a {uid} that is not a Kubernetes UID before the handler sees it: every file,
     domain and port name on the node is made from it (aiohttp decodes %2e%2e%2f to ../)."""
 
-    async def checked(request: web.Request) -> web.Response:
-        uid = request.match_info["uid"]
-        if not naming.is_uid(uid):
-            return _error(400, f"{uid!r} in the URL is not a guest UID (a Kubernetes UID)")
-        return await handler(request, uid)
+    def route(handler: UidHandler) -> Handler:
+        async def checked(request: web.Request) -> web.Response:
+            uid = request.match_info["uid"]
+            if not naming.is_uid(uid):
+                return _error(400, f"{uid!r} in the URL is not a {kind} UID (a Kubernetes UID)")
+            return await handler(request, uid)
 
-    return checked
+        return checked
+
+    return route
+
+
+guest_route = _uid_route("guest")
+volume_route = _uid_route("volume")
 
 
 @guest_route
@@ -190,6 +200,57 @@ async def put_guest(request: web.Request, uid: str) -> web.Response:
 async def delete_guest(request: web.Request, uid: str) -> web.Response:
     deleted = await request.app[MANAGER].delete(uid)
     return web.json_response({"deleted": deleted})
+
+
+def _volumes(request: web.Request) -> VolumeManager:
+    volumes = request.app.get(VOLUMES)
+    if volumes is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "this agent holds no volumes"}),
+            content_type="application/json",
+        )
+    return volumes
+
+
+async def volume_inventory(request: web.Request) -> web.Response:
+    body = await _volumes(request).inventory()
+    return web.json_response(text=body.model_dump_json(by_alias=True))
+
+
+@volume_route
+async def get_volume(request: web.Request, uid: str) -> web.Response:
+    status = _volumes(request).status(uid)
+    if status is None:
+        return _error(404, f"no volume {uid} on this node")
+    return web.json_response(text=status.model_dump_json(by_alias=True))
+
+
+@volume_route
+async def put_volume(request: web.Request, uid: str) -> web.Response:
+    volumes = _volumes(request)
+    try:
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"body is not JSON: {exc}")
+    try:
+        spec = NodeVolumeSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [str(problem) for problem in problems_of(exc)]
+        return _error(422, "invalid volume spec: " + "; ".join(problems), problems=problems)
+    if spec.uid != uid:
+        problem = f"uid: {spec.uid} does not match the URL's {uid}"
+        return _error(422, f"invalid volume spec: {problem}", problems=[problem])
+    status = await volumes.ensure(spec)
+    return web.json_response(text=status.model_dump_json(by_alias=True))
+
+
+@volume_route
+async def delete_volume(request: web.Request, uid: str) -> web.Response:
+    try:
+        await _volumes(request).delete(uid)
+    except VolumeInUseError as exc:
+        return _error(409, str(exc), guests=exc.guests)
+    return web.Response(status=204)
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -245,6 +306,7 @@ def create_app(
     node: str,
     heartbeat: float = 10.0,
     images: ImageStore | None = None,
+    volumes: VolumeManager | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
@@ -253,6 +315,8 @@ def create_app(
     app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
     if images is not None:
         app[IMAGES] = images
+    if volumes is not None:
+        app[VOLUMES] = volumes
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
@@ -260,6 +324,10 @@ def create_app(
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
     app.router.add_delete("/v1/images/{uid}", delete_image)
+    app.router.add_get("/v1/volumes", volume_inventory)
+    app.router.add_get("/v1/volumes/{uid}", get_volume)
+    app.router.add_put("/v1/volumes/{uid}", put_volume)
+    app.router.add_delete("/v1/volumes/{uid}", delete_volume)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -113,11 +113,13 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
     for index, disk in enumerate(spec.disks):
         path: str
         fmt: dx.DiskFormat
+        serial: str | None = None
         if index == 0:
             # The root disk, as the disk driver made it (a qcow2 overlay for files).
             path, fmt = node.root_disk.path, node.root_disk.format
         elif disk.name in volumes:
-            path, fmt = volumes[disk.name].path, volumes[disk.name].format
+            volume = volumes[disk.name]
+            path, fmt, serial = volume.path, volume.format, volume.serial
         else:
             raise ValueError(f"disk {disk.name!r} has no volume attached on this node")
         disks.append(
@@ -126,6 +128,7 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
                 driver_type=fmt,
                 target_dev=f"vd{_VIRTIO_LETTERS[index]}",
                 target_bus="virtio",
+                serial=serial,
             )
         )
     return disks

@@ -300,12 +300,15 @@ class Disk:
     device: DiskDevice = "disk"
     driver_type: DiskFormat = "qcow2"
     readonly: bool = False
+    serial: str | None = None  # what the guest sees as the disk's serial
 
     def to_element(self) -> etree._Element:
         el = _root("disk", type="file", device=self.device)
         _sub(el, "driver", name="qemu", type=self.driver_type)
         _sub(el, "source", file=self.source_file)
         _sub(el, "target", dev=self.target_dev, bus=self.target_bus)
+        if self.serial is not None:
+            _sub(el, "serial", self.serial)
         if self.readonly:
             _sub(el, "readonly")
         return el
@@ -322,6 +325,7 @@ class Disk:
             device=_one_of(el.get("device", "disk"), get_args(DiskDevice), el),
             driver_type=_one_of(driver.get("type"), get_args(DiskFormat), driver),
             readonly=el.find("readonly") is not None,
+            serial=_optional_text(el, "serial"),
         )
 
 

@@ -27,6 +27,7 @@ from dataclasses import replace
 from stratus_agent.base import ComputeDriver, EventSink, Provisioner
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.recovery import RecoveryPolicy, RestartBook, RestartRecord
+from stratus_agent.manager.sequence import SequenceClock
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure, is_transient
 
@@ -62,6 +63,7 @@ class GuestManager:
         *,
         policy: RecoveryPolicy | None = None,
         restarts: RestartBook | None = None,
+        sequence: SequenceClock | None = None,
     ) -> None:
         self.compute = compute
         self._provisioner = provisioner
@@ -84,7 +86,7 @@ class GuestManager:
         self._deleting: set[str] = set()
         self._stopping = False
         self._node_task: asyncio.Task[None] | None = None
-        self._sequence = 0
+        self._sequence = sequence or SequenceClock()
 
     async def start(self) -> None:
         if self._book is not None:
@@ -145,10 +147,7 @@ class GuestManager:
             self._restart_if_wanted(uid)
 
     def _stamped(self, status: GuestStatus) -> GuestStatus:
-        # Wall-clock nanoseconds, never repeating: later than anything an earlier run of
-        # this agent reported, so the operator can order reports across restarts.
-        self._sequence = max(self._sequence + 1, time.time_ns())
-        return status.model_copy(update={"sequence": self._sequence})
+        return status.model_copy(update={"sequence": self._sequence.next()})
 
     def status(self, uid: str) -> GuestStatus | None:
         return self._status.get(uid)

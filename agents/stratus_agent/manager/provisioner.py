@@ -8,16 +8,20 @@ the configuration), so a volume or network backend arrives as a driver, not as a
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from stratus_agent.base import (
     DiskDriver,
+    GuestOwner,
     ImageStore,
     NetworkDriver,
     NodeFacts,
     SeedDrive,
+    VolumeAttachment,
 )
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.owners import GuestOwners
+from stratus_agent.manager.volumes import VolumeManager
 from stratus_api.guest import GuestSpec
 from stratus_api.reasons import GuestFailure
 
@@ -37,8 +41,10 @@ class NodeProvisioner:
         network: NetworkDriver,
         seed: SeedDrive,
         owners: GuestOwners | None = None,
+        volumes: VolumeManager | None = None,
     ) -> None:
         self.images = images
+        self.volumes = volumes
         self.disks = disks
         self.network = network
         self.seed = seed
@@ -59,8 +65,34 @@ class NodeProvisioner:
         base = await self.images.ensure(root.image)
         root_disk = await self.disks.ensure_root_disk(spec.uid, base, root.size_bytes, owner)
         seed_iso = await self.seed.write(spec, owner)
+        volumes = await self._attach_volumes(spec, owner)
         nics = await self.network.plug(spec.uid, spec.nics)
-        return NodeFacts(root_disk=root_disk, seed_iso_path=seed_iso, nics=nics, owner=owner)
+        return NodeFacts(
+            root_disk=root_disk, seed_iso_path=seed_iso, nics=nics, volumes=volumes, owner=owner
+        )
+
+    async def _attach_volumes(
+        self, spec: GuestSpec, owner: GuestOwner | None
+    ) -> tuple[VolumeAttachment, ...]:
+        """The spec's Volume disks, attached to the guest and named as its disks are."""
+        disks = [(disk.name, disk.volume) for disk in spec.disks[1:] if disk.volume is not None]
+        if self.volumes is None:
+            if disks:
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_NOT_FOUND, "this agent holds no volumes"
+                )
+            return ()
+        for _, volume in disks:
+            if volume.backend != self.volumes.backend:
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_NOT_FOUND,
+                    f"volume {volume.uid}: backend {volume.backend.value} is not served on "
+                    "this node",
+                )
+        held = await self.volumes.use(spec.uid, [volume.uid for _, volume in disks], owner)
+        return tuple(
+            replace(held[volume.uid], name=name, serial=volume.serial) for name, volume in disks
+        )
 
     async def cleanup(self, uid: str) -> None:
         """Ports, disk, seed and the guest's user; each driver logs rather than raises, so
@@ -68,6 +100,8 @@ class NodeProvisioner:
         await self.network.unplug(uid)
         await self.disks.remove(uid)
         await self.seed.remove(uid)
+        if self.volumes is not None:
+            await self.volumes.release(uid)
         if self.owners is not None:
             self.owners.release(uid)
         # Released or over-budget images this guest held; never raises.

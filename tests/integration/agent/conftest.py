@@ -37,6 +37,7 @@ from stratus_agent import config as agent_config
 from stratus_agent import main as agent_main
 from stratus_agent.api.server import create_app
 from stratus_agent.manager.guests import GuestManager
+from stratus_agent.manager.volumes import VolumeManager
 from stratus_api import naming
 from stratus_api.sources import SourcePolicy
 from testsupport import AGENT_AUTH, AGENT_TOKEN, build_test_image, guest_spec
@@ -244,6 +245,7 @@ class AgentUnderTest:
     client: TestClient[Any, Any]
     manager: GuestManager
     node: Node
+    volumes: VolumeManager | None = None
     stopped: bool = False
 
     async def put(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +281,8 @@ class AgentUnderTest:
             self.stopped = True
             await self.client.close()
             await self.manager.stop()
+            if self.volumes is not None:
+                await self.volumes.stop()
 
     def console(self, uid: str) -> Console:
         return Console(self.node.guests_dir / naming.console_log_file(uid))
@@ -374,10 +378,11 @@ async def start_agent(
             node=settings.node_name,
             heartbeat=1.0,
             images=built.images,
+            volumes=built.volumes,
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
-        agent = AgentUnderTest(client, manager, libvirt_node)
+        agent = AgentUnderTest(client, manager, libvirt_node, built.volumes)
         running.append(agent)
         return agent
 

@@ -290,6 +290,18 @@ def test_disks_are_root_then_volumes_then_the_seed_cdrom() -> None:
     assert disks[-1].device == "cdrom" and disks[-1].readonly
 
 
+def test_a_volume_disk_carries_its_serial_and_reads_back() -> None:
+    with_volume = spec(disks=[*spec().disks, guest.Disk(name="data")])
+    attached = base.VolumeAttachment(
+        name="data", path="/v/x.qcow2", format="qcow2", serial="0123456789abcdef0123"
+    )
+    domain = build(with_volume, facts(volumes=(attached,)))
+    disk = domain.devices.disks[1]
+    assert disk.serial == "0123456789abcdef0123" and domain.devices.disks[0].serial is None
+    assert "<serial>0123456789abcdef0123</serial>" in dx.to_text(disk.to_element())
+    assert dx.Domain.from_xml(domain.to_xml()) == domain
+
+
 def test_a_volume_the_node_did_not_attach_is_an_error() -> None:
     with_volume = spec(disks=[*spec().disks, guest.Disk(name="data")])
     with pytest.raises(ValueError, match="'data' has no volume attached"):

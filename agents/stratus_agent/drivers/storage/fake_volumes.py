@@ -1,0 +1,103 @@
+"""A volume driver that makes nothing, for the fake compute mode: volumes live in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stratus_agent.base import (
+    CachedImage,
+    GuestOwner,
+    ProgressListener,
+    StoredVolume,
+    VolumeAttachment,
+)
+from stratus_agent.errors import ProvisioningError
+from stratus_api import naming
+from stratus_api.reasons import GuestFailure
+from stratus_api.v1alpha1.volume import VolumeBackend
+from stratus_api.volume_wire import PoolUsage, disk_serial
+
+# What a fake node claims its volume pool holds (1 PiB): never the limit in a scale test.
+FAKE_CAPACITY = 2**50
+
+
+class FakeVolumeDriver:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.volumes: dict[str, StoredVolume] = {}
+        self.owners: dict[str, GuestOwner | None] = {}  # attached volumes: their owner
+
+    @property
+    def backend(self) -> VolumeBackend:
+        return VolumeBackend.FILE
+
+    async def create(
+        self,
+        uid: str,
+        size_bytes: int,
+        *,
+        image: CachedImage | None = None,
+        clone_of: str | None = None,
+        progress: ProgressListener | None = None,
+    ) -> StoredVolume:
+        if uid in self.volumes:
+            return self.volumes[uid]
+        source_size = 0
+        if image is not None:
+            source_size = image.virtual_size
+        elif clone_of is not None:
+            if clone_of not in self.volumes:
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_NOT_FOUND, f"source volume {clone_of} is not on this node"
+                )
+            source_size = self.volumes[clone_of].size_bytes
+        if size_bytes < source_size:
+            raise ProvisioningError(
+                GuestFailure.DISK_TOO_SMALL,
+                f"volume of {size_bytes} bytes is smaller than its source's {source_size}",
+            )
+        if progress is not None:
+            progress(100)
+        volume = StoredVolume(
+            uid=uid, size_bytes=size_bytes, location=str(self.directory / naming.volume_file(uid))
+        )
+        self.volumes[uid] = volume
+        return volume
+
+    async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
+        volume = self.volumes[uid]
+        if size_bytes < volume.size_bytes:
+            raise ProvisioningError(GuestFailure.DISK_TOO_SMALL, "volumes never shrink")
+        self.volumes[uid] = volume = StoredVolume(
+            uid=uid, size_bytes=size_bytes, location=volume.location
+        )
+        return volume
+
+    async def remove(self, uid: str) -> bool:
+        self.owners.pop(uid, None)
+        return self.volumes.pop(uid, None) is not None
+
+    async def list(self) -> list[StoredVolume]:
+        return sorted(self.volumes.values(), key=lambda volume: volume.uid)
+
+    async def attach(self, uid: str, owner: GuestOwner | None) -> VolumeAttachment:
+        if uid not in self.volumes:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND, f"volume {uid} is not on this node"
+            )
+        self.owners[uid] = owner
+        return VolumeAttachment(
+            name=uid, path=self.volumes[uid].location, format="qcow2", serial=disk_serial(uid)
+        )
+
+    async def detach(self, uid: str) -> None:
+        self.owners.pop(uid, None)
+
+    async def usage(self) -> PoolUsage:
+        used = sum(volume.size_bytes for volume in self.volumes.values())
+        return PoolUsage(
+            backend=self.backend,
+            capacity_bytes=FAKE_CAPACITY,
+            used_bytes=used,
+            free_bytes=max(FAKE_CAPACITY - used, 0),
+        )

@@ -1,0 +1,288 @@
+"""The file volume driver: each Volume is one standalone qcow2 file, `<uid>.qcow2`.
+
+Standalone means no backing file and no external data file: a volume outlives the image it
+was copied from and every guest it was attached to, so it must not depend on any other
+file. That is checked with our own header reader before a guest is given the file.
+
+Unattached volumes are the agent's (root's), 0600; attached ones belong to the guest's own
+QEMU user, 0600, as its root disk does. What exists is read from the directory itself, so it
+survives agent restarts; a volume being made is `.<uid>.qcow2.partial` until it is whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from stratus_agent import process
+from stratus_agent.base import (
+    CachedImage,
+    GuestOwner,
+    ProgressListener,
+    StoredVolume,
+    VolumeAttachment,
+)
+from stratus_agent.drivers.formats import qcow2
+from stratus_agent.drivers.storage.file import make_private
+from stratus_agent.errors import ProvisioningError
+from stratus_api import naming
+from stratus_api.reasons import GuestFailure
+from stratus_api.v1alpha1.volume import VolumeBackend
+from stratus_api.volume_wire import PoolUsage, disk_serial
+
+log = logging.getLogger(__name__)
+
+_SUFFIX = ".qcow2"  # naming.volume_file
+# `qemu-img convert -p` rewrites one line, "    (12.34/100%)", ending each with \r.
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+# A resize or create is quick; a copy takes as long as the data is big.
+_COPY_TIMEOUT = 24 * 3600.0
+
+
+class FileVolumeDriver:
+    """Volumes as files under one directory (state_dir/volumes)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def backend(self) -> VolumeBackend:
+        return VolumeBackend.FILE
+
+    def path(self, uid: str) -> Path:
+        return self.directory / naming.volume_file(uid)
+
+    def _partial(self, uid: str) -> Path:
+        return self.directory / f".{naming.volume_file(uid)}.partial"
+
+    async def create(
+        self,
+        uid: str,
+        size_bytes: int,
+        *,
+        image: CachedImage | None = None,
+        clone_of: str | None = None,
+        progress: ProgressListener | None = None,
+    ) -> StoredVolume:
+        path = self.path(uid)
+        if await asyncio.to_thread(path.exists):
+            return await self._stored(uid)
+        source: tuple[Path, str] | None = None
+        if image is not None:
+            source = (image.path, image.format)
+        elif clone_of is not None:
+            source = (await self._source_volume(clone_of), "qcow2")
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        partial = self._partial(uid)
+        try:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)  # a crashed attempt's
+            if source is None:
+                await process.run("qemu-img", "create", "-q", "-f", "qcow2", str(partial),
+                                  str(size_bytes))  # fmt: skip
+            else:
+                await self._copy(source, partial, size_bytes, progress)
+            await asyncio.to_thread(self._check_standalone, partial)
+            await asyncio.to_thread(_give_back, partial)
+            await asyncio.to_thread(partial.replace, path)
+        except process.CommandError as exc:
+            raise ProvisioningError(GuestFailure.VOLUME_CREATE_FAILED, str(exc)) from exc
+        finally:
+            partial.unlink(missing_ok=True)  # blocking but short; also runs when cancelled
+        return await self._stored(uid)
+
+    async def _source_volume(self, uid: str) -> Path:
+        source = self.path(uid)
+        if not await asyncio.to_thread(source.exists):
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND, f"source volume {uid} is not on this node"
+            )
+        await asyncio.to_thread(self._check_standalone, source)
+        return source
+
+    async def _copy(
+        self,
+        source: tuple[Path, str],
+        target: Path,
+        size_bytes: int,
+        progress: ProgressListener | None,
+    ) -> None:
+        """A standalone qcow2 copy of `source` at `target`, grown to `size_bytes`."""
+        path, fmt = source
+        virtual_size = await asyncio.to_thread(_virtual_size, path, fmt)
+        if size_bytes < virtual_size:
+            raise ProvisioningError(
+                GuestFailure.DISK_TOO_SMALL,
+                f"volume of {size_bytes} bytes is smaller than its source's virtual size of "
+                f"{virtual_size} bytes",
+            )
+        if progress is not None:
+            progress(0)
+        # -f: the format is known, never probed; no -B: the copy has no backing file.
+        await _convert(("-f", fmt, "-O", "qcow2", str(path), str(target)), progress)
+        if size_bytes > virtual_size:
+            await process.run("qemu-img", "resize", "-q", "-f", "qcow2", str(target),
+                              str(size_bytes))  # fmt: skip
+        if progress is not None:
+            progress(100)
+
+    def _check_standalone(self, path: Path) -> None:
+        """Refuse a file that is not qcow2 or that would make QEMU open another file."""
+        try:
+            header = qcow2.read_header(path)
+        except (OSError, qcow2.Qcow2Error) as exc:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_HAS_EXTERNAL_REFERENCE, f"{path.name}: unreadable: {exc}"
+            ) from exc
+        if header is None:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_HAS_EXTERNAL_REFERENCE, f"{path.name} is not qcow2"
+            )
+        references = header.external_references()
+        if references:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_HAS_EXTERNAL_REFERENCE,
+                f"{path.name} refers to {', '.join(references)}",
+            )
+
+    async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
+        """`qemu-img resize` of the file, which must not be open: a running guest's QEMU
+        holds its lock, and the resize fails (online growth needs the compute driver)."""
+        current = await self._stored(uid)
+        if size_bytes < current.size_bytes:
+            raise ProvisioningError(
+                GuestFailure.DISK_TOO_SMALL,
+                f"volume is {current.size_bytes} bytes; shrinking it to {size_bytes} would "
+                "lose data",
+            )
+        if size_bytes > current.size_bytes:
+            try:
+                await process.run("qemu-img", "resize", "-q", "-f", "qcow2",
+                                  str(self.path(uid)), str(size_bytes))  # fmt: skip
+            except process.CommandError as exc:
+                raise ProvisioningError(GuestFailure.VOLUME_CREATE_FAILED, str(exc)) from exc
+        return await self._stored(uid)
+
+    async def remove(self, uid: str) -> bool:
+        def unlink() -> bool:
+            self._partial(uid).unlink(missing_ok=True)
+            try:
+                self.path(uid).unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(unlink)
+
+    async def list(self) -> list[StoredVolume]:
+        return [*await asyncio.to_thread(self._list_now)]
+
+    def _list_now(self) -> Sequence[StoredVolume]:
+        found = []
+        try:
+            entries = [*os.scandir(self.directory)]
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            uid = entry.name.removesuffix(_SUFFIX)
+            if not entry.name.endswith(_SUFFIX) or not naming.is_uid(uid):
+                continue  # partials start with a dot
+            try:
+                found.append(_stored_now(Path(entry.path), uid))
+            except (OSError, qcow2.Qcow2Error) as exc:
+                log.warning("volumes: cannot read %s: %s", entry.path, exc)
+        return sorted(found, key=lambda volume: volume.uid)
+
+    async def _stored(self, uid: str) -> StoredVolume:
+        return await asyncio.to_thread(_stored_now, self.path(uid), uid)
+
+    async def attach(self, uid: str, owner: GuestOwner | None) -> VolumeAttachment:
+        path = self.path(uid)
+        if not await asyncio.to_thread(path.exists):
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND, f"volume {uid} is not on this node"
+            )
+        await asyncio.to_thread(self._check_standalone, path)
+        if owner is not None:
+            await asyncio.to_thread(make_private, path, owner)
+        return VolumeAttachment(name=uid, path=str(path), format="qcow2", serial=disk_serial(uid))
+
+    async def detach(self, uid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile: nothing to give
+            await asyncio.to_thread(_give_back, self.path(uid))
+
+    async def usage(self) -> PoolUsage:
+        volumes = await self.list()
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        fs = await asyncio.to_thread(os.statvfs, self.directory)
+        return PoolUsage(
+            backend=self.backend,
+            capacity_bytes=fs.f_blocks * fs.f_frsize,
+            used_bytes=sum(volume.size_bytes for volume in volumes),
+            free_bytes=fs.f_bavail * fs.f_frsize,
+        )
+
+
+def _stored_now(path: Path, uid: str) -> StoredVolume:
+    header = qcow2.read_header(path)
+    if header is None:
+        raise qcow2.Qcow2Error(f"{path.name} is not qcow2")
+    return StoredVolume(uid=uid, size_bytes=header.virtual_size, location=str(path))
+
+
+def _give_back(path: Path) -> None:
+    """The agent's own (root's) and private: no guest's QEMU may open it."""
+    st = path.stat()
+    ids = (os.geteuid(), os.getegid())
+    if (st.st_uid, st.st_gid) != ids:
+        os.chown(path, *ids)
+    path.chmod(0o600)
+
+
+def _virtual_size(path: Path, fmt: str) -> int:
+    """A source's virtual size: the qcow2 header's, or a raw file's length."""
+    if fmt == "qcow2":
+        header = qcow2.read_header(path)
+        if header is None:
+            raise qcow2.Qcow2Error(f"{path.name} is not qcow2")
+        return header.virtual_size
+    return path.stat().st_size
+
+
+async def _convert(args: tuple[str, ...], progress: ProgressListener | None) -> None:
+    """`qemu-img convert -p`, reporting its percentage to `progress` as it goes."""
+    argv = ("qemu-img", "convert", "-p", *args)
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    stderr = asyncio.create_task(child.stderr.read())
+
+    async def follow(stdout: asyncio.StreamReader) -> None:
+        last = -1
+        while chunk := await stdout.read(4096):
+            for match in _PROGRESS.finditer(chunk):
+                percent = int(float(match.group(1)))
+                if percent != last and progress is not None:
+                    last = percent
+                    progress(percent)
+
+    try:
+        await asyncio.wait_for(follow(child.stdout), _COPY_TIMEOUT)
+        code = await child.wait()
+    except BaseException:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        raise
+    finally:
+        err = (await stderr).decode(errors="replace")
+    if code != 0:
+        raise process.CommandError(argv, code, err)

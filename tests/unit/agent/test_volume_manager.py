@@ -1,0 +1,322 @@
+"""VolumeManager and the provisioner's volume disks, over the in-memory volume driver.
+
+The same behaviour with real qemu-img and files is in
+tests/integration/agent/test_file_volumes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stratus_agent import main as agent_main
+from stratus_agent.base import (
+    CachedImage,
+    GuestOwner,
+    ProgressListener,
+    StoredVolume,
+)
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
+from stratus_agent.drivers.images.fake import FAKE_VIRTUAL_SIZE, FakeImageStore
+from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
+from stratus_agent.errors import ProvisioningError
+from stratus_agent.manager.guests import GuestManager
+from stratus_agent.manager.provisioner import NodeProvisioner
+from stratus_agent.manager.sequence import SequenceClock
+from stratus_agent.manager.volumes import AttachmentBook, VolumeInUseError, VolumeManager
+from stratus_api.guest import GuestEvent, GuestSpec
+from stratus_api.reasons import GuestFailure
+from stratus_api.volume_wire import (
+    NodeVolumeSpec,
+    NodeVolumeState,
+    NodeVolumeStatus,
+    disk_serial,
+)
+from testsupport import guest_spec, volume_spec
+
+
+class Events:
+    """An EventSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[GuestEvent] = []
+
+    def publish(self, event: GuestEvent) -> None:
+        self.events.append(event)
+
+    def volumes(self, uid: str) -> list[NodeVolumeStatus]:
+        return [e.volume for e in self.events if e.volume is not None and e.volume.uid == uid]
+
+
+class GatedDriver(FakeVolumeDriver):
+    """The fake driver, whose creates and grows wait for `gate` and may fail."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.failing: Exception | None = None
+
+    async def create(
+        self,
+        uid: str,
+        size_bytes: int,
+        *,
+        image: CachedImage | None = None,
+        clone_of: str | None = None,
+        progress: ProgressListener | None = None,
+    ) -> StoredVolume:
+        if progress is not None:
+            progress(0)
+            progress(2)  # same step as 0: not published
+            progress(50)
+        await self.gate.wait()
+        if self.failing is not None:
+            raise self.failing
+        return await super().create(
+            uid, size_bytes, image=image, clone_of=clone_of, progress=progress
+        )
+
+    async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
+        await self.gate.wait()
+        return await super().grow(uid, size_bytes)
+
+
+@dataclass
+class Node:
+    volumes: VolumeManager
+    driver: GatedDriver
+    events: Events
+    book: AttachmentBook
+    provisioner: NodeProvisioner
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    driver = GatedDriver(tmp_path / "volumes")
+    events = Events()
+    book = AttachmentBook(tmp_path / "volumes" / "attachments.json")
+    images = FakeImageStore(tmp_path / "images")
+    volumes = VolumeManager(driver, images, events, node="node-1", book=book)
+    await volumes.start()
+    provisioner = agent_main.fake_provisioner(tmp_path)
+    provisioner.volumes = volumes
+    yield Node(volumes, driver, events, book, provisioner)
+    await volumes.stop()
+
+
+def vspec(**overrides: Any) -> NodeVolumeSpec:
+    return NodeVolumeSpec.model_validate(volume_spec(**overrides))
+
+
+async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def in_state(volumes: VolumeManager, uid: str, state: NodeVolumeState) -> Callable[[], bool]:
+    return lambda: (status := volumes.status(uid)) is not None and status.state is state
+
+
+async def available(node: Node, spec: NodeVolumeSpec) -> NodeVolumeStatus:
+    await node.volumes.ensure(spec)
+    await until("Available", in_state(node.volumes, spec.uid, NodeVolumeState.AVAILABLE))
+    status = node.volumes.status(spec.uid)
+    assert status is not None
+    return status
+
+
+async def test_ensure_answers_at_once_and_the_copy_goes_on_behind(node: Node) -> None:
+    node.driver.gate.clear()
+    image = {"uid": "0b6e7c52-0f0a-4a53-9a8e-6c1b1e5b2c3d", "name": "img", "url": "http://x/i"}
+    spec = vspec(sizeBytes=FAKE_VIRTUAL_SIZE * 2, source={"image": image})
+    first = await node.volumes.ensure(spec)
+    assert (first.state, first.progress, first.generation) == (NodeVolumeState.CREATING, 0, 1)
+    await until("progress 50", lambda: (s := node.volumes.status(spec.uid)) and s.progress == 50)
+
+    node.driver.gate.set()
+    done = await available(node, spec)
+    assert (done.size_bytes, done.progress, done.attached_to) == (FAKE_VIRTUAL_SIZE * 2, None, [])
+    reported = node.events.volumes(spec.uid)
+    assert [(s.state.value, s.progress) for s in reported] == [
+        ("Creating", 0), ("Creating", 50), ("Creating", 100), ("Available", None)
+    ]  # fmt: skip
+    assert all(e.type == "volume" for e in node.events.events)
+    sequences = [s.sequence or 0 for s in reported]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+    again = await node.volumes.ensure(spec)
+    assert again == done  # nothing to do, nothing reported
+    assert len(node.events.volumes(spec.uid)) == len(reported)
+
+
+async def test_a_larger_size_grows_a_smaller_one_never_shrinks(node: Node) -> None:
+    spec = vspec()
+    await available(node, spec)
+    node.driver.gate.clear()
+    bigger = vspec(uid=spec.uid, generation=2, sizeBytes=4 * 2**20)
+    extending = await node.volumes.ensure(bigger)
+    assert extending.state is NodeVolumeState.EXTENDING and extending.generation == 2
+    node.driver.gate.set()
+    grown = await available(node, bigger)
+    assert (grown.size_bytes, grown.generation) == (4 * 2**20, 2)
+
+    smaller = vspec(uid=spec.uid, generation=3, sizeBytes=2**20)
+    kept = await node.volumes.ensure(smaller)
+    assert (kept.state, kept.size_bytes, kept.generation) == (
+        NodeVolumeState.AVAILABLE,
+        4 * 2**20,
+        3,
+    )
+    # The source counts only at creation.
+    cloned = vspec(uid=spec.uid, generation=3, sizeBytes=4 * 2**20, source={"volume": spec.uid})
+    assert (await node.volumes.ensure(cloned)).state is NodeVolumeState.AVAILABLE
+
+
+async def test_a_failure_is_reported_and_the_same_spec_tries_again(node: Node) -> None:
+    node.driver.failing = ProvisioningError(GuestFailure.VOLUME_CREATE_FAILED, "disk on fire")
+    spec = vspec()
+    await node.volumes.ensure(spec)
+    await until("Failed", in_state(node.volumes, spec.uid, NodeVolumeState.FAILED))
+    failed = node.volumes.status(spec.uid)
+    assert failed is not None
+    assert (failed.reason, failed.message) == ("VolumeCreateFailed", "disk on fire")
+
+    node.driver.failing = None
+    await available(node, spec)
+
+
+async def test_a_source_too_small_or_missing_fails(node: Node) -> None:
+    image = {"uid": "0b6e7c52-0f0a-4a53-9a8e-6c1b1e5b2c3d", "name": "img", "url": "http://x/i"}
+    small = vspec(sizeBytes=FAKE_VIRTUAL_SIZE - 1, source={"image": image})
+    await node.volumes.ensure(small)
+    await until("Failed", in_state(node.volumes, small.uid, NodeVolumeState.FAILED))
+    assert (status := node.volumes.status(small.uid)) and status.reason == "DiskTooSmall"
+
+    orphan = vspec(source={"volume": "7c1f0b1e-8a51-4a44-9b0f-2f7f4c8f2a11"})
+    await node.volumes.ensure(orphan)
+    await until("Failed", in_state(node.volumes, orphan.uid, NodeVolumeState.FAILED))
+    assert (status := node.volumes.status(orphan.uid)) and status.reason == "VolumeNotFound"
+
+
+async def test_a_clone_copies_another_volume(node: Node) -> None:
+    source = await available(node, vspec(sizeBytes=3 * 2**20))
+    clone = await available(node, vspec(sizeBytes=3 * 2**20, source={"volume": source.uid}))
+    assert clone.size_bytes == 3 * 2**20 and set(node.driver.volumes) == {source.uid, clone.uid}
+
+
+def guest_with(*volumes: NodeVolumeStatus) -> GuestSpec:
+    disks: list[dict[str, Any]] = [guest_spec()["disks"][0]]
+    for index, volume in enumerate(volumes):
+        serial = disk_serial(volume.uid)
+        disks.append(
+            {
+                "name": f"data{index}",
+                "volume": {"uid": volume.uid, "backend": "file", "serial": serial},
+            }
+        )
+    return GuestSpec.model_validate(guest_spec(disks=disks))
+
+
+async def test_guests_attach_available_volumes_and_delete_waits_for_them(node: Node) -> None:
+    volume = await available(node, vspec())
+    guest = guest_with(volume)
+    facts = await node.provisioner.prepare(guest)
+    (attachment,) = facts.volumes
+    assert (attachment.name, attachment.serial) == ("data0", disk_serial(volume.uid))
+    assert (status := node.volumes.status(volume.uid)) and status.attached_to == [guest.uid]
+    assert node.events.volumes(volume.uid)[-1].attached_to == [guest.uid]
+
+    with pytest.raises(VolumeInUseError) as refused:
+        await node.volumes.delete(volume.uid)
+    assert refused.value.guests == [guest.uid] and guest.uid in str(refused.value)
+
+    other = guest_with(volume)
+    with pytest.raises(ProvisioningError) as in_use:
+        await node.provisioner.prepare(other)
+    assert in_use.value.reason is GuestFailure.VOLUME_IN_USE and in_use.value.transient
+
+    await node.provisioner.cleanup(guest.uid)
+    assert (status := node.volumes.status(volume.uid)) and status.attached_to == []
+    assert volume.uid not in node.driver.owners
+    assert await node.volumes.delete(volume.uid) is True
+    assert node.volumes.status(volume.uid) is None
+    assert node.events.volumes(volume.uid)[-1].state is NodeVolumeState.MISSING
+    assert await node.volumes.delete(volume.uid) is False  # idempotent
+
+
+async def test_a_guest_dropping_a_volume_lets_go_of_it(node: Node) -> None:
+    kept, dropped = await available(node, vspec()), await available(node, vspec())
+    guest = guest_with(kept, dropped)
+    owner = GuestOwner(uid=5000, gid=5000)
+    held = await node.volumes.use(guest.uid, [kept.uid, dropped.uid], owner)
+    assert set(held) == {kept.uid, dropped.uid} and node.driver.owners[dropped.uid] == owner
+    await node.volumes.use(guest.uid, [kept.uid], owner)
+    assert dropped.uid not in node.driver.owners
+    assert (status := node.volumes.status(dropped.uid)) and status.attached_to == []
+
+
+async def test_a_missing_or_busy_volume_fails_the_guest_transiently(node: Node) -> None:
+    missing = NodeVolumeStatus(uid="7c1f0b1e-8a51-4a44-9b0f-2f7f4c8f2a11", state="Missing")
+    with pytest.raises(ProvisioningError) as absent:
+        await node.provisioner.prepare(guest_with(missing))
+    assert absent.value.reason is GuestFailure.VOLUME_NOT_FOUND and absent.value.transient
+
+    node.driver.gate.clear()
+    creating = await node.volumes.ensure(vspec())
+    with pytest.raises(ProvisioningError, match="Creating") as busy:
+        await node.provisioner.prepare(guest_with(creating))
+    assert busy.value.reason is GuestFailure.VOLUME_NOT_FOUND
+
+
+async def test_a_restarted_manager_finds_volumes_and_their_guests(node: Node) -> None:
+    volume = await available(node, vspec())
+    guest = guest_with(volume)
+    await node.provisioner.prepare(guest)
+
+    events = Events()
+    images = FakeImageStore(node.driver.directory)
+    restarted = VolumeManager(node.driver, images, events, node="node-1", book=node.book)
+    await restarted.start()
+    status = restarted.status(volume.uid)
+    assert status is not None and status.state is NodeVolumeState.AVAILABLE
+    assert status.attached_to == [guest.uid]
+    with pytest.raises(VolumeInUseError):
+        await restarted.delete(volume.uid)
+
+    inventory = await restarted.inventory()
+    assert inventory.node == "node-1" and [v.uid for v in inventory.volumes] == [volume.uid]
+    assert (inventory.volumes[0].sequence or 0) > (status.sequence or 0)
+    (pool,) = inventory.pools
+    assert (pool.backend.value, pool.used_bytes) == ("file", 2**20)
+
+
+async def test_guest_and_volume_reports_share_one_order(tmp_path: Path) -> None:
+    events = Events()
+    sequence = SequenceClock()
+    volumes = VolumeManager(
+        FakeVolumeDriver(tmp_path), FakeImageStore(tmp_path), events, node="n", sequence=sequence
+    )
+    guests = GuestManager(
+        FakeComputeDriver(), agent_main.fake_provisioner(tmp_path), events, sequence=sequence
+    )
+    await volumes.start()
+    await guests.start()
+    try:
+        for _ in range(3):
+            await guests.ensure(GuestSpec.model_validate(guest_spec()))
+            await volumes.ensure(vspec())
+        await asyncio.sleep(0.05)
+    finally:
+        await guests.stop()
+    stamps = [(e.guest or e.volume).sequence for e in events.events]  # type: ignore[union-attr]
+    assert {e.type for e in events.events} == {"guest", "volume"}
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # type: ignore[type-var]
