@@ -1,0 +1,92 @@
+"""Volumes through the real API server and operator, with agents on the fake compute driver
+(volume data in the fake volume driver): binding, attach, exclusivity, deletion."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from testsupport import Cluster, apply, basics, condition, instance, wait_until
+
+if TYPE_CHECKING:
+    from conftest import ImageServer, Operator, StartFakeAgent
+
+
+def volume(name: str, size: str = "1Gi", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Volume", "metadata": {"name": name},
+            "spec": {"size": size, **spec}}  # fmt: skip
+
+
+def status_of(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = cluster.get_json(kind, name, "-n", namespace).get("status", {})
+    return found
+
+
+def reason_of(cluster: Cluster, namespace: str, kind: str, name: str) -> str | None:
+    ready = condition(status_of(cluster, namespace, kind, name), "Ready") or {}
+    return ready.get("reason")
+
+
+def test_local_volumes_bind_attach_once_and_outlive_their_instance(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    a, b = start_fake_agent(), start_fake_agent()
+    on = {"nodeSelector": {"stratus.io/test": a.name}}
+    apply(cluster, namespace, *basics(image_server.url()),
+          volume("data"), volume("pinned", **on),
+          volume("far", nodeSelector={"stratus.io/test": b.name}))  # fmt: skip
+
+    # With a nodeSelector, made at once on that node; without, it waits for an Instance.
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "volume/pinned",
+                    "--timeout=60s")  # fmt: skip
+    pinned = status_of(cluster, namespace, "volume", "pinned")
+    assert (pinned["phase"], pinned["node"], pinned["sizeBytes"]) == ("Available", a.name, 2**30)
+    wait_until("data waits for a consumer", lambda: reason_of(
+        cluster, namespace, "volume", "data") == "WaitingForFirstConsumer")  # fmt: skip
+    assert status_of(cluster, namespace, "volume", "data")["phase"] == "Pending"
+
+    # The first Instance binds it to its own node and gets it as a disk.
+    apply(cluster, namespace, instance("web", volumes=[{"name": "data"}], **on))
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/web",
+                    "--timeout=60s")  # fmt: skip
+    data = cluster.get_json("volume", "data", "-n", namespace)
+    assert data["status"]["node"] == a.name
+    wait_until("data InUse by web", lambda: status_of(cluster, namespace, "volume", "data").get(
+        "attachedTo") == "web")  # fmt: skip
+    assert status_of(cluster, namespace, "volume", "data")["phase"] == "InUse"
+    held = {v["uid"]: v for v in a.request("GET", "/v1/volumes")["volumes"]}
+    web_uid = cluster.get_json("instance", "web", "-n", namespace)["metadata"]["uid"]
+    assert held[data["metadata"]["uid"]]["attachedTo"] == [web_uid]
+
+    # A second Instance may not attach it; one needing Volumes on two nodes fits nowhere.
+    apply(cluster, namespace, instance("other", volumes=[{"name": "data"}]),
+          instance("split", volumes=[{"name": "pinned"}, {"name": "far"}]))  # fmt: skip
+    wait_until("other refused", lambda: reason_of(
+        cluster, namespace, "instance", "other") == "VolumeInUse")  # fmt: skip
+    other = condition(status_of(cluster, namespace, "instance", "other"), "Ready") or {}
+    assert "spec.volumes[0].name: Volume data is attached to Instance web" in other["message"]
+    wait_until("split unschedulable", lambda: reason_of(
+        cluster, namespace, "instance", "split") == "Unschedulable")  # fmt: skip
+    split = condition(status_of(cluster, namespace, "instance", "split"), "Ready") or {}
+    assert "different nodes" in split["message"]
+
+    # Deleting a Volume in use waits, naming the Instance; the guest keeps its disk.
+    cluster.kubectl("-n", namespace, "delete", "volume", "data", "--wait=false")
+    wait_until("data held", lambda: status_of(cluster, namespace, "volume", "data").get(
+        "phase") == "Deleting")  # fmt: skip
+    held_by = condition(status_of(cluster, namespace, "volume", "data"), "Ready") or {}
+    assert held_by["reason"] == "VolumeInUse" and "other, web" in held_by["message"]
+    assert data["metadata"]["uid"] in {v["uid"] for v in a.request("GET", "/v1/volumes")["volumes"]}
+
+    # Once no Instance names it, the deletion goes through and nothing is left on the node.
+    cluster.kubectl("-n", namespace, "delete", "instance", "web", "other", "split",
+                    "--timeout=60s")  # fmt: skip
+    cluster.kubectl("-n", namespace, "wait", "--for=delete", "volume/data", "--timeout=60s")
+    assert data["metadata"]["uid"] not in {
+        v["uid"] for v in a.request("GET", "/v1/volumes")["volumes"]
+    }
+    # The other Volumes outlive the Instances that used them.
+    assert status_of(cluster, namespace, "volume", "pinned")["phase"] == "Available"
