@@ -134,9 +134,9 @@ class Reason(enum.StrEnum):
     # The same words as the node's failures: the operator finds these out before asking it.
     DISK_TOO_SMALL = GuestFailure.DISK_TOO_SMALL.value
     BOOT_VOLUME_UNSUPPORTED = GuestFailure.BOOT_VOLUME_UNSUPPORTED.value
-    VOLUME_NOT_FOUND = "VolumeNotFound"  # an Instance names a Volume that does not exist
+    VOLUME_NOT_FOUND = GuestFailure.VOLUME_NOT_FOUND.value  # an Instance names no Volume
     VOLUME_NOT_READY = "VolumeNotReady"  # an Instance waits for its Volume's data
-    VOLUME_IN_USE = "VolumeInUse"  # attached to another Instance, or blocks a delete
+    VOLUME_IN_USE = GuestFailure.VOLUME_IN_USE.value  # another Instance's, or blocks a delete
     VOLUMES_ON_DIFFERENT_NODES = "VolumesOnDifferentNodes"
     WAITING_FOR_FIRST_CONSUMER = "WaitingForFirstConsumer"  # a local Volume with no node yet
     NO_MATCHING_NODE = "NoMatchingNode"  # no Ready Hypervisor matches a Volume's nodeSelector
