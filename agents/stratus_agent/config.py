@@ -184,6 +184,9 @@ class FakeComputeConfig(_Section):
 
     cpu: int = Field(default=1024, ge=1)
     memory_bytes: int = Field(default=4 * 2**40, ge=2**30)
+    volume_pool_bytes: int = Field(
+        default=2**50, ge=0, description="Size of the fake volume pool (storage.driver fake)."
+    )
 
 
 class AgentConfig(_Section):

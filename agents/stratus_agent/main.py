@@ -68,7 +68,7 @@ def volume_driver(config: agent_config.AgentConfig) -> base.VolumeDriver:
     if config.storage.driver == "fake":
         from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
 
-        return FakeVolumeDriver(directory)
+        return FakeVolumeDriver(directory, capacity=config.fake.volume_pool_bytes)
     from stratus_agent.drivers.storage.file_volumes import FileVolumeDriver
 
     return FileVolumeDriver(directory)

@@ -143,6 +143,7 @@ class Reason(enum.StrEnum):
     SOURCE_NOT_READY = "SourceNotReady"  # a Volume's source Image or Volume is not ready
     SOURCE_NOT_FOUND = "SourceNotFound"
     BACKEND_UNSUPPORTED = "BackendUnsupported"
+    INSUFFICIENT_STORAGE = "InsufficientStorage"  # the node's pool cannot hold the Volume
     VOLUME_CREATING = "VolumeCreating"
     VOLUME_AVAILABLE = "VolumeAvailable"
     VOLUME_EXTENDING = "VolumeExtending"

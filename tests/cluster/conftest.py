@@ -111,8 +111,8 @@ def start_fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[StartFakeAgen
     stratus.io/test=NAME; `spec` is merged into its Hypervisor spec."""
     started: list[FakeAgent] = []
 
-    def start(cpu: int = 1024, **spec: Any) -> FakeAgent:
-        agent = _fake_agent(cluster, tmp_path / f"agent-{len(started)}", cpu, spec)
+    def start(cpu: int = 1024, volume_pool: int = 2**50, **spec: Any) -> FakeAgent:
+        agent = _fake_agent(cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec)
         started.append(agent)
         return agent
 
@@ -131,7 +131,9 @@ def fake_agent(start_fake_agent: StartFakeAgent) -> FakeAgent:
     return start_fake_agent()
 
 
-def _fake_agent(cluster: Cluster, tmp_path: Path, cpu: int, spec: dict[str, Any]) -> FakeAgent:
+def _fake_agent(
+    cluster: Cluster, tmp_path: Path, cpu: int, volume_pool: int, spec: dict[str, Any]
+) -> FakeAgent:
     tmp_path.mkdir(parents=True)
     name = f"fake-{uuid.uuid4().hex[:8]}"
     token = secrets.token_urlsafe(24)
@@ -143,7 +145,7 @@ def _fake_agent(cluster: Cluster, tmp_path: Path, cpu: int, spec: dict[str, Any]
     config.write_text(
         f"node_name: {name}\ntoken_file: {token_file}\nstate_dir: {tmp_path / 'state'}\n"
         f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
-        f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}}}\n"
+        f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}, volume_pool_bytes: {volume_pool}}}\n"
     )
     agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
     agent.start()

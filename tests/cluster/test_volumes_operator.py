@@ -33,7 +33,7 @@ def test_local_volumes_bind_attach_once_and_outlive_their_instance(
     operator: Operator,
     image_server: ImageServer,
 ) -> None:
-    a, b = start_fake_agent(), start_fake_agent()
+    a, b = start_fake_agent(volume_pool=3 * 2**30), start_fake_agent()
     on = {"nodeSelector": {"stratus.io/test": a.name}}
     apply(cluster, namespace, *basics(image_server.url()),
           volume("data"), volume("pinned", **on),
@@ -90,3 +90,31 @@ def test_local_volumes_bind_attach_once_and_outlive_their_instance(
     }
     # The other Volumes outlive the Instances that used them.
     assert status_of(cluster, namespace, "volume", "pinned")["phase"] == "Available"
+
+
+def test_a_volume_the_node_cannot_hold_says_so_and_waits(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+) -> None:
+    small = start_fake_agent(volume_pool=2 * 2**30)
+
+    def pools() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = cluster.get_json("hypervisor", small.name).get(
+            "status", {}).get("storage", [])  # fmt: skip
+        return found
+
+    wait_until("the pool reported", pools)
+    assert pools() == [{"backend": "file", "capacity": "2Gi", "provisioned": "0", "free": "2Gi"}]
+    apply(cluster, namespace, volume("huge", "3Gi", nodeSelector={"stratus.io/test": small.name}))
+    wait_until("huge refused", lambda: reason_of(
+        cluster, namespace, "volume", "huge") == "InsufficientStorage")  # fmt: skip
+    huge = status_of(cluster, namespace, "volume", "huge")
+    message = (condition(huge, "Ready") or {})["message"]
+    assert (
+        message
+        == f"spec.size: 3Gi does not fit on node {small.name}: its file pool has 2Gi free of 2Gi"
+    )
+    assert huge["phase"] == "Pending" and (condition(huge, "Reconciling") or {})["status"] == "True"
+    assert small.request("GET", "/v1/volumes")["volumes"] == []

@@ -219,9 +219,11 @@ class VolumeManager:
                 stored = self._stored.get(uid)
                 if stored is None:
                     self._begin(uid, spec)
+                    await self._check_room(spec, spec.size_bytes)
                     self._stored[uid] = await self._create(spec)
                 elif spec.size_bytes > stored.size_bytes:
                     self._begin(uid, spec)
+                    await self._check_room(spec, spec.size_bytes - stored.size_bytes)
                     self._stored[uid] = await self._driver.grow(uid, spec.size_bytes)
                 if self._desired.get(uid) is spec:
                     self._record(
@@ -248,6 +250,17 @@ class VolumeManager:
                 message=message,
             )
         )
+
+    async def _check_room(self, spec: NodeVolumeSpec, needed: int) -> None:
+        """Refuse what the pool cannot hold once written in full: volumes are thin, but a
+        guest that fills one on a full pool would see I/O errors, not a clear condition."""
+        pool = await self._driver.usage()
+        if needed > pool.free_bytes:
+            raise ProvisioningError(
+                GuestFailure.NODE_STORAGE_FULL,
+                f"volume {spec.namespace}/{spec.name} needs {needed} bytes; the node's "
+                f"{pool.backend} pool has {pool.free_bytes} free",
+            )
 
     async def _create(self, spec: NodeVolumeSpec) -> StoredVolume:
         source = spec.source

@@ -12,7 +12,7 @@ from stratus_api.quantity import ByteQuantity, ByteRange
 from stratus_api.v1alpha1.base import ApiModel, Condition, PrinterColumn, Resource, list_map
 from stratus_api.v1alpha1.image import URL_HOST, URL_PORT
 from stratus_api.v1alpha1.instancetype import MAX_MEMORY
-from stratus_api.v1alpha1.volume import RESOURCE_NAME_MAX
+from stratus_api.v1alpha1.volume import RESOURCE_NAME_MAX, VolumeBackend
 
 # Explicit ASCII classes, as every pattern here: a host (name, dotted IPv4 or bracketed
 # IPv6), an optional port and an optional path; no user:password, query or fragment.
@@ -120,6 +120,15 @@ class Resources(ApiModel):
     memory: ByteQuantity = Field(description="Memory.")
 
 
+class StoragePool(ApiModel):
+    """One volume backend on the node, as its agent last reported it."""
+
+    backend: VolumeBackend = Field(description="The backend its Volumes use.")
+    capacity: ByteQuantity = Field(description="Size of the filesystem or pool.")
+    provisioned: ByteQuantity = Field(description="Virtual size of the Volumes in it.")
+    free: ByteQuantity = Field(description="What it can still store.")
+
+
 class HypervisorStatus(ApiModel):
     """What the agent reports and what the operator has placed on it."""
 
@@ -133,6 +142,12 @@ class HypervisorStatus(ApiModel):
         "spec.allocationRatio, filled in by the operator.",
     )
     allocated: Resources | None = Field(default=None, description="What instances placed here use.")
+    storage: list[StoragePool] = Field(
+        default_factory=list,
+        max_length=len(VolumeBackend),  # one per backend; bounds the CEL cost estimate
+        description="Volume pools on the node: a Volume is made only where it fits.",
+        json_schema_extra=list_map("backend"),
+    )
     heartbeat: datetime | None = Field(default=None, description="Last successful health check.")
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."

@@ -11,12 +11,18 @@ from stratus_api.guest import NodeInventory
 from stratus_api.quantity import ByteQuantity
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance
-from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, VirtType
+from stratus_api.v1alpha1.hypervisor import HypervisorStatus, Resources, StoragePool, VirtType
 from stratus_api.v1alpha1.instance import InstanceStatus
+from stratus_api.volume_wire import PoolUsage
 from stratus_operator.controllers import conditions, placement
 from stratus_operator.controllers.instance import StatusChange
 from stratus_operator.services import allocations, instances
-from stratus_operator.services.agent_client import AgentClient, AgentError, AgentUnauthorized
+from stratus_operator.services.agent_client import (
+    AgentClient,
+    AgentError,
+    AgentRejected,
+    AgentUnauthorized,
+)
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
@@ -31,18 +37,33 @@ class Probe:
     inventory: NodeInventory | None
     reason: str = Reason.AGENT_READY
     message: str = ""
+    pools: tuple[PoolUsage, ...] = ()
 
 
 async def probe(hypervisor: Hypervisor, runtime: Runtime) -> Probe:
     try:
         client = await runtime.agents.client(hypervisor, refresh=True)  # token rotation
-        return Probe(await client.inventory())
+        inventory = await client.inventory()
+        try:
+            pools = tuple((await client.volumes()).pools)
+        except AgentRejected:  # an agent that holds no volumes
+            pools = ()
+        return Probe(inventory, pools=pools)
     except AgentNotConfigured as exc:
         return Probe(None, Reason.AGENT_NOT_CONFIGURED, str(exc))
     except AgentUnauthorized as exc:
         return Probe(None, Reason.AGENT_UNAUTHORIZED, f"{exc} (check spec.tokenSecretRef)")
     except AgentError as exc:
         return Probe(None, Reason.AGENT_UNREACHABLE, str(exc))
+
+
+def storage_pool(pool: PoolUsage) -> StoragePool:
+    return StoragePool(
+        backend=pool.backend,
+        capacity=ByteQuantity(pool.capacity_bytes),
+        provisioned=ByteQuantity(pool.used_bytes),
+        free=ByteQuantity(pool.free_bytes),
+    )
 
 
 def with_probe(
@@ -66,6 +87,7 @@ def with_probe(
         free = placement.allocatable(hypervisor.model_copy(update={"status": reported}))
         virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
         update |= {
+            "storage": [storage_pool(pool) for pool in found.pools],
             "virt_type": virt,
             "capacity": capacity,
             "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from stratus_api.reasons import Reason
-from stratus_api.v1alpha1 import Instance, Volume
+from stratus_api.v1alpha1 import Hypervisor, Instance, Volume
 from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
 from stratus_api.volume_wire import NodeVolumeStatus
 from stratus_operator.controllers.instance import InstanceProblem
@@ -100,8 +100,28 @@ async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) ->
             Reason.HYPERVISOR_GONE, f"status.node: Hypervisor {node} no longer exists; the "
             "volume's data was there", retry=False,
         )  # fmt: skip
+    check_room(volume, hypervisor)
     client = await runtime.agents.client(hypervisor)
     return with_report(node, await client.ensure_volume(spec))
+
+
+def check_room(volume: Volume, hypervisor: Hypervisor) -> None:
+    """The node's pool for the Volume's backend must hold what is still to be written (the
+    whole size when new, the growth when larger), by its last health check; the node
+    checks again itself."""
+    have = (volume.status.size_bytes if volume.status else None) or 0
+    needed = volume.spec.size.bytes - have
+    pools = hypervisor.status.storage if hypervisor.status else []
+    pool = next((p for p in pools if p.backend == volume.spec.backend), None)
+    if needed <= 0 or pool is None:
+        return  # nothing to add, or not reported yet: the node decides
+    if needed > pool.free.bytes:
+        raise VolumeProblem(
+            Reason.INSUFFICIENT_STORAGE,
+            f"spec.size: {volume.spec.size} does not fit on node {hypervisor.metadata.name}: "
+            f"its {volume.spec.backend} pool has {pool.free} free of {pool.capacity}",
+            field="spec.size",
+        )  # fmt: skip
 
 
 def failed(exc: Exception) -> VolumeChange | None:

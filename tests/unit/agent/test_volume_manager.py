@@ -320,3 +320,24 @@ async def test_guest_and_volume_reports_share_one_order(tmp_path: Path) -> None:
     stamps = [(e.guest or e.volume).sequence for e in events.events]  # type: ignore[union-attr]
     assert {e.type for e in events.events} == {"guest", "volume"}
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # type: ignore[type-var]
+
+
+async def test_a_volume_the_pool_cannot_hold_fails_and_is_made_once_room_is_there(
+    node: Node,
+) -> None:
+    node.driver.capacity = 3 * 2**20
+    spec = vspec(sizeBytes=4 * 2**20)
+    await node.volumes.ensure(spec)
+    await until("Failed", in_state(node.volumes, spec.uid, NodeVolumeState.FAILED))
+    failed = node.volumes.status(spec.uid)
+    assert failed is not None and failed.reason == "NodeStorageFull"
+    assert "needs 4194304 bytes" in failed.message and "3145728 free" in failed.message
+    assert spec.uid not in node.driver.volumes  # nothing half made
+
+    node.driver.capacity = 8 * 2**20
+    await available(node, spec)  # the same spec again, now that it fits
+    grown = spec.model_copy(update={"size_bytes": 16 * 2**20, "generation": 2})
+    await node.volumes.ensure(grown)
+    await until("grow refused", in_state(node.volumes, spec.uid, NodeVolumeState.FAILED))
+    refused = node.volumes.status(spec.uid)
+    assert refused is not None and "needs 12582912 bytes" in refused.message

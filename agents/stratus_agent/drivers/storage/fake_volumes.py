@@ -22,8 +22,9 @@ FAKE_CAPACITY = 2**50
 
 
 class FakeVolumeDriver:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, capacity: int = FAKE_CAPACITY) -> None:
         self.directory = directory
+        self.capacity = capacity
         self.volumes: dict[str, StoredVolume] = {}
         self.owners: dict[str, GuestOwner | None] = {}  # attached volumes: their owner
 
@@ -97,7 +98,7 @@ class FakeVolumeDriver:
         used = sum(volume.size_bytes for volume in self.volumes.values())
         return PoolUsage(
             backend=self.backend,
-            capacity_bytes=FAKE_CAPACITY,
+            capacity_bytes=self.capacity,
             used_bytes=used,
-            free_bytes=max(FAKE_CAPACITY - used, 0),
+            free_bytes=max(self.capacity - used, 0),
         )
