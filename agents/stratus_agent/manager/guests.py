@@ -232,7 +232,14 @@ class GuestManager:
                     "guest %s: restart token %r is new: restarting it", uid, spec.restart_token
                 )
             self._driven[uid] = spec.generation
+            seen = self._status.get(uid)
             status = await self.compute.ensure(spec, facts, restart=restart)
+            reported = self._status.get(uid)
+            if reported is not seen:
+                # The driver reported a change while it worked (the guest started, then was
+                # destroyed from outside): that report is newer than its answer, which was
+                # read before it. The answer must not undo it.
+                status = reported or GuestStatus(uid=uid, state=GuestState.MISSING)
             self._applied[uid] = spec
             acted = self._act_on_token(uid, spec.restart_token)
         except ProvisioningError as exc:
@@ -249,7 +256,7 @@ class GuestManager:
             )
         # No await between the driver's answer and recording it: a change the driver
         # reports meanwhile (the guest stopped) must not be overwritten by this older one.
-        self._record(status.model_copy(update={"generation": spec.generation}))
+        self._record(status.model_copy(update={"generation": spec.generation, "sequence": None}))
         if acted is not None and self._book is not None:
             # Saved after the restart, not before: an agent that dies in between restarts
             # the guest again rather than report a restart that never happened.

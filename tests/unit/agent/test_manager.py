@@ -472,3 +472,37 @@ async def test_reports_are_ordered_across_an_agent_restart(node: Node) -> None:
     await again.stop()
     assert listed is not None and listed.sequence is not None
     assert listed.sequence > sequences[-1]  # type: ignore[operator]
+
+
+class DestroyedWhileStarting(FakeComputeDriver):
+    """Starts the guest, then (before its answer gets back) someone destroys it: the
+    answer says Running, the event after it says Stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.destroy_next = True
+
+    async def ensure(
+        self, spec: GuestSpec, facts: NodeFacts, *, restart: bool = False
+    ) -> GuestStatus:
+        answer = await super().ensure(spec, facts, restart=restart)
+        if self.destroy_next:
+            self.destroy_next = False
+            self.event(spec.uid, GuestState.STOPPED)
+        return answer
+
+
+async def test_a_stop_reported_while_the_driver_worked_is_not_undone_by_its_answer(
+    tmp_path: Path,
+) -> None:
+    compute = DestroyedWhileStarting()
+    manager = GuestManager(compute, FlakyProvisioner(tmp_path), EventHub(), policy=FAST)
+    await manager.start()
+    try:
+        guest = spec()
+        await manager.ensure(guest)
+        # Stopped on its own while runStrategy says Running: started again, counted once.
+        await until("restarted", lambda: (s := manager.status(guest.uid)) is not None
+                    and s.state is GuestState.RUNNING and s.restarts == 1)  # fmt: skip
+    finally:
+        await manager.stop()
