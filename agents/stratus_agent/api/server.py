@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +35,7 @@ NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
 IMAGES = web.AppKey("images", ImageStore)
 VOLUMES = web.AppKey("volumes", VolumeManager)
+Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec)
 
 
 class AgentMetrics:
@@ -155,7 +157,7 @@ def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
         async def checked(request: web.Request) -> web.Response:
             uid = request.match_info["uid"]
             if not naming.is_uid(uid):
-                return _error(400, f"{uid!r} in the URL is not a {kind} UID (a Kubernetes UID)")
+                return _error(400, f"{uid!r} in the URL is not {kind} UID (a Kubernetes UID)")
             return await handler(request, uid)
 
         return checked
@@ -163,8 +165,9 @@ def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
     return route
 
 
-guest_route = _uid_route("guest")
-volume_route = _uid_route("volume")
+guest_route = _uid_route("a guest")
+volume_route = _uid_route("a volume")
+image_route = _uid_route("an image")
 
 
 @guest_route
@@ -175,20 +178,31 @@ async def get_guest(request: web.Request, uid: str) -> web.Response:
     return web.json_response(text=status.model_dump_json(by_alias=True))
 
 
-@guest_route
-async def put_guest(request: web.Request, uid: str) -> web.Response:
+async def _spec_of(
+    request: web.Request, uid: str, model: type[Spec], what: str
+) -> Spec | web.Response:
+    """The PUT body as `model`, for the UID in the URL; else the error reply (400 not JSON,
+    422 naming each field)."""
     try:
         raw = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"body is not JSON: {exc}")
     try:
-        spec = GuestSpec.model_validate(raw)
+        spec = model.model_validate(raw)
     except ValidationError as exc:
         problems = [str(problem) for problem in problems_of(exc)]
-        return _error(422, "invalid guest spec: " + "; ".join(problems), problems=problems)
+        return _error(422, f"invalid {what} spec: " + "; ".join(problems), problems=problems)
     if spec.uid != uid:
         problem = f"uid: {spec.uid} does not match the URL's {uid}"
-        return _error(422, f"invalid guest spec: {problem}", problems=[problem])
+        return _error(422, f"invalid {what} spec: {problem}", problems=[problem])
+    return spec
+
+
+@guest_route
+async def put_guest(request: web.Request, uid: str) -> web.Response:
+    spec = await _spec_of(request, uid, GuestSpec, "guest")
+    if isinstance(spec, web.Response):
+        return spec
     try:
         status = await request.app[MANAGER].ensure(spec)
     except StaleSpecError as exc:
@@ -228,18 +242,9 @@ async def get_volume(request: web.Request, uid: str) -> web.Response:
 @volume_route
 async def put_volume(request: web.Request, uid: str) -> web.Response:
     volumes = _volumes(request)
-    try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, f"body is not JSON: {exc}")
-    try:
-        spec = NodeVolumeSpec.model_validate(raw)
-    except ValidationError as exc:
-        problems = [str(problem) for problem in problems_of(exc)]
-        return _error(422, "invalid volume spec: " + "; ".join(problems), problems=problems)
-    if spec.uid != uid:
-        problem = f"uid: {spec.uid} does not match the URL's {uid}"
-        return _error(422, f"invalid volume spec: {problem}", problems=[problem])
+    spec = await _spec_of(request, uid, NodeVolumeSpec, "volume")
+    if isinstance(spec, web.Response):
+        return spec
     status = await volumes.ensure(spec)
     return web.json_response(text=status.model_dump_json(by_alias=True))
 
@@ -253,12 +258,10 @@ async def delete_volume(request: web.Request, uid: str) -> web.Response:
     return web.Response(status=204)
 
 
-async def delete_image(request: web.Request) -> web.Response:
+@image_route
+async def delete_image(request: web.Request, uid: str) -> web.Response:
     """The Image is gone: evict its cached file now, or once no guest's root disk uses it.
     An app made without an image store has nothing to evict."""
-    uid = request.match_info["uid"]
-    if not naming.is_uid(uid):
-        return _error(400, f"{uid!r} in the URL is not an image UID (a Kubernetes UID)")
     images = request.app.get(IMAGES)
     if images is None:
         return web.json_response({"evicted": False, "inUse": False})
