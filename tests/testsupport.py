@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -135,6 +136,15 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, poll: f
             return result
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll `check()` on the event loop (in-process agents) until it holds; else fail."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
 
 
 # -- the operator against a real API server (tests/cluster) --

@@ -24,7 +24,7 @@ from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook, RestartRecord
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure
-from testsupport import guest_spec
+from testsupport import guest_spec, until
 
 FAST = RecoveryPolicy(
     retry=Backoff(0.01, 0.05), restart=Backoff(0.01, 0.05), node_check_seconds=0.01
@@ -71,14 +71,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     await manager.start()
     yield Node(manager, compute, provisioner, book)
     await manager.stop()
-
-
-async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def state(manager: GuestManager, uid: str) -> GuestStatus | None:

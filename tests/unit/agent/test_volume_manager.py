@@ -37,7 +37,7 @@ from stratus_api.volume_wire import (
     NodeVolumeStatus,
     disk_serial,
 )
-from testsupport import guest_spec, volume_spec
+from testsupport import guest_spec, until, volume_spec
 
 
 class Events:
@@ -112,14 +112,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 def vspec(**overrides: Any) -> NodeVolumeSpec:
     return NodeVolumeSpec.model_validate(volume_spec(**overrides))
-
-
-async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def in_state(volumes: VolumeManager, uid: str, state: NodeVolumeState) -> Callable[[], bool]:
