@@ -78,14 +78,14 @@ async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeCha
             return waiting_for_consumer()
         async with runtime.decisions:
             node = node_of(volume, runtime) or pick_node(volume, world.hypervisors())
-            runtime.volume_nodes[volume.metadata.uid or ""] = node
+            bind(volume, node, runtime)
     assert node is not None  # every supported backend is node-local so far
     return await dispatch(volume, node, world, runtime)
 
 
 def bind(volume: Volume, node: str, runtime: Runtime) -> None:
-    """Bind an unbound local Volume to the node an Instance that uses it was placed on;
-    the caller holds runtime.decisions."""
+    """Bind an unbound local Volume to `node` (its nodeSelector's pick, or the node of the
+    first Instance using it); the caller holds runtime.decisions."""
     runtime.volume_nodes.setdefault(volume.metadata.uid or "", node)
 
 
@@ -247,8 +247,8 @@ async def made_ready(volumes: list[Volume], node: str, world: World, runtime: Ru
         status = volume.status or VolumeStatus()
         if status.phase in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
             continue
-        if is_local(volume) and node_of(volume, runtime) is None:
-            bind(volume, node, runtime)
+        if is_local(volume):
+            bind(volume, node, runtime)  # a bound one keeps its node
         try:
             change = await dispatch(volume, node_of(volume, runtime) or node, world, runtime)
         except Exception as exc:
