@@ -118,3 +118,31 @@ def test_a_volume_the_node_cannot_hold_says_so_and_waits(
     )
     assert huge["phase"] == "Pending" and (condition(huge, "Reconciling") or {})["status"] == "True"
     assert small.request("GET", "/v1/volumes")["volumes"] == []
+
+
+def test_volumes_that_cannot_be_had_say_why_on_the_named_field(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    node = start_fake_agent()
+    apply(cluster, namespace, *basics(image_server.url()), volume("rbd", backend="ceph"),
+          instance("lonely", volumes=[{"name": "nothing"}],
+                   nodeSelector={"stratus.io/test": node.name}))  # fmt: skip
+    # A backend this operator does not serve yet: the user's move, so Stalled.
+    wait_until("ceph refused", lambda: reason_of(
+        cluster, namespace, "volume", "rbd") == "BackendUnsupported")  # fmt: skip
+    rbd = status_of(cluster, namespace, "volume", "rbd")
+    assert (condition(rbd, "Ready") or {})["message"].startswith("spec.backend: ceph volumes")
+    assert rbd["phase"] == "Error" and (condition(rbd, "Stalled") or {})["status"] == "True"
+    # A Volume that does not exist (yet): the Instance waits, naming the field.
+    wait_until("lonely waits", lambda: reason_of(
+        cluster, namespace, "instance", "lonely") == "VolumeNotFound")  # fmt: skip
+    lonely = status_of(cluster, namespace, "instance", "lonely")
+    assert (condition(lonely, "Ready") or {})["message"] == (
+        "spec.volumes[0].name: Volume nothing not found"
+    )
+    assert (condition(lonely, "Reconciling") or {})["status"] == "True"
+    assert node.guest_uids() == set()
