@@ -253,6 +253,7 @@ def test_guest_without_seed_still_gets_ready_and_powers_off_on_acpi(
     markers = guest.wait_for("ready")
     assert "no cidata" in markers
     assert not [m for m in markers if m.startswith(("hostname=", "ip ", "user-data"))]
+    assert "acpid is not listening" not in markers, guest.diagnostics()
 
     # What libvirt's graceful shutdown does: press the ACPI power button.
     guest.monitor("system_powerdown")
