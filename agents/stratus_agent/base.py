@@ -9,7 +9,7 @@ configuration, in stratus_agent.main, and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -27,6 +27,8 @@ VirtType = Literal["kvm", "qemu"]
 GuestListener = Callable[[GuestStatus], None]
 # Called with a copy's percentage done (0-100) while a volume's data is being made.
 ProgressListener = Callable[[int], None]
+# ComputeDriver.resize_disk: (guest UID, disk serial, bytes) -> whether it was done live.
+LiveResizer = Callable[[str, str, int], Awaitable[bool]]
 
 
 # Node facts: what the node decided or prepared for one guest.
@@ -141,7 +143,17 @@ class ComputeDriver(Protocol):
         """Define the guest, or update its definition, and bring it to `spec.power`:
         Running (started, resumed), Paused (started if needed, then suspended) or Stopped.
         `restart`: power-cycle a guest that was already running, so it boots afresh from
-        its current definition; a guest this call starts boots afresh anyway."""
+        its current definition; a guest this call starts boots afresh anyway.
+
+        A guest left running gets the volume disks its new definition adds or drops
+        plugged in or out live (hot-plug). A dropped disk counts as gone only once the guest
+        has released it: until then ProvisioningError(VOLUME_DETACH_PENDING), so the caller
+        keeps the volume held and tries again."""
+
+    async def resize_disk(self, uid: str, serial: str, size_bytes: int) -> bool:
+        """Grow the disk with `serial` of the running guest `uid` through its hypervisor,
+        which resizes the image it holds open and tells the guest at once. False when the
+        guest is not running or has no such disk: the caller grows it offline."""
 
     async def delete(self, uid: str) -> bool:
         """Stop and undefine the guest; True if there was one."""
@@ -214,7 +226,8 @@ class VolumeDriver(Protocol):
         half-made volume never looks like a whole one. Raises ProvisioningError."""
 
     async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
-        """Grow the volume to `size_bytes`; never shrinks (refused). Offline for now."""
+        """Grow the volume to `size_bytes` while no running guest holds it open (a running
+        guest's is grown through ComputeDriver.resize_disk); never shrinks (refused)."""
 
     async def remove(self, uid: str) -> bool:
         """Remove the volume's data; True if there was some."""
@@ -264,7 +277,12 @@ class Provisioner(Protocol):
     """Makes what a guest needs on the node besides the guest itself (the manager's seam)."""
 
     async def prepare(self, spec: GuestSpec) -> NodeFacts:
-        """Image, root disk, seed, networking; idempotent."""
+        """Image, root disk, seed, networking, the spec's volumes; idempotent. It only adds:
+        what an older spec held and this one drops is let go by `settle`."""
+
+    async def settle(self, spec: GuestSpec) -> None:
+        """The guest now matches `spec` (the compute driver said so): let go of what it no
+        longer uses (volumes unplugged from it)."""
 
     async def check_node(self) -> None:
         """Repair node-wide state guests depend on; periodic, idempotent."""

@@ -145,6 +145,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         node=config.node_name,
         sequence=sequence,
         book=AttachmentBook(config.state_dir / "volumes" / "attachments.json"),
+        resize_live=compute.resize_disk,
     )
     await volumes.start()
     provisioner = NodeProvisioner(

@@ -40,6 +40,11 @@ class GuestFailure(enum.StrEnum):
     VOLUME_CREATE_FAILED = "VolumeCreateFailed"
     # A Volume's data refers to files outside itself (a backing or data file): never used.
     VOLUME_HAS_EXTERNAL_REFERENCE = "VolumeHasExternalReference"
+    # Hot-plugging a Volume's disk into the running guest failed; tried again.
+    VOLUME_ATTACH_FAILED = "VolumeAttachFailed"
+    # A Volume left the spec, but the running guest has not released its disk yet (it must
+    # answer the ACPI eject; a paused guest cannot): it stays held until it does.
+    VOLUME_DETACH_PENDING = "VolumeDetachPending"
     # Node plumbing (bridge, ports, libvirt) failed; the agent re-ensures and retries.
     NETWORK_SETUP_FAILED = "NetworkSetupFailed"
     AGENT_ERROR = "AgentError"
@@ -68,6 +73,8 @@ TRANSIENT = frozenset(
         GuestFailure.AGENT_ERROR,
         GuestFailure.VOLUME_NOT_FOUND,
         GuestFailure.VOLUME_IN_USE,
+        GuestFailure.VOLUME_ATTACH_FAILED,
+        GuestFailure.VOLUME_DETACH_PENDING,
     }
 )
 

@@ -234,11 +234,12 @@ class GuestManager:
             self._driven[uid] = spec.generation
             seen = self._status.get(uid)
             status = await self.compute.ensure(spec, facts, restart=restart)
+            await self._provisioner.settle(spec)  # what the guest no longer uses is let go
             reported = self._status.get(uid)
             if reported is not seen:
-                # The driver reported a change while it worked (the guest started, then was
-                # destroyed from outside): that report is newer than its answer, which was
-                # read before it. The answer must not undo it.
+                # The driver reported a change while it (or settle) worked (the guest
+                # started, then was destroyed from outside): that report is newer than its
+                # answer, which was read before it. The answer must not undo it.
                 status = reported or GuestStatus(uid=uid, state=GuestState.MISSING)
             self._applied[uid] = spec
             acted = self._act_on_token(uid, spec.restart_token)

@@ -94,6 +94,11 @@ class NodeProvisioner:
             replace(held[volume.uid], name=name, serial=volume.serial) for name, volume in disks
         )
 
+    async def settle(self, spec: GuestSpec) -> None:
+        if self.volumes is not None:
+            kept = [disk.volume.uid for disk in spec.disks[1:] if disk.volume is not None]
+            await self.volumes.keep_only(spec.uid, kept)
+
     async def cleanup(self, uid: str) -> None:
         """Ports, disk, seed and the guest's user; each driver logs rather than raises, so
         every step runs: retrying a delete would not fix a leftover."""

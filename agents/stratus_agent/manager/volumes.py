@@ -18,12 +18,14 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from stratus_agent.base import (
     EventSink,
     GuestOwner,
     ImageStore,
+    LiveResizer,
     ProgressListener,
     StoredVolume,
     VolumeAttachment,
@@ -39,6 +41,7 @@ from stratus_api.volume_wire import (
     NodeVolumeState,
     NodeVolumeStatus,
     VolumeInventory,
+    disk_serial,
 )
 
 log = logging.getLogger(__name__)
@@ -89,8 +92,12 @@ class VolumeManager:
         node: str,
         sequence: SequenceClock | None = None,
         book: AttachmentBook | None = None,
+        resize_live: LiveResizer | None = None,
     ) -> None:
+        """`resize_live`: the compute driver's resize_disk, which grows a volume that a
+        running guest holds open (None: volumes only grow offline)."""
         self._driver = driver
+        self._resize_live = resize_live
         self._images = images
         self._hub = hub
         self._node = node
@@ -224,7 +231,7 @@ class VolumeManager:
                 elif spec.size_bytes > stored.size_bytes:
                     self._begin(uid, spec)
                     await self._check_room(spec, spec.size_bytes - stored.size_bytes)
-                    self._stored[uid] = await self._driver.grow(uid, spec.size_bytes)
+                    self._stored[uid] = await self._grow(stored, spec.size_bytes)
                 if self._desired.get(uid) is spec:
                     self._record(
                         self._report(uid, NodeVolumeState.AVAILABLE, generation=spec.generation)
@@ -238,6 +245,15 @@ class VolumeManager:
         finally:
             if self._tasks.get(uid) is task:
                 self._tasks.pop(uid, None)
+
+    async def _grow(self, stored: StoredVolume, size_bytes: int) -> StoredVolume:
+        """Through the hypervisor of a running guest that holds the volume open (the guest
+        sees the new size at once), else offline through the backend."""
+        if self._resize_live is not None:
+            for guest in sorted(self._users.get(stored.uid, ())):
+                if await self._resize_live(guest, disk_serial(stored.uid), size_bytes):
+                    return replace(stored, size_bytes=size_bytes)
+        return await self._driver.grow(stored.uid, size_bytes)
 
     def _fail(self, uid: str, spec: NodeVolumeSpec, reason: str, message: str) -> None:
         log.warning("volume %s: %s: %s", uid, reason, message)
@@ -331,8 +347,9 @@ class VolumeManager:
     async def use(
         self, guest_uid: str, volume_uids: Sequence[str], owner: GuestOwner | None
     ) -> dict[str, VolumeAttachment]:
-        """Attach `volume_uids` to the guest (each Available, used by no other guest) and
-        let go of the ones it used before and no longer does; attachments by volume UID."""
+        """Attach `volume_uids` to the guest (each Available, used by no other guest);
+        attachments by volume UID. Volumes it used before are kept: `keep_only` lets go of
+        them once the guest has released them."""
         attachments: dict[str, VolumeAttachment] = {}
         for uid in dict.fromkeys(volume_uids):
             status = self._status.get(uid)
@@ -357,10 +374,14 @@ class VolumeManager:
                 self._users[uid].add(guest_uid)
                 await self._save()
                 self._restate(uid)
-        for uid in [v for v, guests in self._users.items() if guest_uid in guests]:
-            if uid not in attachments:
-                await self._drop(uid, guest_uid)
         return attachments
+
+    async def keep_only(self, guest_uid: str, volume_uids: Sequence[str]) -> None:
+        """The guest uses `volume_uids` and nothing else now (its hypervisor unplugged the
+        rest): let go of the others."""
+        for uid in [v for v, guests in self._users.items() if guest_uid in guests]:
+            if uid not in volume_uids:
+                await self._drop(uid, guest_uid)
 
     async def release(self, guest_uid: str) -> None:
         """The guest is gone: it uses none of its volumes any more. Logs rather than raises."""

@@ -44,9 +44,13 @@ def schedule(
     seed(world, runtime)
     known = (instance.status.node if instance.status else None) or runtime.placements.node_of(uid)
     if known and required is not None and known != required:
-        raise scheduler.Unschedulable(
-            f"spec.volumes: the Instance runs on {known}, its local Volumes are on {required}"
-        )
+        # Placed already: moving it is not the scheduler's to do; the user picks another
+        # Volume (or one that is not bound yet).
+        raise InstanceProblem(
+            Reason.VOLUMES_ON_DIFFERENT_NODES,
+            f"spec.volumes: the Instance runs on {known}, its local Volumes are on {required}",
+            field="spec.volumes", stalled=True,
+        )  # fmt: skip
     if known:
         return known
     candidates = []

@@ -147,7 +147,14 @@ async def remove(volume: Volume, world: World, runtime: Runtime) -> None:
     hypervisor = world.hypervisor(node) if node else None
     if hypervisor is not None:
         client = await runtime.agents.client(hypervisor)
-        await client.delete_volume(uid)
+        try:
+            await client.delete_volume(uid)
+        except AgentRejected as exc:
+            if exc.status != 409:
+                raise
+            # Dropped from every spec, but a guest has not released it yet.
+            holder = world.instance(runtime.volume_holders.get(uid, ""))
+            raise VolumeInUse([holder.metadata.name or "" if holder else "a guest"]) from exc
     elif node:
         log.warning("volume %s: node %s is gone; nothing to delete there", volume.metadata.name,
                     node)  # fmt: skip
@@ -167,6 +174,20 @@ async def apply_report(report: NodeVolumeStatus, node: str, world: World, rt: Ru
             return
         rt.reported[report.uid] = report.sequence
     await write_status(volume, rt, with_report(node, report))
+    if not report.attached_to:
+        await _detached(volume, world, rt)
+
+
+async def _detached(volume: Volume, world: World, runtime: Runtime) -> None:
+    """The node says no guest uses the Volume: an Instance whose spec dropped it has let go,
+    and the Volume is free for others. One that still names it keeps its claim (it is being
+    attached)."""
+    uid = volume.metadata.uid or ""
+    holder = runtime.volume_holders.get(uid)
+    if holder is None or names(world.instance(holder), volume):
+        return
+    del runtime.volume_holders[uid]
+    await set_attached(volume, None, runtime)
 
 
 async def set_attached(volume: Volume, instance: str | None, runtime: Runtime) -> None:
@@ -194,6 +215,13 @@ def holder_of(volume: Volume, world: World, runtime: Runtime) -> str | None:
     return None
 
 
+def names(instance: Instance | None, volume: Volume) -> bool:
+    """Whether the Instance's spec (still) uses the Volume."""
+    return instance is not None and any(
+        a.name == volume.metadata.name for a in instance.spec.volumes
+    )
+
+
 def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
     """The Volumes in the Instance's spec.volumes, claimed for it (one Instance per Volume);
     InstanceProblem naming the field when one is missing, going, or another's. The caller
@@ -212,11 +240,18 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
         holder = holder_of(volume, world, runtime)
         if holder is not None and holder != uid:
             other = world.instance(holder)
+            who = other.metadata.name if other else holder
+            if not names(other, volume):
+                raise InstanceProblem(
+                    Reason.VOLUME_IN_USE,
+                    f"{field}: Volume {attachment.name} is being detached from Instance "
+                    f"{who}; it attaches here once that guest has released it",
+                    field=field,
+                )  # fmt: skip
             raise InstanceProblem(
                 Reason.VOLUME_IN_USE,
-                f"{field}: Volume {attachment.name} is attached to Instance "
-                f"{other.metadata.name if other else holder}; a volume attaches to one "
-                "Instance at a time",
+                f"{field}: Volume {attachment.name} is attached to Instance {who}; a volume "
+                "attaches to one Instance at a time",
                 field=field, stalled=True,
             )  # fmt: skip
         found.append(volume)

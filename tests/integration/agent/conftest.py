@@ -117,8 +117,10 @@ class Node:
     def domain_id(self, uid: str) -> str:
         return virsh("domid", naming.domain_name(uid)).stdout.strip()
 
-    def domain_xml(self, uid: str) -> str:
-        return virsh("dumpxml", naming.domain_name(uid)).stdout
+    def domain_xml(self, uid: str, *, inactive: bool = False) -> str:
+        """The live definition, or with `inactive` the persistent one."""
+        flags = ("--inactive",) if inactive else ()
+        return virsh("dumpxml", *flags, naming.domain_name(uid)).stdout
 
     def ovs_ports_of(self, uid: str) -> list[str]:
         """OVS interfaces tagged external_ids:vm-id=<uid>, on any bridge."""

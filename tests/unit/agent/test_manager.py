@@ -50,6 +50,9 @@ class FlakyProvisioner:
     async def check_node(self) -> None:
         self.node_checks += 1
 
+    async def settle(self, spec: GuestSpec) -> None:
+        await self.inner.settle(spec)
+
     async def cleanup(self, uid: str) -> None:
         await self.inner.cleanup(uid)
 

@@ -27,6 +27,7 @@ from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.provisioner import NodeProvisioner
+from stratus_agent.manager.recovery import Backoff, RecoveryPolicy
 from stratus_agent.manager.sequence import SequenceClock
 from stratus_agent.manager.volumes import AttachmentBook, VolumeInUseError, VolumeManager
 from stratus_api.guest import GuestEvent, GuestSpec
@@ -245,15 +246,109 @@ async def test_guests_attach_available_volumes_and_delete_waits_for_them(node: N
     assert await node.volumes.delete(volume.uid) is False  # idempotent
 
 
-async def test_a_guest_dropping_a_volume_lets_go_of_it(node: Node) -> None:
+async def test_a_guest_dropping_a_volume_lets_go_of_it_once_settled(node: Node) -> None:
     kept, dropped = await available(node, vspec()), await available(node, vspec())
     guest = guest_with(kept, dropped)
     owner = GuestOwner(uid=5000, gid=5000)
     held = await node.volumes.use(guest.uid, [kept.uid, dropped.uid], owner)
     assert set(held) == {kept.uid, dropped.uid} and node.driver.owners[dropped.uid] == owner
+    # A newer spec without it: still held while the guest may have it plugged in.
     await node.volumes.use(guest.uid, [kept.uid], owner)
-    assert dropped.uid not in node.driver.owners
+    assert node.driver.owners[dropped.uid] == owner
+    with pytest.raises(VolumeInUseError):
+        await node.volumes.delete(dropped.uid)
+    await node.volumes.keep_only(guest.uid, [kept.uid])  # the guest released it
+    assert dropped.uid not in node.driver.owners and kept.uid in node.driver.owners
     assert (status := node.volumes.status(dropped.uid)) and status.attached_to == []
+
+
+async def test_a_volume_a_running_guest_holds_grows_through_its_hypervisor(
+    tmp_path: Path,
+) -> None:
+    resized: list[tuple[str, str, int]] = []
+    running = {"guest-a": False}
+
+    async def resize_live(guest: str, serial: str, size_bytes: int) -> bool:
+        if running.get(guest):
+            resized.append((guest, serial, size_bytes))
+        return running.get(guest, False)
+
+    driver = GatedDriver(tmp_path / "volumes")
+    volumes = VolumeManager(
+        driver, FakeImageStore(tmp_path), Events(), node="n", resize_live=resize_live
+    )
+    await volumes.start()
+    try:
+        spec = vspec(sizeBytes=2**20)
+        await volumes.ensure(spec)
+        await until("Available", in_state(volumes, spec.uid, NodeVolumeState.AVAILABLE))
+        await volumes.use("guest-a", [spec.uid], None)
+
+        running["guest-a"] = True  # online: QEMU grows it, the backend is not touched
+        driver.gate.clear()  # an offline grow would hang here
+        await volumes.ensure(vspec(uid=spec.uid, generation=2, sizeBytes=2 * 2**20))
+        await until("grown", lambda: (s := volumes.status(spec.uid)) and s.size_bytes == 2**21)
+        assert resized == [("guest-a", disk_serial(spec.uid), 2**21)]
+        assert driver.volumes[spec.uid].size_bytes == 2**20
+
+        running["guest-a"] = False  # stopped: the backend grows it offline
+        driver.gate.set()
+        await volumes.ensure(vspec(uid=spec.uid, generation=3, sizeBytes=3 * 2**20))
+        await until("grown", lambda: (s := volumes.status(spec.uid)) and s.size_bytes == 3 * 2**20)
+        assert driver.volumes[spec.uid].size_bytes == 3 * 2**20 and len(resized) == 1
+    finally:
+        await volumes.stop()
+
+
+async def test_a_volume_stays_held_while_the_guest_has_not_released_it(
+    tmp_path: Path,
+) -> None:
+    """The compute driver cannot confirm a hot-unplug (the guest ignores the eject): the
+    guest fails transiently and keeps the volume; once it confirms, the volume is let go."""
+
+    class StuckUnplug(FakeComputeDriver):
+        stuck = True
+
+        async def ensure(self, spec: GuestSpec, facts: Any, *, restart: bool = False) -> Any:
+            if self.stuck and len(spec.disks) == 1 and spec.uid in self.boots:
+                raise ProvisioningError(GuestFailure.VOLUME_DETACH_PENDING, "not released")
+            return await super().ensure(spec, facts, restart=restart)
+
+    events = Events()
+    volumes = VolumeManager(FakeVolumeDriver(tmp_path), FakeImageStore(tmp_path), events, node="n")
+    provisioner = agent_main.fake_provisioner(tmp_path)
+    provisioner.volumes = volumes
+    compute = StuckUnplug()
+    guests = GuestManager(
+        compute, provisioner, events, policy=RecoveryPolicy(retry=Backoff(0.01, 0.02))
+    )
+    await volumes.start()
+    await guests.start()
+    try:
+        volume = vspec()
+        await volumes.ensure(volume)
+        await until("Available", in_state(volumes, volume.uid, NodeVolumeState.AVAILABLE))
+        status = volumes.status(volume.uid)
+        assert status is not None
+        with_volume = guest_with(status)
+        await guests.ensure(with_volume)
+        await until("attached", lambda: (s := volumes.status(volume.uid)) and s.attached_to)
+
+        without = with_volume.model_copy(update={"generation": 2, "disks": with_volume.disks[:1]})
+        await guests.ensure(without)
+        await until("pending", lambda: (s := guests.status(without.uid)) is not None
+                    and s.reason == GuestFailure.VOLUME_DETACH_PENDING)  # fmt: skip
+        assert (s := volumes.status(volume.uid)) and s.attached_to == [without.uid]
+        with pytest.raises(VolumeInUseError):
+            await volumes.delete(volume.uid)
+
+        compute.stuck = False  # the guest answers the eject: the retry succeeds
+        await until("released", lambda: (s := volumes.status(volume.uid)) is not None
+                    and s.attached_to == [])  # fmt: skip
+        assert await volumes.delete(volume.uid) is True
+    finally:
+        await guests.stop()
+        await volumes.stop()
 
 
 async def test_a_missing_or_busy_volume_fails_the_guest_transiently(node: Node) -> None:

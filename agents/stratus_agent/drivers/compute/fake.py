@@ -59,6 +59,9 @@ class FakeComputeDriver:
         # The generation stands for the one libvirt keeps in the domain's definition.
         return self._set(GuestStatus(uid=spec.uid, state=wanted, generation=spec.generation))
 
+    async def resize_disk(self, uid: str, serial: str, size_bytes: int) -> bool:
+        return False  # it holds no image open: volumes grow offline, through their driver
+
     async def delete(self, uid: str) -> bool:
         gone = self._guests.pop(uid, None)
         self.boots.pop(uid, None)

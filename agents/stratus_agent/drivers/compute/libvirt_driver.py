@@ -16,6 +16,8 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,15 @@ import libvirt
 from stratus_agent import base
 from stratus_agent.domain import builder
 from stratus_agent.domain import xml as domain_xml
+from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
+from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 20.0
+DETACH_WAIT_SECONDS = 10.0
 _EVENT_LOOP_LOCK = threading.Lock()
 _event_loop_started = False
 
@@ -154,6 +159,77 @@ class LibvirtGuest:
                 if self.running():
                     raise
 
+    def live_disks(self) -> list[domain_xml.Disk]:
+        return list(domain_xml.Domain.from_xml(self.domain.XMLDesc(0)).devices.disks)
+
+    def plug_volumes(self, wanted: Sequence[domain_xml.Disk], wait: float) -> None:
+        """Bring the running guest's volume disks (those with a serial) to `wanted`: plug
+        in the new ones, ask the guest to release the dropped ones, and wait up to `wait`
+        seconds until it has (PCI hot-unplug needs the guest to answer the ACPI eject)."""
+        live = self.live_disks()
+        wanted_serials = {d.serial for d in wanted if d.serial}
+        dropped = [d for d in live if d.serial and d.serial not in wanted_serials]
+        for disk in dropped:
+            try:
+                self.domain.detachDeviceFlags(
+                    domain_xml.to_text(disk.to_element()), libvirt.VIR_DOMAIN_AFFECT_LIVE
+                )
+            except libvirt.libvirtError as exc:
+                # Already being unplugged (an earlier ask still waits for the guest): the
+                # wait below tells whether it went.
+                log.info("guest %s: detach of disk %s: %s", self.uid, disk.target_dev, exc)
+        plugged = {d.serial for d in live}
+        taken = {d.target_dev for d in live} | {d.target_dev for d in wanted}
+        for disk in wanted:
+            if not disk.serial or disk.serial in plugged:
+                continue
+            live_targets = {d.target_dev for d in live}
+            target = disk.target_dev
+            if target in live_targets:
+                # Targets shifted in the new definition while the old disks stay plugged
+                # where they were: any free name will do, the guest names disks by serial.
+                target = next(f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"
+                              if f"vd{c}" not in taken)  # fmt: skip
+                taken.add(target)
+            try:
+                self.domain.attachDeviceFlags(
+                    domain_xml.to_text(replace(disk, target_dev=target).to_element()),
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE,
+                )
+            except libvirt.libvirtError as exc:
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_ATTACH_FAILED,
+                    f"plugging volume disk {disk.serial} into the running guest failed: {exc}",
+                ) from exc
+        if dropped:
+            self._wait_unplugged({d.serial for d in dropped}, wait)
+
+    def _wait_unplugged(self, serials: set[str | None], wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            left = sorted(d.serial or "" for d in self.live_disks() if d.serial in serials)
+            if not left:
+                return
+            if time.monotonic() >= deadline or not self.running():
+                break
+            time.sleep(0.2)
+        if not self.running():
+            return  # stopped meanwhile: nothing holds the disks any more
+        raise ProvisioningError(
+            GuestFailure.VOLUME_DETACH_PENDING,
+            f"the guest has not released volume disk(s) {', '.join(left)} yet: it must answer "
+            "the ACPI eject request (a paused or still booting guest cannot); the volume "
+            "stays attached until it does",
+        )
+
+    def resize(self, serial: str, size_bytes: int) -> bool:
+        """Grow the plugged disk with `serial`; False if there is none."""
+        disk = next((d for d in self.live_disks() if d.serial == serial), None)
+        if disk is None:
+            return False
+        self.domain.blockResize(disk.target_dev, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        return True
+
     def undefine(self) -> None:
         flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         self.domain.undefineFlags(flags)
@@ -239,6 +315,7 @@ class LibvirtComputeDriver:
         virt_type: base.VirtType | None = None,
         shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
         qemu_state_dir: Path | None = None,
+        detach_wait: float = DETACH_WAIT_SECONDS,
     ) -> None:
         """`console_dir`: where each guest's console log goes. `qemu_state_dir`: libvirt's
         per-domain state directory, kept traversable for guests with users of their own."""
@@ -248,6 +325,8 @@ class LibvirtComputeDriver:
         self.virt_type: base.VirtType = virt_type or "qemu"
         # Seconds a guest gets to power off on ACPI before it is destroyed.
         self.shutdown_grace = shutdown_grace
+        # Seconds a running guest gets to release a volume disk dropped from its spec.
+        self.detach_wait = detach_wait
         self.qemu_state_dir = qemu_state_dir
         self._forced_virt_type = virt_type
         # A libvirt call in a worker thread outlives the cancelled task that made it, so
@@ -322,9 +401,10 @@ class LibvirtComputeDriver:
     async def ensure(
         self, spec: GuestSpec, facts: base.NodeFacts, *, restart: bool = False
     ) -> GuestStatus:
-        xml = builder.build_domain(
+        domain = builder.build_domain(
             spec, facts, virt_type=self.virt_type, console_log=str(self.console_log(spec.uid))
-        ).to_xml()
+        )
+        xml = domain.to_xml()
 
         lock = self._locks.setdefault(spec.uid, threading.Lock())
         deletes = self._deletes.get(spec.uid, 0)
@@ -341,6 +421,8 @@ class LibvirtComputeDriver:
                     return guest.status()
                 if restart and guest.running():
                     self._power_cycle(guest, spec.uid)
+                elif guest.running():
+                    guest.plug_volumes(domain.devices.disks, self.detach_wait)
                 guest.start()
                 if spec.power is PowerState.PAUSED:
                     guest.suspend()
@@ -349,6 +431,18 @@ class LibvirtComputeDriver:
                 return guest.status()
 
         return await asyncio.to_thread(apply)
+
+    async def resize_disk(self, uid: str, serial: str, size_bytes: int) -> bool:
+        lock = self._locks.setdefault(uid, threading.Lock())
+
+        def resize() -> bool:
+            with lock:
+                guest = self.host.guest(uid)
+                if guest is None or not guest.running():
+                    return False
+                return guest.resize(serial, size_bytes)
+
+        return await asyncio.to_thread(resize)
 
     async def delete(self, uid: str) -> bool:
         lock = self._locks.setdefault(uid, threading.Lock())
