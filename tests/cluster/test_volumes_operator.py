@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from testsupport import Cluster, apply, basics, condition, instance, wait_until
@@ -146,3 +147,59 @@ def test_volumes_that_cannot_be_had_say_why_on_the_named_field(
     )
     assert (condition(lonely, "Reconciling") or {})["status"] == "True"
     assert node.guest_uids() == set()
+
+
+def test_a_volume_moves_between_running_instances(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    a, b = start_fake_agent(), start_fake_agent()
+    on_a = {"nodeSelector": {"stratus.io/test": a.name}}
+    apply(cluster, namespace, *basics(image_server.url()), volume("data", **on_a),
+          volume("far", nodeSelector={"stratus.io/test": b.name}),
+          instance("first", **on_a), instance("second", **on_a))  # fmt: skip
+    for name in ("first", "second"):
+        cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"instance/{name}",
+                        "--timeout=60s")  # fmt: skip
+    uid = {name: cluster.get_json(kind, name, "-n", namespace)["metadata"]["uid"]
+           for kind, name in (("instance", "first"), ("instance", "second"),
+                              ("volume", "data"))}  # fmt: skip
+
+    def users_on_a() -> list[str]:
+        held = {v["uid"]: v for v in a.request("GET", "/v1/volumes")["volumes"]}
+        found: list[str] = held[uid["data"]]["attachedTo"]
+        return found
+
+    def patch(name: str, *volumes: str) -> None:
+        body = json.dumps({"spec": {"volumes": [{"name": v} for v in volumes]}})
+        cluster.kubectl("-n", namespace, "patch", "instance", name, "--type=merge", "-p", body)
+
+    # Added to a running Instance: attached on its node, InUse by it.
+    patch("first", "data")
+    wait_until("data on first", lambda: users_on_a() == [uid["first"]])
+    wait_until("data InUse by first", lambda: status_of(cluster, namespace, "volume", "data").get(
+        "attachedTo") == "first")  # fmt: skip
+    # Dropped from it and named by another at once: it moves once the node let go.
+    patch("first")
+    patch("second", "data")
+    wait_until("data on second", lambda: users_on_a() == [uid["second"]])
+    wait_until("data InUse by second", lambda: status_of(
+        cluster, namespace, "volume", "data").get("attachedTo") == "second")  # fmt: skip
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/second",
+                    "--timeout=60s")  # fmt: skip
+    assert status_of(cluster, namespace, "volume", "data")["phase"] == "InUse"
+
+    # A running Instance cannot take a local Volume bound to another node: it says so and
+    # keeps running where it is.
+    patch("first", "far")
+    wait_until("first refused far", lambda: reason_of(
+        cluster, namespace, "instance", "first") == "VolumesOnDifferentNodes")  # fmt: skip
+    first = status_of(cluster, namespace, "instance", "first")
+    assert (condition(first, "Ready") or {})["message"] == (
+        f"spec.volumes: the Instance runs on {a.name}, its local Volumes are on {b.name}"
+    )
+    assert (condition(first, "Stalled") or {})["status"] == "True"
+    assert (first["phase"], first["node"]) == ("Running", a.name)

@@ -1,51 +1,93 @@
-"""A file Volume in real guests on the all-in-one: one guest writes to it, a second guest
-reads the same bytes after the first is gone; deleting the Volume leaves no file."""
+"""A file Volume in real guests on the all-in-one, changed while they run: plugged into one
+guest, which writes to it; grown there; pulled out and plugged into a second guest, which
+reads the same bytes, also after a stop and start. Deleting the Volume waits while a guest
+uses it, and then leaves no file."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance
 from stratus_api.volume_wire import disk_serial
-from testsupport import REPO_ROOT, wait_until
-
-FIND_DISK = """#!/bin/sh
-for d in /sys/block/vd*; do
-  [ "$(cat "$d/serial" 2>/dev/null)" = "{serial}" ] && dev=/dev/${{d##*/}}
-done
-echo "VOL-DEV ${{dev:-none}}"
-"""
+from testsupport import REPO_ROOT, disk_watcher, wait_until
 
 
-def test_data_written_by_one_guest_is_read_by_the_next(cloud: Cloud) -> None:
+def volume_status(cloud: Cloud) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(cloud.kubectl("get", "volume", "notes", "-o", "json")).get(
+        "status", {}
+    )
+    return status
+
+
+def set_volumes(cloud: Cloud, instance: str, *names: str) -> None:
+    volumes = [{"name": name} for name in names]
+    patch = json.dumps({"spec": {"volumes": volumes}})
+    cloud.kubectl("patch", "instance", instance, "--type=merge", "-p", patch)
+
+
+def since_last_boot(cloud: Cloud, name: str) -> str:
+    console = cloud.console(name)
+    return console[console.rfind("STRATUS-GUEST: booted") :]
+
+
+def test_a_volume_moves_between_running_guests_and_grows_online(cloud: Cloud) -> None:
     cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))  # the image, type and network
     volume = {"apiVersion": "stratus.io/v1alpha1", "kind": "Volume",
               "metadata": {"name": "notes"}, "spec": {"size": "64Mi"}}  # fmt: skip
     cloud.kubectl("apply", "-f", "-", input=json.dumps(volume))
     uid = json.loads(cloud.kubectl("get", "volume", "notes", "-o", "json"))["metadata"]["uid"]
-    find = FIND_DISK.format(serial=disk_serial(uid))
+    serial = disk_serial(uid)
+    # Both guests boot at once, without the volume; each watches its disks.
+    writer = small_instance("writer", userData=disk_watcher(mark="42"))
+    reader = small_instance("reader", userData=disk_watcher())
+    cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                        "items": [writer, reader]}))  # fmt: skip
+    for name in ("writer", "reader"):
+        boot_marker(cloud, name, "STRATUS-GUEST: user-data exit=0")
+    wait_until("notes waits for its first consumer",
+               lambda: volume_status(cloud).get("phase") == "Pending")  # fmt: skip
 
-    write = find + 'printf "STRATUS-MARK-%s" 42 | dd of="$dev" bs=512 count=1 conv=sync && sync '
-    write += "&& echo VOL-WROTE\n"
-    writer = small_instance("writer", volumes=[{"name": "notes"}], userData=write)
-    cloud.kubectl("apply", "-f", "-", input=json.dumps(writer))
-    console = boot_marker(cloud, "writer", "STRATUS-GUEST: user-data exit=")
-    assert "VOL-DEV /dev/vdb" in console and "VOL-WROTE" in console, console[-2000:]
-    notes = json.loads(cloud.kubectl("get", "volume", "notes", "-o", "json"))["status"]
-    assert (notes["phase"], notes["node"], notes["attachedTo"]) == ("InUse", "local", "writer")
+    # Plugged into the running writer, which finds it by serial and writes a mark.
+    set_volumes(cloud, "writer", "notes")
+    console = boot_marker(cloud, "writer", f"VOL-WROTE {serial}")
+    seen = f"VOL-SEEN {serial} dev=vdb sectors={64 * 2**11} data="
+    assert [line for line in console.splitlines() if line.rstrip().endswith(seen)], console[-2000:]
+    wait_until("notes InUse by writer", lambda: (s := volume_status(cloud)).get("phase")
+               == "InUse" and s.get("attachedTo") == "writer")  # fmt: skip
 
-    cloud.kubectl("delete", "instance", "writer", f"--timeout={BOOT_TIMEOUT:.0f}s")
-    wait_until("notes free again", lambda: json.loads(cloud.kubectl(
-        "get", "volume", "notes", "-o", "json"))["status"]["phase"] == "Available")  # fmt: skip
+    # Grown while in use: the guest sees the new size without a reboot.
+    cloud.kubectl("patch", "volume", "notes", "--type=merge", "-p", '{"spec":{"size":"96Mi"}}')
+    boot_marker(cloud, "writer", f"VOL-SEEN {serial} dev=vdb sectors={96 * 2**11} ")
+    wait_until("status.sizeBytes grown", lambda: volume_status(cloud).get("sizeBytes")
+               == 96 * 2**20)  # fmt: skip
+    assert cloud.instance("writer")["status"].get("restarts", 0) == 0
 
-    read = find + 'echo "VOL-READ $(head -c 15 "$dev")"\n'
-    reader = small_instance("reader", volumes=[{"name": "notes"}], userData=read)
-    cloud.kubectl("apply", "-f", "-", input=json.dumps(reader))
-    console = boot_marker(cloud, "reader", "STRATUS-GUEST: user-data exit=")
-    assert "VOL-READ STRATUS-MARK-42" in console, console[-2000:]
+    # Pulled out of the writer: free again once the guest has let go of it.
+    set_volumes(cloud, "writer")
+    boot_marker(cloud, "writer", f"VOL-GONE {serial}")
+    wait_until("notes Available", lambda: (s := volume_status(cloud)).get("phase")
+               == "Available" and not s.get("attachedTo"))  # fmt: skip
 
-    cloud.kubectl("delete", "instance", "reader", f"--timeout={BOOT_TIMEOUT:.0f}s")
-    cloud.kubectl("delete", "volume", "notes", "--timeout=60s")
+    # Plugged into the reader, which reads the writer's mark, also after a stop and start.
+    set_volumes(cloud, "reader", "notes")
+    read = f"VOL-SEEN {serial} dev=vdb sectors={96 * 2**11} data=STRATUS-MARK-42"
+    boot_marker(cloud, "reader", read)
+    for strategy, phase in (("Halted", "Stopped"), ("Always", "Running")):
+        patch = json.dumps({"spec": {"runStrategy": strategy}})
+        cloud.kubectl("patch", "instance", "reader", "--type=merge", "-p", patch)
+        cloud.kubectl("wait", "instance/reader", f"--for=jsonpath={{.status.phase}}={phase}",
+                      f"--timeout={BOOT_TIMEOUT:.0f}s")  # fmt: skip
+    wait_until("the mark read again after a fresh boot",
+               lambda: read in since_last_boot(cloud, "reader"), BOOT_TIMEOUT)  # fmt: skip
+
+    # Deleting it waits while the reader uses it, and says so; then nothing is left.
+    cloud.kubectl("delete", "volume", "notes", "--wait=false")
+    wait_until("the delete waits, naming reader", lambda: (s := volume_status(cloud)).get(
+        "phase") == "Deleting" and any("reader" in c.get("message", "")
+                                       for c in s.get("conditions", [])))  # fmt: skip
+    set_volumes(cloud, "reader")
+    cloud.kubectl("wait", "volume/notes", "--for=delete", "--timeout=120s")
     volumes = cloud.dev.node_dir / "agent" / "volumes"
-    assert notes["location"].startswith(str(volumes))
     assert not list(volumes.glob(f"*{uid}*"))
+    cloud.kubectl("delete", "instance", "writer", "reader", f"--timeout={BOOT_TIMEOUT:.0f}s")

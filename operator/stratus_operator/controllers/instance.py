@@ -299,13 +299,20 @@ def with_guest_status(
 StatusChange = Callable[[InstanceStatus, int], InstanceStatus]
 
 
+_HAS_GUEST = (InstancePhase.RUNNING, InstancePhase.PAUSED, InstancePhase.STOPPED)
+
+
 def failing(
     reason: str, message: str, *, stalled: bool, phase: InstancePhase | None = None
 ) -> StatusChange:
     def change(status: InstanceStatus, generation: int) -> InstanceStatus:
+        # A guest that runs (or is paused or stopped) keeps its phase: only the newer spec
+        # is stuck, and the conditions say so.
+        has_guest = status.phase in _HAS_GUEST
         return status.model_copy(
             update={
-                "phase": phase or (InstancePhase.FAILED if stalled else status.phase),
+                "phase": phase or (InstancePhase.FAILED if stalled and not has_guest
+                                   else status.phase),
                 "conditions": conditions.with_progress(
                     status.conditions, ready=False, reason=reason, message=message,
                     generation=generation, reconciling=not stalled, stalled=stalled,
