@@ -50,6 +50,7 @@ class DiskSource:
 
     path: str
     format: DiskFormat = "qcow2"
+    serial: str | None = None  # a Volume booted from keeps its serial
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,6 @@ class GuestFailure(enum.StrEnum):
     NODE_STORAGE_FULL = "NodeStorageFull"
     # The Instance asks for what this node cannot give.
     DISK_TOO_SMALL = "DiskTooSmall"
-    BOOT_VOLUME_UNSUPPORTED = "BootVolumeUnsupported"
     # A guest's Volume is not (yet) on its node: the operator may still be creating it.
     VOLUME_NOT_FOUND = "VolumeNotFound"
     # Another guest on the node holds the Volume; it heals when that one lets go.
@@ -140,7 +139,6 @@ class Reason(enum.StrEnum):
     MEMORY_TOO_SMALL = "MemoryTooSmall"
     # The same words as the node's failures: the operator finds these out before asking it.
     DISK_TOO_SMALL = GuestFailure.DISK_TOO_SMALL.value
-    BOOT_VOLUME_UNSUPPORTED = GuestFailure.BOOT_VOLUME_UNSUPPORTED.value
     VOLUME_NOT_FOUND = GuestFailure.VOLUME_NOT_FOUND.value  # an Instance names no Volume
     VOLUME_NOT_READY = "VolumeNotReady"  # an Instance waits for its Volume's data
     VOLUME_IN_USE = GuestFailure.VOLUME_IN_USE.value  # another Instance's, or blocks a delete

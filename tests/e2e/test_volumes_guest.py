@@ -6,6 +6,7 @@ uses it, and then leaves no file."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance
@@ -91,3 +92,25 @@ def test_a_volume_moves_between_running_guests_and_grows_online(cloud: Cloud) ->
     volumes = cloud.dev.node_dir / "agent" / "volumes"
     assert not list(volumes.glob(f"*{uid}*"))
     cloud.kubectl("delete", "instance", "writer", "reader", f"--timeout={BOOT_TIMEOUT:.0f}s")
+
+
+def test_an_instance_boots_from_a_volume_made_from_the_image(cloud: Cloud) -> None:
+    cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))
+    volume = {"apiVersion": "stratus.io/v1alpha1", "kind": "Volume",
+              "metadata": {"name": "bootdisk"},
+              "spec": {"size": "256Mi", "source": {"image": "stratus-test"}}}  # fmt: skip
+    booted = small_instance("from-volume", boot={"volume": "bootdisk"})
+    cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                        "items": [volume, booted]}))  # fmt: skip
+    boot_marker(cloud, "from-volume", "STRATUS-GUEST: ready")
+    disk = json.loads(cloud.kubectl("get", "volume", "bootdisk", "-o", "json"))
+    assert (disk["status"]["phase"], disk["status"]["attachedTo"]) == ("InUse", "from-volume")
+
+    # The Volume outlives the Instance that booted from it.
+    cloud.kubectl("delete", "instance", "from-volume", f"--timeout={BOOT_TIMEOUT:.0f}s")
+    wait_until("bootdisk Available", lambda: json.loads(cloud.kubectl(
+        "get", "volume", "bootdisk", "-o", "json"))["status"]["phase"] == "Available")  # fmt: skip
+    location = Path(disk["status"]["location"])
+    assert location.parent == cloud.dev.node_dir / "agent" / "volumes" and location.exists()
+    cloud.kubectl("delete", "volume", "bootdisk", "--timeout=60s")
+    assert not location.exists()

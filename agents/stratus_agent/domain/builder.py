@@ -115,8 +115,9 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
         fmt: dx.DiskFormat
         serial: str | None = None
         if index == 0:
-            # The root disk, as the disk driver made it (a qcow2 overlay for files).
-            path, fmt = node.root_disk.path, node.root_disk.format
+            # The root disk, as the disk driver made it (a qcow2 overlay for files), or the
+            # Volume booted from.
+            path, fmt, serial = node.root_disk.path, node.root_disk.format, node.root_disk.serial
         elif disk.name in volumes:
             volume = volumes[disk.name]
             path, fmt, serial = volume.path, volume.format, volume.serial

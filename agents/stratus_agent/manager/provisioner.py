@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from stratus_agent.base import (
     DiskDriver,
+    DiskSource,
     GuestOwner,
     ImageStore,
     NetworkDriver,
@@ -56,32 +57,33 @@ class NodeProvisioner:
 
     async def prepare(self, spec: GuestSpec) -> NodeFacts:
         root = spec.disks[0]
-        if root.image is None:
-            raise ProvisioningError(
-                GuestFailure.BOOT_VOLUME_UNSUPPORTED,
-                "booting from a volume is not supported by this agent yet",
-            )
         owner = self.owners.owner(spec.uid) if self.owners is not None else None
-        base = await self.images.ensure(root.image)
-        root_disk = await self.disks.ensure_root_disk(spec.uid, base, root.size_bytes, owner)
-        seed_iso = await self.seed.write(spec, owner)
         volumes = await self._attach_volumes(spec, owner)
+        if root.image is not None:
+            base = await self.images.ensure(root.image)
+            root_disk = await self.disks.ensure_root_disk(spec.uid, base, root.size_bytes, owner)
+        else:  # booting from a volume: it is the root disk, as it is
+            boot, *volumes = volumes
+            root_disk = DiskSource(path=boot.path, format=boot.format, serial=boot.serial)
+        seed_iso = await self.seed.write(spec, owner)
         nics = await self.network.plug(spec.uid, spec.nics)
         return NodeFacts(
-            root_disk=root_disk, seed_iso_path=seed_iso, nics=nics, volumes=volumes, owner=owner
-        )
+            root_disk=root_disk, seed_iso_path=seed_iso, nics=nics, volumes=tuple(volumes),
+            owner=owner,
+        )  # fmt: skip
 
     async def _attach_volumes(
         self, spec: GuestSpec, owner: GuestOwner | None
-    ) -> tuple[VolumeAttachment, ...]:
-        """The spec's Volume disks, attached to the guest and named as its disks are."""
-        disks = [(disk.name, disk.volume) for disk in spec.disks[1:] if disk.volume is not None]
+    ) -> list[VolumeAttachment]:
+        """The spec's Volume disks (the root one too), attached to the guest and named as
+        its disks are."""
+        disks = [(disk.name, disk.volume) for disk in spec.disks if disk.volume is not None]
         if self.volumes is None:
             if disks:
                 raise ProvisioningError(
                     GuestFailure.VOLUME_NOT_FOUND, "this agent holds no volumes"
                 )
-            return ()
+            return []
         for _, volume in disks:
             if volume.backend != self.volumes.backend:
                 raise ProvisioningError(
@@ -90,13 +92,13 @@ class NodeProvisioner:
                     "this node",
                 )
         held = await self.volumes.use(spec.uid, [volume.uid for _, volume in disks], owner)
-        return tuple(
+        return [
             replace(held[volume.uid], name=name, serial=volume.serial) for name, volume in disks
-        )
+        ]
 
     async def settle(self, spec: GuestSpec) -> None:
         if self.volumes is not None:
-            kept = [disk.volume.uid for disk in spec.disks[1:] if disk.volume is not None]
+            kept = [disk.volume.uid for disk in spec.disks if disk.volume is not None]
             await self.volumes.keep_only(spec.uid, kept)
 
     async def cleanup(self, uid: str) -> None:

@@ -252,6 +252,9 @@ class SecretKeyRef(ApiModel):
     key: str = Field(default="userData", min_length=1, max_length=253, description="Key.")
 
 
+BOOT_VOLUME_TWICE = "the boot volume cannot also be in volumes"
+
+
 class InstanceSpec(ApiModel):
     """Size, boot disk, NICs, volumes and first-boot configuration of a virtual machine."""
 
@@ -265,6 +268,12 @@ class InstanceSpec(ApiModel):
                 "!(has(self.userData) && has(self.userDataSecretRef))",
                 "set at most one of userData or userDataSecretRef",
                 field_path=".userDataSecretRef",
+            ),
+            Rule(
+                "!has(self.boot.volume) || !has(self.volumes) || "
+                "self.volumes.all(v, v.name != self.boot.volume)",
+                BOOT_VOLUME_TWICE,
+                field_path=".volumes",
             ),
         )
     )
@@ -301,7 +310,9 @@ class InstanceSpec(ApiModel):
     volumes: list[VolumeAttachment] = Field(
         default_factory=list,
         max_length=MAX_VOLUMES,
-        description="Extra disks, in order.",
+        description="Extra disks, in order. Adding one to a running guest plugs it in at "
+        "once; removing one asks the guest to release it, and the Volume stays attached "
+        "until it has.",
         json_schema_extra=list_map("name"),
     )
     user_data: UserData | None = Field(
@@ -357,6 +368,8 @@ class InstanceSpec(ApiModel):
             raise FieldError(
                 "userDataSecretRef", "set at most one of userData or userDataSecretRef"
             )
+        if self.boot.volume is not None and any(v.name == self.boot.volume for v in self.volumes):
+            raise FieldError("volumes", BOOT_VOLUME_TWICE)
         return self
 
 

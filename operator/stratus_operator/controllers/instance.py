@@ -149,19 +149,28 @@ def image_ref(image: Image) -> ImageRef:
     )
 
 
-def volume_disk(volume: Volume) -> Disk:
-    """A Volume as an extra disk; the guest finds it by its serial."""
+def volume_disk(volume: Volume, name: str | None = None) -> Disk:
+    """A Volume as a disk (named after it, unless `name`); the guest finds it by its
+    serial."""
     uid = volume.metadata.uid or ""
     return Disk(
-        name=volume.metadata.name or "",
+        name=name or volume.metadata.name or "",
         volume=VolumeDisk(uid=uid, backend=volume.spec.backend, serial=disk_serial(uid)),
     )
+
+
+def _disks(image: Image | None, size: Size, volumes: Sequence[Volume]) -> list[Disk]:
+    """The root disk (an overlay on `image`, else the first of `volumes`), then volumes."""
+    if image is None:
+        return [volume_disk(volumes[0], "root"), *(volume_disk(v) for v in volumes[1:])]
+    root = Disk(name="root", image=image_ref(image), size_bytes=size.disk_bytes)
+    return [root, *(volume_disk(v) for v in volumes)]
 
 
 def guest_spec(
     instance: Instance,
     size: Size,
-    image: Image,
+    image: Image | None,
     nics: list[Nic],
     user_data: bytes | None,
     volumes: Sequence[Volume] = (),
@@ -177,10 +186,7 @@ def guest_spec(
         memory_bytes=size.memory_bytes,
         power=Wanted.of(instance).power,
         restart_token=spec.restart_requested_at,
-        disks=[
-            Disk(name="root", image=image_ref(image), size_bytes=size.disk_bytes),
-            *(volume_disk(volume) for volume in volumes),
-        ],
+        disks=_disks(image, size, volumes),
         nics=nics,
         cloud_init=CloudInit(
             instance_id=meta.uid,

@@ -103,22 +103,17 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     """
     meta = instance.metadata
     size = resolve_size(instance, world.instance_type(instance.spec.instance_type))
-    if instance.spec.boot.image is None:
-        raise InstanceProblem(
-            Reason.BOOT_VOLUME_UNSUPPORTED,
-            "spec.boot.volume: booting from a Volume is not supported yet",
-            field="spec.boot.volume", retry=False,
-        )  # fmt: skip
-    image = check_image(
-        instance, world.image((meta.namespace or "", instance.spec.boot.image)), size
-    )
+    boot_image = instance.spec.boot.image
+    image = None
+    if boot_image is not None:  # else the boot volume, first of the claimed Volumes
+        image = check_image(instance, world.image((meta.namespace or "", boot_image)), size)
     user_data = await _user_data(instance, runtime)
     async with runtime.decisions:
         attached = volumes.claim(instance, world, runtime)
         required = volumes.required_node(attached, runtime)
         node = allocations.schedule(instance, size, world, runtime, required)
         allocated = allocations.addresses(instance, world, runtime)
-    await volumes.made_ready(attached, node, world, runtime)
+    await volumes.made_ready(instance, attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)
     nics = [
         nic_for(network, addressing.describe(network.spec, address.ip), address.mac)

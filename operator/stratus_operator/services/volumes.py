@@ -215,26 +215,31 @@ def holder_of(volume: Volume, world: World, runtime: Runtime) -> str | None:
     return None
 
 
+def named(instance: Instance) -> list[tuple[str, str]]:
+    """(field, Volume name) of each Volume the Instance uses, the boot volume first."""
+    boot = instance.spec.boot.volume
+    found = [("spec.boot.volume", boot)] if boot else []
+    attached = instance.spec.volumes
+    return found + [(f"spec.volumes[{i}].name", a.name) for i, a in enumerate(attached)]
+
+
 def names(instance: Instance | None, volume: Volume) -> bool:
     """Whether the Instance's spec (still) uses the Volume."""
-    return instance is not None and any(
-        a.name == volume.metadata.name for a in instance.spec.volumes
-    )
+    return instance is not None and any(n == volume.metadata.name for _, n in named(instance))
 
 
 def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
-    """The Volumes in the Instance's spec.volumes, claimed for it (one Instance per Volume);
-    InstanceProblem naming the field when one is missing, going, or another's. The caller
-    holds runtime.decisions."""
+    """The Volumes the Instance uses (`named`: the boot volume first), claimed for it (one
+    Instance per Volume); InstanceProblem naming the field when one is missing, going, or
+    another's. The caller holds runtime.decisions."""
     namespace, uid = instance.metadata.namespace or "", instance.metadata.uid or ""
     found = []
-    for index, attachment in enumerate(instance.spec.volumes):
-        field = f"spec.volumes[{index}].name"
-        volume = world.volume((namespace, attachment.name))
+    for field, name in named(instance):
+        volume = world.volume((namespace, name))
         if volume is None or volume.metadata.deletion_timestamp:
             what = "not found" if volume is None else "being deleted"
             raise InstanceProblem(
-                Reason.VOLUME_NOT_FOUND, f"{field}: Volume {attachment.name} {what}", field=field
+                Reason.VOLUME_NOT_FOUND, f"{field}: Volume {name} {what}", field=field
             )
         check_backend(volume)
         holder = holder_of(volume, world, runtime)
@@ -244,13 +249,13 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
             if not names(other, volume):
                 raise InstanceProblem(
                     Reason.VOLUME_IN_USE,
-                    f"{field}: Volume {attachment.name} is being detached from Instance "
+                    f"{field}: Volume {name} is being detached from Instance "
                     f"{who}; it attaches here once that guest has released it",
                     field=field,
                 )  # fmt: skip
             raise InstanceProblem(
                 Reason.VOLUME_IN_USE,
-                f"{field}: Volume {attachment.name} is attached to Instance {who}; a volume "
+                f"{field}: Volume {name} is attached to Instance {who}; a volume "
                 "attaches to one Instance at a time",
                 field=field, stalled=True,
             )  # fmt: skip
@@ -275,10 +280,12 @@ def required_node(volumes: list[Volume], runtime: Runtime) -> str | None:
     return next(iter(nodes), None)
 
 
-async def made_ready(volumes: list[Volume], node: str, world: World, runtime: Runtime) -> None:
-    """Bind the Instance's unbound local Volumes to its node and have them made there;
-    InstanceProblem (retried) until every one is Available."""
-    for index, volume in enumerate(volumes):
+async def made_ready(
+    instance: Instance, volumes: list[Volume], node: str, world: World, runtime: Runtime
+) -> None:
+    """Bind the Instance's unbound local Volumes (`claim`'s) to its node and have them made
+    there; InstanceProblem (retried) until every one is Available."""
+    for (field, _), volume in zip(named(instance), volumes, strict=True):
         status = volume.status or VolumeStatus()
         if status.phase in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
             continue
@@ -294,7 +301,6 @@ async def made_ready(volumes: list[Volume], node: str, world: World, runtime: Ru
         await write_status(volume, runtime, change)
         phase = change(status, volume.metadata.generation or 0).phase
         if phase not in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
-            field = f"spec.volumes[{index}].name"
             raise InstanceProblem(
                 Reason.VOLUME_NOT_READY,
                 f"{field}: Volume {volume.metadata.name} is {phase}, not Available yet",

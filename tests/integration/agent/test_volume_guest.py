@@ -127,3 +127,28 @@ async def test_a_volume_plugs_into_a_running_guest_grows_there_and_unplugs(
     assert (st.st_uid, st.st_gid) == (0, 0)
     deleted = await agent.client.delete(f"/v1/volumes/{uid}", headers=AGENT_AUTH)
     assert deleted.status == 204 and not os.path.exists(path)
+
+
+async def test_a_guest_boots_from_a_volume_made_from_the_image_and_the_volume_outlives_it(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory, image_server: dict[str, Any]
+) -> None:
+    volume = await available(
+        agent, volume_spec(sizeBytes=256 * 2**20, source={"image": image_server})
+    )
+    uid, path = volume["uid"], volume["location"]
+    spec = make_guest_spec()
+    spec["disks"] = [
+        {"name": "root", "volume": {"uid": uid, "backend": "file", "serial": disk_serial(uid)}}
+    ]
+    await agent.put(spec)
+    markers = await agent.wait_for_marker(spec["uid"], "ready")
+    assert "booted" in markers
+    domain = dx.Domain.from_xml(agent.node.domain_xml(spec["uid"]))
+    root = domain.devices.disks[0]
+    assert (root.source_file, root.target_dev, root.serial) == (path, "vda", disk_serial(uid))
+
+    await agent.delete(spec["uid"])
+    st = os.stat(path)  # kept, and root's again
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600)
+    deleted = await agent.client.delete(f"/v1/volumes/{uid}", headers=AGENT_AUTH)
+    assert deleted.status == 204 and not os.path.exists(path)

@@ -246,6 +246,27 @@ async def test_guests_attach_available_volumes_and_delete_waits_for_them(node: N
     assert await node.volumes.delete(volume.uid) is False  # idempotent
 
 
+async def test_a_guest_boots_from_a_volume_that_outlives_it(node: Node) -> None:
+    boot, data = await available(node, vspec()), await available(node, vspec())
+    spec = guest_with(boot, data).model_dump(by_alias=True, mode="json")
+    spec["disks"][0] = {"name": "root", "volume": spec["disks"][1]["volume"]}
+    spec["disks"][1] = {"name": "data", "volume": spec["disks"][2]["volume"]}
+    del spec["disks"][2]
+    guest = GuestSpec.model_validate(spec)
+    facts = await node.provisioner.prepare(guest)
+    assert (facts.root_disk.path, facts.root_disk.serial) == (
+        boot.location, disk_serial(boot.uid)
+    )  # fmt: skip
+    assert [(v.name, v.serial) for v in facts.volumes] == [("data", disk_serial(data.uid))]
+    assert (status := node.volumes.status(boot.uid)) and status.attached_to == [guest.uid]
+
+    await node.provisioner.settle(guest)  # the root volume stays held while the guest is
+    assert (status := node.volumes.status(boot.uid)) and status.attached_to == [guest.uid]
+    await node.provisioner.cleanup(guest.uid)
+    assert (status := node.volumes.status(boot.uid)) and status.attached_to == []
+    assert boot.uid in node.driver.volumes  # the data stays
+
+
 async def test_a_guest_dropping_a_volume_lets_go_of_it_once_settled(node: Node) -> None:
     kept, dropped = await available(node, vspec()), await available(node, vspec())
     guest = guest_with(kept, dropped)
