@@ -20,7 +20,7 @@ from stratus_api.imageref import ImageRef
 from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
 from stratus_api.v1alpha1.volume import VolumeBackend
-from stratus_api.volume_wire import SERIAL_LENGTH, NodeVolumeStatus
+from stratus_api.volume_wire import SERIAL_LENGTH, NodeSnapshotStatus, NodeVolumeStatus
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 # Bytes of user-data a guest spec carries at most (cloud-init's own NoCloud limit is far
@@ -171,10 +171,11 @@ class GuestStatus(ApiModel):
 class GuestEvent(ApiModel):
     """One line of the agent's event stream."""
 
-    type: Literal["guest", "volume", "resync", "heartbeat"]
+    type: Literal["guest", "volume", "snapshot", "resync", "heartbeat"]
     time: datetime
     guest: GuestStatus | None = None
     volume: NodeVolumeStatus | None = None
+    snapshot: NodeSnapshotStatus | None = None
 
 
 class NodeInventory(ApiModel):

@@ -25,16 +25,19 @@ def disk_serial(volume_uid: str) -> str:
 
 
 class NodeVolumeSource(ApiModel):
-    """Initial content: a copy of an Image, or a clone of another Volume on the same node and
-    backend. Neither set: blank."""
+    """Initial content: a copy of an Image, a clone of another Volume or a restore of a
+    snapshot (both on the same node and backend). None set: blank."""
 
     image: ImageRef | None = None
     volume: str | None = Field(default=None, pattern=UID_PATTERN, description="Volume UID.")
+    snapshot: str | None = Field(
+        default=None, pattern=UID_PATTERN, description="VolumeSnapshot UID."
+    )
 
     @model_validator(mode="after")
     def _at_most_one(self) -> NodeVolumeSource:
-        if self.image is not None and self.volume is not None:
-            raise FieldError("", "set at most one of image or volume")
+        if sum(x is not None for x in (self.image, self.volume, self.snapshot)) > 1:
+            raise FieldError("", "set at most one of image, volume or snapshot")
         return self
 
 
@@ -80,6 +83,42 @@ class NodeVolumeStatus(ApiModel):
     )
 
 
+class NodeSnapshotSpec(ApiModel):
+    """One VolumeSnapshot as its node holds it. PUT to the agent, idempotently: the data is
+    copied once, from the volume as it is then; a later PUT changes nothing."""
+
+    uid: str = Field(pattern=UID_PATTERN, description="VolumeSnapshot UID: names the data.")
+    name: str
+    namespace: str
+    generation: int = Field(ge=0)
+    backend: VolumeBackend
+    volume: str = Field(pattern=UID_PATTERN, description="UID of the Volume to snapshot.")
+
+
+class NodeSnapshotState(enum.StrEnum):
+    CREATING = "Creating"
+    READY = "Ready"
+    FAILED = "Failed"
+    MISSING = "Missing"  # deleted, or never made on this node
+
+
+class NodeSnapshotStatus(ApiModel):
+    """The agent's report on one snapshot."""
+
+    uid: str
+    state: NodeSnapshotState
+    generation: int | None = None
+    volume: str | None = Field(default=None, description="UID of the Volume it was taken of.")
+    size_bytes: int | None = Field(default=None, description="Virtual size of the data.")
+    location: str | None = Field(default=None, description="Backend location of the data.")
+    progress: int | None = Field(default=None, ge=0, le=100, description="Copy progress.")
+    reason: str = Field(default="", description="A GuestFailure when state is Failed.")
+    message: str = ""
+    sequence: int | None = Field(
+        default=None, description="Orders the agent's reports (see GuestStatus.sequence)."
+    )
+
+
 class PoolUsage(ApiModel):
     """Capacity and use of one volume backend on the node."""
 
@@ -90,8 +129,9 @@ class PoolUsage(ApiModel):
 
 
 class VolumeInventory(ApiModel):
-    """GET /v1/volumes: every volume this agent holds, and its pools."""
+    """GET /v1/volumes: every volume and snapshot this agent holds, and its pools."""
 
     node: str
     volumes: list[NodeVolumeStatus] = Field(default_factory=list)
+    snapshots: list[NodeSnapshotStatus] = Field(default_factory=list)
     pools: list[PoolUsage] = Field(default_factory=list)

@@ -7,8 +7,11 @@ from stratus_api.v1alpha1.instance import Instance
 from stratus_api.v1alpha1.instancetype import InstanceType
 from stratus_api.v1alpha1.network import Network
 from stratus_api.v1alpha1.volume import Volume
+from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
-KINDS: tuple[type[Resource], ...] = (Image, Volume, Network, Instance, InstanceType, Hypervisor)
+KINDS: tuple[type[Resource], ...] = (
+    Image, Volume, VolumeSnapshot, Network, Instance, InstanceType, Hypervisor
+)  # fmt: skip
 
 __all__ = [
     "API_VERSION",
@@ -23,4 +26,5 @@ __all__ = [
     "Network",
     "Resource",
     "Volume",
+    "VolumeSnapshot",
 ]

@@ -24,6 +24,7 @@ from stratus_api.v1alpha1.instancetype import DiskSize
 
 RESOURCE_NAME_MAX = 253
 SHRINK_MESSAGE = "size can grow but never shrink"
+ONE_SOURCE = "set at most one of image, volume or snapshot"
 
 
 class VolumeBackend(enum.StrEnum):
@@ -51,7 +52,10 @@ class VolumeSource(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=rules(
-            Rule("!(has(self.image) && has(self.volume))", "set at most one of image or volume")
+            Rule(
+                "[has(self.image), has(self.volume), has(self.snapshot)].filter(x, x).size() <= 1",
+                ONE_SOURCE,
+            )
         )
     )
 
@@ -67,11 +71,17 @@ class VolumeSource(ApiModel):
         max_length=RESOURCE_NAME_MAX,
         description="Name of a Volume in the same namespace to clone.",
     )
+    snapshot: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=RESOURCE_NAME_MAX,
+        description="Name of a VolumeSnapshot in the same namespace to restore.",
+    )
 
     @model_validator(mode="after")
     def _at_most_one(self) -> VolumeSource:
-        if self.image is not None and self.volume is not None:
-            raise FieldError("", "set at most one of image or volume")
+        if sum(x is not None for x in (self.image, self.volume, self.snapshot)) > 1:
+            raise FieldError("", ONE_SOURCE)
         return self
 
 

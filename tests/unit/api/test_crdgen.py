@@ -59,6 +59,7 @@ def test_schema_is_structural_and_documented(model: Any) -> None:
 EXPECTED_COLUMNS = {
     "Instance": ["Phase", "Node", "IP", "Age"],
     "Volume": ["Phase", "Size", "Backend", "AttachedTo", "Age"],
+    "VolumeSnapshot": ["Phase", "Volume", "Size", "Age"],
     "Image": ["Phase", "Format", "Size", "Age"],
     "Network": ["Type", "CIDR", "Segment", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],
