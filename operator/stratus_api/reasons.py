@@ -153,6 +153,10 @@ class Reason(enum.StrEnum):
     VOLUME_AVAILABLE = "VolumeAvailable"
     VOLUME_EXTENDING = "VolumeExtending"
     VOLUME_FAILED = "VolumeFailed"  # the node said Failed without a GuestFailure
+    VOLUME_HAS_SNAPSHOTS = "VolumeHasSnapshots"  # a Volume's deletion waits for them
+    SNAPSHOT_CREATING = "SnapshotCreating"
+    SNAPSHOT_READY = "SnapshotReady"
+    SNAPSHOT_FAILED = "SnapshotFailed"  # the node said Failed without a GuestFailure
     # -- Talking to the node's agent ------------------------------------------------------
     AGENT_REJECTED = "AgentRejected"  # the agent refused the guest spec (4xx)
     AGENT_UNAUTHORIZED = "AgentUnauthorized"

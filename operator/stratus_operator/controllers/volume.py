@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from stratus_api.reasons import Reason, is_transient
-from stratus_api.v1alpha1 import Hypervisor, Image, Volume
+from stratus_api.v1alpha1 import Hypervisor, Image, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase, VolumeStatus
+from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase
 from stratus_api.volume_wire import (
     NodeVolumeSource,
     NodeVolumeSpec,
@@ -49,10 +50,15 @@ def pick_node(volume: Volume, hypervisors: Iterable[Hypervisor]) -> str:
 
 
 def node_spec(
-    volume: Volume, image: Image | None, source_volume: Volume | None, node: str | None
+    volume: Volume,
+    image: Image | None,
+    source_volume: Volume | None,
+    node: str | None,
+    snapshot: VolumeSnapshot | None = None,
 ) -> NodeVolumeSpec:
-    """The spec a node needs. `image`/`source_volume`: the source as found (None: missing);
-    both are checked here, so a Volume is never made from a source that is not ready."""
+    """The spec a node needs. `image`/`source_volume`/`snapshot`: the source as found (None:
+    missing); each is checked here, so a Volume is never made from a source that is not
+    ready."""
     meta, source = volume.metadata, volume.spec.source
     made_from: NodeVolumeSource | None = None
     if source is not None and source.image is not None:
@@ -60,6 +66,9 @@ def node_spec(
     elif source is not None and source.volume is not None:
         found = _ready_volume(source.volume, source_volume, volume, node)
         made_from = NodeVolumeSource(volume=found.metadata.uid)
+    elif source is not None and source.snapshot is not None:
+        taken = _ready_snapshot(source.snapshot, snapshot, volume, node)
+        made_from = NodeVolumeSource(snapshot=taken.metadata.uid)
     assert meta.uid and meta.name and meta.namespace
     return NodeVolumeSpec(
         uid=meta.uid, name=meta.name, namespace=meta.namespace,
@@ -116,6 +125,40 @@ def _ready_volume(name: str, found: Volume | None, volume: Volume, node: str | N
             field=where, retry=False,
         )  # fmt: skip
     return found
+
+
+def _ready_snapshot(
+    name: str, found: VolumeSnapshot | None, volume: Volume, node: str | None
+) -> VolumeSnapshot:
+    where = "spec.source.snapshot"
+    if found is None:
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_FOUND, f"{where}: VolumeSnapshot {name} not found", field=where
+        )
+    status = found.status
+    phase = status.phase if status else SnapshotPhase.PENDING
+    if status is None or phase is not SnapshotPhase.READY:
+        raise VolumeProblem(
+            Reason.SOURCE_NOT_READY, f"{where}: VolumeSnapshot {name} is {phase}, not Ready yet",
+            field=where,
+        )  # fmt: skip
+    if is_local(volume) and status.node != node:
+        raise VolumeProblem(
+            Reason.VOLUMES_ON_DIFFERENT_NODES,
+            f"{where}: VolumeSnapshot {name} is on node {status.node}; a local volume is "
+            "restored on the same node",
+            field=where, retry=False,
+        )  # fmt: skip
+    return found
+
+
+def source_node(source_volume: Volume | None, snapshot: VolumeSnapshot | None) -> str | None:
+    """Where a clone's or a restore's source data is (None: not known yet)."""
+    if source_volume is not None and source_volume.status is not None:
+        return source_volume.status.node
+    if snapshot is not None and snapshot.status is not None:
+        return snapshot.status.node
+    return None
 
 
 _PHASES = {
@@ -213,15 +256,15 @@ def attached(instance: str | None) -> VolumeChange:
     return change
 
 
-def deleting(blocked_by: str) -> VolumeChange:
+def deleting(reason: str, message: str) -> VolumeChange:
+    """Deleting, and why the deletion waits."""
+
     def change(status: VolumeStatus, generation: int) -> VolumeStatus:
         return status.model_copy(
             update={
                 "phase": VolumePhase.DELETING,
                 "conditions": conditions.with_progress(
-                    status.conditions, ready=False, reason=Reason.VOLUME_IN_USE,
-                    message=f"deletion waits: Instance {blocked_by} uses the volume (remove it "
-                    "from the Instance's spec.volumes, or delete the Instance)",
+                    status.conditions, ready=False, reason=reason, message=message,
                     generation=generation, reconciling=True,
                 ),
             }

@@ -11,6 +11,16 @@ from stratus_operator.handlers import (
     lifecycle,
     network,
     volume,
+    volumesnapshot,
 )
 
-__all__ = ["hypervisor", "image", "indexes", "instance", "lifecycle", "network", "volume"]
+__all__ = [
+    "hypervisor",
+    "image",
+    "indexes",
+    "instance",
+    "lifecycle",
+    "network",
+    "volume",
+    "volumesnapshot",
+]

@@ -20,6 +20,7 @@ IMAGES = (GROUP, VERSION, "images")
 NETWORKS = (GROUP, VERSION, "networks")
 INSTANCE_TYPES = (GROUP, VERSION, "instancetypes")
 VOLUMES = (GROUP, VERSION, "volumes")
+SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
 
 
 def _values(index: kopf.Index[Any, T]) -> Iterable[T]:
@@ -39,6 +40,7 @@ def world(kwargs: dict[str, Any]) -> World:
     instances, by_node = kwargs["stratus_instances"], kwargs["stratus_instances_by_node"]
     uids = kwargs["stratus_instance_uids"]
     volumes, users = kwargs["stratus_volumes"], kwargs["stratus_volume_users"]
+    snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _values(instances),
@@ -54,6 +56,9 @@ def world(kwargs: dict[str, Any]) -> World:
         volume=lambda key: _first(volumes, key),
         volume_by_uid=lambda uid: _first(volumes, uid),
         volume_users=lambda key: list(users.get(key, ())),
+        snapshot=lambda key: _first(snapshots, key),
+        snapshot_by_uid=lambda uid: _first(snapshots, uid),
+        snapshots_of=lambda key: list(taken.get(key, ())),
     )
 
 

@@ -12,7 +12,7 @@ import kopf
 from stratus_api.guest import GuestEvent
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_operator.handlers.common import HYPERVISORS, runtime, world
-from stratus_operator.services import hypervisors, instances, volumes
+from stratus_operator.services import hypervisors, instances, snapshots, volumes
 from stratus_operator.services.agent_client import watch_events
 from stratus_operator.services.runtime import AgentNotConfigured
 
@@ -64,6 +64,8 @@ async def follow_agent(
                     await instances.apply_report(event.guest, view, rt)
                 if event.volume is not None:
                     await volumes.apply_report(event.volume, name, view, rt)
+                if event.snapshot is not None:
+                    await snapshots.apply_report(event.snapshot, name, view, rt)
 
             await watch_events(
                 client, on_connect, on_event, stop,

@@ -22,6 +22,7 @@ from stratus_api.v1alpha1 import (
     Network,
     Resource,
     Volume,
+    VolumeSnapshot,
 )
 from stratus_operator.handlers.common import (
     HYPERVISORS,
@@ -29,6 +30,7 @@ from stratus_operator.handlers.common import (
     INSTANCE_TYPES,
     INSTANCES,
     NETWORKS,
+    SNAPSHOTS,
     VOLUMES,
 )
 from stratus_operator.services.world import key_of
@@ -108,3 +110,19 @@ async def stratus_volume_users(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     names = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
     names.add((spec.get("boot") or {}).get("volume"))
     return {(namespace, name): body.metadata.uid for name in names if isinstance(name, str)}
+
+
+@kopf.index(*SNAPSHOTS)
+async def stratus_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each VolumeSnapshot under its (namespace, name) and its UID (agents report by UID)."""
+    found = _parsed(VolumeSnapshot, body)
+    return {key_of(found): found, found.metadata.uid: found} if found else {}
+
+
+@kopf.index(*SNAPSHOTS)
+async def stratus_volume_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Which VolumeSnapshots were taken of each Volume, from the raw body: a Volume with
+    snapshots is never deleted."""
+    volume = (body.get("spec") or {}).get("volume")
+    namespace = body.metadata.namespace or ""
+    return {(namespace, volume): body.metadata.name} if isinstance(volume, str) else {}

@@ -37,11 +37,10 @@ async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) ->
     rt, volume = runtime(memo), Volume.model_validate(dict(body))
     try:
         await volumes.remove(volume, world(kwargs), rt)
-    except volumes.VolumeInUse as exc:
-        # Never pull a disk from under a guest: the finalizer holds until it is detached.
-        await volumes.write_status(volume, rt, deleting(", ".join(exc.instances)))
-        raise kopf.TemporaryError(
-            f"in use by Instance {exc}", delay=rt.settings.retries.backoff(retry)
-        ) from None
+    except volumes.DeleteWaits as exc:
+        # Never pull a disk from under a guest, nor the data from under its snapshots: the
+        # finalizer holds until they are gone.
+        await volumes.write_status(volume, rt, deleting(exc.reason, str(exc)))
+        raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None
     except (AgentError, AgentNotConfigured) as exc:
         raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None

@@ -27,7 +27,13 @@ import pydantic
 from aiohttp import http_exceptions
 
 from stratus_api import guest
-from stratus_api.volume_wire import NodeVolumeSpec, NodeVolumeStatus, VolumeInventory
+from stratus_api.volume_wire import (
+    NodeSnapshotSpec,
+    NodeSnapshotStatus,
+    NodeVolumeSpec,
+    NodeVolumeStatus,
+    VolumeInventory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +259,16 @@ class AgentClient:
         node uses it."""
         await self._call("DELETE", _volume_path(uid), expect=204)
 
+    async def ensure_snapshot(self, spec: NodeSnapshotSpec) -> NodeSnapshotStatus:
+        """PUT the snapshot spec (idempotent); the node copies the data in the background."""
+        body = spec.model_dump_json(by_alias=True)
+        what, raw = await self._call("PUT", _snapshot_path(spec.uid), body=body)
+        return self._parse(NodeSnapshotStatus, what, raw)
+
+    async def delete_snapshot(self, uid: str) -> None:
+        """Remove the snapshot's data (none there is fine)."""
+        await self._call("DELETE", _snapshot_path(uid), expect=204)
+
     async def volumes(self) -> VolumeInventory:
         what, raw = await self._call("GET", "/v1/volumes")
         return self._parse(VolumeInventory, what, raw)
@@ -385,6 +401,10 @@ def _guest_path(uid: str) -> str:
 
 def _volume_path(uid: str) -> str:
     return "/v1/volumes/" + quote(uid, safe="")
+
+
+def _snapshot_path(uid: str) -> str:
+    return "/v1/snapshots/" + quote(uid, safe="")
 
 
 async def watch_events(

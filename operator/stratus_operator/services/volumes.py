@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from stratus_api.reasons import Reason
-from stratus_api.v1alpha1 import Hypervisor, Instance, Volume
+from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
 from stratus_api.volume_wire import NodeVolumeStatus
 from stratus_operator.controllers.instance import InstanceProblem
@@ -24,6 +24,7 @@ from stratus_operator.controllers.volume import (
     is_local,
     node_spec,
     pick_node,
+    source_node,
     waiting_for_consumer,
     with_problem,
     with_report,
@@ -38,12 +39,34 @@ log = logging.getLogger(__name__)
 SUPPORTED = frozenset({VolumeBackend.FILE})
 
 
-class VolumeInUse(Exception):
-    """A delete waits: Instances still name the Volume."""
+class DeleteWaits(Exception):
+    """A Volume's deletion waits; `reason` and the message say for what."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class VolumeInUse(DeleteWaits):
+    """Instances still name the Volume (or a guest has not released it yet)."""
 
     def __init__(self, instances: list[str]) -> None:
-        super().__init__(", ".join(instances))
+        super().__init__(
+            Reason.VOLUME_IN_USE,
+            f"deletion waits: Instance {', '.join(instances)} uses the volume (remove it "
+            "from the Instance's spec.volumes, or delete the Instance)",
+        )
         self.instances = instances
+
+
+class VolumeHasSnapshots(DeleteWaits):
+    def __init__(self, snapshots: list[str]) -> None:
+        super().__init__(
+            Reason.VOLUME_HAS_SNAPSHOTS,
+            f"deletion waits: VolumeSnapshot {', '.join(snapshots)} was taken of the volume "
+            "(delete the snapshots first)",
+        )
+        self.snapshots = snapshots
 
 
 async def write_status(volume: Volume, runtime: Runtime, change: VolumeChange) -> None:
@@ -74,10 +97,11 @@ async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeCha
     check_backend(volume)
     node = node_of(volume, runtime)
     if node is None and is_local(volume):
-        if volume.spec.node_selector is None:
+        source = source_node(*_sources(volume, world))  # a clone or restore goes there
+        if volume.spec.node_selector is None and source is None:
             return waiting_for_consumer()
         async with runtime.decisions:
-            node = node_of(volume, runtime) or pick_node(volume, world.hypervisors())
+            node = node_of(volume, runtime) or source or pick_node(volume, world.hypervisors())
             bind(volume, node, runtime)
     assert node is not None  # every supported backend is node-local so far
     return await dispatch(volume, node, world, runtime)
@@ -89,11 +113,19 @@ def bind(volume: Volume, node: str, runtime: Runtime) -> None:
     runtime.volume_nodes.setdefault(volume.metadata.uid or "", node)
 
 
+def _sources(volume: Volume, world: World) -> tuple[Volume | None, VolumeSnapshot | None]:
+    """The Volume it clones and the snapshot it restores, as found (None: none, or missing)."""
+    namespace, source = volume.metadata.namespace or "", volume.spec.source
+    cloned = world.volume((namespace, source.volume)) if source and source.volume else None
+    taken = world.snapshot((namespace, source.snapshot)) if source and source.snapshot else None
+    return cloned, taken
+
+
 async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) -> VolumeChange:
     namespace, source = volume.metadata.namespace or "", volume.spec.source
     image = world.image((namespace, source.image)) if source and source.image else None
-    cloned = world.volume((namespace, source.volume)) if source and source.volume else None
-    spec = node_spec(volume, image, cloned, node)
+    cloned, taken = _sources(volume, world)
+    spec = node_spec(volume, image, cloned, node, taken)
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
         raise VolumeProblem(
@@ -124,24 +156,34 @@ def check_room(volume: Volume, hypervisor: Hypervisor) -> None:
         )  # fmt: skip
 
 
-def failed(exc: Exception) -> VolumeChange | None:
-    """The status change for an error out of `reconcile`; None for unknown errors."""
+def problem_of(exc: Exception) -> InstanceProblem | None:
+    """An error out of a Volume's or VolumeSnapshot's reconcile as a problem to show; None
+    for unknown errors."""
     if isinstance(exc, InstanceProblem):
-        return with_problem(exc)
+        return exc
     if isinstance(exc, AgentRejected):
-        return with_problem(VolumeProblem(Reason.AGENT_REJECTED, str(exc), retry=False))
+        return VolumeProblem(Reason.AGENT_REJECTED, str(exc), retry=False)
     if isinstance(exc, AgentError | AgentNotConfigured):
-        return with_problem(VolumeProblem(Reason.AGENT_UNAVAILABLE, str(exc)))
+        return VolumeProblem(Reason.AGENT_UNAVAILABLE, str(exc))
     return None
 
 
+def failed(exc: Exception) -> VolumeChange | None:
+    """The status change for an error out of `reconcile`; None for unknown errors."""
+    problem = problem_of(exc)
+    return with_problem(problem) if problem is not None else None
+
+
 async def remove(volume: Volume, world: World, runtime: Runtime) -> None:
-    """Delete the Volume's data on its node, unless an Instance still names it
-    (VolumeInUse: the finalizer waits)."""
+    """Delete the Volume's data on its node, unless an Instance still names it or snapshots
+    were taken of it (DeleteWaits: the finalizer waits)."""
     users = [world.instance(uid) for uid in world.volume_users(key_of(volume))]
     names = sorted(i.metadata.name or "" for i in users if i is not None)
     if names:
         raise VolumeInUse(names)
+    snapshots = sorted(world.snapshots_of(key_of(volume)))
+    if snapshots:
+        raise VolumeHasSnapshots(snapshots)
     uid = volume.metadata.uid or ""
     node = node_of(volume, runtime)
     hypervisor = world.hypervisor(node) if node else None

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from stratus_api.v1alpha1 import Hypervisor, Image, Instance, InstanceType, Network, Volume
+from stratus_api.v1alpha1 import (
+    Hypervisor,
+    Image,
+    Instance,
+    InstanceType,
+    Network,
+    Volume,
+    VolumeSnapshot,
+)
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -30,7 +38,11 @@ class World:
     volume_by_uid: Callable[[str], Volume | None] = lambda _: None
     # UIDs of the Instances whose spec names this Volume (boot or attached).
     volume_users: Callable[[Key], Iterable[str]] = lambda _: ()
+    snapshot: Callable[[Key], VolumeSnapshot | None] = lambda _: None
+    snapshot_by_uid: Callable[[str], VolumeSnapshot | None] = lambda _: None
+    # Names of the VolumeSnapshots taken of this Volume.
+    snapshots_of: Callable[[Key], Iterable[str]] = lambda _: ()
 
 
-def key_of(obj: Image | Network | Instance | Volume) -> Key:
+def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:
     return (obj.metadata.namespace or "", obj.metadata.name or "")
