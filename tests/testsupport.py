@@ -112,45 +112,10 @@ def volume_spec(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
-# User data for the test guest: in the background, it reports on the console each volume
-# disk (one with a serial) as it appears or changes size, and as it goes:
-#   VOL-SEEN <serial> dev=<vdX> sectors=<512-byte sectors> data=<its first bytes, printable>
-#   VOL-GONE <serial>
-# With a mark, it writes "STRATUS-MARK-<mark>" at the start of each empty one it sees
-# (VOL-WROTE <serial>).
-DISK_WATCHER = """#!/bin/sh
-MARK={mark}
-watch() {{
-  seen=""
-  while :; do
-    now=""
-    for d in /sys/block/vd*; do
-      s=$(cat "$d/serial" 2>/dev/null)
-      [ -n "$s" ] && now="$now $s:${{d##*/}}:$(cat "$d/size")"
-    done
-    for e in $now; do
-      case " $seen " in *" $e "*) continue ;; esac
-      s=${{e%%:*}}; r=${{e#*:}}; dev=/dev/${{r%%:*}}
-      data=$(head -c 16 "$dev" | tr -cd 'A-Za-z0-9-')
-      echo "VOL-SEEN $s dev=${{r%%:*}} sectors=${{r#*:}} data=$data"
-      if [ -n "$MARK" ] && [ -z "$data" ]; then
-        printf 'STRATUS-MARK-%s' "$MARK" | dd of="$dev" bs=512 count=1 conv=sync 2>/dev/null &&
-          sync && echo "VOL-WROTE $s"
-      fi
-    done
-    for e in $seen; do
-      case " $now " in *" ${{e%%:*}}:"*) ;; *) echo "VOL-GONE ${{e%%:*}}" ;; esac
-    done
-    seen=$now
-    sleep 0.5
-  done
-}}
-watch </dev/null >/dev/console 2>&1 &
-"""
-
-
 def disk_watcher(mark: str = "") -> str:
-    return DISK_WATCHER.format(mark=mark)
+    """hack/guest-init/disk-watcher as user data, writing `mark` to empty disks if set."""
+    script = (REPO_ROOT / "hack" / "guest-init" / "disk-watcher").read_text()
+    return script.replace('MARK=""', f'MARK="{mark}"', 1)
 
 
 def build_test_image() -> Path:
