@@ -9,6 +9,7 @@ configuration, in stratus_agent.main, and nowhere else.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,17 @@ class StoredVolume:
     location: str  # a file path, pool/image or VG/LV
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoredSnapshot:
+    """A snapshot's data as its backend holds it: the volume's data as it was when taken."""
+
+    uid: str  # the VolumeSnapshot UID
+    # The Volume UID it was taken of; None only when the backend lost that record.
+    volume_uid: str | None
+    size_bytes: int  # virtual size: a volume restored from it is at least this big
+    location: str  # a file path, pool/image@snap or VG/LV
+
+
 @dataclass(frozen=True)
 class Released:
     """What releasing an image did: evicted now, or kept while guests use it."""
@@ -205,9 +217,9 @@ class DiskDriver(Protocol):
 
 
 class VolumeDriver(Protocol):
-    """Volumes of one backend on this node (files now, RBD and LVM next). Every method is
-    keyed by the Volume UID and idempotent; what exists is read from the backend, so it
-    survives agent restarts."""
+    """Volumes of one backend on this node (files now, RBD and LVM next), and snapshots of
+    them. Every method is keyed by a Volume or VolumeSnapshot UID and idempotent; what
+    exists is read from the backend, so it survives agent restarts."""
 
     @property
     def backend(self) -> VolumeBackend:
@@ -220,11 +232,14 @@ class VolumeDriver(Protocol):
         *,
         image: CachedImage | None = None,
         clone_of: str | None = None,
+        snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
     ) -> StoredVolume:
         """Make the volume unless it exists (an existing one is kept as it is): blank, a
-        standalone copy of a cached image, or a copy of another volume of this driver. A
-        half-made volume never looks like a whole one. Raises ProvisioningError."""
+        standalone copy of a cached image, a copy of another volume of this driver, or a
+        restore of one of its snapshots (`snapshot_of`, a snapshot UID); at most one source.
+        A copy is grown to `size_bytes`, never made smaller than its source (DISK_TOO_SMALL).
+        A half-made volume never looks like a whole one. Raises ProvisioningError."""
 
     async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
         """Grow the volume to `size_bytes` while no running guest holds it open (a running
@@ -236,6 +251,22 @@ class VolumeDriver(Protocol):
     async def list(self) -> list[StoredVolume]:
         """Every volume the backend holds."""
 
+    async def snapshot(
+        self, volume_uid: str, snapshot_uid: str, *, progress: ProgressListener | None = None
+    ) -> StoredSnapshot:
+        """Take a snapshot of the volume unless one with `snapshot_uid` exists (an existing
+        one is kept as it is). The caller makes sure nothing writes to the volume meanwhile.
+        A half-made snapshot never looks like a whole one. Raises ProvisioningError
+        (VOLUME_NOT_FOUND when the volume is not on this node)."""
+
+    async def remove_snapshot(self, snapshot_uid: str) -> bool:
+        """Remove the snapshot's data; True if there was some. Volumes restored from it are
+        not touched."""
+
+    # builtins.list: inside this class, `list` names the method above.
+    async def list_snapshots(self) -> builtins.list[StoredSnapshot]:
+        """Every whole snapshot the backend holds, with the volume each was taken of."""
+
     async def attach(self, uid: str, owner: GuestOwner | None) -> VolumeAttachment:
         """Check the volume is safe to hand to a guest and give it to `owner`; the
         attachment is named by the volume UID (the caller names it after the spec disk)."""
@@ -244,7 +275,7 @@ class VolumeDriver(Protocol):
         """No guest uses the volume any more: take it back from the guest's user."""
 
     async def usage(self) -> PoolUsage:
-        """Capacity, provisioned and free bytes of the backend."""
+        """Capacity, provisioned and free bytes of the backend, snapshots included."""
 
 
 class NetworkDriver(Protocol):

@@ -20,6 +20,7 @@ from stratus_agent.manager.owners import GuestOwners
 from stratus_agent.manager.provisioner import NodeProvisioner
 from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
 from stratus_agent.manager.sequence import SequenceClock
+from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import AttachmentBook, VolumeManager
 
 log = logging.getLogger("stratus.agent")
@@ -28,12 +29,13 @@ log = logging.getLogger("stratus.agent")
 @dataclass(frozen=True)
 class Agent:
     """The assembled agent: its manager, the hub its event streams read, the image store
-    the API serves too (DELETE /v1/images/{uid}) and the node's volumes."""
+    the API serves too (DELETE /v1/images/{uid}) and the node's volumes and snapshots."""
 
     manager: GuestManager
     hub: EventHub
     images: base.ImageStore
     volumes: VolumeManager
+    snapshots: SnapshotManager
 
 
 def image_store(config: agent_config.AgentConfig, disks: base.DiskDriver) -> base.ImageStore:
@@ -137,9 +139,10 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         compute = libvirt_compute
     disks = disk_driver(config)
     images = image_store(config, disks)
-    sequence = SequenceClock()  # one order for every report, guests' and volumes'
+    sequence = SequenceClock()  # one order for every report: guests', volumes', snapshots'
+    volumes_driver = volume_driver(config)
     volumes = VolumeManager(
-        volume_driver(config),
+        volumes_driver,
         images,
         hub,
         node=config.node_name,
@@ -148,6 +151,8 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         resize_live=compute.resize_disk,
     )
     await volumes.start()
+    snapshots = SnapshotManager(volumes_driver, volumes, hub, sequence=sequence)
+    await snapshots.start()
     provisioner = NodeProvisioner(
         images=images,
         disks=disks,
@@ -166,7 +171,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
     )
     await manager.start()
     _check_kvm_access(compute.virt_type, config.isolation)
-    return Agent(manager, hub, images, volumes)
+    return Agent(manager, hub, images, volumes, snapshots)
 
 
 def _check_kvm_access(virt_type: str, isolation: agent_config.IsolationConfig) -> None:
@@ -230,6 +235,7 @@ async def serve(config: agent_config.AgentConfig) -> None:
         heartbeat=config.heartbeat_seconds,
         images=agent.images,
         volumes=agent.volumes,
+        snapshots=agent.snapshots,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -259,4 +265,5 @@ async def serve(config: agent_config.AgentConfig) -> None:
         log.info("agent stopping; guests keep running")
         await runner.cleanup()
         await manager.stop()
+        await agent.snapshots.stop()
         await agent.volumes.stop()

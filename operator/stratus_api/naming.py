@@ -64,6 +64,11 @@ def volume_file(volume_uid: str) -> str:
     return f"{_checked(volume_uid)}.qcow2"
 
 
+def snapshot_file(snapshot_uid: str) -> str:
+    """A file-backed VolumeSnapshot's data: a standalone qcow2 copy of its Volume's."""
+    return f"{_checked(snapshot_uid)}.qcow2"
+
+
 def tap_name(instance_uid: str, index: int) -> str:
     """Host-side interface (and OVS port) of an Instance's NIC number `index`."""
     if not 0 <= index <= 9:

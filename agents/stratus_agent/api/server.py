@@ -19,11 +19,12 @@ from pydantic import ValidationError
 from stratus_agent.api.events import EventHub
 from stratus_agent.base import ImageStore
 from stratus_agent.manager.guests import GuestManager, StaleSpecError
+from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.validation import problems_of
-from stratus_api.volume_wire import NodeVolumeSpec
+from stratus_api.volume_wire import NodeSnapshotSpec, NodeVolumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
 IMAGES = web.AppKey("images", ImageStore)
 VOLUMES = web.AppKey("volumes", VolumeManager)
-Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec)
+SNAPSHOTS = web.AppKey("snapshots", SnapshotManager)
+Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec)
 
 
 class AgentMetrics:
@@ -167,6 +169,7 @@ def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
 
 guest_route = _uid_route("a guest")
 volume_route = _uid_route("a volume")
+snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
 
 
@@ -226,8 +229,21 @@ def _volumes(request: web.Request) -> VolumeManager:
     return volumes
 
 
+def _snapshots(request: web.Request) -> SnapshotManager:
+    snapshots = request.app.get(SNAPSHOTS)
+    if snapshots is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "this agent holds no snapshots"}),
+            content_type="application/json",
+        )
+    return snapshots
+
+
 async def volume_inventory(request: web.Request) -> web.Response:
     body = await _volumes(request).inventory()
+    snapshots = request.app.get(SNAPSHOTS)
+    if snapshots is not None:
+        body.snapshots = snapshots.inventory()
     return web.json_response(text=body.model_dump_json(by_alias=True))
 
 
@@ -255,6 +271,30 @@ async def delete_volume(request: web.Request, uid: str) -> web.Response:
         await _volumes(request).delete(uid)
     except VolumeInUseError as exc:
         return _error(409, str(exc), guests=exc.guests)
+    return web.Response(status=204)
+
+
+@snapshot_route
+async def get_snapshot(request: web.Request, uid: str) -> web.Response:
+    status = _snapshots(request).status(uid)
+    if status is None:
+        return _error(404, f"no snapshot {uid} on this node")
+    return web.json_response(text=status.model_dump_json(by_alias=True))
+
+
+@snapshot_route
+async def put_snapshot(request: web.Request, uid: str) -> web.Response:
+    snapshots = _snapshots(request)
+    spec = await _spec_of(request, uid, NodeSnapshotSpec, "snapshot")
+    if isinstance(spec, web.Response):
+        return spec
+    status = await snapshots.ensure(spec)
+    return web.json_response(text=status.model_dump_json(by_alias=True))
+
+
+@snapshot_route
+async def delete_snapshot(request: web.Request, uid: str) -> web.Response:
+    await _snapshots(request).delete(uid)
     return web.Response(status=204)
 
 
@@ -310,6 +350,7 @@ def create_app(
     heartbeat: float = 10.0,
     images: ImageStore | None = None,
     volumes: VolumeManager | None = None,
+    snapshots: SnapshotManager | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
@@ -320,6 +361,8 @@ def create_app(
         app[IMAGES] = images
     if volumes is not None:
         app[VOLUMES] = volumes
+    if snapshots is not None:
+        app[SNAPSHOTS] = snapshots
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
@@ -331,6 +374,9 @@ def create_app(
     app.router.add_get("/v1/volumes/{uid}", get_volume)
     app.router.add_put("/v1/volumes/{uid}", put_volume)
     app.router.add_delete("/v1/volumes/{uid}", delete_volume)
+    app.router.add_get("/v1/snapshots/{uid}", get_snapshot)
+    app.router.add_put("/v1/snapshots/{uid}", put_snapshot)
+    app.router.add_delete("/v1/snapshots/{uid}", delete_snapshot)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -7,17 +7,23 @@ retried by itself: a failed volume is tried again by the next ensure of its spec
 operator re-sends it).
 
 Which guests use which volume is kept on disk (AttachmentBook), so a volume a running guest
-uses stays refused for deletion across agent restarts.
+uses stays refused for deletion across agent restarts. A volume whose data is being copied
+whole (a clone or a snapshot of it is being made) is held still meanwhile: no guest takes
+it and it does not grow until the copy is done.
+
+Snapshots have a manager of their own (stratus_agent.manager.snapshots) over the same
+driver; a volume restored from one is made here, like a clone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,6 +115,7 @@ class VolumeManager:
         self._users: dict[str, set[str]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
+        self._copying: dict[str, int] = {}  # volume UID -> copies being made of it now
 
     @property
     def backend(self) -> VolumeBackend:
@@ -230,6 +237,13 @@ class VolumeManager:
                     self._stored[uid] = await self._create(spec)
                 elif spec.size_bytes > stored.size_bytes:
                     self._begin(uid, spec)
+                    if uid in self._copying:
+                        # The copy would be torn, or hold the file's lock and fail the grow.
+                        raise ProvisioningError(
+                            GuestFailure.VOLUME_IN_USE,
+                            f"volume {uid} is being copied (a clone or snapshot of it is "
+                            "being made); it grows once that is done",
+                        )
                     await self._check_room(spec, spec.size_bytes - stored.size_bytes)
                     self._stored[uid] = await self._grow(stored, spec.size_bytes)
                 if self._desired.get(uid) is spec:
@@ -286,17 +300,22 @@ class VolumeManager:
                 spec.uid, spec.size_bytes, image=image, progress=self._progress_of(spec)
             )
         if source is not None and source.volume is not None:
-            users = sorted(self._users.get(source.volume, ()))
-            if users:
-                # A copy of a disk a guest writes to would be torn.
-                raise ProvisioningError(
-                    GuestFailure.VOLUME_IN_USE,
-                    f"source volume {source.volume} is in use by guest(s) {', '.join(users)}",
+            with self.held_still(
+                source.volume, in_use="a copy of a disk a guest writes to would be torn"
+            ):
+                return await self._driver.create(
+                    spec.uid,
+                    spec.size_bytes,
+                    clone_of=source.volume,
+                    progress=self._progress_of(spec),
                 )
+        if source is not None and source.snapshot is not None:
+            # A snapshot is Ready exactly when the backend holds it whole: the driver says
+            # VOLUME_NOT_FOUND (transient) for one still being taken, failed or deleted.
             return await self._driver.create(
                 spec.uid,
                 spec.size_bytes,
-                clone_of=source.volume,
+                snapshot_of=source.snapshot,
                 progress=self._progress_of(spec),
             )
         return await self._driver.create(spec.uid, spec.size_bytes)
@@ -317,6 +336,38 @@ class VolumeManager:
             )
 
         return progress
+
+    @contextlib.contextmanager
+    def held_still(self, uid: str, *, in_use: str) -> Iterator[StoredVolume]:
+        """The volume's data, held still while a copy of it is made (a clone, a snapshot):
+        it must be Available and used by no guest (else ProvisioningError, transient), and
+        until the block ends no guest takes it and it does not grow. `in_use`: why a volume
+        a guest uses is refused, for the message."""
+        status, stored = self._status.get(uid), self._stored.get(uid)
+        if (
+            status is None
+            or stored is None
+            or status.state is not NodeVolumeState.AVAILABLE
+            or uid in self._deleting
+        ):
+            state = "absent" if status is None else status.state.value
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND,
+                f"volume {uid} is not available on this node ({state})",
+            )
+        users = sorted(self._users.get(uid, ()))
+        if users:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_IN_USE,
+                f"volume {uid} is in use by guest(s) {', '.join(users)} on this node: {in_use}",
+            )
+        self._copying[uid] = self._copying.get(uid, 0) + 1
+        try:
+            yield stored
+        finally:
+            self._copying[uid] -= 1
+            if not self._copying[uid]:
+                del self._copying[uid]
 
     # -- deleting ----------------------------------------------------------------------
 
@@ -368,6 +419,14 @@ class VolumeManager:
                 raise ProvisioningError(
                     GuestFailure.VOLUME_IN_USE,
                     f"volume {uid} is in use by guest(s) {', '.join(others)} on this node",
+                )
+            if uid in self._copying:
+                # The guest would write to it while it is read whole; QEMU would also fail
+                # to get the file's write lock.
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_IN_USE,
+                    f"volume {uid} is being copied (a clone or snapshot of it is being "
+                    "made); a guest gets it once that is done",
                 )
             attachments[uid] = await self._driver.attach(uid, owner)
             if guest_uid not in self._users.setdefault(uid, set()):

@@ -381,6 +381,7 @@ async def start_agent(
             heartbeat=1.0,
             images=built.images,
             volumes=built.volumes,
+            snapshots=built.snapshots,
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

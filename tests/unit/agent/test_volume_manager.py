@@ -206,6 +206,26 @@ async def test_a_clone_copies_another_volume(node: Node) -> None:
     assert clone.size_bytes == 3 * 2**20 and set(node.driver.volumes) == {source.uid, clone.uid}
 
 
+async def test_a_clone_waits_for_its_source_to_be_available_and_unused(node: Node) -> None:
+    source = await available(node, vspec())
+    await node.volumes.use("guest-a", [source.uid], None)
+    clone = vspec(source={"volume": source.uid})
+    await node.volumes.ensure(clone)
+    await until("Failed", in_state(node.volumes, clone.uid, NodeVolumeState.FAILED))
+    failed = node.volumes.status(clone.uid)
+    assert failed is not None and failed.reason == "VolumeInUse" and "torn" in failed.message
+
+    await node.volumes.release("guest-a")
+    node.driver.gate.clear()  # the source grows: not copied meanwhile
+    await node.volumes.ensure(vspec(uid=source.uid, generation=2, sizeBytes=2 * 2**20))
+    await node.volumes.ensure(clone)
+    await until("Failed", in_state(node.volumes, clone.uid, NodeVolumeState.FAILED))
+    assert (status := node.volumes.status(clone.uid)) and "(Extending)" in status.message
+    node.driver.gate.set()
+    await available(node, vspec(uid=source.uid, generation=2, sizeBytes=2 * 2**20))
+    await available(node, clone.model_copy(update={"size_bytes": 2 * 2**20}))
+
+
 def guest_with(*volumes: NodeVolumeStatus) -> GuestSpec:
     disks: list[dict[str, Any]] = [guest_spec()["disks"][0]]
     for index, volume in enumerate(volumes):

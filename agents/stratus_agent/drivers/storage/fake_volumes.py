@@ -1,13 +1,16 @@
-"""A volume driver that makes nothing, for the fake compute mode: volumes live in memory."""
+"""A volume driver that makes nothing, for the fake compute mode: volumes and their
+snapshots live in memory."""
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 
 from stratus_agent.base import (
     CachedImage,
     GuestOwner,
     ProgressListener,
+    StoredSnapshot,
     StoredVolume,
     VolumeAttachment,
 )
@@ -26,6 +29,7 @@ class FakeVolumeDriver:
         self.directory = directory
         self.capacity = capacity
         self.volumes: dict[str, StoredVolume] = {}
+        self.snapshots: dict[str, StoredSnapshot] = {}
         self.owners: dict[str, GuestOwner | None] = {}  # attached volumes: their owner
 
     @property
@@ -39,6 +43,7 @@ class FakeVolumeDriver:
         *,
         image: CachedImage | None = None,
         clone_of: str | None = None,
+        snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
     ) -> StoredVolume:
         if uid in self.volumes:
@@ -52,6 +57,12 @@ class FakeVolumeDriver:
                     GuestFailure.VOLUME_NOT_FOUND, f"source volume {clone_of} is not on this node"
                 )
             source_size = self.volumes[clone_of].size_bytes
+        elif snapshot_of is not None:
+            if snapshot_of not in self.snapshots:
+                raise ProvisioningError(
+                    GuestFailure.VOLUME_NOT_FOUND, f"snapshot {snapshot_of} is not on this node"
+                )
+            source_size = self.snapshots[snapshot_of].size_bytes
         if size_bytes < source_size:
             raise ProvisioningError(
                 GuestFailure.DISK_TOO_SMALL,
@@ -81,6 +92,32 @@ class FakeVolumeDriver:
     async def list(self) -> list[StoredVolume]:
         return sorted(self.volumes.values(), key=lambda volume: volume.uid)
 
+    async def snapshot(
+        self, volume_uid: str, snapshot_uid: str, *, progress: ProgressListener | None = None
+    ) -> StoredSnapshot:
+        if snapshot_uid in self.snapshots:
+            return self.snapshots[snapshot_uid]
+        if volume_uid not in self.volumes:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND, f"source volume {volume_uid} is not on this node"
+            )
+        if progress is not None:
+            progress(100)
+        snapshot = StoredSnapshot(
+            uid=snapshot_uid,
+            volume_uid=volume_uid,
+            size_bytes=self.volumes[volume_uid].size_bytes,
+            location=str(self.directory / "snapshots" / naming.snapshot_file(snapshot_uid)),
+        )
+        self.snapshots[snapshot_uid] = snapshot
+        return snapshot
+
+    async def remove_snapshot(self, snapshot_uid: str) -> bool:
+        return self.snapshots.pop(snapshot_uid, None) is not None
+
+    async def list_snapshots(self) -> builtins.list[StoredSnapshot]:
+        return sorted(self.snapshots.values(), key=lambda snapshot: snapshot.uid)
+
     async def attach(self, uid: str, owner: GuestOwner | None) -> VolumeAttachment:
         if uid not in self.volumes:
             raise ProvisioningError(
@@ -95,7 +132,9 @@ class FakeVolumeDriver:
         self.owners.pop(uid, None)
 
     async def usage(self) -> PoolUsage:
-        used = sum(volume.size_bytes for volume in self.volumes.values())
+        used = sum(volume.size_bytes for volume in self.volumes.values()) + sum(
+            snapshot.size_bytes for snapshot in self.snapshots.values()
+        )
         return PoolUsage(
             backend=self.backend,
             capacity_bytes=self.capacity,

@@ -1,0 +1,224 @@
+"""Takes and removes the node's volume snapshots.
+
+PUT returns at once; the copy goes on in one task per snapshot. A snapshot's data is made
+once, from its volume as it is then: a later ensure of the same spec changes nothing, but a
+failed one is tried again (nothing is retried by itself: the operator re-sends the spec).
+Every state change is published on the event stream, stamped from the agent's one sequence
+clock, as the volumes' and guests' reports are.
+
+A volume is snapshotted while no guest uses it: a running guest's QEMU holds its data open
+and writes to it, so a copy would be torn. The volume manager, which knows the volumes'
+users, holds the volume still for the length of the copy (VolumeManager.held_still).
+
+A volume is restored from a snapshot by the volume manager, like a clone: over the same
+driver, which holds exactly the snapshots that are Ready. Snapshots are standalone copies,
+so the volume they were taken of may go while they stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+
+from stratus_agent.base import EventSink, ProgressListener, StoredSnapshot, VolumeDriver
+from stratus_agent.errors import ProvisioningError
+from stratus_agent.manager.sequence import SequenceClock
+from stratus_agent.manager.volumes import PROGRESS_STEP, VolumeManager
+from stratus_api.guest import GuestEvent
+from stratus_api.reasons import GuestFailure
+from stratus_api.volume_wire import NodeSnapshotSpec, NodeSnapshotState, NodeSnapshotStatus
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotManager:
+    def __init__(
+        self,
+        driver: VolumeDriver,
+        volumes: VolumeManager,
+        hub: EventSink,
+        *,
+        sequence: SequenceClock | None = None,
+    ) -> None:
+        """`driver`: the one `volumes` manages; `sequence`: the clock `volumes` stamps
+        its reports with, so the operator orders both kinds of report alike."""
+        self._driver = driver
+        self._volumes = volumes
+        self._hub = hub
+        self._sequence = sequence or SequenceClock()
+        self._desired: dict[str, NodeSnapshotSpec] = {}
+        self._stored: dict[str, StoredSnapshot] = {}
+        self._status: dict[str, NodeSnapshotStatus] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        """Adopt the snapshots the backend holds (Ready)."""
+        for stored in await self._driver.list_snapshots():
+            self._stored[stored.uid] = stored
+            self._status[stored.uid] = self._stamped(
+                self._report(stored.uid, NodeSnapshotState.READY)
+            )
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def status(self, uid: str) -> NodeSnapshotStatus | None:
+        return self._status.get(uid)
+
+    def inventory(self) -> list[NodeSnapshotStatus]:
+        """Every snapshot's status, stamped now: newer than every event already sent."""
+        return [self._stamped(status) for _, status in sorted(self._status.items())]
+
+    # -- reports -----------------------------------------------------------------------
+
+    def _report(
+        self,
+        uid: str,
+        state: NodeSnapshotState,
+        *,
+        generation: int | None = None,
+        progress: int | None = None,
+        reason: str = "",
+        message: str = "",
+    ) -> NodeSnapshotStatus:
+        """A status of the snapshot as it stands, in `state`."""
+        stored, spec = self._stored.get(uid), self._desired.get(uid)
+        volume = stored.volume_uid if stored else None
+        return NodeSnapshotStatus(
+            uid=uid,
+            state=state,
+            generation=generation,
+            volume=volume or (spec.volume if spec else None),
+            size_bytes=stored.size_bytes if stored else None,
+            location=stored.location if stored else None,
+            progress=progress,
+            reason=reason,
+            message=message,
+        )
+
+    def _stamped(self, status: NodeSnapshotStatus) -> NodeSnapshotStatus:
+        return status.model_copy(update={"sequence": self._sequence.next()})
+
+    def _record(self, status: NodeSnapshotStatus) -> None:
+        previous = self._status.get(status.uid)
+        if previous is not None and previous.model_copy(update={"sequence": None}) == status:
+            return
+        status = self._stamped(status)
+        if status.state is NodeSnapshotState.MISSING:
+            self._status.pop(status.uid, None)
+        else:
+            self._status[status.uid] = status
+        self._hub.publish(
+            GuestEvent(type="snapshot", time=datetime.datetime.now(datetime.UTC), snapshot=status)
+        )
+
+    # -- taking ------------------------------------------------------------------------
+
+    async def ensure(self, spec: NodeSnapshotSpec) -> NodeSnapshotStatus:
+        """Accept a spec; the snapshot's status as of now (Creating at first). A snapshot
+        that exists is kept as it is; a failed one is tried again."""
+        uid = spec.uid
+        self._desired[uid] = spec
+        if uid not in self._tasks:
+            stored = self._stored.get(uid)
+            if stored is not None:
+                if stored.volume_uid not in (None, spec.volume):
+                    log.warning("snapshot %s: taken of volume %s, the spec says %s; kept",
+                                uid, stored.volume_uid, spec.volume)  # fmt: skip
+                self._record(self._report(uid, NodeSnapshotState.READY, generation=spec.generation))
+            else:
+                self._record(
+                    self._report(
+                        uid, NodeSnapshotState.CREATING, generation=spec.generation, progress=0
+                    )
+                )
+                self._tasks[uid] = asyncio.create_task(self._take(uid), name=f"snapshot-{uid}")
+        return self._status[uid]
+
+    async def _take(self, uid: str) -> None:
+        task = asyncio.current_task()
+        spec = self._desired[uid]
+        backend = self._driver.backend.value
+        try:
+            with self._volumes.held_still(
+                spec.volume,
+                in_use=f"{backend} volumes are snapshotted while detached: a running guest's "
+                "QEMU holds the volume's data open and writes to it, so a copy would be torn",
+            ) as volume:
+                await self._check_room(spec, volume.size_bytes)
+                self._stored[uid] = await self._driver.snapshot(
+                    spec.volume, uid, progress=self._progress_of(uid)
+                )
+            spec = self._desired[uid]  # the newest, for its generation
+            self._record(self._report(uid, NodeSnapshotState.READY, generation=spec.generation))
+        except ProvisioningError as exc:
+            self._fail(uid, exc.reason, str(exc))
+        except Exception as exc:
+            log.exception("snapshot %s: taking it failed", uid)
+            self._fail(uid, GuestFailure.AGENT_ERROR, f"{type(exc).__name__}: {exc}")
+        finally:
+            if self._tasks.get(uid) is task:
+                self._tasks.pop(uid, None)
+
+    def _fail(self, uid: str, reason: str, message: str) -> None:
+        log.warning("snapshot %s: %s: %s", uid, reason, message)
+        spec = self._desired.get(uid)
+        self._record(
+            self._report(
+                uid,
+                NodeSnapshotState.FAILED,
+                generation=spec.generation if spec else None,
+                reason=reason,
+                message=message,
+            )
+        )
+
+    async def _check_room(self, spec: NodeSnapshotSpec, needed: int) -> None:
+        """Refuse a copy the pool may not hold, as volumes are refused: counted at the
+        volume's virtual size, what its data can reach. A full pool would fail the writes
+        of every running guest's thin volumes."""
+        pool = await self._driver.usage()
+        if needed > pool.free_bytes:
+            raise ProvisioningError(
+                GuestFailure.NODE_STORAGE_FULL,
+                f"snapshot {spec.namespace}/{spec.name} needs up to {needed} bytes; the "
+                f"node's {pool.backend} pool has {pool.free_bytes} free",
+            )
+
+    def _progress_of(self, uid: str) -> ProgressListener:
+        def progress(percent: int) -> None:
+            current = self._status.get(uid)
+            if current is None or current.state is not NodeSnapshotState.CREATING:
+                return
+            if current.progress is not None and (
+                percent // PROGRESS_STEP == current.progress // PROGRESS_STEP
+            ):
+                return
+            self._record(
+                self._report(
+                    uid, NodeSnapshotState.CREATING, generation=current.generation, progress=percent
+                )
+            )
+
+        return progress
+
+    # -- deleting ----------------------------------------------------------------------
+
+    async def delete(self, uid: str) -> bool:
+        """Remove the snapshot's data, stopping a copy under way; True if there was a
+        snapshot. Volumes restored from it keep theirs. An unknown snapshot is fine."""
+        task = self._tasks.pop(uid, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._desired.pop(uid, None)
+        existed = await self._driver.remove_snapshot(uid)
+        self._stored.pop(uid, None)
+        existed = self._status.get(uid) is not None or existed
+        if existed:
+            self._record(NodeSnapshotStatus(uid=uid, state=NodeSnapshotState.MISSING))
+        return existed
