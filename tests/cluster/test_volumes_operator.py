@@ -203,3 +203,67 @@ def test_a_volume_moves_between_running_instances(
     )
     assert (condition(first, "Stalled") or {})["status"] == "True"
     assert (first["phase"], first["node"]) == ("Running", a.name)
+
+
+def snapshot(name: str, of: str) -> dict[str, Any]:
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "VolumeSnapshot",
+            "metadata": {"name": name}, "spec": {"volume": of}}  # fmt: skip
+
+
+def test_snapshots_restore_into_new_volumes_and_hold_their_volume(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    node = start_fake_agent()
+    on = {"nodeSelector": {"stratus.io/test": node.name}}
+    apply(cluster, namespace, *basics(image_server.url()), volume("data", **on),
+          snapshot("nightly", of="data"), snapshot("orphan", of="nothing"))  # fmt: skip
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "volumesnapshot/nightly",
+                    "--timeout=60s")  # fmt: skip
+    nightly = cluster.get_json("volumesnapshot", "nightly", "-n", namespace)
+    assert (nightly["status"]["phase"], nightly["status"]["node"]) == ("Ready", node.name)
+    assert nightly["status"]["sizeBytes"] == 2**30
+    data_uid = cluster.get_json("volume", "data", "-n", namespace)["metadata"]["uid"]
+    held = {s["uid"]: s for s in node.request("GET", "/v1/volumes")["snapshots"]}
+    assert held[nightly["metadata"]["uid"]]["volume"] == data_uid
+    # A snapshot of a Volume that is not there waits, naming the field.
+    wait_until("orphan waits", lambda: reason_of(
+        cluster, namespace, "volumesnapshot", "orphan") == "SourceNotFound")  # fmt: skip
+    orphan = condition(status_of(cluster, namespace, "volumesnapshot", "orphan"), "Ready") or {}
+    assert orphan["message"] == "spec.volume: Volume nothing not found"
+
+    # Restored into a new Volume, made at once where the snapshot is.
+    apply(cluster, namespace, volume("restored", source={"snapshot": "nightly"}))
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "volume/restored",
+                    "--timeout=60s")  # fmt: skip
+    assert status_of(cluster, namespace, "volume", "restored")["node"] == node.name
+
+    # A Volume with snapshots is not deleted until they are gone.
+    cluster.kubectl("-n", namespace, "delete", "volume", "data", "--wait=false")
+    wait_until("data held by its snapshot", lambda: reason_of(
+        cluster, namespace, "volume", "data") == "VolumeHasSnapshots")  # fmt: skip
+    held_by = condition(status_of(cluster, namespace, "volume", "data"), "Ready") or {}
+    assert "VolumeSnapshot nightly was taken of the volume" in held_by["message"]
+    assert status_of(cluster, namespace, "volume", "data")["phase"] == "Deleting"
+    cluster.kubectl("-n", namespace, "delete", "volumesnapshot", "nightly", "orphan",
+                    "--timeout=60s")  # fmt: skip
+    cluster.kubectl("-n", namespace, "wait", "--for=delete", "volume/data", "--timeout=60s")
+    inventory = node.request("GET", "/v1/volumes")
+    assert inventory["snapshots"] == []
+    assert {v["uid"] for v in inventory["volumes"]} == {
+        cluster.get_json("volume", "restored", "-n", namespace)["metadata"]["uid"]
+    }
+
+    # A file Volume in use is not snapshotted: the snapshot waits, naming the Instance.
+    apply(cluster, namespace, instance("db", volumes=[{"name": "restored"}], **on))
+    wait_until("restored InUse", lambda: status_of(cluster, namespace, "volume", "restored").get(
+        "attachedTo") == "db")  # fmt: skip
+    apply(cluster, namespace, snapshot("busy", of="restored"))
+    wait_until("busy waits", lambda: reason_of(
+        cluster, namespace, "volumesnapshot", "busy") == "VolumeInUse")  # fmt: skip
+    busy = status_of(cluster, namespace, "volumesnapshot", "busy")
+    assert "attached to Instance db" in (condition(busy, "Ready") or {})["message"]
+    assert (condition(busy, "Reconciling") or {})["status"] == "True"

@@ -395,6 +395,10 @@ class AgentClient:
             raise AgentError(self.endpoint.url, what, detail) from exc
 
 
+# The event types that carry a node's report on one object.
+REPORTS = frozenset({"guest", "volume", "snapshot"})
+
+
 def _guest_path(uid: str) -> str:
     return "/v1/guests/" + quote(uid, safe="")
 
@@ -447,10 +451,8 @@ async def _follow(
             await on_connect()
             async for event in stream:
                 alive = True
-                if event.type in (
-                    "guest",
-                    "volume",
-                ):  # resync is on_connect's; heartbeats keep it alive
+                # Reports only: a resync is on_connect's, heartbeats keep it alive.
+                if event.type in REPORTS:
                     await on_event(event)
     except AgentError as exc:
         log.warning("%s; reconnecting", exc)

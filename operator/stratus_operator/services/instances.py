@@ -188,10 +188,8 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
     instance = world.instance(guest.uid)
     if instance is None or instance.metadata.deletion_timestamp:
         return
-    if guest.sequence is not None:
-        if guest.sequence < runtime.reported.get(guest.uid, 0):
-            return  # older than a report already applied
-        runtime.reported[guest.uid] = guest.sequence
+    if not runtime.newest(guest.uid, guest.sequence):
+        return  # older than a report already applied
     wanted = Wanted.of(instance)
     known = instance.status or InstanceStatus()
     if with_guest_status(known, guest, instance.metadata.generation or 0, wanted) != known:

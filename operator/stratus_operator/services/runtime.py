@@ -90,8 +90,9 @@ class Runtime:
     addresses: dict[tuple[str, str, str], NetworkLedger] = field(default_factory=dict)
     decisions: asyncio.Lock = field(default_factory=asyncio.Lock)
     seeded: bool = False
-    # The sequence of the newest agent report applied per guest or volume UID: an inventory read
-    # before an event already applied must not turn a Running guest back to Provisioning.
+    # The sequence of the newest agent report applied per guest, volume or snapshot UID: an
+    # inventory read before an event already applied must not turn a Running guest back to
+    # Provisioning, nor a PUT's answer a Ready snapshot back to Creating (see `newest`).
     reported: dict[str, int] = field(default_factory=dict)
     # Local Volumes bound to a node (Volume UID -> node) before their status says so.
     volume_nodes: dict[str, str] = field(default_factory=dict)
@@ -99,6 +100,16 @@ class Runtime:
     volume_holders: dict[str, str] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
+
+    def newest(self, uid: str, sequence: int | None) -> bool:
+        """Whether a node's report (its sequence) is not older than one already applied for
+        `uid`; if so it counts as applied from now on. Unstamped reports always count."""
+        if sequence is None:
+            return True
+        if sequence < self.reported.get(uid, 0):
+            return False
+        self.reported[uid] = sequence
+        return True
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.kube)

@@ -59,7 +59,17 @@ async def reconcile(snapshot: VolumeSnapshot, world: World, runtime: Runtime) ->
             field=FIELD, retry=False,
         )  # fmt: skip
     client = await runtime.agents.client(hypervisor)
-    return with_report(node, await client.ensure_snapshot(spec))
+    answer = await client.ensure_snapshot(spec)
+    report = with_report(node, answer)
+
+    def unless_older(status: VolumeSnapshotStatus, generation: int) -> VolumeSnapshotStatus:
+        # The node's events may have been written before this answer (a fast copy is Ready
+        # before the PUT's Creating is): an older answer must not undo them.
+        if not runtime.newest(answer.uid, answer.sequence):
+            return status
+        return report(status, generation)
+
+    return unless_older
 
 
 def failed(exc: Exception) -> SnapshotChange | None:
@@ -88,8 +98,6 @@ async def apply_report(report: NodeSnapshotStatus, node: str, world: World, rt: 
     snapshot = world.snapshot_by_uid(report.uid)
     if snapshot is None or snapshot.metadata.deletion_timestamp:
         return
-    if report.sequence is not None:
-        if report.sequence < rt.reported.get(report.uid, 0):
-            return
-        rt.reported[report.uid] = report.sequence
+    if not rt.newest(report.uid, report.sequence):
+        return
     await write_status(snapshot, rt, with_report(node, report))

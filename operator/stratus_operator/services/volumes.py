@@ -134,7 +134,16 @@ async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) ->
         )  # fmt: skip
     check_room(volume, hypervisor)
     client = await runtime.agents.client(hypervisor)
-    return with_report(node, await client.ensure_volume(spec))
+    answer = await client.ensure_volume(spec)
+    report = with_report(node, answer)
+
+    def unless_older(status: VolumeStatus, generation: int) -> VolumeStatus:
+        # As for snapshots: events written before this answer must not be undone by it.
+        if not runtime.newest(answer.uid, answer.sequence):
+            return status
+        return report(status, generation)
+
+    return unless_older
 
 
 def check_room(volume: Volume, hypervisor: Hypervisor) -> None:
@@ -211,10 +220,8 @@ async def apply_report(report: NodeVolumeStatus, node: str, world: World, rt: Ru
     volume = world.volume_by_uid(report.uid)
     if volume is None or volume.metadata.deletion_timestamp:
         return
-    if report.sequence is not None:
-        if report.sequence < rt.reported.get(report.uid, 0):
-            return
-        rt.reported[report.uid] = report.sequence
+    if not rt.newest(report.uid, report.sequence):
+        return
     await write_status(volume, rt, with_report(node, report))
     if not report.attached_to:
         await _detached(volume, world, rt)

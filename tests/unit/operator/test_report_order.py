@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from stratus_api.guest import GuestState, GuestStatus
-from stratus_api.v1alpha1 import Instance
-from stratus_operator.services import instances
+from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
+from stratus_api.volume_wire import NodeSnapshotState, NodeSnapshotStatus
+from stratus_operator.services import instances, snapshots
 from stratus_operator.services.runtime import AgentPool, Runtime
 from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.world import World
@@ -61,3 +62,51 @@ async def test_a_report_older_than_one_applied_is_ignored() -> None:
     # Deleting the Instance forgets the order: a guest re-created under the UID starts anew.
     await instances.remove(UID, None, world_of(found), runtime)
     assert UID not in runtime.reported
+
+
+async def test_a_puts_answer_older_than_an_applied_event_changes_nothing() -> None:
+    """A fast copy's Ready event may be written before the PUT's Creating answer is: the
+    answer, older, must not turn the snapshot back to Creating."""
+    snap_uid, volume_uid = "0b7f7c3e-1111-2222-3333-aaaabbbbcccc", UID
+    snapshot = VolumeSnapshot.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "nightly", "namespace": "ns", "uid": snap_uid, "generation": 1},
+        "spec": {"volume": "data"},
+    })  # fmt: skip
+    volume = Volume.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Volume",
+        "metadata": {"name": "data", "namespace": "ns", "uid": volume_uid, "generation": 1},
+        "spec": {"size": "1Gi"}, "status": {"phase": "Available", "node": "n1"},
+    })  # fmt: skip
+    hypervisor = Hypervisor.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": "n1"},
+        "spec": {"endpoint": "https://n:8443", "tokenSecretRef": {"namespace": "s", "name": "t"}},
+    })  # fmt: skip
+
+    def report(state: str, sequence: int) -> NodeSnapshotStatus:
+        return NodeSnapshotStatus(
+            uid=snap_uid, state=NodeSnapshotState(state), volume=volume_uid, sequence=sequence
+        )
+
+    class Agent:
+        async def ensure_snapshot(self, _spec: Any) -> NodeSnapshotStatus:
+            return report("Creating", 10)
+
+    class Agents:
+        async def client(self, _hypervisor: Any) -> Agent:
+            return Agent()
+
+    kube = FakeKube()
+    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
+    runtime.agents = Agents()  # type: ignore[assignment]
+    world = World(
+        hypervisors=list, instances=list, hypervisor=lambda _: hypervisor,
+        instance_type=lambda _: None, image=lambda _: None, network=lambda _: None,
+        instance=lambda _: None, instances_on=lambda _: [], has_instance=lambda _: False,
+        volume=lambda _: volume, snapshot_by_uid=lambda _: snapshot,
+    )  # fmt: skip
+    answered = await snapshots.reconcile(snapshot, world, runtime)
+    await snapshots.apply_report(report("Ready", 20), "n1", world, runtime)  # the event first
+    assert kube.patches[-1]["phase"] == "Ready"
+    await snapshots.write_status(snapshot, runtime, answered)
+    assert len(kube.patches) == 1  # the older answer wrote nothing
