@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from stratus_api.v1alpha1 import KINDS
 from stratus_devcloud import controlplane, processes
 from stratus_devcloud.allinone import DevCloud
 from testsupport import REPO_ROOT
@@ -95,7 +96,8 @@ def test_up_twice_down_and_up_again(tmp_path: Path) -> None:
         crds = subprocess.run(
             [*kubectl, "get", "crd", "-o", "name"], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert len([c for c in crds if c.endswith(".stratus.io")]) == 6
+        installed = {c.rpartition("/")[2] for c in crds if c.endswith(".stratus.io")}
+        assert installed == {f"{kind.crd.plural}.stratus.io" for kind in KINDS}
 
         subprocess.run(
             [*kubectl, "create", "configmap", "survivor", "--from-literal=k=v"],
