@@ -1,5 +1,5 @@
 """A real one-node Ceph cluster (stratus_devcloud.ceph), made once per session in a fresh
-state directory and stopped at the end (about 10 s to make on 2 cores).
+state directory and stopped at the end (about 6 s to make on 2 cores).
 
 Skipped only when not root; missing Ceph tools or Python bindings fail, naming what to
 install, since hack/install-deps installs them everywhere the suite runs.
