@@ -201,6 +201,9 @@ class LocalCeph:
     def up(self) -> CephCluster:
         """Make the cluster unless made, start what is not running, wait until the OSD is up
         and in; return how to reach it."""
+        missing = missing_tools()
+        if missing:
+            raise CephError(f"not installed: {', '.join(missing)}; run hack/install-deps")
         if self.made_file.exists():
             self._start()
         else:
@@ -380,7 +383,7 @@ class LocalCeph:
 
     def _step(self, step: str, *argv: str, stdin: str | None = None) -> str:
         """Run one step; its stdout, or CephError naming the step with its stderr and the
-        daemons' log tails. Files it makes are private to root (umask 077)."""
+        daemons' log tails. Files it makes are private to their owner (umask 077)."""
         command = [nodeservices.tool(argv[0]), *argv[1:]]
         try:
             done = subprocess.run(
