@@ -14,8 +14,8 @@ resized, written, read and removed without one), while a manager is one more dae
 and one more package (ceph-mgr, with its modules and Python libraries: CherryPy, Pecan,
 Werkzeug, bcrypt, ...). Without it `ceph df` and `ceph -s` report no usage or placement-group
 statistics and the PG autoscaler does not run. The monitor's grace for a new cluster without
-a manager is set beyond any dev cloud's life, or `ceph health` would say MGR_DOWN after two
-minutes and HEALTH_ERR a minute later.
+a manager is set beyond any dev cloud's life, or `ceph health` would say HEALTH_WARN "no
+active mgr" (MGR_DOWN) from two minutes after the cluster was made.
 
 Made in ~5 s on 2 cores (mkfs of the OSD ~2 s, its first boot ~1.5 s); started again from
 its data in ~2 s.
