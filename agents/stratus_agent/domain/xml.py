@@ -1,4 +1,5 @@
-"""libvirt domain XML as small typed values: one class per element we use, nothing else.
+"""libvirt domain XML, and the secrets its disks name, as small typed values: one class per
+element we use, nothing else.
 
 Each class converts itself to and from an lxml element and holds no policy: what goes into a
 guest's XML is decided by `stratus_agent.domain.builder`. Reading is lenient on purpose:
@@ -811,6 +812,33 @@ class Domain:
     @classmethod
     def from_xml(cls, text: str) -> Domain:
         return cls.from_element(parse(text))
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CephSecret:
+    """`<secret>` of usage ceph: where libvirt keeps a cephx key for the disks whose <auth>
+    names `uuid`. Persistent (ephemeral='no'), so guests start after a libvirtd restart;
+    private='yes', so nobody reads the value back through libvirt. The value itself is set
+    apart (virSecretSetValue), never in this XML."""
+
+    uuid: str
+    usage_name: str
+
+    def to_element(self) -> etree._Element:
+        el = _root("secret", ephemeral="no", private="yes")
+        _sub(el, "uuid", self.uuid)
+        _sub(_sub(el, "usage", type="ceph"), "name", self.usage_name)
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> CephSecret:
+        usage = _child(el, "usage")
+        if el.tag != "secret" or usage.get("type") != "ceph":
+            raise DomainXMLError(f"{_where(el)} is not a ceph secret")
+        return cls(uuid=_text(el, "uuid"), usage_name=_text(usage, "name"))
 
 
 def parse(text: str) -> etree._Element:

@@ -185,6 +185,9 @@ ELEMENTS: dict[str, Element] = {
         target_bus="virtio",
         serial="0123456789abcdef0123",
     ),
+    "element_secret_ceph.xml": dx.CephSecret(
+        uuid=RBD_SECRET, usage_name=f"stratus client.stratus {UID}"
+    ),
     "element_interface_full.xml": dx.Interface(
         source_bridge="br-stratus",
         target_dev="st6f1c2a3b4d5e0",
