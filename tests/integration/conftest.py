@@ -1,5 +1,6 @@
 """A real one-node Ceph cluster (stratus_devcloud.ceph), made once per session in a fresh
-state directory and stopped at the end (about 6 s to make on 2 cores).
+state directory and stopped at the end (about 6 s to make on 2 cores). Here, above
+tests/integration/ceph and tests/integration/agent, so a guest test uses the same cluster.
 
 Skipped only when not root; missing Ceph tools or Python bindings fail, naming what to
 install, since hack/install-deps installs them everywhere the suite runs.
@@ -10,11 +11,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+from pydantic import SecretStr
 
+from stratus_api.volume_wire import CephAccess
 from stratus_devcloud import ceph
 
 
@@ -58,3 +62,23 @@ def rados(ceph_cluster: ceph.CephCluster) -> ModuleType:
 @pytest.fixture(scope="session")
 def rbd(ceph_cluster: ceph.CephCluster) -> ModuleType:
     return _binding("rbd")
+
+
+@pytest.fixture(scope="session")
+def ceph_pool_uid() -> str:
+    """The UID a CephPool object for the session's pool would have."""
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def ceph_access(local_ceph: ceph.LocalCeph, ceph_pool_uid: str) -> CephAccess:
+    """How the operator would hand the session's pool to an agent. `up` first (a no-op when
+    running): the last test of test_ceph_cluster stops the cluster."""
+    cluster = local_ceph.up()
+    return CephAccess(
+        pool_uid=ceph_pool_uid,
+        monitors=[cluster.monitors],
+        pool=cluster.pool,
+        user=cluster.user,
+        key=SecretStr(cluster.key),
+    )
