@@ -44,25 +44,52 @@ class GuestOwner:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DiskSource:
-    """A disk as the hypervisor opens it. Today a local path (a qcow2 overlay, a raw file or
-    block device); a network backend (RBD) adds its protocol and hosts here, and the domain
-    builder writes the matching <disk type=...>."""
+class RbdSource:
+    """An RBD image as QEMU opens it itself, through librbd: no file on the node. The key is
+    not here: libvirt hands QEMU the one kept in the secret `secret_uuid` names (the libvirt
+    compute driver defines it)."""
 
-    path: str
+    pool: str
+    image: str  # the image's name in the pool
+    monitors: tuple[str, ...]  # "host:port" each
+    user: str  # the cephx user, without "client."
+    secret_uuid: str
+
+
+def _one_source(path: str, rbd: RbdSource | None) -> None:
+    if bool(path) == (rbd is not None):
+        raise ValueError("a disk is either a local path or an RBD image, exactly one")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskSource:
+    """A disk as the hypervisor opens it: a local path (a qcow2 overlay, a raw file or block
+    device) or an RBD image (`rbd`, path empty); the domain builder writes the matching
+    <disk type=...>."""
+
+    path: str = ""
     format: DiskFormat = "qcow2"
     serial: str | None = None  # a Volume booted from keeps its serial
+    rbd: RbdSource | None = None
+
+    def __post_init__(self) -> None:
+        _one_source(self.path, self.rbd)
 
 
 @dataclass(frozen=True, kw_only=True)
 class VolumeAttachment:
-    """A volume the node has made available to one guest."""
+    """A volume the node has made available to one guest: a local path, or an RBD image
+    (`rbd`, path empty)."""
 
     name: str  # the spec Disk's name (the Volume's name)
-    path: str
+    path: str = ""
     format: DiskFormat = "raw"
     # What the guest sees as the disk's serial (/dev/disk/by-id/virtio-<serial>).
     serial: str | None = None
+    rbd: RbdSource | None = None
+
+    def __post_init__(self) -> None:
+        _one_source(self.path, self.rbd)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,13 +14,19 @@ import enum
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, SecretBytes, field_serializer, field_validator
+from pydantic import Field, SecretBytes, field_serializer, field_validator, model_validator
 
 from stratus_api.imageref import ImageRef
 from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
 from stratus_api.v1alpha1.volume import VolumeBackend
-from stratus_api.volume_wire import SERIAL_LENGTH, NodeSnapshotStatus, NodeVolumeStatus
+from stratus_api.volume_wire import (
+    SERIAL_LENGTH,
+    CephAccess,
+    NodeSnapshotStatus,
+    NodeVolumeStatus,
+    ceph_access_required,
+)
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 # Bytes of user-data a guest spec carries at most (cloud-init's own NoCloud limit is far
@@ -43,6 +49,16 @@ class VolumeDisk(ApiModel):
     serial: str = Field(
         max_length=SERIAL_LENGTH, description="The disk's serial: /dev/disk/by-id/virtio-<serial>."
     )
+    ceph: CephAccess | None = Field(
+        default=None,
+        description="Required when backend is ceph: the guest's node, whichever it is, reaches "
+        "the volume's pool with it.",
+    )
+
+    @model_validator(mode="after")
+    def _backend_access(self) -> VolumeDisk:
+        ceph_access_required(self.backend, self.ceph)
+        return self
 
 
 class Disk(ApiModel):

@@ -7,6 +7,7 @@ an earlier attempt made instead of making a second one.
 from __future__ import annotations
 
 import re
+import uuid
 
 DOMAIN_PREFIX = "stratus-"
 # Linux interface names hold at most 15 characters.
@@ -67,6 +68,37 @@ def volume_file(volume_uid: str) -> str:
 def snapshot_file(snapshot_uid: str) -> str:
     """A file-backed VolumeSnapshot's data: a standalone qcow2 copy of its Volume's."""
     return f"{_checked(snapshot_uid)}.qcow2"
+
+
+# RBD: images in a Ceph pool that many nodes share, so the names carry the resource's kind.
+RBD_BASE_SNAPSHOT = "base"  # the protected snapshot of an imported Image that volumes clone
+# Fixed: a pool's libvirt secret must get the same UUID on every node and after restarts.
+_CEPH_SECRET_NAMESPACE = uuid.UUID("6e9f87b2-5ccd-45dd-9fe2-d64adefe1689")
+
+
+def rbd_volume(volume_uid: str) -> str:
+    """A ceph-backed Volume's RBD image."""
+    return f"volume-{_checked(volume_uid)}"
+
+
+def rbd_snapshot(snapshot_uid: str) -> str:
+    """A ceph-backed VolumeSnapshot: an RBD snapshot of its Volume's image."""
+    return f"snap-{_checked(snapshot_uid)}"
+
+
+def rbd_image(image_uid: str) -> str:
+    """An Image imported once into a pool; volumes are clones of its `base` snapshot."""
+    return f"image-{_checked(image_uid)}"
+
+
+def ceph_secret_uuid(pool_uid: str) -> str:
+    """The libvirt secret holding the cephx key of one CephPool, the same on every node."""
+    return str(uuid.uuid5(_CEPH_SECRET_NAMESPACE, _checked(pool_uid)))
+
+
+def ceph_secret_usage(user: str, pool_uid: str) -> str:
+    """That secret's usage name (libvirt keeps one secret per usage name)."""
+    return f"stratus client.{user} {_checked(pool_uid)}"
 
 
 def tap_name(instance_uid: str, index: int) -> str:

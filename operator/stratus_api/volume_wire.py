@@ -7,8 +7,9 @@ reads Volumes itself.
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_serializer, model_validator
 
 from stratus_api.imageref import ImageRef
 from stratus_api.naming import UID_PATTERN
@@ -22,6 +23,43 @@ SERIAL_LENGTH = 20
 def disk_serial(volume_uid: str) -> str:
     """The serial a Volume's disk carries in every guest: its UID's first 20 hex digits."""
     return volume_uid.replace("-", "")[:SERIAL_LENGTH]
+
+
+# "host:port", "[v6]:port" or a bare host (Ceph's default port).
+MONITOR_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$"
+
+
+class CephAccess(ApiModel):
+    """How a node reaches one Ceph pool: from a CephPool object and its Secret."""
+
+    pool_uid: str = Field(
+        pattern=UID_PATTERN,
+        description="The CephPool's UID: names the node's libvirt secret and its connection.",
+    )
+    monitors: list[Annotated[str, Field(pattern=MONITOR_PATTERN)]] = Field(
+        min_length=1, description='Monitor addresses, "host:port" each.'
+    )
+    pool: str = Field(min_length=1, description="The RADOS pool holding the images.")
+    user: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description='The cephx user, without the "client." prefix.',
+    )  # fmt: skip
+    key: SecretStr = Field(
+        min_length=1,
+        description="The cephx key, base64 text. Masked in repr() and logs; sent in full only "
+        "when serialised to JSON for the agent.",
+    )
+
+    @field_serializer("key", when_used="json")
+    def _reveal_on_the_wire(self, value: SecretStr) -> str:
+        # As CloudInit.user_data: the agent needs the key itself, everything else the mask.
+        return value.get_secret_value()
+
+
+def ceph_access_required(backend: VolumeBackend, ceph: CephAccess | None) -> None:
+    """A ceph volume is reached through its pool's access (a model validator's check)."""
+    if backend is VolumeBackend.CEPH and ceph is None:
+        raise FieldError("ceph", "required when backend is ceph")
 
 
 class NodeVolumeSource(ApiModel):
@@ -52,6 +90,12 @@ class NodeVolumeSpec(ApiModel):
     backend: VolumeBackend
     size_bytes: int = Field(ge=1)
     source: NodeVolumeSource | None = None
+    ceph: CephAccess | None = Field(default=None, description="Required when backend is ceph.")
+
+    @model_validator(mode="after")
+    def _backend_access(self) -> NodeVolumeSpec:
+        ceph_access_required(self.backend, self.ceph)
+        return self
 
 
 class NodeVolumeState(enum.StrEnum):
@@ -93,6 +137,12 @@ class NodeSnapshotSpec(ApiModel):
     generation: int = Field(ge=0)
     backend: VolumeBackend
     volume: str = Field(pattern=UID_PATTERN, description="UID of the Volume to snapshot.")
+    ceph: CephAccess | None = Field(default=None, description="Required when backend is ceph.")
+
+    @model_validator(mode="after")
+    def _backend_access(self) -> NodeSnapshotSpec:
+        ceph_access_required(self.backend, self.ceph)
+        return self
 
 
 class NodeSnapshotState(enum.StrEnum):

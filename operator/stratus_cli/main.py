@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import allinone, controlplane, processes
+from stratus_devcloud import allinone, ceph, controlplane, processes
 from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
@@ -125,10 +125,18 @@ def dev() -> None:
     is_flag=True,
     help="Only etcd, kube-apiserver and kube-controller-manager: no node, agent or operator.",
 )
-def up(state_dir: Path, control_plane_only: bool) -> None:
+@click.option(
+    "--ceph",
+    "with_ceph",
+    is_flag=True,
+    help="Also a one-node Ceph cluster with cephx (DIR/ceph): one monitor, one OSD on a "
+    "sparse 4 GiB file, pool `stratus`, user client.stratus.",
+)
+def up(state_dir: Path, control_plane_only: bool, with_ceph: bool) -> None:
     """Start the local cloud (or find it running): the Kubernetes control plane with the
     CRDs, Open vSwitch and libvirtd, one agent registered as Hypervisor `local`, the
-    operator, and an HTTP server for the test image.
+    operator, and an HTTP server for the test image; with --ceph, then a one-node Ceph
+    cluster (nothing uses it yet).
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
     `eval "$(stratus dev up)"` sets up the calling shell.
@@ -147,6 +155,19 @@ def up(state_dir: Path, control_plane_only: bool) -> None:
         f"logs in {cloud.state_dir / 'logs'}",
         err=True,
     )
+    if with_ceph:
+        start = time.monotonic()
+        try:
+            cluster = cloud.up_ceph()
+        except ceph.CephError as exc:
+            raise click.ClickException(str(exc)) from exc
+        # The key's file, never the key.
+        click.echo(
+            f"stratus dev: ceph up in {time.monotonic() - start:.1f} s: monitors "
+            f"{cluster.monitors}, pool {cluster.pool}, client.{cluster.user}'s key in "
+            f"{cluster.keyring_path}, conf {cluster.conf_path}",
+            err=True,
+        )
     click.echo(f"export KUBECONFIG={cloud.plane.kubeconfig}")
     click.echo(f"export PATH={cloud.plane.user_bin_dir}:$PATH")
 

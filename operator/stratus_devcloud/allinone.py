@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stratus_api import naming
-from stratus_devcloud import processes
+from stratus_devcloud import ceph, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
     REPO_ROOT,
@@ -67,6 +67,8 @@ class DevCloud:
         self.state_dir = self.plane.state_dir
         self.digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()
         self.node = NodeServices(self.state_dir)
+        # Started only when asked (`stratus dev up --ceph`); nothing uses it yet.
+        self.ceph = ceph.LocalCeph(self.state_dir)
         self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
         self.agent_config = self.state_dir / "agent" / "agent.yaml"
         self.node_record = self.state_dir / "node.json"
@@ -143,6 +145,11 @@ class DevCloud:
         self._start_agent()
         self._register_node()
         self.operator.start()
+
+    def up_ceph(self) -> ceph.CephCluster:
+        """The one-node Ceph cluster of this state directory (STATE/ceph), made on first use
+        and kept across down/up like the Kubernetes data."""
+        return self.ceph.up()
 
     def _serve_test_image(self) -> None:
         served = self.node_dir / "served"
@@ -255,11 +262,12 @@ class DevCloud:
         and node files; leave everything else, and say what was left and why."""
         report = processes.stop_all(self.run_dir, APP_NAMES)
         self._remove_node_state()
+        report.add(self.ceph.down())
         report.add(self.node.stop())
         report.add(self.plane.stop())
         # Records of names this version does not know; OVS and libvirtd, which node.stop()
         # may have left running on purpose, are not among them.
-        known = {*APP_NAMES, *OVS_NAMES, *LIBVIRT_NAMES, *DAEMON_NAMES}
+        known = {*APP_NAMES, *ceph.DAEMON_NAMES, *OVS_NAMES, *LIBVIRT_NAMES, *DAEMON_NAMES}
         unknown = tuple(r.name for r in processes.recorded(self.run_dir) if r.name not in known)
         if unknown:
             report.add(processes.stop_all(self.run_dir, unknown))

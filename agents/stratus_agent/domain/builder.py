@@ -111,28 +111,55 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
     volumes = {v.name: v for v in node.volumes}
     disks = []
     for index, disk in enumerate(spec.disks):
-        path: str
-        fmt: dx.DiskFormat
-        serial: str | None = None
+        source: base.DiskSource | base.VolumeAttachment
         if index == 0:
             # The root disk, as the disk driver made it (a qcow2 overlay for files), or the
             # Volume booted from.
-            path, fmt, serial = node.root_disk.path, node.root_disk.format, node.root_disk.serial
+            source = node.root_disk
         elif disk.name in volumes:
-            volume = volumes[disk.name]
-            path, fmt, serial = volume.path, volume.format, volume.serial
+            source = volumes[disk.name]
         else:
             raise ValueError(f"disk {disk.name!r} has no volume attached on this node")
-        disks.append(
-            dx.Disk(
-                source_file=path,
-                driver_type=fmt,
-                target_dev=f"vd{_VIRTIO_LETTERS[index]}",
-                target_bus="virtio",
-                serial=serial,
+        target = f"vd{_VIRTIO_LETTERS[index]}"
+        if source.rbd is not None:
+            disks.append(_rbd_disk(source.rbd, target, source.serial))
+        else:
+            disks.append(
+                dx.Disk(
+                    source_file=source.path,
+                    driver_type=source.format,
+                    target_dev=target,
+                    target_bus="virtio",
+                    serial=source.serial,
+                )
             )
-        )
     return disks
+
+
+def _rbd_disk(rbd: base.RbdSource, target: str, serial: str | None) -> dx.Disk:
+    return dx.Disk(
+        source_network=dx.NetworkSource(
+            name=f"{rbd.pool}/{rbd.image}", hosts=tuple(_host(m) for m in rbd.monitors)
+        ),
+        auth=dx.DiskAuth(username=rbd.user, secret_uuid=rbd.secret_uuid),
+        # RBD images are raw. writeback: librbd's own cache, which QEMU flushes when the guest
+        # does (safe, and what Ceph recommends for QEMU); unmap: the guest's TRIM frees
+        # space in the pool, which a thin pool shared by many nodes needs.
+        driver_type="raw",
+        driver_cache="writeback",
+        driver_discard="unmap",
+        target_dev=target,
+        target_bus="virtio",
+        serial=serial,
+    )
+
+
+def _host(monitor: str) -> dx.DiskHost:
+    """A "host:port", "[v6]:port" or bare-host monitor address as a <host>."""
+    host, colon, port = monitor.rpartition(":")
+    if not colon or host.endswith(":") or (host.startswith("[") != host.endswith("]")):
+        return dx.DiskHost(name=monitor.strip("[]"))  # no port: Ceph's default
+    return dx.DiskHost(name=host.strip("[]"), port=int(port))
 
 
 def _seed_cdrom(node: base.NodeFacts) -> dx.Disk:

@@ -1,4 +1,5 @@
-"""libvirt domain XML as small typed values: one class per element we use, nothing else.
+"""libvirt domain XML, and the secrets its disks name, as small typed values: one class per
+element we use, nothing else.
 
 Each class converts itself to and from an lxml element and holds no policy: what goes into a
 guest's XML is decided by `stratus_agent.domain.builder`. Reading is lenient on purpose:
@@ -27,6 +28,10 @@ CpuMode = Literal["host-passthrough", "host-model", "maximum", "custom"]
 Lifecycle = Literal["destroy", "restart", "preserve", "rename-restart"]
 DiskDevice = Literal["disk", "cdrom"]
 DiskFormat = Literal["qcow2", "raw"]
+DiskCache = Literal["none", "writeback", "writethrough", "directsync", "unsafe"]
+DiskDiscard = Literal["ignore", "unmap"]
+NetworkProtocol = Literal["rbd"]
+SecretType = Literal["ceph"]
 CharType = Literal["pty", "file"]
 BalloonModel = Literal["virtio", "none"]
 
@@ -291,21 +296,106 @@ class Clock:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Disk:
-    """`<disk type='file'>`: a file-backed disk or CD-ROM."""
+class DiskHost:
+    """`<host>` in a network disk's `<source>`: one server (a Ceph monitor)."""
 
-    source_file: str
+    name: str
+    port: int | None = None
+
+    def to_element(self) -> etree._Element:
+        el = _root("host", name=self.name)
+        if self.port is not None:
+            el.set("port", str(self.port))
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> DiskHost:
+        port = el.get("port")
+        return cls(name=_attr(el, "name"), port=None if port is None else _int(port, el))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSource:
+    """`<source protocol='rbd' name='POOL/IMAGE'>`: an image QEMU opens itself over the
+    network, from the servers in `hosts`."""
+
+    name: str
+    hosts: tuple[DiskHost, ...]
+    protocol: NetworkProtocol = "rbd"
+
+    def to_element(self) -> etree._Element:
+        el = _root("source", protocol=self.protocol, name=self.name)
+        el.extend(host.to_element() for host in self.hosts)
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> NetworkSource:
+        return cls(
+            name=_attr(el, "name"),
+            hosts=tuple(DiskHost.from_element(h) for h in el.iterchildren("host")),
+            protocol=_one_of(el.get("protocol"), get_args(NetworkProtocol), el),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskAuth:
+    """`<auth username=...>`: who QEMU is to the storage; the key is the libvirt secret's
+    `secret_uuid`, never in the domain."""
+
+    username: str
+    secret_uuid: str
+    secret_type: SecretType = "ceph"
+
+    def to_element(self) -> etree._Element:
+        el = _root("auth", username=self.username)
+        _sub(el, "secret", type=self.secret_type, uuid=self.secret_uuid)
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> DiskAuth:
+        secret = _child(el, "secret")
+        return cls(
+            username=_attr(el, "username"),
+            secret_uuid=_attr(secret, "uuid"),
+            secret_type=_one_of(secret.get("type"), get_args(SecretType), secret),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disk:
+    """`<disk>`: a file-backed disk or CD-ROM (`source_file`, type='file') or a network
+    disk (`source_network` and its `auth`, type='network'); exactly one source."""
+
     target_dev: str
     target_bus: str
+    source_file: str | None = None
+    source_network: NetworkSource | None = None
+    auth: DiskAuth | None = None
     device: DiskDevice = "disk"
     driver_type: DiskFormat = "qcow2"
+    driver_cache: DiskCache | None = None  # None: the hypervisor's default
+    driver_discard: DiskDiscard | None = None
     readonly: bool = False
     serial: str | None = None  # what the guest sees as the disk's serial
 
+    def __post_init__(self) -> None:
+        if (self.source_file is None) == (self.source_network is None):
+            raise DomainXMLError("a disk has exactly one of a file or a network source")
+
     def to_element(self) -> etree._Element:
-        el = _root("disk", type="file", device=self.device)
-        _sub(el, "driver", name="qemu", type=self.driver_type)
-        _sub(el, "source", file=self.source_file)
+        network = self.source_network is not None
+        el = _root("disk", type="network" if network else "file", device=self.device)
+        driver = _sub(el, "driver", name="qemu", type=self.driver_type)
+        if self.driver_cache is not None:
+            driver.set("cache", self.driver_cache)
+        if self.driver_discard is not None:
+            driver.set("discard", self.driver_discard)
+        if self.source_network is not None:
+            el.append(self.source_network.to_element())
+        else:
+            _sub(el, "source", file=str(self.source_file))
+        if self.auth is not None:
+            el.append(self.auth.to_element())
         _sub(el, "target", dev=self.target_dev, bus=self.target_bus)
         if self.serial is not None:
             _sub(el, "serial", self.serial)
@@ -315,15 +405,27 @@ class Disk:
 
     @classmethod
     def from_element(cls, el: etree._Element) -> Disk:
-        if el.get("type") != "file":
-            raise DomainXMLError(f"{_where(el)}: only type='file' disks are modelled")
-        driver, target = _child(el, "driver"), _child(el, "target")
+        type_ = el.get("type")
+        if type_ not in ("file", "network"):
+            raise DomainXMLError(f"{_where(el)}: only type='file' and 'network' disks are modelled")
+        driver, target, source = _child(el, "driver"), _child(el, "target"), _child(el, "source")
+        # libvirt accepts <auth> inside <source> too, and may write it back there.
+        auth = el.find("auth")
+        if auth is None:
+            auth = source.find("auth")
+        cache, discard = driver.get("cache"), driver.get("discard")
         return cls(
-            source_file=_attr(_child(el, "source"), "file"),
+            source_file=_attr(source, "file") if type_ == "file" else None,
+            source_network=NetworkSource.from_element(source) if type_ == "network" else None,
+            auth=None if auth is None else DiskAuth.from_element(auth),
             target_dev=_attr(target, "dev"),
             target_bus=_attr(target, "bus"),
             device=_one_of(el.get("device", "disk"), get_args(DiskDevice), el),
             driver_type=_one_of(driver.get("type"), get_args(DiskFormat), driver),
+            driver_cache=None if cache is None else _one_of(cache, get_args(DiskCache), driver),
+            driver_discard=(
+                None if discard is None else _one_of(discard, get_args(DiskDiscard), driver)
+            ),
             readonly=el.find("readonly") is not None,
             serial=_optional_text(el, "serial"),
         )
@@ -710,6 +812,33 @@ class Domain:
     @classmethod
     def from_xml(cls, text: str) -> Domain:
         return cls.from_element(parse(text))
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CephSecret:
+    """`<secret>` of usage ceph: where libvirt keeps a cephx key for the disks whose <auth>
+    names `uuid`. Persistent (ephemeral='no'), so guests start after a libvirtd restart;
+    private='yes', so nobody reads the value back through libvirt. The value itself is set
+    apart (virSecretSetValue), never in this XML."""
+
+    uuid: str
+    usage_name: str
+
+    def to_element(self) -> etree._Element:
+        el = _root("secret", ephemeral="no", private="yes")
+        _sub(el, "uuid", self.uuid)
+        _sub(_sub(el, "usage", type="ceph"), "name", self.usage_name)
+        return el
+
+    @classmethod
+    def from_element(cls, el: etree._Element) -> CephSecret:
+        usage = _child(el, "usage")
+        if el.tag != "secret" or usage.get("type") != "ceph":
+            raise DomainXMLError(f"{_where(el)} is not a ceph secret")
+        return cls(uuid=_text(el, "uuid"), usage_name=_text(usage, "name"))
 
 
 def parse(text: str) -> etree._Element:

@@ -64,7 +64,9 @@ class NodeProvisioner:
             root_disk = await self.disks.ensure_root_disk(spec.uid, base, root.size_bytes, owner)
         else:  # booting from a volume: it is the root disk, as it is
             boot, *volumes = volumes
-            root_disk = DiskSource(path=boot.path, format=boot.format, serial=boot.serial)
+            root_disk = DiskSource(
+                path=boot.path, format=boot.format, serial=boot.serial, rbd=boot.rbd
+            )
         seed_iso = await self.seed.write(spec, owner)
         nics = await self.network.plug(spec.uid, spec.nics)
         return NodeFacts(

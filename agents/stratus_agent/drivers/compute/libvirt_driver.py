@@ -12,6 +12,8 @@ domain's metadata by the builder and only read back here.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import threading
@@ -30,6 +32,7 @@ from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
 from stratus_api.reasons import GuestFailure
+from stratus_api.volume_wire import CephAccess
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +308,42 @@ class LibvirtHost:
     def define(self, xml: str) -> LibvirtGuest:
         return LibvirtGuest(self.conn.defineXML(xml))
 
+    def ensure_ceph_secret(self, access: CephAccess) -> str:
+        """The libvirt secret holding `access`'s cephx key, defined and given its value
+        (again: the CephPool's Secret may have changed); its UUID. One per pool, named by
+        the pool's UID, so every node and every restart finds the same one."""
+        uuid = naming.ceph_secret_uuid(access.pool_uid)
+        usage = naming.ceph_secret_usage(access.user, access.pool_uid)
+        try:
+            # The key is base64 text; libvirt wants its bytes (it hands QEMU base64 itself).
+            value = base64.b64decode(access.key.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ProvisioningError(
+                GuestFailure.VOLUME_ATTACH_FAILED,
+                f"the cephx key of pool {access.pool} (client.{access.user}) is not base64",
+            ) from None  # from None: the decoder's message could quote the key
+        existing = self._secret(uuid)
+        if existing is not None and existing.usageID() != usage:
+            existing.undefine()  # the pool's user changed: same UUID, new usage name
+        xml = domain_xml.to_text(domain_xml.CephSecret(uuid=uuid, usage_name=usage).to_element())
+        self.conn.secretDefineXML(xml).setValue(value)
+        return uuid
+
+    def remove_ceph_secret(self, pool_uid: str) -> bool:
+        secret = self._secret(naming.ceph_secret_uuid(pool_uid))
+        if secret is None:
+            return False
+        secret.undefine()
+        return True
+
+    def _secret(self, uuid: str) -> libvirt.virSecret | None:
+        try:
+            return self.conn.secretLookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise
+
 
 class LibvirtComputeDriver:
     def __init__(
@@ -405,6 +444,10 @@ class LibvirtComputeDriver:
             spec, facts, virt_type=self.virt_type, console_log=str(self.console_log(spec.uid))
         )
         xml = domain.to_xml()
+        # The guest's RBD disks name their pool's secret: it must hold the key before QEMU
+        # opens them (at start, or when one is plugged in live).
+        pools = {d.volume.ceph.pool_uid: d.volume.ceph for d in spec.disks
+                 if d.volume is not None and d.volume.ceph is not None}  # fmt: skip
 
         lock = self._locks.setdefault(spec.uid, threading.Lock())
         deletes = self._deletes.get(spec.uid, 0)
@@ -415,6 +458,8 @@ class LibvirtComputeDriver:
                     return GuestStatus(uid=spec.uid, state=GuestState.MISSING)
                 if facts.owner is not None and self.qemu_state_dir is not None:
                     ensure_traversable(self.qemu_state_dir)
+                for access in pools.values():
+                    self.host.ensure_ceph_secret(access)
                 guest = self.host.define(xml)  # updates the persistent definition in place
                 if spec.power is PowerState.STOPPED:
                     guest.stop(self.shutdown_grace)
@@ -431,6 +476,16 @@ class LibvirtComputeDriver:
                 return guest.status()
 
         return await asyncio.to_thread(apply)
+
+    async def ensure_ceph_secret(self, access: CephAccess) -> str:
+        """The pool's libvirt secret, made or updated; its UUID. `ensure` calls it for every
+        pool a guest's disks are in, so nothing else needs to."""
+        return await asyncio.to_thread(self.host.ensure_ceph_secret, access)
+
+    async def remove_ceph_secret(self, pool_uid: str) -> bool:
+        """Forget a pool's key (the pool is gone from the node); True if there was one.
+        Deleting a guest keeps it: other guests of the node may use the same pool."""
+        return await asyncio.to_thread(self.host.remove_ceph_secret, pool_uid)
 
     async def resize_disk(self, uid: str, serial: str, size_bytes: int) -> bool:
         lock = self._locks.setdefault(uid, threading.Lock())

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from stratus_agent.base import (
     VolumeAttachment,
 )
 from stratus_agent.drivers.formats import qcow2
+from stratus_agent.drivers.storage import qemu_img
 from stratus_agent.drivers.storage.file import make_private
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = ".qcow2"  # naming.volume_file, naming.snapshot_file
 _RECORD_SUFFIX = ".json"  # beside a snapshot: the volume it was taken of
-# `qemu-img convert -p` rewrites one line, "    (12.34/100%)", ending each with \r.
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
-# A resize or create is quick; a copy takes as long as the data is big.
-_COPY_TIMEOUT = 24 * 3600.0
 
 
 class FileVolumeDriver:
@@ -162,7 +158,7 @@ class FileVolumeDriver:
         if progress is not None:
             progress(0)
         # -f: the format is known, never probed; no -B: the copy has no backing file.
-        await _convert(("-f", fmt, "-O", "qcow2", str(path), str(target)), progress)
+        await qemu_img.convert(("-f", fmt, "-O", "qcow2", str(path), str(target)), progress)
         if size_bytes > virtual_size:
             await process.run("qemu-img", "resize", "-q", "-f", "qcow2", str(target),
                               str(size_bytes))  # fmt: skip
@@ -388,38 +384,3 @@ def _virtual_size(path: Path, fmt: str) -> int:
             raise qcow2.Qcow2Error(f"{path.name} is not qcow2")
         return header.virtual_size
     return path.stat().st_size
-
-
-async def _convert(args: tuple[str, ...], progress: ProgressListener | None) -> None:
-    """`qemu-img convert -p`, reporting its percentage to `progress` as it goes."""
-    argv = ("qemu-img", "convert", "-p", *args)
-    child = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert child.stdout is not None and child.stderr is not None
-    stderr = asyncio.create_task(child.stderr.read())
-
-    async def follow(stdout: asyncio.StreamReader) -> None:
-        last = -1
-        while chunk := await stdout.read(4096):
-            for match in _PROGRESS.finditer(chunk):
-                percent = int(float(match.group(1)))
-                if percent != last and progress is not None:
-                    last = percent
-                    progress(percent)
-
-    try:
-        await asyncio.wait_for(follow(child.stdout), _COPY_TIMEOUT)
-        code = await child.wait()
-    except BaseException:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-        raise
-    finally:
-        err = (await stderr).decode(errors="replace")
-    if code != 0:
-        raise process.CommandError(argv, code, err)

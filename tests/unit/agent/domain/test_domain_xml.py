@@ -114,7 +114,35 @@ def kvm_two_nics_no_vnc() -> dx.Domain:
     return build(two_nics, node, "kvm")
 
 
-DOMAINS = {"domain_qemu_1nic.xml": qemu_one_nic, "domain_kvm_2nic_novnc.xml": kvm_two_nics_no_vnc}
+RBD_SECRET = "5d7a4c1e-2b3f-5a6c-9d8e-7f6a5b4c3d2e"
+
+
+def rbd(image: str) -> base.RbdSource:
+    return base.RbdSource(
+        pool="stratus",
+        image=image,
+        monitors=("10.0.0.1:3300", "[fd00::2]:6789", "mon-c"),
+        user="stratus",
+        secret_uuid=RBD_SECRET,
+    )
+
+
+def rbd_boot_and_data() -> dx.Domain:
+    """Booted from an RBD volume, with a second one as a data disk."""
+    volumes = spec(disks=[guest.Disk(name="boot"), guest.Disk(name="data")], nics=[])
+    node = facts(
+        nics=0,
+        root_disk=base.DiskSource(rbd=rbd(f"volume-{UID}"), serial="6f1c2a3b4d5e4f608a7b"),
+        volumes=(base.VolumeAttachment(name="data", rbd=rbd("volume-x"), serial="0123"),),
+    )
+    return build(volumes, node)
+
+
+DOMAINS = {
+    "domain_qemu_1nic.xml": qemu_one_nic,
+    "domain_kvm_2nic_novnc.xml": kvm_two_nics_no_vnc,
+    "domain_qemu_rbd.xml": rbd_boot_and_data,
+}
 
 
 class Element(Protocol):
@@ -144,6 +172,21 @@ ELEMENTS: dict[str, Element] = {
         target_dev="hda",
         target_bus="ide",
         readonly=True,
+    ),
+    "element_disk_rbd.xml": dx.Disk(
+        source_network=dx.NetworkSource(
+            name="stratus/volume-x", hosts=(dx.DiskHost(name="127.0.0.1", port=3300),)
+        ),
+        auth=dx.DiskAuth(username="stratus", secret_uuid=RBD_SECRET),
+        driver_type="raw",
+        driver_cache="writeback",
+        driver_discard="unmap",
+        target_dev="vdb",
+        target_bus="virtio",
+        serial="0123456789abcdef0123",
+    ),
+    "element_secret_ceph.xml": dx.CephSecret(
+        uuid=RBD_SECRET, usage_name=f"stratus client.stratus {UID}"
     ),
     "element_interface_full.xml": dx.Interface(
         source_bridge="br-stratus",
@@ -355,3 +398,39 @@ def test_the_root_disk_is_what_the_disk_driver_made() -> None:
 def test_every_nic_needs_a_binding_from_the_network_driver() -> None:
     with pytest.raises(ValueError, match="1 NICs in the spec, 0 plugged"):
         build(spec(), facts(nics=0))
+
+
+def test_an_rbd_volume_is_a_network_disk_with_its_monitors_and_secret() -> None:
+    root, data, _seed = rbd_boot_and_data().devices.disks
+    assert root.source_network == dx.NetworkSource(
+        name=f"stratus/volume-{UID}",
+        hosts=(
+            dx.DiskHost(name="10.0.0.1", port=3300),
+            dx.DiskHost(name="fd00::2", port=6789),
+            dx.DiskHost(name="mon-c"),
+        ),
+    )
+    assert root.source_file is None and root.serial == "6f1c2a3b4d5e4f608a7b"
+    assert root.auth == dx.DiskAuth(username="stratus", secret_uuid=RBD_SECRET)
+    assert (data.target_dev, data.driver_type, data.driver_cache, data.driver_discard) == (
+        "vdb", "raw", "writeback", "unmap"
+    )  # fmt: skip
+    text = dx.to_text(data.to_element())
+    assert text.startswith('<disk type="network" device="disk">'), text
+
+
+def test_an_rbd_disk_reads_back_with_its_auth_inside_the_source() -> None:
+    """libvirt may write <auth> inside <source>, where it also accepts it."""
+    disk = ELEMENTS["element_disk_rbd.xml"]
+    el = disk.to_element()
+    auth, source = el.find("auth"), el.find("source")
+    assert auth is not None and source is not None
+    source.append(auth)
+    assert dx.Disk.from_element(el) == disk
+
+
+def test_a_disk_has_exactly_one_source() -> None:
+    with pytest.raises(dx.DomainXMLError, match="exactly one"):
+        dx.Disk(target_dev="vda", target_bus="virtio")
+    with pytest.raises(ValueError, match="exactly one"):
+        base.VolumeAttachment(name="data", path="/v", rbd=rbd("volume-x"))
