@@ -1,6 +1,7 @@
 """stratus.io/v1alpha1: every Stratus kind, one module each."""
 
 from stratus_api.v1alpha1.base import API_VERSION, GROUP, VERSION, Condition, Resource
+from stratus_api.v1alpha1.cephpool import CephPool
 from stratus_api.v1alpha1.hypervisor import Hypervisor
 from stratus_api.v1alpha1.image import Image
 from stratus_api.v1alpha1.instance import Instance
@@ -10,7 +11,7 @@ from stratus_api.v1alpha1.volume import Volume
 from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
 KINDS: tuple[type[Resource], ...] = (
-    Image, Volume, VolumeSnapshot, Network, Instance, InstanceType, Hypervisor
+    Image, Volume, VolumeSnapshot, Network, Instance, InstanceType, Hypervisor, CephPool
 )  # fmt: skip
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GROUP",
     "KINDS",
     "VERSION",
+    "CephPool",
     "Condition",
     "Hypervisor",
     "Image",

@@ -107,6 +107,14 @@ class VolumeSpec(ApiModel):
         description="Initial content. Unset: blank. Immutable.",
         json_schema_extra=immutable("source"),
     )
+    ceph_pool: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=RESOURCE_NAME_MAX,
+        description="ceph: the CephPool to make the volume in (unset: the one named "
+        "'default'). Immutable.",
+        json_schema_extra=immutable("cephPool"),
+    )
     node_selector: NodeSelector | None = Field(
         default=None,
         description="Node-local backends (file, lvm): labels of the Hypervisor to make the "
@@ -169,6 +177,9 @@ class Volume(
             out.append(FieldError("spec.size", SHRINK_MESSAGE))
         if self.spec.backend != old.spec.backend:
             out.append(FieldError("spec.backend", immutable_message("backend")))
+        pools = (self.spec.ceph_pool, old.spec.ceph_pool)
+        if None not in pools and pools[0] != pools[1]:
+            out.append(FieldError("spec.cephPool", immutable_message("cephPool")))
         sources = (self.spec.source, old.spec.source)
         if None not in sources and sources[0] != sources[1]:
             out.append(FieldError("spec.source", immutable_message("source")))
