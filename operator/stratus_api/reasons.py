@@ -154,6 +154,9 @@ class Reason(enum.StrEnum):
     VOLUME_EXTENDING = "VolumeExtending"
     VOLUME_FAILED = "VolumeFailed"  # the node said Failed without a GuestFailure
     VOLUME_HAS_SNAPSHOTS = "VolumeHasSnapshots"  # a Volume's deletion waits for them
+    CEPH_POOL_NOT_FOUND = "CephPoolNotFound"  # a ceph Volume names no CephPool
+    CEPH_KEY_NOT_FOUND = "CephKeyNotFound"  # a CephPool's Secret or key is missing
+    CEPH_POOL_READY = "CephPoolReady"
     SNAPSHOT_CREATING = "SnapshotCreating"
     SNAPSHOT_READY = "SnapshotReady"
     SNAPSHOT_FAILED = "SnapshotFailed"  # the node said Failed without a GuestFailure

@@ -159,13 +159,13 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool) -> None:
         start = time.monotonic()
         try:
             cluster = cloud.up_ceph()
-        except ceph.CephError as exc:
+        except (ceph.CephError, controlplane.ControlPlaneError) as exc:
             raise click.ClickException(str(exc)) from exc
         # The key's file, never the key.
         click.echo(
             f"stratus dev: ceph up in {time.monotonic() - start:.1f} s: monitors "
             f"{cluster.monitors}, pool {cluster.pool}, client.{cluster.user}'s key in "
-            f"{cluster.keyring_path}, conf {cluster.conf_path}",
+            f"{cluster.keyring_path}, conf {cluster.conf_path}; CephPool default",
             err=True,
         )
     click.echo(f"export KUBECONFIG={cloud.plane.kubeconfig}")

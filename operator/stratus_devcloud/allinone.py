@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stratus_api import naming
+from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
 from stratus_devcloud import ceph, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
@@ -148,8 +149,35 @@ class DevCloud:
 
     def up_ceph(self) -> ceph.CephCluster:
         """The one-node Ceph cluster of this state directory (STATE/ceph), made on first use
-        and kept across down/up like the Kubernetes data."""
-        return self.ceph.up()
+        and kept across down/up like the Kubernetes data, registered as the CephPool
+        "default" (its key in a Secret of stratus-system)."""
+        cluster = self.ceph.up()
+        secret_name = f"ceph-client-{cluster.user}"
+        manifests = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": AGENT_SYSTEM_NAMESPACE}},
+                {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                 "metadata": {"name": secret_name, "namespace": AGENT_SYSTEM_NAMESPACE},
+                 "stringData": {"key": cluster.key}},
+                {"apiVersion": "stratus.io/v1alpha1", "kind": "CephPool",
+                 "metadata": {"name": DEFAULT_POOL},
+                 "spec": {"monitors": [cluster.monitors], "pool": cluster.pool,
+                          "user": cluster.user,
+                          "keySecretRef": {"namespace": AGENT_SYSTEM_NAMESPACE,
+                                           "name": secret_name}}},
+            ],
+        }  # fmt: skip
+        # Through stdin: the key never appears on a command line.
+        result = self.plane.kubectl_run(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=stratus-dev", "-f", "-",
+            input=json.dumps(manifests), check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ControlPlaneError(f"registering the Ceph pool failed: {result.stderr.strip()}")
+        return cluster
 
     def _serve_test_image(self) -> None:
         served = self.node_dir / "served"

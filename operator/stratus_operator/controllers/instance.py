@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import SecretBytes
@@ -24,7 +24,7 @@ from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
 from stratus_api.v1alpha1.network import NetworkType
 from stratus_api.validation import FieldProblem
-from stratus_api.volume_wire import disk_serial
+from stratus_api.volume_wire import CephAccess, disk_serial
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.ipam import Allocation
 
@@ -149,22 +149,24 @@ def image_ref(image: Image) -> ImageRef:
     )
 
 
-def volume_disk(volume: Volume, name: str | None = None) -> Disk:
+def volume_disk(volume: Volume, name: str | None = None, ceph: CephAccess | None = None) -> Disk:
     """A Volume as a disk (named after it, unless `name`); the guest finds it by its
-    serial."""
+    serial. `ceph`: how the node reaches a ceph Volume's pool."""
     uid = volume.metadata.uid or ""
     return Disk(
         name=name or volume.metadata.name or "",
-        volume=VolumeDisk(uid=uid, backend=volume.spec.backend, serial=disk_serial(uid)),
+        volume=VolumeDisk(uid=uid, backend=volume.spec.backend, serial=disk_serial(uid), ceph=ceph),
     )
 
 
-def _disks(image: Image | None, size: Size, volumes: Sequence[Volume]) -> list[Disk]:
+def _disks(
+    image: Image | None, size: Size, volumes: Sequence[Volume], ceph: Mapping[str, CephAccess]
+) -> list[Disk]:
     """The root disk (an overlay on `image`, else the first of `volumes`), then volumes."""
+    disks = [volume_disk(v, ceph=ceph.get(v.metadata.uid or "")) for v in volumes]
     if image is None:
-        return [volume_disk(volumes[0], "root"), *(volume_disk(v) for v in volumes[1:])]
-    root = Disk(name="root", image=image_ref(image), size_bytes=size.disk_bytes)
-    return [root, *(volume_disk(v) for v in volumes)]
+        return [disks[0].model_copy(update={"name": "root"}), *disks[1:]]
+    return [Disk(name="root", image=image_ref(image), size_bytes=size.disk_bytes), *disks]
 
 
 def guest_spec(
@@ -174,7 +176,10 @@ def guest_spec(
     nics: list[Nic],
     user_data: bytes | None,
     volumes: Sequence[Volume] = (),
+    ceph: Mapping[str, CephAccess] | None = None,
 ) -> GuestSpec:
+    """`ceph`: the pool access of each ceph Volume, by Volume UID."""
+    ceph = ceph or {}
     meta, spec = instance.metadata, instance.spec
     assert meta.uid and meta.name and meta.namespace
     return GuestSpec(
@@ -186,7 +191,7 @@ def guest_spec(
         memory_bytes=size.memory_bytes,
         power=Wanted.of(instance).power,
         restart_token=spec.restart_requested_at,
-        disks=_disks(image, size, volumes),
+        disks=_disks(image, size, volumes, ceph),
         nics=nics,
         cloud_init=CloudInit(
             instance_id=meta.uid,

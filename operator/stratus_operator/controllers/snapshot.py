@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from stratus_api.reasons import Reason, is_transient
 from stratus_api.v1alpha1 import Volume, VolumeSnapshot
-from stratus_api.v1alpha1.volume import VolumePhase
+from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase, VolumeSnapshotStatus
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeSnapshotState, NodeSnapshotStatus
 from stratus_operator.controllers import conditions
@@ -19,14 +19,15 @@ FIELD = "spec.volume"
 
 def node_spec(snapshot: VolumeSnapshot, volume: Volume | None) -> NodeSnapshotSpec:
     """The spec a node needs; InstanceProblem naming spec.volume while the Volume is missing,
-    not made yet, or attached (a file volume is copied while no guest writes to it)."""
+    not made yet, or a node-local one attached (a file volume is copied while no guest
+    writes to it; an RBD snapshot is crash-consistent at any time)."""
     name = snapshot.spec.volume
     if volume is None:
         raise InstanceProblem(
             Reason.SOURCE_NOT_FOUND, f"{FIELD}: Volume {name} not found", field=FIELD
         )
     phase = volume.status.phase if volume.status else VolumePhase.PENDING
-    if phase is VolumePhase.IN_USE:
+    if phase is VolumePhase.IN_USE and volume.spec.backend in NODE_LOCAL:
         holder = volume.status.attached_to if volume.status else None
         raise InstanceProblem(
             Reason.VOLUME_IN_USE,
@@ -35,7 +36,7 @@ def node_spec(snapshot: VolumeSnapshot, volume: Volume | None) -> NodeSnapshotSp
             "snapshot waits until it is",
             field=FIELD,
         )  # fmt: skip
-    if phase is not VolumePhase.AVAILABLE:
+    if phase not in (VolumePhase.AVAILABLE, VolumePhase.IN_USE):
         raise InstanceProblem(
             Reason.SOURCE_NOT_READY, f"{FIELD}: Volume {name} is {phase}, not Available yet",
             field=FIELD,

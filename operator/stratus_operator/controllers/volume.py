@@ -30,15 +30,18 @@ def is_local(volume: Volume) -> bool:
     return volume.spec.backend in NODE_LOCAL
 
 
+def is_ready(hypervisor: Hypervisor) -> bool:
+    status = hypervisor.status
+    return status is not None and conditions.is_true(status.conditions, conditions.READY)
+
+
 def pick_node(volume: Volume, hypervisors: Iterable[Hypervisor]) -> str:
     """The Ready Hypervisor matching the Volume's nodeSelector; ties by name."""
     selector = volume.spec.node_selector or {}
     fitting = sorted(
         hv.metadata.name or ""
         for hv in hypervisors
-        if hv.status is not None
-        and conditions.is_true(hv.status.conditions, conditions.READY)
-        and all(hv.metadata.labels.get(k) == v for k, v in selector.items())
+        if is_ready(hv) and all(hv.metadata.labels.get(k) == v for k, v in selector.items())
     )
     if not fitting:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(any)"

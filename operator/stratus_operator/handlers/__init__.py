@@ -4,6 +4,7 @@ Importing this package registers every handler with kopf.
 """
 
 from stratus_operator.handlers import (
+    cephpool,
     hypervisor,
     image,
     indexes,
@@ -15,6 +16,7 @@ from stratus_operator.handlers import (
 )
 
 __all__ = [
+    "cephpool",
     "hypervisor",
     "image",
     "indexes",

@@ -21,6 +21,7 @@ NETWORKS = (GROUP, VERSION, "networks")
 INSTANCE_TYPES = (GROUP, VERSION, "instancetypes")
 VOLUMES = (GROUP, VERSION, "volumes")
 SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
+CEPH_POOLS = (GROUP, VERSION, "cephpools")
 
 
 def _values(index: kopf.Index[Any, T]) -> Iterable[T]:
@@ -41,6 +42,7 @@ def world(kwargs: dict[str, Any]) -> World:
     uids = kwargs["stratus_instance_uids"]
     volumes, users = kwargs["stratus_volumes"], kwargs["stratus_volume_users"]
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
+    ceph_pools = kwargs["stratus_ceph_pools"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _values(instances),
@@ -59,6 +61,7 @@ def world(kwargs: dict[str, Any]) -> World:
         snapshot=lambda key: _first(snapshots, key),
         snapshot_by_uid=lambda uid: _first(snapshots, uid),
         snapshots_of=lambda key: list(taken.get(key, ())),
+        ceph_pool=lambda name: _first(ceph_pools, name),
     )
 
 

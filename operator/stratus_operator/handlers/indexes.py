@@ -15,6 +15,7 @@ import kopf
 from pydantic import ValidationError
 
 from stratus_api.v1alpha1 import (
+    CephPool,
     Hypervisor,
     Image,
     Instance,
@@ -25,6 +26,7 @@ from stratus_api.v1alpha1 import (
     VolumeSnapshot,
 )
 from stratus_operator.handlers.common import (
+    CEPH_POOLS,
     HYPERVISORS,
     IMAGES,
     INSTANCE_TYPES,
@@ -126,3 +128,9 @@ async def stratus_volume_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     volume = (body.get("spec") or {}).get("volume")
     namespace = body.metadata.namespace or ""
     return {(namespace, volume): body.metadata.name} if isinstance(volume, str) else {}
+
+
+@kopf.index(*CEPH_POOLS)
+async def stratus_ceph_pools(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    found = _parsed(CephPool, body)
+    return {found.metadata.name: found} if found else {}

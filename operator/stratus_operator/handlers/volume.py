@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import Volume
+from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.volume import deleting
 from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import VOLUMES, runtime, world
@@ -42,5 +43,6 @@ async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) ->
         # finalizer holds until they are gone.
         await volumes.write_status(volume, rt, deleting(exc.reason, str(exc)))
         raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None
-    except (AgentError, AgentNotConfigured) as exc:
+    except (AgentError, AgentNotConfigured, InstanceProblem) as exc:
+        # InstanceProblem: no Ready node to reach a shared Volume's pool through, yet.
         raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None

@@ -124,7 +124,8 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
         raise InstanceProblem(
             Reason.HYPERVISOR_GONE, f"status.node: Hypervisor {node} no longer exists"
         )
-    spec = guest_spec(instance, size, image, nics, user_data, attached)
+    ceph_access = await volumes.ceph_accesses(attached, world, runtime)
+    spec = guest_spec(instance, size, image, nics, user_data, attached, ceph_access)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
     await volumes.mark_attached(instance, attached, runtime)

@@ -12,6 +12,7 @@ import logging
 
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import VolumeSnapshot
+from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase, VolumeSnapshotStatus
 from stratus_api.volume_wire import NodeSnapshotStatus
 from stratus_operator.controllers.instance import InstanceProblem
@@ -22,7 +23,7 @@ from stratus_operator.controllers.snapshot import (
     with_problem,
     with_report,
 )
-from stratus_operator.services import volumes
+from stratus_operator.services import ceph, volumes
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
@@ -50,6 +51,9 @@ async def reconcile(snapshot: VolumeSnapshot, world: World, runtime: Runtime) ->
     assert volume is not None
     volumes.check_backend(volume)
     node = volumes.node_of(volume, runtime)
+    if volume.spec.backend is VolumeBackend.CEPH:
+        node = volumes.shared_node(volume, world)
+        spec = spec.model_copy(update={"ceph": await ceph.access(volume, world, runtime)})
     hypervisor = world.hypervisor(node) if node else None
     if node is None or hypervisor is None:
         raise InstanceProblem(

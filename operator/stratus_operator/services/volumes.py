@@ -14,7 +14,7 @@ import logging
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
-from stratus_api.volume_wire import NodeVolumeStatus
+from stratus_api.volume_wire import CephAccess, NodeVolumeStatus
 from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.scheduler import Unschedulable
 from stratus_operator.controllers.volume import (
@@ -22,6 +22,7 @@ from stratus_operator.controllers.volume import (
     VolumeProblem,
     attached,
     is_local,
+    is_ready,
     node_spec,
     pick_node,
     source_node,
@@ -29,14 +30,15 @@ from stratus_operator.controllers.volume import (
     with_problem,
     with_report,
 )
-from stratus_operator.services.agent_client import AgentError, AgentRejected
+from stratus_operator.services import ceph
+from stratus_operator.services.agent_client import AgentClient, AgentError, AgentRejected
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, key_of
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = frozenset({VolumeBackend.FILE})
+SUPPORTED = frozenset({VolumeBackend.FILE, VolumeBackend.CEPH})
 
 
 class DeleteWaits(Exception):
@@ -103,8 +105,24 @@ async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeCha
         async with runtime.decisions:
             node = node_of(volume, runtime) or source or pick_node(volume, world.hypervisors())
             bind(volume, node, runtime)
-    assert node is not None  # every supported backend is node-local so far
+    if node is None or not is_local(volume):
+        node = shared_node(volume, world)
     return await dispatch(volume, node, world, runtime)
+
+
+def shared_node(volume: Volume, world: World) -> str:
+    """The node that works on a shared (ceph) Volume: the one that made it while it is
+    Ready, else any Ready one (every node reaches the pool)."""
+    made_on = volume.status.node if volume.status else None
+    hypervisor = world.hypervisor(made_on) if made_on else None
+    if made_on and hypervisor is not None and is_ready(hypervisor):
+        return made_on
+    ready = sorted(hv.metadata.name or "" for hv in world.hypervisors() if is_ready(hv))
+    if not ready:
+        raise VolumeProblem(
+            Reason.NO_MATCHING_NODE, "no Ready Hypervisor to reach the Ceph pool through"
+        )
+    return ready[0]
 
 
 def bind(volume: Volume, node: str, runtime: Runtime) -> None:
@@ -126,6 +144,8 @@ async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) ->
     image = world.image((namespace, source.image)) if source and source.image else None
     cloned, taken = _sources(volume, world)
     spec = node_spec(volume, image, cloned, node, taken)
+    if volume.spec.backend is VolumeBackend.CEPH:
+        spec = spec.model_copy(update={"ceph": await ceph.access(volume, world, runtime)})
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
         raise VolumeProblem(
@@ -150,6 +170,8 @@ def check_room(volume: Volume, hypervisor: Hypervisor) -> None:
     """The node's pool for the Volume's backend must hold what is still to be written (the
     whole size when new, the growth when larger), by its last health check; the node
     checks again itself."""
+    if not is_local(volume):
+        return  # a shared pool is not one node's: its node checks
     have = (volume.status.size_bytes if volume.status else None) or 0
     needed = volume.spec.size.bytes - have
     pools = hypervisor.status.storage if hypervisor.status else []
@@ -195,11 +217,16 @@ async def remove(volume: Volume, world: World, runtime: Runtime) -> None:
         raise VolumeHasSnapshots(snapshots)
     uid = volume.metadata.uid or ""
     node = node_of(volume, runtime)
+    shared = node is not None and not is_local(volume)
+    if shared:
+        node = shared_node(volume, world)
     hypervisor = world.hypervisor(node) if node else None
     if hypervisor is not None:
         client = await runtime.agents.client(hypervisor)
         try:
-            await client.delete_volume(uid)
+            # A shared Volume whose pool cannot be reached any more has nothing to delete.
+            if not shared or await _introduce(volume, client, world, runtime):
+                await client.delete_volume(uid)
         except AgentRejected as exc:
             if exc.status != 409:
                 raise
@@ -212,6 +239,21 @@ async def remove(volume: Volume, world: World, runtime: Runtime) -> None:
     runtime.volume_nodes.pop(uid, None)
     runtime.reported.pop(uid, None)
     runtime.status.forget(uid)
+
+
+async def _introduce(volume: Volume, client: AgentClient, world: World, rt: Runtime) -> bool:
+    """Have a node hold the shared Volume's pool access and know the Volume, so it can
+    delete it (the ensure is idempotent; its source counts only when the data is made, so
+    none is sent). False, with a warning, when its CephPool or key is gone."""
+    try:
+        access = await ceph.access(volume, world, rt)
+    except InstanceProblem as exc:
+        log.warning("volume %s: %s; its data (if any) stays in the pool", volume.metadata.name,
+                    exc)  # fmt: skip
+        return False
+    spec = node_spec(volume, None, None, None).model_copy(update={"ceph": access})
+    await client.ensure_volume(spec)
+    return True
 
 
 async def apply_report(report: NodeVolumeStatus, node: str, world: World, rt: Runtime) -> None:
@@ -355,6 +397,23 @@ async def made_ready(
                 f"{field}: Volume {volume.metadata.name} is {phase}, not Available yet",
                 field=field, stalled=phase is VolumePhase.ERROR,
             )  # fmt: skip
+
+
+async def ceph_accesses(
+    volumes: list[Volume], world: World, runtime: Runtime
+) -> dict[str, CephAccess]:
+    """How the node reaches the pool of each ceph Volume, by Volume UID; InstanceProblem
+    naming the Volume when its pool cannot be reached."""
+    found = {}
+    for volume in volumes:
+        if volume.spec.backend is VolumeBackend.CEPH:
+            try:
+                found[volume.metadata.uid or ""] = await ceph.access(volume, world, runtime)
+            except InstanceProblem as exc:
+                raise InstanceProblem(
+                    exc.reason, f"Volume {volume.metadata.name}: {exc}", field=exc.field
+                ) from None
+    return found
 
 
 async def mark_attached(instance: Instance, volumes: list[Volume], rt: Runtime) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from stratus_api.v1alpha1 import (
+    CephPool,
     Hypervisor,
     Image,
     Instance,
@@ -42,6 +43,7 @@ class World:
     snapshot_by_uid: Callable[[str], VolumeSnapshot | None] = lambda _: None
     # Names of the VolumeSnapshots taken of this Volume.
     snapshots_of: Callable[[Key], Iterable[str]] = lambda _: ()
+    ceph_pool: Callable[[str], CephPool | None] = lambda _: None
 
 
 def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:

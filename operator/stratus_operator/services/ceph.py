@@ -1,0 +1,97 @@
+"""Ceph pools: what a node needs to reach the pool of a `ceph` Volume, and whether a CephPool
+can be used.
+
+The cephx key is read from the CephPool's Secret when a spec needs it and goes only into
+that spec (masked: SecretStr), never into status, conditions, events or logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from stratus_api.reasons import Reason
+from stratus_api.v1alpha1 import CephPool, Volume
+from stratus_api.v1alpha1.cephpool import DEFAULT_POOL, CephPoolStatus
+from stratus_api.volume_wire import CephAccess
+from stratus_operator.controllers import conditions
+from stratus_operator.controllers.volume import VolumeProblem
+from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.world import World
+
+FIELD = "spec.cephPool"  # of a Volume
+KEY_FIELD = "spec.keySecretRef"  # of a CephPool
+
+
+def pool_of(volume: Volume, world: World) -> CephPool:
+    name = volume.spec.ceph_pool or DEFAULT_POOL
+    pool = world.ceph_pool(name)
+    if pool is None:
+        unset = "" if volume.spec.ceph_pool else " (unset: the one named 'default')"
+        raise VolumeProblem(
+            Reason.CEPH_POOL_NOT_FOUND, f"{FIELD}: CephPool {name}{unset} not found",
+            field=FIELD,
+        )  # fmt: skip
+    return pool
+
+
+async def key_of(pool: CephPool, runtime: Runtime, field: str) -> str:
+    """The pool's cephx key from its Secret; VolumeProblem on `field`, naming the Secret
+    (never the key), when it is missing."""
+    ref = pool.spec.key_secret_ref
+    data = await runtime.kube.secret_data(ref.namespace, ref.name)
+    key = (data or {}).get(ref.key, b"").decode(errors="replace").strip()
+    if not key:
+        where = f"Secret {ref.namespace}/{ref.name}"
+        what = f"{where} has no key {ref.key}" if data is not None else f"{where} not found"
+        owner = f"CephPool {pool.metadata.name}: " if field != KEY_FIELD else ""
+        raise VolumeProblem(Reason.CEPH_KEY_NOT_FOUND, f"{field}: {owner}{what}", field=field)
+    return key
+
+
+async def access(volume: Volume, world: World, runtime: Runtime) -> CephAccess:
+    """How a node reaches the Volume's pool, key included."""
+    pool = pool_of(volume, world)
+    assert pool.metadata.uid
+    return CephAccess(
+        pool_uid=pool.metadata.uid, monitors=list(pool.spec.monitors), pool=pool.spec.pool,
+        user=pool.spec.user, key=SecretStr(await key_of(pool, runtime, FIELD)),
+    )  # fmt: skip
+
+
+CephPoolChange = Callable[[CephPoolStatus, int], CephPoolStatus]
+
+
+async def check(pool: CephPool, runtime: Runtime) -> CephPoolChange:
+    """Ready once its key can be read; VolumeProblem (retried) while not."""
+    await key_of(pool, runtime, KEY_FIELD)
+
+    def ready(status: CephPoolStatus, generation: int) -> CephPoolStatus:
+        return status.model_copy(
+            update={
+                "observed_generation": generation,
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=True, reason=Reason.CEPH_POOL_READY,
+                    message=f"pool {pool.spec.pool} as client.{pool.spec.user}",
+                    generation=generation,
+                ),
+            }
+        )  # fmt: skip
+
+    return ready
+
+
+def not_ready(problem: VolumeProblem) -> CephPoolChange:
+    def change(status: CephPoolStatus, generation: int) -> CephPoolStatus:
+        return status.model_copy(
+            update={
+                "observed_generation": generation,
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=False, reason=problem.reason, message=str(problem),
+                    generation=generation, reconciling=True,
+                ),
+            }
+        )  # fmt: skip
+
+    return change
