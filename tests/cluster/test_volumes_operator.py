@@ -121,6 +121,51 @@ def test_a_volume_the_node_cannot_hold_says_so_and_waits(
     assert small.request("GET", "/v1/volumes")["volumes"] == []
 
 
+def test_ceph_pools_and_volumes_say_what_they_miss(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+) -> None:
+    start_fake_agent()
+    pool_name = f"pool-{namespace}"
+    pool = {"apiVersion": "stratus.io/v1alpha1", "kind": "CephPool",
+            "metadata": {"name": pool_name},
+            "spec": {"monitors": ["127.0.0.1:3300"], "pool": "rbd", "user": "stratus",
+                     "keySecretRef": {"namespace": namespace, "name": "ceph-key"}}}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pool))
+    apply(cluster, namespace, volume("nowhere", backend="ceph", cephPool="missing"),
+          volume("keyless", backend="ceph", cephPool=pool_name))  # fmt: skip
+    try:
+        # A CephPool whose Secret is missing is not Ready, naming the field and the Secret.
+        wait_until("the pool waits for its key", lambda: (condition(cluster.get_json(
+            "cephpool", pool_name).get("status", {}), "Ready") or {}).get(
+            "reason") == "CephKeyNotFound")  # fmt: skip
+        ready = condition(cluster.get_json("cephpool", pool_name)["status"], "Ready") or {}
+        assert ready["message"] == f"spec.keySecretRef: Secret {namespace}/ceph-key not found"
+        # A ceph Volume names the missing CephPool, or its pool's missing key.
+        wait_until("nowhere waits", lambda: reason_of(
+            cluster, namespace, "volume", "nowhere") == "CephPoolNotFound")  # fmt: skip
+        nowhere = condition(status_of(cluster, namespace, "volume", "nowhere"), "Ready") or {}
+        assert nowhere["message"] == "spec.cephPool: CephPool missing not found"
+        wait_until("keyless waits", lambda: reason_of(
+            cluster, namespace, "volume", "keyless") == "CephKeyNotFound")  # fmt: skip
+
+        secret = "supersecretcephxkey=="
+        cluster.kubectl("-n", namespace, "create", "secret", "generic", "ceph-key",
+                        f"--from-literal=key={secret}")  # fmt: skip
+        wait_until("the pool Ready", lambda: (condition(cluster.get_json(
+            "cephpool", pool_name).get("status", {}), "Ready") or {}).get("status") == "True",
+            90)  # fmt: skip
+        # The key is never in any status or event.
+        dumped = json.dumps([cluster.get_json("cephpool", pool_name),
+                             cluster.get_json("volume", "keyless", "-n", namespace),
+                             cluster.get_json("events", "-n", namespace)])  # fmt: skip
+        assert secret not in dumped
+    finally:
+        cluster.kubectl("delete", "cephpool", pool_name, "--wait=false")
+
+
 def test_volumes_that_cannot_be_had_say_why_on_the_named_field(
     cluster: Cluster,
     namespace: str,
@@ -129,15 +174,15 @@ def test_volumes_that_cannot_be_had_say_why_on_the_named_field(
     image_server: ImageServer,
 ) -> None:
     node = start_fake_agent()
-    apply(cluster, namespace, *basics(image_server.url()), volume("rbd", backend="ceph"),
+    apply(cluster, namespace, *basics(image_server.url()), volume("thin", backend="lvm"),
           instance("lonely", volumes=[{"name": "nothing"}],
                    nodeSelector={"stratus.io/test": node.name}))  # fmt: skip
     # A backend this operator does not serve yet: the user's move, so Stalled.
-    wait_until("ceph refused", lambda: reason_of(
-        cluster, namespace, "volume", "rbd") == "BackendUnsupported")  # fmt: skip
-    rbd = status_of(cluster, namespace, "volume", "rbd")
-    assert (condition(rbd, "Ready") or {})["message"].startswith("spec.backend: ceph volumes")
-    assert rbd["phase"] == "Error" and (condition(rbd, "Stalled") or {})["status"] == "True"
+    wait_until("lvm refused", lambda: reason_of(
+        cluster, namespace, "volume", "thin") == "BackendUnsupported")  # fmt: skip
+    thin = status_of(cluster, namespace, "volume", "thin")
+    assert (condition(thin, "Ready") or {})["message"].startswith("spec.backend: lvm volumes")
+    assert thin["phase"] == "Error" and (condition(thin, "Stalled") or {})["status"] == "True"
     # A Volume that does not exist (yet): the Instance waits, naming the field.
     wait_until("lonely waits", lambda: reason_of(
         cluster, namespace, "instance", "lonely") == "VolumeNotFound")  # fmt: skip

@@ -105,9 +105,12 @@ async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeCha
         async with runtime.decisions:
             node = node_of(volume, runtime) or source or pick_node(volume, world.hypervisors())
             bind(volume, node, runtime)
-    if node is None or not is_local(volume):
+    access = None
+    if not is_local(volume):  # the pool's problems are the user's: said before the node's
+        access = await ceph.access(volume, world, runtime)
         node = shared_node(volume, world)
-    return await dispatch(volume, node, world, runtime)
+    assert node is not None
+    return await dispatch(volume, node, world, runtime, access)
 
 
 def shared_node(volume: Volume, world: World) -> str:
@@ -139,13 +142,18 @@ def _sources(volume: Volume, world: World) -> tuple[Volume | None, VolumeSnapsho
     return cloned, taken
 
 
-async def dispatch(volume: Volume, node: str, world: World, runtime: Runtime) -> VolumeChange:
+async def dispatch(
+    volume: Volume, node: str, world: World, runtime: Runtime, access: CephAccess | None = None
+) -> VolumeChange:
+    """Have `node` make or grow the Volume's data (`access`: its Ceph pool's, if read
+    already)."""
     namespace, source = volume.metadata.namespace or "", volume.spec.source
     image = world.image((namespace, source.image)) if source and source.image else None
     cloned, taken = _sources(volume, world)
     spec = node_spec(volume, image, cloned, node, taken)
     if volume.spec.backend is VolumeBackend.CEPH:
-        spec = spec.model_copy(update={"ceph": await ceph.access(volume, world, runtime)})
+        access = access or await ceph.access(volume, world, runtime)
+        spec = spec.model_copy(update={"ceph": access})
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
         raise VolumeProblem(
