@@ -115,6 +115,10 @@ class VolumeDrivers:
             self._pools[pool.access.pool_uid] = pool
             self._add(listed)
 
+    async def close(self) -> None:
+        """Disconnect from every pool; a later call connects again."""
+        await asyncio.gather(*(asyncio.to_thread(p.close) for p in self._pools.values()))
+
     async def for_backend(self, backend: VolumeBackend, ceph: CephAccess | None) -> VolumeDriver:
         """The driver of a spec's backend: the local one for files, the pool's for ceph
         (added, or given the newer access)."""

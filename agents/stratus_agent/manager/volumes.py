@@ -152,6 +152,7 @@ class VolumeManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.drivers.close()
 
     def status(self, uid: str) -> NodeVolumeStatus | None:
         return self._status.get(uid)
