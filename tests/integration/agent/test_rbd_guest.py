@@ -4,7 +4,8 @@
 /v1/guests/{uid} (a network disk with the pool's libvirt secret, the key never on QEMU's
 command line or in its log), a second RBD volume plugged into the running guest, grown
 online and unplugged, the inventory with the RBD volumes and the pool's usage, and after a
-restart the pool served again from the access the agent kept.
+restart the pool served again from the access the agent kept; the pool's libvirt secret
+outlives the guest until it is removed.
 
 The routing itself (two backends at once, UIDs to their driver) is unit-tested in
 tests/unit/agent/test_volume_backends.py."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +43,25 @@ def command_lines() -> list[str]:
             except OSError:
                 continue
     return found
+
+
+def virsh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+async def check_the_secret_outlives_the_guest(compute: Any, ceph: CephAccess) -> None:
+    """The pool's libvirt secret stays for the next guest (private: libvirt does not hand
+    its value back), until it is removed on demand."""
+    secret = naming.ceph_secret_uuid(ceph.pool_uid)
+    usage = virsh("secret-dumpxml", secret).stdout
+    assert f"{ceph.pool} client.{ceph.user} {ceph.pool_uid}" in usage
+    assert ceph.key.get_secret_value() not in usage
+    assert virsh("secret-get-value", secret).returncode != 0
+    assert await compute.ensure_ceph_secret(ceph) == secret  # idempotent
+    assert await compute.remove_ceph_secret(ceph.pool_uid) is True
+    assert virsh("secret-dumpxml", secret).returncode != 0
+    assert await compute.remove_ceph_secret(ceph.pool_uid) is False
 
 
 def rbd_spec(ceph: CephAccess, **overrides: Any) -> dict[str, Any]:
@@ -191,3 +212,4 @@ async def test_rbd_volumes_boot_plug_grow_unplug_and_go_through_the_agent_api(
     assert ceph_access.pool in {p.get("pool") for p in listed["pools"]}
     deleted = await restarted.client.delete(f"/v1/volumes/{boot_uid}", headers=AGENT_AUTH)
     assert deleted.status == 204, await deleted.text()
+    await check_the_secret_outlives_the_guest(restarted.manager.compute, ceph_access)
