@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
 from stratus_api.imageref import ImageRef
 from stratus_api.v1alpha1.volume import VolumeBackend
-from stratus_api.volume_wire import PoolUsage
+from stratus_api.volume_wire import CephAccess, PoolUsage
 
 # Formats a disk is handed to the hypervisor in (the domain XML's driver type).
 DiskFormat = Literal["qcow2", "raw"]
@@ -303,6 +303,32 @@ class VolumeDriver(Protocol):
 
     async def usage(self) -> PoolUsage:
         """Capacity, provisioned and free bytes of the backend, snapshots included."""
+
+
+class CephPoolDriver(VolumeDriver, Protocol):
+    """The volumes of one Ceph pool, reached with the access the operator last sent for it."""
+
+    access: CephAccess
+
+    def use_access(self, access: CephAccess) -> bool:
+        """Reach the pool with `access` from now on (a rotated key, changed monitors); True
+        if it differs from the current one. Blocking: it drops the current connection."""
+
+    def close(self) -> None:
+        """Disconnect (blocking); the next call connects again."""
+
+
+class CephPools(Protocol):
+    """Makes the driver of each Ceph pool the node serves volumes of (RBD)."""
+
+    def make(self, access: CephAccess) -> CephPoolDriver:
+        """A driver of the pool, not connected yet. ProvisioningError(BACKEND_UNSUPPORTED)
+        when this node cannot serve Ceph at all."""
+
+    def saved(self) -> Sequence[CephPoolDriver]:
+        """Drivers of the pools the node kept the access of, rebuilt from it (not connected):
+        the pools it served before a restart. Unreadable ones are logged and left out.
+        Blocking."""
 
 
 class NetworkDriver(Protocol):

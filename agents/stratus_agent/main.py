@@ -15,6 +15,7 @@ from stratus_agent import base
 from stratus_agent import config as agent_config
 from stratus_agent.api.events import EventHub
 from stratus_agent.api.server import create_app
+from stratus_agent.manager.backends import NoCeph, VolumeDrivers
 from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.owners import GuestOwners
 from stratus_agent.manager.provisioner import NodeProvisioner
@@ -74,6 +75,22 @@ def volume_driver(config: agent_config.AgentConfig) -> base.VolumeDriver:
     from stratus_agent.drivers.storage.file_volumes import FileVolumeDriver
 
     return FileVolumeDriver(directory)
+
+
+def ceph_pools(config: agent_config.AgentConfig) -> base.CephPools:
+    """RBD drivers, one per Ceph pool a spec names, with their files under state_dir/ceph;
+    none on a node that makes no disks or lacks Ceph's Python bindings (optional: such an
+    agent serves file volumes and refuses ceph ones, naming what is missing)."""
+    if config.storage.driver == "fake":
+        return NoCeph("its storage driver is fake")
+    try:
+        from stratus_agent.drivers.storage.rbd_volumes import RbdPools
+    except ImportError as exc:
+        return NoCeph(
+            f"Ceph's Python bindings do not load ({exc}): install python3-rados and "
+            "python3-rbd (hack/install-deps)"
+        )
+    return RbdPools(config.state_dir)
 
 
 def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
@@ -140,9 +157,9 @@ async def build(config: agent_config.AgentConfig) -> Agent:
     disks = disk_driver(config)
     images = image_store(config, disks)
     sequence = SequenceClock()  # one order for every report: guests', volumes', snapshots'
-    volumes_driver = volume_driver(config)
+    volume_drivers = VolumeDrivers(volume_driver(config), ceph_pools(config))
     volumes = VolumeManager(
-        volumes_driver,
+        volume_drivers,
         images,
         hub,
         node=config.node_name,
@@ -151,7 +168,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         resize_live=compute.resize_disk,
     )
     await volumes.start()
-    snapshots = SnapshotManager(volumes_driver, volumes, hub, sequence=sequence)
+    snapshots = SnapshotManager(volume_drivers, volumes, hub, sequence=sequence)
     await snapshots.start()
     provisioner = NodeProvisioner(
         images=images,

@@ -46,6 +46,9 @@ class GuestFailure(enum.StrEnum):
     VOLUME_DETACH_PENDING = "VolumeDetachPending"
     # Node plumbing (bridge, ports, libvirt) failed; the agent re-ensures and retries.
     NETWORK_SETUP_FAILED = "NetworkSetupFailed"
+    # The node cannot serve a Volume's backend (no Ceph client libraries): only installing
+    # them helps.
+    BACKEND_UNSUPPORTED = "BackendUnsupported"
     AGENT_ERROR = "AgentError"
 
 
@@ -147,7 +150,7 @@ class Reason(enum.StrEnum):
     NO_MATCHING_NODE = "NoMatchingNode"  # no Ready Hypervisor matches a Volume's nodeSelector
     SOURCE_NOT_READY = "SourceNotReady"  # a Volume's source Image or Volume is not ready
     SOURCE_NOT_FOUND = "SourceNotFound"
-    BACKEND_UNSUPPORTED = "BackendUnsupported"
+    BACKEND_UNSUPPORTED = GuestFailure.BACKEND_UNSUPPORTED.value
     INSUFFICIENT_STORAGE = "InsufficientStorage"  # the node's pool cannot hold the Volume
     VOLUME_CREATING = "VolumeCreating"
     VOLUME_AVAILABLE = "VolumeAvailable"

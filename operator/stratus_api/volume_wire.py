@@ -170,12 +170,14 @@ class NodeSnapshotStatus(ApiModel):
 
 
 class PoolUsage(ApiModel):
-    """Capacity and use of one volume backend on the node."""
+    """Capacity and use of one volume backend on the node: its files, or one Ceph pool."""
 
     backend: VolumeBackend
     capacity_bytes: int = Field(ge=0)
     used_bytes: int = Field(ge=0, description="Provisioned (virtual) bytes of its volumes.")
     free_bytes: int = Field(ge=0, description="Bytes the backend can still store.")
+    pool: str | None = Field(default=None, description="The Ceph pool, for backend ceph.")
+    pool_uid: str | None = Field(default=None, description="Its CephPool's UID, for ceph.")
 
 
 class VolumeInventory(ApiModel):

@@ -2,7 +2,8 @@
 network driver, and the guest's own user.
 
 It only sequences them and knows none of their backends (stratus_agent.main picks those from
-the configuration), so a volume or network backend arrives as a driver, not as a branch here.
+the configuration), so a volume or network backend arrives as a driver, not as a branch here:
+a Volume disk goes to the driver of its backend (and Ceph pool), see manager.backends.
 """
 
 from __future__ import annotations
@@ -86,12 +87,16 @@ class NodeProvisioner:
                     GuestFailure.VOLUME_NOT_FOUND, "this agent holds no volumes"
                 )
             return []
+        drivers = self.volumes.drivers
         for _, volume in disks:
-            if volume.backend != self.volumes.backend:
+            # A ceph disk's pool is added (its volumes listed), or given the newer access.
+            driver = await drivers.for_backend(volume.backend, volume.ceph)
+            holder = drivers.of_volume(volume.uid)
+            if holder is not None and holder is not driver:
                 raise ProvisioningError(
                     GuestFailure.VOLUME_NOT_FOUND,
-                    f"volume {volume.uid}: backend {volume.backend.value} is not served on "
-                    "this node",
+                    f"volume {volume.uid} is in {drivers.describe(holder)}; the guest's disk "
+                    f"names {drivers.describe(driver)}",
                 )
         held = await self.volumes.use(spec.uid, [volume.uid for _, volume in disks], owner)
         return [

@@ -10,8 +10,10 @@ A volume is snapshotted while no guest uses it: a running guest's QEMU holds its
 and writes to it, so a copy would be torn. The volume manager, which knows the volumes'
 users, holds the volume still for the length of the copy (VolumeManager.held_still).
 
-A volume is restored from a snapshot by the volume manager, like a clone: over the same
-driver, which holds exactly the snapshots that are Ready. Snapshots are standalone copies,
+A snapshot is taken by the driver holding its volume (a file, a Ceph pool: see
+stratus_agent.manager.backends) and stays there. A volume is restored from a snapshot by the
+volume manager, like a clone: over the same driver, which holds exactly the snapshots that
+are Ready. Snapshots are standalone copies,
 so the volume they were taken of may go while they stay.
 """
 
@@ -23,6 +25,7 @@ import logging
 
 from stratus_agent.base import EventSink, ProgressListener, StoredSnapshot, VolumeDriver
 from stratus_agent.errors import ProvisioningError
+from stratus_agent.manager.backends import Listing, VolumeDrivers, check_room
 from stratus_agent.manager.sequence import SequenceClock
 from stratus_agent.manager.volumes import PROGRESS_STEP, VolumeManager
 from stratus_api.guest import GuestEvent
@@ -35,15 +38,18 @@ log = logging.getLogger(__name__)
 class SnapshotManager:
     def __init__(
         self,
-        driver: VolumeDriver,
+        drivers: VolumeDrivers | VolumeDriver,
         volumes: VolumeManager,
         hub: EventSink,
         *,
         sequence: SequenceClock | None = None,
     ) -> None:
-        """`driver`: the one `volumes` manages; `sequence`: the clock `volumes` stamps
-        its reports with, so the operator orders both kinds of report alike."""
-        self._driver = driver
+        """`drivers`: those `volumes` manages (a lone driver: `volumes`' only one);
+        `sequence`: the clock `volumes` stamps its reports with, so the operator orders both
+        kinds of report alike."""
+        if drivers is not volumes.drivers and drivers is not volumes.drivers.local:
+            raise ValueError("snapshots are taken over the volume manager's own drivers")
+        self.drivers = volumes.drivers
         self._volumes = volumes
         self._hub = hub
         self._sequence = sequence or SequenceClock()
@@ -51,14 +57,20 @@ class SnapshotManager:
         self._stored: dict[str, StoredSnapshot] = {}
         self._status: dict[str, NodeSnapshotStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.drivers.subscribe(self._adopt)
 
     async def start(self) -> None:
-        """Adopt the snapshots the backend holds (Ready)."""
-        for stored in await self._driver.list_snapshots():
-            self._stored[stored.uid] = stored
-            self._status[stored.uid] = self._stamped(
-                self._report(stored.uid, NodeSnapshotState.READY)
-            )
+        """Adopt the snapshots the backends hold (Ready)."""
+        await self.drivers.start()
+
+    def _adopt(self, listing: Listing) -> None:
+        """The snapshots a driver held when it was added: Ready, unless being taken."""
+        for stored in listing.snapshots:
+            self._stored.setdefault(stored.uid, stored)
+            if stored.uid not in self._tasks:
+                self._status[stored.uid] = self._stamped(
+                    self._report(stored.uid, NodeSnapshotState.READY)
+                )
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -142,17 +154,32 @@ class SnapshotManager:
     async def _take(self, uid: str) -> None:
         task = asyncio.current_task()
         spec = self._desired[uid]
-        backend = self._driver.backend.value
+        backend = spec.backend.value
         try:
+            if spec.ceph is not None:  # the pool is added, or given the newer access
+                await self.drivers.pool(spec.ceph)
+            driver = self.drivers.of_volume(spec.volume)
             with self._volumes.held_still(
                 spec.volume,
                 in_use=f"{backend} volumes are snapshotted while detached: a running guest's "
                 "QEMU holds the volume's data open and writes to it, so a copy would be torn",
             ) as volume:
-                await self._check_room(spec, volume.size_bytes)
-                self._stored[uid] = await self._driver.snapshot(
+                assert driver is not None  # held_still: the volume is Available here
+                if driver.backend is not spec.backend:
+                    raise ProvisioningError(
+                        GuestFailure.VOLUME_NOT_FOUND,
+                        f"volume {spec.volume} is in {self.drivers.describe(driver)}; the "
+                        f"snapshot's spec says {backend}",
+                    )
+                await check_room(
+                    driver,
+                    volume.size_bytes,
+                    f"snapshot {spec.namespace}/{spec.name} needs up to {volume.size_bytes} bytes",
+                )
+                self._stored[uid] = await driver.snapshot(
                     spec.volume, uid, progress=self._progress_of(uid)
                 )
+                self.drivers.holds_snapshot(uid, driver)
             spec = self._desired[uid]  # the newest, for its generation
             self._record(self._report(uid, NodeSnapshotState.READY, generation=spec.generation))
         except ProvisioningError as exc:
@@ -176,18 +203,6 @@ class SnapshotManager:
                 message=message,
             )
         )
-
-    async def _check_room(self, spec: NodeSnapshotSpec, needed: int) -> None:
-        """Refuse a copy the pool may not hold, as volumes are refused: counted at the
-        volume's virtual size, what its data can reach. A full pool would fail the writes
-        of every running guest's thin volumes."""
-        pool = await self._driver.usage()
-        if needed > pool.free_bytes:
-            raise ProvisioningError(
-                GuestFailure.NODE_STORAGE_FULL,
-                f"snapshot {spec.namespace}/{spec.name} needs up to {needed} bytes; the "
-                f"node's {pool.backend} pool has {pool.free_bytes} free",
-            )
 
     def _progress_of(self, uid: str) -> ProgressListener:
         def progress(percent: int) -> None:
@@ -216,7 +231,11 @@ class SnapshotManager:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._desired.pop(uid, None)
-        existed = await self._driver.remove_snapshot(uid)
+        existed = False
+        held = self.drivers.of_snapshot(uid)
+        for driver in [held] if held is not None else self.drivers.all():
+            existed = await driver.remove_snapshot(uid) or existed
+        self.drivers.holds_snapshot(uid, None)
         self._stored.pop(uid, None)
         existed = self._status.get(uid) is not None or existed
         if existed:

@@ -11,8 +11,11 @@ uses stays refused for deletion across agent restarts. A volume whose data is be
 whole (a clone or a snapshot of it is being made) is held still meanwhile: no guest takes
 it and it does not grow until the copy is done.
 
+Volumes live in the node's files and in Ceph pools: each call goes to the driver of the
+spec's backend (and pool), or to the one holding the volume (stratus_agent.manager.backends).
+
 Snapshots have a manager of their own (stratus_agent.manager.snapshots) over the same
-driver; a volume restored from one is made here, like a clone.
+drivers; a volume restored from one is made here, like a clone, by the driver holding it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ from stratus_agent.base import (
     VolumeDriver,
 )
 from stratus_agent.errors import ProvisioningError
+from stratus_agent.manager.backends import Listing, VolumeDrivers, check_room
 from stratus_agent.manager.sequence import SequenceClock
 from stratus_api.guest import GuestEvent
 from stratus_api.reasons import GuestFailure
-from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.volume_wire import (
     NodeVolumeSpec,
     NodeVolumeState,
@@ -91,7 +94,7 @@ class AttachmentBook:
 class VolumeManager:
     def __init__(
         self,
-        driver: VolumeDriver,
+        drivers: VolumeDrivers | VolumeDriver,
         images: ImageStore,
         hub: EventSink,
         *,
@@ -100,9 +103,12 @@ class VolumeManager:
         book: AttachmentBook | None = None,
         resize_live: LiveResizer | None = None,
     ) -> None:
-        """`resize_live`: the compute driver's resize_disk, which grows a volume that a
-        running guest holds open (None: volumes only grow offline)."""
-        self._driver = driver
+        """`drivers`: the node's volume drivers (a lone driver: that one only, files);
+        `resize_live`: the compute driver's resize_disk, which grows a volume that a running
+        guest holds open (None: volumes only grow offline)."""
+        if not isinstance(drivers, VolumeDrivers):
+            drivers = VolumeDrivers(drivers)
+        self.drivers = drivers
         self._resize_live = resize_live
         self._images = images
         self._hub = hub
@@ -116,26 +122,37 @@ class VolumeManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
         self._copying: dict[str, int] = {}  # volume UID -> copies being made of it now
-
-    @property
-    def backend(self) -> VolumeBackend:
-        return self._driver.backend
+        drivers.subscribe(self._adopt)
 
     async def start(self) -> None:
-        """Adopt what the backend holds (Available) and who used it before a restart."""
+        """Adopt what the backends hold (Available) and who used it before a restart."""
         if self._book is not None:
             self._users = await asyncio.to_thread(self._book.load)
-        for stored in await self._driver.list():
-            self._stored[stored.uid] = stored
-            self._status[stored.uid] = self._stamped(
-                self._report(stored.uid, NodeVolumeState.AVAILABLE)
+        await self.drivers.start()
+
+    def _adopt(self, listing: Listing) -> None:
+        """The volumes a driver held when it was added: Available, unless being made."""
+        for stored in listing.volumes:
+            self._stored.setdefault(stored.uid, stored)
+            if stored.uid not in self._tasks:
+                self._status[stored.uid] = self._stamped(
+                    self._report(stored.uid, NodeVolumeState.AVAILABLE)
+                )
+
+    def _holder(self, uid: str) -> VolumeDriver:
+        driver = self.drivers.of_volume(uid)
+        if driver is None:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_NOT_FOUND, f"volume {uid} is not on this node"
             )
+        return driver
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.drivers.close()
 
     def status(self, uid: str) -> NodeVolumeStatus | None:
         return self._status.get(uid)
@@ -143,7 +160,13 @@ class VolumeManager:
     async def inventory(self) -> VolumeInventory:
         # Stamped now: as of this moment, newer than every event already sent.
         volumes = [self._stamped(status) for _, status in sorted(self._status.items())]
-        return VolumeInventory(node=self._node, volumes=volumes, pools=[await self._driver.usage()])
+        pools = []
+        for driver in self.drivers.all():
+            try:
+                pools.append(await driver.usage())
+            except ProvisioningError as exc:  # one unreachable pool hides none of the others
+                log.warning("volumes: no usage of %s: %s", self.drivers.describe(driver), exc)
+        return VolumeInventory(node=self._node, volumes=volumes, pools=pools)
 
     # -- reports -----------------------------------------------------------------------
 
@@ -204,6 +227,10 @@ class VolumeManager:
         self._desired[uid] = spec
         if uid not in self._tasks:
             stored = self._stored.get(uid)
+            if stored is not None and spec.ceph is not None:
+                # A pool the node knows (it holds the volume): a newer access applies now.
+                with contextlib.suppress(ProvisioningError):
+                    await self.drivers.pool(spec.ceph)
             if stored is not None and spec.size_bytes <= stored.size_bytes:
                 if spec.size_bytes < stored.size_bytes:
                     log.warning("volume %s: %d bytes asked, it has %d; volumes never shrink",
@@ -230,11 +257,17 @@ class VolumeManager:
         try:
             while True:
                 spec = self._desired[uid]
+                driver = await self._driver_of(spec)  # a new pool's volumes are adopted
                 stored = self._stored.get(uid)
                 if stored is None:
                     self._begin(uid, spec)
-                    await self._check_room(spec, spec.size_bytes)
-                    self._stored[uid] = await self._create(spec)
+                    await check_room(
+                        driver,
+                        spec.size_bytes,
+                        f"volume {spec.namespace}/{spec.name} needs {spec.size_bytes} bytes",
+                    )
+                    self._stored[uid] = await self._create(driver, spec)
+                    self.drivers.holds_volume(uid, driver)
                 elif spec.size_bytes > stored.size_bytes:
                     self._begin(uid, spec)
                     if uid in self._copying:
@@ -244,8 +277,11 @@ class VolumeManager:
                             f"volume {uid} is being copied (a clone or snapshot of it is "
                             "being made); it grows once that is done",
                         )
-                    await self._check_room(spec, spec.size_bytes - stored.size_bytes)
-                    self._stored[uid] = await self._grow(stored, spec.size_bytes)
+                    needed = spec.size_bytes - stored.size_bytes
+                    await check_room(
+                        driver, needed, f"volume {spec.namespace}/{spec.name} needs {needed} bytes"
+                    )
+                    self._stored[uid] = await self._grow(driver, stored, spec.size_bytes)
                 if self._desired.get(uid) is spec:
                     self._record(
                         self._report(uid, NodeVolumeState.AVAILABLE, generation=spec.generation)
@@ -260,14 +296,28 @@ class VolumeManager:
             if self._tasks.get(uid) is task:
                 self._tasks.pop(uid, None)
 
-    async def _grow(self, stored: StoredVolume, size_bytes: int) -> StoredVolume:
+    async def _driver_of(self, spec: NodeVolumeSpec) -> VolumeDriver:
+        """The driver of the spec's backend, which must be the one holding the volume."""
+        driver = await self.drivers.for_backend(spec.backend, spec.ceph)
+        held = self.drivers.of_volume(spec.uid)
+        if held is not None and held is not driver:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_CREATE_FAILED,
+                f"volume {spec.uid} is in {self.drivers.describe(held)}; its spec names "
+                f"{self.drivers.describe(driver)}",
+            )
+        return driver
+
+    async def _grow(
+        self, driver: VolumeDriver, stored: StoredVolume, size_bytes: int
+    ) -> StoredVolume:
         """Through the hypervisor of a running guest that holds the volume open (the guest
         sees the new size at once), else offline through the backend."""
         if self._resize_live is not None:
             for guest in sorted(self._users.get(stored.uid, ())):
                 if await self._resize_live(guest, disk_serial(stored.uid), size_bytes):
                     return replace(stored, size_bytes=size_bytes)
-        return await self._driver.grow(stored.uid, size_bytes)
+        return await driver.grow(stored.uid, size_bytes)
 
     def _fail(self, uid: str, spec: NodeVolumeSpec, reason: str, message: str) -> None:
         log.warning("volume %s: %s: %s", uid, reason, message)
@@ -281,29 +331,30 @@ class VolumeManager:
             )
         )
 
-    async def _check_room(self, spec: NodeVolumeSpec, needed: int) -> None:
-        """Refuse what the pool cannot hold once written in full: volumes are thin, but a
-        guest that fills one on a full pool would see I/O errors, not a clear condition."""
-        pool = await self._driver.usage()
-        if needed > pool.free_bytes:
+    def _same_driver(self, driver: VolumeDriver, held: VolumeDriver | None, what: str) -> None:
+        """A copy is made inside one backend (and pool): its source must be there."""
+        if held is not None and held is not driver:
             raise ProvisioningError(
-                GuestFailure.NODE_STORAGE_FULL,
-                f"volume {spec.namespace}/{spec.name} needs {needed} bytes; the node's "
-                f"{pool.backend} pool has {pool.free_bytes} free",
+                GuestFailure.VOLUME_NOT_FOUND,
+                f"{what} is in {self.drivers.describe(held)}, not in "
+                f"{self.drivers.describe(driver)}: a copy stays inside one backend",
             )
 
-    async def _create(self, spec: NodeVolumeSpec) -> StoredVolume:
+    async def _create(self, driver: VolumeDriver, spec: NodeVolumeSpec) -> StoredVolume:
         source = spec.source
         if source is not None and source.image is not None:
             image = await self._images.ensure(source.image)
-            return await self._driver.create(
+            return await driver.create(
                 spec.uid, spec.size_bytes, image=image, progress=self._progress_of(spec)
             )
         if source is not None and source.volume is not None:
+            self._same_driver(
+                driver, self.drivers.of_volume(source.volume), f"source volume {source.volume}"
+            )
             with self.held_still(
                 source.volume, in_use="a copy of a disk a guest writes to would be torn"
             ):
-                return await self._driver.create(
+                return await driver.create(
                     spec.uid,
                     spec.size_bytes,
                     clone_of=source.volume,
@@ -312,13 +363,16 @@ class VolumeManager:
         if source is not None and source.snapshot is not None:
             # A snapshot is Ready exactly when the backend holds it whole: the driver says
             # VOLUME_NOT_FOUND (transient) for one still being taken, failed or deleted.
-            return await self._driver.create(
+            self._same_driver(
+                driver, self.drivers.of_snapshot(source.snapshot), f"snapshot {source.snapshot}"
+            )
+            return await driver.create(
                 spec.uid,
                 spec.size_bytes,
                 snapshot_of=source.snapshot,
                 progress=self._progress_of(spec),
             )
-        return await self._driver.create(spec.uid, spec.size_bytes)
+        return await driver.create(spec.uid, spec.size_bytes)
 
     def _progress_of(self, spec: NodeVolumeSpec) -> ProgressListener:
         def progress(percent: int) -> None:
@@ -384,7 +438,13 @@ class VolumeManager:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             self._desired.pop(uid, None)
-            existed = await self._driver.remove(uid)
+            existed = False
+            held = self.drivers.of_volume(uid)
+            # Unknown here (made since its pool was listed, by a node sharing the pool):
+            # asked of every driver.
+            for driver in [held] if held is not None else self.drivers.all():
+                existed = await driver.remove(uid) or existed
+            self.drivers.holds_volume(uid, None)
             self._stored.pop(uid, None)
             existed = self._status.get(uid) is not None or existed
         finally:
@@ -428,7 +488,7 @@ class VolumeManager:
                     f"volume {uid} is being copied (a clone or snapshot of it is being "
                     "made); a guest gets it once that is done",
                 )
-            attachments[uid] = await self._driver.attach(uid, owner)
+            attachments[uid] = await self._holder(uid).attach(uid, owner)
             if guest_uid not in self._users.setdefault(uid, set()):
                 self._users[uid].add(guest_uid)
                 await self._save()
@@ -455,8 +515,9 @@ class VolumeManager:
         guests.discard(guest_uid)
         if not guests:
             self._users.pop(uid, None)
-            if uid in self._stored:
-                await self._driver.detach(uid)
+            held = self.drivers.of_volume(uid)
+            if uid in self._stored and held is not None:
+                await held.detach(uid)
         await self._save()
         self._restate(uid)
 

@@ -40,6 +40,7 @@ from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.volumes import VolumeManager
 from stratus_api import naming
 from stratus_api.sources import SourcePolicy
+from stratus_api.volume_wire import CephAccess
 from testsupport import AGENT_AUTH, AGENT_TOKEN, build_test_image, guest_spec
 
 LIBVIRT_URI = "qemu:///system"
@@ -347,7 +348,8 @@ async def start_agent(
 ) -> AsyncIterator[Callable[..., Awaitable[AgentUnderTest]]]:
     """Starts the agent as `stratus_agent.main` assembles it (LibvirtComputeDriver,
     NodeProvisioner over the file, OVS and NoCloud drivers, the image cache also behind
-    the API) over the node's state; more than
+    the API, file volumes and an RBD driver per Ceph pool a spec names: see `ceph_agent`)
+    over the node's state; more than
     one call simulates a restart. Keyword arguments replace config sections (`recovery=`,
     `network=`). Every agent started is stopped at the end; guests keep
     running, as with a real agent. The image server is on loopback, which the default
@@ -400,3 +402,34 @@ async def start_agent(
 @pytest.fixture
 async def agent(start_agent: Callable[..., Awaitable[AgentUnderTest]]) -> AgentUnderTest:
     return await start_agent()
+
+
+@pytest.fixture
+async def ceph_agent(
+    start_agent: Callable[..., Awaitable[AgentUnderTest]],
+    created_guests: list[str],
+    ceph_access: CephAccess,
+) -> AsyncIterator[AgentUnderTest]:
+    """The agent with the session's Ceph cluster up: it serves the pool a spec's `ceph`
+    access names as it serves its files (one RBD driver per pool, files under
+    state_dir/ceph). At the end, after the agents stopped: the test's guests, then the
+    volumes it left in the pool (snapshots first) and the pool's libvirt secret."""
+    from stratus_agent.drivers.storage.rbd_volumes import RbdVolumeDriver  # noqa: PLC0415
+
+    pool = RbdVolumeDriver(ceph_access, STATE_ROOT / "ceph-cleanup")
+    before = {volume.uid for volume in await pool.list()}
+    agent = await start_agent()
+    yield agent
+    await agent.stop()
+    for uid in created_guests:
+        destroy_domain(uid)
+    for snapshot in await pool.list_snapshots():
+        if snapshot.volume_uid not in before:
+            await pool.remove_snapshot(snapshot.uid)
+    for volume in await pool.list():
+        if volume.uid not in before:
+            await pool.remove(volume.uid)
+    await pool.remove_image(agent.node.image_uid)  # imported for a volume made from it
+    await asyncio.to_thread(pool.close)
+    shutil.rmtree(pool.directory.parent.parent, ignore_errors=True)
+    virsh("secret-undefine", naming.ceph_secret_uuid(ceph_access.pool_uid), check=False)

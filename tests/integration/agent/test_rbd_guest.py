@@ -1,65 +1,37 @@
-"""A real guest booted from an RBD volume: the test image imported into the session's Ceph
-and cloned into a volume (RbdVolumeDriver), the pool's libvirt secret made by the libvirt
-compute driver, the domain written by the builder with a network disk; the guest boots to
-its ready marker. The secret outlives the guest (other guests may use the pool) and goes
-with remove_ceph_secret.
+"""RBD volumes through the agent's API, with the session's Ceph cluster and a real guest
+(libvirt + QEMU): a volume made from the test image by PUT /v1/volumes/{uid} with the pool's
+`ceph` access (the agent makes the pool's driver from it), a guest booted from it by PUT
+/v1/guests/{uid} (a network disk with the pool's libvirt secret, the key never on QEMU's
+command line or in its log), a second RBD volume plugged into the running guest, grown
+online and unplugged, the inventory with the RBD volumes and the pool's usage, and after a
+restart the pool served again from the access the agent kept; the pool's libvirt secret
+outlives the guest until it is removed.
 
-The compute, volume and seed drivers are driven directly rather than through the agent's
-API: the VolumeManager serves one backend (files), and giving it RBD volumes is the
-operator-side integration's work."""
+The routing itself (two backends at once, UIDs to their driver) is unit-tested in
+tests/unit/agent/test_volume_backends.py."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import base64
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from stratus_agent.base import CachedImage, DiskSource, NodeFacts
 from stratus_agent.domain import xml as dx
-from stratus_agent.drivers.compute.libvirt_driver import LibvirtComputeDriver
-from stratus_agent.drivers.formats import qcow2
-from stratus_agent.drivers.seed.nocloud import NoCloudSeed
-from stratus_agent.drivers.storage.rbd_volumes import RbdVolumeDriver
-from stratus_api import guest, naming
+from stratus_api import naming
 from stratus_api.volume_wire import CephAccess, disk_serial
-from testsupport import guest_spec
+from testsupport import AGENT_AUTH, disk_watcher, volume_spec
 
 if TYPE_CHECKING:
-    from conftest import Node
+    from conftest import AgentUnderTest
 
-LIBVIRT_URI = "qemu:///system"
-BOOT_TIMEOUT = 180.0  # a bound; the test image is ready ~4 s after a TCG start here
-MARKER = "STRATUS-GUEST: "
-
-
-def virsh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-
-
-@pytest.fixture
-async def compute(libvirt_node: Node) -> AsyncIterator[LibvirtComputeDriver]:
-    driver = LibvirtComputeDriver(LIBVIRT_URI, console_dir=libvirt_node.guests_dir)
-    libvirt_node.guests_dir.mkdir(parents=True, exist_ok=True)
-    await driver.start(lambda _status: None)
-    yield driver
-    await driver.stop()
-
-
-@pytest.fixture
-async def volumes(ceph_access: CephAccess, libvirt_node: Node) -> AsyncIterator[RbdVolumeDriver]:
-    driver = RbdVolumeDriver(ceph_access, libvirt_node.state_dir)
-    yield driver
-    for volume in await driver.list():
-        await driver.remove(volume.uid)
-    driver.close()
+SpecFactory = Callable[..., dict[str, Any]]
+MiB = 2**20
+# Bounds: a volume from the image imports it into the pool first (a few seconds here).
+VOLUME_TIMEOUT = 120.0
 
 
 def command_lines() -> list[str]:
@@ -73,79 +45,171 @@ def command_lines() -> list[str]:
     return found
 
 
-async def wait_for_marker(log: Path, marker: str, timeout: float = BOOT_TIMEOUT) -> None:
-    """Until the test image writes `STRATUS-GUEST: <marker>` on its console."""
-    deadline, text = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        text = log.read_bytes().decode(errors="replace") if log.exists() else ""
-        if f"{MARKER}{marker}" in text:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no {marker!r} within {timeout} s; console:\n{text[-3000:]}")
+def virsh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
 
 
-async def test_a_guest_boots_from_an_rbd_volume(
-    libvirt_node: Node,
-    compute: LibvirtComputeDriver,
-    volumes: RbdVolumeDriver,
-    ceph_access: CephAccess,
-    stratus_test_image: Path,
-) -> None:
-    header = qcow2.read_header(stratus_test_image)
-    assert header is not None
-    digest = hashlib.sha256(stratus_test_image.read_bytes()).hexdigest()
-    image = CachedImage(str(uuid.uuid4()), stratus_test_image, "qcow2", header.virtual_size, digest)
-    volume_uid = str(uuid.uuid4())
-    started = time.monotonic()
-    await volumes.create(volume_uid, header.virtual_size, image=image)
-    made = time.monotonic() - started
-
-    serial = disk_serial(volume_uid)
-    wire = guest_spec()
-    wire["disks"] = [
-        {"name": "boot", "volume": {"uid": volume_uid, "backend": "ceph", "serial": serial,
-                                    "ceph": ceph_access.model_dump(mode="json", by_alias=True)}}
-    ]  # fmt: skip
-    spec = guest.GuestSpec.model_validate(wire)
-    uid = spec.uid
-    attached = await volumes.attach(volume_uid, None)
-    seed = await NoCloudSeed(libvirt_node.guests_dir).write(spec, None)
-    facts = NodeFacts(
-        root_disk=DiskSource(format="raw", serial=serial, rbd=attached.rbd), seed_iso_path=seed
-    )
-    secret = naming.ceph_secret_uuid(ceph_access.pool_uid)
-    try:
-        started = time.monotonic()
-        status = await compute.ensure(spec, facts)
-        assert status.state == guest.GuestState.RUNNING, status
-        await wait_for_marker(compute.console_log(uid), "ready")
-        booted = time.monotonic() - started
-        print(f"\nvolume from the image: {made:.2f} s (import included); ready: {booted:.1f} s")
-
-        [root, _seed] = dx.Domain.from_xml(libvirt_node.domain_xml(uid)).devices.disks
-        assert root.source_network is not None and root.source_file is None
-        assert root.source_network.name == f"stratus/volume-{volume_uid}"
-        assert root.auth == dx.DiskAuth(username="stratus", secret_uuid=secret)
-        assert root.serial == serial
-        usage = virsh("secret-dumpxml", secret).stdout
-        assert f"stratus client.stratus {ceph_access.pool_uid}" in usage
-        assert ceph_access.key.get_secret_value() not in usage
-        # QEMU gets the key from libvirt encrypted, never on its command line or in its log.
-        key = ceph_access.key.get_secret_value()
-        qemu = [c for c in command_lines() if naming.domain_name(uid) in c]
-        assert qemu and all(key not in c for c in qemu)
-        qemu_log = Path("/var/log/libvirt/qemu") / f"{naming.domain_name(uid)}.log"
-        assert key not in qemu_log.read_text(errors="replace")
-        # private='yes': libvirt does not hand the value back.
-        assert virsh("secret-get-value", secret).returncode != 0
-    finally:
-        await compute.delete(uid)
-
-    # The guest is gone, the pool's secret stays for the next guest, until it is removed.
-    assert virsh("secret-dumpxml", secret).returncode == 0
-    assert await compute.ensure_ceph_secret(ceph_access) == secret  # idempotent
-    assert await compute.remove_ceph_secret(ceph_access.pool_uid) is True
+async def check_the_secret_outlives_the_guest(compute: Any, ceph: CephAccess) -> None:
+    """The pool's libvirt secret stays for the next guest (private: libvirt does not hand
+    its value back), until it is removed on demand."""
+    secret = naming.ceph_secret_uuid(ceph.pool_uid)
+    usage = virsh("secret-dumpxml", secret).stdout
+    assert f"{ceph.pool} client.{ceph.user} {ceph.pool_uid}" in usage
+    assert ceph.key.get_secret_value() not in usage
+    assert virsh("secret-get-value", secret).returncode != 0
+    assert await compute.ensure_ceph_secret(ceph) == secret  # idempotent
+    assert await compute.remove_ceph_secret(ceph.pool_uid) is True
     assert virsh("secret-dumpxml", secret).returncode != 0
-    assert await compute.remove_ceph_secret(ceph_access.pool_uid) is False
-    assert await volumes.remove(volume_uid)
-    assert await volumes.remove_image(image.uid)
+    assert await compute.remove_ceph_secret(ceph.pool_uid) is False
+
+
+def rbd_spec(ceph: CephAccess, **overrides: Any) -> dict[str, Any]:
+    access = ceph.model_dump(mode="json", by_alias=True)
+    return volume_spec(backend="ceph", ceph=access, **overrides)
+
+
+async def put_volume(agent: AgentUnderTest, spec: dict[str, Any]) -> dict[str, Any]:
+    """PUT the spec, then poll until the volume is Available (fails early on Failed)."""
+    path = f"/v1/volumes/{spec['uid']}"
+    put = await agent.client.put(path, json=spec, headers=AGENT_AUTH)
+    assert put.status == 200, await put.text()
+    deadline, body = time.monotonic() + VOLUME_TIMEOUT, {}
+    while time.monotonic() < deadline:
+        body = await (await agent.client.get(path, headers=AGENT_AUTH)).json()
+        if body["state"] == "Available" and body["generation"] == spec["generation"]:
+            return body
+        assert body["state"] != "Failed", body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"volume never Available: {body}")
+
+
+async def console_line(agent: AgentUnderTest, uid: str, start: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in agent.console(uid).text().splitlines():
+            if start in line:
+                return line[line.index(start) :]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no console line {start!r} in {timeout} s\n{agent.diagnostics(uid)}")
+
+
+async def inventory(agent: AgentUnderTest) -> dict[str, Any]:
+    response = await agent.client.get("/v1/volumes", headers=AGENT_AUTH)
+    body: dict[str, Any] = await response.json()
+    assert response.status == 200, body
+    return body
+
+
+def rbd_disk(name: str, uid: str, ceph: CephAccess) -> dict[str, Any]:
+    access = ceph.model_dump(mode="json", by_alias=True)
+    volume = {"uid": uid, "backend": "ceph", "serial": disk_serial(uid), "ceph": access}
+    return {"name": name, "volume": volume}
+
+
+def check_booted_from_rbd(agent: AgentUnderTest, guest: str, uid: str, ceph: CephAccess) -> None:
+    """A network disk with the pool's secret and the volume's serial; the key is neither on
+    QEMU's command line nor in its log."""
+    root = dx.Domain.from_xml(agent.node.domain_xml(guest)).devices.disks[0]
+    assert root.source_network is not None and root.source_file is None
+    assert root.source_network.name == f"{ceph.pool}/volume-{uid}"
+    secret = naming.ceph_secret_uuid(ceph.pool_uid)
+    assert root.auth == dx.DiskAuth(username=ceph.user, secret_uuid=secret)
+    assert (root.target_dev, root.serial) == ("vda", disk_serial(uid))
+    key = ceph.key.get_secret_value()
+    qemu = [c for c in command_lines() if naming.domain_name(guest) in c]
+    assert qemu and all(key not in c for c in qemu)
+    qemu_log = Path("/var/log/libvirt/qemu") / f"{naming.domain_name(guest)}.log"
+    assert key not in qemu_log.read_text(errors="replace")
+
+
+async def plug_grow_and_unplug(
+    agent: AgentUnderTest, spec: dict[str, Any], uid: str, ceph: CephAccess
+) -> dict[str, Any]:
+    """Plug volume `uid` into the running guest, grow it there, unplug it; the inventory
+    taken while it was plugged and grown."""
+    guest, serial = spec["uid"], disk_serial(uid)
+    spec["generation"] = 2
+    spec["disks"].append(rbd_disk("data", uid, ceph))
+    await agent.put(spec)
+    await agent.wait_for_state(guest, "Running", generation=2)
+    seen = await console_line(agent, guest, f"VOL-SEEN {serial} ")
+    assert seen.endswith(f"sectors={16 * MiB // 512} data="), seen
+    await console_line(agent, guest, f"VOL-WROTE {serial}")
+    image = f"{ceph.pool}/volume-{uid}"
+    live = dx.Domain.from_xml(agent.node.domain_xml(guest)).devices.disks
+    assert image in {d.source_network.name for d in live if d.source_network is not None}
+
+    # Grown online: QEMU resizes the image it holds open, the guest sees the new size.
+    grow = rbd_spec(ceph, uid=uid, generation=2, sizeBytes=24 * MiB)
+    assert (await put_volume(agent, grow))["sizeBytes"] == 24 * MiB
+    await console_line(agent, guest, f"VOL-SEEN {serial} dev=vdb sectors={24 * MiB // 512}")
+    listed = await inventory(agent)
+
+    # Unplugged: gone from the guest and both definitions; only then may it be deleted.
+    refused = await agent.client.delete(f"/v1/volumes/{uid}", headers=AGENT_AUTH)
+    assert refused.status == 409, await refused.text()
+    spec["generation"] = 3
+    spec["disks"] = spec["disks"][:1]
+    await agent.put(spec)
+    await agent.wait_for_state(guest, "Running", generation=3)
+    await console_line(agent, guest, f"VOL-GONE {serial}")
+    assert image not in agent.node.domain_xml(guest)
+    assert image not in agent.node.domain_xml(guest, inactive=True)
+    return listed
+
+
+async def test_rbd_volumes_boot_plug_grow_unplug_and_go_through_the_agent_api(
+    ceph_agent: AgentUnderTest,
+    start_agent: Callable[..., Awaitable[AgentUnderTest]],
+    make_guest_spec: SpecFactory,
+    image_server: dict[str, Any],
+    ceph_access: CephAccess,
+) -> None:
+    agent = ceph_agent
+    started = time.monotonic()
+    boot = await put_volume(
+        agent, rbd_spec(ceph_access, sizeBytes=256 * MiB, source={"image": image_server})
+    )
+    made = time.monotonic() - started
+    data = await put_volume(agent, rbd_spec(ceph_access, sizeBytes=16 * MiB))
+    boot_uid, data_uid = boot["uid"], data["uid"]
+    assert boot["location"] == f"{ceph_access.pool}/volume-{boot_uid}"
+
+    spec = make_guest_spec()
+    spec["disks"] = [rbd_disk("root", boot_uid, ceph_access)]
+    spec["cloudInit"]["userData"] = base64.b64encode(disk_watcher("7").encode()).decode()
+    guest = spec["uid"]
+    started = time.monotonic()
+    await agent.put(spec)
+    markers = await agent.wait_for_marker(guest, "user-data exit=0")
+    booted = time.monotonic() - started
+    print(f"\nboot volume from the image: {made:.2f} s (import included); guest: {booted:.1f} s")
+    assert "booted" in markers
+    check_booted_from_rbd(agent, guest, boot_uid, ceph_access)
+
+    listed = await plug_grow_and_unplug(agent, spec, data_uid, ceph_access)
+    volumes = {v["uid"]: v for v in listed["volumes"]}
+    assert volumes[boot_uid]["attachedTo"] == [guest] == volumes[data_uid]["attachedTo"]
+    assert volumes[data_uid]["sizeBytes"] == 24 * MiB
+    pools = {p["backend"]: p for p in listed["pools"]}
+    assert (pools["ceph"]["pool"], pools["ceph"]["poolUid"]) == (
+        ceph_access.pool, ceph_access.pool_uid
+    )  # fmt: skip
+    assert pools["ceph"]["usedBytes"] >= (256 + 24) * MiB and "file" in pools
+    deleted = await agent.client.delete(f"/v1/volumes/{data_uid}", headers=AGENT_AUTH)
+    assert deleted.status == 204, await deleted.text()
+    gone = await agent.client.get(f"/v1/volumes/{data_uid}", headers=AGENT_AUTH)
+    assert gone.status == 404
+
+    # The guest goes, the boot volume stays; a restarted agent serves the pool again from
+    # the access it kept, before any spec names it.
+    await agent.delete(guest)
+    await agent.stop()
+    restarted = await start_agent()
+    listed = await inventory(restarted)
+    assert [v["uid"] for v in listed["volumes"] if v["uid"] in (boot_uid, data_uid)] == [boot_uid]
+    assert ceph_access.pool in {p.get("pool") for p in listed["pools"]}
+    deleted = await restarted.client.delete(f"/v1/volumes/{boot_uid}", headers=AGENT_AUTH)
+    assert deleted.status == 204, await deleted.text()
+    await check_the_secret_outlives_the_guest(restarted.manager.compute, ceph_access)

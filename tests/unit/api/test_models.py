@@ -190,7 +190,7 @@ def test_condition_words_are_one_string_each() -> None:
         assert all(re.fullmatch("[A-Z][a-zA-Z]+", word) for word in words)
     # The operator finds these out itself, before the node would: the same words.
     shared = {str(word) for word in reasons.Reason} & {str(f) for f in reasons.GuestFailure}
-    assert shared == {"DiskTooSmall", "VolumeNotFound", "VolumeInUse"}
+    assert shared == {"DiskTooSmall", "VolumeNotFound", "VolumeInUse", "BackendUnsupported"}
     condition = Condition(type=reasons.ConditionType.READY, status="False",
                           reason=reasons.Reason.GUEST_PAUSED)  # fmt: skip
     assert condition.to_wire() == {"type": "Ready", "status": "False", "reason": "GuestPaused",

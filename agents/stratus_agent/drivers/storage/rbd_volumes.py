@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import rados
 import rbd
+from pydantic import SecretStr, ValidationError
 
 from stratus_agent.base import (
     CachedImage,
@@ -68,6 +69,8 @@ FEATURES = (
     | rbd.RBD_FEATURE_DEEP_FLATTEN
 )
 _VOLUME, _SNAPSHOT, _PARTIAL = "volume-", "snap-", ".partial"
+# The conf's first line: the pool it reaches, a comment to Ceph.
+_POOL_LINE = "# stratus pool: "
 _COPY = "copy-"  # a temporary snapshot of a volume being cloned: `copy-<new volume uid>`
 # The connection went bad, not the operation: the next call connects again.
 _CONNECTION_ERRORS = (rados.TimedOut, rados.ConnectionShutdown, rbd.ConnectionShutdown, rbd.Timeout)
@@ -85,6 +88,57 @@ class RbdVolumeDriver:
         self._cluster: Any = None  # rados.Rados, once connected
         self._connecting = threading.Lock()
         self._imports: dict[str, asyncio.Lock] = {}  # one import of an Image at a time
+
+    @classmethod
+    def saved(
+        cls, state_dir: Path, pool_uid: str, *, mount_timeout: int = MOUNT_TIMEOUT
+    ) -> RbdVolumeDriver | None:
+        """The driver of pool `pool_uid` with the access its own conf and keyring files hold
+        (as the last access given wrote them); None when they are missing or incomplete.
+        Blocking."""
+        directory = state_dir / "ceph" / pool_uid
+        try:
+            conf = (directory / "ceph.conf").read_text().splitlines()
+            keyring = (directory / "keyring").read_text().splitlines()
+        except OSError as exc:
+            log.warning("Ceph pool %s: cannot read its access in %s: %s", pool_uid, directory,
+                        exc.strerror)  # fmt: skip
+            return None
+        pool = next((line.removeprefix(_POOL_LINE) for line in conf
+                     if line.startswith(_POOL_LINE)), "")  # fmt: skip
+        monitors = next((line.partition("=")[2].strip() for line in conf
+                         if line.replace(" ", "").startswith("mon_host=")), "")  # fmt: skip
+        users = [line.strip()[len("[client.") : -1] for line in keyring
+                 if line.strip().startswith("[client.") and line.strip().endswith("]")]  # fmt: skip
+        keys = [line.partition("=")[2].strip() for line in keyring
+                if line.strip().replace(" ", "").startswith("key=")]  # fmt: skip
+        try:
+            access = CephAccess(
+                pool_uid=pool_uid, monitors=monitors.split(","), pool=pool,
+                user=users[0] if users else "", key=SecretStr(keys[0] if keys else ""),
+            )  # fmt: skip
+        except ValidationError as exc:
+            # Field names only: the key's value is not in a message.
+            fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+            log.warning("Ceph pool %s: the access in %s is incomplete (%s)", pool_uid,
+                        directory, fields)  # fmt: skip
+            return None
+        return cls(access, state_dir, mount_timeout=mount_timeout)
+
+    def use_access(self, access: CephAccess) -> bool:
+        """Reach the pool with `access` from now on: the next call writes its files and
+        connects with it. True if it differs from the current one."""
+        if access.pool_uid != self.access.pool_uid:
+            raise ValueError(f"access of pool {access.pool_uid} given to {self.access.pool_uid}")
+        with self._connecting:
+            if access == self.access:
+                return False
+            self.access = access
+            cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            with contextlib.suppress(rados.Error):
+                cluster.shutdown()
+        return True
 
     @property
     def backend(self) -> VolumeBackend:
@@ -107,6 +161,7 @@ class RbdVolumeDriver:
         """ceph.conf and the keyring, rewritten when the access changed (a new key)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = "\n".join([
+            f"{_POOL_LINE}{self.access.pool}",  # for `saved`: the conf says the monitors only
             "[global]",
             f"mon_host = {','.join(self.access.monitors)}",
             "auth_cluster_required = cephx",
@@ -440,7 +495,34 @@ class RbdVolumeDriver:
             capacity_bytes=int(stats["kb"]) * 1024,
             used_bytes=sum(v.size_bytes for v in volumes) + sum(s.size_bytes for s in snapshots),
             free_bytes=int(stats["kb_avail"]) * 1024,
+            pool=self.access.pool,
+            pool_uid=self.access.pool_uid,
         )
+
+
+class RbdPools:
+    """Makes an RbdVolumeDriver per Ceph pool, each with its files under state_dir/ceph."""
+
+    def __init__(self, state_dir: Path, *, mount_timeout: int = MOUNT_TIMEOUT) -> None:
+        self.state_dir = state_dir
+        self.mount_timeout = mount_timeout
+
+    def make(self, access: CephAccess) -> RbdVolumeDriver:
+        return RbdVolumeDriver(access, self.state_dir, mount_timeout=self.mount_timeout)
+
+    def saved(self) -> builtins.list[RbdVolumeDriver]:
+        directory = self.state_dir / "ceph"
+        if not directory.is_dir():
+            return []
+        found = []
+        for entry in sorted(directory.iterdir()):
+            if entry.is_dir() and naming.is_uid(entry.name):
+                driver = RbdVolumeDriver.saved(
+                    self.state_dir, entry.name, mount_timeout=self.mount_timeout
+                )
+                if driver is not None:
+                    found.append(driver)
+        return found
 
 
 # -- blocking helpers, each given an open ioctx --------------------------------------------
