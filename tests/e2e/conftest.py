@@ -1,5 +1,6 @@
 """One all-in-one cloud for every e2e module: real control plane, OVS, libvirtd, TLS agent,
-operator. `stratus dev down` at the end must leave no domain, bridge, process or file."""
+operator, and a one-node Ceph (the CephPool "default"). `stratus dev down` at the end must
+leave no domain, bridge, process or file."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         pytest.skip("the all-in-one test brings its own cluster and node")
     cloud = Cloud(tmp_path_factory.mktemp("allinone"))
     bridge = cloud.dev.bridge
-    up = cloud.stratus("dev", "up")
+    up = cloud.stratus("dev", "up", "--ceph")
     try:
         assert up.returncode == 0, up.stderr
         yield cloud

@@ -6,6 +6,7 @@ uses it, and then leaves no file."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,40 @@ def test_an_instance_boots_from_a_volume_made_from_the_image(cloud: Cloud) -> No
     assert location.parent == cloud.dev.node_dir / "agent" / "volumes" and location.exists()
     cloud.kubectl("delete", "volume", "bootdisk", "--timeout=60s")
     assert not location.exists()
+
+
+def rbd(cloud: Cloud, *args: str) -> str:
+    """The rbd CLI on the all-in-one's Ceph, as its admin (conf and keyring files only)."""
+    cluster = cloud.dev.ceph.cluster()
+    return subprocess.run(
+        ["rbd", "--conf", str(cluster.conf_path), "--keyring", str(cluster.admin_keyring_path),
+         "--id", "admin", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_an_instance_boots_from_an_rbd_clone_of_the_image(cloud: Cloud) -> None:
+    cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))
+    spec = {"size": "1Gi", "backend": "ceph", "source": {"image": "stratus-test"}}
+    volume = {"apiVersion": "stratus.io/v1alpha1", "kind": "Volume",
+              "metadata": {"name": "rbd-boot"}, "spec": spec}  # fmt: skip
+    booted = small_instance("from-rbd", boot={"volume": "rbd-boot"})
+    cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                        "items": [volume, booted]}))  # fmt: skip
+    boot_marker(cloud, "from-rbd", "STRATUS-GUEST: ready")
+    disk = json.loads(cloud.kubectl("get", "volume", "rbd-boot", "-o", "json"))
+    uid = disk["metadata"]["uid"]
+    assert (disk["status"]["phase"], disk["status"]["attachedTo"]) == ("InUse", "from-rbd")
+    # A copy-on-write clone of the Image, imported once into the pool.
+    info = json.loads(rbd(cloud, "info", "--format", "json", f"stratus/volume-{uid}"))
+    image_uid = json.loads(cloud.kubectl("get", "image", "stratus-test", "-o", "json"))[
+        "metadata"]["uid"]  # fmt: skip
+    assert info["parent"]["image"] == f"image-{image_uid}", info
+    assert info["size"] == 2**30
+
+    cloud.kubectl("delete", "instance", "from-rbd", f"--timeout={BOOT_TIMEOUT:.0f}s")
+    wait_until("rbd-boot Available", lambda: json.loads(cloud.kubectl(
+        "get", "volume", "rbd-boot", "-o", "json"))["status"]["phase"] == "Available")  # fmt: skip
+    assert f"volume-{uid}" in rbd(cloud, "ls", "stratus").split()
+    cloud.kubectl("delete", "volume", "rbd-boot", "--timeout=60s")
+    assert f"volume-{uid}" not in rbd(cloud, "ls", "stratus").split()

@@ -9,7 +9,12 @@ from stratus_api.reasons import Reason, is_transient
 from stratus_api.v1alpha1 import Volume, VolumeSnapshot
 from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase, VolumeSnapshotStatus
-from stratus_api.volume_wire import NodeSnapshotSpec, NodeSnapshotState, NodeSnapshotStatus
+from stratus_api.volume_wire import (
+    CephAccess,
+    NodeSnapshotSpec,
+    NodeSnapshotState,
+    NodeSnapshotStatus,
+)
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import InstanceProblem
 
@@ -17,7 +22,9 @@ SnapshotChange = Callable[[VolumeSnapshotStatus, int], VolumeSnapshotStatus]
 FIELD = "spec.volume"
 
 
-def node_spec(snapshot: VolumeSnapshot, volume: Volume | None) -> NodeSnapshotSpec:
+def node_spec(
+    snapshot: VolumeSnapshot, volume: Volume | None, ceph: CephAccess | None = None
+) -> NodeSnapshotSpec:
     """The spec a node needs; InstanceProblem naming spec.volume while the Volume is missing,
     not made yet, or a node-local one attached (a file volume is copied while no guest
     writes to it; an RBD snapshot is crash-consistent at any time)."""
@@ -46,7 +53,7 @@ def node_spec(snapshot: VolumeSnapshot, volume: Volume | None) -> NodeSnapshotSp
     return NodeSnapshotSpec(
         uid=meta.uid, name=meta.name, namespace=meta.namespace,
         generation=meta.generation or 0, backend=volume.spec.backend,
-        volume=volume.metadata.uid,
+        volume=volume.metadata.uid, ceph=ceph,
     )  # fmt: skip
 
 

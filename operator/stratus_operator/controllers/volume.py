@@ -11,6 +11,7 @@ from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase, VolumeStatus
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase
 from stratus_api.volume_wire import (
+    CephAccess,
     NodeVolumeSource,
     NodeVolumeSpec,
     NodeVolumeState,
@@ -58,6 +59,7 @@ def node_spec(
     source_volume: Volume | None,
     node: str | None,
     snapshot: VolumeSnapshot | None = None,
+    ceph: CephAccess | None = None,
 ) -> NodeVolumeSpec:
     """The spec a node needs. `image`/`source_volume`/`snapshot`: the source as found (None:
     missing); each is checked here, so a Volume is never made from a source that is not
@@ -76,7 +78,7 @@ def node_spec(
     return NodeVolumeSpec(
         uid=meta.uid, name=meta.name, namespace=meta.namespace,
         generation=meta.generation or 0, backend=volume.spec.backend,
-        size_bytes=volume.spec.size.bytes, source=made_from,
+        size_bytes=volume.spec.size.bytes, source=made_from, ceph=ceph,
     )  # fmt: skip
 
 

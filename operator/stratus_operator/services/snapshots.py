@@ -47,13 +47,13 @@ async def reconcile(snapshot: VolumeSnapshot, world: World, runtime: Runtime) ->
     if snapshot.status is not None and snapshot.status.phase is SnapshotPhase.READY:
         return _unchanged  # taken once; its Volume may be in use again by now
     volume = world.volume((snapshot.metadata.namespace or "", snapshot.spec.volume))
-    spec = node_spec(snapshot, volume)
-    assert volume is not None
-    volumes.check_backend(volume)
-    node = volumes.node_of(volume, runtime)
-    if volume.spec.backend is VolumeBackend.CEPH:
-        node = volumes.shared_node(volume, world)
-        spec = spec.model_copy(update={"ceph": await ceph.access(volume, world, runtime)})
+    if volume is not None:
+        volumes.check_backend(volume)
+    shared = volume is not None and volume.spec.backend is VolumeBackend.CEPH
+    access = await ceph.access(volume, world, runtime) if volume and shared else None
+    spec = node_spec(snapshot, volume, access)
+    assert volume is not None  # node_spec said so otherwise
+    node = volumes.shared_node(volume, world) if shared else volumes.node_of(volume, runtime)
     hypervisor = world.hypervisor(node) if node else None
     if node is None or hypervisor is None:
         raise InstanceProblem(

@@ -150,10 +150,9 @@ async def dispatch(
     namespace, source = volume.metadata.namespace or "", volume.spec.source
     image = world.image((namespace, source.image)) if source and source.image else None
     cloned, taken = _sources(volume, world)
-    spec = node_spec(volume, image, cloned, node, taken)
     if volume.spec.backend is VolumeBackend.CEPH:
         access = access or await ceph.access(volume, world, runtime)
-        spec = spec.model_copy(update={"ceph": access})
+    spec = node_spec(volume, image, cloned, node, taken, access)
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
         raise VolumeProblem(
@@ -259,7 +258,8 @@ async def _introduce(volume: Volume, client: AgentClient, world: World, rt: Runt
         log.warning("volume %s: %s; its data (if any) stays in the pool", volume.metadata.name,
                     exc)  # fmt: skip
         return False
-    spec = node_spec(volume, None, None, None).model_copy(update={"ceph": access})
+    sourceless = volume.model_copy(update={"spec": volume.spec.model_copy(update={"source": None})})
+    spec = node_spec(sourceless, None, None, None, ceph=access)
     await client.ensure_volume(spec)
     return True
 
