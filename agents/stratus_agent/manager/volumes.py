@@ -392,11 +392,14 @@ class VolumeManager:
         return progress
 
     @contextlib.contextmanager
-    def held_still(self, uid: str, *, in_use: str) -> Iterator[StoredVolume]:
+    def held_still(
+        self, uid: str, *, in_use: str, while_used: bool = False
+    ) -> Iterator[StoredVolume]:
         """The volume's data, held still while a copy of it is made (a clone, a snapshot):
         it must be Available and used by no guest (else ProvisioningError, transient), and
         until the block ends no guest takes it and it does not grow. `in_use`: why a volume
-        a guest uses is refused, for the message."""
+        a guest uses is refused, for the message; `while_used`: the backend copies it
+        consistently even while a guest writes (an RBD snapshot), so guests may use it."""
         status, stored = self._status.get(uid), self._stored.get(uid)
         if (
             status is None
@@ -410,7 +413,7 @@ class VolumeManager:
                 f"volume {uid} is not available on this node ({state})",
             )
         users = sorted(self._users.get(uid, ()))
-        if users:
+        if users and not while_used:
             raise ProvisioningError(
                 GuestFailure.VOLUME_IN_USE,
                 f"volume {uid} is in use by guest(s) {', '.join(users)} on this node: {in_use}",

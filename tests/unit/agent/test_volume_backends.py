@@ -331,3 +331,30 @@ async def test_without_ceph_bindings_a_ceph_spec_fails_naming_what_is_missing(
         await in_state(volumes, local, NodeVolumeState.AVAILABLE)  # files are still served
     finally:
         await volumes.stop()
+
+
+async def test_a_ceph_volume_a_guest_uses_is_snapshotted_a_file_one_waits(node: Node) -> None:
+    """An RBD snapshot is taken at one instant by the cluster (crash-consistent); a file
+    copy made while QEMU writes would be torn."""
+    remote = ceph_spec()
+    local = NodeVolumeSpec.model_validate(volume_spec())
+    await in_state(node.volumes, remote, NodeVolumeState.AVAILABLE)
+    await in_state(node.volumes, local, NodeVolumeState.AVAILABLE)
+    await node.volumes.use("guest-a", [remote.uid, local.uid], None)
+
+    def snap(uid: str, volume: NodeVolumeSpec) -> NodeSnapshotSpec:
+        extra = {"ceph": access().model_dump(mode="json", by_alias=True)} if volume.ceph else {}
+        return NodeSnapshotSpec.model_validate({
+            "uid": uid, "name": "s", "namespace": "team-a", "generation": 1,
+            "backend": volume.backend.value, "volume": volume.uid, **extra,
+        })  # fmt: skip
+
+    live = snap("3e0f4d2a-1b2c-4d3e-8f9a-0b1c2d3e4f51", remote)
+    torn = snap("3e0f4d2a-1b2c-4d3e-8f9a-0b1c2d3e4f52", local)
+    await node.snapshots.ensure(live)
+    await node.snapshots.ensure(torn)
+    ready, failed = NodeSnapshotState.READY, NodeSnapshotState.FAILED
+    await until("Ready", lambda: (s := node.snapshots.status(live.uid)) and s.state is ready)
+    await until("Failed", lambda: (s := node.snapshots.status(torn.uid)) and s.state is failed)
+    status = node.snapshots.status(torn.uid)
+    assert status is not None and status.reason == "VolumeInUse"
