@@ -69,6 +69,18 @@ def test_local_volumes_bind_attach_once_and_outlive_their_instance(
         cluster, namespace, "instance", "other") == "VolumeInUse")  # fmt: skip
     other = condition(status_of(cluster, namespace, "instance", "other"), "Ready") or {}
     assert "spec.volumes[0].name: Volume data is attached to Instance web" in other["message"]
+
+    # Said on the Volume too, once, as a Warning Event.
+    def told() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = cluster.get_json(
+            "events", "-n", namespace, "--field-selector",
+            "involvedObject.kind=Volume,involvedObject.name=data")["items"]  # fmt: skip
+        return [e for e in found if e["reason"] == "VolumeInUse"]
+
+    (event,) = wait_until("the Volume told", told)
+    assert event["type"] == "Warning" and event["message"].startswith(
+        "Instance other asks for it (spec.volumes[0].name), but it is attached to Instance web"
+    )
     wait_until("split unschedulable", lambda: reason_of(
         cluster, namespace, "instance", "split") == "Unschedulable")  # fmt: skip
     split = condition(status_of(cluster, namespace, "instance", "split"), "Ready") or {}

@@ -12,7 +12,7 @@ from stratus_api.validation import problems_of
 from stratus_operator.controllers.instance import invalid
 from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import INSTANCES, runtime, world
-from stratus_operator.services import instances
+from stratus_operator.services import instances, volumes
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
 
@@ -36,6 +36,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
         failure = instances.failed(exc)
         if failure is None:
             raise
+        await volumes.tell_volume(instance, exc, rt)
         await instances.write_body_status(body, rt, failure)
         raise errors.intent(exc, retry, rt.settings) from None
     await instances.write_body_status(body, rt, change)

@@ -59,6 +59,10 @@ class EventRecorder:
         if now is not None and news:
             await self._post(ref, "Warning", now.reason, now.message)
 
+    async def warn(self, ref: Involved, reason: str, message: str) -> None:
+        """A Warning about `ref` that no condition of its own carries."""
+        await self._post(ref, "Warning", reason, message)
+
     async def _post(self, ref: Involved, type_: str, reason: str, message: str) -> None:
         try:
             await self._kube.post_event(ref, type_, reason, message)

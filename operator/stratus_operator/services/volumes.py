@@ -15,6 +15,7 @@ from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
 from stratus_api.volume_wire import CephAccess, NodeVolumeStatus
+from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.scheduler import Unschedulable
 from stratus_operator.controllers.volume import (
@@ -314,6 +315,32 @@ def holder_of(volume: Volume, world: World, runtime: Runtime) -> str | None:
     return None
 
 
+class VolumeTaken(InstanceProblem):
+    """The Instance names a Volume another Instance holds and still names: the user's move
+    (Stalled). Said on both: the Instance's status, and an Event on the Volume."""
+
+    def __init__(self, message: str, field: str, volume: Volume, holder: str) -> None:
+        super().__init__(Reason.VOLUME_IN_USE, message, field=field, stalled=True)
+        self.volume = volume
+        self.holder = holder
+
+
+async def tell_volume(instance: Instance, exc: Exception, runtime: Runtime) -> None:
+    """A Warning Event on a Volume that `instance` asked for in vain (VolumeTaken), once:
+    when the Instance's Ready message is new, as Events on the Instance are."""
+    if not isinstance(exc, VolumeTaken):
+        return
+    ready = conditions.condition(instance.status.conditions if instance.status else [],
+                                 conditions.READY)  # fmt: skip
+    if ready is not None and ready.message == str(exc):
+        return  # said already
+    await runtime.events.warn(
+        ObjectRef.of(exc.volume).involved(), Reason.VOLUME_IN_USE,
+        f"Instance {instance.metadata.name} asks for it ({exc.field}), but it is attached "
+        f"to Instance {exc.holder}; a volume attaches to one Instance at a time",
+    )  # fmt: skip
+
+
 def named(instance: Instance) -> list[tuple[str, str]]:
     """(field, Volume name) of each Volume the Instance uses, the boot volume first."""
     boot = instance.spec.boot.volume
@@ -344,7 +371,7 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
         holder = holder_of(volume, world, runtime)
         if holder is not None and holder != uid:
             other = world.instance(holder)
-            who = other.metadata.name if other else holder
+            who = (other.metadata.name if other else None) or holder
             if not names(other, volume):
                 raise InstanceProblem(
                     Reason.VOLUME_IN_USE,
@@ -352,11 +379,10 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
                     f"{who}; it attaches here once that guest has released it",
                     field=field,
                 )  # fmt: skip
-            raise InstanceProblem(
-                Reason.VOLUME_IN_USE,
+            raise VolumeTaken(
                 f"{field}: Volume {name} is attached to Instance {who}; a volume "
                 "attaches to one Instance at a time",
-                field=field, stalled=True,
+                field, volume, who,
             )  # fmt: skip
         found.append(volume)
     for volume in found:
