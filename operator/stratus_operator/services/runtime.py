@@ -6,7 +6,9 @@ Built once at startup and handed to handlers through kopf's memo.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
@@ -17,6 +19,8 @@ from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube
 from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.status import StatusWriter
+
+S = TypeVar("S")  # a kind's status model
 
 
 class AgentNotConfigured(Exception):
@@ -110,6 +114,18 @@ class Runtime:
             return False
         self.reported[uid] = sequence
         return True
+
+    def unless_older(
+        self, uid: str, sequence: int | None, change: Callable[[S, int], S]
+    ) -> Callable[[S, int], S]:
+        """`change` (a node's answer to a PUT), applied when written only if no newer report
+        of `uid` was applied by then: the node's events may be written before the answer
+        (a fast copy is Ready before the PUT's Creating is), and it must not undo them."""
+
+        def guarded(status: S, generation: int) -> S:
+            return change(status, generation) if self.newest(uid, sequence) else status
+
+        return guarded
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.kube)

@@ -64,16 +64,7 @@ async def reconcile(snapshot: VolumeSnapshot, world: World, runtime: Runtime) ->
         )  # fmt: skip
     client = await runtime.agents.client(hypervisor)
     answer = await client.ensure_snapshot(spec)
-    report = with_report(node, answer)
-
-    def unless_older(status: VolumeSnapshotStatus, generation: int) -> VolumeSnapshotStatus:
-        # The node's events may have been written before this answer (a fast copy is Ready
-        # before the PUT's Creating is): an older answer must not undo them.
-        if not runtime.newest(answer.uid, answer.sequence):
-            return status
-        return report(status, generation)
-
-    return unless_older
+    return runtime.unless_older(answer.uid, answer.sequence, with_report(node, answer))
 
 
 def failed(exc: Exception) -> SnapshotChange | None:

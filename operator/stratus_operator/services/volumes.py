@@ -163,15 +163,7 @@ async def dispatch(
     check_room(volume, hypervisor)
     client = await runtime.agents.client(hypervisor)
     answer = await client.ensure_volume(spec)
-    report = with_report(node, answer)
-
-    def unless_older(status: VolumeStatus, generation: int) -> VolumeStatus:
-        # As for snapshots: events written before this answer must not be undone by it.
-        if not runtime.newest(answer.uid, answer.sequence):
-            return status
-        return report(status, generation)
-
-    return unless_older
+    return runtime.unless_older(answer.uid, answer.sequence, with_report(node, answer))
 
 
 def check_room(volume: Volume, hypervisor: Hypervisor) -> None:
