@@ -71,6 +71,7 @@ class DiskSource:
     format: DiskFormat = "qcow2"
     serial: str | None = None  # a Volume booted from keeps its serial
     rbd: RbdSource | None = None
+    block: bool = False  # `path` is a block device (an LVM volume), not a file
 
     def __post_init__(self) -> None:
         _one_source(self.path, self.rbd)
@@ -78,8 +79,8 @@ class DiskSource:
 
 @dataclass(frozen=True, kw_only=True)
 class VolumeAttachment:
-    """A volume the node has made available to one guest: a local path, or an RBD image
-    (`rbd`, path empty)."""
+    """A volume the node has made available to one guest: a local path (a file, or a block
+    device when `block`), or an RBD image (`rbd`, path empty)."""
 
     name: str  # the spec Disk's name (the Volume's name)
     path: str = ""
@@ -87,6 +88,7 @@ class VolumeAttachment:
     # What the guest sees as the disk's serial (/dev/disk/by-id/virtio-<serial>).
     serial: str | None = None
     rbd: RbdSource | None = None
+    block: bool = False
 
     def __post_init__(self) -> None:
         _one_source(self.path, self.rbd)

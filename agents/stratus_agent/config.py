@@ -120,6 +120,29 @@ class IsolationConfig(_Section):
         return self
 
 
+# LVM names: letters, digits and + _ . - (not starting with -), as lvm(8) allows.
+LVM_NAME_PATTERN = r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$"
+
+
+class LvmConfig(_Section):
+    """lvm Volumes: one thin logical volume each, in a thin pool of one volume group. The
+    volume group and the thin pool are the node admin's (like Cinder's LVM backend, the agent
+    makes neither): `lvcreate --type thin-pool -l 90%FREE -n stratus-thin VG`."""
+
+    volume_group: str = Field(max_length=127, pattern=LVM_NAME_PATTERN, description="The VG.")
+    thin_pool: str = Field(
+        default="stratus-thin", max_length=127, pattern=LVM_NAME_PATTERN,
+        description="The thin pool in it. It must zero new blocks (lvm's default, `-Zy`): "
+        "otherwise a new volume could read a deleted one's data, and the agent refuses it.",
+    )  # fmt: skip
+    config: str = Field(
+        default="",
+        max_length=4096,
+        description="Passed to every lvm command as --config (e.g. a devices filter).",
+    )
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Per lvm command.")
+
+
 class StorageConfig(_Section):
     """Where guests' disks and the node's volumes live."""
 
@@ -128,6 +151,10 @@ class StorageConfig(_Section):
         description="file: each root disk a qcow2 overlay on the cached image, under "
         "state_dir/guests, and each volume a standalone qcow2 under state_dir/volumes. "
         "fake: makes nothing (the default with compute: fake).",
+    )
+    lvm: LvmConfig | None = Field(
+        default=None,
+        description="Serve lvm Volumes from this volume group's thin pool (None: none).",
     )
 
 

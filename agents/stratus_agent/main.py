@@ -65,16 +65,22 @@ def disk_driver(config: agent_config.AgentConfig) -> base.DiskDriver:
     return FileDiskDriver(directory)
 
 
-def volume_driver(config: agent_config.AgentConfig) -> base.VolumeDriver:
+def local_volume_drivers(config: agent_config.AgentConfig) -> list[base.VolumeDriver]:
+    """The node's own volume backends: files, and LVM where configured."""
     # Volumes follow the disks: a node that makes no disks makes no volumes either.
     directory = config.state_dir / "volumes"
     if config.storage.driver == "fake":
         from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
 
-        return FakeVolumeDriver(directory, capacity=config.fake.volume_pool_bytes)
+        return [FakeVolumeDriver(directory, capacity=config.fake.volume_pool_bytes)]
     from stratus_agent.drivers.storage.file_volumes import FileVolumeDriver
 
-    return FileVolumeDriver(directory)
+    drivers: list[base.VolumeDriver] = [FileVolumeDriver(directory)]
+    if config.storage.lvm is not None:
+        from stratus_agent.drivers.storage.lvm_volumes import LvmVolumeDriver
+
+        drivers.append(LvmVolumeDriver(config.storage.lvm))
+    return drivers
 
 
 def ceph_pools(config: agent_config.AgentConfig) -> base.CephPools:
@@ -157,7 +163,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
     disks = disk_driver(config)
     images = image_store(config, disks)
     sequence = SequenceClock()  # one order for every report: guests', volumes', snapshots'
-    volume_drivers = VolumeDrivers(volume_driver(config), ceph_pools(config))
+    volume_drivers = VolumeDrivers(local_volume_drivers(config), ceph_pools(config))
     volumes = VolumeManager(
         volume_drivers,
         images,

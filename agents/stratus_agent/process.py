@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -19,9 +21,13 @@ class Output:
     stderr: str
 
 
-async def run(*argv: str, check: bool = True, timeout: float = 120.0) -> Output:
+async def run(
+    *argv: str, check: bool = True, timeout: float = 120.0, env: Mapping[str, str] | None = None
+) -> Output:
+    """`env`: variables set for the command on top of the agent's own."""
     process = await asyncio.create_subprocess_exec(
         *argv,
+        env=None if env is None else {**os.environ, **env},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

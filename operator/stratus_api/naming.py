@@ -86,6 +86,16 @@ def rbd_snapshot(snapshot_uid: str) -> str:
     return f"snap-{_checked(snapshot_uid)}"
 
 
+def lvm_volume(volume_uid: str) -> str:
+    """An lvm-backed Volume's thin logical volume."""
+    return f"volume-{_checked(volume_uid)}"
+
+
+def lvm_snapshot(snapshot_uid: str) -> str:
+    """An lvm-backed VolumeSnapshot: a thin snapshot of its Volume's logical volume."""
+    return f"snap-{_checked(snapshot_uid)}"
+
+
 def rbd_image(image_uid: str) -> str:
     """An Image imported once into a pool; volumes are clones of its `base` snapshot."""
     return f"image-{_checked(image_uid)}"

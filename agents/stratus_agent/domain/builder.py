@@ -126,8 +126,13 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
         else:
             disks.append(
                 dx.Disk(
-                    source_file=source.path,
+                    source_file=None if source.block else source.path,
+                    source_dev=source.path if source.block else None,
                     driver_type=source.format,
+                    # An LVM volume: no host page cache (as Nova's LVM backend), and the
+                    # guest's TRIM gives blocks back to the thin pool.
+                    driver_cache="none" if source.block else None,
+                    driver_discard="unmap" if source.block else None,
                     target_dev=target,
                     target_bus="virtio",
                     serial=source.serial,

@@ -363,12 +363,14 @@ class DiskAuth:
 
 @dataclass(frozen=True, kw_only=True)
 class Disk:
-    """`<disk>`: a file-backed disk or CD-ROM (`source_file`, type='file') or a network
-    disk (`source_network` and its `auth`, type='network'); exactly one source."""
+    """`<disk>`: a file-backed disk or CD-ROM (`source_file`, type='file'), a block device
+    (`source_dev`, type='block') or a network disk (`source_network` and its `auth`,
+    type='network'); exactly one source."""
 
     target_dev: str
     target_bus: str
     source_file: str | None = None
+    source_dev: str | None = None
     source_network: NetworkSource | None = None
     auth: DiskAuth | None = None
     device: DiskDevice = "disk"
@@ -379,12 +381,18 @@ class Disk:
     serial: str | None = None  # what the guest sees as the disk's serial
 
     def __post_init__(self) -> None:
-        if (self.source_file is None) == (self.source_network is None):
-            raise DomainXMLError("a disk has exactly one of a file or a network source")
+        sources = (self.source_file, self.source_dev, self.source_network)
+        if sum(source is not None for source in sources) != 1:
+            raise DomainXMLError("a disk has exactly one of a file, block or network source")
+
+    @property
+    def type(self) -> str:
+        if self.source_network is not None:
+            return "network"
+        return "block" if self.source_dev is not None else "file"
 
     def to_element(self) -> etree._Element:
-        network = self.source_network is not None
-        el = _root("disk", type="network" if network else "file", device=self.device)
+        el = _root("disk", type=self.type, device=self.device)
         driver = _sub(el, "driver", name="qemu", type=self.driver_type)
         if self.driver_cache is not None:
             driver.set("cache", self.driver_cache)
@@ -392,6 +400,8 @@ class Disk:
             driver.set("discard", self.driver_discard)
         if self.source_network is not None:
             el.append(self.source_network.to_element())
+        elif self.source_dev is not None:
+            _sub(el, "source", dev=self.source_dev)
         else:
             _sub(el, "source", file=str(self.source_file))
         if self.auth is not None:
@@ -406,8 +416,10 @@ class Disk:
     @classmethod
     def from_element(cls, el: etree._Element) -> Disk:
         type_ = el.get("type")
-        if type_ not in ("file", "network"):
-            raise DomainXMLError(f"{_where(el)}: only type='file' and 'network' disks are modelled")
+        if type_ not in ("file", "block", "network"):
+            raise DomainXMLError(
+                f"{_where(el)}: only type='file', 'block' and 'network' disks are modelled"
+            )
         driver, target, source = _child(el, "driver"), _child(el, "target"), _child(el, "source")
         # libvirt accepts <auth> inside <source> too, and may write it back there.
         auth = el.find("auth")
@@ -416,6 +428,7 @@ class Disk:
         cache, discard = driver.get("cache"), driver.get("discard")
         return cls(
             source_file=_attr(source, "file") if type_ == "file" else None,
+            source_dev=_attr(source, "dev") if type_ == "block" else None,
             source_network=NetworkSource.from_element(source) if type_ == "network" else None,
             auth=None if auth is None else DiskAuth.from_element(auth),
             target_dev=_attr(target, "dev"),

@@ -1,6 +1,7 @@
 """The node's volume drivers, and which one holds each volume and snapshot.
 
-One driver for the node's own files (fixed by the configuration) and one per Ceph pool,
+One driver per backend of the node's own (files, and an LVM thin pool where configured:
+fixed by the configuration) and one per Ceph pool,
 made on demand from the access a spec carries (CephAccess, keyed by the CephPool's UID) and
 made again at start from the access the node kept (CephPools.saved). A newer access for a
 pool the node knows (a rotated key, changed monitors) replaces the driver's. A pool is
@@ -57,10 +58,16 @@ Subscriber = Callable[[Listing], None]
 
 
 class VolumeDrivers:
-    def __init__(self, local: VolumeDriver, ceph: CephPools | None = None) -> None:
-        """`local`: the node's own volumes (files); `ceph`: makes a driver per Ceph pool
-        (None: the node serves no ceph volumes)."""
-        self.local = local
+    def __init__(
+        self, local: VolumeDriver | Sequence[VolumeDriver], ceph: CephPools | None = None
+    ) -> None:
+        """`local`: the node's own volumes, a driver per backend (files first); `ceph`:
+        makes a driver per Ceph pool (None: the node serves no ceph volumes)."""
+        self.locals = [local] if not isinstance(local, Sequence) else [*local]
+        backends = [driver.backend for driver in self.locals]
+        if not backends or len(set(backends)) != len(backends):
+            raise ValueError(f"one local driver per backend, at least one: {backends}")
+        self.local = self.locals[0]
         self._ceph: CephPools = ceph or NoCeph("the agent was started without Ceph support")
         self._pools: dict[str, CephPoolDriver] = {}  # CephPool UID -> its driver
         self._adding: dict[str, asyncio.Lock] = {}  # one add of a pool at a time
@@ -73,8 +80,8 @@ class VolumeDrivers:
     # -- drivers -----------------------------------------------------------------------
 
     def all(self) -> list[VolumeDriver]:
-        """The local driver, then the pools' by CephPool UID."""
-        return [self.local, *(self._pools[uid] for uid in sorted(self._pools))]
+        """The local drivers, then the pools' by CephPool UID."""
+        return [*self.locals, *(self._pools[uid] for uid in sorted(self._pools))]
 
     def describe(self, driver: VolumeDriver) -> str:
         """The driver's backend, for messages."""
@@ -91,15 +98,21 @@ class VolumeDrivers:
             subscriber(listing)
 
     async def start(self) -> None:
-        """List the local driver and the pools the node kept the access of; once, whoever
+        """List the local drivers and the pools the node kept the access of; once, whoever
         asks first. A pool unreachable now is logged and left out: the next spec naming it
-        adds it again. Raises if the local driver cannot be listed."""
+        adds it again. Raises if the file driver cannot be listed; another local one that
+        cannot (an LVM volume group missing) is logged, and its calls fail until it can."""
         if self._started is None:
             self._started = asyncio.create_task(self._start(), name="volume-drivers-start")
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
         self._add(await self._list(self.local))
+        for driver in self.locals[1:]:
+            try:
+                self._add(await self._list(driver))
+            except ProvisioningError as exc:
+                log.error("%s: cannot list what it holds: %s", self.describe(driver), exc)
         saved = await asyncio.to_thread(self._ceph.saved)
         for pool, listed in zip(
             saved,
@@ -126,13 +139,14 @@ class VolumeDrivers:
             if ceph is None:  # the wire models refuse this already
                 raise ProvisioningError(GuestFailure.BACKEND_UNSUPPORTED, "ceph without access")
             return await self.pool(ceph)
-        if backend is not self.local.backend:
+        local = next((driver for driver in self.locals if driver.backend is backend), None)
+        if local is None:
+            served = ", ".join(driver.backend.value for driver in self.locals)
             raise ProvisioningError(
                 GuestFailure.BACKEND_UNSUPPORTED,
-                f"backend {backend.value}: this node serves {self.local.backend.value} and "
-                "ceph volumes only",
+                f"backend {backend.value}: this node serves {served} and ceph volumes only",
             )
-        return self.local
+        return local
 
     async def pool(self, access: CephAccess) -> CephPoolDriver:
         """The pool's driver, reaching it with `access` from now on. A pool new to the node

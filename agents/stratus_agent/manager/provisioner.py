@@ -66,8 +66,9 @@ class NodeProvisioner:
         else:  # booting from a volume: it is the root disk, as it is
             boot, *volumes = volumes
             root_disk = DiskSource(
-                path=boot.path, format=boot.format, serial=boot.serial, rbd=boot.rbd
-            )
+                path=boot.path, format=boot.format, serial=boot.serial, rbd=boot.rbd,
+                block=boot.block,
+            )  # fmt: skip
         seed_iso = await self.seed.write(spec, owner)
         nics = await self.network.plug(spec.uid, spec.nics)
         return NodeFacts(

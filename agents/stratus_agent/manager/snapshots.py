@@ -30,7 +30,7 @@ from stratus_agent.manager.sequence import SequenceClock
 from stratus_agent.manager.volumes import PROGRESS_STEP, VolumeManager
 from stratus_api.guest import GuestEvent
 from stratus_api.reasons import GuestFailure
-from stratus_api.v1alpha1.volume import VolumeBackend
+from stratus_api.v1alpha1.volume import ATOMIC_COPIES
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeSnapshotState, NodeSnapshotStatus
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,7 @@ class SnapshotManager:
                 spec.volume,
                 in_use=f"{backend} volumes are snapshotted while detached: a running guest's "
                 "QEMU holds the volume's data open and writes to it, so a copy would be torn",
-                # An RBD snapshot is taken by the cluster at one instant: crash-consistent
-                # while a guest writes, as a power cut would leave the disk.
-                while_used=spec.backend is VolumeBackend.CEPH,
+                while_used=spec.backend in ATOMIC_COPIES,
             ) as volume:
                 assert driver is not None  # held_still: the volume is Available here
                 if driver.backend is not spec.backend:

@@ -45,6 +45,7 @@ from stratus_agent.manager.backends import Listing, VolumeDrivers, check_room
 from stratus_agent.manager.sequence import SequenceClock
 from stratus_api.guest import GuestEvent
 from stratus_api.reasons import GuestFailure
+from stratus_api.v1alpha1.volume import ATOMIC_COPIES, VolumeBackend
 from stratus_api.volume_wire import (
     NodeVolumeSpec,
     NodeVolumeState,
@@ -313,8 +314,16 @@ class VolumeManager:
     ) -> StoredVolume:
         """Through the hypervisor of a running guest that holds the volume open (the guest
         sees the new size at once), else offline through the backend."""
+        users = sorted(self._users.get(stored.uid, ()))
+        if driver.backend is VolumeBackend.LVM:
+            # A block device: QEMU cannot grow it, only see that it grew.
+            grown = await driver.grow(stored.uid, size_bytes)
+            if self._resize_live is not None:
+                for guest in users:
+                    await self._resize_live(guest, disk_serial(stored.uid), grown.size_bytes)
+            return grown
         if self._resize_live is not None:
-            for guest in sorted(self._users.get(stored.uid, ())):
+            for guest in users:
                 if await self._resize_live(guest, disk_serial(stored.uid), size_bytes):
                     return replace(stored, size_bytes=size_bytes)
         return await driver.grow(stored.uid, size_bytes)
@@ -352,7 +361,10 @@ class VolumeManager:
                 driver, self.drivers.of_volume(source.volume), f"source volume {source.volume}"
             )
             with self.held_still(
-                source.volume, in_use="a copy of a disk a guest writes to would be torn"
+                source.volume,
+                in_use=f"{spec.backend.value} volumes are copied while detached: a copy of a "
+                "disk a guest writes to would be torn",
+                while_used=spec.backend in ATOMIC_COPIES,
             ):
                 return await driver.create(
                     spec.uid,

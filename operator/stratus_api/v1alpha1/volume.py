@@ -45,6 +45,9 @@ class VolumePhase(enum.StrEnum):
 
 # Backends whose data lives on one node: the Volume binds to it, its Instances run there.
 NODE_LOCAL = frozenset({VolumeBackend.FILE, VolumeBackend.LVM})
+# Backends that copy a volume at one instant (an RBD or thin LVM snapshot): crash-consistent
+# while a guest writes, as a power cut would leave the disk, so a guest may keep using it.
+ATOMIC_COPIES = frozenset({VolumeBackend.CEPH, VolumeBackend.LVM})
 
 
 class VolumeSource(ApiModel):
