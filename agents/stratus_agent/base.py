@@ -263,12 +263,15 @@ class VolumeDriver(Protocol):
         clone_of: str | None = None,
         snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
         """Make the volume unless it exists (an existing one is kept as it is): blank, a
         standalone copy of a cached image, a copy of another volume of this driver, or a
         restore of one of its snapshots (`snapshot_of`, a snapshot UID); at most one source.
         A copy is grown to `size_bytes`, never made smaller than its source (DISK_TOO_SMALL).
-        A half-made volume never looks like a whole one. Raises ProvisioningError."""
+        A half-made volume never looks like a whole one. `shareable`: made for several
+        guests writing at once (BACKEND_UNSUPPORTED where the backend cannot). Raises
+        ProvisioningError."""
 
     async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
         """Grow the volume to `size_bytes` while no running guest holds it open (a running

@@ -212,7 +212,10 @@ class FakeComputeConfig(_Section):
     cpu: int = Field(default=1024, ge=1)
     memory_bytes: int = Field(default=4 * 2**40, ge=2**30)
     volume_pool_bytes: int = Field(
-        default=2**50, ge=0, description="Size of the fake volume pool (storage.driver fake)."
+        default=2**50, ge=0, description="Size of each fake volume pool (storage.driver fake)."
+    )
+    volume_backends: tuple[Literal["file", "lvm"], ...] = Field(
+        default=("file",), min_length=1, description="The local backends a fake node serves."
     )
 
 

@@ -23,6 +23,7 @@ from stratus_agent.manager.recovery import Backoff, RecoveryPolicy, RestartBook
 from stratus_agent.manager.sequence import SequenceClock
 from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import AttachmentBook, VolumeManager
+from stratus_api.v1alpha1.volume import VolumeBackend
 
 log = logging.getLogger("stratus.agent")
 
@@ -72,7 +73,12 @@ def local_volume_drivers(config: agent_config.AgentConfig) -> list[base.VolumeDr
     if config.storage.driver == "fake":
         from stratus_agent.drivers.storage.fake_volumes import FakeVolumeDriver
 
-        return [FakeVolumeDriver(directory, capacity=config.fake.volume_pool_bytes)]
+        return [
+            FakeVolumeDriver(directory if backend == "file" else directory / backend,
+                             capacity=config.fake.volume_pool_bytes,
+                             backend=VolumeBackend(backend))
+            for backend in dict.fromkeys(config.fake.volume_backends)
+        ]  # fmt: skip
     from stratus_agent.drivers.storage.file_volumes import FileVolumeDriver
 
     drivers: list[base.VolumeDriver] = [FileVolumeDriver(directory)]

@@ -54,6 +54,9 @@ class VolumeDisk(ApiModel):
         description="Required when backend is ceph: the guest's node, whichever it is, reaches "
         "the volume's pool with it.",
     )
+    shareable: bool = Field(
+        default=False, description="Other guests may use it at the same time (<shareable/>)."
+    )
 
     @model_validator(mode="after")
     def _backend_access(self) -> VolumeDisk:

@@ -91,6 +91,9 @@ class NodeVolumeSpec(ApiModel):
     size_bytes: int = Field(ge=1)
     source: NodeVolumeSource | None = None
     ceph: CephAccess | None = Field(default=None, description="Required when backend is ceph.")
+    shareable: bool = Field(
+        default=False, description="Several guests may use it at once (made for that)."
+    )
 
     @model_validator(mode="after")
     def _backend_access(self) -> NodeVolumeSpec:

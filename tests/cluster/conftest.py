@@ -108,11 +108,17 @@ StartFakeAgent = Callable[..., FakeAgent]
 @pytest.fixture
 def start_fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[StartFakeAgent]:
     """Start agents on the fake compute driver, each registered as a Hypervisor labelled
-    stratus.io/test=NAME; `spec` is merged into its Hypervisor spec."""
+    stratus.io/test=NAME; `spec` is merged into its Hypervisor spec; `backends`: the local
+    volume backends it serves (fake pools)."""
     started: list[FakeAgent] = []
 
-    def start(cpu: int = 1024, volume_pool: int = 2**50, **spec: Any) -> FakeAgent:
-        agent = _fake_agent(cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec)
+    def start(
+        cpu: int = 1024, volume_pool: int = 2**50, backends: tuple[str, ...] = ("file",),
+        **spec: Any,
+    ) -> FakeAgent:  # fmt: skip
+        agent = _fake_agent(
+            cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec, backends
+        )
         started.append(agent)
         return agent
 
@@ -132,7 +138,12 @@ def fake_agent(start_fake_agent: StartFakeAgent) -> FakeAgent:
 
 
 def _fake_agent(
-    cluster: Cluster, tmp_path: Path, cpu: int, volume_pool: int, spec: dict[str, Any]
+    cluster: Cluster,
+    tmp_path: Path,
+    cpu: int,
+    volume_pool: int,
+    spec: dict[str, Any],
+    backends: tuple[str, ...] = ("file",),
 ) -> FakeAgent:
     tmp_path.mkdir(parents=True)
     name = f"fake-{uuid.uuid4().hex[:8]}"
@@ -145,7 +156,8 @@ def _fake_agent(
     config.write_text(
         f"node_name: {name}\ntoken_file: {token_file}\nstate_dir: {tmp_path / 'state'}\n"
         f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
-        f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}, volume_pool_bytes: {volume_pool}}}\n"
+        f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}, volume_pool_bytes: {volume_pool}, "
+        f"volume_backends: [{', '.join(backends)}]}}\n"
     )
     agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
     agent.start()

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker, small_instance
+from stratus_api import naming
+from stratus_api.quantity import ByteQuantity
 from stratus_api.volume_wire import disk_serial
 from testsupport import REPO_ROOT, disk_watcher, wait_until
 
@@ -146,9 +148,59 @@ def test_an_instance_boots_from_an_rbd_clone_of_the_image(cloud: Cloud) -> None:
     assert info["parent"]["image"] == f"image-{image_uid}", info
     assert info["size"] == 2**30
 
+    # The pool's figures are on its CephPool (a node's health check reads them), not on
+    # the Hypervisor, whose storage is the node's own.
+    def provisioned() -> int:
+        pool = json.loads(cloud.kubectl("get", "cephpool", "default", "-o", "json"))
+        return ByteQuantity(pool.get("status", {}).get("provisioned") or "0").bytes
+
+    wait_until("the CephPool counts rbd-boot", lambda: provisioned() >= 2**30, timeout=60)
+    for hypervisor in json.loads(cloud.kubectl("get", "hypervisors", "-o", "json"))["items"]:
+        backends = [p["backend"] for p in hypervisor["status"].get("storage", [])]
+        assert backends == ["file"], hypervisor["status"]
+
     cloud.kubectl("delete", "instance", "from-rbd", f"--timeout={BOOT_TIMEOUT:.0f}s")
     wait_until("rbd-boot Available", lambda: json.loads(cloud.kubectl(
         "get", "volume", "rbd-boot", "-o", "json"))["status"]["phase"] == "Available")  # fmt: skip
     assert f"volume-{uid}" in rbd(cloud, "ls", "stratus").split()
     cloud.kubectl("delete", "volume", "rbd-boot", "--timeout=60s")
+    assert f"volume-{uid}" not in rbd(cloud, "ls", "stratus").split()
+
+
+def test_a_shareable_ceph_volume_serves_two_running_guests_at_once(cloud: Cloud) -> None:
+    cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples"))
+    volume = {"apiVersion": "stratus.io/v1alpha1", "kind": "Volume", "metadata": {"name": "team"},
+              "spec": {"size": "64Mi", "backend": "ceph", "shareable": True}}  # fmt: skip
+    team = [{"name": "team"}]
+    writer = small_instance("sharer-w", userData=disk_watcher(mark="77"), volumes=team)
+    cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                        "items": [volume, writer]}))  # fmt: skip
+    uid = json.loads(cloud.kubectl("get", "volume", "team", "-o", "json"))["metadata"]["uid"]
+    serial = disk_serial(uid)
+    boot_marker(cloud, "sharer-w", f"VOL-WROTE {serial}")
+
+    # A second guest gets the same disk while the first runs, and reads what it wrote.
+    reader = small_instance("sharer-r", userData=disk_watcher(), volumes=team)
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(reader))
+    boot_marker(cloud, "sharer-r", f"VOL-SEEN {serial} dev=vdb sectors={64 * 2**11} "
+                                   "data=STRATUS-MARK-77")  # fmt: skip
+
+    def attached_to() -> str:
+        status = json.loads(cloud.kubectl("get", "volume", "team", "-o", "json"))["status"]
+        return str(status.get("attachedTo") or "")
+
+    wait_until("team attached to both", lambda: attached_to() == "sharer-r,sharer-w")
+    for name in ("sharer-r", "sharer-w"):
+        assert cloud.instance(name)["status"]["phase"] == "Running"
+        domain = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "dumpxml",
+             naming.domain_name(cloud.instance(name)["metadata"]["uid"])],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "<shareable/>" in domain and "cache='none'" in domain, domain
+
+    cloud.kubectl("delete", "instance", "sharer-r", f"--timeout={BOOT_TIMEOUT:.0f}s")
+    wait_until("team attached to the writer only", lambda: attached_to() == "sharer-w")
+    cloud.kubectl("delete", "instance", "sharer-w", f"--timeout={BOOT_TIMEOUT:.0f}s")
+    cloud.kubectl("delete", "volume", "team", "--timeout=60s")
     assert f"volume-{uid}" not in rbd(cloud, "ls", "stratus").split()

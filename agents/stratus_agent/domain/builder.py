@@ -122,7 +122,8 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
             raise ValueError(f"disk {disk.name!r} has no volume attached on this node")
         target = f"vd{_VIRTIO_LETTERS[index]}"
         if source.rbd is not None:
-            disks.append(_rbd_disk(source.rbd, target, source.serial))
+            shared = disk.volume is not None and disk.volume.shareable
+            disks.append(_rbd_disk(source.rbd, target, source.serial, shared))
         else:
             disks.append(
                 dx.Disk(
@@ -141,17 +142,21 @@ def _disks(spec: guest.GuestSpec, node: base.NodeFacts) -> list[dx.Disk]:
     return disks
 
 
-def _rbd_disk(rbd: base.RbdSource, target: str, serial: str | None) -> dx.Disk:
+def _rbd_disk(
+    rbd: base.RbdSource, target: str, serial: str | None, shareable: bool = False
+) -> dx.Disk:
     return dx.Disk(
         source_network=dx.NetworkSource(
             name=f"{rbd.pool}/{rbd.image}", hosts=tuple(_host(m) for m in rbd.monitors)
         ),
         auth=dx.DiskAuth(username=rbd.user, secret_uuid=rbd.secret_uuid),
         # RBD images are raw. writeback: librbd's own cache, which QEMU flushes when the guest
-        # does (safe, and what Ceph recommends for QEMU); unmap: the guest's TRIM frees
+        # does (safe, and what Ceph recommends for QEMU), but not for a disk other guests
+        # write too, which must see each write at once; unmap: the guest's TRIM frees
         # space in the pool, which a thin pool shared by many nodes needs.
         driver_type="raw",
-        driver_cache="writeback",
+        driver_cache="none" if shareable else "writeback",
+        shareable=shareable,
         driver_discard="unmap",
         target_dev=target,
         target_bus="virtio",

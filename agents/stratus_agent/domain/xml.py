@@ -378,6 +378,7 @@ class Disk:
     driver_cache: DiskCache | None = None  # None: the hypervisor's default
     driver_discard: DiskDiscard | None = None
     readonly: bool = False
+    shareable: bool = False  # other guests use it at the same time
     serial: str | None = None  # what the guest sees as the disk's serial
 
     def __post_init__(self) -> None:
@@ -411,6 +412,8 @@ class Disk:
             _sub(el, "serial", self.serial)
         if self.readonly:
             _sub(el, "readonly")
+        if self.shareable:
+            _sub(el, "shareable")
         return el
 
     @classmethod
@@ -440,6 +443,7 @@ class Disk:
                 None if discard is None else _one_of(discard, get_args(DiskDiscard), driver)
             ),
             readonly=el.find("readonly") is not None,
+            shareable=el.find("shareable") is not None,
             serial=_optional_text(el, "serial"),
         )
 

@@ -99,7 +99,10 @@ class NodeProvisioner:
                     f"volume {volume.uid} is in {drivers.describe(holder)}; the guest's disk "
                     f"names {drivers.describe(driver)}",
                 )
-        held = await self.volumes.use(spec.uid, [volume.uid for _, volume in disks], owner)
+        shared = {volume.uid for _, volume in disks if volume.shareable}
+        held = await self.volumes.use(
+            spec.uid, [volume.uid for _, volume in disks], owner, shareable=shared
+        )
         return [
             replace(held[volume.uid], name=name, serial=volume.serial) for name, volume in disks
         ]

@@ -26,7 +26,7 @@ import datetime
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -354,8 +354,9 @@ class VolumeManager:
         if source is not None and source.image is not None:
             image = await self._images.ensure(source.image)
             return await driver.create(
-                spec.uid, spec.size_bytes, image=image, progress=self._progress_of(spec)
-            )
+                spec.uid, spec.size_bytes, image=image, progress=self._progress_of(spec),
+                shareable=spec.shareable,
+            )  # fmt: skip
         if source is not None and source.volume is not None:
             self._same_driver(
                 driver, self.drivers.of_volume(source.volume), f"source volume {source.volume}"
@@ -371,6 +372,7 @@ class VolumeManager:
                     spec.size_bytes,
                     clone_of=source.volume,
                     progress=self._progress_of(spec),
+                    shareable=spec.shareable,
                 )
         if source is not None and source.snapshot is not None:
             # A snapshot is Ready exactly when the backend holds it whole: the driver says
@@ -383,8 +385,9 @@ class VolumeManager:
                 spec.size_bytes,
                 snapshot_of=source.snapshot,
                 progress=self._progress_of(spec),
+                shareable=spec.shareable,
             )
-        return await driver.create(spec.uid, spec.size_bytes)
+        return await driver.create(spec.uid, spec.size_bytes, shareable=spec.shareable)
 
     def _progress_of(self, spec: NodeVolumeSpec) -> ProgressListener:
         def progress(percent: int) -> None:
@@ -471,11 +474,15 @@ class VolumeManager:
     # -- guests using volumes ------------------------------------------------------------
 
     async def use(
-        self, guest_uid: str, volume_uids: Sequence[str], owner: GuestOwner | None
+        self,
+        guest_uid: str,
+        volume_uids: Sequence[str],
+        owner: GuestOwner | None,
+        shareable: Collection[str] = (),
     ) -> dict[str, VolumeAttachment]:
-        """Attach `volume_uids` to the guest (each Available, used by no other guest);
-        attachments by volume UID. Volumes it used before are kept: `keep_only` lets go of
-        them once the guest has released them."""
+        """Attach `volume_uids` to the guest (each Available, used by no other guest unless
+        in `shareable`); attachments by volume UID. Volumes it used before are kept:
+        `keep_only` lets go of them once the guest has released them."""
         attachments: dict[str, VolumeAttachment] = {}
         for uid in dict.fromkeys(volume_uids):
             status = self._status.get(uid)
@@ -490,7 +497,7 @@ class VolumeManager:
                     f"volume {uid} is not available on this node ({state})",
                 )
             others = sorted(self._users.get(uid, set()) - {guest_uid})
-            if others:
+            if others and uid not in shareable:
                 raise ProvisioningError(
                     GuestFailure.VOLUME_IN_USE,
                     f"volume {uid} is in use by guest(s) {', '.join(others)} on this node",

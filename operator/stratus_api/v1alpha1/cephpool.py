@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from stratus_api.quantity import ByteQuantity
 from stratus_api.v1alpha1.base import (
     ApiModel,
     Condition,
@@ -69,8 +70,18 @@ class CephPoolSpec(ApiModel):
 
 
 class CephPoolStatus(ApiModel):
-    """Whether the pool can be used."""
+    """Whether the pool can be used, and how full it is."""
 
+    capacity: ByteQuantity | None = Field(
+        default=None, description="The cluster's raw capacity, as a node last read it (0 from a "
+        "cluster without a manager, which is what reports it).",
+    )  # fmt: skip
+    provisioned: ByteQuantity | None = Field(
+        default=None, description="Virtual size of the pool's Volumes and snapshots."
+    )
+    free: ByteQuantity | None = Field(
+        default=None, description="What the cluster can still store (shared with its other pools)."
+    )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
     )
@@ -90,6 +101,8 @@ class CephPool(
         PrinterColumn("Pool", ".spec.pool"),
         PrinterColumn("User", ".spec.user"),
         PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+        PrinterColumn("Provisioned", ".status.provisioned"),
+        PrinterColumn("Free", ".status.free"),
     ),
 ):
     """A Ceph RBD pool for `ceph` Volumes; a Volume names it in spec.cephPool (default:

@@ -124,6 +124,9 @@ class StoragePool(ApiModel):
     """One volume backend on the node, as its agent last reported it."""
 
     backend: VolumeBackend = Field(description="The backend its Volumes use.")
+    location: str | None = Field(
+        default=None, max_length=255, description="Where: the LVM volume group/thin pool."
+    )
     capacity: ByteQuantity = Field(description="Size of the filesystem or pool.")
     provisioned: ByteQuantity = Field(description="Virtual size of the Volumes in it.")
     free: ByteQuantity = Field(description="What it can still store.")

@@ -25,6 +25,13 @@ from stratus_api.v1alpha1.instancetype import DiskSize
 RESOURCE_NAME_MAX = 253
 SHRINK_MESSAGE = "size can grow but never shrink"
 ONE_SOURCE = "set at most one of image, volume or snapshot"
+CEPH_POOL_WITHOUT_CEPH = "cephPool applies only to backend ceph"
+SHAREABLE_WITHOUT_CEPH = (
+    "shareable applies only to backend ceph (a raw image every node reaches; qcow2 files "
+    "and block devices belong to one guest's user)"
+)
+# attachedTo of a shareable Volume names every Instance using it, comma-separated.
+ATTACHED_TO_MAX = 4096
 
 
 class VolumeBackend(enum.StrEnum):
@@ -91,6 +98,16 @@ class VolumeSource(ApiModel):
 class VolumeSpec(ApiModel):
     """Size, backend and initial content of a volume."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            # backend has a default, which the API server sets before the rules run.
+            Rule("!has(self.cephPool) || self.backend == 'ceph'", CEPH_POOL_WITHOUT_CEPH,
+                 field_path=".cephPool"),
+            Rule("!has(self.shareable) || !self.shareable || self.backend == 'ceph'",
+                 SHAREABLE_WITHOUT_CEPH, field_path=".shareable"),
+        )
+    )  # fmt: skip
+
     size: DiskSize = Field(
         description="Size as a quantity, such as 10Gi. It can grow but never shrink.",
         json_schema_extra=rules(
@@ -118,12 +135,26 @@ class VolumeSpec(ApiModel):
         "'default'). Immutable.",
         json_schema_extra=immutable("cephPool"),
     )
+    shareable: bool = Field(
+        default=False,
+        description="Attach to several Instances at once (Cinder's multiattach), for a "
+        "cluster filesystem in the guests; ceph only. Immutable.",
+        json_schema_extra=immutable("shareable"),
+    )
     node_selector: NodeSelector | None = Field(
         default=None,
         description="Node-local backends (file, lvm): labels of the Hypervisor to make the "
         "volume on, at once. Unset: it is made on the node of the first Instance that uses "
         "it. Ignored by ceph, which every node reaches.",
     )
+
+    @model_validator(mode="after")
+    def _ceph_pool_for_ceph(self) -> VolumeSpec:
+        if self.ceph_pool is not None and self.backend is not VolumeBackend.CEPH:
+            raise FieldError("cephPool", CEPH_POOL_WITHOUT_CEPH)
+        if self.shareable and self.backend is not VolumeBackend.CEPH:
+            raise FieldError("shareable", SHAREABLE_WITHOUT_CEPH)
+        return self
 
 
 class VolumeStatus(ApiModel):
@@ -139,8 +170,9 @@ class VolumeStatus(ApiModel):
     )
     attached_to: str | None = Field(
         default=None,
-        max_length=RESOURCE_NAME_MAX,
-        description="Name of the Instance using the volume.",
+        max_length=ATTACHED_TO_MAX,
+        description="Name of the Instance using the volume (of each, comma-separated, for a "
+        "shareable one).",
     )
     progress: int | None = Field(
         default=None, ge=0, le=100, description="Copy progress in percent while creating."
@@ -180,6 +212,8 @@ class Volume(
             out.append(FieldError("spec.size", SHRINK_MESSAGE))
         if self.spec.backend != old.spec.backend:
             out.append(FieldError("spec.backend", immutable_message("backend")))
+        if self.spec.shareable != old.spec.shareable:
+            out.append(FieldError("spec.shareable", immutable_message("shareable")))
         pools = (self.spec.ceph_pool, old.spec.ceph_pool)
         if None not in pools and pools[0] != pools[1]:
             out.append(FieldError("spec.cephPool", immutable_message("cephPool")))

@@ -155,7 +155,13 @@ def volume_disk(volume: Volume, name: str | None = None, ceph: CephAccess | None
     uid = volume.metadata.uid or ""
     return Disk(
         name=name or volume.metadata.name or "",
-        volume=VolumeDisk(uid=uid, backend=volume.spec.backend, serial=disk_serial(uid), ceph=ceph),
+        volume=VolumeDisk(
+            uid=uid,
+            backend=volume.spec.backend,
+            serial=disk_serial(uid),
+            ceph=ceph,
+            shareable=volume.spec.shareable,
+        ),
     )
 
 

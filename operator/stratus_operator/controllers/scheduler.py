@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from stratus_api.v1alpha1.volume import VolumeBackend
 
 
 @dataclass(frozen=True)
@@ -11,6 +13,8 @@ class Request:
     memory_bytes: int
     node_selector: dict[str, str]
     required_node: str | None = None  # where its local Volumes are
+    # Backends of its local Volumes not bound to a node yet: they are made where it runs.
+    backends: frozenset[VolumeBackend] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Candidate:
     schedulable: bool
     cpu_free: int
     memory_free_bytes: int
+    backends: frozenset[VolumeBackend] = field(default=frozenset({VolumeBackend.FILE}))
 
 
 class Unschedulable(Exception):
@@ -44,6 +49,8 @@ def pick(request: Request, candidates: list[Candidate]) -> Candidate:
             reject("not schedulable")
         elif any(node.labels.get(k) != v for k, v in request.node_selector.items()):
             reject("nodeSelector does not match")
+        elif missing := sorted(request.backends - node.backends):
+            reject(f"serving no {'/'.join(missing)} volumes")
         elif node.cpu_free < request.cpu:
             reject("not enough free CPU")
         elif node.memory_free_bytes < request.memory_bytes:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from stratus_api.reasons import Reason, is_transient
 from stratus_api.v1alpha1 import Volume, VolumeSnapshot
-from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase
+from stratus_api.v1alpha1.volume import ATOMIC_COPIES, VolumePhase
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase, VolumeSnapshotStatus
 from stratus_api.volume_wire import (
     CephAccess,
@@ -27,14 +27,14 @@ def node_spec(
 ) -> NodeSnapshotSpec:
     """The spec a node needs; InstanceProblem naming spec.volume while the Volume is missing,
     not made yet, or a node-local one attached (a file volume is copied while no guest
-    writes to it; an RBD snapshot is crash-consistent at any time)."""
+    writes to it; an RBD or thin LVM snapshot is crash-consistent at any time)."""
     name = snapshot.spec.volume
     if volume is None:
         raise InstanceProblem(
             Reason.SOURCE_NOT_FOUND, f"{FIELD}: Volume {name} not found", field=FIELD
         )
     phase = volume.status.phase if volume.status else VolumePhase.PENDING
-    if phase is VolumePhase.IN_USE and volume.spec.backend in NODE_LOCAL:
+    if phase is VolumePhase.IN_USE and volume.spec.backend not in ATOMIC_COPIES:
         holder = volume.status.attached_to if volume.status else None
         raise InstanceProblem(
             Reason.VOLUME_IN_USE,

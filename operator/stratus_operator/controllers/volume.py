@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from stratus_api.reasons import Reason, is_transient
 from stratus_api.v1alpha1 import Hypervisor, Image, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.image import ImagePhase
-from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumePhase, VolumeStatus
+from stratus_api.v1alpha1.volume import NODE_LOCAL, VolumeBackend, VolumePhase, VolumeStatus
 from stratus_api.v1alpha1.volumesnapshot import SnapshotPhase
 from stratus_api.volume_wire import (
     CephAccess,
@@ -36,21 +36,37 @@ def is_ready(hypervisor: Hypervisor) -> bool:
     return status is not None and conditions.is_true(status.conditions, conditions.READY)
 
 
+def served_backends(hypervisor: Hypervisor) -> frozenset[VolumeBackend]:
+    """The node-local backends the node serves: files always, others (lvm) once its agent
+    reports their pool."""
+    pools = hypervisor.status.storage if hypervisor.status else []
+    return frozenset({VolumeBackend.FILE, *(pool.backend for pool in pools)})
+
+
 def pick_node(volume: Volume, hypervisors: Iterable[Hypervisor]) -> str:
-    """The Ready Hypervisor matching the Volume's nodeSelector; ties by name."""
+    """The Ready Hypervisor matching the Volume's nodeSelector and serving its backend; ties
+    by name."""
     selector = volume.spec.node_selector or {}
-    fitting = sorted(
-        hv.metadata.name or ""
-        for hv in hypervisors
+    matching = [
+        hv for hv in hypervisors
         if is_ready(hv) and all(hv.metadata.labels.get(k) == v for k, v in selector.items())
-    )
-    if not fitting:
-        wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(any)"
+    ]  # fmt: skip
+    wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(any)"
+    if not matching:
         raise VolumeProblem(
             Reason.NO_MATCHING_NODE, f"spec.nodeSelector: no Ready Hypervisor has {wanted}",
             field="spec.nodeSelector",
         )  # fmt: skip
-    return fitting[0]
+    backend = volume.spec.backend
+    serving = sorted(hv.metadata.name or "" for hv in matching if backend in served_backends(hv))
+    if not serving:
+        raise VolumeProblem(
+            Reason.NO_MATCHING_NODE,
+            f"spec.backend: no Ready Hypervisor with {wanted} serves {backend} volumes (its "
+            f"agent needs storage.{backend} in its config)",
+            field="spec.backend",
+        )
+    return serving[0]
 
 
 def node_spec(
@@ -79,6 +95,7 @@ def node_spec(
         uid=meta.uid, name=meta.name, namespace=meta.namespace,
         generation=meta.generation or 0, backend=volume.spec.backend,
         size_bytes=volume.spec.size.bytes, source=made_from, ceph=ceph,
+        shareable=volume.spec.shareable,
     )  # fmt: skip
 
 

@@ -62,6 +62,7 @@ def world(kwargs: dict[str, Any]) -> World:
         snapshot_by_uid=lambda uid: _first(snapshots, uid),
         snapshots_of=lambda key: list(taken.get(key, ())),
         ceph_pool=lambda name: _first(ceph_pools, name),
+        ceph_pool_by_uid=lambda uid: _first(ceph_pools, ("uid", uid)),
     )
 
 

@@ -132,5 +132,7 @@ async def stratus_volume_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 @kopf.index(*CEPH_POOLS)
 async def stratus_ceph_pools(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each CephPool under its name and under ("uid", UID) (agents report pools by UID; a
+    name may look like a UID)."""
     found = _parsed(CephPool, body)
-    return {found.metadata.name: found} if found else {}
+    return {found.metadata.name: found, ("uid", found.metadata.uid): found} if found else {}

@@ -7,10 +7,12 @@ from __future__ import annotations
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.instance import InterfaceStatus
+from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_operator.controllers import conditions, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
 from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.controllers.volume import served_backends
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.world import World
 
@@ -36,10 +38,15 @@ def seed(world: World, runtime: Runtime) -> None:
 
 
 def schedule(
-    instance: Instance, size: Size, world: World, runtime: Runtime, required: str | None = None
+    instance: Instance,
+    size: Size,
+    world: World,
+    runtime: Runtime,
+    required: str | None = None,
+    backends: frozenset[VolumeBackend] = frozenset(),
 ) -> str:
     """The node the Instance is on, or a new placement on the best fitting node (`required`:
-    the one where its local Volumes are)."""
+    the one where its local Volumes are; `backends`: those its unbound local Volumes need)."""
     uid = instance.metadata.uid or ""
     seed(world, runtime)
     known = (instance.status.node if instance.status else None) or runtime.placements.node_of(uid)
@@ -66,10 +73,11 @@ def schedule(
                 schedulable=hv.spec.schedulable,
                 cpu_free=free.cpu - used.cpu,
                 memory_free_bytes=free.memory_bytes - used.memory_bytes,
+                backends=served_backends(hv),
             )
         )
     request = scheduler.Request(
-        size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required
+        size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required, backends
     )
     chosen = scheduler.pick(request, candidates)
     runtime.placements.place(uid, chosen.name, placement.Usage(size.cpu, size.memory_bytes))

@@ -7,18 +7,23 @@ that spec (masked: SecretStr), never into status, conditions, events or logs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from pydantic import SecretStr
 
+from stratus_api.quantity import ByteQuantity
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import CephPool, Volume
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL, CephPoolStatus
-from stratus_api.volume_wire import CephAccess
+from stratus_api.volume_wire import CephAccess, PoolUsage
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.volume import VolumeProblem
 from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
+
+log = logging.getLogger(__name__)
 
 FIELD = "spec.cephPool"  # of a Volume
 KEY_FIELD = "spec.keySecretRef"  # of a CephPool
@@ -95,3 +100,25 @@ def not_ready(problem: VolumeProblem) -> CephPoolChange:
         )  # fmt: skip
 
     return change
+
+
+async def report_usage(usage: PoolUsage, node: str, world: World, runtime: Runtime) -> None:
+    """A node's figures of a pool onto its CephPool's status (every node serving the pool
+    reads the same cluster, so whichever reported last is as good as any)."""
+    pool = world.ceph_pool_by_uid(usage.pool_uid or "")
+    if pool is None or pool.metadata.deletion_timestamp:
+        return
+
+    def figures(status: CephPoolStatus, _generation: int) -> CephPoolStatus:
+        return status.model_copy(
+            update={
+                "capacity": ByteQuantity(usage.capacity_bytes),
+                "provisioned": ByteQuantity(usage.used_bytes),
+                "free": ByteQuantity(usage.free_bytes),
+            }
+        )
+
+    log.debug("CephPool %s: usage from node %s", pool.metadata.name, node)
+    await runtime.status.write(
+        ObjectRef.of(pool), pool.status, pool.metadata.generation or 0, figures, CephPoolStatus
+    )

@@ -16,7 +16,7 @@ from stratus_api.v1alpha1.instance import InstanceStatus
 from stratus_api.volume_wire import PoolUsage
 from stratus_operator.controllers import conditions, placement
 from stratus_operator.controllers.instance import StatusChange
-from stratus_operator.services import allocations, instances
+from stratus_operator.services import allocations, ceph, instances
 from stratus_operator.services.agent_client import (
     AgentClient,
     AgentError,
@@ -60,6 +60,7 @@ async def probe(hypervisor: Hypervisor, runtime: Runtime) -> Probe:
 def storage_pool(pool: PoolUsage) -> StoragePool:
     return StoragePool(
         backend=pool.backend,
+        location=pool.pool,
         capacity=ByteQuantity(pool.capacity_bytes),
         provisioned=ByteQuantity(pool.used_bytes),
         free=ByteQuantity(pool.free_bytes),
@@ -87,7 +88,8 @@ def with_probe(
         free = placement.allocatable(hypervisor.model_copy(update={"status": reported}))
         virt = VirtType(inventory.virt_type) if inventory.virt_type != "fake" else VirtType.QEMU
         update |= {
-            "storage": [storage_pool(pool) for pool in found.pools],
+            # The node's own pools; a Ceph pool's figures go to its CephPool.
+            "storage": [storage_pool(p) for p in found.pools if p.pool_uid is None],
             "virt_type": virt,
             "capacity": capacity,
             "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),
@@ -114,6 +116,9 @@ async def check(hypervisor: Hypervisor, world: World, runtime: Runtime) -> None:
         ObjectRef.of(hypervisor), hypervisor.status, hypervisor.metadata.generation or 0,
         with_probe(hypervisor, found, runtime.placements.used(name)), HypervisorStatus,
     )  # fmt: skip
+    for pool in found.pools:
+        if pool.pool_uid is not None:
+            await ceph.report_usage(pool, name, world, runtime)
     if found.inventory is None:
         for instance in world.instances_on(name):
             await instances.write_status(

@@ -111,7 +111,9 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     async with runtime.decisions:
         attached = volumes.claim(instance, world, runtime)
         required = volumes.required_node(attached, runtime)
-        node = allocations.schedule(instance, size, world, runtime, required)
+        node = allocations.schedule(
+            instance, size, world, runtime, required, volumes.unbound_backends(attached, runtime)
+        )
         allocated = allocations.addresses(instance, world, runtime)
     await volumes.made_ready(instance, attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)
@@ -128,7 +130,7 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     spec = guest_spec(instance, size, image, nics, user_data, attached, ceph_access)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
-    await volumes.mark_attached(instance, attached, runtime)
+    await volumes.mark_attached(instance, attached, world, runtime)
     wanted = Wanted.of(instance)
 
     def dispatched(current: InstanceStatus, generation: int) -> InstanceStatus:

@@ -102,6 +102,8 @@ class Runtime:
     volume_nodes: dict[str, str] = field(default_factory=dict)
     # Which Instance each Volume is attached to (Volume UID -> Instance UID).
     volume_holders: dict[str, str] = field(default_factory=dict)
+    # The Instances each shareable Volume is attached to (Volume UID -> Instance UID -> name).
+    volume_sharers: dict[str, dict[str, str]] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
 

@@ -47,8 +47,6 @@ async def reconcile(snapshot: VolumeSnapshot, world: World, runtime: Runtime) ->
     if snapshot.status is not None and snapshot.status.phase is SnapshotPhase.READY:
         return _unchanged  # taken once; its Volume may be in use again by now
     volume = world.volume((snapshot.metadata.namespace or "", snapshot.spec.volume))
-    if volume is not None:
-        volumes.check_backend(volume)
     shared = volume is not None and volume.spec.backend is VolumeBackend.CEPH
     access = await ceph.access(volume, world, runtime) if volume and shared else None
     spec = node_spec(snapshot, volume, access)

@@ -39,8 +39,6 @@ from stratus_operator.services.world import World, key_of
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = frozenset({VolumeBackend.FILE, VolumeBackend.CEPH})
-
 
 class DeleteWaits(Exception):
     """A Volume's deletion waits; `reason` and the message say for what."""
@@ -84,20 +82,9 @@ def node_of(volume: Volume, runtime: Runtime) -> str | None:
     return known or runtime.volume_nodes.get(volume.metadata.uid or "")
 
 
-def check_backend(volume: Volume) -> None:
-    if volume.spec.backend not in SUPPORTED:
-        raise VolumeProblem(
-            Reason.BACKEND_UNSUPPORTED,
-            f"spec.backend: {volume.spec.backend} volumes are not supported by this operator "
-            f"yet (supported: {', '.join(sorted(SUPPORTED))})",
-            field="spec.backend", retry=False,
-        )  # fmt: skip
-
-
 async def reconcile(volume: Volume, world: World, runtime: Runtime) -> VolumeChange:
     """Make or grow the Volume's data on its node; the status change to write. A local
     Volume with neither a node nor a nodeSelector waits for its first Instance."""
-    check_backend(volume)
     node = node_of(volume, runtime)
     if node is None and is_local(volume):
         source = source_node(*_sources(volume, world))  # a clone or restore goes there
@@ -294,8 +281,10 @@ async def set_attached(volume: Volume, instance: str | None, runtime: Runtime) -
 
 def holder_of(volume: Volume, world: World, runtime: Runtime) -> str | None:
     """UID of the Instance the Volume is attached to: this process's claim, else the one its
-    status names (after a restart)."""
+    status names (after a restart). None for a shareable Volume: nobody holds it alone."""
     uid = volume.metadata.uid or ""
+    if volume.spec.shareable:
+        return None
     if uid in runtime.volume_holders:
         return runtime.volume_holders[uid]
     name = volume.status.attached_to if volume.status else None
@@ -348,8 +337,8 @@ def names(instance: Instance | None, volume: Volume) -> bool:
 
 def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
     """The Volumes the Instance uses (`named`: the boot volume first), claimed for it (one
-    Instance per Volume); InstanceProblem naming the field when one is missing, going, or
-    another's. The caller holds runtime.decisions."""
+    Instance per Volume, unless shareable); InstanceProblem naming the field when one is
+    missing, going, or another's. The caller holds runtime.decisions."""
     namespace, uid = instance.metadata.namespace or "", instance.metadata.uid or ""
     found = []
     for field, name in named(instance):
@@ -359,7 +348,6 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
             raise InstanceProblem(
                 Reason.VOLUME_NOT_FOUND, f"{field}: Volume {name} {what}", field=field
             )
-        check_backend(volume)
         holder = holder_of(volume, world, runtime)
         if holder is not None and holder != uid:
             other = world.instance(holder)
@@ -378,8 +366,14 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
             )  # fmt: skip
         found.append(volume)
     for volume in found:
-        runtime.volume_holders[volume.metadata.uid or ""] = uid
+        if not volume.spec.shareable:
+            runtime.volume_holders[volume.metadata.uid or ""] = uid
     return found
+
+
+def unbound_backends(volumes: list[Volume], runtime: Runtime) -> frozenset[VolumeBackend]:
+    """The backends of the local Volumes not bound yet: the Instance's node must serve them."""
+    return frozenset(v.spec.backend for v in volumes if is_local(v) and node_of(v, runtime) is None)
 
 
 def required_node(volumes: list[Volume], runtime: Runtime) -> str | None:
@@ -442,13 +436,55 @@ async def ceph_accesses(
     return found
 
 
-async def mark_attached(instance: Instance, volumes: list[Volume], rt: Runtime) -> None:
+async def mark_attached(
+    instance: Instance, volumes: list[Volume], world: World, rt: Runtime
+) -> None:
+    """The Instance's guest was given `volumes`: each is attached to it now, and a shareable
+    one it no longer names is not."""
+    uid, name = instance.metadata.uid or "", instance.metadata.name or ""
     for volume in volumes:
-        await set_attached(volume, instance.metadata.name, rt)
+        if not volume.spec.shareable:
+            await set_attached(volume, name, rt)
+            continue
+        sharers = _sharers(volume, world, rt)
+        if sharers.get(uid) != name:
+            sharers[uid] = name
+            await set_attached(volume, ",".join(sorted(sharers.values())), rt)
+    kept = {v.metadata.uid for v in volumes}
+    for volume_uid, sharers in list(rt.volume_sharers.items()):
+        if uid in sharers and volume_uid not in kept:
+            await _unshare(volume_uid, uid, world, rt)
+
+
+def _sharers(volume: Volume, world: World, runtime: Runtime) -> dict[str, str]:
+    """The Instances a shareable Volume is attached to, by UID; after a restart, those its
+    status names that still name it."""
+    uid = volume.metadata.uid or ""
+    if uid not in runtime.volume_sharers:
+        status = volume.status.attached_to if volume.status else None
+        named_in_status = set((status or "").split(","))
+        runtime.volume_sharers[uid] = {
+            user: found.metadata.name or ""
+            for user in world.volume_users(key_of(volume))
+            if (found := world.instance(user)) is not None
+            and found.metadata.name in named_in_status
+        }
+    return runtime.volume_sharers[uid]
+
+
+async def _unshare(volume_uid: str, instance_uid: str, world: World, runtime: Runtime) -> None:
+    sharers = runtime.volume_sharers.get(volume_uid, {})
+    sharers.pop(instance_uid, None)
+    volume = world.volume_by_uid(volume_uid)
+    if volume is not None and not volume.metadata.deletion_timestamp:
+        await set_attached(volume, ",".join(sorted(sharers.values())) or None, runtime)
 
 
 async def release(instance_uid: str, world: World, runtime: Runtime) -> None:
     """The Instance is gone: its Volumes are free for others."""
+    for volume_uid, sharers in list(runtime.volume_sharers.items()):
+        if instance_uid in sharers:
+            await _unshare(volume_uid, instance_uid, world, runtime)
     for volume_uid, holder in list(runtime.volume_holders.items()):
         if holder != instance_uid:
             continue

@@ -44,6 +44,7 @@ class World:
     # Names of the VolumeSnapshots taken of this Volume.
     snapshots_of: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool: Callable[[str], CephPool | None] = lambda _: None
+    ceph_pool_by_uid: Callable[[str], CephPool | None] = lambda _: None
 
 
 def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:

@@ -109,6 +109,21 @@ async def test_a_blank_volume_is_made_grown_listed_counted_and_removed(
     assert missing.value.reason is GuestFailure.VOLUME_NOT_FOUND
 
 
+async def test_a_shareable_volume_has_no_exclusive_lock_for_guests_to_pass_around(
+    driver: RbdVolumeDriver, pool: Any, rbd: ModuleType, test_image: CachedImage
+) -> None:
+    blank, cloned = new_uid(), new_uid()
+    await driver.create(blank, 8 * MiB, shareable=True)
+    await driver.create(cloned, test_image.virtual_size, image=test_image, shareable=True)
+    for uid in (blank, cloned):
+        with rbd.Image(pool, f"volume-{uid}", read_only=True) as image:
+            features = image.features()
+        assert features & rbd.RBD_FEATURE_LAYERING
+        assert not features & (rbd.RBD_FEATURE_EXCLUSIVE_LOCK | rbd.RBD_FEATURE_OBJECT_MAP)
+        assert await driver.remove(uid)
+    await driver.remove_image(test_image.uid)
+
+
 async def test_volumes_from_an_image_are_clones_of_its_base_imported_once(
     driver: RbdVolumeDriver, pool: Any, rbd: ModuleType, test_image: CachedImage
 ) -> None:

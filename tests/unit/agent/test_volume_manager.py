@@ -71,6 +71,7 @@ class GatedDriver(FakeVolumeDriver):
         image: CachedImage | None = None,
         clone_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
         if progress is not None:
             progress(0)
@@ -80,7 +81,7 @@ class GatedDriver(FakeVolumeDriver):
         if self.failing is not None:
             raise self.failing
         return await super().create(
-            uid, size_bytes, image=image, clone_of=clone_of, progress=progress
+            uid, size_bytes, image=image, clone_of=clone_of, progress=progress, shareable=shareable
         )
 
     async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
@@ -301,6 +302,18 @@ async def test_a_guest_dropping_a_volume_lets_go_of_it_once_settled(node: Node) 
     await node.volumes.keep_only(guest.uid, [kept.uid])  # the guest released it
     assert dropped.uid not in node.driver.owners and kept.uid in node.driver.owners
     assert (status := node.volumes.status(dropped.uid)) and status.attached_to == []
+
+
+async def test_only_a_shareable_volume_serves_two_guests_at_once(node: Node) -> None:
+    volume = await available(node, vspec())
+    await node.volumes.use("guest-a", [volume.uid], None)
+    with pytest.raises(ProvisioningError) as refused:
+        await node.volumes.use("guest-b", [volume.uid], None)
+    assert refused.value.reason == GuestFailure.VOLUME_IN_USE
+    assert "in use by guest(s) guest-a" in str(refused.value)
+    await node.volumes.use("guest-b", [volume.uid], None, shareable={volume.uid})
+    assert (status := node.volumes.status(volume.uid))
+    assert status.attached_to == ["guest-a", "guest-b"]
 
 
 async def test_a_volume_a_running_guest_holds_grows_through_its_hypervisor(

@@ -60,7 +60,7 @@ EXPECTED_COLUMNS = {
     "Instance": ["Phase", "Node", "IP", "Age"],
     "Volume": ["Phase", "Size", "Backend", "AttachedTo", "Age"],
     "VolumeSnapshot": ["Phase", "Volume", "Size", "Age"],
-    "CephPool": ["Pool", "User", "Ready", "Age"],
+    "CephPool": ["Pool", "User", "Ready", "Provisioned", "Free", "Age"],
     "Image": ["Phase", "Format", "Size", "Age"],
     "Network": ["Type", "CIDR", "Segment", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],

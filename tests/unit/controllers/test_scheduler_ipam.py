@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stratus_api.v1alpha1.network import NetworkSpec
+from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_operator.controllers import addressing, ipam, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.scheduler import Candidate, Request
@@ -40,6 +41,17 @@ def test_says_why_nothing_fits() -> None:
     )
     with pytest.raises(scheduler.Unschedulable, match="no Hypervisors registered"):
         scheduler.pick(request, [])
+
+
+def test_unbound_lvm_volumes_need_a_node_serving_lvm() -> None:
+    lvm = frozenset({VolumeBackend.LVM})
+    request = Request(cpu=1, memory_bytes=2**30, node_selector={}, backends=lvm)
+    roomy = node("roomy", memory_free_bytes=64 * 2**30)
+    serving = node("serving", backends=frozenset({VolumeBackend.FILE, VolumeBackend.LVM}))
+    assert scheduler.pick(request, [roomy, serving]).name == "serving"
+    with pytest.raises(scheduler.Unschedulable) as caught:
+        scheduler.pick(request, [roomy])
+    assert str(caught.value) == "0/1 Hypervisors fit: 1 serving no lvm volumes"
 
 
 NET = NetworkSpec.model_validate(

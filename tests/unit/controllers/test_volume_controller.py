@@ -36,13 +36,18 @@ def volume(name: str = "data", uid: str = UID, status: dict[str, Any] | None = N
     return Volume.model_validate(body)
 
 
-def hypervisor(name: str, ready: bool = True, **labels: str) -> Hypervisor:
+def hypervisor(name: str, ready: bool = True, lvm: bool = False, **labels: str) -> Hypervisor:
+    pools = [{"backend": "file", "capacity": "10Gi", "provisioned": "0", "free": "10Gi"}]
+    if lvm:
+        pools.append({"backend": "lvm", "location": "vg/thin", "capacity": "10Gi",
+                      "provisioned": "0", "free": "10Gi"})  # fmt: skip
     return Hypervisor.model_validate({
         "apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor",
         "metadata": {"name": name, "labels": labels},
         "spec": {"endpoint": "https://n:8443", "tokenSecretRef": {"namespace": "s", "name": "t"}},
         "status": {"conditions": [{"type": "Ready", "status": str(ready), "reason": "AgentReady",
-                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                   "storage": pools},
     })  # fmt: skip
 
 
@@ -54,6 +59,20 @@ def test_a_node_selector_picks_a_ready_matching_hypervisor() -> None:
         VolumeProblem, match=r"spec.nodeSelector: no Ready Hypervisor has disk=nvme"
     ):
         pick_node(volume(nodeSelector={"disk": "nvme"}), nodes)
+
+
+def test_an_lvm_volume_goes_only_where_an_agent_reports_an_lvm_pool() -> None:
+    nodes = [hypervisor("a", disk="ssd"), hypervisor("b", lvm=True, disk="ssd"),
+             hypervisor("c", lvm=True, disk="hdd")]  # fmt: skip
+    assert pick_node(volume(backend="lvm", nodeSelector={"disk": "ssd"}), nodes) == "b"
+    assert pick_node(volume(nodeSelector={"disk": "ssd"}), nodes) == "a"  # files: everywhere
+    with pytest.raises(VolumeProblem) as none:
+        pick_node(volume(backend="lvm", nodeSelector={"disk": "ssd"}), nodes[:1])
+    assert (none.value.field, str(none.value)) == (
+        "spec.backend",
+        "spec.backend: no Ready Hypervisor with disk=ssd serves lvm volumes (its agent needs "
+        "storage.lvm in its config)",
+    )
 
 
 def test_the_node_is_asked_for_size_backend_and_a_ready_source() -> None:

@@ -25,16 +25,20 @@ FAKE_CAPACITY = 2**50
 
 
 class FakeVolumeDriver:
-    def __init__(self, directory: Path, capacity: int = FAKE_CAPACITY) -> None:
+    def __init__(
+        self, directory: Path, capacity: int = FAKE_CAPACITY,
+        backend: VolumeBackend = VolumeBackend.FILE,
+    ) -> None:  # fmt: skip
         self.directory = directory
         self.capacity = capacity
+        self._backend = backend
         self.volumes: dict[str, StoredVolume] = {}
         self.snapshots: dict[str, StoredSnapshot] = {}
         self.owners: dict[str, GuestOwner | None] = {}  # attached volumes: their owner
 
     @property
     def backend(self) -> VolumeBackend:
-        return VolumeBackend.FILE
+        return self._backend
 
     async def create(
         self,
@@ -45,7 +49,12 @@ class FakeVolumeDriver:
         clone_of: str | None = None,
         snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
+        if shareable:
+            raise ProvisioningError(
+                GuestFailure.BACKEND_UNSUPPORTED, f"{self.backend} volumes are not shareable"
+            )
         if uid in self.volumes:
             return self.volumes[uid]
         source_size = 0

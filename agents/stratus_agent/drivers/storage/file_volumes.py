@@ -88,7 +88,12 @@ class FileVolumeDriver:
         clone_of: str | None = None,
         snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
+        if shareable:
+            raise ProvisioningError(
+                GuestFailure.BACKEND_UNSUPPORTED, f"{self.backend} volumes are not shareable"
+            )
         path = self.path(uid)
         if await asyncio.to_thread(path.exists):
             return await self._stored(uid)

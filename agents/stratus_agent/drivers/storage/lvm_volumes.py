@@ -210,7 +210,12 @@ class LvmVolumeDriver:
         clone_of: str | None = None,
         snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
+        if shareable:
+            raise ProvisioningError(
+                GuestFailure.BACKEND_UNSUPPORTED, f"{self.backend} volumes are not shareable"
+            )
         name = naming.lvm_volume(uid)
         lvs = await self._lvs()
         if name in lvs:

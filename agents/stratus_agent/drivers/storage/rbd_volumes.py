@@ -68,6 +68,11 @@ FEATURES = (
     | rbd.RBD_FEATURE_FAST_DIFF
     | rbd.RBD_FEATURE_DEEP_FLATTEN
 )
+# What a shareable volume goes without: the exclusive lock would pass between the guests'
+# QEMUs on every write (the others need it).
+SINGLE_WRITER = (
+    rbd.RBD_FEATURE_EXCLUSIVE_LOCK | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF
+)
 _VOLUME, _SNAPSHOT, _PARTIAL = "volume-", "snap-", ".partial"
 # The conf's first line: the pool it reaches, a comment to Ceph.
 _POOL_LINE = "# stratus pool: "
@@ -244,6 +249,7 @@ class RbdVolumeDriver:
         clone_of: str | None = None,
         snapshot_of: str | None = None,
         progress: ProgressListener | None = None,
+        shareable: bool = False,
     ) -> StoredVolume:
         name = naming.rbd_volume(uid)
         existing = await self._run(lambda ioctx: _size(ioctx, name))
@@ -271,6 +277,8 @@ class RbdVolumeDriver:
             with rbd.Image(ioctx, partial) as made:
                 if made.size() < size_bytes:
                     made.resize(size_bytes)
+                if shareable:
+                    made.update_features(SINGLE_WRITER, False)
                 size: int = made.size()
             rbd.RBD().rename(ioctx, partial, name)
             return size

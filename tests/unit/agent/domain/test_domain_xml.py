@@ -15,12 +15,14 @@ from typing import Protocol
 
 import pytest
 from lxml import etree
+from pydantic import SecretStr
 
 from stratus_agent import base
 from stratus_agent.domain import builder
 from stratus_agent.domain import xml as dx
 from stratus_api import guest
 from stratus_api.imageref import ImageRef
+from stratus_api.volume_wire import CephAccess
 
 GOLDEN = Path(__file__).parent / "golden"
 UID = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
@@ -417,6 +419,33 @@ def test_an_rbd_volume_is_a_network_disk_with_its_monitors_and_secret() -> None:
     )  # fmt: skip
     text = dx.to_text(data.to_element())
     assert text.startswith('<disk type="network" device="disk">'), text
+
+
+def test_an_lvm_volume_is_a_block_disk_without_the_host_cache() -> None:
+    node = facts(volumes=(base.VolumeAttachment(
+        name="data", path="/dev/vg0/volume-x", serial="0123", block=True),))  # fmt: skip
+    data = build(spec(disks=[*spec().disks, guest.Disk(name="data")]), node).devices.disks[1]
+    assert (data.type, data.source_dev, data.source_file, data.driver_cache) == (
+        "block", "/dev/vg0/volume-x", None, "none"
+    )  # fmt: skip
+    text = dx.to_text(data.to_element())
+    assert '<disk type="block" device="disk">' in text
+    assert '<source dev="/dev/vg0/volume-x"/>' in text
+    assert dx.Disk.from_element(data.to_element()) == data
+
+
+CEPH = CephAccess(pool_uid=UID, monitors=["10.0.0.1:3300"], pool="stratus", user="stratus",
+                  key=SecretStr("QUFBQQ=="))  # fmt: skip
+
+
+def test_a_shareable_rbd_volume_says_so_and_skips_librbds_cache() -> None:
+    shared = guest.Disk(name="data", volume=guest.VolumeDisk(
+        uid=UID, backend="ceph", serial="0123", shareable=True, ceph=CEPH))  # fmt: skip
+    node = facts(volumes=(base.VolumeAttachment(name="data", rbd=rbd("volume-x"), serial="0123"),))
+    data = build(spec(disks=[*spec().disks, shared]), node).devices.disks[1]
+    assert (data.shareable, data.driver_cache) == (True, "none")
+    assert "<shareable/>" in dx.to_text(data.to_element())
+    assert dx.Disk.from_element(data.to_element()) == data
 
 
 def test_an_rbd_disk_reads_back_with_its_auth_inside_the_source() -> None:
