@@ -70,7 +70,7 @@ async def run(rounds: int, work: Path) -> None:
             image = sparse_image(work, size)
             first, clones = await measure(driver, image, rounds)
             rows.append((size, first, clones))
-            await driver.remove_image(image.uid)
+            await driver.release_image(image.uid)
         driver.close()
         print(f"ceph Volume from an Image, {rounds} clones each after the first; one-node Ceph")
         print(f"{'virtual size':<14} {'first (import+clone)':>22} {'clone median (min-max)':>26}")

@@ -322,6 +322,10 @@ class CephPoolDriver(VolumeDriver, Protocol):
     def close(self) -> None:
         """Disconnect (blocking); the next call connects again."""
 
+    async def release_image(self, image_uid: str) -> bool:
+        """The Image is gone: remove its copy imported into the pool, now or once its last
+        clone is removed; True if removed now."""
+
 
 class CephPools(Protocol):
     """Makes the driver of each Ceph pool the node serves volumes of (RBD)."""

@@ -300,8 +300,12 @@ async def delete_snapshot(request: web.Request, uid: str) -> web.Response:
 
 @image_route
 async def delete_image(request: web.Request, uid: str) -> web.Response:
-    """The Image is gone: evict its cached file now, or once no guest's root disk uses it.
-    An app made without an image store has nothing to evict."""
+    """The Image is gone: evict its cached file now, or once no guest's root disk uses it,
+    and its copies imported into Ceph pools, once no volume is a clone of them. An app made
+    without an image store has nothing to evict."""
+    volumes = request.app.get(VOLUMES)
+    if volumes is not None:
+        await volumes.release_image(uid)
     images = request.app.get(IMAGES)
     if images is None:
         return web.json_response({"evicted": False, "inUse": False})

@@ -81,7 +81,7 @@ class VolumeDrivers:
 
     def all(self) -> list[VolumeDriver]:
         """The local drivers, then the pools' by CephPool UID."""
-        return [*self.locals, *(self._pools[uid] for uid in sorted(self._pools))]
+        return [*self.locals, *self.pools()]
 
     def describe(self, driver: VolumeDriver) -> str:
         """The driver's backend, for messages."""
@@ -127,6 +127,10 @@ class VolumeDrivers:
                 continue
             self._pools[pool.access.pool_uid] = pool
             self._add(listed)
+
+    def pools(self) -> list[CephPoolDriver]:
+        """The Ceph pools' drivers, by CephPool UID."""
+        return [self._pools[uid] for uid in sorted(self._pools)]
 
     async def close(self) -> None:
         """Disconnect from every pool; a later call connects again."""

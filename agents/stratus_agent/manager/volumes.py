@@ -155,6 +155,18 @@ class VolumeManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.drivers.close()
 
+    async def release_image(self, image_uid: str) -> None:
+        """The Image is gone: its copies imported into the Ceph pools go too (each once no
+        volume is a clone of it). Logs rather than raises: the pools keep the mark."""
+        await self.drivers.start()
+        for pool in self.drivers.pools():
+            try:
+                if await pool.release_image(image_uid):
+                    log.info("image %s: removed from %s", image_uid, self.drivers.describe(pool))
+            except ProvisioningError as exc:
+                log.warning("image %s: not released in %s: %s", image_uid,
+                            self.drivers.describe(pool), exc)  # fmt: skip
+
     def status(self, uid: str) -> NodeVolumeStatus | None:
         return self._status.get(uid)
 

@@ -429,7 +429,7 @@ async def ceph_agent(
     for volume in await pool.list():
         if volume.uid not in before:
             await pool.remove(volume.uid)
-    await pool.remove_image(agent.node.image_uid)  # imported for a volume made from it
+    await pool.release_image(agent.node.image_uid)  # imported for a volume made from it
     await asyncio.to_thread(pool.close)
     shutil.rmtree(pool.directory.parent.parent, ignore_errors=True)
     virsh("secret-undefine", naming.ceph_secret_uuid(ceph_access.pool_uid), check=False)

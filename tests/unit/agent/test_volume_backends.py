@@ -57,6 +57,7 @@ class FakeCephDriver(FakeVolumeDriver):
         self.reachable = True
         self.accesses = [ceph]
         self.closed = False
+        self.released: list[str] = []
 
     @property
     def backend(self) -> VolumeBackend:
@@ -71,6 +72,12 @@ class FakeCephDriver(FakeVolumeDriver):
 
     def close(self) -> None:
         self.closed = True
+
+    async def release_image(self, image_uid: str) -> bool:
+        if not self.reachable:
+            raise ProvisioningError("VolumeCreateFailed", f"cannot reach {self.access.pool}")
+        self.released.append(image_uid)
+        return True
 
     async def list(self) -> list[Any]:
         if not self.reachable:
@@ -168,6 +175,17 @@ async def test_file_and_ceph_volumes_side_by_side_each_in_its_own_driver(node: N
     assert [(p.backend.value, p.pool, p.used_bytes) for p in inventory.pools] == [
         ("file", None, 2**20), ("ceph", "rbd-a", 2 * 2**20)
     ]  # fmt: skip
+
+
+async def test_a_deleted_image_is_released_in_every_pool_an_unreachable_one_logged(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    for pool in (access(), access(POOL_B, pool="rbd-b")):
+        await in_state(node.volumes, ceph_spec(pool), NodeVolumeState.AVAILABLE)
+    node.pools.made[POOL_A].reachable = False
+    await node.volumes.release_image("img-uid")
+    assert node.pools.made[POOL_B].released == ["img-uid"]
+    assert "image img-uid: not released in Ceph pool rbd-a" in caplog.text
 
 
 async def test_each_uid_goes_to_the_driver_holding_it(node: Node) -> None:

@@ -77,6 +77,9 @@ _VOLUME, _SNAPSHOT, _PARTIAL = "volume-", "snap-", ".partial"
 # The conf's first line: the pool it reaches, a comment to Ceph.
 _POOL_LINE = "# stratus pool: "
 _COPY = "copy-"  # a temporary snapshot of a volume being cloned: `copy-<new volume uid>`
+# Metadata on an imported Image whose Image object is gone: removed with its last clone.
+_RELEASED = "stratus.released"
+_IMAGE = "image-"
 # The connection went bad, not the operation: the next call connects again.
 _CONNECTION_ERRORS = (rados.TimedOut, rados.ConnectionShutdown, rbd.ConnectionShutdown, rbd.Timeout)
 
@@ -315,29 +318,25 @@ class RbdVolumeDriver:
 
             await self._run(seal)
 
-    async def remove_image(self, image_uid: str) -> bool:
-        """Remove an imported Image (`image-<uid>`) no volume is a clone of any more; True if
-        it was there. Refused (VOLUME_IN_USE) while clones of it remain."""
+    async def release_image(self, image_uid: str) -> bool:
+        """The Image is gone: remove its imported copy (`image-<uid>`) now if no volume is a
+        clone of it, else mark it released in the pool itself, so that whichever node
+        removes its last clone, also after a restart, removes it then. True if removed now."""
         name = naming.rbd_image(image_uid)
 
-        def remove(ioctx: Any) -> bool:
+        def release(ioctx: Any) -> bool:
             _remove_image(ioctx, name + _PARTIAL)
             try:
                 with rbd.Image(ioctx, name) as image:
-                    image.set_snap(naming.RBD_BASE_SNAPSHOT)
-                    children = [c["image"] for c in image.list_children2() if not c.get("trash")]
-                    image.set_snap(None)
+                    if _children(image):
+                        image.metadata_set(_RELEASED, "true")
+                        return False
             except rbd.ImageNotFound:
                 return False
-            if children:
-                raise ProvisioningError(
-                    GuestFailure.VOLUME_IN_USE,
-                    f"image {image_uid} is the parent of {', '.join(sorted(children))}",
-                )
             _remove_image(ioctx, name)
             return True
 
-        return await self._run(remove, GuestFailure.VOLUME_IN_USE)
+        return await self._run(release, GuestFailure.VOLUME_IN_USE)
 
     async def grow(self, uid: str, size_bytes: int) -> StoredVolume:
         name = naming.rbd_volume(uid)
@@ -372,6 +371,7 @@ class RbdVolumeDriver:
                         )
                     for leftover in snapshots:  # of a clone that crashed
                         _remove_snap(ioctx, volume, leftover)
+                    parent = _parent_image(volume)
             except rbd.ImageNotFound:
                 return False
             try:
@@ -382,6 +382,8 @@ class RbdVolumeDriver:
                 ) from exc
             except rbd.ImageNotFound:
                 return False
+            if parent is not None:
+                _remove_if_released(ioctx, parent)
             return True
 
         return await self._run(remove, GuestFailure.VOLUME_IN_USE)
@@ -649,6 +651,40 @@ def _remove_snap(ioctx: Any, image: Any, snap: str) -> None:
                     clone.flatten()
         image.unprotect_snap(snap)
     image.remove_snap(snap)
+
+
+def _children(image: Any) -> list[str]:
+    """Names of the clones of an imported Image's base snapshot (open `image`)."""
+    image.set_snap(naming.RBD_BASE_SNAPSHOT)
+    try:
+        return [c["image"] for c in image.list_children2() if not c.get("trash")]
+    finally:
+        image.set_snap(None)
+
+
+def _parent_image(volume: Any) -> str | None:
+    """The imported Image an open volume is a clone of, if it is one."""
+    try:
+        _pool, parent, _snap = volume.parent_info()
+    except rbd.ImageNotFound:  # no parent
+        return None
+    return str(parent) if str(parent).startswith(_IMAGE) else None
+
+
+def _remove_if_released(ioctx: Any, name: str) -> None:
+    """Remove an imported Image that was released and has no clone left."""
+    try:
+        with rbd.Image(ioctx, name) as image:
+            try:
+                released = image.metadata_get(_RELEASED) == "true"
+            except KeyError:
+                return
+            if not released or _children(image):
+                return
+    except rbd.ImageNotFound:
+        return
+    log.info("imported image %s: its last clone is gone and it was released: removed", name)
+    _remove_image(ioctx, name)
 
 
 def _remove_image(ioctx: Any, name: str) -> None:
