@@ -200,6 +200,10 @@ class ComputeDriver(Protocol):
     async def delete(self, uid: str) -> bool:
         """Stop and undefine the guest; True if there was one."""
 
+    async def remove_ceph_secret(self, pool_uid: str) -> bool:
+        """Forget the key of a Ceph pool (CephPool UID) guests reached it with; True if the
+        hypervisor held one."""
+
     async def list(self) -> list[GuestStatus]:
         """Every guest this driver owns, with its state and the generation its definition
         was built from (the manager's, written into the definition)."""
@@ -338,6 +342,10 @@ class CephPools(Protocol):
         """Drivers of the pools the node kept the access of, rebuilt from it (not connected):
         the pools it served before a restart. Unreadable ones are logged and left out.
         Blocking."""
+
+    def forget(self, pool_uid: str) -> bool:
+        """Remove what the node kept to reach the pool (its access: the key among it); True
+        if there was some. Blocking."""
 
 
 class NetworkDriver(Protocol):

@@ -160,6 +160,7 @@ class Reason(enum.StrEnum):
     CEPH_POOL_NOT_FOUND = "CephPoolNotFound"  # a ceph Volume names no CephPool
     CEPH_KEY_NOT_FOUND = "CephKeyNotFound"  # a CephPool's Secret or key is missing
     CEPH_POOL_READY = "CephPoolReady"
+    CEPH_POOL_IN_USE = "CephPoolInUse"  # a CephPool's deletion waits for its Volumes
     SNAPSHOT_CREATING = "SnapshotCreating"
     SNAPSHOT_READY = "SnapshotReady"
     SNAPSHOT_FAILED = "SnapshotFailed"  # the node said Failed without a GuestFailure

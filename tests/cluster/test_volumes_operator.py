@@ -174,8 +174,19 @@ def test_ceph_pools_and_volumes_say_what_they_miss(
                              cluster.get_json("volume", "keyless", "-n", namespace),
                              cluster.get_json("events", "-n", namespace)])  # fmt: skip
         assert secret not in dumped
-    finally:
+
+        # Deleting the CephPool waits while a Volume is in it, naming it; then it goes (its
+        # node was told to forget it).
         cluster.kubectl("delete", "cephpool", pool_name, "--wait=false")
+        wait_until("the pool's deletion waits", lambda: (condition(cluster.get_json(
+            "cephpool", pool_name).get("status", {}), "Ready") or {}).get(
+            "reason") == "CephPoolInUse")  # fmt: skip
+        waiting = condition(cluster.get_json("cephpool", pool_name)["status"], "Ready") or {}
+        assert waiting["message"].startswith(f"deletion waits: Volume {namespace}/keyless is in")
+        cluster.kubectl("-n", namespace, "delete", "volume", "keyless", "nowhere")
+        cluster.kubectl("wait", "--for=delete", f"cephpool/{pool_name}", "--timeout=60s")
+    finally:
+        cluster.kubectl("delete", "cephpool", pool_name, "--wait=false", check=False)
 
 
 def test_volumes_that_cannot_be_had_say_why_on_the_named_field(

@@ -313,6 +313,16 @@ async def delete_image(request: web.Request, uid: str) -> web.Response:
     return web.json_response({"evicted": released.evicted, "inUse": released.in_use})
 
 
+@_uid_route("a CephPool")
+async def delete_ceph_pool(request: web.Request, uid: str) -> web.Response:
+    """The CephPool is gone: stop serving it, and remove its access (the cephx key) from
+    the node's files and from the hypervisor's secrets."""
+    volumes = request.app.get(VOLUMES)
+    served = await volumes.forget_pool(uid) if volumes is not None else False
+    secret = await request.app[MANAGER].compute.remove_ceph_secret(uid)
+    return web.json_response({"forgotten": served or secret})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON GuestEvents until the client goes away, with heartbeats.
 
@@ -374,6 +384,7 @@ def create_app(
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
     app.router.add_delete("/v1/images/{uid}", delete_image)
+    app.router.add_delete("/v1/cephpools/{uid}", delete_ceph_pool)
     app.router.add_get("/v1/volumes", volume_inventory)
     app.router.add_get("/v1/volumes/{uid}", get_volume)
     app.router.add_put("/v1/volumes/{uid}", put_volume)

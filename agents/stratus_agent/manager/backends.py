@@ -44,6 +44,9 @@ class NoCeph:
     def saved(self) -> Sequence[CephPoolDriver]:
         return []
 
+    def forget(self, pool_uid: str) -> bool:
+        return False
+
 
 @dataclass(frozen=True)
 class Listing:
@@ -131,6 +134,24 @@ class VolumeDrivers:
     def pools(self) -> list[CephPoolDriver]:
         """The Ceph pools' drivers, by CephPool UID."""
         return [self._pools[uid] for uid in sorted(self._pools)]
+
+    async def forget(self, pool_uid: str) -> bool:
+        """The CephPool is gone: disconnect from its pool, stop serving it and remove what the
+        node kept to reach it (its files, the key among them); True if the node served it.
+        Its volumes stay in the pool (the operator deletes a CephPool only once none is
+        left)."""
+        await self.start()
+        async with self._adding.setdefault(pool_uid, asyncio.Lock()):
+            pool = self._pools.pop(pool_uid, None)
+            if pool is not None:
+                await asyncio.to_thread(pool.close)
+                for table in (self._volumes, self._snapshots):
+                    for uid in [uid for uid, held in table.items() if held is pool]:
+                        del table[uid]
+                self._listings = [found for found in self._listings if found.driver is not pool]
+            forgotten = await asyncio.to_thread(self._ceph.forget, pool_uid)
+        self._adding.pop(pool_uid, None)
+        return pool is not None or forgotten
 
     async def close(self) -> None:
         """Disconnect from every pool; a later call connects again."""

@@ -155,6 +155,17 @@ class VolumeManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.drivers.close()
 
+    async def forget_pool(self, pool_uid: str) -> bool:
+        """The CephPool is gone: the node stops serving it and removes its access; the
+        volumes it knew there are no longer reported. True if the node served it."""
+        pool = next((p for p in self.drivers.pools() if p.access.pool_uid == pool_uid), None)
+        held = [uid for uid in self._status if self.drivers.of_volume(uid) is pool] if pool else []
+        forgotten = await self.drivers.forget(pool_uid)
+        for uid in held:
+            self._stored.pop(uid, None)
+            self._status.pop(uid, None)
+        return forgotten
+
     async def release_image(self, image_uid: str) -> None:
         """The Image is gone: its copies imported into the Ceph pools go too (each once no
         volume is a clone of it). Logs rather than raises: the pools keep the mark."""

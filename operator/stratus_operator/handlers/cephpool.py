@@ -9,7 +9,7 @@ import kopf
 from stratus_api.v1alpha1 import CephPool
 from stratus_api.v1alpha1.cephpool import CephPoolStatus
 from stratus_operator.controllers.volume import VolumeProblem
-from stratus_operator.handlers.common import CEPH_POOLS, runtime
+from stratus_operator.handlers.common import CEPH_POOLS, runtime, world
 from stratus_operator.services import ceph
 from stratus_operator.services.status import ObjectRef
 
@@ -27,3 +27,14 @@ async def check(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
                               ceph.not_ready(problem), CephPoolStatus)  # fmt: skip
         raise kopf.TemporaryError(str(problem), delay=rt.settings.retries.backoff(retry)) from None
     await rt.status.write(ObjectRef.of(pool), pool.status, generation, change, CephPoolStatus)
+
+
+@kopf.on.delete(*CEPH_POOLS)
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
+    rt, pool = runtime(memo), CephPool.model_validate(dict(body))
+    try:
+        await ceph.remove(pool, world(kwargs), rt)
+    except ceph.PoolInUse as exc:
+        await rt.status.write(ObjectRef.of(pool), pool.status, pool.metadata.generation or 0,
+                              ceph.deleting(exc), CephPoolStatus)  # fmt: skip
+        raise kopf.TemporaryError(str(exc), delay=rt.settings.retries.backoff(retry)) from None

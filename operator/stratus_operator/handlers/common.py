@@ -42,7 +42,7 @@ def world(kwargs: dict[str, Any]) -> World:
     uids = kwargs["stratus_instance_uids"]
     volumes, users = kwargs["stratus_volumes"], kwargs["stratus_volume_users"]
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
-    ceph_pools = kwargs["stratus_ceph_pools"]
+    ceph_pools, pool_volumes = kwargs["stratus_ceph_pools"], kwargs["stratus_pool_volumes"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _values(instances),
@@ -63,6 +63,7 @@ def world(kwargs: dict[str, Any]) -> World:
         snapshots_of=lambda key: list(taken.get(key, ())),
         ceph_pool=lambda name: _first(ceph_pools, name),
         ceph_pool_by_uid=lambda uid: _first(ceph_pools, ("uid", uid)),
+        pool_volumes=lambda name: list(pool_volumes.get(name, ())),
     )
 
 

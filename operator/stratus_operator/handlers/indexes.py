@@ -25,6 +25,7 @@ from stratus_api.v1alpha1 import (
     Volume,
     VolumeSnapshot,
 )
+from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
 from stratus_operator.handlers.common import (
     CEPH_POOLS,
     HYPERVISORS,
@@ -128,6 +129,19 @@ async def stratus_volume_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     volume = (body.get("spec") or {}).get("volume")
     namespace = body.metadata.namespace or ""
     return {(namespace, volume): body.metadata.name} if isinstance(volume, str) else {}
+
+
+@kopf.index(*VOLUMES)
+async def stratus_pool_volumes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Which ceph Volumes are in each CephPool (by name), from the raw body: a CephPool with
+    Volumes is never deleted."""
+    spec = body.get("spec") or {}
+    if spec.get("backend") != "ceph":
+        return {}
+    pool = spec.get("cephPool") or DEFAULT_POOL
+    if not isinstance(pool, str):
+        return {}
+    return {pool: f"{body.metadata.namespace}/{body.metadata.name}"}
 
 
 @kopf.index(*CEPH_POOLS)

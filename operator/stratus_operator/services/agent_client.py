@@ -248,6 +248,12 @@ class AgentClient:
         what, raw = await self._call("DELETE", "/v1/images/" + quote(uid, safe=""))
         return self._flag(what, raw, "evicted")
 
+    async def forget_ceph_pool(self, uid: str) -> bool:
+        """The CephPool is gone: the node stops serving it and removes its key; True if it
+        held any of it."""
+        what, raw = await self._call("DELETE", "/v1/cephpools/" + quote(uid, safe=""))
+        return self._flag(what, raw, "forgotten")
+
     async def ensure_volume(self, spec: NodeVolumeSpec) -> NodeVolumeStatus:
         """PUT the volume spec (idempotent); the node makes or grows it in the background."""
         body = spec.model_dump_json(by_alias=True)

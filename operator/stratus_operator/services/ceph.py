@@ -19,7 +19,8 @@ from stratus_api.v1alpha1.cephpool import DEFAULT_POOL, CephPoolStatus
 from stratus_api.volume_wire import CephAccess, PoolUsage
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.volume import VolumeProblem
-from stratus_operator.services.runtime import Runtime
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 
@@ -122,3 +123,50 @@ async def report_usage(usage: PoolUsage, node: str, world: World, runtime: Runti
     await runtime.status.write(
         ObjectRef.of(pool), pool.status, pool.metadata.generation or 0, figures, CephPoolStatus
     )
+
+
+class PoolInUse(Exception):
+    """A CephPool's deletion waits while Volumes are in its pool."""
+
+    def __init__(self, volumes: list[str]) -> None:
+        more = f" and {len(volumes) - 10} more" if len(volumes) > 10 else ""
+        shown = ", ".join(volumes[:10]) + more
+        super().__init__(
+            f"deletion waits: Volume {shown} is in the pool (delete the Volumes first; their "
+            "data would be unreachable without the CephPool)"
+        )
+        self.reason = Reason.CEPH_POOL_IN_USE
+
+
+async def remove(pool: CephPool, world: World, runtime: Runtime) -> None:
+    """Delete the CephPool once no Volume is in it: every Ready node forgets it (its key
+    leaves the node's files and the hypervisor's secrets). A node that does not answer
+    now keeps them until it is cleaned by hand; that is logged."""
+    volumes = sorted(world.pool_volumes(pool.metadata.name or ""))
+    if volumes:
+        raise PoolInUse(volumes)
+    uid = pool.metadata.uid or ""
+    for hypervisor in world.hypervisors():
+        node = hypervisor.metadata.name
+        try:
+            client = await runtime.agents.client(hypervisor)
+            if await client.forget_ceph_pool(uid):
+                log.info("CephPool %s: node %s forgot it", pool.metadata.name, node)
+        except (AgentError, AgentNotConfigured) as exc:
+            log.warning("CephPool %s: node %s did not forget it (its key may stay in its "
+                        "state directory and libvirt secrets): %s", pool.metadata.name, node,
+                        exc)  # fmt: skip
+
+
+def deleting(problem: PoolInUse) -> CephPoolChange:
+    def change(status: CephPoolStatus, generation: int) -> CephPoolStatus:
+        return status.model_copy(
+            update={
+                "conditions": conditions.with_progress(
+                    status.conditions, ready=False, reason=problem.reason,
+                    message=str(problem), generation=generation, reconciling=True,
+                ),
+            }
+        )  # fmt: skip
+
+    return change

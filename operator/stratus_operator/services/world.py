@@ -45,6 +45,8 @@ class World:
     snapshots_of: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool: Callable[[str], CephPool | None] = lambda _: None
     ceph_pool_by_uid: Callable[[str], CephPool | None] = lambda _: None
+    # "namespace/name" of the ceph Volumes in this CephPool.
+    pool_volumes: Callable[[str], Iterable[str]] = lambda _: ()
 
 
 def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:

@@ -213,3 +213,18 @@ async def test_rbd_volumes_boot_plug_grow_unplug_and_go_through_the_agent_api(
     deleted = await restarted.client.delete(f"/v1/volumes/{boot_uid}", headers=AGENT_AUTH)
     assert deleted.status == 204, await deleted.text()
     await check_the_secret_outlives_the_guest(restarted.manager.compute, ceph_access)
+
+    # The CephPool deleted: the node stops serving it, and its key leaves the node's files
+    # and libvirt's secrets.
+    await restarted.manager.compute.ensure_ceph_secret(ceph_access)
+    kept = restarted.node.state_dir / "ceph" / ceph_access.pool_uid
+    assert (kept / "keyring").exists()
+    forgot = await restarted.client.delete(f"/v1/cephpools/{ceph_access.pool_uid}",
+                                           headers=AGENT_AUTH)  # fmt: skip
+    assert forgot.status == 200 and (await forgot.json())["forgotten"] is True
+    assert not kept.exists()
+    assert virsh("secret-dumpxml", naming.ceph_secret_uuid(ceph_access.pool_uid)).returncode != 0
+    assert ceph_access.pool not in {p.get("pool") for p in (await inventory(restarted))["pools"]}
+    again = await restarted.client.delete(f"/v1/cephpools/{ceph_access.pool_uid}",
+                                          headers=AGENT_AUTH)  # fmt: skip
+    assert (await again.json())["forgotten"] is False

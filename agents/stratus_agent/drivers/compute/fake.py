@@ -62,6 +62,9 @@ class FakeComputeDriver:
     async def resize_disk(self, uid: str, serial: str, size_bytes: int) -> bool:
         return False  # it holds no image open: volumes grow offline, through their driver
 
+    async def remove_ceph_secret(self, pool_uid: str) -> bool:
+        return False  # its guests reach no pool
+
     async def delete(self, uid: str) -> bool:
         gone = self._guests.pop(uid, None)
         self.boots.pop(uid, None)

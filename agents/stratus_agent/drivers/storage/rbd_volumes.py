@@ -27,6 +27,7 @@ import builtins
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -519,6 +520,13 @@ class RbdPools:
 
     def make(self, access: CephAccess) -> RbdVolumeDriver:
         return RbdVolumeDriver(access, self.state_dir, mount_timeout=self.mount_timeout)
+
+    def forget(self, pool_uid: str) -> bool:
+        directory = self.state_dir / "ceph" / pool_uid
+        if not naming.is_uid(pool_uid) or not directory.is_dir():
+            return False
+        shutil.rmtree(directory)
+        return True
 
     def saved(self) -> builtins.list[RbdVolumeDriver]:
         directory = self.state_dir / "ceph"
