@@ -5,6 +5,7 @@ CLI (given the driver's conf and keyring files, never the key)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -164,6 +165,32 @@ async def test_volumes_from_an_image_are_clones_of_its_base_imported_once(
     assert await driver.remove(second)
     assert base_image not in rbd.RBD().list(pool)
     assert await driver.release_image(test_image.uid) is False  # nothing left to do
+
+
+async def test_two_nodes_importing_one_image_at_once_share_one_copy(
+    driver: RbdVolumeDriver, pool: Any, rbd: ModuleType, test_image: CachedImage,
+    ceph_access: CephAccess, tmp_path: Path,
+) -> None:  # fmt: skip
+    other_node = RbdVolumeDriver(ceph_access, tmp_path / "other-node")
+    try:
+        made = await asyncio.gather(*(
+            node.create(new_uid(), test_image.virtual_size, image=test_image)
+            for node in (driver, other_node)
+        ))  # fmt: skip
+        # One copy, imported by the node that took the pool's import lock first; the other
+        # waited for it and cloned it. The lock is gone.
+        names = rbd.RBD().list(pool)
+        assert [n for n in names if n.startswith(f"image-{test_image.uid}")] == [
+            f"image-{test_image.uid}"
+        ]
+        assert f"import-{test_image.uid}" not in {o.key for o in pool.list_objects()}
+        for volume in made:
+            with rbd.Image(pool, f"volume-{volume.uid}", read_only=True) as image:
+                assert image.parent_info()[1] == f"image-{test_image.uid}"
+            assert await driver.remove(volume.uid)
+        await driver.release_image(test_image.uid)
+    finally:
+        other_node.close()
 
 
 async def test_clone_time_does_not_grow_with_the_image(

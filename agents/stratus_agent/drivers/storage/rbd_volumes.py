@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -77,6 +78,10 @@ SINGLE_WRITER = (
 _VOLUME, _SNAPSHOT, _PARTIAL = "volume-", "snap-", ".partial"
 # The conf's first line: the pool it reaches, a comment to Ceph.
 _POOL_LINE = "# stratus pool: "
+_IMPORT_LOCK = "import-"  # a RADOS object whose exclusive lock one importing node holds
+# Seconds a node's import lock lasts unless released (a node that died mid-import frees it);
+# and how often a waiting node looks for the image.
+IMPORT_LEASE, IMPORT_POLL = 3600, 1.0
 _COPY = "copy-"  # a temporary snapshot of a volume being cloned: `copy-<new volume uid>`
 # Metadata on an imported Image whose Image object is gone: removed with its last clone.
 _RELEASED = "stratus.released"
@@ -97,6 +102,9 @@ class RbdVolumeDriver:
         self._cluster: Any = None  # rados.Rados, once connected
         self._connecting = threading.Lock()
         self._imports: dict[str, asyncio.Lock] = {}  # one import of an Image at a time
+        # This node, to the other nodes sharing the pool: one of them imports an Image
+        # while the others wait (a RADOS lock with this cookie; see _ensure_image).
+        self.importer = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
 
     @classmethod
     def saved(
@@ -294,30 +302,60 @@ class RbdVolumeDriver:
 
     async def _ensure_image(self, image: CachedImage) -> None:
         """`image-<uid>@base`, protected: imported with qemu-img (given the conf and keyring
-        files, never the key) under a partial name, snapshotted, then named. Once per pool."""
+        files, never the key) under a partial name, snapshotted, then named. Once per pool:
+        the node importing holds an exclusive RADOS lock on `import-<uid>` (it expires if
+        the node dies), and any other node waits for the image meanwhile."""
         name = naming.rbd_image(image.uid)
         async with self._imports.setdefault(image.uid, asyncio.Lock()):
-            if await self._run(lambda ioctx: _size(ioctx, name)) is not None:
-                return
-            partial = name + _PARTIAL
-            await self._run(lambda ioctx: _remove_image(ioctx, partial))
-            target = f"rbd:{self.access.pool}/{partial}:conf={self.conf_path}:id={self.access.user}"
+            while True:
+                if await self._run(lambda ioctx: _size(ioctx, name)) is not None:
+                    return
+                if await self._run(lambda ioctx: self._claim_import(ioctx, image.uid)):
+                    break
+                await asyncio.sleep(IMPORT_POLL)  # another node imports it now
             try:
-                # -f: the cached image's format is known, never probed; -O raw: RBD is raw.
-                await qemu_img.convert(("-f", image.format, "-O", "raw", str(image.path), target),
-                                       None)  # fmt: skip
-            except Exception as exc:
-                raise ProvisioningError(
-                    GuestFailure.VOLUME_CREATE_FAILED, f"importing image {image.uid}: {exc}"
-                ) from exc
+                await self._import(image, name)
+            finally:
+                await self._run(lambda ioctx: self._end_import(ioctx, image.uid))
 
-            def seal(ioctx: Any) -> None:
-                with rbd.Image(ioctx, partial) as made:
-                    made.create_snap(naming.RBD_BASE_SNAPSHOT)
-                    made.protect_snap(naming.RBD_BASE_SNAPSHOT)
-                rbd.RBD().rename(ioctx, partial, name)
+    def _claim_import(self, ioctx: Any, image_uid: str) -> bool:
+        try:
+            ioctx.lock_exclusive(_IMPORT_LOCK + image_uid, "import", self.importer,
+                                 desc="stratus image import", duration=IMPORT_LEASE)  # fmt: skip
+        except rados.ObjectBusy:
+            return False
+        except rados.ObjectExists:  # this node's own, from an import it did not finish
+            pass
+        return True
 
-            await self._run(seal)
+    def _end_import(self, ioctx: Any, image_uid: str) -> None:
+        with contextlib.suppress(rados.ObjectNotFound):
+            ioctx.unlock(_IMPORT_LOCK + image_uid, "import", self.importer)
+        with contextlib.suppress(rados.ObjectNotFound):
+            ioctx.remove_object(_IMPORT_LOCK + image_uid)
+
+    async def _import(self, image: CachedImage, name: str) -> None:
+        if await self._run(lambda ioctx: _size(ioctx, name)) is not None:
+            return  # imported by the node that held the lock before
+        partial = name + _PARTIAL
+        await self._run(lambda ioctx: _remove_image(ioctx, partial))  # a crashed one's
+        target = f"rbd:{self.access.pool}/{partial}:conf={self.conf_path}:id={self.access.user}"
+        try:
+            # -f: the cached image's format is known, never probed; -O raw: RBD is raw.
+            await qemu_img.convert(("-f", image.format, "-O", "raw", str(image.path), target),
+                                   None)  # fmt: skip
+        except Exception as exc:
+            raise ProvisioningError(
+                GuestFailure.VOLUME_CREATE_FAILED, f"importing image {image.uid}: {exc}"
+            ) from exc
+
+        def seal(ioctx: Any) -> None:
+            with rbd.Image(ioctx, partial) as made:
+                made.create_snap(naming.RBD_BASE_SNAPSHOT)
+                made.protect_snap(naming.RBD_BASE_SNAPSHOT)
+            rbd.RBD().rename(ioctx, partial, name)
+
+        await self._run(seal)
 
     async def release_image(self, image_uid: str) -> bool:
         """The Image is gone: remove its imported copy (`image-<uid>`) now if no volume is a
