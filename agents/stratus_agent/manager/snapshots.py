@@ -20,15 +20,14 @@ so the volume they were taken of may go while they stay.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 
 from stratus_agent.base import EventSink, ProgressListener, StoredSnapshot, VolumeDriver
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.backends import Listing, VolumeDrivers, check_room
+from stratus_agent.manager.reports import ReportBook
 from stratus_agent.manager.sequence import SequenceClock
-from stratus_agent.manager.volumes import PROGRESS_STEP, VolumeManager
-from stratus_api.guest import GuestEvent
+from stratus_agent.manager.volumes import VolumeManager
 from stratus_api.reasons import GuestFailure
 from stratus_api.v1alpha1.volume import ATOMIC_COPIES
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeSnapshotState, NodeSnapshotStatus
@@ -52,11 +51,12 @@ class SnapshotManager:
             raise ValueError("snapshots are taken over the volume manager's own drivers")
         self.drivers = volumes.drivers
         self._volumes = volumes
-        self._hub = hub
-        self._sequence = sequence or SequenceClock()
         self._desired: dict[str, NodeSnapshotSpec] = {}
         self._stored: dict[str, StoredSnapshot] = {}
-        self._status: dict[str, NodeSnapshotStatus] = {}
+        self._reports = ReportBook[NodeSnapshotStatus](
+            hub, sequence or SequenceClock(), "snapshot",
+            creating=NodeSnapshotState.CREATING, missing=NodeSnapshotState.MISSING,
+        )  # fmt: skip
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.drivers.subscribe(self._adopt)
 
@@ -69,9 +69,7 @@ class SnapshotManager:
         for stored in listing.snapshots:
             self._stored.setdefault(stored.uid, stored)
             if stored.uid not in self._tasks:
-                self._status[stored.uid] = self._stamped(
-                    self._report(stored.uid, NodeSnapshotState.READY)
-                )
+                self._reports.adopt(self._report(stored.uid, NodeSnapshotState.READY))
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -80,11 +78,11 @@ class SnapshotManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self, uid: str) -> NodeSnapshotStatus | None:
-        return self._status.get(uid)
+        return self._reports.get(uid)
 
     def inventory(self) -> list[NodeSnapshotStatus]:
         """Every snapshot's status, stamped now: newer than every event already sent."""
-        return [self._stamped(status) for _, status in sorted(self._status.items())]
+        return self._reports.stamped_all()
 
     # -- reports -----------------------------------------------------------------------
 
@@ -113,22 +111,6 @@ class SnapshotManager:
             message=message,
         )
 
-    def _stamped(self, status: NodeSnapshotStatus) -> NodeSnapshotStatus:
-        return status.model_copy(update={"sequence": self._sequence.next()})
-
-    def _record(self, status: NodeSnapshotStatus) -> None:
-        previous = self._status.get(status.uid)
-        if previous is not None and previous.model_copy(update={"sequence": None}) == status:
-            return
-        status = self._stamped(status)
-        if status.state is NodeSnapshotState.MISSING:
-            self._status.pop(status.uid, None)
-        else:
-            self._status[status.uid] = status
-        self._hub.publish(
-            GuestEvent(type="snapshot", time=datetime.datetime.now(datetime.UTC), snapshot=status)
-        )
-
     # -- taking ------------------------------------------------------------------------
 
     async def ensure(self, spec: NodeSnapshotSpec) -> NodeSnapshotStatus:
@@ -142,15 +124,17 @@ class SnapshotManager:
                 if stored.volume_uid not in (None, spec.volume):
                     log.warning("snapshot %s: taken of volume %s, the spec says %s; kept",
                                 uid, stored.volume_uid, spec.volume)  # fmt: skip
-                self._record(self._report(uid, NodeSnapshotState.READY, generation=spec.generation))
+                self._reports.record(
+                    self._report(uid, NodeSnapshotState.READY, generation=spec.generation)
+                )
             else:
-                self._record(
+                self._reports.record(
                     self._report(
                         uid, NodeSnapshotState.CREATING, generation=spec.generation, progress=0
                     )
                 )
                 self._tasks[uid] = asyncio.create_task(self._take(uid), name=f"snapshot-{uid}")
-        return self._status[uid]
+        return self._reports[uid]
 
     async def _take(self, uid: str) -> None:
         task = asyncio.current_task()
@@ -183,7 +167,9 @@ class SnapshotManager:
                 )
                 self.drivers.holds_snapshot(uid, driver)
             spec = self._desired[uid]  # the newest, for its generation
-            self._record(self._report(uid, NodeSnapshotState.READY, generation=spec.generation))
+            self._reports.record(
+                self._report(uid, NodeSnapshotState.READY, generation=spec.generation)
+            )
         except ProvisioningError as exc:
             self._fail(uid, exc.reason, str(exc))
         except Exception as exc:
@@ -196,7 +182,7 @@ class SnapshotManager:
     def _fail(self, uid: str, reason: str, message: str) -> None:
         log.warning("snapshot %s: %s: %s", uid, reason, message)
         spec = self._desired.get(uid)
-        self._record(
+        self._reports.record(
             self._report(
                 uid,
                 NodeSnapshotState.FAILED,
@@ -207,21 +193,12 @@ class SnapshotManager:
         )
 
     def _progress_of(self, uid: str) -> ProgressListener:
-        def progress(percent: int) -> None:
-            current = self._status.get(uid)
-            if current is None or current.state is not NodeSnapshotState.CREATING:
-                return
-            if current.progress is not None and (
-                percent // PROGRESS_STEP == current.progress // PROGRESS_STEP
-            ):
-                return
-            self._record(
-                self._report(
-                    uid, NodeSnapshotState.CREATING, generation=current.generation, progress=percent
-                )
+        def creating(percent: int, generation: int | None) -> NodeSnapshotStatus:
+            return self._report(
+                uid, NodeSnapshotState.CREATING, generation=generation, progress=percent
             )
 
-        return progress
+        return self._reports.progress(uid, creating)
 
     # -- deleting ----------------------------------------------------------------------
 
@@ -239,7 +216,7 @@ class SnapshotManager:
             existed = await driver.remove_snapshot(uid) or existed
         self.drivers.holds_snapshot(uid, None)
         self._stored.pop(uid, None)
-        existed = self._status.get(uid) is not None or existed
+        existed = self._reports.get(uid) is not None or existed
         if existed:
-            self._record(NodeSnapshotStatus(uid=uid, state=NodeSnapshotState.MISSING))
+            self._reports.record(NodeSnapshotStatus(uid=uid, state=NodeSnapshotState.MISSING))
         return existed

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -42,8 +41,8 @@ from stratus_agent.base import (
 )
 from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.backends import Listing, VolumeDrivers, check_room
+from stratus_agent.manager.reports import ReportBook
 from stratus_agent.manager.sequence import SequenceClock
-from stratus_api.guest import GuestEvent
 from stratus_api.reasons import GuestFailure
 from stratus_api.v1alpha1.volume import ATOMIC_COPIES, VolumeBackend
 from stratus_api.volume_wire import (
@@ -55,9 +54,6 @@ from stratus_api.volume_wire import (
 )
 
 log = logging.getLogger(__name__)
-
-# Copy progress is published in steps of this many percent, not on every percent.
-PROGRESS_STEP = 5
 
 
 class VolumeInUseError(Exception):
@@ -112,13 +108,14 @@ class VolumeManager:
         self.drivers = drivers
         self._resize_live = resize_live
         self._images = images
-        self._hub = hub
         self._node = node
-        self._sequence = sequence or SequenceClock()
         self._book = book  # None: attachments live in memory only
         self._desired: dict[str, NodeVolumeSpec] = {}
         self._stored: dict[str, StoredVolume] = {}
-        self._status: dict[str, NodeVolumeStatus] = {}
+        self._reports = ReportBook[NodeVolumeStatus](
+            hub, sequence or SequenceClock(), "volume",
+            creating=NodeVolumeState.CREATING, missing=NodeVolumeState.MISSING,
+        )  # fmt: skip
         self._users: dict[str, set[str]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
@@ -136,9 +133,7 @@ class VolumeManager:
         for stored in listing.volumes:
             self._stored.setdefault(stored.uid, stored)
             if stored.uid not in self._tasks:
-                self._status[stored.uid] = self._stamped(
-                    self._report(stored.uid, NodeVolumeState.AVAILABLE)
-                )
+                self._reports.adopt(self._report(stored.uid, NodeVolumeState.AVAILABLE))
 
     def _holder(self, uid: str) -> VolumeDriver:
         driver = self.drivers.of_volume(uid)
@@ -159,11 +154,13 @@ class VolumeManager:
         """The CephPool is gone: the node stops serving it and removes its access; the
         volumes it knew there are no longer reported. True if the node served it."""
         pool = next((p for p in self.drivers.pools() if p.access.pool_uid == pool_uid), None)
-        held = [uid for uid in self._status if self.drivers.of_volume(uid) is pool] if pool else []
+        held = (
+            [u for u in self._reports.uids() if self.drivers.of_volume(u) is pool] if pool else []
+        )
         forgotten = await self.drivers.forget(pool_uid)
         for uid in held:
             self._stored.pop(uid, None)
-            self._status.pop(uid, None)
+            self._reports.pop(uid)
         return forgotten
 
     async def release_image(self, image_uid: str) -> None:
@@ -179,11 +176,10 @@ class VolumeManager:
                             self.drivers.describe(pool), exc)  # fmt: skip
 
     def status(self, uid: str) -> NodeVolumeStatus | None:
-        return self._status.get(uid)
+        return self._reports.get(uid)
 
     async def inventory(self) -> VolumeInventory:
-        # Stamped now: as of this moment, newer than every event already sent.
-        volumes = [self._stamped(status) for _, status in sorted(self._status.items())]
+        volumes = self._reports.stamped_all()
         pools = []
         for driver in self.drivers.all():
             try:
@@ -218,27 +214,11 @@ class VolumeManager:
             message=message,
         )
 
-    def _stamped(self, status: NodeVolumeStatus) -> NodeVolumeStatus:
-        return status.model_copy(update={"sequence": self._sequence.next()})
-
-    def _record(self, status: NodeVolumeStatus) -> None:
-        previous = self._status.get(status.uid)
-        if previous is not None and previous.model_copy(update={"sequence": None}) == status:
-            return
-        status = self._stamped(status)
-        if status.state is NodeVolumeState.MISSING:
-            self._status.pop(status.uid, None)
-        else:
-            self._status[status.uid] = status
-        self._hub.publish(
-            GuestEvent(type="volume", time=datetime.datetime.now(datetime.UTC), volume=status)
-        )
-
     def _restate(self, uid: str) -> None:
         """Report the volume again in its current state (its users changed)."""
-        current = self._status.get(uid)
+        current = self._reports.get(uid)
         if current is not None:
-            self._record(
+            self._reports.record(
                 current.model_copy(update={"attached_to": sorted(self._users.get(uid, ()))})
             )
 
@@ -259,19 +239,21 @@ class VolumeManager:
                 if spec.size_bytes < stored.size_bytes:
                     log.warning("volume %s: %d bytes asked, it has %d; volumes never shrink",
                                 uid, spec.size_bytes, stored.size_bytes)  # fmt: skip
-                self._record(
+                self._reports.record(
                     self._report(uid, NodeVolumeState.AVAILABLE, generation=spec.generation)
                 )
             else:
                 self._begin(uid, spec)
                 self._tasks[uid] = asyncio.create_task(self._converge(uid), name=f"volume-{uid}")
-        return self._status[uid]
+        return self._reports[uid]
 
     def _begin(self, uid: str, spec: NodeVolumeSpec) -> None:
         if uid in self._stored:
-            self._record(self._report(uid, NodeVolumeState.EXTENDING, generation=spec.generation))
+            self._reports.record(
+                self._report(uid, NodeVolumeState.EXTENDING, generation=spec.generation)
+            )
         else:
-            self._record(
+            self._reports.record(
                 self._report(uid, NodeVolumeState.CREATING, generation=spec.generation, progress=0)
             )
 
@@ -307,7 +289,7 @@ class VolumeManager:
                     )
                     self._stored[uid] = await self._grow(driver, stored, spec.size_bytes)
                 if self._desired.get(uid) is spec:
-                    self._record(
+                    self._reports.record(
                         self._report(uid, NodeVolumeState.AVAILABLE, generation=spec.generation)
                     )
                     return
@@ -353,7 +335,7 @@ class VolumeManager:
 
     def _fail(self, uid: str, spec: NodeVolumeSpec, reason: str, message: str) -> None:
         log.warning("volume %s: %s: %s", uid, reason, message)
-        self._record(
+        self._reports.record(
             self._report(
                 uid,
                 NodeVolumeState.FAILED,
@@ -413,21 +395,12 @@ class VolumeManager:
         return await driver.create(spec.uid, spec.size_bytes, shareable=spec.shareable)
 
     def _progress_of(self, spec: NodeVolumeSpec) -> ProgressListener:
-        def progress(percent: int) -> None:
-            current = self._status.get(spec.uid)
-            if current is None or current.state is not NodeVolumeState.CREATING:
-                return
-            if current.progress is not None and (
-                percent // PROGRESS_STEP == current.progress // PROGRESS_STEP
-            ):
-                return
-            self._record(
-                self._report(
-                    spec.uid, NodeVolumeState.CREATING, generation=spec.generation, progress=percent
-                )
+        def creating(percent: int, generation: int | None) -> NodeVolumeStatus:
+            return self._report(
+                spec.uid, NodeVolumeState.CREATING, generation=generation, progress=percent
             )
 
-        return progress
+        return self._reports.progress(spec.uid, creating)
 
     @contextlib.contextmanager
     def held_still(
@@ -438,7 +411,7 @@ class VolumeManager:
         until the block ends no guest takes it and it does not grow. `in_use`: why a volume
         a guest uses is refused, for the message; `while_used`: the backend copies it
         consistently even while a guest writes (an RBD snapshot), so guests may use it."""
-        status, stored = self._status.get(uid), self._stored.get(uid)
+        status, stored = self._reports.get(uid), self._stored.get(uid)
         if (
             status is None
             or stored is None
@@ -487,11 +460,11 @@ class VolumeManager:
                 existed = await driver.remove(uid) or existed
             self.drivers.holds_volume(uid, None)
             self._stored.pop(uid, None)
-            existed = self._status.get(uid) is not None or existed
+            existed = self._reports.get(uid) is not None or existed
         finally:
             self._deleting.discard(uid)
         if existed:
-            self._record(NodeVolumeStatus(uid=uid, state=NodeVolumeState.MISSING))
+            self._reports.record(NodeVolumeStatus(uid=uid, state=NodeVolumeState.MISSING))
         return existed
 
     # -- guests using volumes ------------------------------------------------------------
@@ -508,7 +481,7 @@ class VolumeManager:
         `keep_only` lets go of them once the guest has released them."""
         attachments: dict[str, VolumeAttachment] = {}
         for uid in dict.fromkeys(volume_uids):
-            status = self._status.get(uid)
+            status = self._reports.get(uid)
             if (
                 status is None
                 or status.state is not NodeVolumeState.AVAILABLE
