@@ -54,4 +54,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def close_agents(memo: kopf.Memo, **_: Any) -> None:
-    await runtime(memo).agents.close()
+    rt = runtime(memo)
+    await rt.agents.close()
+    await rt.kube.close()

@@ -48,6 +48,8 @@ DEFAULT_TIMEOUT = 30.0
 MAX_EVENT_LINE = 2**20
 # Characters of a non-JSON error body kept in a message (proxies send whole HTML pages).
 MAX_ERROR_BODY = 200
+# Reports of one node applied at once (each waits for its status write).
+REPORTS_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -429,8 +431,10 @@ async def watch_events(
 
     After every (re)connection `on_connect` runs before any event reaches `on_event`: it is
     where whatever was missed while disconnected is recovered (the operator re-reads the
-    inventory). Heartbeats are not passed on. A connection silent for `idle_timeout`
-    seconds is taken for dead, so set it above the agent's heartbeat. The delay between
+    inventory). Reports about different objects go through `on_event` concurrently, those
+    about one object in order (see _Reports). Heartbeats are not passed on. A connection
+    silent for `idle_timeout` seconds is taken for dead, so set it above the agent's
+    heartbeat. The delay between
     attempts doubles from backoff[0] up to backoff[1], and drops back to backoff[0] after a
     connection that delivered anything. AgentErrors, from the stream or from `on_connect`,
     lead to a reconnection; any other exception from a callback ends the watch.
@@ -447,11 +451,75 @@ async def watch_events(
         delay = min(delay * 2, cap)
 
 
+def _subject(event: guest.GuestEvent) -> tuple[str, str]:
+    """What a report is about: its kind and the UID of its object."""
+    report = event.guest or event.volume or event.snapshot
+    return event.type, report.uid if report is not None else ""
+
+
+class _Reports:
+    """Hands reports to `on_event` concurrently, in arrival order per subject.
+
+    A node reports a thousand guests at once after a burst of creates; written one after
+    the other, each waits for the API round trip of the one before. Reports about one
+    object still go through `on_event` one at a time, in the order they arrived. At most
+    `limit` are in flight: past that, reading the stream waits (the agent buffers). The
+    first exception out of `on_event` is raised by `check` and `drain`.
+    """
+
+    def __init__(self, on_event: OnEvent, limit: int = REPORTS_IN_FLIGHT) -> None:
+        self._on_event = on_event
+        self._slots = asyncio.Semaphore(limit)
+        self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
+
+    async def submit(self, event: guest.GuestEvent) -> None:
+        self.check()
+        await self._slots.acquire()
+        key = _subject(event)
+        task = asyncio.create_task(self._run(self._last.get(key), event))
+        self._last[key] = task
+        self._running.add(task)
+        task.add_done_callback(lambda done: self._done(key, done))
+
+    async def _run(self, before: asyncio.Task[None] | None, event: guest.GuestEvent) -> None:
+        if before is not None:
+            await asyncio.wait((before,))  # its outcome is _done's business
+        await self._on_event(event)
+
+    def _done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        self._running.discard(task)
+        if self._last.get(key) is task:
+            del self._last[key]
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def drain(self) -> None:
+        """Wait for every report in flight; raise the first failure."""
+        while self._running:
+            await asyncio.wait(set(self._running))
+        self.check()
+
+    async def cancel(self) -> None:
+        for task in self._running:
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running))
+
+
 async def _follow(
     client: AgentClient, on_connect: OnConnect, on_event: OnEvent, idle_timeout: float
 ) -> bool:
-    """One connection; True if it delivered anything (the agent was alive and well)."""
+    """One connection; True if it delivered anything (the agent was alive and well). Every
+    report it delivered has gone through `on_event` when it returns."""
     alive = False
+    reports = _Reports(on_event)
     try:
         async with client.event_stream(idle_timeout) as stream:
             await on_connect()
@@ -459,12 +527,29 @@ async def _follow(
                 alive = True
                 # Reports only: a resync is on_connect's, heartbeats keep it alive.
                 if event.type in REPORTS:
-                    await on_event(event)
+                    await reports.submit(event)
+            await reports.drain()
     except AgentError as exc:
         log.warning("%s; reconnecting", exc)
+    except BaseException:  # cancelled (stopped), or a callback's failure ends the watch
+        await reports.cancel()
+        raise
     else:
         log.info("agent %s: the event stream ended; reconnecting", client.endpoint.url)
+    await _settle(reports)
     return alive
+
+
+async def _settle(reports: _Reports) -> None:
+    """After a connection failed: let the reports in flight finish before the next one
+    starts (their failures go with the failed connection); cancel them if cancelled."""
+    try:
+        await reports.drain()
+    except asyncio.CancelledError:
+        await reports.cancel()
+        raise
+    except AgentError as exc:
+        log.warning("%s (a report after the connection failed)", exc)
 
 
 async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:

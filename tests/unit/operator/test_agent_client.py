@@ -391,3 +391,46 @@ async def test_stop_ends_the_watch_while_it_backs_off(
         stop.set()
         await asyncio.wait_for(watch, 2)
     assert recorder.log == []
+
+
+# Reports in flight
+
+
+def report(uid: str, state: GuestState) -> GuestEvent:
+    return GuestEvent.model_validate(
+        {"type": "guest", "time": "2026-01-01T00:00:00Z", "guest": {"uid": uid, "state": state}}
+    )
+
+
+async def test_reports_of_different_guests_overlap_and_one_guests_keep_their_order() -> None:
+    """A slow write for one guest holds back only that guest's later reports."""
+    applied: list[str] = []
+    release = asyncio.Event()
+
+    async def on_event(event: GuestEvent) -> None:
+        assert event.guest is not None
+        if event.guest.uid == "a" and event.guest.state is GuestState.PROVISIONING:
+            await release.wait()
+        applied.append(f"{event.guest.uid}:{event.guest.state}")
+
+    reports = agent_client._Reports(on_event)
+    await reports.submit(report("a", GuestState.PROVISIONING))
+    await reports.submit(report("a", GuestState.RUNNING))
+    await reports.submit(report("b", GuestState.RUNNING))
+    await eventually(lambda: applied == ["b:Running"], "b applied while a waits")
+    release.set()
+    await reports.drain()
+    assert applied == ["b:Running", "a:Provisioning", "a:Running"]
+
+
+async def test_a_failed_report_is_raised_once_the_others_are_done() -> None:
+    async def on_event(event: GuestEvent) -> None:
+        assert event.guest is not None
+        if event.guest.uid == "bad":
+            raise AgentUnavailable("http://x", "PATCH", "down")
+
+    reports = agent_client._Reports(on_event)
+    await reports.submit(report("bad", GuestState.RUNNING))
+    await reports.submit(report("good", GuestState.RUNNING))
+    with pytest.raises(AgentUnavailable):
+        await reports.drain()
