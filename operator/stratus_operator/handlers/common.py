@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import kopf
 
-from stratus_api.v1alpha1 import GROUP, VERSION
+from stratus_api.v1alpha1 import GROUP, VERSION, Instance
 from stratus_operator.services.runtime import Runtime
-from stratus_operator.services.world import World
+from stratus_operator.services.world import World, instance_on, instance_using
 
 T = TypeVar("T")
 
@@ -34,30 +34,38 @@ def _first(index: kopf.Index[Any, T], key: Any) -> T | None:
     return next(iter(store), None) if store is not None else None
 
 
+def _instances(index: kopf.Index[Any, Any]) -> Iterable[Instance]:
+    """The parsed Instances: UID keys only (the index has node and Volume keys too)."""
+    for key, store in index.items():
+        if isinstance(key, str):
+            yield from (found for found in store if found is not None)
+
+
 def world(kwargs: dict[str, Any]) -> World:
     """The World over the live indexes kopf passes to every handler (see indexes.py)."""
     hypervisors, types = kwargs["stratus_hypervisors"], kwargs["stratus_instance_types"]
     images, networks = kwargs["stratus_images"], kwargs["stratus_networks"]
-    instances, by_node = kwargs["stratus_instances"], kwargs["stratus_instances_by_node"]
-    uids = kwargs["stratus_instance_uids"]
-    volumes, users = kwargs["stratus_volumes"], kwargs["stratus_volume_users"]
+    instances = kwargs["stratus_instances"]
+    volumes = kwargs["stratus_volumes"]
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
     ceph_pools, pool_volumes = kwargs["stratus_ceph_pools"], kwargs["stratus_pool_volumes"]
     return World(
         hypervisors=lambda: _values(hypervisors),
-        instances=lambda: _values(instances),
+        instances=lambda: _instances(instances),
         hypervisor=lambda name: _first(hypervisors, name),
         instance_type=lambda name: _first(types, name),
         image=lambda key: _first(images, key),
         network=lambda key: _first(networks, key),
         instance=lambda uid: _first(instances, uid),
         instances_on=lambda node: [
-            found for uid in by_node.get(node, ()) if (found := _first(instances, uid))
+            found
+            for uid in instances.get(instance_on(node), ())
+            if (found := _first(instances, uid))
         ],
-        has_instance=lambda uid: uid in uids,
+        has_instance=lambda uid: uid in instances,
         volume=lambda key: _first(volumes, key),
         volume_by_uid=lambda uid: _first(volumes, uid),
-        volume_users=lambda key: list(users.get(key, ())),
+        volume_users=lambda key: list(instances.get(instance_using(*key), ())),
         snapshot=lambda key: _first(snapshots, key),
         snapshot_by_uid=lambda uid: _first(snapshots, uid),
         snapshots_of=lambda key: list(taken.get(key, ())),

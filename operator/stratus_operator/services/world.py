@@ -51,3 +51,12 @@ class World:
 
 def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:
     return (obj.metadata.namespace or "", obj.metadata.name or "")
+
+
+# Keys of the Instances index besides UIDs (see handlers/indexes.py).
+def instance_on(node: str) -> tuple[str, str]:
+    return ("node", node)
+
+
+def instance_using(namespace: str, volume: str) -> tuple[str, str, str]:
+    return ("volume", namespace, volume)
