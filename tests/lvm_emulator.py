@@ -11,7 +11,7 @@ the same).
 
 What it cannot show: that real LVM accepts these command lines and behaves the same. That
 part is checked against a real volume group on a loop device, as far as a kernel without
-device-mapper lets (tests/integration/agent/test_lvm_volumes.py).
+device-mapper lets (tests/integration/agent/test_lvm_guest.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """LvmVolumeDriver at the command level: the lvm command lines it runs and what it makes of
 their answers, against EmulatedLvm (this kernel has no device-mapper, so no real thin
 volume can exist here; see tests/lvm_emulator.py for what that leaves unshown). Data on real
-block devices and a guest using them: tests/integration/agent/test_lvm_volumes.py."""
+block devices and a guest using them: tests/integration/agent/test_lvm_guest.py."""
 
 from __future__ import annotations
 
