@@ -291,10 +291,15 @@ def progress_of(guest: GuestStatus, node: str | None, wanted: Wanted) -> Progres
 
 
 def with_guest_status(
-    status: InstanceStatus, guest: GuestStatus, generation: int, wanted: Wanted
+    status: InstanceStatus,
+    guest: GuestStatus,
+    generation: int,
+    wanted: Wanted,
+    placed_on: str | None = None,
 ) -> InstanceStatus:
-    """The Instance status after the agent reported `guest`."""
-    progress = progress_of(guest, status.node, wanted)
+    """The Instance status after the agent reported `guest`; `placed_on`: the node the
+    operator placed it on, for a report that comes before the status says so."""
+    progress = progress_of(guest, status.node or placed_on, wanted)
     applied = guest.generation if guest.generation is not None else status.observed_generation
     update: dict[str, object] = {
         "phase": progress.phase,

@@ -193,13 +193,14 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
         return
     if not runtime.newest(guest.uid, guest.sequence):
         return  # older than a report already applied
-    wanted = Wanted.of(instance)
+    wanted, node = Wanted.of(instance), runtime.placements.node_of(guest.uid)
     known = instance.status or InstanceStatus()
-    if with_guest_status(known, guest, instance.metadata.generation or 0, wanted) != known:
+    generation = instance.metadata.generation or 0
+    if with_guest_status(known, guest, generation, wanted, node) != known:
         # Only news costs API calls: resyncs report every guest every few seconds.
         await write_status(
-            ObjectRef.of(instance), instance.status, instance.metadata.generation or 0, runtime,
-            lambda status, generation: with_guest_status(status, guest, generation, wanted),
+            ObjectRef.of(instance), instance.status, generation, runtime,
+            lambda status, generation: with_guest_status(status, guest, generation, wanted, node),
         )  # fmt: skip
     if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
         await _fail_image(instance, guest, world, runtime)

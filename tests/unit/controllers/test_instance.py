@@ -140,6 +140,17 @@ def test_a_restart_done_by_the_node_settles_and_is_recorded() -> None:
     assert status.last_restart_request_handled == token
 
 
+def test_a_report_ahead_of_the_placement_write_names_the_node_placed_on() -> None:
+    guest = GuestStatus(uid=UID, state=GuestState.PROVISIONING, generation=1)
+    status = with_guest_status(InstanceStatus(), guest, 1, RUNNING, placed_on="hv-2")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert ready.message == "being prepared on hv-2"
+    written = with_guest_status(InstanceStatus(node="hv"), guest, 1, RUNNING, placed_on="hv-2")
+    assert next(c for c in written.conditions if c.type == "Ready").message == (
+        "being prepared on hv"  # what the status says wins
+    )
+
+
 def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
     failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="ImageChecksumMismatch",
                          message="image img: downloaded file has sha256 b...")  # fmt: skip
