@@ -97,10 +97,11 @@ class VolumeAttachment:
 @dataclass(frozen=True, kw_only=True)
 class NicBinding:
     """Where the network driver wants one NIC plugged, in the order of the spec's NICs.
-    libvirt plugs the tap itself (virtualport openvswitch), so a bridge is all it needs
-    today; tenant networks add the port's tag or options here."""
+    libvirt plugs the tap itself (virtualport openvswitch), with the port's VLAN tag, so the
+    port is in its network from its first frame."""
 
     bridge: str
+    vlan_tag: int | None = None  # the Network's local tag on the bridge (None: untagged)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -111,9 +111,11 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         from stratus_agent.drivers.network.fake import FakeNetworkDriver
 
         return FakeNetworkDriver()
+    from stratus_agent.drivers.network.local_vlans import LocalVlans
     from stratus_agent.drivers.network.ovs import OvsBridge, OvsNetworkDriver
 
-    return OvsNetworkDriver(OvsBridge(network.bridge, network.datapath_type, network.vsctl))
+    vlans = LocalVlans(config.state_dir / "network" / "local-vlans.json")
+    return OvsNetworkDriver(OvsBridge(network.bridge, network.datapath_type, network.vsctl), vlans)
 
 
 def seed_drive(config: agent_config.AgentConfig) -> base.SeedDrive:

@@ -193,10 +193,8 @@ def _interfaces(spec: guest.GuestSpec, node: base.NodeFacts) -> tuple[dx.Interfa
 
 
 def _interface(uid: str, index: int, nic: guest.Nic, binding: base.NicBinding) -> dx.Interface:
-    # No <vlan>: segmentation_id is a VLAN tag or a VNI depending on the network's type,
-    # which the spec does not carry yet, and isolation on the bridge belongs to the network
-    # driver (OVS port tag or flows), not to the domain. No interfaceid either: libvirt
-    # generates one, and nothing reads it yet.
+    # <vlan>: the network driver's local tag for the NIC's Network, so libvirt adds the port
+    # already tagged. No interfaceid: libvirt generates one, and nothing reads it yet.
     return dx.Interface(
         source_bridge=binding.bridge,
         target_dev=naming.tap_name(uid, index),
@@ -204,4 +202,5 @@ def _interface(uid: str, index: int, nic: guest.Nic, binding: base.NicBinding) -
         model="virtio",
         mtu=nic.mtu,
         virtualport=dx.VirtualPort(),
+        vlan_tag=binding.vlan_tag,
     )

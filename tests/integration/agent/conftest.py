@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -131,6 +132,14 @@ class Node:
 
     def bridge_ports(self) -> list[str]:
         return sorted(run("ovs-vsctl", "--timeout=10", "list-ports", self.bridge).stdout.split())
+
+    def port_tags(self) -> dict[str, int | None]:
+        """Each port on the bridge with its VLAN tag (None: untagged)."""
+        out = run("ovs-vsctl", "--timeout=10", "--format=json", "--columns=name,tag", "list",
+                  "Port").stdout  # fmt: skip
+        ports = set(self.bridge_ports())
+        return {name: tag if isinstance(tag, int) else None
+                for name, tag in json.loads(out)["data"] if name in ports}  # fmt: skip
 
 
 def _world_traversable_dir() -> Path:

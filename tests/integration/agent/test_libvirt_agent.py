@@ -35,10 +35,13 @@ SUBNET = "10.77.0"  # only on this module's own bridge, which has no host addres
 PING_OK = "PING-OK"
 
 
-def nic(address: str) -> dict[str, Any]:
+NETWORK_UID = str(uuid.uuid4())  # one Network for this module's guests, unless a test says
+
+
+def nic(address: str, network_uid: str = NETWORK_UID) -> dict[str, Any]:
     return {
         "network": "test-net",
-        "networkUid": str(uuid.uuid4()),
+        "networkUid": network_uid,
         "mac": "52:54:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:3]),
         "address": address,
         "prefixLength": 24,
@@ -46,9 +49,10 @@ def nic(address: str) -> dict[str, Any]:
 
 
 def spec_for(
-    make_guest_spec: SpecFactory, hostname: str, address: str, user_data: str
-) -> dict[str, Any]:
-    spec = make_guest_spec(name=hostname, nics=[nic(address)])
+    make_guest_spec: SpecFactory, hostname: str, address: str, user_data: str,
+    network_uid: str = NETWORK_UID,
+) -> dict[str, Any]:  # fmt: skip
+    spec = make_guest_spec(name=hostname, nics=[nic(address, network_uid)])
     spec["cloudInit"] = {
         "instanceId": f"i-{spec['uid'][:8]}",
         "hostname": hostname,
@@ -120,9 +124,11 @@ async def test_ensure_boots_a_guest_and_again_changes_nothing(
     assert libvirt_node.domains().count(naming.domain_name(uid)) == 1
 
 
-async def test_guests_on_one_bridge_reach_each_other(
-    agent: AgentUnderTest, make_guest_spec: SpecFactory
+async def test_guests_reach_their_own_network_only(
+    agent: AgentUnderTest, make_guest_spec: SpecFactory, libvirt_node: Node
 ) -> None:
+    """Two Networks with the same CIDR on one bridge: a guest of the other one, its
+    address in the same subnet, hears nothing (not even ARP) from the first's guests."""
     first = spec_for(make_guest_spec, "vm-a", f"{SUBNET}.21", "#!/bin/sh\ntrue\n")
     target = f"{SUBNET}.21"
     # The first guest may still be booting: wait for its first answer, then ping for real.
@@ -134,14 +140,25 @@ async def test_guests_on_one_bridge_reach_each_other(
         f"ping -c 3 -W 2 {target} && echo {PING_OK}\n"
     )
     second = spec_for(make_guest_spec, "vm-b", f"{SUBNET}.22", pinger)
+    other_network = str(uuid.uuid4())
+    outsider = spec_for(make_guest_spec, "vm-c", f"{SUBNET}.23", pinger, other_network)
     await agent.put(first)
+    await agent.put(outsider)
     await boot(agent, second)
     await agent.wait_for_marker(first["uid"], "ready")
+    await agent.wait_for_marker(outsider["uid"], "user-data exit=1", timeout=240)
 
     console = agent.console(second["uid"]).text()
     assert f"\n{PING_OK}\n" in console, agent.diagnostics(second["uid"])
     assert "3 packets transmitted, 3 packets received, 0% packet loss" in console
     assert "user-data exit=0" in agent.console(second["uid"]).markers()
+    shut_out = agent.console(outsider["uid"]).text()
+    assert f"\n{PING_OK}\n" not in shut_out, agent.diagnostics(outsider["uid"])
+    assert "3 packets transmitted, 0 packets received, 100% packet loss" in shut_out
+    tags = libvirt_node.port_tags()
+    ports = {uid: naming.tap_name(uid, 0) for uid in (first["uid"], second["uid"],
+                                                      outsider["uid"])}  # fmt: skip
+    assert tags[ports[first["uid"]]] == tags[ports[second["uid"]]] != tags[ports[outsider["uid"]]]
 
 
 async def test_stop_start_and_delete(

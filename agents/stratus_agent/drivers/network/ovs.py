@@ -1,8 +1,9 @@
-"""The OVS network driver: one Open vSwitch bridge on the node, through ovs-vsctl.
+"""The OVS network driver: one Open vSwitch bridge on the node, through ovs-vsctl, with a
+local VLAN tag per Network on it (local_vlans.py), so Networks are isolated on the node.
 
-libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`) and tags the OVS
-Interface with external_ids:vm-id = the domain UUID, which is the Instance UID; that tag is
-how leftover ports of a guest are found and removed.
+libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`, `<vlan>` with the tag)
+and tags the OVS Interface with external_ids:vm-id = the domain UUID, which is the Instance
+UID; that tag is how leftover ports of a guest are found and removed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from stratus_agent import process
 from stratus_agent.base import NicBinding
+from stratus_agent.drivers.network.local_vlans import LocalVlans
 from stratus_agent.errors import ProvisioningError
 from stratus_api.guest import Nic
 from stratus_api.reasons import GuestFailure
@@ -58,6 +60,17 @@ class OvsBridge:
         )  # fmt: skip
         return sorted(row[0] for row in json.loads(out)["data"])
 
+    async def port_tags(self) -> dict[str, int | None]:
+        """Every port on the bridge with its VLAN tag (None: untagged)."""
+        out = await self._vsctl_run("--format=json", "--columns=name,tag", "list", "Port")
+        ports = set((await self._vsctl_run("list-ports", self.name)).split())
+        found: dict[str, int | None] = {}
+        for name, tag in json.loads(out)["data"]:
+            if name in ports:
+                # OVSDB JSON: an empty optional column is ["set", []].
+                found[name] = tag if isinstance(tag, int) else None
+        return found
+
     async def remove_ports(self, instance_uid: str) -> list[str]:
         """Remove the Instance's ports; a port that cannot be removed is logged and skipped,
         so the others still go."""
@@ -73,11 +86,13 @@ class OvsBridge:
 
 
 class OvsNetworkDriver:
-    """Every NIC on the one bridge; tenant networks (per-network tags or bridges) next."""
+    """Every NIC on the one bridge, in its Network's local VLAN."""
 
-    def __init__(self, bridge: OvsBridge) -> None:
+    def __init__(self, bridge: OvsBridge, vlans: LocalVlans) -> None:
         self.bridge = bridge
+        self.vlans = vlans
         self._bridge_ready = asyncio.Lock()
+        self._tags = asyncio.Lock()  # tags are given and released one change at a time
 
     async def ensure_node(self) -> None:
         """Checked on every plug and by the periodic check, never cached: someone may delete
@@ -95,13 +110,26 @@ class OvsNetworkDriver:
     async def plug(self, uid: str, nics: Sequence[Nic]) -> tuple[NicBinding, ...]:
         if nics:
             await self.ensure_node()
-        return tuple(NicBinding(bridge=self.bridge.name) for _ in nics)
+        async with self._tags:
+            tags = [await asyncio.to_thread(self.vlans.tag_of, nic.network_uid) for nic in nics]
+        return tuple(NicBinding(bridge=self.bridge.name, vlan_tag=tag) for tag in tags)
 
     async def unplug(self, uid: str) -> None:
-        try:
-            await self.bridge.remove_ports(uid)
-        except (process.CommandError, OSError) as exc:
-            log.warning("guest %s: cannot list its OVS ports: %s", uid, exc)
+        """Remove the guest's ports; a Network none of whose ports is left on the node
+        gives its tag back."""
+        async with self._tags:
+            try:
+                before = await self.bridge.port_tags()
+                removed = await self.bridge.remove_ports(uid)
+                left = {tag for port, tag in before.items() if port not in removed}
+            except (process.CommandError, OSError) as exc:
+                log.warning("guest %s: cannot list its OVS ports: %s", uid, exc)
+                return
+            freed = {before[port] for port in removed} - left - {None}
+            released = await asyncio.to_thread(self.vlans.release, {t for t in freed if t})
+            for network in released:
+                log.info("network %s: no guest left on this node; its local VLAN is free",
+                         network)  # fmt: skip
 
     async def check(self) -> None:
         await self.ensure_node()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -381,10 +382,14 @@ def test_seclabels_we_cannot_read_are_refused(text: str, complaint: str) -> None
         dx.DacSeclabel.from_element(dx.parse(text))
 
 
-def test_nics_carry_mtu_and_no_vlan_yet() -> None:
+def test_nics_carry_mtu_and_the_network_drivers_local_vlan() -> None:
     second = kvm_two_nics_no_vnc().devices.interfaces[1]
-    assert second.mtu == 9000 and second.vlan_tag is None
+    assert second.mtu == 9000 and second.vlan_tag is None  # untagged where the driver says
     assert second.virtualport == dx.VirtualPort() and second.source_bridge == "br-stratus"
+    tagged = replace(facts(), nics=(base.NicBinding(bridge="br-stratus", vlan_tag=7),))
+    nic = build(spec(), tagged).devices.interfaces[0]
+    assert nic.vlan_tag == 7
+    assert '<tag id="7"/>' in dx.to_text(nic.to_element())
 
 
 def test_restart_token_does_not_change_the_definition() -> None:
