@@ -136,6 +136,9 @@ class Reason(enum.StrEnum):
     IMAGE_NOT_READY = "ImageNotReady"
     IMAGE_FAILED = "ImageFailed"
     NETWORK_NOT_FOUND = "NetworkNotFound"
+    NETWORK_NOT_READY = "NetworkNotReady"  # an Instance's Network holds no segment
+    NETWORK_IN_USE = "NetworkInUse"  # a Network's deletion waits for its Instances
+    SEGMENT_IN_USE = "SegmentInUse"  # another Network holds the VLAN id, VNI or flat segment
     ADDRESS_UNAVAILABLE = "AddressUnavailable"
     USER_DATA_NOT_FOUND = "UserDataNotFound"
     USER_DATA_TOO_LARGE = "UserDataTooLarge"

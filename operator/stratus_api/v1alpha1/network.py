@@ -27,6 +27,10 @@ VNI_MAX = 16_777_215
 MAX_SUBNETS = 8
 MAX_POOLS = 16
 MAX_DNS_SERVERS = 4
+# A physical network's name, as the agents' config maps it to a bridge (Neutron's physnet).
+PHYSNET_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+PHYSNET_MESSAGE = "physicalNetwork is required for types vlan and flat, and unset for overlay"
+VLAN_ID_MESSAGE = "segmentationId (the VLAN id) is required for type vlan"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -185,6 +189,16 @@ class NetworkSpec(ApiModel):
                 f"(1-{VNI_MAX}) for type overlay, and must be unset for type flat",
                 field_path=".segmentationId",
             ),
+            Rule(
+                "(self.type == 'overlay') != has(self.physicalNetwork)",
+                PHYSNET_MESSAGE,
+                field_path=".physicalNetwork",
+            ),
+            Rule(
+                "self.type != 'vlan' || has(self.segmentationId)",
+                VLAN_ID_MESSAGE,
+                field_path=".segmentationId",
+            ),
             overlap_free("self.subnets.map(s, s.cidr)", "subnets", "subnets"),
         )
     )
@@ -201,6 +215,14 @@ class NetworkSpec(ApiModel):
         le=VNI_MAX,
         description="VLAN id or VXLAN VNI. Unset: the operator allocates one. Immutable.",
         json_schema_extra=immutable("segmentationId"),
+    )
+    physical_network: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=PHYSNET_PATTERN,
+        description="vlan and flat: the physical network, which each node's agent maps to a "
+        "bridge (network.physical_networks). Immutable.",
+        json_schema_extra=immutable("physicalNetwork"),
     )
     mtu: int | None = Field(
         default=None,
@@ -224,6 +246,10 @@ class NetworkSpec(ApiModel):
                 f"segmentationId is a VLAN id (1-{VLAN_MAX}) for type vlan, a VNI "
                 f"(1-{VNI_MAX}) for type overlay, and must be unset for type flat",
             )
+        if (self.type is NetworkType.OVERLAY) != (self.physical_network is None):
+            raise FieldError("physicalNetwork", PHYSNET_MESSAGE)
+        if self.type is NetworkType.VLAN and self.segmentation_id is None:
+            raise FieldError("segmentationId", VLAN_ID_MESSAGE)
         networks = [subnet.network for subnet in self.subnets]
         for index, network in enumerate(networks):
             if any(network.overlaps(other) for other in networks[index + 1 :]):
@@ -273,6 +299,9 @@ class Network(
         segments = (self.spec.segmentation_id, old.spec.segmentation_id)
         if None not in segments and segments[0] != segments[1]:
             out.append(FieldError("spec.segmentationId", immutable_message("segmentationId")))
+        physnets = (self.spec.physical_network, old.spec.physical_network)
+        if None not in physnets and physnets[0] != physnets[1]:
+            out.append(FieldError("spec.physicalNetwork", immutable_message("physicalNetwork")))
         return out
 
 

@@ -10,7 +10,7 @@ import kopf
 
 from stratus_api.v1alpha1 import GROUP, VERSION, Instance
 from stratus_operator.services.runtime import Runtime
-from stratus_operator.services.world import World, instance_on, instance_using
+from stratus_operator.services.world import World, instance_on, instance_on_network, instance_using
 
 T = TypeVar("T")
 
@@ -56,6 +56,8 @@ def world(kwargs: dict[str, Any]) -> World:
         instance_type=lambda name: _first(types, name),
         image=lambda key: _first(images, key),
         network=lambda key: _first(networks, key),
+        networks=lambda: _values(networks),
+        network_users=lambda key: list(instances.get(instance_on_network(*key), ())),
         instance=lambda uid: _first(instances, uid),
         instances_on=lambda node: [
             found

@@ -36,7 +36,7 @@ from stratus_operator.handlers.common import (
     SNAPSHOTS,
     VOLUMES,
 )
-from stratus_operator.services.world import instance_on, instance_using, key_of
+from stratus_operator.services.world import instance_on, instance_on_network, instance_using, key_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
@@ -99,6 +99,8 @@ async def stratus_instances(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     names = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
     names.add((spec.get("boot") or {}).get("volume"))
     keys.update({instance_using(namespace, n): uid for n in names if isinstance(n, str)})
+    nets = {n.get("name") for n in spec.get("networks") or [] if isinstance(n, dict)}
+    keys.update({instance_on_network(namespace, n): uid for n in nets if isinstance(n, str)})
     return keys
 
 

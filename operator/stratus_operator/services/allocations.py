@@ -114,6 +114,14 @@ def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[
                 Reason.NETWORK_NOT_FOUND, f"{field}.name: Network {attachment.name} not found",
                 field=f"{field}.name",
             )  # fmt: skip
+        stalled = conditions.condition(network.status.conditions if network.status else [],
+                                       conditions.STALLED)  # fmt: skip
+        if stalled is not None and stalled.status == "True":
+            raise InstanceProblem(
+                Reason.NETWORK_NOT_READY,
+                f"{field}.name: Network {attachment.name} cannot be used: {stalled.message}",
+                field=f"{field}.name",
+            )  # fmt: skip
         book = ledger(network, world, runtime)
         previous = own.get(attachment.name)
         if previous is not None and previous.ip and previous.mac and book.held(uid) is None:

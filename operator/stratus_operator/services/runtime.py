@@ -14,6 +14,7 @@ from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.placement import PlacementLedger
+from stratus_operator.controllers.segments import SegmentLedger
 from stratus_operator.services.agent_client import AgentClient, AgentEndpoint
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube
@@ -92,6 +93,7 @@ class Runtime:
     # decisions, so concurrent creates get the answers they would get one at a time.
     placements: PlacementLedger = field(default_factory=PlacementLedger)
     addresses: dict[tuple[str, str, str], NetworkLedger] = field(default_factory=dict)
+    segments: SegmentLedger | None = None  # built from the Networks' status on first use
     decisions: asyncio.Lock = field(default_factory=asyncio.Lock)
     seeded: bool = False
     # The sequence of the newest agent report applied per guest, volume or snapshot UID: an

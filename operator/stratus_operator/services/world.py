@@ -44,6 +44,9 @@ class World:
     # Names of the VolumeSnapshots taken of this Volume.
     snapshots_of: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool: Callable[[str], CephPool | None] = lambda _: None
+    networks: Callable[[], Iterable[Network]] = lambda: ()
+    # UIDs of the Instances whose spec names this Network.
+    network_users: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool_by_uid: Callable[[str], CephPool | None] = lambda _: None
     # "namespace/name" of the ceph Volumes in this CephPool.
     pool_volumes: Callable[[str], Iterable[str]] = lambda _: ()
@@ -60,3 +63,7 @@ def instance_on(node: str) -> tuple[str, str]:
 
 def instance_using(namespace: str, volume: str) -> tuple[str, str, str]:
     return ("volume", namespace, volume)
+
+
+def instance_on_network(namespace: str, network: str) -> tuple[str, str, str]:
+    return ("network", namespace, network)

@@ -1,0 +1,94 @@
+"""Networks through the real API server and operator: every Network holds a segment of its
+own (VNIs allocated, never hashed; a VLAN id once per physical network), a Network whose
+segment is taken says so and its Instances wait, and deleting a Network waits while
+Instances use it."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from testsupport import Cluster, apply, basics, condition, instance, wait_until
+
+if TYPE_CHECKING:
+    from conftest import ImageServer, Operator, StartFakeAgent
+
+
+def network(name: str, cidr: str = "10.40.0.0/24", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": name},
+            "spec": {"subnets": [{"cidr": cidr}], **spec}}  # fmt: skip
+
+
+def status_of(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = cluster.get_json(kind, name, "-n", namespace).get("status", {})
+    return found
+
+
+def ready_of(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    return condition(status_of(cluster, namespace, kind, name), "Ready") or {}
+
+
+def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    node = start_fake_agent()
+    vlan = {"type": "vlan", "physicalNetwork": "physnet1", "segmentationId": 100}
+    apply(cluster, namespace, network("blue"), network("green"),
+          network("first", **vlan))  # fmt: skip
+    for name in ("blue", "green", "first"):
+        wait_until(f"{name} Ready", lambda n=name: ready_of(
+            cluster, namespace, "network", n).get("status") == "True")  # fmt: skip
+    vnis = {status_of(cluster, namespace, "network", n)["segmentationId"]
+            for n in ("blue", "green")}  # fmt: skip
+    assert len(vnis) == 2, vnis  # allocated, distinct (same CIDR: isolation is the segment's)
+
+    # The same VLAN on the same physical network: refused, naming the field and the holder;
+    # on another physical network it is another segment.
+    apply(cluster, namespace, network("second", **vlan),
+          network("elsewhere", **{**vlan, "physicalNetwork": "physnet2"}))  # fmt: skip
+    wait_until("second refused", lambda: ready_of(
+        cluster, namespace, "network", "second").get("reason") == "SegmentInUse")  # fmt: skip
+    refused = status_of(cluster, namespace, "network", "second")
+    assert (condition(refused, "Ready") or {})["message"] == (
+        f"spec.segmentationId: VLAN 100 on physical network physnet1 is used by Network "
+        f"{namespace}/first"
+    )
+    assert (condition(refused, "Stalled") or {})["status"] == "True"
+    wait_until("elsewhere Ready", lambda: ready_of(
+        cluster, namespace, "network", "elsewhere").get("status") == "True")  # fmt: skip
+
+    # An Instance on the refused Network waits, naming its NIC's field.
+    apply(cluster, namespace, *basics(image_server.url())[1:],
+          instance("stuck", networks=[{"name": "second"}],
+                   nodeSelector={"stratus.io/test": node.name}),
+          instance("user", networks=[{"name": "blue"}],
+                   nodeSelector={"stratus.io/test": node.name}))  # fmt: skip
+    wait_until("stuck waits", lambda: ready_of(
+        cluster, namespace, "instance", "stuck").get("reason") == "NetworkNotReady")  # fmt: skip
+    assert ready_of(cluster, namespace, "instance", "stuck")["message"].startswith(
+        "spec.networks[0].name: Network second cannot be used: spec.segmentationId: VLAN 100"
+    )
+    # The holder goes: the waiting Network gets the VLAN, and its Instance runs.
+    cluster.kubectl("-n", namespace, "delete", "network", "first")
+    wait_until("second Ready", lambda: ready_of(
+        cluster, namespace, "network", "second").get("status") == "True", 120)  # fmt: skip
+    assert status_of(cluster, namespace, "network", "second")["segmentationId"] == 100
+    wait_until("stuck Running", lambda: status_of(
+        cluster, namespace, "instance", "stuck").get("phase") == "Running", 120)  # fmt: skip
+
+    # Deleting a Network an Instance uses waits, naming it, until the Instance is gone.
+    wait_until("user Running", lambda: status_of(
+        cluster, namespace, "instance", "user").get("phase") == "Running")  # fmt: skip
+    cluster.kubectl("-n", namespace, "delete", "network", "blue", "--wait=false")
+    wait_until("blue's deletion waits", lambda: ready_of(
+        cluster, namespace, "network", "blue").get("reason") == "NetworkInUse")  # fmt: skip
+    assert "Instance user uses the network" in ready_of(cluster, namespace, "network", "blue")[
+        "message"]  # fmt: skip
+    cluster.kubectl("-n", namespace, "delete", "instance", "user")
+    cluster.kubectl("-n", namespace, "wait", "--for=delete", "network/blue", "--timeout=90s")
+    names = {n["metadata"]["name"] for n in cluster.get_json("networks", "-n", namespace)["items"]}
+    assert names == {"green", "second", "elsewhere"}, json.dumps(sorted(names))
