@@ -53,6 +53,12 @@ class NetworkConfig(_Section):
         default="system", description="netdev: OVS userspace datapath, where no kernel module."
     )
     vsctl: str = Field(default="ovs-vsctl", description="The ovs-vsctl command to run.")
+    physical_networks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Provider networks: physical network name -> the OVS bridge that reaches "
+        "it (the node admin's, with its uplink; the agent makes none). vlan Networks' ports "
+        "go there tagged with their VLAN id, flat ones untagged.",
+    )
     check_seconds: float = Field(
         default=30.0,
         gt=0,

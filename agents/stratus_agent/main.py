@@ -115,7 +115,10 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
     from stratus_agent.drivers.network.ovs import OvsBridge, OvsNetworkDriver
 
     vlans = LocalVlans(config.state_dir / "network" / "local-vlans.json")
-    return OvsNetworkDriver(OvsBridge(network.bridge, network.datapath_type, network.vsctl), vlans)
+    providers = {physnet: OvsBridge(bridge, network.datapath_type, network.vsctl)
+                 for physnet, bridge in network.physical_networks.items()}  # fmt: skip
+    integration = OvsBridge(network.bridge, network.datapath_type, network.vsctl)
+    return OvsNetworkDriver(integration, vlans, providers)
 
 
 def seed_drive(config: agent_config.AgentConfig) -> base.SeedDrive:
@@ -267,6 +270,7 @@ async def serve(config: agent_config.AgentConfig) -> None:
         images=agent.images,
         volumes=agent.volumes,
         snapshots=agent.snapshots,
+        physical_networks=sorted(config.network.physical_networks),
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -19,6 +19,7 @@ from pydantic import Field, SecretBytes, field_serializer, field_validator, mode
 from stratus_api.imageref import ImageRef
 from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
+from stratus_api.v1alpha1.network import NetworkType
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.volume_wire import (
     SERIAL_LENGTH,
@@ -90,6 +91,12 @@ class Nic(ApiModel):
     mtu: int = Field(default=1500, ge=576, le=9000)
     segmentation_id: int | None = Field(
         default=None, description="VLAN tag / VNI of the network on the node's bridge."
+    )
+    network_type: NetworkType = Field(
+        default=NetworkType.OVERLAY, description="How the node plugs it (see Network.spec.type)."
+    )
+    physical_network: str | None = Field(
+        default=None, description="vlan and flat: the physical network the node maps to a bridge."
     )
 
 
@@ -204,4 +211,7 @@ class NodeInventory(ApiModel):
     virt_type: Literal["kvm", "qemu", "fake"]
     cpu: int
     memory_bytes: int
+    physical_networks: list[str] = Field(
+        default_factory=list, description="Physical networks the node has a bridge for."
+    )
     guests: list[GuestStatus] = Field(default_factory=list)

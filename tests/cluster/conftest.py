@@ -114,11 +114,12 @@ def start_fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[StartFakeAgen
 
     def start(
         cpu: int = 1024, volume_pool: int = 2**50, backends: tuple[str, ...] = ("file",),
-        **spec: Any,
+        physical_networks: dict[str, str] | None = None, **spec: Any,
     ) -> FakeAgent:  # fmt: skip
         agent = _fake_agent(
-            cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec, backends
-        )
+            cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec, backends,
+            physical_networks or {},
+        )  # fmt: skip
         started.append(agent)
         return agent
 
@@ -144,6 +145,7 @@ def _fake_agent(
     volume_pool: int,
     spec: dict[str, Any],
     backends: tuple[str, ...] = ("file",),
+    physical_networks: dict[str, str] | None = None,
 ) -> FakeAgent:
     tmp_path.mkdir(parents=True)
     name = f"fake-{uuid.uuid4().hex[:8]}"
@@ -158,6 +160,7 @@ def _fake_agent(
         f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
         f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}, volume_pool_bytes: {volume_pool}, "
         f"volume_backends: [{', '.join(backends)}]}}\n"
+        f"network: {{physical_networks: {json.dumps(physical_networks or {})}}}\n"
     )
     agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
     agent.start()

@@ -35,7 +35,7 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
     operator: Operator,
     image_server: ImageServer,
 ) -> None:
-    node = start_fake_agent()
+    node = start_fake_agent(physical_networks={"physnet1": "br-phys1"})
     vlan = {"type": "vlan", "physicalNetwork": "physnet1", "segmentationId": 100}
     apply(cluster, namespace, network("blue"), network("green"),
           network("first", **vlan))  # fmt: skip
@@ -72,6 +72,10 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
     assert ready_of(cluster, namespace, "instance", "stuck")["message"].startswith(
         "spec.networks[0].name: Network second cannot be used: spec.segmentationId: VLAN 100"
     )
+    # No node has physnet2 (the fake agent maps physnet1 only): never placed, saying why.
+    apply(cluster, namespace, instance("unwired", networks=[{"name": "elsewhere"}]))
+    wait_until("unwired unschedulable", lambda: "without physical network physnet2" in ready_of(
+        cluster, namespace, "instance", "unwired").get("message", ""))  # fmt: skip
     # The holder goes: the waiting Network gets the VLAN, and its Instance runs.
     cluster.kubectl("-n", namespace, "delete", "network", "first")
     wait_until("second Ready", lambda: ready_of(
@@ -92,3 +96,4 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
     cluster.kubectl("-n", namespace, "wait", "--for=delete", "network/blue", "--timeout=90s")
     names = {n["metadata"]["name"] for n in cluster.get_json("networks", "-n", namespace)["items"]}
     assert names == {"green", "second", "elsewhere"}, json.dumps(sorted(names))
+    cluster.kubectl("-n", namespace, "delete", "instance", "unwired", "stuck")

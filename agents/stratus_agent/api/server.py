@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from aiohttp import web
@@ -37,6 +37,7 @@ HEARTBEAT = web.AppKey("heartbeat", float)
 IMAGES = web.AppKey("images", ImageStore)
 VOLUMES = web.AppKey("volumes", VolumeManager)
 SNAPSHOTS = web.AppKey("snapshots", SnapshotManager)
+PHYSICAL_NETWORKS = web.AppKey("physical_networks", list[str])
 Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec)
 
 
@@ -143,6 +144,7 @@ async def inventory(request: web.Request) -> web.Response:
         virt_type=manager.compute.virt_type,
         cpu=cpu,
         memory_bytes=memory,
+        physical_networks=request.app[PHYSICAL_NETWORKS],
         guests=await manager.inventory(),
     )
     return web.json_response(text=body.model_dump_json(by_alias=True))
@@ -365,12 +367,14 @@ def create_app(
     images: ImageStore | None = None,
     volumes: VolumeManager | None = None,
     snapshots: SnapshotManager | None = None,
+    physical_networks: Sequence[str] = (),
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
     )
     app[MANAGER], app[HUB], app[TOKEN], app[NODE] = manager, hub, token, node
     app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
+    app[PHYSICAL_NETWORKS] = list(physical_networks)
     if images is not None:
         app[IMAGES] = images
     if volumes is not None:

@@ -151,6 +151,12 @@ class HypervisorStatus(ApiModel):
         description="Volume pools on the node: a Volume is made only where it fits.",
         json_schema_extra=list_map("backend"),
     )
+    physical_networks: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Physical networks the node has a bridge for (its agent's config): vlan "
+        "and flat Networks' Instances are placed only where theirs is.",
+    )
     heartbeat: datetime | None = Field(default=None, description="Last successful health check.")
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."

@@ -133,6 +133,8 @@ def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
         dns_servers=list(allocation.dns_servers),
         mtu=mtu,
         segmentation_id=segment,
+        network_type=spec.type,
+        physical_network=spec.physical_network,
     )
 
 

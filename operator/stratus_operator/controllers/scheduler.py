@@ -15,6 +15,7 @@ class Request:
     required_node: str | None = None  # where its local Volumes are
     # Backends of its local Volumes not bound to a node yet: they are made where it runs.
     backends: frozenset[VolumeBackend] = frozenset()
+    physical_networks: frozenset[str] = frozenset()  # of its vlan and flat Networks
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Candidate:
     cpu_free: int
     memory_free_bytes: int
     backends: frozenset[VolumeBackend] = field(default=frozenset({VolumeBackend.FILE}))
+    physical_networks: frozenset[str] = frozenset()
 
 
 class Unschedulable(Exception):
@@ -51,6 +53,8 @@ def pick(request: Request, candidates: list[Candidate]) -> Candidate:
             reject("nodeSelector does not match")
         elif missing := sorted(request.backends - node.backends):
             reject(f"serving no {'/'.join(missing)} volumes")
+        elif absent := sorted(request.physical_networks - node.physical_networks):
+            reject(f"without physical network {'/'.join(absent)}")
         elif node.cpu_free < request.cpu:
             reject("not enough free CPU")
         elif node.memory_free_bytes < request.memory_bytes:

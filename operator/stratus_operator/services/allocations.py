@@ -44,6 +44,7 @@ def schedule(
     runtime: Runtime,
     required: str | None = None,
     backends: frozenset[VolumeBackend] = frozenset(),
+    physical_networks: frozenset[str] = frozenset(),
 ) -> str:
     """The node the Instance is on, or a new placement on the best fitting node (`required`:
     the one where its local Volumes are; `backends`: those its unbound local Volumes need)."""
@@ -74,14 +75,23 @@ def schedule(
                 cpu_free=free.cpu - used.cpu,
                 memory_free_bytes=free.memory_bytes - used.memory_bytes,
                 backends=served_backends(hv),
+                physical_networks=frozenset(hv.status.physical_networks if hv.status else ()),
             )
         )
     request = scheduler.Request(
-        size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required, backends
-    )
+        size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required, backends,
+        physical_networks,
+    )  # fmt: skip
     chosen = scheduler.pick(request, candidates)
     runtime.placements.place(uid, chosen.name, placement.Usage(size.cpu, size.memory_bytes))
     return chosen.name
+
+
+def physical_networks(instance: Instance, world: World) -> frozenset[str]:
+    """The physical networks of the Instance's vlan and flat Networks: its node needs them."""
+    namespace = instance.metadata.namespace or ""
+    found = (world.network((namespace, nic.name)) for nic in instance.spec.networks)
+    return frozenset(n.spec.physical_network for n in found if n and n.spec.physical_network)
 
 
 def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:

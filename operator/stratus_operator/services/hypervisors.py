@@ -90,6 +90,7 @@ def with_probe(
         update |= {
             # The node's own pools; a Ceph pool's figures go to its CephPool.
             "storage": [storage_pool(p) for p in found.pools if p.pool_uid is None],
+            "physical_networks": sorted(inventory.physical_networks),
             "virt_type": virt,
             "capacity": capacity,
             "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),

@@ -112,8 +112,9 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
         attached = volumes.claim(instance, world, runtime)
         required = volumes.required_node(attached, runtime)
         node = allocations.schedule(
-            instance, size, world, runtime, required, volumes.unbound_backends(attached, runtime)
-        )
+            instance, size, world, runtime, required, volumes.unbound_backends(attached, runtime),
+            allocations.physical_networks(instance, world),
+        )  # fmt: skip
         allocated = allocations.addresses(instance, world, runtime)
     await volumes.made_ready(instance, attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)

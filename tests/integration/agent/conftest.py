@@ -393,6 +393,7 @@ async def start_agent(
             images=built.images,
             volumes=built.volumes,
             snapshots=built.snapshots,
+            physical_networks=sorted(settings.network.physical_networks),
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

@@ -74,7 +74,8 @@ def test_encrypted_images_are_recognised(tmp_path: Path) -> None:
     path = tmp_path / "luks.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "--object", "secret,id=sec0,data=password", "-f", "qcow2",
-         "-o", "encrypt.format=luks,encrypt.key-secret=sec0", str(path), "1M"],
+         "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", str(path),
+         "1M"],
         check=True, capture_output=True,
     )  # fmt: skip
     header = qcow2.read_header(path)

@@ -119,3 +119,14 @@ def test_macs_are_stable_local_and_avoid_collisions() -> None:
     assert mac == ipam.mac_for(uid, 0, set()) and mac.startswith("52:54:00:")
     assert ipam.mac_for(uid, 1, set()) != mac
     assert ipam.mac_for(uid, 0, {mac}) != mac
+
+
+def test_provider_networks_need_a_node_with_their_physical_network() -> None:
+    request = Request(cpu=1, memory_bytes=2**30, node_selector={},
+                      physical_networks=frozenset({"physnet1"}))  # fmt: skip
+    roomy = node("roomy", memory_free_bytes=64 * 2**30)
+    wired = node("wired", physical_networks=frozenset({"physnet1", "physnet2"}))
+    assert scheduler.pick(request, [roomy, wired]).name == "wired"
+    with pytest.raises(scheduler.Unschedulable) as caught:
+        scheduler.pick(request, [roomy])
+    assert str(caught.value) == "0/1 Hypervisors fit: 1 without physical network physnet1"

@@ -19,6 +19,7 @@ from stratus_agent.drivers.network.local_vlans import LocalVlans
 from stratus_agent.errors import ProvisioningError
 from stratus_api.guest import Nic
 from stratus_api.reasons import GuestFailure
+from stratus_api.v1alpha1.network import NetworkType
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,13 @@ class OvsBridge:
 class OvsNetworkDriver:
     """Every NIC on the one bridge, in its Network's local VLAN."""
 
-    def __init__(self, bridge: OvsBridge, vlans: LocalVlans) -> None:
+    def __init__(
+        self, bridge: OvsBridge, vlans: LocalVlans, providers: dict[str, OvsBridge] | None = None
+    ) -> None:
+        """`providers`: each physical network's bridge (the node admin's)."""
         self.bridge = bridge
         self.vlans = vlans
+        self.providers = providers or {}
         self._bridge_ready = asyncio.Lock()
         self._tags = asyncio.Lock()  # tags are given and released one change at a time
 
@@ -110,9 +115,40 @@ class OvsNetworkDriver:
     async def plug(self, uid: str, nics: Sequence[Nic]) -> tuple[NicBinding, ...]:
         if nics:
             await self.ensure_node()
-        async with self._tags:
-            tags = [await asyncio.to_thread(self.vlans.tag_of, nic.network_uid) for nic in nics]
-        return tuple(NicBinding(bridge=self.bridge.name, vlan_tag=tag) for tag in tags)
+        bindings = []
+        for index, nic in enumerate(nics):
+            if nic.network_type is NetworkType.OVERLAY:
+                async with self._tags:
+                    tag = await asyncio.to_thread(self.vlans.tag_of, nic.network_uid)
+                bindings.append(NicBinding(bridge=self.bridge.name, vlan_tag=tag))
+            else:
+                bindings.append(await self._provider(index, nic))
+        return tuple(bindings)
+
+    async def _provider(self, index: int, nic: Nic) -> NicBinding:
+        """A vlan NIC on its physical network's bridge with the VLAN id as its tag; a flat
+        one untagged."""
+        where = f"NIC {index} (Network {nic.network})"
+        bridge = self.providers.get(nic.physical_network or "")
+        if bridge is None:
+            mapped = ", ".join(sorted(self.providers)) or "none"
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED,
+                f"{where}: physical network {nic.physical_network} has no bridge on this node "
+                f"(agent config network.physical_networks maps {mapped})",
+            )
+        try:
+            present = await bridge.exists()
+        except (process.CommandError, OSError) as exc:
+            raise ProvisioningError(GuestFailure.NETWORK_SETUP_FAILED, f"{where}: {exc}") from exc
+        if not present:
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED,
+                f"{where}: bridge {bridge.name} of physical network {nic.physical_network} "
+                "does not exist (the node admin makes it, with its uplink)",
+            )
+        tag = nic.segmentation_id if nic.network_type is NetworkType.VLAN else None
+        return NicBinding(bridge=bridge.name, vlan_tag=tag)
 
     async def unplug(self, uid: str) -> None:
         """Remove the guest's ports; a Network none of whose ports is left on the node
@@ -125,7 +161,7 @@ class OvsNetworkDriver:
             except (process.CommandError, OSError) as exc:
                 log.warning("guest %s: cannot list its OVS ports: %s", uid, exc)
                 return
-            freed = {before[port] for port in removed} - left - {None}
+            freed = {before.get(port) for port in removed} - left - {None}
             released = await asyncio.to_thread(self.vlans.release, {t for t in freed if t})
             for network in released:
                 log.info("network %s: no guest left on this node; its local VLAN is free",
