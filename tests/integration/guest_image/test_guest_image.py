@@ -200,9 +200,7 @@ ethernets:
     addresses:
       - 10.20.0.17/24
     mtu: 1450
-    routes:
-      - to: 0.0.0.0/0
-        via: 10.20.0.1
+    gateway4: 10.20.0.1
     nameservers:
       addresses: [10.20.0.1]
 """
@@ -242,6 +240,7 @@ def test_guest_configures_itself_from_the_seed(
     assert markers.index("user-data start") < markers.index("user-data exit=0")
     assert markers.index("user-data exit=0") < markers.index("ready")
     assert "no cidata" not in markers
+    assert not [m for m in markers if m.startswith("route ")], markers  # no route failed
     assert "\nhello-from-userdata\n" in guest.console()
 
 

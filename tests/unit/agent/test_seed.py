@@ -48,17 +48,34 @@ def test_no_user_data_is_an_empty_cloud_config() -> None:
     assert seed.user_data(empty).startswith(b"#cloud-config")
 
 
-@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="Debian's cloud-init not installed")
-def test_network_config_renders_with_real_cloud_init(tmp_path: Path) -> None:
+def net_convert(tmp_path: Path, renderer: str) -> dict[str, str]:
+    """The seed's network-config as real cloud-init renders it for a Debian guest."""
     source = tmp_path / "network-config"
     source.write_text(seed.network_config(NICS))
-    out = tmp_path / "out"
+    out = tmp_path / renderer
     subprocess.run(
         ["cloud-init", "devel", "net-convert", "-p", str(source), "-k", "yaml", "-d", str(out),
-         "-D", "debian", "-O", "networkd"],
+         "-D", "debian", "-O", renderer],
         check=True, capture_output=True,
     )  # fmt: skip
-    rendered = {p.name: p.read_text() for p in out.rglob("*.network")}
+    return {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="Debian's cloud-init not installed")
+def test_the_default_route_is_native_in_every_renderer(tmp_path: Path) -> None:
+    """ifupdown gets `gateway` (not a post-up `route add`, which needs net-tools), networkd
+    a [Route] Gateway, netplan gatewayN."""
+    eni = "\n".join(net_convert(tmp_path, "eni").values())
+    assert "    gateway 10.20.0.1\n" in eni and "    gateway fd00::1\n" in eni
+    assert "route add" not in eni
+    netplan = "\n".join(net_convert(tmp_path, "netplan").values())
+    assert "gateway4: 10.20.0.1" in netplan and "gateway6: fd00::1" in netplan
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="Debian's cloud-init not installed")
+def test_network_config_renders_with_real_cloud_init(tmp_path: Path) -> None:
+    rendered = {Path(name).name: text for name, text in net_convert(tmp_path, "networkd").items()
+                if name.endswith(".network")}  # fmt: skip
     first = next(text for name, text in rendered.items() if "eth0" in name)
     assert "Address=10.20.0.17/24" in first and "Gateway=10.20.0.1" in first
     assert "DNS=10.20.0.1" in first

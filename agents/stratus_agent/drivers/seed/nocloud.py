@@ -55,11 +55,12 @@ def network_config(nics: list[Nic]) -> str:
         if nic.address is not None and nic.prefix_length is not None:
             entry["addresses"] = [f"{nic.address}/{nic.prefix_length}"]
             if nic.gateway:
-                # `to: default` is refused by cloud-init 22.x, which guests still run.
+                # gateway4/6, not a default route: cloud-init 22.x refuses `to: default`, and
+                # its ENI renderer turns a 0.0.0.0/0 route into `post-up route add` (net-tools,
+                # absent from minimal images: Debian 12 guests booted with no default route),
+                # while it renders gatewayN natively for ENI, networkd and netplan alike.
                 version = ipaddress.ip_address(nic.gateway).version
-                entry["routes"] = [
-                    {"to": "0.0.0.0/0" if version == 4 else "::/0", "via": nic.gateway}
-                ]
+                entry[f"gateway{version}"] = nic.gateway
             if nic.dns_servers:
                 entry["nameservers"] = {"addresses": list(nic.dns_servers)}
         else:
