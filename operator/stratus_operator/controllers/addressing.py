@@ -30,9 +30,14 @@ class NetworkLedger:
         self._ips: set[str] = set()
         self._macs: set[str] = set()
         self._cursor = 0
-        subnet = spec.subnets[0]
-        self._pools = [parse_cidr(p) for p in subnet.allocation_pools or []] or [subnet.network]
-        self._reserved = {str(address) for address in ipam.reserved(subnet)}
+        # Every subnet's pools in the spec's order, walked by one cursor: once a subnet is
+        # full, addresses come from the next.
+        self._pools = [
+            pool
+            for subnet in spec.subnets
+            for pool in [parse_cidr(p) for p in subnet.allocation_pools or []] or [subnet.network]
+        ]
+        self._reserved = {str(a) for subnet in spec.subnets for a in ipam.reserved(subnet)}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -86,8 +91,8 @@ class NetworkLedger:
             if candidate not in self._ips and candidate not in self._reserved:
                 self._cursor = (self._cursor + step + 1) % total
                 return candidate
-        cidr = self.spec.subnets[0].cidr
-        raise ipam.IpamError(f"{field}.ip", f"no free address left in {cidr}")
+        cidrs = ", ".join(subnet.cidr for subnet in self.spec.subnets)
+        raise ipam.IpamError(f"{field}.ip", f"no free address left in {cidrs}")
 
     def _address_at(self, index: int) -> IPAddress:
         for pool in self._pools:

@@ -15,6 +15,7 @@ from stratus_operator.controllers.segments import (
     SegmentsExhausted,
     requested,
 )
+from stratus_operator.services import allocations
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, key_of
@@ -144,6 +145,21 @@ async def write_status(network: Network, runtime: Runtime, change: NetworkChange
         ObjectRef.of(network), network.status, network.metadata.generation or 0, change,
         NetworkStatus,
     )  # fmt: skip
+
+
+async def count(network: Network, world: World, runtime: Runtime) -> None:
+    """Write how many addresses the Network has handed out, if that changed."""
+    if network.metadata.deletion_timestamp:
+        return  # its ledger goes with it
+    async with runtime.decisions:
+        allocated = len(allocations.ledger(network, world, runtime))
+    if network.status is not None and network.status.allocated == allocated:
+        return
+
+    def counted(status: NetworkStatus, _generation: int) -> NetworkStatus:
+        return status.model_copy(update={"allocated": allocated})
+
+    await write_status(network, runtime, counted)
 
 
 async def remove(network: Network, world: World, runtime: Runtime) -> None:

@@ -28,6 +28,9 @@ class AgentSettings:
 class SchedulingSettings:
     # Seconds before an unschedulable Instance is tried again (capacity may have appeared).
     retry_seconds: float = 5.0
+    # Seconds between updates of a Network's status.allocated (one write per change, not
+    # one per NIC: a burst of Instances costs the Network one patch).
+    network_count_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

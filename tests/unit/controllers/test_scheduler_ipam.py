@@ -89,6 +89,25 @@ def test_runs_out_with_a_clear_error() -> None:
         book.allocate("vm", 0, None, None, "spec.networks[0]")
 
 
+def test_a_full_subnet_overflows_into_the_next() -> None:
+    two = NetworkSpec.model_validate({"subnets": [
+        {"cidr": "10.0.0.0/30"},
+        {"cidr": "10.0.1.0/29", "gateway": "10.0.1.1", "dnsServers": ["10.0.1.1"]},
+    ]})  # fmt: skip
+    book = NetworkLedger(two)
+    ips = [book.allocate(f"vm-{i}", 0, None, None, "spec.networks[0]").ip for i in range(7)]
+    assert ips == ["10.0.0.1", "10.0.0.2", *(f"10.0.1.{i}" for i in range(2, 7))]
+    # Each address is described by its own subnet: prefix, gateway and DNS servers.
+    assert addressing.describe(two, "10.0.1.2") == ipam.Allocation(
+        "10.0.1.2", 29, "10.0.1.1", ("10.0.1.1",)
+    )
+    assert addressing.describe(two, "10.0.0.1").gateway is None
+    with pytest.raises(ipam.IpamError) as full:
+        book.allocate("vm-7", 0, None, None, "spec.networks[0]")
+    assert str(full.value) == "no free address left in 10.0.0.0/30, 10.0.1.0/29"
+    assert full.value.field == "spec.networks[0].ip"
+
+
 def test_pools_bound_the_automatic_addresses() -> None:
     pooled = NetworkSpec.model_validate(
         {"subnets": [{"cidr": "10.0.0.0/24", "allocationPools": ["10.0.0.128/30"]}]}
