@@ -182,6 +182,17 @@ class LvmVolumeDriver:
             if "Failed to find logical volume" not in exc.stderr:
                 raise
 
+    async def _remove_whole(self, name: str) -> bool:
+        """Remove a volume or snapshot and a crashed attempt's partial of it; True if the
+        whole one was there."""
+        lvs = await self._lvs()
+        if name + _PARTIAL in lvs:
+            await self._remove(name + _PARTIAL)
+        if name not in lvs:
+            return False
+        await self._remove(name)
+        return True
+
     async def _extend(self, name: str, size_bytes: int) -> None:
         await self._lvm_or(
             GuestFailure.VOLUME_CREATE_FAILED, f"growing {self.vg}/{name}",
@@ -302,14 +313,7 @@ class LvmVolumeDriver:
         return self._stored(uid, current)
 
     async def remove(self, uid: str) -> bool:
-        name = naming.lvm_volume(uid)
-        lvs = await self._lvs()
-        if name + _PARTIAL in lvs:
-            await self._remove(name + _PARTIAL)
-        if name not in lvs:
-            return False
-        await self._remove(name)
-        return True
+        return await self._remove_whole(naming.lvm_volume(uid))
 
     async def list(self) -> list[StoredVolume]:
         lvs = await self._lvs()
@@ -345,14 +349,7 @@ class LvmVolumeDriver:
         return self._stored_snapshot(snapshot_uid, lvs[name])
 
     async def remove_snapshot(self, snapshot_uid: str) -> bool:
-        name = naming.lvm_snapshot(snapshot_uid)
-        lvs = await self._lvs()
-        if name + _PARTIAL in lvs:
-            await self._remove(name + _PARTIAL)
-        if name not in lvs:
-            return False
-        await self._remove(name)
-        return True
+        return await self._remove_whole(naming.lvm_snapshot(snapshot_uid))
 
     async def list_snapshots(self) -> builtins.list[StoredSnapshot]:
         lvs = await self._lvs()
