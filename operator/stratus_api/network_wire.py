@@ -1,0 +1,48 @@
+"""The node network spec: what an agent needs for one Network beyond its guests' NICs.
+
+A guest's NICs (guest.Nic) say which Network each is on; they cannot say which other nodes
+host that Network, which changes as guests come and go elsewhere. The operator sends each
+node that hosts a Network one NodeNetworkSpec (PUT /v1/networks/{uid}) whenever that changes:
+the overlay's peers, with the MAC addresses behind each (Neutron's l2population), so the node
+floods broadcast and unknown unicast only to nodes that host the Network and sends known
+unicast straight to the right one. DELETE /v1/networks/{uid} tells a node it hosts the
+Network no more.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from stratus_api.guest import MAC_PATTERN
+from stratus_api.naming import UID_PATTERN
+from stratus_api.v1alpha1.base import ApiModel
+from stratus_api.v1alpha1.network import VNI_MAX, NetworkType
+
+VXLAN_PORT = 4789  # IANA's
+
+
+class OverlayPeer(ApiModel):
+    """Another node hosting the Network: its tunnel endpoint and its guests' MACs there."""
+
+    endpoint: str = Field(description="The node's tunnel endpoint (Hypervisor status).")
+    macs: list[Annotated[str, Field(pattern=MAC_PATTERN)]] = Field(
+        default_factory=list,
+        description="MACs of the Network's NICs on that node: unicast to them goes there only.",
+    )
+
+
+class NodeNetworkSpec(ApiModel):
+    uid: str = Field(pattern=UID_PATTERN, description="Network UID.")
+    namespace: str
+    name: str
+    type: NetworkType
+    segmentation_id: int | None = Field(
+        default=None, ge=1, le=VNI_MAX, description="overlay: the VNI on the wire."
+    )
+    mtu: int = Field(default=1450, ge=576, le=9000)
+    peers: list[OverlayPeer] = Field(
+        default_factory=list,
+        description="overlay: every other node hosting the Network (none: it stays local).",
+    )
