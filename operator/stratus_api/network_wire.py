@@ -33,6 +33,19 @@ class OverlayPeer(ApiModel):
     )
 
 
+class DhcpSubnet(ApiModel):
+    """A subnet with DHCP on, as this node's DHCP server for the Network serves it."""
+
+    cidr: str
+    server_address: str = Field(
+        description="This node's DHCP server address in the subnet (the operator reserves one "
+        "per node hosting the Network, as Neutron gives each DHCP agent a port)."
+    )
+    gateway: str | None = None
+    dns_servers: list[str] = Field(default_factory=list)
+    lease_seconds: int = Field(default=86_400, ge=120)
+
+
 class NodeNetworkSpec(ApiModel):
     uid: str = Field(pattern=UID_PATTERN, description="Network UID.")
     namespace: str
@@ -45,4 +58,9 @@ class NodeNetworkSpec(ApiModel):
     peers: list[OverlayPeer] = Field(
         default_factory=list,
         description="overlay: every other node hosting the Network (none: it stays local).",
+    )
+    dhcp: list[DhcpSubnet] = Field(
+        default_factory=list,
+        description="Subnets this node answers DHCP for, with fixed leases for its own guests "
+        "(MAC -> address from their NICs) and nothing for unknown MACs.",
     )
