@@ -166,6 +166,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
             config.libvirt_uri,
             console_dir=config.state_dir / "guests",
             qemu_state_dir=isolation.libvirt_qemu_dir,
+            node=config.node_name,
         )
         owners = GuestOwners(isolation.uid_first, isolation.uid_count, isolation.gid)
         # Before the manager starts: a guest it restarts must not get a UID already taken.

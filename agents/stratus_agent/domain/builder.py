@@ -23,10 +23,15 @@ _MEMORY_STATS_PERIOD = 10
 
 
 def build_domain(
-    spec: guest.GuestSpec, node: base.NodeFacts, *, virt_type: base.VirtType, console_log: str
+    spec: guest.GuestSpec,
+    node: base.NodeFacts,
+    *,
+    virt_type: base.VirtType,
+    console_log: str,
+    node_name: str | None = None,
 ) -> dx.Domain:
-    """The domain that runs `spec` on this node. `virt_type` and `console_log` come from
-    the compute driver, which owns them. `spec.power` and `spec.restart_token` are not part
+    """The domain that runs `spec` on this node. `virt_type`, `console_log` and `node_name`
+    come from the compute driver, which owns them. `spec.power` and `spec.restart_token` are not part
     of it: whether and since when the domain runs is the driver's business, not its
     definition's."""
     return dx.Domain(
@@ -36,7 +41,11 @@ def build_domain(
         uuid=str(uuid.UUID(spec.uid)),
         title=f"{spec.namespace}/{spec.name}",
         metadata=dx.StratusMetadata(
-            uid=spec.uid, namespace=spec.namespace, name=spec.name, generation=spec.generation
+            uid=spec.uid,
+            namespace=spec.namespace,
+            name=spec.name,
+            generation=spec.generation,
+            node=node_name,
         ),
         memory=_memory(spec.memory_bytes),
         vcpu=dx.Vcpu(count=spec.cpu),

@@ -110,12 +110,16 @@ def _root(tag: str, **attrs: str) -> etree._Element:
 
 @dataclass(frozen=True, kw_only=True)
 class StratusMetadata:
-    """`<stratus:instance>`: which Instance, and which generation of it, this domain runs."""
+    """`<stratus:instance>`: which Instance, and which generation of it, this domain runs,
+    for which node. The node matters where several simulated nodes share one libvirtd: each
+    agent lists, reports and removes only its own domains. None: made before nodes were
+    written here, when one libvirtd served one node."""
 
     uid: str
     namespace: str
     name: str
     generation: int
+    node: str | None = None
 
     TAG: ClassVar[str] = f"{{{STRATUS_NS}}}instance"
 
@@ -129,6 +133,8 @@ class StratusMetadata:
             ("generation", str(self.generation)),
         ):
             el.set(key, value)
+        if self.node is not None:
+            el.set("node", self.node)
         return el
 
     @classmethod
@@ -138,6 +144,7 @@ class StratusMetadata:
             namespace=_attr(el, "namespace"),
             name=_attr(el, "name"),
             generation=_int(_attr(el, "generation"), el),
+            node=el.get("node"),
         )
 
 

@@ -255,8 +255,11 @@ class LibvirtGuest:
 class LibvirtHost:
     """The libvirt connection: capabilities, lifecycle events, our guests. Blocking."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, node: str | None = None) -> None:
+        """`node`: this agent's node name, written into every domain it defines; domains
+        of other nodes (simulated nodes sharing one libvirtd) are not ours."""
         self.uri = uri
+        self.node = node
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
 
@@ -298,12 +301,23 @@ class LibvirtHost:
             raise
 
     def guests(self) -> list[LibvirtGuest]:
-        """Domains Stratus made (by name); others on the host are left alone."""
+        """Domains Stratus made for this node (by name and metadata); others on the host,
+        another node's among them, are left alone."""
         return [
             LibvirtGuest(domain)
             for domain in self.conn.listAllDomains()
-            if naming.instance_uid_of_domain(domain.name()) is not None
+            if naming.instance_uid_of_domain(domain.name()) is not None and self._ours(domain)
         ]
+
+    def _ours(self, domain: libvirt.virDomain) -> bool:
+        if self.node is None:
+            return True
+        try:
+            text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.STRATUS_NS)
+            node = domain_xml.StratusMetadata.from_element(domain_xml.parse(text)).node
+        except (libvirt.libvirtError, domain_xml.DomainXMLError):
+            return True  # no metadata of ours: made before nodes were named there
+        return node is None or node == self.node
 
     def define(self, xml: str) -> LibvirtGuest:
         return LibvirtGuest(self.conn.defineXML(xml))
@@ -355,11 +369,16 @@ class LibvirtComputeDriver:
         shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
         qemu_state_dir: Path | None = None,
         detach_wait: float = DETACH_WAIT_SECONDS,
+        node: str | None = None,
     ) -> None:
         """`console_dir`: where each guest's console log goes. `qemu_state_dir`: libvirt's
-        per-domain state directory, kept traversable for guests with users of their own."""
+        per-domain state directory, kept traversable for guests with users of their own.
+        `node`: this node's name, stamped on its domains (see LibvirtHost)."""
         _start_event_loop()
-        self.host = LibvirtHost(uri)
+        self.host = LibvirtHost(uri, node)
+        # Guests of this node, for the lifecycle callback, which may not call libvirt to
+        # tell another node's domain from ours: filled by every listing and every ensure.
+        self._mine: set[str] = set()
         self.console_dir = console_dir
         self.virt_type: base.VirtType = virt_type or "qemu"
         # Seconds a guest gets to power off on ACPI before it is destroyed.
@@ -409,7 +428,9 @@ class LibvirtComputeDriver:
             # callback can stall the event loop it needs): map the event, hand it over.
             uid = naming.instance_uid_of_domain(domain.name())
             state = _event_state(event, detail)
-            if uid is None or state is None or self._own_stop(uid, event, detail):
+            if uid is None or state is None or uid not in self._mine:
+                return
+            if self._own_stop(uid, event, detail):
                 return
             # No generation: the manager adds the one it applied.
             loop.call_soon_threadsafe(on_change, GuestStatus(uid=uid, state=state))
@@ -441,8 +462,13 @@ class LibvirtComputeDriver:
         self, spec: GuestSpec, facts: base.NodeFacts, *, restart: bool = False
     ) -> GuestStatus:
         domain = builder.build_domain(
-            spec, facts, virt_type=self.virt_type, console_log=str(self.console_log(spec.uid))
+            spec,
+            facts,
+            virt_type=self.virt_type,
+            console_log=str(self.console_log(spec.uid)),
+            node_name=self.host.node,
         )
+        self._mine.add(spec.uid)
         xml = domain.to_xml()
         # The guest's RBD disks name their pool's secret: it must hold the key before QEMU
         # opens them (at start, or when one is plugged in live).
@@ -512,6 +538,7 @@ class LibvirtComputeDriver:
                 if guest is not None:
                     guest.destroy()
                     guest.undefine()
+                self._mine.discard(uid)
                 try:
                     console_log.unlink(missing_ok=True)
                 except OSError as exc:  # the guest is gone; a leftover log is not a failure
@@ -523,7 +550,9 @@ class LibvirtComputeDriver:
     async def list(self) -> list[GuestStatus]:
         def collect() -> list[GuestStatus]:
             statuses = []
-            for guest in self.host.guests():
+            guests = self.host.guests()
+            self._mine.update(g.uid for g in guests if g.uid is not None)
+            for guest in guests:
                 # One domain that vanished meanwhile or cannot be read must not hide the rest.
                 try:
                     statuses.append(guest.status())
@@ -539,7 +568,9 @@ class LibvirtComputeDriver:
 
         def collect() -> dict[str, base.GuestOwner]:
             found = {}
-            for guest in self.host.guests():
+            guests = self.host.guests()
+            self._mine.update(g.uid for g in guests if g.uid is not None)
+            for guest in guests:
                 try:
                     xml = guest.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
                     label = domain_xml.Domain.from_xml(xml).seclabel

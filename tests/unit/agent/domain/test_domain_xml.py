@@ -157,7 +157,7 @@ class Element(Protocol):
 
 ELEMENTS: dict[str, Element] = {
     "element_metadata.xml": dx.StratusMetadata(
-        uid=UID, namespace="team-a", name="web", generation=3
+        uid=UID, namespace="team-a", name="web", generation=3, node="node-a"
     ),
     "element_memory_bytes.xml": dx.Memory(amount=1_000_000_000, unit="b"),
     "element_os.xml": dx.Os(machine="pc", boot=("hd", "cdrom")),
@@ -291,6 +291,13 @@ def test_bad_xml_is_refused_clearly(text: str, complaint: str) -> None:
 
 
 # --- builder policy ---------------------------------------------------------------------
+
+
+def test_metadata_written_before_nodes_were_named_reads_as_no_node() -> None:
+    """Domains of agents older than simulated nodes stay their node's (node None)."""
+    old = dx.parse(f'<stratus:instance xmlns:stratus="{dx.STRATUS_NS}" uid="{UID}" '
+                   'namespace="team-a" name="web" generation="3"/>')  # fmt: skip
+    assert dx.StratusMetadata.from_element(old).node is None
 
 
 def test_names_and_ids_come_from_the_instance_uid() -> None:
