@@ -31,9 +31,9 @@ def build_domain(
     node_name: str | None = None,
 ) -> dx.Domain:
     """The domain that runs `spec` on this node. `virt_type`, `console_log` and `node_name`
-    come from the compute driver, which owns them. `spec.power` and `spec.restart_token` are not part
-    of it: whether and since when the domain runs is the driver's business, not its
-    definition's."""
+    come from the compute driver, which owns them. `spec.power` and `spec.restart_token`
+    are not part of it: whether and since when the domain runs is the driver's business,
+    not its definition's."""
     return dx.Domain(
         type=virt_type,
         name=naming.domain_name(spec.uid),

@@ -157,6 +157,13 @@ class HypervisorStatus(ApiModel):
         description="Physical networks the node has a bridge for (its agent's config): vlan "
         "and flat Networks' Instances are placed only where theirs is.",
     )
+    tunnel_endpoint: str | None = Field(
+        default=None,
+        max_length=45,
+        description="The node's overlay tunnel endpoint address (its agent's "
+        "network.tunnel.local_ip): other nodes send this node's overlay traffic there. "
+        "None: the node's guests on overlay Networks reach only guests on the same node.",
+    )
     heartbeat: datetime | None = Field(default=None, description="Last successful health check.")
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
@@ -181,6 +188,7 @@ class Hypervisor(
         PrinterColumn("Allocatable CPU", ".status.allocatable.cpu", "integer", priority=1),
         PrinterColumn("Allocatable Memory", ".status.allocatable.memory", priority=1),
         PrinterColumn("Endpoint", ".spec.endpoint", priority=1),
+        PrinterColumn("Tunnel", ".status.tunnelEndpoint", priority=1),
     ),
 ):
     """A node running the Stratus agent, as the operator sees it (nova-compute's record)."""

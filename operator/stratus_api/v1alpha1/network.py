@@ -24,6 +24,8 @@ from stratus_api.v1alpha1.base import (
 
 VLAN_MAX = 4094
 VNI_MAX = 16_777_215
+UNDERLAY_MTU = 1500
+OVERLAY_MTU = UNDERLAY_MTU - 50  # VXLAN over IPv4: outer Ethernet, IP, UDP, VXLAN headers
 MAX_SUBNETS = 8
 MAX_POOLS = 16
 MAX_DNS_SERVERS = 4
@@ -236,6 +238,11 @@ class NetworkSpec(ApiModel):
         description="IP subnets on this network, not overlapping.",
         json_schema_extra=list_map("cidr"),
     )
+
+    def effective_mtu(self) -> int:
+        """The MTU guests get: the spec's, else room for VXLAN's 50 bytes on a 1500-byte
+        underlay for overlay, the underlay's own otherwise."""
+        return self.mtu or (OVERLAY_MTU if self.type is NetworkType.OVERLAY else UNDERLAY_MTU)
 
     @model_validator(mode="after")
     def _segment_and_subnets(self) -> NetworkSpec:

@@ -22,7 +22,6 @@ from stratus_api.reasons import ConditionType, Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network, Volume
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
-from stratus_api.v1alpha1.network import NetworkType
 from stratus_api.validation import FieldProblem
 from stratus_api.volume_wire import CephAccess, disk_serial
 from stratus_operator.controllers import conditions
@@ -30,7 +29,6 @@ from stratus_operator.controllers.ipam import Allocation
 
 READY = conditions.READY
 SCHEDULED = ConditionType.SCHEDULED
-OVERLAY_MTU = 1450  # room for the VXLAN header on a 1500-byte underlay
 
 
 class InstanceProblem(Exception):
@@ -121,7 +119,6 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
 
 def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
     spec = network.spec
-    mtu = spec.mtu or (OVERLAY_MTU if spec.type is NetworkType.OVERLAY else 1500)
     segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
     return Nic(
         network=network.metadata.name or "",
@@ -131,7 +128,7 @@ def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
         prefix_length=allocation.prefix_length,
         gateway=allocation.gateway,
         dns_servers=list(allocation.dns_servers),
-        mtu=mtu,
+        mtu=spec.effective_mtu(),
         segmentation_id=segment,
         network_type=spec.type,
         physical_network=spec.physical_network,

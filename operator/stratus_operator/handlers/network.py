@@ -3,14 +3,16 @@ wait while Instances use it, then free its segment."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from typing import Any
 
 import kopf
 
 from stratus_api.v1alpha1 import Network
 from stratus_operator.handlers.common import NETWORKS, runtime, world
-from stratus_operator.services import networks
+from stratus_operator.services import networks, overlays
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +31,30 @@ async def settle(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) ->
 
 
 @kopf.daemon(*NETWORKS, cancellation_timeout=10)
-async def count_addresses(
+async def keep_nodes_and_counts(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
-    """status.allocated kept true, one write per change at most every interval."""
+    """The hosting nodes told their peers (overlays.py) and status.allocated kept true,
+    one write per change at most every count interval."""
     rt, view = runtime(memo), world(kwargs)
+    timing = rt.settings.scheduling
+    loop = asyncio.get_running_loop()
+    counted_at = resynced_at = -math.inf
     while not stopped:
+        network, now = Network.model_validate(dict(body)), loop.time()
+        resync = now - resynced_at >= timing.network_resync_seconds
         try:
-            await networks.count(Network.model_validate(dict(body)), view, rt)
-        except Exception:  # one failed round must not end the counting for good
-            log.exception("network %s: counting its addresses failed", body.metadata.name)
-        await stopped.wait(rt.settings.scheduling.network_count_seconds)
+            await overlays.publish(network, view, rt, resync=resync)
+            resynced_at = now if resync else resynced_at
+        except Exception:  # one failed round must not end the daemon for good
+            log.exception("network %s: telling its nodes failed", body.metadata.name)
+        if now - counted_at >= timing.network_count_seconds:
+            counted_at = now
+            try:
+                await networks.count(network, view, rt)
+            except Exception:
+                log.exception("network %s: counting its addresses failed", body.metadata.name)
+        await stopped.wait(timing.network_peers_seconds)
 
 
 @kopf.on.delete(*NETWORKS)

@@ -27,6 +27,7 @@ import pydantic
 from aiohttp import http_exceptions
 
 from stratus_api import guest
+from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.volume_wire import (
     NodeSnapshotSpec,
     NodeSnapshotStatus,
@@ -255,6 +256,16 @@ class AgentClient:
         held any of it."""
         what, raw = await self._call("DELETE", "/v1/cephpools/" + quote(uid, safe=""))
         return self._flag(what, raw, "forgotten")
+
+    async def ensure_network(self, spec: NodeNetworkSpec) -> None:
+        """PUT the node's share of a Network (its overlay peers): idempotent."""
+        body = spec.model_dump_json(by_alias=True)
+        await self._call("PUT", "/v1/networks/" + quote(spec.uid, safe=""), body=body)
+
+    async def forget_network(self, uid: str) -> bool:
+        """The node hosts the Network no more; True if it held its share."""
+        what, raw = await self._call("DELETE", "/v1/networks/" + quote(uid, safe=""))
+        return self._flag(what, raw, "deleted")
 
     async def ensure_volume(self, spec: NodeVolumeSpec) -> NodeVolumeStatus:
         """PUT the volume spec (idempotent); the node makes or grows it in the background."""

@@ -31,6 +31,10 @@ class SchedulingSettings:
     # Seconds between updates of a Network's status.allocated (one write per change, not
     # one per NIC: a burst of Instances costs the Network one patch).
     network_count_seconds: float = 10.0
+    # Seconds between checks of which nodes host each Network (a new peer is told within
+    # this), and between full resends of every node's share (a node that lost it gets it).
+    network_peers_seconds: float = 1.0
+    network_resync_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""Which nodes host each Network, and what each of them must be told about the others
+(Neutron's l2population). Pure: the caller supplies the facts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from stratus_api.network_wire import NodeNetworkSpec, OverlayPeer
+from stratus_api.v1alpha1 import Instance, Network
+from stratus_api.v1alpha1.network import NetworkType
+
+
+def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[str]]:
+    """node -> the MACs of the Network's NICs placed there, from the Instances' status."""
+    name = network.metadata.name
+    found: dict[str, set[str]] = {}
+    for instance in instances:
+        status = instance.status
+        if status is None or not status.node or instance.metadata.deletion_timestamp:
+            continue
+        macs = found.setdefault(status.node, set())
+        macs.update(i.mac for i in status.interfaces if i.network == name and i.mac)
+    return {node: sorted(macs) for node, macs in found.items()}
+
+
+def node_specs(
+    network: Network, hosting: Mapping[str, list[str]], endpoints: Mapping[str, str]
+) -> dict[str, NodeNetworkSpec]:
+    """Each hosting node's share of the Network. An overlay's peers are the other hosting
+    nodes that have a tunnel endpoint; a node without one is nobody's peer (its guests stay
+    local), and vlan and flat Networks have none (the physical network carries them)."""
+    spec = network.spec
+    overlay = spec.type is NetworkType.OVERLAY
+    segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
+    shares = {}
+    for node in sorted(hosting):
+        peers = [
+            OverlayPeer(endpoint=endpoints[other], macs=hosting[other])
+            for other in sorted(hosting)
+            if overlay and other != node and other in endpoints
+        ]
+        shares[node] = NodeNetworkSpec(
+            uid=network.metadata.uid or "",
+            namespace=network.metadata.namespace or "",
+            name=network.metadata.name or "",
+            type=spec.type,
+            segmentation_id=segment,
+            mtu=spec.effective_mtu(),
+            peers=peers,
+        )
+    return shares

@@ -1,0 +1,85 @@
+"""Tell each node hosting a Network what it needs beyond its guests' NICs: the other
+nodes hosting it and their guests' MACs (controllers/overlay.py), so overlay traffic is
+flooded only to them. Sent when a node's share changes and again every resync interval,
+in case a node lost what it was told; a node that stops hosting the Network is told to
+forget it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.v1alpha1 import Hypervisor, Network
+from stratus_operator.controllers import conditions, overlay
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.world import World, key_of
+
+log = logging.getLogger(__name__)
+UNTOLD = ""  # what a node that did not answer was told: nothing, so it is asked again
+
+
+async def publish(network: Network, world: World, runtime: Runtime, *, resync: bool) -> None:
+    """Send each node whose share of `network` changed (every hosting node when `resync`)
+    its share; tell nodes that left to forget it. A node that does not answer is tried
+    again on the next round."""
+    uid = network.metadata.uid or ""
+    users = (world.instance(u) for u in world.network_users(key_of(network)))
+    hosting = overlay.members(network, (i for i in users if i is not None))
+    if network.metadata.deletion_timestamp:
+        hosting = {}
+    endpoints = {}
+    for node in hosting:
+        hypervisor = world.hypervisor(node)
+        if hypervisor is not None and hypervisor.status and hypervisor.status.tunnel_endpoint:
+            endpoints[node] = hypervisor.status.tunnel_endpoint
+    specs = overlay.node_specs(network, hosting, endpoints)
+    wanted = {node: spec.model_dump_json(by_alias=True) for node, spec in specs.items()}
+    told = runtime.node_networks.setdefault(uid, {})
+    changed = [node for node in wanted if resync or told.get(node) != wanted[node]]
+    leaving = [node for node in told if node not in wanted]
+    await asyncio.gather(
+        *(_tell(node, specs[node], world, runtime, told) for node in changed),
+        *(_forget(network, node, world, runtime, told) for node in leaving),
+    )
+    if not told:
+        runtime.node_networks.pop(uid, None)
+
+
+async def _tell(
+    node: str, spec: NodeNetworkSpec, world: World, runtime: Runtime, told: dict[str, str]
+) -> None:
+    hypervisor = world.hypervisor(node)
+    if hypervisor is None or not ready(hypervisor):
+        return  # asked again once it is back; a removed node's guests go with it
+    try:
+        client = await runtime.agents.client(hypervisor)
+        await client.ensure_network(spec)
+    except (AgentError, AgentNotConfigured) as exc:
+        if told.get(node) != UNTOLD:  # said once per outage, not every round
+            log.warning("network %s/%s: node %s was not told its peers (tried again): %s",
+                        spec.namespace, spec.name, node, exc)  # fmt: skip
+        told[node] = UNTOLD
+        return
+    told[node] = spec.model_dump_json(by_alias=True)
+
+
+async def _forget(
+    network: Network, node: str, world: World, runtime: Runtime, told: dict[str, str]
+) -> None:
+    hypervisor = world.hypervisor(node)
+    if hypervisor is not None:
+        try:
+            client = await runtime.agents.client(hypervisor)
+            await client.forget_network(network.metadata.uid or "")
+        except (AgentError, AgentNotConfigured) as exc:
+            log.warning("network %s/%s: node %s was not told to forget it (tried again): %s",
+                        network.metadata.namespace, network.metadata.name, node, exc)  # fmt: skip
+            return
+    told.pop(node, None)
+
+
+def ready(hypervisor: Hypervisor) -> bool:
+    status = hypervisor.status
+    return status is not None and conditions.is_true(status.conditions, conditions.READY)

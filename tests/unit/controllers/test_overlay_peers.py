@@ -1,0 +1,65 @@
+"""Which nodes host a Network and what each is told about the others (l2population)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratus_api.v1alpha1 import Instance, Network
+from stratus_operator.controllers.overlay import members, node_specs
+
+NET_UID = "0b9c8e52-5d1f-4f7e-9a0e-2f1d3c4b5a69"
+
+
+def network(**spec: Any) -> Network:
+    return Network.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Network",
+        "metadata": {"name": "blue", "namespace": "team-a", "uid": NET_UID},
+        "spec": {"subnets": [{"cidr": "10.1.0.0/24"}], **spec},
+        "status": {"segmentationId": 4097},
+    })  # fmt: skip
+
+
+def placed(name: str, node: str | None, *macs: tuple[str, str], deleting: bool = False) -> Instance:
+    meta: dict[str, Any] = {"name": name, "namespace": "team-a", "uid": f"uid-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T18:00:00Z"
+    return Instance.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": meta,
+        "spec": {"cpu": 1, "memory": "256Mi", "boot": {"image": "img"},
+                 "networks": [{"name": "blue"}]},
+        "status": {"node": node,
+                   "interfaces": [{"network": net, "mac": mac} for net, mac in macs]},
+    })  # fmt: skip
+
+
+MAC_A, MAC_B, MAC_C = "52:54:00:00:00:0a", "52:54:00:00:00:0b", "52:54:00:00:00:0c"
+
+
+def test_members_are_the_nodes_with_the_networks_nics_placed_on_them() -> None:
+    found = members(network(), [
+        placed("a", "node-1", ("blue", MAC_A), ("green", "52:54:00:00:00:99")),
+        placed("b", "node-2", ("blue", MAC_B)),
+        placed("c", "node-2", ("blue", MAC_C)),
+        placed("unplaced", None, ("blue", "52:54:00:00:00:01")),
+        placed("going", "node-3", ("blue", "52:54:00:00:00:02"), deleting=True),
+    ])  # fmt: skip
+    assert found == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
+
+
+def test_each_node_hears_of_the_others_with_an_endpoint_and_their_macs() -> None:
+    hosting = {"node-1": [MAC_A], "node-2": [MAC_B], "node-3": [MAC_C]}
+    endpoints = {"node-1": "10.250.0.1", "node-2": "10.250.0.2"}  # node-3 has no tunnel
+    shares = node_specs(network(), hosting, endpoints)
+    assert sorted(shares) == ["node-1", "node-2", "node-3"]
+    one = shares["node-1"]
+    assert (one.uid, one.segmentation_id, one.mtu) == (NET_UID, 4097, 1450)
+    assert [(p.endpoint, p.macs) for p in one.peers] == [("10.250.0.2", [MAC_B])]
+    assert [p.endpoint for p in shares["node-3"].peers] == ["10.250.0.1", "10.250.0.2"]
+
+
+def test_provider_networks_have_no_peers_and_keep_their_vlan() -> None:
+    vlan = network(type="vlan", physicalNetwork="physnet1", segmentationId=100)
+    shares = node_specs(vlan, {"node-1": [MAC_A], "node-2": [MAC_B]},
+                        {"node-1": "10.250.0.1", "node-2": "10.250.0.2"})  # fmt: skip
+    assert all(s.peers == [] and s.segmentation_id == 100 for s in shares.values())
+    assert shares["node-1"].mtu == 1500
