@@ -9,8 +9,9 @@ answer, so the nodes hosting one overlay Network each answer their own guests si
 dnsmasq daemonizes with its pid file under state_dir/dhcp/<Network UID>/, so it outlives an
 agent restart: the next ensure adopts it when /proc shows dnsmasq with exactly our arguments
 in our namespace, and replaces it otherwise. Reservations and options are files dnsmasq
-re-reads on SIGHUP (leases kept, no gap); only a change of its arguments (the subnets) or a
-re-made port restarts it.
+re-reads on SIGHUP (leases kept, no gap); only a change of its arguments (the subnets)
+restarts it. A port deleted and made again needs no restart: dnsmasq follows the interface
+by name (tests/integration/agent/test_dhcp_servers.py shows it).
 
 IPv4 only: IPv6 subnets and addresses are left out (no DHCPv6, no router advertisements).
 """
@@ -321,13 +322,12 @@ class DhcpServers:
         async with self._lock:
             try:
                 await self._ensure_namespace(namespace)
-                remade = await self._ensure_port(network_uid, port, namespace, vlan_tag, mtu)
+                await self._ensure_port(network_uid, port, namespace, vlan_tag, mtu)
                 await self._ensure_addresses(namespace, port, addresses)
                 changed = await asyncio.to_thread(_write_config, files, hosts_text, opts_text)
                 pid = await asyncio.to_thread(_current_dnsmasq, files, argv, namespace)
-                if pid is None or remade:
-                    # Bound to the old port's ifindex or running an old config: restart.
-                    await self._stop(files)
+                if pid is None:
+                    await self._stop(files)  # one running an older config
                     pid = await self._start(namespace, argv, files)
                     log.info("network %s: DHCP server started (pid %d, %d subnets, %d hosts)",
                              network_uid, pid, len(served), len(hosts))  # fmt: skip
@@ -391,9 +391,9 @@ class DhcpServers:
 
     async def _ensure_port(
         self, network_uid: str, port: str, namespace: str, vlan_tag: int, mtu: int
-    ) -> bool:
-        """The internal port, tagged, inside the namespace; True if its device was (re)made
-        now. Each setting is re-applied, so a port someone retagged is put right."""
+    ) -> None:
+        """The internal port, tagged, inside the namespace. Each setting is re-applied, so a
+        port someone retagged is put right."""
         await self._vsctl_run(
             "--may-exist", "add-port", self.bridge, port,
             "--", "set", "Interface", port, "type=internal", f"mtu_request={mtu}",
@@ -405,7 +405,6 @@ class DhcpServers:
             # New (or re-made by OVS) in the root namespace: move it in.
             await self._ip("link", "set", "dev", port, "netns", namespace)
         await self._ip("-n", namespace, "link", "set", "dev", port, "mtu", str(mtu), "up")
-        return inside.code != 0
 
     async def _ensure_addresses(self, namespace: str, port: str, wanted: set[str]) -> None:
         out = (await self._ip("-n", namespace, "-j", "-4", "addr", "show", "dev", port)).stdout
