@@ -222,7 +222,7 @@ async def test_remove_leaves_no_namespace_port_process_or_file(servers: DhcpServ
     await servers.remove(network)  # nothing left: nothing to do
 
 
-async def test_a_deleted_port_or_killed_dnsmasq_is_brought_back_by_ensure(
+async def test_a_retagged_or_deleted_port_or_killed_dnsmasq_is_put_right_by_ensure(
     servers: DhcpServers, client: Client, bridges: tuple[str, str]
 ) -> None:
     network = str(uuid.uuid4())
@@ -230,6 +230,10 @@ async def test_a_deleted_port_or_killed_dnsmasq_is_brought_back_by_ensure(
     await servers.ensure(network, TAG_A, MTU, [SUBNET], hosts)
     port = dhcp.port_name(servers.bridge, network)
     namespace = dhcp.namespace_name(servers.bridge, network)
+
+    vsctl("set", "Port", port, "tag=999")  # retagged by hand: put right
+    await servers.ensure(network, TAG_A, MTU, [SUBNET], hosts)
+    assert vsctl("get", "Port", port, "tag").strip() == str(TAG_A)
 
     pid = dnsmasq_pid(servers, network)
     vsctl("del-port", servers.bridge, port)

@@ -87,8 +87,9 @@ def namespace_name(bridge: str, network_uid: str) -> str:
 
 @dataclass(frozen=True)
 class ServerFiles:
-    """One Network's server files; the directory is world-readable (dnsmasq re-reads the
-    hosts and options files as nobody; nothing in them is secret)."""
+    """One Network's server files, world-readable: dnsmasq re-reads the hosts and options
+    files as nobody (nothing in them is secret), so the agent's state directory must be
+    world-traversable, as QEMU already needs it."""
 
     directory: Path
 
@@ -215,7 +216,8 @@ def _write_if_changed(path: Path, text: str) -> bool:
 
 def _write_config(files: ServerFiles, hosts: str, opts: str) -> bool:
     files.directory.mkdir(parents=True, exist_ok=True)
-    files.directory.chmod(0o755)
+    for directory in (files.directory.parent, files.directory):
+        directory.chmod(0o755)
     hosts_changed = _write_if_changed(files.hosts, hosts)
     opts_changed = _write_if_changed(files.opts, opts)
     return hosts_changed or opts_changed
@@ -326,15 +328,15 @@ class DhcpServers:
                 await self._ensure_addresses(namespace, port, addresses)
                 changed = await asyncio.to_thread(_write_config, files, hosts_text, opts_text)
                 pid = await asyncio.to_thread(_current_dnsmasq, files, argv, namespace)
+                if pid is not None and changed:
+                    pid = self._reload(pid)
+                    log.info("network %s: DHCP server reloaded (pid %s, %d hosts)",
+                             network_uid, pid, len(hosts))  # fmt: skip
                 if pid is None:
                     await self._stop(files)  # one running an older config
                     pid = await self._start(namespace, argv, files)
                     log.info("network %s: DHCP server started (pid %d, %d subnets, %d hosts)",
                              network_uid, pid, len(served), len(hosts))  # fmt: skip
-                elif changed:
-                    os.kill(pid, signal.SIGHUP)
-                    log.info("network %s: DHCP server reloaded (pid %d, %d hosts)",
-                             network_uid, pid, len(hosts))  # fmt: skip
             except (process.CommandError, OSError) as exc:
                 raise ProvisioningError(
                     GuestFailure.NETWORK_SETUP_FAILED,
@@ -426,17 +428,31 @@ class DhcpServers:
             raise OSError(f"dnsmasq started but wrote no pid to {files.pid}")
         return pid
 
+    @staticmethod
+    def _reload(pid: int) -> int | None:
+        """dnsmasq re-reads its hosts and options files on SIGHUP; None if it has just
+        exited (ensure starts another)."""
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            return None
+        return pid
+
     async def _stop(self, files: ServerFiles) -> None:
         pid = await asyncio.to_thread(_our_dnsmasq, files)
         if pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
-        while await asyncio.to_thread(_cmdline, pid) is not None:
-            if asyncio.get_running_loop().time() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                break
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT
+        try:
+            os.kill(pid, signal.SIGTERM)
+            while await asyncio.to_thread(_cmdline, pid) is not None:
+                if loop.time() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                await asyncio.sleep(0.05)
+        except ProcessLookupError:
+            pass  # it exited by itself meanwhile
 
     async def _remove(self, network_uid: str, files: ServerFiles) -> None:
         await self._stop(files)
