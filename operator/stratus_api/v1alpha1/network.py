@@ -154,6 +154,12 @@ class Subnet(ApiModel):
         max_length=MAX_DNS_SERVERS,
         description="DNS servers given to instances.",
     )
+    dhcp: bool = Field(
+        default=True,
+        description="Every node hosting the network answers DHCP for its own instances with "
+        "their fixed addresses (IPv4), from an address of the subnet's pools (the highest "
+        "free one) per node. Instances get the same addresses from their seed either way.",
+    )
 
     @model_validator(mode="after")
     def _inside_cidr(self) -> Subnet:
@@ -264,10 +270,24 @@ class NetworkSpec(ApiModel):
         return self
 
 
+class DhcpServer(ApiModel):
+    """A node's DHCP server on the network, and its address in each subnet with DHCP on."""
+
+    node: str
+    addresses: list[str] = Field(default_factory=list, max_length=MAX_SUBNETS)
+
+
 class NetworkStatus(ApiModel):
     """What the operator allocated for the network."""
 
     segmentation_id: int | None = Field(default=None, description="VLAN id or VNI in use.")
+    dhcp_servers: list[DhcpServer] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="The nodes hosting the network that answer DHCP on it, with their "
+        "addresses (taken from the subnets' pools).",
+        json_schema_extra=list_map("node"),
+    )
     allocated: int | None = Field(
         default=None, ge=0, description="Addresses handed out to instances."
     )

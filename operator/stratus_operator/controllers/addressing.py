@@ -11,7 +11,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from stratus_api.v1alpha1.network import IPAddress, NetworkSpec, check_fixed_ip, parse_cidr
+from stratus_api.v1alpha1.network import (
+    IPAddress,
+    NetworkSpec,
+    Subnet,
+    check_fixed_ip,
+    parse_cidr,
+)
 from stratus_operator.controllers import ipam
 
 
@@ -74,6 +80,23 @@ class NetworkLedger:
         address = Address(ip, mac)
         self.hold(uid, address)
         return address
+
+    def allocate_service(self, owner: str, subnet: Subnet) -> str:
+        """An address for a node's service port (a DHCP server) in `subnet`: the one
+        `owner` holds, else the highest free one of the subnet's pools, far from where
+        Instances' addresses start. IpamError when the subnet is full."""
+        known = self._held.get(owner)
+        if known is not None:
+            return known.ip
+        pools = [parse_cidr(p) for p in subnet.allocation_pools or []] or [subnet.network]
+        for pool in reversed(pools):
+            # Among any len(taken) + 1 consecutive candidates one is free, if any is.
+            for step in range(min(pool.num_addresses, len(self._ips) + len(self._reserved) + 1)):
+                candidate = str(pool.broadcast_address - step)
+                if candidate not in self._ips and candidate not in self._reserved:
+                    self.hold(owner, Address(candidate, ""))
+                    return candidate
+        raise ipam.IpamError("spec.subnets", f"no free address left in {subnet.cidr}")
 
     def _fixed_ip(self, fixed: str, field: str) -> str:
         problem = check_fixed_ip(self.spec, fixed)

@@ -12,7 +12,7 @@ import kopf
 
 from stratus_api.v1alpha1 import Network
 from stratus_operator.handlers.common import NETWORKS, runtime, world
-from stratus_operator.services import networks, overlays
+from stratus_operator.services import networks, node_networks
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ async def settle(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) ->
 async def keep_nodes_and_counts(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
-    """The hosting nodes told their peers (overlays.py) and status.allocated kept true,
+    """The hosting nodes told their peers (node_networks.py) and status.allocated kept true,
     one write per change at most every count interval."""
     rt, view = runtime(memo), world(kwargs)
     timing = rt.settings.scheduling
@@ -44,7 +44,7 @@ async def keep_nodes_and_counts(
         network, now = Network.model_validate(dict(body)), loop.time()
         resync = now - resynced_at >= timing.network_resync_seconds
         try:
-            await overlays.publish(network, view, rt, resync=resync)
+            await node_networks.publish(network, view, rt, resync=resync)
             resynced_at = now if resync else resynced_at
         except Exception:  # one failed round must not end the daemon for good
             log.exception("network %s: telling its nodes failed", body.metadata.name)

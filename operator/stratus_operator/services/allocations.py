@@ -4,9 +4,12 @@ concurrent creates see each other's decisions and get the answers of one at a ti
 
 from __future__ import annotations
 
+import ipaddress
+
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.instance import InterfaceStatus
+from stratus_api.v1alpha1.network import Subnet
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_operator.controllers import conditions, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
@@ -107,8 +110,23 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
             for iface in instance.status.interfaces:
                 if iface.network == name and iface.ip and iface.mac:
                     found.hold(instance.metadata.uid or "", Address(iface.ip, iface.mac))
+        for server in network.status.dhcp_servers if network.status else []:
+            for address in server.addresses:
+                subnet = subnet_of(network, address)
+                if subnet is not None:
+                    found.hold(dhcp_owner(server.node, subnet.cidr), Address(address, ""))
         runtime.addresses[key] = found
     return found
+
+
+def dhcp_owner(node: str, cidr: str) -> str:
+    """Whose address a node's DHCP server holds in a subnet, in the Network's ledger."""
+    return f"dhcp/{node}/{cidr}"
+
+
+def subnet_of(network: Network, address: str) -> Subnet | None:
+    ip = ipaddress.ip_address(address)
+    return next((s for s in network.spec.subnets if ip in s.network), None)
 
 
 def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[Network, Address]]:

@@ -15,7 +15,7 @@ from stratus_operator.controllers.segments import (
     SegmentsExhausted,
     requested,
 )
-from stratus_operator.services import allocations, overlays
+from stratus_operator.services import allocations, node_networks
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, key_of
@@ -170,7 +170,7 @@ async def remove(network: Network, world: World, runtime: Runtime) -> None:
     if names:
         raise NetworkInUse(names)
     uid = network.metadata.uid or ""
-    await overlays.publish(network, world, runtime, resync=False)  # nodes forget it
+    await node_networks.publish(network, world, runtime, resync=False)  # nodes forget it
     async with runtime.decisions:
         ledger(world, runtime).release(uid)
         namespace, name = key_of(network)

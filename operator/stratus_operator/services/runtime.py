@@ -107,7 +107,7 @@ class Runtime:
     # The Instances each shareable Volume is attached to (Volume UID -> Instance UID -> name).
     volume_sharers: dict[str, dict[str, str]] = field(default_factory=dict)
     # What each node was last told about each Network (Network UID -> node -> the spec's
-    # JSON), so a node hears again only when its share changes (see overlays.py).
+    # JSON), so a node hears again only when its share changes (see node_networks.py).
     node_networks: dict[str, dict[str, str]] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from stratus_api.v1alpha1 import Instance, Network
-from stratus_operator.controllers.overlay import members, node_specs
+from stratus_operator.controllers.addressing import NetworkLedger
+from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.controllers.node_network import members, node_specs
 
 NET_UID = "0b9c8e52-5d1f-4f7e-9a0e-2f1d3c4b5a69"
 
@@ -63,3 +67,37 @@ def test_provider_networks_have_no_peers_and_keep_their_vlan() -> None:
                         {"node-1": "10.250.0.1", "node-2": "10.250.0.2"})  # fmt: skip
     assert all(s.peers == [] and s.segmentation_id == 100 for s in shares.values())
     assert shares["node-1"].mtu == 1500
+
+
+def test_dhcp_servers_are_told_their_address_and_the_subnets_options() -> None:
+    net = network(subnets=[
+        {"cidr": "10.1.0.0/24", "gateway": "10.1.0.1", "dnsServers": ["10.1.0.2"]},
+        {"cidr": "10.2.0.0/24", "dhcp": False},
+        {"cidr": "fd00::/64"},
+    ])  # fmt: skip
+    shares = node_specs(net, {"node-1": [MAC_A], "node-2": [MAC_B]}, {},
+                        {"node-1": {"10.1.0.0/24": "10.1.0.254"}})  # fmt: skip
+    [served] = shares["node-1"].dhcp
+    assert (served.cidr, served.server_address, served.gateway, served.dns_servers) == (
+        "10.1.0.0/24", "10.1.0.254", "10.1.0.1", ["10.1.0.2"])  # fmt: skip
+    assert shares["node-2"].dhcp == []  # no address for it (yet): no server there
+
+
+def test_service_addresses_come_from_the_top_of_the_pools_and_are_kept() -> None:
+    net = network(subnets=[{"cidr": "10.1.0.0/24", "gateway": "10.1.0.1",
+                            "allocationPools": ["10.1.0.16/28", "10.1.0.64/30"]}])  # fmt: skip
+    ledger = NetworkLedger(net.spec)
+    subnet = net.spec.subnets[0]
+    first = ledger.allocate_service("dhcp/node-1/10.1.0.0/24", subnet)
+    second = ledger.allocate_service("dhcp/node-2/10.1.0.0/24", subnet)
+    assert (first, second) == ("10.1.0.67", "10.1.0.66")
+    assert ledger.allocate_service("dhcp/node-1/10.1.0.0/24", subnet) == first
+    assert ledger.allocate(UID_X, 0, None, None, "spec.networks[0]").ip == "10.1.0.16"
+    with pytest.raises(IpamError, match="already in use"):
+        ledger.allocate("uid-y", 0, "10.1.0.67", None, "spec.networks[0]")
+    ledger.allocate_service("dhcp/node-3/10.1.0.0/24", subnet)
+    ledger.allocate_service("dhcp/node-4/10.1.0.0/24", subnet)  # .64, the pool's last
+    assert ledger.allocate_service("dhcp/node-5/10.1.0.0/24", subnet) == "10.1.0.31"
+
+
+UID_X = "uid-x"

@@ -1,7 +1,9 @@
 """Tell each node hosting a Network what it needs beyond its guests' NICs: the other
-nodes hosting it and their guests' MACs (controllers/overlay.py), so overlay traffic is
-flooded only to them. Sent when a node's share changes and again every resync interval,
-in case a node lost what it was told; a node that stops hosting the Network is told to
+nodes hosting it and their guests' MACs, so overlay traffic is flooded only to them, and the
+address of its DHCP server in each subnet with DHCP on (controllers/node_network.py). The
+addresses come from the Network's address ledger and are kept in status.dhcpServers.
+Sent when a node's share changes and again every resync interval, in case a node lost what
+it was told; a node that stops hosting the Network is told to
 forget it."""
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import logging
 
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.v1alpha1 import Hypervisor, Network
-from stratus_operator.controllers import conditions, overlay
+from stratus_api.v1alpha1.network import DhcpServer, NetworkStatus
+from stratus_operator.controllers import conditions, node_network
+from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.services import allocations
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, key_of
 
 log = logging.getLogger(__name__)
@@ -26,7 +32,7 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     again on the next round."""
     uid = network.metadata.uid or ""
     users = (world.instance(u) for u in world.network_users(key_of(network)))
-    hosting = overlay.members(network, (i for i in users if i is not None))
+    hosting = node_network.members(network, (i for i in users if i is not None))
     if network.metadata.deletion_timestamp:
         hosting = {}
     endpoints = {}
@@ -34,7 +40,10 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
         hypervisor = world.hypervisor(node)
         if hypervisor is not None and hypervisor.status and hypervisor.status.tunnel_endpoint:
             endpoints[node] = hypervisor.status.tunnel_endpoint
-    specs = overlay.node_specs(network, hosting, endpoints)
+    async with runtime.decisions:
+        servers = dhcp_servers(network, hosting, world, runtime)
+    await _record_dhcp_servers(network, servers, runtime)
+    specs = node_network.node_specs(network, hosting, endpoints, servers)
     wanted = {node: spec.model_dump_json(by_alias=True) for node, spec in specs.items()}
     told = runtime.node_networks.setdefault(uid, {})
     changed = [node for node in wanted if resync or told.get(node) != wanted[node]]
@@ -45,6 +54,51 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     )
     if not told:
         runtime.node_networks.pop(uid, None)
+
+
+def dhcp_servers(
+    network: Network, hosting: dict[str, list[str]], world: World, runtime: Runtime
+) -> dict[str, dict[str, str]]:
+    """node -> subnet CIDR -> the address of its DHCP server there: one per hosting node and
+    subnet with DHCP on, held in the Network's ledger; nodes that left give theirs back.
+    The caller holds runtime.decisions."""
+    ledger = allocations.ledger(network, world, runtime)
+    subnets = node_network.dhcp_subnets(network)
+    had = {s.node for s in network.status.dhcp_servers} if network.status else set()
+    for node in had - set(hosting):
+        for subnet in network.spec.subnets:
+            ledger.release(allocations.dhcp_owner(node, subnet.cidr))
+    servers: dict[str, dict[str, str]] = {}
+    for node in hosting:
+        for subnet in subnets:
+            try:
+                address = ledger.allocate_service(allocations.dhcp_owner(node, subnet.cidr), subnet)
+            except IpamError as exc:  # the guests keep their seed's static addresses
+                log.debug("network %s: no DHCP server on node %s: %s",
+                            network.metadata.name, node, exc)  # fmt: skip
+                continue
+            servers.setdefault(node, {})[subnet.cidr] = address
+    return servers
+
+
+async def _record_dhcp_servers(
+    network: Network, servers: dict[str, dict[str, str]], runtime: Runtime
+) -> None:
+    """status.dhcpServers as `servers` says, written only when it changed."""
+    wanted = [DhcpServer(node=node, addresses=list(by_cidr.values()))
+              for node, by_cidr in sorted(servers.items())]  # fmt: skip
+    if network.status is not None and network.status.dhcp_servers == wanted:
+        return
+    if network.status is None and not wanted:
+        return
+
+    def recorded(status: NetworkStatus, _generation: int) -> NetworkStatus:
+        return status.model_copy(update={"dhcp_servers": wanted})
+
+    generation = network.metadata.generation or 0
+    await runtime.status.write(
+        ObjectRef.of(network), network.status, generation, recorded, NetworkStatus
+    )
 
 
 async def _tell(

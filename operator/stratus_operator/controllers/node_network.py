@@ -1,13 +1,14 @@
-"""Which nodes host each Network, and what each of them must be told about the others
-(Neutron's l2population). Pure: the caller supplies the facts."""
+"""Which nodes host each Network, and each one's share of it: the other hosting nodes and
+their guests' MACs (Neutron's l2population) and the subnets it answers DHCP for. Pure: the
+caller supplies the facts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from stratus_api.network_wire import NodeNetworkSpec, OverlayPeer
+from stratus_api.network_wire import DhcpSubnet, NodeNetworkSpec, OverlayPeer
 from stratus_api.v1alpha1 import Instance, Network
-from stratus_api.v1alpha1.network import NetworkType
+from stratus_api.v1alpha1.network import NetworkType, Subnet
 
 
 def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[str]]:
@@ -23,12 +24,22 @@ def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[s
     return {node: sorted(macs) for node, macs in found.items()}
 
 
+def dhcp_subnets(network: Network) -> list[Subnet]:
+    """The subnets whose guests get DHCP answers: IPv4 ones with dhcp on."""
+    return [s for s in network.spec.subnets if s.dhcp and s.network.version == 4]
+
+
 def node_specs(
-    network: Network, hosting: Mapping[str, list[str]], endpoints: Mapping[str, str]
+    network: Network,
+    hosting: Mapping[str, list[str]],
+    endpoints: Mapping[str, str],
+    dhcp_addresses: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, NodeNetworkSpec]:
     """Each hosting node's share of the Network. An overlay's peers are the other hosting
     nodes that have a tunnel endpoint; a node without one is nobody's peer (its guests stay
-    local), and vlan and flat Networks have none (the physical network carries them)."""
+    local), and vlan and flat Networks have none (the physical network carries them).
+    `dhcp_addresses`: node -> subnet CIDR -> its DHCP server's address there."""
+    dhcp_addresses = dhcp_addresses or {}
     spec = network.spec
     overlay = spec.type is NetworkType.OVERLAY
     segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
@@ -47,5 +58,11 @@ def node_specs(
             segmentation_id=segment,
             mtu=spec.effective_mtu(),
             peers=peers,
-        )
+            dhcp=[
+                DhcpSubnet(cidr=subnet.cidr, server_address=address, gateway=subnet.gateway,
+                           dns_servers=list(subnet.dns_servers or ()))
+                for subnet in dhcp_subnets(network)
+                if (address := dhcp_addresses.get(node, {}).get(subnet.cidr))
+            ],
+        )  # fmt: skip
     return shares
