@@ -63,6 +63,11 @@ class Guest:
         return run("ip", "netns", "exec", self.netns, "busybox", "ping", *args, address,
                    check=False)  # fmt: skip
 
+    def arping(self, address: str) -> subprocess.CompletedProcess[str]:
+        """Three broadcast ARP requests (-b: never unicast once answered)."""
+        return run("ip", "netns", "exec", self.netns, "busybox", "arping", "-b", "-c", "3",
+                   "-w", "5", "-I", self.port, address, check=False)  # fmt: skip
+
     def rx_packets(self) -> int:
         path = f"/sys/class/net/{self.port}/statistics/rx_packets"
         return int(run("ip", "netns", "exec", self.netns, "cat", path).stdout)
@@ -259,6 +264,12 @@ async def test_guests_of_one_network_talk_across_nodes_and_nobody_else_hears(wor
     # 1422 bytes of payload + ICMP and IP headers fill the 1450-byte MTU exactly.
     full = guest_a.ping(guest_b.address, "-c", "2", "-W", "2", "-s", "1422")
     assert " 0% packet loss" in full.stdout, full.stdout
+    # Broadcasts from B's side too (unicast alone is never flooded): Network 1's guest on A
+    # answers them, and no node without a guest of Network 1 may see them.
+    a_inbound = a.packets(table=4)
+    arping = guest_b.arping(guest_a.address)
+    assert "Received 3 response" in arping.stdout, arping.stdout + arping.stderr
+    assert a.packets(table=4) >= a_inbound + 3
 
     assert other_b.rx_packets() == heard_by_other_b, "Network 2's guest heard Network 1"
     assert b.packets(table=4) > 0, "B's inbound table counts nothing: this check proves nothing"
