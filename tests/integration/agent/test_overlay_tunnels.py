@@ -123,6 +123,7 @@ class World:
     nodes: dict[str, OverlayNode]
     services: NodeServices
     sim: SimNodes
+    bridges: list[str] = field(default_factory=list)  # on the host's Open vSwitch
     closed: bool = False
 
     def close(self) -> None:
@@ -133,8 +134,9 @@ class World:
         for node in self.nodes.values():
             for guest in node.guests:
                 run("ip", "netns", "del", guest.netns, check=False)
-            run("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", node.config.network.bridge,
-                check=False)  # fmt: skip
+            self.bridges.append(node.config.network.bridge)
+        for bridge in self.bridges:
+            run("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge, check=False)
         self.sim.down()
         self.services.stop()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -316,10 +318,51 @@ async def test_the_last_guest_gone_takes_its_networks_flows(world: World) -> Non
     assert b.driver.networks() == [NET2]
 
 
+async def test_patch_ports_join_bridges_of_one_open_vswitch(world: World) -> None:
+    """No link configured: the agent joins the bridges with a pair of patch ports named
+    after them, and makes the VXLAN port as the overlay needs it."""
+    integration, tunnel_bridge = f"{world.prefix}p", f"{world.prefix}t"
+    world.bridges += [integration, tunnel_bridge]
+    config = world.nodes["a"].config.model_copy(
+        update={
+            "state_dir": world.root / "node-patch",
+            "network": agent_config.NetworkConfig(
+                bridge=integration,
+                datapath_type="netdev",
+                tunnel=agent_config.TunnelConfig(local_ip="192.0.2.1", bridge=tunnel_bridge),
+            ),
+        }
+    )
+    driver = _driver(config)
+    nic = Nic(network="net", network_uid=NET1, mac="52:54:00:00:00:99", mtu=MTU)
+    await driver.plug(str(uuid.uuid4()), [nic])
+    await driver.ensure_network(
+        NodeNetworkSpec(uid=NET1, namespace="tenant", name="net", type=NetworkType.OVERLAY,
+                        segmentation_id=VNI1, peers=[OverlayPeer(endpoint="192.0.2.1"),
+                                                     OverlayPeer(endpoint="192.0.2.9")])
+    )  # fmt: skip
+
+    def vsctl(*args: str) -> str:
+        return run("ovs-vsctl", "--timeout=10", *args).stdout.strip()
+
+    int_port, tun_port = f"patch-{tunnel_bridge}", f"patch-{integration}"
+    assert vsctl("list-ports", integration) == int_port
+    assert vsctl("get", "Interface", int_port, "options:peer") == tun_port
+    assert vsctl("get", "Port", int_port, "tag") == "[]"  # a trunk
+    vxlan = port_name("192.0.2.9")  # its own endpoint (192.0.2.1) gets no port
+    assert sorted(vsctl("list-ports", tunnel_bridge).split()) == sorted([tun_port, vxlan])
+    options = vsctl("get", "Interface", vxlan, "options")
+    assert options == '{key=flow, remote_ip="192.0.2.9"}', options
+    link = vsctl("get", "Interface", tun_port, "ofport")
+    flows = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", tunnel_bridge).stdout
+    assert f"in_port={link} actions=resubmit(,1)" in flows.replace(",actions", " actions"), flows
+    assert vsctl("get", "Bridge", tunnel_bridge, "fail_mode") == "secure"
+
+
 def test_teardown_leaves_nothing(world: World) -> None:
     netns = [n.facts.netns for n in world.nodes.values()]
     guests = [g.netns for n in world.nodes.values() for g in n.guests]
-    bridges = [n.config.network.bridge for n in world.nodes.values()]
+    bridges = [*world.bridges, *(n.config.network.bridge for n in world.nodes.values())]
     run_dir = world.root / "simnodes" / "run"
     assert list(run_dir.glob("*.json")), "no daemon records: this check proves nothing"
     world.close()
