@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
 from stratus_api.imageref import ImageRef
+from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.volume_wire import CephAccess, PoolUsage
 
@@ -363,6 +364,18 @@ class NetworkDriver(Protocol):
 
     async def check(self) -> None:
         """Periodic: repair node networking someone else changed (a deleted bridge)."""
+
+    async def ensure_network(self, spec: NodeNetworkSpec) -> None:
+        """Keep the Network's node spec, replacing the one before (kept across restarts),
+        and bring the node's share of the Network in line with it (overlay peers and their
+        MACs); raises ProvisioningError when that cannot be done now (the spec stays kept,
+        the periodic check tries again)."""
+
+    async def remove_network(self, uid: str) -> bool:
+        """The node hosts the Network no more: forget its spec; True if there was one."""
+
+    def networks(self) -> list[str]:
+        """UIDs of the Networks whose node spec is kept."""
 
 
 class SeedDrive(Protocol):

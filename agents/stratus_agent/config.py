@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stratus_api.sources import SourcePolicy
 
@@ -42,6 +50,79 @@ class ListenConfig(_Section):
         return self
 
 
+# A kernel network device name: at most 15 characters (IFNAMSIZ - 1), no / or blanks.
+DEVICE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,15}$"
+
+
+class TunnelLinkConfig(_Section):
+    """An existing device pair (a veth) joining the integration bridge and the tunnel bridge,
+    for a tunnel bridge on another Open vSwitch (patch ports only join bridges of one)."""
+
+    int_port: str = Field(
+        pattern=DEVICE_NAME_PATTERN, description="The end the agent adds to the integration bridge."
+    )
+    tun_port: str = Field(
+        pattern=DEVICE_NAME_PATTERN, description="The end the agent adds to the tunnel bridge."
+    )
+
+    @model_validator(mode="after")
+    def _two_ends(self) -> TunnelLinkConfig:
+        if self.int_port == self.tun_port:
+            raise ValueError("int_port and tun_port must be the two different ends of the pair")
+        return self
+
+
+class TunnelConfig(_Section):
+    """The VXLAN overlay between nodes: a tunnel bridge beside the integration bridge, one
+    VXLAN port per other node hosting one of this node's overlay Networks."""
+
+    local_ip: str = Field(
+        description="This node's tunnel endpoint (IPv4 or IPv6): the address other nodes "
+        "send this node's VXLAN packets to, reported to the operator as tunnelEndpoint."
+    )
+    bridge: str = Field(default="br-tun", pattern=DEVICE_NAME_PATTERN, description="Bridge.")
+    ovsdb: str | None = Field(
+        default=None,
+        pattern=r"^unix:/.+",
+        description="unix:/path/db.sock of the Open vSwitch holding the tunnel bridge, when "
+        "not the integration bridge's own. None: the default one.",
+    )
+    rundir: Path | None = Field(
+        default=None,
+        description="Directory of that ovs-vswitchd's BRIDGE.mgmt sockets (its OVS_RUNDIR), "
+        "for ovs-ofctl. None: the default one.",
+    )
+    link: TunnelLinkConfig | None = Field(
+        default=None,
+        description="A device pair joining the two bridges. None: a pair of OVS patch ports "
+        "(both bridges on one Open vSwitch).",
+    )
+    dst_port: int = Field(default=4789, ge=1, le=65535, description="VXLAN UDP port.")
+    ofctl: str = Field(default="ovs-ofctl", description="The ovs-ofctl command to run.")
+
+    @field_validator("local_ip")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+    @model_validator(mode="after")
+    def _link_fits(self) -> TunnelConfig:
+        if (self.ovsdb is None) != (self.rundir is None):
+            raise ValueError(
+                "ovsdb and rundir go together: both name the other Open vSwitch (its "
+                "database, its vswitchd's sockets)"
+            )
+        if self.link is None and (self.ovsdb is not None or self.rundir is not None):
+            raise ValueError(
+                "a tunnel bridge on another Open vSwitch (ovsdb, rundir) needs a link: "
+                "patch ports only join bridges of one"
+            )
+        return self
+
+
 class NetworkConfig(_Section):
     driver: Literal["ovs", "fake"] = Field(
         default="ovs",
@@ -65,6 +146,17 @@ class NetworkConfig(_Section):
         description="How often the agent re-ensures the bridge, so one deleted from outside "
         "comes back without waiting for the next guest.",
     )
+    tunnel: TunnelConfig | None = Field(
+        default=None,
+        description="The VXLAN overlay to other nodes. None: overlay Networks stay on the node.",
+    )
+
+    @model_validator(mode="after")
+    def _tunnel_bridge_is_its_own(self) -> NetworkConfig:
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.ovsdb is None and tunnel.bridge == self.bridge:
+            raise ValueError("tunnel.bridge must differ from bridge (the integration bridge)")
+        return self
 
 
 class RecoveryConfig(_Section):

@@ -15,6 +15,7 @@ from stratus_agent import base
 from stratus_agent import config as agent_config
 from stratus_agent.api.events import EventHub
 from stratus_agent.api.server import create_app
+from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.backends import NoCeph, VolumeDrivers
 from stratus_agent.manager.guests import GuestManager
 from stratus_agent.manager.owners import GuestOwners
@@ -31,13 +32,15 @@ log = logging.getLogger("stratus.agent")
 @dataclass(frozen=True)
 class Agent:
     """The assembled agent: its manager, the hub its event streams read, the image store
-    the API serves too (DELETE /v1/images/{uid}) and the node's volumes and snapshots."""
+    the API serves too (DELETE /v1/images/{uid}), the node's volumes and snapshots, and
+    its network driver (node network specs, /v1/networks)."""
 
     manager: GuestManager
     hub: EventHub
     images: base.ImageStore
     volumes: VolumeManager
     snapshots: SnapshotManager
+    network: base.NetworkDriver
 
 
 def image_store(config: agent_config.AgentConfig, disks: base.DiskDriver) -> base.ImageStore:
@@ -111,14 +114,26 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         from stratus_agent.drivers.network.fake import FakeNetworkDriver
 
         return FakeNetworkDriver()
+    from stratus_agent.drivers.network.bridge import OvsBridge
     from stratus_agent.drivers.network.local_vlans import LocalVlans
-    from stratus_agent.drivers.network.ovs import OvsBridge, OvsNetworkDriver
+    from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
+    from stratus_agent.drivers.network.ovs import OvsNetworkDriver
+    from stratus_agent.drivers.network.tunnels import TunnelBridge
 
-    vlans = LocalVlans(config.state_dir / "network" / "local-vlans.json")
+    directory = config.state_dir / "network"
+    vlans = LocalVlans(directory / "local-vlans.json")
     providers = {physnet: OvsBridge(bridge, network.datapath_type, network.vsctl)
                  for physnet, bridge in network.physical_networks.items()}  # fmt: skip
     integration = OvsBridge(network.bridge, network.datapath_type, network.vsctl)
-    return OvsNetworkDriver(integration, vlans, providers)
+    tunnel = network.tunnel
+    return OvsNetworkDriver(
+        integration,
+        vlans,
+        providers,
+        specs=NetworkSpecFiles(directory / "specs"),
+        tunnel=None if tunnel is None else TunnelBridge(tunnel, integration, network.vsctl),
+        local_ip=None if tunnel is None else tunnel.local_ip,
+    )
 
 
 def seed_drive(config: agent_config.AgentConfig) -> base.SeedDrive:
@@ -188,10 +203,15 @@ async def build(config: agent_config.AgentConfig) -> Agent:
     await volumes.start()
     snapshots = SnapshotManager(volume_drivers, volumes, hub, sequence=sequence)
     await snapshots.start()
+    network = network_driver(config)
+    try:
+        await network.check()  # the overlay from the kept specs, before any guest is seen
+    except ProvisioningError as exc:
+        log.warning("node networking not ready yet (the periodic check retries): %s", exc)
     provisioner = NodeProvisioner(
         images=images,
         disks=disks,
-        network=network_driver(config),
+        network=network,
         seed=seed_drive(config),
         owners=owners,
         volumes=volumes,
@@ -206,7 +226,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
     )
     await manager.start()
     _check_kvm_access(compute.virt_type, config.isolation)
-    return Agent(manager, hub, images, volumes, snapshots)
+    return Agent(manager, hub, images, volumes, snapshots, network)
 
 
 def _check_kvm_access(virt_type: str, isolation: agent_config.IsolationConfig) -> None:
@@ -272,6 +292,8 @@ async def serve(config: agent_config.AgentConfig) -> None:
         volumes=agent.volumes,
         snapshots=agent.snapshots,
         physical_networks=sorted(config.network.physical_networks),
+        networks=agent.network,
+        tunnel_endpoint=config.network.tunnel.local_ip if config.network.tunnel else None,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

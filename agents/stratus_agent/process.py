@@ -22,18 +22,24 @@ class Output:
 
 
 async def run(
-    *argv: str, check: bool = True, timeout: float = 120.0, env: Mapping[str, str] | None = None
+    *argv: str,
+    check: bool = True,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
 ) -> Output:
-    """`env`: variables set for the command on top of the agent's own."""
+    """`env`: variables set for the command on top of the agent's own; `stdin`: text the
+    command reads (None: nothing)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         env=None if env is None else {**os.environ, **env},
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        given = None if stdin is None else stdin.encode()
+        out, err = await asyncio.wait_for(process.communicate(given), timeout)
     except TimeoutError:
         process.kill()
         await process.wait()

@@ -214,4 +214,8 @@ class NodeInventory(ApiModel):
     physical_networks: list[str] = Field(
         default_factory=list, description="Physical networks the node has a bridge for."
     )
+    tunnel_endpoint: str | None = Field(
+        default=None,
+        description="The node's VXLAN tunnel endpoint address (None: no overlay to other nodes).",
+    )
     guests: list[GuestStatus] = Field(default_factory=list)

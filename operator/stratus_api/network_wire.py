@@ -11,9 +11,10 @@ Network no more.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stratus_api.guest import MAC_PATTERN
 from stratus_api.naming import UID_PATTERN
@@ -26,11 +27,22 @@ VXLAN_PORT = 4789  # IANA's
 class OverlayPeer(ApiModel):
     """Another node hosting the Network: its tunnel endpoint and its guests' MACs there."""
 
-    endpoint: str = Field(description="The node's tunnel endpoint (Hypervisor status).")
+    endpoint: str = Field(
+        description="The node's tunnel endpoint (Hypervisor status), an IPv4 or IPv6 address."
+    )
     macs: list[Annotated[str, Field(pattern=MAC_PATTERN)]] = Field(
         default_factory=list,
         description="MACs of the Network's NICs on that node: unicast to them goes there only.",
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        # Written the one way ipaddress writes it, so equal endpoints compare equal.
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
 
 
 class DhcpSubnet(ApiModel):

@@ -153,8 +153,10 @@ class NodeServices:
     def libvirt_running(self) -> bool:
         return _ok("virsh", "-c", LIBVIRT_URI, "version")
 
-    def up(self) -> list[str]:
-        """Start what is not running; return the names of what this call started."""
+    def up(self, *, libvirt: bool = True) -> list[str]:
+        """Start what is not running (Open vSwitch, and libvirt unless told not to: an
+        overlay test plugs no guest through it); return the names of what this call
+        started."""
         started = []
         if not self.ovs_running():
             ovsdb, vswitchd = self._ovs_daemons()
@@ -169,7 +171,7 @@ class NodeServices:
             vswitchd.start()
             _wait("ovs-vswitchd", ["ovs-vsctl", "--timeout=2", "show"], [ovsdb, vswitchd])
             started += ["ovsdb-server", "ovs-vswitchd"]
-        if not self.libvirt_running():
+        if libvirt and not self.libvirt_running():
             virtlogd, libvirtd = self._libvirt_daemons()
             if not _ok("pgrep", "-x", "virtlogd"):
                 virtlogd.start()

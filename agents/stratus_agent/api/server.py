@@ -17,12 +17,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from stratus_agent.api.events import EventHub
-from stratus_agent.base import ImageStore
+from stratus_agent.base import ImageStore, NetworkDriver
+from stratus_agent.errors import ProvisioningError
 from stratus_agent.manager.guests import GuestManager, StaleSpecError
 from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
+from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.validation import problems_of
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeVolumeSpec
 
@@ -38,7 +40,9 @@ IMAGES = web.AppKey("images", ImageStore)
 VOLUMES = web.AppKey("volumes", VolumeManager)
 SNAPSHOTS = web.AppKey("snapshots", SnapshotManager)
 PHYSICAL_NETWORKS = web.AppKey("physical_networks", list[str])
-Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec)
+NETWORKS = web.AppKey("networks", NetworkDriver)
+TUNNEL_ENDPOINT = web.AppKey("tunnel_endpoint", str)
+Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec, NodeNetworkSpec)
 
 
 class AgentMetrics:
@@ -145,6 +149,7 @@ async def inventory(request: web.Request) -> web.Response:
         cpu=cpu,
         memory_bytes=memory,
         physical_networks=request.app[PHYSICAL_NETWORKS],
+        tunnel_endpoint=request.app.get(TUNNEL_ENDPOINT),
         guests=await manager.inventory(),
     )
     return web.json_response(text=body.model_dump_json(by_alias=True))
@@ -173,6 +178,7 @@ guest_route = _uid_route("a guest")
 volume_route = _uid_route("a volume")
 snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
+network_route = _uid_route("a network")
 
 
 @guest_route
@@ -300,6 +306,45 @@ async def delete_snapshot(request: web.Request, uid: str) -> web.Response:
     return web.Response(status=204)
 
 
+def _networks(request: web.Request) -> NetworkDriver:
+    networks = request.app.get(NETWORKS)
+    if networks is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "this agent holds no networks"}),
+            content_type="application/json",
+        )
+    return networks
+
+
+async def network_inventory(request: web.Request) -> web.Response:
+    return web.json_response({"networks": _networks(request).networks()})
+
+
+@network_route
+async def put_network(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    spec = await _spec_of(request, uid, NodeNetworkSpec, "network")
+    if isinstance(spec, web.Response):
+        return spec
+    try:
+        await networks.ensure_network(spec)
+    except ProvisioningError as exc:
+        # Kept all the same: the agent's periodic check applies it once it can.
+        return _error(503, f"network {uid} kept, not applied yet: {exc}", reason=exc.reason.value)
+    return web.json_response({"uid": uid})
+
+
+@network_route
+async def delete_network(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    try:
+        deleted = await networks.remove_network(uid)
+    except ProvisioningError as exc:
+        return _error(503, f"network {uid} forgotten, flows not updated yet: {exc}",
+                      reason=exc.reason.value)  # fmt: skip
+    return web.json_response({"deleted": deleted})
+
+
 @image_route
 async def delete_image(request: web.Request, uid: str) -> web.Response:
     """The Image is gone: evict its cached file now, or once no guest's root disk uses it,
@@ -368,6 +413,8 @@ def create_app(
     volumes: VolumeManager | None = None,
     snapshots: SnapshotManager | None = None,
     physical_networks: Sequence[str] = (),
+    networks: NetworkDriver | None = None,
+    tunnel_endpoint: str | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
@@ -381,6 +428,10 @@ def create_app(
         app[VOLUMES] = volumes
     if snapshots is not None:
         app[SNAPSHOTS] = snapshots
+    if networks is not None:
+        app[NETWORKS] = networks
+    if tunnel_endpoint is not None:
+        app[TUNNEL_ENDPOINT] = tunnel_endpoint
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
@@ -396,6 +447,9 @@ def create_app(
     app.router.add_get("/v1/snapshots/{uid}", get_snapshot)
     app.router.add_put("/v1/snapshots/{uid}", put_snapshot)
     app.router.add_delete("/v1/snapshots/{uid}", delete_snapshot)
+    app.router.add_get("/v1/networks", network_inventory)
+    app.router.add_put("/v1/networks/{uid}", put_network)
+    app.router.add_delete("/v1/networks/{uid}", delete_network)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

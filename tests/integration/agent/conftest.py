@@ -394,6 +394,7 @@ async def start_agent(
             volumes=built.volumes,
             snapshots=built.snapshots,
             physical_networks=sorted(settings.network.physical_networks),
+            networks=built.network,
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

@@ -124,3 +124,68 @@ async def test_build_wires_the_drivers_the_config_names(tmp_path: Path) -> None:
         assert isinstance(real_storage.images, ImageCache)
     finally:
         await real_storage.manager.stop()
+
+
+def test_no_tunnel_by_default(tmp_path: Path) -> None:
+    assert load(tmp_path, "listen: {insecure: true}\n").network.tunnel is None
+
+
+def test_a_tunnel_with_patch_ports_on_the_default_ovs(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, "listen: {insecure: true}\nnetwork: {tunnel: {local_ip: 2001:DB8::1}}\n"
+    )
+    tunnel = config.network.tunnel
+    assert tunnel is not None
+    assert (tunnel.local_ip, tunnel.bridge, tunnel.link, tunnel.ovsdb) == (
+        "2001:db8::1",
+        "br-tun",
+        None,
+        None,
+    )
+
+
+def test_a_tunnel_on_another_ovs_with_a_veth_link(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "listen: {insecure: true}\nnetwork:\n  tunnel:\n    local_ip: 10.1.2.3\n"
+        "    ovsdb: unix:/run/n1/db.sock\n    rundir: /run/n1\n"
+        "    link: {int_port: l1i, tun_port: l1t}\n",
+    )
+    tunnel = config.network.tunnel
+    assert tunnel is not None and tunnel.link is not None
+    assert (tunnel.link.int_port, tunnel.link.tun_port, tunnel.rundir) == (
+        "l1i",
+        "l1t",
+        Path("/run/n1"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "message"),
+    [
+        (
+            "{local_ip: 10.1.2.300}",
+            "network.tunnel.local_ip: Value error, '10.1.2.300' is not an IPv4",
+        ),
+        (
+            "{local_ip: 10.0.0.1, bridge: a-bridge-name-too-long}",
+            "network.tunnel.bridge: String should match",
+        ),
+        ("{local_ip: 10.0.0.1, bridge: br-stratus}", "tunnel.bridge must differ from bridge"),
+        ("{local_ip: 10.0.0.1, ovsdb: unix:/x/db.sock}", "ovsdb and rundir go together"),
+        ("{local_ip: 10.0.0.1, ovsdb: unix:/x/db.sock, rundir: /x}", "needs a link"),
+        (
+            "{local_ip: 10.0.0.1, ovsdb: /x/db.sock, rundir: /x, link: {int_port: a, tun_port: b}}",
+            "network.tunnel.ovsdb",
+        ),
+        ("{local_ip: 10.0.0.1, link: {int_port: a, tun_port: a}}", "two different ends"),
+        (
+            "{local_ip: 10.0.0.1, link: {int_port: a-veth-name-too-long, tun_port: b}}",
+            "network.tunnel.link.int_port",
+        ),
+    ],
+)
+def test_bad_tunnel_settings_name_the_field(tmp_path: Path, tunnel: str, message: str) -> None:
+    with pytest.raises(agent_config.ConfigError) as err:
+        load(tmp_path, f"listen: {{insecure: true}}\nnetwork: {{tunnel: {tunnel}}}\n")
+    assert message in str(err.value)

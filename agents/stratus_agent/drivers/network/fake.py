@@ -1,4 +1,5 @@
-"""A network driver that plugs nothing, for the fake compute mode."""
+"""A network driver that plugs nothing, for the fake compute mode; it keeps node network
+specs in memory, so control-plane tests and benchmarks can send them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from collections.abc import Sequence
 
 from stratus_agent.base import NicBinding
 from stratus_api.guest import Nic
+from stratus_api.network_wire import NodeNetworkSpec
 
 
 class FakeNetworkDriver:
     bridge = "fake"
+
+    def __init__(self) -> None:
+        self.specs: dict[str, NodeNetworkSpec] = {}
 
     async def ensure_node(self) -> None:
         return None
@@ -22,3 +27,12 @@ class FakeNetworkDriver:
 
     async def check(self) -> None:
         return None
+
+    async def ensure_network(self, spec: NodeNetworkSpec) -> None:
+        self.specs[spec.uid] = spec
+
+    async def remove_network(self, uid: str) -> bool:
+        return self.specs.pop(uid, None) is not None
+
+    def networks(self) -> list[str]:
+        return sorted(self.specs)

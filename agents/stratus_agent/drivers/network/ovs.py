@@ -1,5 +1,6 @@
 """The OVS network driver: one Open vSwitch bridge on the node, through ovs-vsctl, with a
-local VLAN tag per Network on it (local_vlans.py), so Networks are isolated on the node.
+local VLAN tag per Network on it (local_vlans.py), so Networks are isolated on the node; with
+a tunnel configured, overlay Networks reach their guests on other nodes (tunnels.py).
 
 libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`, `<vlan>` with the tag)
 and tags the OVS Interface with external_ids:vm-id = the domain UUID, which is the Instance
@@ -9,99 +10,59 @@ UID; that tag is how leftover ports of a guest are found and removed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
 from stratus_agent import process
 from stratus_agent.base import NicBinding
+from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.local_vlans import LocalVlans
+from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
+from stratus_agent.drivers.network.tunnels import OverlaySegment, TunnelBridge
 from stratus_agent.errors import ProvisioningError
 from stratus_api.guest import Nic
+from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.reasons import GuestFailure
 from stratus_api.v1alpha1.network import NetworkType
 
 log = logging.getLogger(__name__)
 
 
-class OvsBridge:
-    def __init__(self, name: str, datapath_type: str, vsctl: str = "ovs-vsctl") -> None:
-        self.name = name
-        self.datapath_type = datapath_type
-        self._vsctl = vsctl
-
-    async def _vsctl_run(self, *args: str) -> str:
-        return (await process.run(self._vsctl, "--timeout=10", *args)).stdout
-
-    async def exists(self) -> bool:
-        # br-exists answers 2 for "no such bridge"; anything else is a real failure.
-        result = await process.run(self._vsctl, "--timeout=10", "br-exists", self.name, check=False)
-        if result.code in (0, 2):
-            return result.code == 0
-        raise process.CommandError(
-            (self._vsctl, "br-exists", self.name), result.code, result.stderr
-        )
-
-    async def ensure(self) -> bool:
-        """Make the bridge unless it exists (a read-only check, cheap enough for every
-        guest); True if it had to be made."""
-        if await self.exists():
-            return False
-        await self._vsctl_run(
-            "--may-exist", "add-br", self.name,
-            "--", "set", "Bridge", self.name, f"datapath_type={self.datapath_type}",
-        )  # fmt: skip
-        return True
-
-    async def ports_of(self, instance_uid: str) -> list[str]:
-        """OVS ports (interface names) plugged for an Instance."""
-        out = await self._vsctl_run(
-            "--format=json", "--columns=name", "find", "Interface",
-            f"external_ids:vm-id={instance_uid}",
-        )  # fmt: skip
-        return sorted(row[0] for row in json.loads(out)["data"])
-
-    async def port_tags(self) -> dict[str, int | None]:
-        """Every port on the bridge with its VLAN tag (None: untagged)."""
-        out = await self._vsctl_run("--format=json", "--columns=name,tag", "list", "Port")
-        ports = set((await self._vsctl_run("list-ports", self.name)).split())
-        found: dict[str, int | None] = {}
-        for name, tag in json.loads(out)["data"]:
-            if name in ports:
-                # OVSDB JSON: an empty optional column is ["set", []].
-                found[name] = tag if isinstance(tag, int) else None
-        return found
-
-    async def remove_ports(self, instance_uid: str) -> list[str]:
-        """Remove the Instance's ports; a port that cannot be removed is logged and skipped,
-        so the others still go."""
-        removed = []
-        for port in await self.ports_of(instance_uid):
-            try:
-                await self._vsctl_run("--if-exists", "del-port", port)
-            except process.CommandError as exc:
-                log.warning("cannot remove OVS port %s of %s: %s", port, instance_uid, exc)
-                continue
-            removed.append(port)
-        return removed
-
-
 class OvsNetworkDriver:
     """Every NIC on the one bridge, in its Network's local VLAN."""
 
     def __init__(
-        self, bridge: OvsBridge, vlans: LocalVlans, providers: dict[str, OvsBridge] | None = None
+        self,
+        bridge: OvsBridge,
+        vlans: LocalVlans,
+        providers: dict[str, OvsBridge] | None = None,
+        *,
+        specs: NetworkSpecFiles,
+        tunnel: TunnelBridge | None = None,
+        local_ip: str | None = None,
     ) -> None:
-        """`providers`: each physical network's bridge (the node admin's)."""
+        """`providers`: each physical network's bridge (the node admin's). `specs`: where
+        node network specs are kept (read now: blocking). `tunnel`: the overlay to other
+        nodes, reached at `local_ip` (None: overlay Networks stay on the node)."""
         self.bridge = bridge
         self.vlans = vlans
         self.providers = providers or {}
+        self.tunnel = tunnel
+        self.local_ip = local_ip
+        self._spec_files = specs
+        self._specs = specs.load()
         self._bridge_ready = asyncio.Lock()
         self._tags = asyncio.Lock()  # tags are given and released one change at a time
+        self._overlay = asyncio.Lock()  # the tunnel bridge is rebuilt one change at a time
 
     async def ensure_node(self) -> None:
-        """Checked on every plug and by the periodic check, never cached: someone may delete
-        the bridge (ovs-vsctl del-br) while the agent runs."""
+        """The integration bridge, and the tunnel bridge with its ports and flows. Checked
+        by the periodic check, never cached: someone may delete a bridge (ovs-vsctl del-br)
+        or its flows while the agent runs."""
+        await self._ensure_bridge()
+        await self._sync_overlay()
+
+    async def _ensure_bridge(self) -> None:
         async with self._bridge_ready:
             try:
                 if await self.bridge.ensure():
@@ -114,7 +75,7 @@ class OvsNetworkDriver:
 
     async def plug(self, uid: str, nics: Sequence[Nic]) -> tuple[NicBinding, ...]:
         if nics:
-            await self.ensure_node()
+            await self._ensure_bridge()
         bindings = []
         for index, nic in enumerate(nics):
             if nic.network_type is NetworkType.OVERLAY:
@@ -123,6 +84,8 @@ class OvsNetworkDriver:
                 bindings.append(NicBinding(bridge=self.bridge.name, vlan_tag=tag))
             else:
                 bindings.append(await self._provider(index, nic))
+        if any(nic.network_type is NetworkType.OVERLAY for nic in nics):
+            await self._sync_overlay()  # a Network new on the node gets its flows
         return tuple(bindings)
 
     async def _provider(self, index: int, nic: Nic) -> NicBinding:
@@ -166,6 +129,53 @@ class OvsNetworkDriver:
             for network in released:
                 log.info("network %s: no guest left on this node; its local VLAN is free",
                          network)  # fmt: skip
+        if released:
+            try:
+                await self._sync_overlay()  # their flows go with their tags
+            except ProvisioningError as exc:
+                log.warning("guest %s unplugged, overlay not updated yet: %s", uid, exc)
 
     async def check(self) -> None:
         await self.ensure_node()
+
+    async def ensure_network(self, spec: NodeNetworkSpec) -> None:
+        """Keep the Network's node spec (replacing the one before) and rebuild the overlay
+        with it; kept even when the overlay cannot be rebuilt now (the periodic check
+        tries again)."""
+        await asyncio.to_thread(self._spec_files.save, spec)
+        self._specs[spec.uid] = spec
+        await self._sync_overlay()
+
+    async def remove_network(self, uid: str) -> bool:
+        """Forget the Network's node spec and its overlay flows; True if there was one."""
+        removed = await asyncio.to_thread(self._spec_files.remove, uid)
+        held = self._specs.pop(uid, None) is not None
+        await self._sync_overlay()
+        return removed or held
+
+    def networks(self) -> list[str]:
+        return sorted(self._specs)
+
+    def _segments(self) -> list[OverlaySegment]:
+        """The overlay Networks with a guest here (a local tag) and a node spec."""
+        tags = self.vlans.tags()
+        segments = []
+        for uid, spec in self._specs.items():
+            tag = tags.get(uid)
+            if spec.type is NetworkType.OVERLAY and spec.segmentation_id and tag is not None:
+                peers = tuple(p for p in spec.peers if p.endpoint != self.local_ip)
+                segments.append(OverlaySegment(spec.segmentation_id, tag, peers))
+        return segments
+
+    async def _sync_overlay(self) -> None:
+        if self.tunnel is None:
+            return
+        async with self._overlay:
+            try:
+                await self.tunnel.ensure()
+                await self.tunnel.apply(self._segments())
+            except (process.CommandError, OSError) as exc:
+                raise ProvisioningError(
+                    GuestFailure.NETWORK_SETUP_FAILED,
+                    f"tunnel bridge {self.tunnel.bridge.name} cannot be ensured: {exc}",
+                ) from exc

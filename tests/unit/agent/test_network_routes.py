@@ -1,0 +1,146 @@
+"""The agent's /v1/networks routes and node network specs kept across restarts, over the
+fake network driver and the OVS driver's spec files (no OVS needed without a tunnel)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from stratus_agent import main as agent_main
+from stratus_agent.api.events import EventHub
+from stratus_agent.api.server import create_app
+from stratus_agent.drivers.compute.fake import FakeComputeDriver
+from stratus_agent.drivers.network.bridge import OvsBridge
+from stratus_agent.drivers.network.fake import FakeNetworkDriver
+from stratus_agent.drivers.network.local_vlans import LocalVlans
+from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
+from stratus_agent.drivers.network.ovs import OvsNetworkDriver
+from stratus_agent.manager.guests import GuestManager
+from stratus_api.network_wire import NodeNetworkSpec
+from testsupport import AGENT_AUTH as AUTH
+from testsupport import AGENT_TOKEN
+
+Client = TestClient[Any, Any]
+
+
+def network_spec(**overrides: Any) -> dict[str, Any]:
+    spec = {
+        "uid": str(uuid.uuid4()),
+        "namespace": "tenant",
+        "name": "net",
+        "type": "overlay",
+        "segmentationId": 1001,
+        "peers": [{"endpoint": "192.0.2.2", "macs": ["52:54:00:00:00:0b"]}],
+    }
+    return {**spec, **overrides}
+
+
+async def serve(
+    tmp_path: Path, networks: FakeNetworkDriver | None, **app: Any
+) -> AsyncIterator[Client]:
+    hub = EventHub()
+    manager = GuestManager(FakeComputeDriver(), agent_main.fake_provisioner(tmp_path), hub)
+    await manager.start()
+    created = create_app(manager, hub, token=AGENT_TOKEN, node="node-1", networks=networks, **app)
+    async with TestClient(TestServer(created)) as client:
+        yield client
+    await manager.stop()
+
+
+@pytest.fixture
+def driver() -> FakeNetworkDriver:
+    return FakeNetworkDriver()
+
+
+@pytest.fixture
+async def client(tmp_path: Path, driver: FakeNetworkDriver) -> AsyncIterator[Client]:
+    async for served in serve(tmp_path, driver, tunnel_endpoint="192.0.2.1"):
+        yield served
+
+
+async def test_put_list_delete(client: Client, driver: FakeNetworkDriver) -> None:
+    spec = network_spec()
+    uid = spec["uid"]
+    response = await client.put(f"/v1/networks/{uid}", json=spec, headers=AUTH)
+    assert response.status == 200, await response.text()
+    assert driver.specs[uid].peers[0].endpoint == "192.0.2.2"
+    listed = await (await client.get("/v1/networks", headers=AUTH)).json()
+    assert listed == {"networks": [uid]}
+    first = await client.delete(f"/v1/networks/{uid}", headers=AUTH)
+    again = await client.delete(f"/v1/networks/{uid}", headers=AUTH)
+    assert (await first.json(), await again.json()) == ({"deleted": True}, {"deleted": False})
+    assert (await (await client.get("/v1/networks", headers=AUTH)).json()) == {"networks": []}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"segmentationId": 0}, "segmentationId"),
+        ({"type": "mesh"}, "type"),
+        ({"peers": [{"endpoint": "node-b"}]}, "peers[0].endpoint"),
+        ({"peers": [{"endpoint": "192.0.2.2", "macs": ["52:54:00:zz:00:0b"]}]}, "peers[0].macs[0]"),
+        ({"mtu": 100}, "mtu"),
+    ],
+)
+async def test_a_bad_spec_is_refused_naming_the_field(
+    client: Client, driver: FakeNetworkDriver, change: dict[str, Any], field: str
+) -> None:
+    spec = network_spec(**change)
+    response = await client.put(f"/v1/networks/{spec['uid']}", json=spec, headers=AUTH)
+    body = await response.json()
+    assert response.status == 422, body
+    assert any(problem.startswith(f"{field}:") for problem in body["problems"]), body
+    assert driver.specs == {}
+
+
+async def test_the_uid_in_the_url_must_be_the_specs(client: Client) -> None:
+    spec = network_spec()
+    other = str(uuid.uuid4())
+    response = await client.put(f"/v1/networks/{other}", json=spec, headers=AUTH)
+    assert response.status == 422
+    assert "does not match the URL" in (await response.json())["error"]
+    bad = await client.put("/v1/networks/..%2f..%2fetc", json=spec, headers=AUTH)
+    assert bad.status in (400, 404)
+
+
+async def test_routes_need_the_token(client: Client) -> None:
+    spec = network_spec()
+    for method, path in [("GET", "/v1/networks"), ("PUT", f"/v1/networks/{spec['uid']}"),
+                         ("DELETE", f"/v1/networks/{spec['uid']}")]:  # fmt: skip
+        response = await client.request(method, path, json=spec)
+        assert response.status == 401, (method, path)
+
+
+async def test_inventory_reports_the_tunnel_endpoint(client: Client, tmp_path: Path) -> None:
+    body = await (await client.get("/v1/guests", headers=AUTH)).json()
+    assert body["tunnelEndpoint"] == "192.0.2.1"
+    async for plain in serve(tmp_path / "plain", None):
+        body = await (await plain.get("/v1/guests", headers=AUTH)).json()
+        assert body["tunnelEndpoint"] is None
+        response = await plain.get("/v1/networks", headers=AUTH)
+        assert response.status == 404
+
+
+async def test_the_ovs_driver_keeps_specs_across_a_restart(tmp_path: Path) -> None:
+    def driver() -> OvsNetworkDriver:
+        # No tunnel: nothing reaches OVS, only the spec files are written and read.
+        return OvsNetworkDriver(
+            OvsBridge("br-unused", "netdev"),
+            LocalVlans(tmp_path / "local-vlans.json"),
+            specs=NetworkSpecFiles(tmp_path / "specs"),
+        )
+
+    first = driver()
+    spec = NodeNetworkSpec.model_validate(network_spec())
+    await first.ensure_network(spec)
+    (tmp_path / "specs" / f"{uuid.uuid4()}.json").write_text("{not json")  # logged, left out
+    restarted = driver()
+    assert restarted.networks() == [spec.uid]
+    assert await restarted.remove_network(spec.uid)
+    assert not await restarted.remove_network(spec.uid)
+    assert driver().networks() == []
