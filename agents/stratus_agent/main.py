@@ -115,6 +115,8 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
 
         return FakeNetworkDriver()
     from stratus_agent.drivers.network.bridge import OvsBridge
+    from stratus_agent.drivers.network.dhcp import DhcpServers
+    from stratus_agent.drivers.network.guest_nics import GuestNics
     from stratus_agent.drivers.network.local_vlans import LocalVlans
     from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
     from stratus_agent.drivers.network.ovs import OvsNetworkDriver
@@ -133,6 +135,8 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         specs=NetworkSpecFiles(directory / "specs"),
         tunnel=None if tunnel is None else TunnelBridge(tunnel, integration, network.vsctl),
         local_ip=None if tunnel is None else tunnel.local_ip,
+        dhcp=DhcpServers(config.state_dir, network.bridge, network.vsctl),
+        guest_nics=GuestNics(directory / "guest-nics.json"),
     )
 
 

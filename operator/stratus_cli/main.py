@@ -132,16 +132,25 @@ def dev() -> None:
     help="Also a one-node Ceph cluster with cephx (DIR/ceph): one monitor, one OSD on a "
     "sparse 4 GiB file, pool `stratus`, user client.stratus.",
 )
-def up(state_dir: Path, control_plane_only: bool, with_ceph: bool) -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, allinone.MAX_NODES),
+    default=None,
+    help="Nodes to simulate on this machine (default: as at the last up, else 1): node 1 is "
+    "Hypervisor `local`, node K `local-K`, each with its own agent and bridge; with more "
+    "than one, each has its own network namespace, Open vSwitch and tunnel endpoint, and "
+    "overlay Networks span them over VXLAN.",
+)
+def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | None) -> None:
     """Start the local cloud (or find it running): the Kubernetes control plane with the
-    CRDs, Open vSwitch and libvirtd, one agent registered as Hypervisor `local`, the
-    operator, and an HTTP server for the test image; with --ceph, then a one-node Ceph
-    cluster (nothing uses it yet).
+    CRDs, Open vSwitch and libvirtd, one agent per node registered as Hypervisor `local`
+    (and `local-2`...), the operator, and an HTTP server for the test image; with --ceph,
+    then a one-node Ceph cluster registered as the CephPool `default`.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
     `eval "$(stratus dev up)"` sets up the calling shell.
     """
-    cloud = allinone.DevCloud(state_dir)
+    cloud = allinone.DevCloud(state_dir, nodes)
     start = time.monotonic()
     try:
         if control_plane_only:

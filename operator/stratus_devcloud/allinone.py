@@ -13,6 +13,7 @@ records in STATE/run, never the environment `up` ran in.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -22,9 +23,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stratus_agent.drivers.network.dhcp import DhcpServers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
 from stratus_devcloud import ceph, processes
@@ -43,8 +46,10 @@ from stratus_devcloud.nodeservices import (
     tool,
 )
 from stratus_devcloud.processes import Daemon
+from stratus_devcloud.simnodes import SimNodes
 
-NODE_NAME = "local"
+NODE_NAME = "local"  # node 1; node K is local-K
+HOSTNAME_LABEL = "kubernetes.io/hostname"  # on each Hypervisor: nodeSelector picks a node
 # The bridge every local cloud shared before bridges were named per state directory; no
 # longer used (see DevCloud.bridge). Kept for callers that import it.
 BRIDGE = "br-stratus"
@@ -60,18 +65,52 @@ DOWN_SETTLE_SECONDS = 90.0
 
 
 APP_NAMES = ("image-server", "stratus-agent", "stratus-operator")  # in start order
+MAX_NODES = 9  # node K's bridge is "stratusK-" plus 6 hex digits: 15 characters
+# Each simulated node's guests get QEMU users from a range of their own: two nodes sharing
+# one kernel must never give two guests the same UID.
+NODE_UID_FIRST, NODE_UID_COUNT = 1_900_000_000, 65_536
+
+
+@dataclass(frozen=True)
+class NodeSlot:
+    """One node of the local cloud: its agent, its bridge and its files. Node 1 keeps the
+    names a one-node cloud always had."""
+
+    index: int  # from 1
+    name: str
+    bridge: str
+    config_dir: Path  # STATE/agent[-K]: config, token, port
+    state_dir: Path  # the agent's state directory, under the node directory
+
+    @property
+    def daemon_name(self) -> str:
+        return "stratus-agent" if self.index == 1 else f"stratus-agent-{self.index}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "agent.yaml"
+
+    @property
+    def token(self) -> str:
+        return (self.config_dir / "token").read_text().strip()
 
 
 class DevCloud:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, nodes: int | None = None) -> None:
+        """`nodes`: how many nodes `up` makes (default: as recorded at the last `up`, else
+        one). Every node has an agent and a bridge of its own; with more than one, each also
+        has a tunnel endpoint of its own (simnodes.py) for the overlay between them."""
+        if nodes is not None and not 1 <= nodes <= MAX_NODES:
+            raise ControlPlaneError(f"--nodes: from 1 to {MAX_NODES}, not {nodes}")
+        self._nodes_wanted = nodes
         self.plane = LocalControlPlane(state_dir)
         self.state_dir = self.plane.state_dir
         self.digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()
         self.node = NodeServices(self.state_dir)
+        self.simnodes = SimNodes(self.state_dir)
         # Started only when asked (`stratus dev up --ceph`); nothing uses it yet.
         self.ceph = ceph.LocalCeph(self.state_dir)
         self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
-        self.agent_config = self.state_dir / "agent" / "agent.yaml"
         self.node_record = self.state_dir / "node.json"
         python = sys.executable
         self.image_server = Daemon(
@@ -80,16 +119,11 @@ class DevCloud:
              "--directory", str(self.node_dir / "served")),
             self.run_dir, self.log_dir,
         )  # fmt: skip
-        self.agent = Daemon(
-            "stratus-agent",
-            (python, "-m", "stratus_cli", "agent", "--config", str(self.agent_config)),
-            self.run_dir, self.log_dir,
-        )  # fmt: skip
 
     # -- node-side names, per state directory ---------------------------------------------
-    def _recorded_node(self) -> dict[str, str]:
+    def _recorded_node(self) -> dict[str, Any]:
         try:
-            found: dict[str, str] = json.loads(self.node_record.read_text())
+            found: dict[str, Any] = json.loads(self.node_record.read_text())
             return found
         except (OSError, ValueError):
             return {}
@@ -105,16 +139,49 @@ class DevCloud:
     def bridge(self) -> str:
         return self._recorded_node().get("bridge") or BRIDGE_PREFIX + self.digest[:7]
 
+    @property
+    def node_count(self) -> int:
+        recorded = self._recorded_node().get("nodes", 1)
+        return self._nodes_wanted or (recorded if isinstance(recorded, int) else 1)
+
+    @property
+    def nodes(self) -> list[NodeSlot]:
+        return [self.node_slot(index) for index in range(1, self.node_count + 1)]
+
+    def node_slot(self, index: int) -> NodeSlot:
+        if index == 1:
+            return NodeSlot(1, NODE_NAME, self.bridge, self.state_dir / "agent",
+                            self.node_dir / "agent")  # fmt: skip
+        name, bridge = f"{NODE_NAME}-{index}", f"stratus{index}-{self.digest[:6]}"
+        return NodeSlot(index, name, bridge, self.state_dir / f"agent-{index}",
+                        self.node_dir / f"agent-{index}")  # fmt: skip
+
+    def agent_daemon(self, node: NodeSlot) -> Daemon:
+        return Daemon(
+            node.daemon_name,
+            (sys.executable, "-m", "stratus_cli", "agent", "--config", str(node.config_file)),
+            self.run_dir, self.log_dir,
+        )  # fmt: skip
+
+    @property
+    def agent_config(self) -> Path:
+        return self.node_slot(1).config_file
+
     def _record_node(self) -> None:
         node = {"bridge": self.bridge, "node_dir": str(self.node_dir)}
+        if self.node_count > 1:
+            node["nodes"] = self.node_count  # type: ignore[assignment]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node_record.write_text(json.dumps(node, indent=2) + "\n")
 
     # -- ports ----------------------------------------------------------------------------
     @property
     def agent_port(self) -> int:
+        return self.port_of(self.node_slot(1))
+
+    def port_of(self, node: NodeSlot) -> int:
         """Chosen at first start and kept, like the control plane's (ports.json)."""
-        port_file = self.agent_config.parent / "port"
+        port_file = node.config_dir / "port"
         if not port_file.exists():
             port_file.parent.mkdir(parents=True, exist_ok=True)
             port_file.write_text(str(free_port()))
@@ -123,7 +190,8 @@ class DevCloud:
     def service_ports(self) -> list[int]:
         """This cloud's own service ports: no Image may be downloaded from them."""
         ports = self.plane.ports
-        return [ports.etcd_client, ports.etcd_peer, ports.apiserver, self.agent_port]
+        agents = [self.port_of(node) for node in self.nodes]
+        return [ports.etcd_client, ports.etcd_peer, ports.apiserver, *agents]
 
     @property
     def operator(self) -> Daemon:
@@ -143,8 +211,10 @@ class DevCloud:
         self._record_node()
         self.node.up()
         self._serve_test_image()
-        self._start_agent()
-        self._register_node()
+        for node in self.nodes:
+            tunnel = self._tunnel(node) if self.node_count > 1 else None
+            self._start_agent(node, tunnel)
+            self._register_node(node)
         self.operator.start()
 
     def up_ceph(self) -> ceph.CephCluster:
@@ -179,6 +249,18 @@ class DevCloud:
             raise ControlPlaneError(f"registering the Ceph pool failed: {result.stderr.strip()}")
         return cluster
 
+    def _tunnel(self, node: NodeSlot) -> dict[str, Any]:
+        """The node's simulated namespace, Open vSwitch and underlay address (simnodes.py),
+        as its agent's network.tunnel section."""
+        sim = self.simnodes.up(node.index)
+        return {
+            "local_ip": sim.local_ip,
+            "bridge": "br-tun",
+            "ovsdb": sim.ovsdb,
+            "rundir": str(sim.rundir),
+            "link": {"int_port": sim.int_port, "tun_port": sim.tun_port},
+        }
+
     def _serve_test_image(self) -> None:
         served = self.node_dir / "served"
         served.mkdir(parents=True, exist_ok=True)
@@ -197,25 +279,36 @@ class DevCloud:
         target.chmod(0o644)
         self.image_server.start()
 
-    def agent_settings(self) -> dict[str, Any]:
-        """The agent's configuration (stratus_agent.config.AgentConfig, as YAML/JSON)."""
+    def agent_settings(
+        self, node: NodeSlot | None = None, tunnel: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A node's agent configuration (stratus_agent.config.AgentConfig, as YAML/JSON);
+        node 1's by default. `tunnel`: its network.tunnel section, with several nodes."""
+        node = node or self.node_slot(1)
         pki = self.plane.pki_dir
+        network: dict[str, Any] = {"bridge": node.bridge, "datapath_type": "netdev"}
+        if tunnel is not None:
+            network["tunnel"] = tunnel
         return {
-            "node_name": NODE_NAME,
-            "token_file": str(self.agent_config.parent / "token"),
-            "state_dir": str(self.node_dir / "agent"),
+            "node_name": node.name,
+            "token_file": str(node.config_dir / "token"),
+            "state_dir": str(node.state_dir),
+            "isolation": {
+                "uid_first": NODE_UID_FIRST + (node.index - 1) * NODE_UID_COUNT,
+                "uid_count": NODE_UID_COUNT,
+            },
             "compute": "libvirt",
             "libvirt_uri": LIBVIRT_URI,
             "listen": {
                 "host": "127.0.0.1",
-                "port": self.agent_port,
+                "port": self.port_of(node),
                 # Explicit whatever the agent's default: the token and guest specs travel
                 # over TLS only.
                 "insecure": False,
                 "tls_cert_file": str(pki / "agent.crt"),
                 "tls_key_file": str(pki / "agent.key"),
             },
-            "network": {"bridge": self.bridge, "datapath_type": "netdev"},
+            "network": network,
             # Loopback is refused by default: this cloud's image server is the one exception,
             # and none of its own service ports may ever serve an image.
             "images": {
@@ -226,30 +319,30 @@ class DevCloud:
             },
         }
 
-    def _start_agent(self) -> None:
-        agent_dir = self.agent_config.parent
-        agent_dir.mkdir(parents=True, exist_ok=True)
-        token = agent_dir / "token"
+    def _start_agent(self, node: NodeSlot, tunnel: dict[str, Any] | None) -> None:
+        node.config_dir.mkdir(parents=True, exist_ok=True)
+        token = node.config_dir / "token"
         if not token.exists():
             token.write_text(secrets.token_urlsafe(32))
             token.chmod(0o600)
-        self.agent_config.write_text(json.dumps(self.agent_settings(), indent=2) + "\n")
-        self.agent.start()
+        settings = self.agent_settings(node, tunnel)
+        node.config_file.write_text(json.dumps(settings, indent=2) + "\n")
+        agent = self.agent_daemon(node)
+        agent.start()
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if self._agent_answers():
+            if self._agent_answers(node):
                 return
-            if not self.agent.running():
-                log, tail = self.agent.log_file, self.agent.log_tail()
-                raise ControlPlaneError(f"the agent exited; last lines of {log}:\n{tail}")
+            if not agent.running():
+                log, tail = agent.log_file, agent.log_tail()
+                raise ControlPlaneError(f"agent {node.name} exited; last lines of {log}:\n{tail}")
             time.sleep(0.2)
-        raise ControlPlaneError(f"the agent did not answer; see {self.agent.log_file}")
+        raise ControlPlaneError(f"agent {node.name} did not answer; see {agent.log_file}")
 
-    def _agent_answers(self) -> bool:
-        token = (self.agent_config.parent / "token").read_text().strip()
+    def _agent_answers(self, node: NodeSlot) -> bool:
         request = urllib.request.Request(
-            f"https://127.0.0.1:{self.agent_port}/healthz",
-            headers={"Authorization": f"Bearer {token}"},
+            f"https://127.0.0.1:{self.port_of(node)}/healthz",
+            headers={"Authorization": f"Bearer {node.token}"},
         )
         try:
             with urllib.request.urlopen(request, context=self.plane.ssl_context(), timeout=5):
@@ -257,10 +350,9 @@ class DevCloud:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _register_node(self) -> None:
-        token = (self.agent_config.parent / "token").read_text().strip()
+    def _register_node(self, node: NodeSlot) -> None:
         ca = (self.plane.pki_dir / "ca.crt").read_text()
-        secret_name = f"agent-{NODE_NAME}"
+        secret_name = f"agent-{node.name}"
         manifests = {
             "apiVersion": "v1",
             "kind": "List",
@@ -269,10 +361,10 @@ class DevCloud:
                  "metadata": {"name": AGENT_SYSTEM_NAMESPACE}},
                 {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                  "metadata": {"name": secret_name, "namespace": AGENT_SYSTEM_NAMESPACE},
-                 "stringData": {"token": token, "ca.crt": ca}},
+                 "stringData": {"token": node.token, "ca.crt": ca}},
                 {"apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor",
-                 "metadata": {"name": NODE_NAME},
-                 "spec": {"endpoint": f"https://127.0.0.1:{self.agent_port}",
+                 "metadata": {"name": node.name, "labels": {HOSTNAME_LABEL: node.name}},
+                 "spec": {"endpoint": f"https://127.0.0.1:{self.port_of(node)}",
                           "tokenSecretRef": {"namespace": AGENT_SYSTEM_NAMESPACE,
                                              "name": secret_name}}},
             ],
@@ -288,14 +380,17 @@ class DevCloud:
     def down(self) -> processes.StopReport:
         """Stop what the records in STATE/run prove ours, remove this cloud's guests, bridge
         and node files; leave everything else, and say what was left and why."""
-        report = processes.stop_all(self.run_dir, APP_NAMES)
+        agents = tuple(node.daemon_name for node in self.nodes)
+        report = processes.stop_all(self.run_dir, ("image-server", *agents, "stratus-operator"))
         self._remove_node_state()
+        report.notes.extend(f"removed {what}" for what in self.simnodes.down())
         report.add(self.ceph.down())
         report.add(self.node.stop())
         report.add(self.plane.stop())
         # Records of names this version does not know; OVS and libvirtd, which node.stop()
         # may have left running on purpose, are not among them.
-        known = {*APP_NAMES, *ceph.DAEMON_NAMES, *OVS_NAMES, *LIBVIRT_NAMES, *DAEMON_NAMES}
+        known = {*APP_NAMES, *agents, *ceph.DAEMON_NAMES, *OVS_NAMES, *LIBVIRT_NAMES,
+                 *DAEMON_NAMES}  # fmt: skip
         unknown = tuple(r.name for r in processes.recorded(self.run_dir) if r.name not in known)
         if unknown:
             report.add(processes.stop_all(self.run_dir, unknown))
@@ -322,9 +417,22 @@ class DevCloud:
                 time.sleep(0 if removed else 1.0)
         recorded = self._recorded_node()
         if "bridge" in recorded and self.node.ovs_running():
-            subprocess.run([tool("ovs-vsctl"), "--timeout=10", "--if-exists", "del-br",
-                            recorded["bridge"]], capture_output=True, check=False)  # fmt: skip
+            for node in self.nodes:
+                self._remove_dhcp_servers(node)
+                subprocess.run([tool("ovs-vsctl"), "--timeout=10", "--if-exists", "del-br",
+                                node.bridge], capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.node_dir, ignore_errors=True)
+
+    @staticmethod
+    def _remove_dhcp_servers(node: NodeSlot) -> None:
+        """dnsmasq outlives its agent on purpose (leases survive a restart): stop it, with
+        its namespace and port, as the agent's sweep does."""
+        servers = DhcpServers(node.state_dir, node.bridge, tool("ovs-vsctl"))
+        try:
+            asyncio.run(servers.sweep(()))
+        except Exception as exc:  # down goes on; the rest is removed below
+            print(f"stratus dev: DHCP servers of {node.name} not all removed: {exc}",
+                  file=sys.stderr)  # fmt: skip
 
     def _remove_domains(self) -> int:
         listed = subprocess.run(
@@ -342,12 +450,15 @@ class DevCloud:
     def console_log(self, namespace: str, name: str) -> str:
         """The serial console log of an Instance running on this node."""
         got = self.plane.kubectl_run(
-            "get", "instance", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}",
+            "get", "instance", name, "-n", namespace,
+            "-o", "jsonpath={.metadata.uid} {.status.node}",
             check=False,
         )  # fmt: skip
         if got.returncode != 0:
             raise ControlPlaneError(got.stderr.strip())
-        log = self.node_dir / "agent" / "guests" / naming.console_log_file(got.stdout.strip())
+        uid, _, node_name = got.stdout.strip().partition(" ")
+        node = next((n for n in self.nodes if n.name == node_name), self.node_slot(1))
+        log = node.state_dir / "guests" / naming.console_log_file(uid)
         if not log.exists():
             raise ControlPlaneError(f"no console log yet for {namespace}/{name} ({log})")
         return log.read_text(errors="replace")

@@ -91,6 +91,7 @@ def with_probe(
             # The node's own pools; a Ceph pool's figures go to its CephPool.
             "storage": [storage_pool(p) for p in found.pools if p.pool_uid is None],
             "physical_networks": sorted(inventory.physical_networks),
+            "tunnel_endpoint": inventory.tunnel_endpoint,
             "virt_type": virt,
             "capacity": capacity,
             "allocatable": Resources(cpu=free.cpu, memory=ByteQuantity(free.memory_bytes)),

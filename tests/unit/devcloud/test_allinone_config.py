@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from stratus_agent import config as agent_config
 from stratus_api import sources
 from stratus_cli import main as cli_main
 from stratus_devcloud import allinone
+from stratus_devcloud.controlplane import ControlPlaneError
 from testsupport import REPO_ROOT
 
 EXAMPLE_IMAGE_URL = yaml.safe_load((REPO_ROOT / "examples" / "image.yaml").read_text())["spec"][
@@ -113,3 +115,27 @@ def test_bad_image_policy_options_are_refused(args: list[str], complaint: str) -
     result = CliRunner().invoke(cli_main.cli, ["operator", *args])
     assert result.exit_code == 2
     assert complaint in result.output
+
+
+def test_each_node_of_a_several_node_cloud_has_its_own_names_ports_and_guest_users(
+    tmp_path: Path,
+) -> None:
+    cloud = allinone.DevCloud(tmp_path / "dev", nodes=3)
+    nodes = cloud.nodes
+    assert [n.name for n in nodes] == ["local", "local-2", "local-3"]
+    assert nodes[0].bridge == cloud.bridge  # node 1 keeps a one-node cloud's names
+    assert len({n.bridge for n in nodes}) == 3 and all(len(n.bridge) <= 15 for n in nodes)
+    assert len({cloud.port_of(n) for n in nodes}) == 3
+    tunnel = {"local_ip": "10.250.0.2", "bridge": "br-tun", "ovsdb": "unix:/x/db.sock",
+              "rundir": "/x", "link": {"int_port": "vi", "tun_port": "vt"}}  # fmt: skip
+    configs = [agent_config.AgentConfig.model_validate(cloud.agent_settings(n, tunnel))
+               for n in nodes]  # fmt: skip
+    ranges = [range(c.isolation.uid_first, c.isolation.uid_first + c.isolation.uid_count)
+              for c in configs]  # fmt: skip
+    assert all(a.stop <= b.start for a, b in itertools.pairwise(ranges))
+    assert len({c.state_dir for c in configs}) == 3
+    assert configs[1].network.tunnel is not None
+    assert str(configs[1].network.tunnel.local_ip) == "10.250.0.2"
+    assert set(cloud.service_ports()) >= {cloud.port_of(n) for n in nodes}
+    with pytest.raises(ControlPlaneError, match="--nodes"):
+        allinone.DevCloud(tmp_path / "dev", nodes=allinone.MAX_NODES + 1)

@@ -1,6 +1,8 @@
 """The OVS network driver: one Open vSwitch bridge on the node, through ovs-vsctl, with a
 local VLAN tag per Network on it (local_vlans.py), so Networks are isolated on the node; with
-a tunnel configured, overlay Networks reach their guests on other nodes (tunnels.py).
+a tunnel configured, overlay Networks reach their guests on other nodes (tunnels.py); each
+overlay Network with DHCP on in its node spec gets a DHCP server for its local guests
+(dhcp.py), with their NICs as reservations (guest_nics.py).
 
 libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`, `<vlan>` with the tag)
 and tags the OVS Interface with external_ids:vm-id = the domain UUID, which is the Instance
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 from stratus_agent import process
 from stratus_agent.base import NicBinding
 from stratus_agent.drivers.network.bridge import OvsBridge
+from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
+from stratus_agent.drivers.network.guest_nics import GuestNic, GuestNics
 from stratus_agent.drivers.network.local_vlans import LocalVlans
 from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
 from stratus_agent.drivers.network.tunnels import OverlaySegment, TunnelBridge
@@ -40,6 +44,8 @@ class OvsNetworkDriver:
         specs: NetworkSpecFiles,
         tunnel: TunnelBridge | None = None,
         local_ip: str | None = None,
+        dhcp: DhcpServers | None = None,
+        guest_nics: GuestNics | None = None,
     ) -> None:
         """`providers`: each physical network's bridge (the node admin's). `specs`: where
         node network specs are kept (read now: blocking). `tunnel`: the overlay to other
@@ -54,6 +60,9 @@ class OvsNetworkDriver:
         self._bridge_ready = asyncio.Lock()
         self._tags = asyncio.Lock()  # tags are given and released one change at a time
         self._overlay = asyncio.Lock()  # the tunnel bridge is rebuilt one change at a time
+        self.dhcp = dhcp
+        self._guest_nics = guest_nics
+        self._dhcp_lock = asyncio.Lock()
 
     async def ensure_node(self) -> None:
         """The integration bridge, and the tunnel bridge with its ports and flows. Checked
@@ -61,6 +70,7 @@ class OvsNetworkDriver:
         or its flows while the agent runs."""
         await self._ensure_bridge()
         await self._sync_overlay()
+        await self._sync_dhcp(self._served(), sweep=True)
 
     async def _ensure_bridge(self) -> None:
         async with self._bridge_ready:
@@ -86,6 +96,7 @@ class OvsNetworkDriver:
                 bindings.append(await self._provider(index, nic))
         if any(nic.network_type is NetworkType.OVERLAY for nic in nics):
             await self._sync_overlay()  # a Network new on the node gets its flows
+        await self._record_nics(uid, nics)
         return tuple(bindings)
 
     async def _provider(self, index: int, nic: Nic) -> NicBinding:
@@ -134,6 +145,7 @@ class OvsNetworkDriver:
                 await self._sync_overlay()  # their flows go with their tags
             except ProvisioningError as exc:
                 log.warning("guest %s unplugged, overlay not updated yet: %s", uid, exc)
+        await self._record_nics(uid, ())
 
     async def check(self) -> None:
         await self.ensure_node()
@@ -145,12 +157,14 @@ class OvsNetworkDriver:
         await asyncio.to_thread(self._spec_files.save, spec)
         self._specs[spec.uid] = spec
         await self._sync_overlay()
+        await self._sync_dhcp({spec.uid})
 
     async def remove_network(self, uid: str) -> bool:
         """Forget the Network's node spec and its overlay flows; True if there was one."""
         removed = await asyncio.to_thread(self._spec_files.remove, uid)
         held = self._specs.pop(uid, None) is not None
         await self._sync_overlay()
+        await self._sync_dhcp({uid})
         return removed or held
 
     def networks(self) -> list[str]:
@@ -179,3 +193,45 @@ class OvsNetworkDriver:
                     GuestFailure.NETWORK_SETUP_FAILED,
                     f"tunnel bridge {self.tunnel.bridge.name} cannot be ensured: {exc}",
                 ) from exc
+
+    async def _record_nics(self, uid: str, nics: Sequence[Nic]) -> None:
+        if self._guest_nics is None:
+            return
+        book = self._guest_nics
+        found = tuple(GuestNic(n.network_uid, n.mac, n.address) for n in nics)
+        changed = await asyncio.to_thread(book.record, uid, found)
+        await self._sync_dhcp(changed)
+
+    async def _sync_dhcp(self, network_uids: set[str], *, sweep: bool = False) -> None:
+        """A DHCP server for each of these Networks that has one here (an overlay Network
+        with a local guest and DHCP subnets in its spec), with its guests' reservations;
+        none for the others. Failures are logged, not raised: the guests have their static
+        addresses from the seed, and the periodic check tries again."""
+        if self.dhcp is None or self._guest_nics is None:
+            return
+        async with self._dhcp_lock:
+            tags = self.vlans.tags()
+            for uid in sorted(network_uids):
+                try:
+                    await self._sync_dhcp_of(uid, tags.get(uid))
+                except (ProvisioningError, ValueError) as exc:
+                    log.warning("network %s: DHCP server not in order yet: %s", uid, exc)
+            if sweep:
+                for leftover in await self.dhcp.sweep(self._served()):
+                    log.info("network %s: removed its leftover DHCP server", leftover)
+
+    def _served(self) -> set[str]:
+        """The Networks with a DHCP server here: overlay, DHCP in the spec, a local guest."""
+        tags = self.vlans.tags()
+        return {uid for uid, spec in self._specs.items()
+                if uid in tags and spec.dhcp and spec.type is NetworkType.OVERLAY}  # fmt: skip
+
+    async def _sync_dhcp_of(self, uid: str, tag: int | None) -> None:
+        assert self.dhcp is not None and self._guest_nics is not None
+        spec = self._specs.get(uid)
+        if spec is None or tag is None or uid not in self._served():
+            await self.dhcp.remove(uid)
+            return
+        nics = self._guest_nics.on_network(uid)
+        hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
+        await self.dhcp.ensure(uid, tag, spec.mtu, spec.dhcp, hosts)
