@@ -289,7 +289,9 @@ class NetworkStatus(ApiModel):
         json_schema_extra=list_map("node"),
     )
     allocated: int | None = Field(
-        default=None, ge=0, description="Addresses handed out to instances."
+        default=None,
+        ge=0,
+        description="Addresses in use: instances' and the nodes' DHCP servers'.",
     )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
