@@ -377,6 +377,9 @@ class NetworkDriver(Protocol):
     def networks(self) -> list[str]:
         """UIDs of the Networks whose node spec is kept."""
 
+    def network(self, uid: str) -> NodeNetworkSpec | None:
+        """The Network's node spec, as kept."""
+
 
 class SeedDrive(Protocol):
     """The guest's first-boot configuration medium (cloud-init NoCloud)."""

@@ -114,11 +114,12 @@ def start_fake_agent(cluster: Cluster, tmp_path: Path) -> Iterator[StartFakeAgen
 
     def start(
         cpu: int = 1024, volume_pool: int = 2**50, backends: tuple[str, ...] = ("file",),
-        physical_networks: dict[str, str] | None = None, **spec: Any,
+        physical_networks: dict[str, str] | None = None, tunnel_ip: str | None = None,
+        **spec: Any,
     ) -> FakeAgent:  # fmt: skip
         agent = _fake_agent(
             cluster, tmp_path / f"agent-{len(started)}", cpu, volume_pool, spec, backends,
-            physical_networks or {},
+            physical_networks or {}, tunnel_ip,
         )  # fmt: skip
         started.append(agent)
         return agent
@@ -146,6 +147,7 @@ def _fake_agent(
     spec: dict[str, Any],
     backends: tuple[str, ...] = ("file",),
     physical_networks: dict[str, str] | None = None,
+    tunnel_ip: str | None = None,
 ) -> FakeAgent:
     tmp_path.mkdir(parents=True)
     name = f"fake-{uuid.uuid4().hex[:8]}"
@@ -155,12 +157,15 @@ def _fake_agent(
     token_file.chmod(0o600)
     port = free_port()
     config = tmp_path / "agent.yaml"
+    network = {"physical_networks": physical_networks or {}}
+    if tunnel_ip is not None:
+        network["tunnel"] = {"local_ip": tunnel_ip}  # type: ignore[dict-item]
     config.write_text(
         f"node_name: {name}\ntoken_file: {token_file}\nstate_dir: {tmp_path / 'state'}\n"
         f"compute: fake\nlisten: {{host: 127.0.0.1, port: {port}, insecure: true}}\n"
         f"heartbeat_seconds: 2\nfake: {{cpu: {cpu}, volume_pool_bytes: {volume_pool}, "
         f"volume_backends: [{', '.join(backends)}]}}\n"
-        f"network: {{physical_networks: {json.dumps(physical_networks or {})}}}\n"
+        f"network: {json.dumps(network)}\n"
     )
     agent = FakeAgent(name, f"http://127.0.0.1:{port}", token, config, tmp_path / "agent.log")
     agent.start()

@@ -6,12 +6,13 @@ Instances use it."""
 from __future__ import annotations
 
 import json
+import urllib.error
 from typing import TYPE_CHECKING, Any
 
-from testsupport import Cluster, apply, basics, condition, instance, wait_until
+from testsupport import Cluster, apply, basics, condition, instance, statuses, wait_until
 
 if TYPE_CHECKING:
-    from conftest import ImageServer, Operator, StartFakeAgent
+    from conftest import FakeAgent, ImageServer, Operator, StartFakeAgent
 
 
 def network(name: str, cidr: str = "10.40.0.0/24", **spec: Any) -> dict[str, Any]:
@@ -101,3 +102,61 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
     names = {n["metadata"]["name"] for n in cluster.get_json("networks", "-n", namespace)["items"]}
     assert names == {"green", "second", "elsewhere"}, json.dumps(sorted(names))
     cluster.kubectl("-n", namespace, "delete", "instance", "unwired", "stuck")
+
+
+def test_each_node_hosting_a_network_hears_of_the_others_and_serves_dhcp(
+    cluster: Cluster,
+    namespace: str,
+    start_fake_agent: StartFakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    """l2population through the real API server: every node hosting an overlay Network is
+    told the other hosting nodes' tunnel endpoints and their guests' MACs, and its DHCP
+    server's address; a node whose last guest of it goes is told to forget it."""
+    nodes = [start_fake_agent(tunnel_ip=f"10.99.0.{k}") for k in (1, 2, 3)]
+    apply(cluster, namespace, *basics(image_server.url()), *(
+        instance(f"vm-{k}", nodeSelector={"stratus.io/test": node.name})
+        for k, node in enumerate(nodes)))  # fmt: skip
+    wait_until("all three Running", lambda: all(
+        s.get("phase") == "Running" for s in statuses(cluster, namespace).values())
+        and len(statuses(cluster, namespace)) == 3)  # fmt: skip
+    net_uid = cluster.get_json("network", "net", "-n", namespace)["metadata"]["uid"]
+    macs = {s["node"]: s["interfaces"][0]["mac"] for s in statuses(cluster, namespace).values()}
+    endpoints = {node.name: f"10.99.0.{k}" for k, node in zip((1, 2, 3), nodes, strict=True)}
+
+    def told(node: FakeAgent) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = node.request("GET", f"/v1/networks/{net_uid}")
+            return found
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            return None
+
+    def peers(node: FakeAgent) -> dict[str, list[str]]:
+        spec = told(node) or {}
+        return {p["endpoint"]: p["macs"] for p in spec.get("peers", [])}
+
+    for node in nodes:
+        expected = {endpoints[o.name]: [macs[o.name]] for o in nodes if o is not node}
+        wait_until(f"{node.name} told its peers", lambda n=node, e=expected: peers(n) == e)
+    spec = told(nodes[0]) or {}
+    assert spec["segmentationId"] == status_of(cluster, namespace, "network", "net")[
+        "segmentationId"] and spec["mtu"] == 1450  # fmt: skip
+    [dhcp] = spec["dhcp"]
+    servers = {s["node"]: s["addresses"] for s in status_of(
+        cluster, namespace, "network", "net")["dhcpServers"]}  # fmt: skip
+    assert sorted(servers) == sorted(n.name for n in nodes)
+    assert dhcp == {"cidr": "10.30.0.0/24", "serverAddress": servers[nodes[0].name][0],
+                    "gateway": "10.30.0.1", "dnsServers": [], "leaseSeconds": 86400}  # fmt: skip
+    assert len({a[0] for a in servers.values()}) == 3
+
+    # The last guest on node 3 goes: node 3 forgets the Network, the others forget node 3,
+    # and its DHCP server's address is free again.
+    cluster.kubectl("delete", "instance", "vm-2", "-n", namespace)
+    wait_until("node 3 told to forget", lambda: told(nodes[2]) is None)
+    wait_until("node 1 forgot node 3",
+               lambda: sorted(peers(nodes[0])) == [endpoints[nodes[1].name]])  # fmt: skip
+    wait_until("node 3's DHCP address released", lambda: sorted(
+        s["node"] for s in status_of(cluster, namespace, "network", "net")["dhcpServers"])
+        == sorted(n.name for n in nodes[:2]))  # fmt: skip

@@ -321,6 +321,14 @@ async def network_inventory(request: web.Request) -> web.Response:
 
 
 @network_route
+async def get_network(request: web.Request, uid: str) -> web.Response:
+    spec = _networks(request).network(uid)
+    if spec is None:
+        return _error(404, f"network {uid} is not kept here")
+    return web.json_response(text=spec.model_dump_json(by_alias=True))
+
+
+@network_route
 async def put_network(request: web.Request, uid: str) -> web.Response:
     networks = _networks(request)
     spec = await _spec_of(request, uid, NodeNetworkSpec, "network")
@@ -448,6 +456,7 @@ def create_app(
     app.router.add_put("/v1/snapshots/{uid}", put_snapshot)
     app.router.add_delete("/v1/snapshots/{uid}", delete_snapshot)
     app.router.add_get("/v1/networks", network_inventory)
+    app.router.add_get("/v1/networks/{uid}", get_network)
     app.router.add_put("/v1/networks/{uid}", put_network)
     app.router.add_delete("/v1/networks/{uid}", delete_network)
     app.router.add_get("/v1/events", events)

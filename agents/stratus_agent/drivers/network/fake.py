@@ -36,3 +36,6 @@ class FakeNetworkDriver:
 
     def networks(self) -> list[str]:
         return sorted(self.specs)
+
+    def network(self, uid: str) -> NodeNetworkSpec | None:
+        return self.specs.get(uid)

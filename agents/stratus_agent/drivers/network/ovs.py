@@ -170,6 +170,9 @@ class OvsNetworkDriver:
     def networks(self) -> list[str]:
         return sorted(self._specs)
 
+    def network(self, uid: str) -> NodeNetworkSpec | None:
+        return self._specs.get(uid)
+
     def _segments(self) -> list[OverlaySegment]:
         """The overlay Networks with a guest here (a local tag) and a node spec."""
         tags = self.vlans.tags()
