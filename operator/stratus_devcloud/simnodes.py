@@ -78,7 +78,7 @@ class SimNodes:
         """Make node `index` (1-254) unless it is up; idempotent."""
         if not 1 <= index <= MAX_NODES:
             raise ValueError(f"simulated node index {index}: must be 1-{MAX_NODES}")
-        node = self._node(index)
+        node = self.node(index)
         self._ensure_underlay_bridge()
         if node.netns not in _netns_names():
             _ip("netns", "add", node.netns)
@@ -113,7 +113,8 @@ class SimNodes:
         shutil.rmtree(self.directory, ignore_errors=True)
         return removed
 
-    def _node(self, index: int) -> SimNode:
+    def node(self, index: int) -> SimNode:
+        """Node `index` as it is named and addressed (made or not)."""
         home = self.directory / str(index)
         return SimNode(
             index=index,
