@@ -175,7 +175,7 @@ def test_user_data_limits_and_binary_user_data(
     assert node.guest_uids() == set()
 
 
-def test_a_mac_is_unique_on_its_network(
+def test_a_mac_and_a_fixed_ip_are_unique_on_their_network(
     cluster: Cluster,
     namespace: str,
     start_fake_agent: StartFakeAgent,
@@ -202,6 +202,12 @@ def test_a_mac_is_unique_on_its_network(
     found = wait_until("the second NIC refused", stalled(cluster, namespace, "second"))
     assert found["reason"] == "AddressUnavailable"
     assert found["message"] == f"spec.networks[0].mac: {mac} is already in use on this network"
+    # So is a fixed IP another NIC holds.
+    taken = cluster.get_json("instance", "first", "-n", namespace)["status"]["interfaces"][0]["ip"]
+    apply(cluster, namespace, instance("third", nodeSelector=selector,
+                                       networks=[{"name": "net", "ip": taken}]))  # fmt: skip
+    found = wait_until("the third NIC refused", stalled(cluster, namespace, "third"))
+    assert found["message"] == f"spec.networks[0].ip: {taken} is already in use on this network"
     assert len(node.guest_uids()) == 1
 
 
