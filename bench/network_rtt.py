@@ -27,7 +27,7 @@ from pathlib import Path
 from lxml import etree
 
 from stratus_devcloud.allinone import DevCloud
-from stratus_devcloud.controlplane import REPO_ROOT
+from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError
 
 URI = "qemu:///system"
 BASELINE_BRIDGE = "bench-rtt"
@@ -66,6 +66,13 @@ def wait_for(
             return found
         time.sleep(1)
     raise TimeoutError(pattern.pattern)
+
+
+def console(cloud: DevCloud, name: str) -> str:
+    try:
+        return cloud.console_log("default", name)
+    except ControlPlaneError:  # not booted yet
+        return ""
 
 
 def plain_copy(xml: str, copy_dir: Path, name: str) -> tuple[Path, Path]:
@@ -132,7 +139,7 @@ def main() -> None:
                        text=True)  # fmt: skip
         results = {}
         for name in ("same-node", "other-node"):
-            read = lambda n=name: cloud.console_log("default", n)  # noqa: E731
+            read = lambda n=name: console(cloud, n)  # noqa: E731
             results[name] = (wait_for(read, SUMMARY), wait_for(read, LOSS))
 
         # The baseline: the server and the same-node pinger again, by hand, on a bare bridge.

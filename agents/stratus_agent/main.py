@@ -135,7 +135,10 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         specs=NetworkSpecFiles(directory / "specs"),
         tunnel=None if tunnel is None else TunnelBridge(tunnel, integration, network.vsctl),
         local_ip=None if tunnel is None else tunnel.local_ip,
-        dhcp=DhcpServers(config.state_dir, network.bridge, network.vsctl),
+        dhcp={
+            bridge.name: DhcpServers(config.state_dir, bridge.name, network.vsctl)
+            for bridge in (integration, *providers.values())
+        },
         guest_nics=GuestNics(directory / "guest-nics.json"),
     )
 

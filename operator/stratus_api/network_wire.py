@@ -66,6 +66,9 @@ class NodeNetworkSpec(ApiModel):
     segmentation_id: int | None = Field(
         default=None, ge=1, le=VNI_MAX, description="overlay: the VNI on the wire."
     )
+    physical_network: str | None = Field(
+        default=None, description="vlan and flat: the physical network (the node's bridge)."
+    )
     mtu: int = Field(default=1450, ge=576, le=9000)
     peers: list[OverlayPeer] = Field(
         default_factory=list,

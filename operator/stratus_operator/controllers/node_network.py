@@ -25,11 +25,7 @@ def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[s
 
 
 def dhcp_subnets(network: Network) -> list[Subnet]:
-    """The subnets whose guests get DHCP answers from their nodes: IPv4 ones with dhcp on,
-    of overlay Networks. (A vlan or flat Network's guests sit on the admin's bridge, not on
-    the integration bridge where the DHCP servers are: not served yet.)"""
-    if network.spec.type is not NetworkType.OVERLAY:
-        return []
+    """The subnets whose guests get DHCP answers from their nodes: IPv4 ones with dhcp on."""
     return [s for s in network.spec.subnets if s.dhcp and s.network.version == 4]
 
 
@@ -60,6 +56,7 @@ def node_specs(
             name=network.metadata.name or "",
             type=spec.type,
             segmentation_id=segment,
+            physical_network=spec.physical_network,
             mtu=spec.effective_mtu(),
             peers=peers,
             dhcp=[

@@ -1,7 +1,8 @@
 """DHCP for the node's guests: one dnsmasq per Network, as Neutron's DHCP agent serves them.
 
 Per Network on this node: a network namespace holding one OVS internal port on the
-integration bridge, tagged with the Network's local VLAN and holding the node's server
+bridge its guests are on (the integration bridge, or a provider Network's bridge), tagged
+with the Network's VLAN there (a flat one's port is untagged) and holding the node's server
 address in each subnet; dnsmasq runs in that namespace, bound to that port. It hands out
 fixed leases only (static ranges, one reservation per guest NIC): an unknown MAC gets no
 answer, so the nodes hosting one overlay Network each answer their own guests side by side.
@@ -302,7 +303,7 @@ class DhcpServers:
     async def ensure(
         self,
         network_uid: str,
-        vlan_tag: int,
+        vlan_tag: int | None,
         mtu: int,
         subnets: Sequence[DhcpSubnet],
         hosts: Sequence[DhcpHost],
@@ -392,15 +393,17 @@ class DhcpServers:
             await self._ip("netns", "add", namespace)
 
     async def _ensure_port(
-        self, network_uid: str, port: str, namespace: str, vlan_tag: int, mtu: int
+        self, network_uid: str, port: str, namespace: str, vlan_tag: int | None, mtu: int
     ) -> None:
-        """The internal port, tagged, inside the namespace. Each setting is re-applied, so a
-        port someone retagged is put right."""
+        """The internal port, tagged (None: untagged, a flat Network's), inside the
+        namespace. Each setting is re-applied, so a port someone retagged is put right."""
+        tagging = ("set", "Port", port, f"tag={vlan_tag}") if vlan_tag is not None else (
+            "clear", "Port", port, "tag")  # fmt: skip
         await self._vsctl_run(
             "--may-exist", "add-port", self.bridge, port,
             "--", "set", "Interface", port, "type=internal", f"mtu_request={mtu}",
             f"external_ids:{EXTERNAL_ID}={network_uid}",
-            "--", "set", "Port", port, f"tag={vlan_tag}",
+            "--", *tagging,
         )  # fmt: skip
         inside = await self._ip("-n", namespace, "link", "show", "dev", port, check=False)
         if inside.code != 0:

@@ -44,12 +44,13 @@ class OvsNetworkDriver:
         specs: NetworkSpecFiles,
         tunnel: TunnelBridge | None = None,
         local_ip: str | None = None,
-        dhcp: DhcpServers | None = None,
+        dhcp: dict[str, DhcpServers] | None = None,
         guest_nics: GuestNics | None = None,
     ) -> None:
         """`providers`: each physical network's bridge (the node admin's). `specs`: where
         node network specs are kept (read now: blocking). `tunnel`: the overlay to other
-        nodes, reached at `local_ip` (None: overlay Networks stay on the node)."""
+        nodes, reached at `local_ip` (None: overlay Networks stay on the node). `dhcp`: the
+        DHCP servers on each bridge (integration and providers'), by bridge name."""
         self.bridge = bridge
         self.vlans = vlans
         self.providers = providers or {}
@@ -60,7 +61,7 @@ class OvsNetworkDriver:
         self._bridge_ready = asyncio.Lock()
         self._tags = asyncio.Lock()  # tags are given and released one change at a time
         self._overlay = asyncio.Lock()  # the tunnel bridge is rebuilt one change at a time
-        self.dhcp = dhcp
+        self.dhcp = dhcp or {}
         self._guest_nics = guest_nics
         self._dhcp_lock = asyncio.Lock()
 
@@ -70,7 +71,7 @@ class OvsNetworkDriver:
         or its flows while the agent runs."""
         await self._ensure_bridge()
         await self._sync_overlay()
-        await self._sync_dhcp(self._served(), sweep=True)
+        await self._sync_dhcp(set(self._served()) if self._guest_nics else set(), sweep=True)
 
     async def _ensure_bridge(self) -> None:
         async with self._bridge_ready:
@@ -206,35 +207,51 @@ class OvsNetworkDriver:
         await self._sync_dhcp(changed)
 
     async def _sync_dhcp(self, network_uids: set[str], *, sweep: bool = False) -> None:
-        """A DHCP server for each of these Networks that has one here (an overlay Network
-        with a local guest and DHCP subnets in its spec), with its guests' reservations;
-        none for the others. Failures are logged, not raised: the guests have their static
-        addresses from the seed, and the periodic check tries again."""
-        if self.dhcp is None or self._guest_nics is None:
+        """A DHCP server for each of these Networks that has one here (a local guest, DHCP
+        subnets in its spec), with its guests' reservations; none for the others. Failures
+        are logged, not raised: the guests have their static addresses from the seed, and
+        the periodic check tries again."""
+        if not self.dhcp or self._guest_nics is None:
             return
         async with self._dhcp_lock:
-            tags = self.vlans.tags()
+            served = self._served()
             for uid in sorted(network_uids):
                 try:
-                    await self._sync_dhcp_of(uid, tags.get(uid))
+                    await self._sync_dhcp_of(uid, served.get(uid))
                 except (ProvisioningError, ValueError) as exc:
                     log.warning("network %s: DHCP server not in order yet: %s", uid, exc)
             if sweep:
-                for leftover in await self.dhcp.sweep(self._served()):
-                    log.info("network %s: removed its leftover DHCP server", leftover)
+                for servers in self.dhcp.values():
+                    for leftover in await servers.sweep(served):
+                        log.info("network %s: removed its leftover DHCP server", leftover)
 
-    def _served(self) -> set[str]:
-        """The Networks with a DHCP server here: overlay, DHCP in the spec, a local guest."""
+    def _served(self) -> dict[str, tuple[OvsBridge, int | None]]:
+        """The Networks with a DHCP server here, with the bridge and tag its port gets: the
+        integration bridge and the local VLAN for an overlay Network with a local guest, the
+        provider bridge and the VLAN id (flat: untagged) for the others with one."""
+        assert self._guest_nics is not None
         tags = self.vlans.tags()
-        return {uid for uid, spec in self._specs.items()
-                if uid in tags and spec.dhcp and spec.type is NetworkType.OVERLAY}  # fmt: skip
+        found: dict[str, tuple[OvsBridge, int | None]] = {}
+        for uid, spec in self._specs.items():
+            if not spec.dhcp:
+                continue
+            if spec.type is NetworkType.OVERLAY:
+                if uid in tags:
+                    found[uid] = (self.bridge, tags[uid])
+            elif self._guest_nics.on_network(uid):
+                bridge = self.providers.get(spec.physical_network or "")
+                if bridge is not None:
+                    vlan = spec.segmentation_id if spec.type is NetworkType.VLAN else None
+                    found[uid] = (bridge, vlan)
+        return found
 
-    async def _sync_dhcp_of(self, uid: str, tag: int | None) -> None:
-        assert self.dhcp is not None and self._guest_nics is not None
+    async def _sync_dhcp_of(self, uid: str, where: tuple[OvsBridge, int | None] | None) -> None:
+        assert self._guest_nics is not None
         spec = self._specs.get(uid)
-        if spec is None or tag is None or uid not in self._served():
-            await self.dhcp.remove(uid)
-            return
-        nics = self._guest_nics.on_network(uid)
-        hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
-        await self.dhcp.ensure(uid, tag, spec.mtu, spec.dhcp, hosts)
+        for name, servers in self.dhcp.items():
+            if spec is None or where is None or where[0].name != name:
+                await servers.remove(uid)  # not served there (any more)
+                continue
+            nics = self._guest_nics.on_network(uid)
+            hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
+            await servers.ensure(uid, where[1], spec.mtu, spec.dhcp, hosts)
