@@ -156,10 +156,10 @@ class Subnet(ApiModel):
     )
     dhcp: bool = Field(
         default=True,
-        description="Every node hosting the network (overlay) answers DHCP for its own "
-        "instances with their fixed addresses (IPv4), from an address of the subnet's pools "
-        "(the highest free one) per node. Instances get the same addresses from their seed "
-        "either way.",
+        description="Every node hosting the network answers DHCP for its own instances "
+        "with their fixed addresses (IPv4), from an address of the subnet's pools (the "
+        "highest free one) per node; turn it off where the physical network has a DHCP "
+        "server of its own. Instances get the same addresses from their seed either way.",
     )
 
     @model_validator(mode="after")
