@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import kopf
 
+from stratus_api.v1alpha1 import Instance
 from stratus_operator.handlers.common import runtime
 from stratus_operator.services.settings import FINALIZER, GROUP
 
@@ -35,6 +36,71 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return cast(kopf.BodyEssence, essence)
 
 
+class QuietProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress records in annotations, without a PATCH when there is no progress
+    to keep. kopf stores each handler's outcome and purges it in the same cycle when all
+    succeeded, but the "kopf-managed" marker it adds on storing stays in the patch: one
+    PATCH per create holding nothing else. Here the marker goes with the records it marks:
+    kept in a patch that keeps some (a retry), dropped from one that keeps none."""
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        super().purge(key=key, body=body, patch=patch)
+        annotations = patch.get("metadata", {}).get("annotations", {})
+        marker = f"{self.prefix}/kopf-managed"
+        if marker not in annotations or marker in body.metadata.annotations:
+            return
+        if not any(k.startswith(f"{self.prefix}/") and k != marker for k in annotations):
+            del annotations[marker]
+            if not annotations:
+                del patch["metadata"]["annotations"]
+            if not patch["metadata"]:
+                del patch["metadata"]
+
+
+class HandledGenerationDiffBase(DigestDiffBaseStorage):
+    """For kinds whose change handlers always end by writing conditions at the generation
+    they handled (Instances: a success sets Scheduled, a failure Ready/Reconciling/Stalled),
+    the last-handled state is read from those conditions instead of kept in an annotation:
+    one write fewer per create and per spec change, on the hot path.
+
+    Handled (a condition at the current generation, no retry pending): no change. A newer
+    generation: the spec changed. A retry pending in kopf's progress records: nothing
+    handled (a create cause, which runs the same reconcile). Never handled by this version:
+    the annotation, as for every other kind (absent: a create).
+    """
+
+    def __init__(
+        self,
+        *,
+        kinds: frozenset[str],
+        progress: kopf.ProgressStorage,
+        handler_ids: frozenset[str],
+        prefix: str,
+        key: str,
+    ) -> None:
+        super().__init__(prefix=prefix, key=key)
+        self.kinds, self.progress, self.handler_ids = kinds, progress, handler_ids
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        if body.get("kind") not in self.kinds:
+            return super().fetch(body=body)
+        found = [c.get("observedGeneration") for c in (body.get("status") or {}).get(
+            "conditions") or [] if isinstance(c, dict)]  # fmt: skip
+        handled = max((g for g in found if isinstance(g, int)), default=None)
+        if handled is None:
+            return super().fetch(body=body)
+        if any(self.progress.fetch(key=kopf.HandlerId(h), body=body) for h in self.handler_ids):
+            return None
+        current: dict[str, Any] = dict(self.build(body=body))
+        if handled < ((body.get("metadata") or {}).get("generation") or 0):
+            current["spec"] = {"sha256": "not handled yet"}
+        return cast(kopf.BodyEssence, current)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if body.get("kind") not in self.kinds:
+            super().store(body=body, patch=patch, essence=essence)
+
+
 def _digest(value: Any) -> str:
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -43,9 +109,14 @@ def _digest(value: Any) -> str:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = DigestDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+    progress = QuietProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = progress
+    settings.persistence.diffbase_storage = HandledGenerationDiffBase(
+        kinds=frozenset({Instance.crd.kind}),
+        progress=progress,
+        handler_ids=frozenset({"reconcile", "reconcile/spec"}),  # handlers/instance.py
+        prefix=GROUP,
+        key="last-handled-configuration",
     )
     # Watches reconnect every few minutes anyway; a bounded server timeout keeps them fresh.
     settings.watching.server_timeout = 300
