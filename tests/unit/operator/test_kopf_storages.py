@@ -7,7 +7,11 @@ from typing import Any
 
 import kopf
 
-from stratus_operator.handlers.lifecycle import HandledGenerationDiffBase, QuietProgressStorage
+from stratus_operator.handlers.lifecycle import (
+    LAST_APPLIED,
+    HandledGenerationDiffBase,
+    QuietProgressStorage,
+)
 
 GROUP = "stratus.io"
 
@@ -74,3 +78,21 @@ def test_progress_purged_at_once_leaves_no_patch_and_kept_progress_keeps_its_mar
                    patch=retry)  # fmt: skip
     annotations = retry["metadata"]["annotations"]
     assert f"{GROUP}/reconcile" in annotations and f"{GROUP}/kopf-managed" in annotations
+
+
+def test_the_essence_is_kopfs_own_without_its_deep_copy() -> None:
+    """Our cheap build gives what kopf's generic build (then digested) gives."""
+    diffbase, _ = storages()
+    for notes in ({}, {"team": "a", LAST_APPLIED: "{}"},
+                        {"team": "a", f"{GROUP}/kopf-managed": "yes", f"{GROUP}/reconcile": "{}"},
+                        {f"{GROUP}/last-handled-configuration": "{}", "x": "y"}):  # fmt: skip
+        raw = dict(body(annotations=notes))
+        raw["metadata"] = {**raw["metadata"], "labels": {"app": "web"}, "managedFields": [{}]}
+        for extra in (None, {"spec"}):
+            ours = diffbase.build(body=kopf.Body(raw), extra_fields=extra)
+            kopfs = diffbase._digested(
+                kopf.AnnotationsDiffBaseStorage.build(
+                    diffbase, body=kopf.Body(raw), extra_fields=extra
+                )
+            )
+            assert ours == kopfs, (annotations, extra)
