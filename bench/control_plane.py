@@ -135,9 +135,12 @@ def plane_pid(plane: LocalControlPlane, name: str) -> int:
     return pid
 
 
-def start_stack(work: Path, plane: LocalControlPlane) -> tuple[subprocess.Popen[bytes], ...]:
+def start_stack(
+    work: Path, plane: LocalControlPlane, started: list[subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], ...]:
     """A fake-driver agent, its Hypervisor, a Network, an Image and the operator; returns
-    (agent, operator) once the Hypervisor and the Image are Ready."""
+    (agent, operator) once the Hypervisor and the Image are Ready. Each process is added
+    to `started` as soon as it runs, for the caller to stop."""
     token = work / "token"
     token.write_text(secrets.token_urlsafe(24))
     token.chmod(0o600)
@@ -149,6 +152,7 @@ def start_stack(work: Path, plane: LocalControlPlane) -> tuple[subprocess.Popen[
     agent = subprocess.Popen([*STRATUS, "agent", "--config", str(work / "agent.yaml")],
                              stdout=(work / "agent.log").open("w"),
                              stderr=subprocess.STDOUT)  # fmt: skip
+    started.append(agent)
     kubectl(plane, "create", "namespace", "stratus-system")
     kubectl(plane, "-n", "stratus-system", "create", "secret", "generic", "agent-bench",
             f"--from-file=token={token}")  # fmt: skip
@@ -167,6 +171,7 @@ def start_stack(work: Path, plane: LocalControlPlane) -> tuple[subprocess.Popen[
                                  "--allow-image-endpoint", f"127.0.0.1:{images}"],
                                 stdout=(work / "operator.log").open("w"),
                                 stderr=subprocess.STDOUT)  # fmt: skip
+    started.append(operator)
     deadline = time.monotonic() + 60
     while "True" not in kubectl(plane, "get", "hypervisor", "bench", "-o",
                                 "jsonpath={.status.conditions[0].status}"):  # fmt: skip
@@ -232,12 +237,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
     plane = LocalControlPlane(work / "cluster")
-    plane.up(crd_dir=REPO_ROOT / "crds")
-    agent, operator = start_stack(work, plane)
+    started: list[subprocess.Popen[bytes]] = []
     try:
+        plane.up(crd_dir=REPO_ROOT / "crds")
+        agent, operator = start_stack(work, plane, started)
         measure(plane, args.instances, operator.pid, agent.pid)
-    finally:
-        for process in (operator, agent):
+    finally:  # also when the stack never came up: nothing of it may outlive the bench
+        for process in started:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
         plane.down()
