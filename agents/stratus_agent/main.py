@@ -189,6 +189,8 @@ async def build(config: agent_config.AgentConfig) -> Agent:
             console_dir=config.state_dir / "guests",
             qemu_state_dir=isolation.libvirt_qemu_dir,
             node=config.node_name,
+            # Unique among the agents of one host: two local clouds both have a node "local".
+            agent=str(config.state_dir.resolve()),
         )
         owners = GuestOwners(isolation.uid_first, isolation.uid_count, isolation.gid)
         # Before the manager starts: a guest it restarts must not get a UID already taken.

@@ -29,9 +29,10 @@ def build_domain(
     virt_type: base.VirtType,
     console_log: str,
     node_name: str | None = None,
+    agent: str | None = None,
 ) -> dx.Domain:
-    """The domain that runs `spec` on this node. `virt_type`, `console_log` and `node_name`
-    come from the compute driver, which owns them. `spec.power` and `spec.restart_token`
+    """The domain that runs `spec` on this node. `virt_type`, `console_log`, `node_name`
+    and `agent` come from the compute driver, which owns them. `spec.power` and `spec.restart_token`
     are not part of it: whether and since when the domain runs is the driver's business,
     not its definition's."""
     return dx.Domain(
@@ -46,6 +47,7 @@ def build_domain(
             name=spec.name,
             generation=spec.generation,
             node=node_name,
+            agent=agent,
         ),
         memory=_memory(spec.memory_bytes),
         vcpu=dx.Vcpu(count=spec.cpu),

@@ -111,15 +111,18 @@ def _root(tag: str, **attrs: str) -> etree._Element:
 @dataclass(frozen=True, kw_only=True)
 class StratusMetadata:
     """`<stratus:instance>`: which Instance, and which generation of it, this domain runs,
-    for which node. The node matters where several simulated nodes share one libvirtd: each
-    agent lists, reports and removes only its own domains. None: made before nodes were
-    written here, when one libvirtd served one node."""
+    for which node and agent. They matter where several agents share one libvirtd
+    (simulated nodes, several local clouds on one machine): each agent lists, reports and
+    removes only its own domains. `agent` names the agent on its host (its state
+    directory); None: made before agents were written here, when one libvirtd served one
+    agent."""
 
     uid: str
     namespace: str
     name: str
     generation: int
     node: str | None = None
+    agent: str | None = None
 
     TAG: ClassVar[str] = f"{{{STRATUS_NS}}}instance"
 
@@ -135,6 +138,8 @@ class StratusMetadata:
             el.set(key, value)
         if self.node is not None:
             el.set("node", self.node)
+        if self.agent is not None:
+            el.set("agent", self.agent)
         return el
 
     @classmethod
@@ -145,6 +150,7 @@ class StratusMetadata:
             name=_attr(el, "name"),
             generation=_int(_attr(el, "generation"), el),
             node=el.get("node"),
+            agent=el.get("agent"),
         )
 
 

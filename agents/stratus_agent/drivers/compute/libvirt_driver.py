@@ -255,11 +255,13 @@ class LibvirtGuest:
 class LibvirtHost:
     """The libvirt connection: capabilities, lifecycle events, our guests. Blocking."""
 
-    def __init__(self, uri: str, node: str | None = None) -> None:
-        """`node`: this agent's node name, written into every domain it defines; domains
-        of other nodes (simulated nodes sharing one libvirtd) are not ours."""
+    def __init__(self, uri: str, node: str | None = None, agent: str | None = None) -> None:
+        """`node` and `agent` (this agent's node name, and its name on the host): written
+        into every domain it defines; domains of other agents on the same libvirtd
+        (simulated nodes, other local clouds) are not ours."""
         self.uri = uri
         self.node = node
+        self.agent = agent
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
 
@@ -310,14 +312,16 @@ class LibvirtHost:
         ]
 
     def _ours(self, domain: libvirt.virDomain) -> bool:
-        if self.node is None:
+        if self.node is None and self.agent is None:
             return True
         try:
             text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.STRATUS_NS)
-            node = domain_xml.StratusMetadata.from_element(domain_xml.parse(text)).node
+            meta = domain_xml.StratusMetadata.from_element(domain_xml.parse(text))
         except (libvirt.libvirtError, domain_xml.DomainXMLError):
             return True  # no metadata of ours: made before nodes were named there
-        return node is None or node == self.node
+        if meta.agent is not None:
+            return meta.agent == self.agent
+        return meta.node is None or meta.node == self.node
 
     def define(self, xml: str) -> LibvirtGuest:
         return LibvirtGuest(self.conn.defineXML(xml))
@@ -370,12 +374,13 @@ class LibvirtComputeDriver:
         qemu_state_dir: Path | None = None,
         detach_wait: float = DETACH_WAIT_SECONDS,
         node: str | None = None,
+        agent: str | None = None,
     ) -> None:
         """`console_dir`: where each guest's console log goes. `qemu_state_dir`: libvirt's
         per-domain state directory, kept traversable for guests with users of their own.
-        `node`: this node's name, stamped on its domains (see LibvirtHost)."""
+        `node` and `agent`: stamped on its domains (see LibvirtHost)."""
         _start_event_loop()
-        self.host = LibvirtHost(uri, node)
+        self.host = LibvirtHost(uri, node, agent)
         # Guests of this node, for the lifecycle callback, which may not call libvirt to
         # tell another node's domain from ours: filled by every listing and every ensure.
         self._mine: set[str] = set()
@@ -467,6 +472,7 @@ class LibvirtComputeDriver:
             virt_type=self.virt_type,
             console_log=str(self.console_log(spec.uid)),
             node_name=self.host.node,
+            agent=self.host.agent,
         )
         self._mine.add(spec.uid)
         xml = domain.to_xml()

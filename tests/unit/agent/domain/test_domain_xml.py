@@ -157,7 +157,12 @@ class Element(Protocol):
 
 ELEMENTS: dict[str, Element] = {
     "element_metadata.xml": dx.StratusMetadata(
-        uid=UID, namespace="team-a", name="web", generation=3, node="node-a"
+        uid=UID,
+        namespace="team-a",
+        name="web",
+        generation=3,
+        node="node-a",
+        agent="/var/lib/stratus/agent",
     ),
     "element_memory_bytes.xml": dx.Memory(amount=1_000_000_000, unit="b"),
     "element_os.xml": dx.Os(machine="pc", boot=("hd", "cdrom")),
