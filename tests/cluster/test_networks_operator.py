@@ -25,6 +25,13 @@ def status_of(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[st
     return found
 
 
+def warnings(cluster: Cluster, namespace: str, name: str) -> set[tuple[str, str]]:
+    """(type, reason) of the Events recorded on the object `name`."""
+    found = cluster.get_json("events", "-n", namespace, "--field-selector",
+                             f"involvedObject.name={name}")["items"]  # fmt: skip
+    return {(e["type"], e["reason"]) for e in found}
+
+
 def ready_of(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
     return condition(status_of(cluster, namespace, kind, name), "Ready") or {}
 
@@ -59,6 +66,8 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
         f"{namespace}/first"
     )
     assert (condition(refused, "Stalled") or {})["status"] == "True"
+    wait_until("a Warning Event on second", lambda: ("Warning", "SegmentInUse") in warnings(
+        cluster, namespace, "second"))  # fmt: skip
     wait_until("elsewhere Ready", lambda: ready_of(
         cluster, namespace, "network", "elsewhere").get("status") == "True")  # fmt: skip
 
@@ -98,6 +107,8 @@ def test_every_network_holds_its_own_segment_and_waits_for_its_instances(
         cluster, namespace, "network", "blue").get("reason") == "NetworkInUse")  # fmt: skip
     assert "Instance user uses the network" in ready_of(cluster, namespace, "network", "blue")[
         "message"]  # fmt: skip
+    wait_until("a Warning Event on blue", lambda: ("Warning", "NetworkInUse") in warnings(
+        cluster, namespace, "blue"))  # fmt: skip
     cluster.kubectl("-n", namespace, "delete", "instance", "user")
     cluster.kubectl("-n", namespace, "wait", "--for=delete", "network/blue", "--timeout=90s")
     names = {n["metadata"]["name"] for n in cluster.get_json("networks", "-n", namespace)["items"]}
