@@ -54,7 +54,8 @@ def _ok(*argv: str) -> bool:
     return result is not None and result.returncode == 0
 
 
-def _wait(what: str, probe: list[str], daemons: list[Daemon]) -> None:
+def wait_for_daemons(what: str, probe: list[str], daemons: list[Daemon]) -> None:
+    """Until `probe` succeeds; NodeServiceError when a daemon exits or time runs out."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if _ok(*probe):
@@ -167,9 +168,13 @@ class NodeServices:
                     [tool("ovsdb-tool"), "create", str(self._ovs_db), str(OVS_SCHEMA)], check=True
                 )
             ovsdb.start()
-            _wait("ovsdb-server", ["ovs-vsctl", "--timeout=2", "--no-wait", "init"], [ovsdb])
+            wait_for_daemons(
+                "ovsdb-server", ["ovs-vsctl", "--timeout=2", "--no-wait", "init"], [ovsdb]
+            )
             vswitchd.start()
-            _wait("ovs-vswitchd", ["ovs-vsctl", "--timeout=2", "show"], [ovsdb, vswitchd])
+            wait_for_daemons(
+                "ovs-vswitchd", ["ovs-vsctl", "--timeout=2", "show"], [ovsdb, vswitchd]
+            )
             started += ["ovsdb-server", "ovs-vswitchd"]
         if libvirt and not self.libvirt_running():
             virtlogd, libvirtd = self._libvirt_daemons()
@@ -177,7 +182,7 @@ class NodeServices:
                 virtlogd.start()
                 started.append("virtlogd")
             libvirtd.start()
-            _wait("libvirtd", ["virsh", "-c", LIBVIRT_URI, "version"], [libvirtd])
+            wait_for_daemons("libvirtd", ["virsh", "-c", LIBVIRT_URI, "version"], [libvirtd])
             started.append("libvirtd")
         return started
 

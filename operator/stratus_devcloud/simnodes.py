@@ -22,16 +22,14 @@ import ipaddress
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from stratus_devcloud import processes
-from stratus_devcloud.nodeservices import OVS_SCHEMA, NodeServiceError, tool
+from stratus_devcloud.nodeservices import OVS_SCHEMA, NodeServiceError, tool, wait_for_daemons
 from stratus_devcloud.processes import Daemon
 
 PHYSICAL_BRIDGE = "br-phy"
-START_TIMEOUT_SECONDS = 30.0
 MAX_NODES = 254  # one /24 of underlay addresses
 
 
@@ -163,10 +161,14 @@ class SimNodes:
         # Its own OVS_RUNDIR: the bridges' mgmt sockets land there, not in the host's.
         env = {**os.environ, "OVS_RUNDIR": str(node.rundir), "OVS_DBDIR": str(home)}
         ovsdb.start(env)
-        _wait([tool("ovs-vsctl"), f"--db={node.ovsdb}", "--timeout=2", "--no-wait", "init"],
-              [ovsdb])  # fmt: skip
+        ready = [tool("ovs-vsctl"), f"--db={node.ovsdb}", "--timeout=2", "--no-wait", "init"]
+        wait_for_daemons("ovsdb-server", ready, [ovsdb])
         switch.start(env)
-        _wait([tool("ovs-appctl"), "-t", str(node.vswitchd_ctl), "version"], [ovsdb, switch])
+        wait_for_daemons(
+            "ovs-vswitchd",
+            [tool("ovs-appctl"), "-t", str(node.vswitchd_ctl), "version"],
+            [ovsdb, switch],
+        )
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -189,17 +191,3 @@ def _links() -> list[str]:
     """Device names in the host namespace ("NAME@PEER" shows a veth's peer)."""
     out = _ip("-o", "link", "show").stdout
     return [line.split(":", 2)[1].strip().split("@")[0] for line in out.splitlines() if line]
-
-
-def _wait(probe: list[str], daemons: list[Daemon]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if _run(*probe, check=False).returncode == 0:
-            return
-        for daemon in daemons:
-            if not daemon.running():
-                raise NodeServiceError(
-                    f"{daemon.name} exited; last lines of {daemon.log_file}:\n{daemon.log_tail()}"
-                )
-        time.sleep(0.1)
-    raise NodeServiceError(f"{probe[0]} found no daemon within {START_TIMEOUT_SECONDS:.0f} s")
