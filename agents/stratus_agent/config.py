@@ -336,6 +336,14 @@ class AgentConfig(_Section):
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, description="Event-stream heartbeat, so dead peers are noticed."
     )
+    answer_within_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="How long a guest PUT waits for the guest to settle before it answers: "
+        "one that settles in time is answered with its state, which saves the operator a "
+        "status write; a slower one is answered Provisioning and reported by events.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -232,6 +232,7 @@ async def build(config: agent_config.AgentConfig) -> Agent:
         policy=recovery_policy(config),
         restarts=RestartBook(config.state_dir / "guests"),
         sequence=sequence,
+        answer_within=config.answer_within_seconds,
     )
     await manager.start()
     _check_kvm_access(compute.virt_type, config.isolation)

@@ -1,7 +1,10 @@
 """Brings guests to their spec: node-side resources first, then the compute driver.
 
-PUT returns at once; the work goes on in one task per guest, which always converges to the
-newest spec it was given. Results reach the operator through the event stream.
+The work goes on in one task per guest, which always converges to the newest spec it was
+given. PUT waits for that task at most `answer_within` seconds: a guest that settles that
+fast is answered with its final state, so the operator writes its status once; a slower
+one is answered with Provisioning, and the rest reaches the operator through the event
+stream.
 
 The agent heals what it can by itself: a transient failure (is_transient) is retried with
 backoff until it succeeds, a newer spec arrives or the guest is deleted; a guest whose
@@ -64,8 +67,10 @@ class GuestManager:
         policy: RecoveryPolicy | None = None,
         restarts: RestartBook | None = None,
         sequence: SequenceClock | None = None,
+        answer_within: float = 0.0,
     ) -> None:
         self.compute = compute
+        self._answer_within = answer_within
         self._provisioner = provisioner
         self._hub = hub
         self._policy = policy or RecoveryPolicy()
@@ -87,6 +92,8 @@ class GuestManager:
         self._stopping = False
         self._node_task: asyncio.Task[None] | None = None
         self._sequence = sequence or SequenceClock()
+        # PUTs waiting for their guest's next result (_first_result).
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
 
     async def start(self) -> None:
         if self._book is not None:
@@ -181,9 +188,25 @@ class GuestManager:
                     GuestStatus(uid=uid, state=GuestState.PROVISIONING, generation=spec.generation)
                 )
             self._spawn(uid)
+            if self._answer_within > 0:
+                await self._first_result(uid)
         return self._status.get(uid) or GuestStatus(
             uid=uid, state=GuestState.PROVISIONING, generation=spec.generation
         )
+
+    async def _first_result(self, uid: str) -> None:
+        """Wait until the task just spawned for `uid` records a result, at most
+        `answer_within` seconds; the task goes on either way."""
+        recorded = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(uid, []).append(recorded)
+        try:
+            await asyncio.wait({recorded, self._tasks[uid]}, timeout=self._answer_within)
+        finally:
+            waiting = self._waiting.get(uid, [])
+            if recorded in waiting:
+                waiting.remove(recorded)
+                if not waiting:
+                    del self._waiting[uid]
 
     def _spawn(self, uid: str, delay: float = 0.0, restart_reason: str | None = None) -> None:
         self._wake[uid] = asyncio.Event()
@@ -258,6 +281,9 @@ class GuestManager:
         # No await between the driver's answer and recording it: a change the driver
         # reports meanwhile (the guest stopped) must not be overwritten by this older one.
         self._record(status.model_copy(update={"generation": spec.generation, "sequence": None}))
+        for recorded in self._waiting.pop(uid, []):
+            if not recorded.done():
+                recorded.set_result(None)
         if acted is not None and self._book is not None:
             # Saved after the restart, not before: an agent that dies in between restarts
             # the guest again rather than report a restart that never happened.

@@ -131,6 +131,9 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     spec = guest_spec(instance, size, image, nics, user_data, attached, ceph_access)
     client = await runtime.agents.client(hypervisor)
     reported = await client.ensure(spec)
+    # Counted as applied now, not when written: the node's older events that arrive after
+    # the answer (the Provisioning it sent before the guest settled) must not undo it.
+    newest = runtime.newest(spec.uid, reported.sequence)
     await volumes.mark_attached(instance, attached, world, runtime)
     wanted = Wanted.of(instance)
 
@@ -147,8 +150,9 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
         )  # fmt: skip
         # The PUT's answer is the guest as it was when the spec arrived; the agent reports
         # what follows as events, which may be written before this. So the answer counts
-        # only if it is about this spec, and then only a real state, or a first one.
-        about_this_spec = (reported.generation or 0) >= spec.generation
+        # only if no newer event was applied and it is about this spec, and then only a
+        # real state, or a first one.
+        about_this_spec = newest and (reported.generation or 0) >= spec.generation
         ready = conditions.condition(updated.conditions, conditions.READY)
         first = ready is None or updated.phase in (InstancePhase.PENDING, InstancePhase.SCHEDULING)
         if about_this_spec and (reported.state is not GuestState.PROVISIONING or first):

@@ -501,3 +501,25 @@ async def test_a_stop_reported_while_the_driver_worked_is_not_undone_by_its_answ
                     and s.state is GuestState.RUNNING and s.restarts == 1)  # fmt: skip
     finally:
         await manager.stop()
+
+
+@pytest.mark.parametrize(("boot_delay", "answered"), [
+    (0.0, GuestState.RUNNING), (0.5, GuestState.PROVISIONING),
+])  # fmt: skip
+async def test_a_put_is_answered_with_the_settled_state_when_it_comes_in_time(
+    tmp_path: Path, boot_delay: float, answered: GuestState
+) -> None:
+    """One status write per boot instead of two: a guest that settles within the answer
+    window is answered Running; one that takes longer is answered Provisioning at the end
+    of the window, and settles later all the same."""
+    compute = FakeComputeDriver(boot_delay=boot_delay)
+    provisioner = FlakyProvisioner(tmp_path)
+    manager = GuestManager(compute, provisioner, EventHub(), policy=FAST, answer_within=0.1)
+    await manager.start()
+    try:
+        guest = spec()
+        # Provisioning for the slow one: answered at the end of the window, before it settled.
+        assert (await manager.ensure(guest)).state is answered
+        await until("Running", is_state(manager, guest.uid, GuestState.RUNNING))
+    finally:
+        await manager.stop()

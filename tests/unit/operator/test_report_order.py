@@ -6,15 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from stratus_api.guest import GuestState, GuestStatus
-from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
+from stratus_api.v1alpha1 import Hypervisor, Image, Instance, Network, Volume, VolumeSnapshot
 from stratus_api.volume_wire import NodeSnapshotState, NodeSnapshotStatus
 from stratus_operator.services import instances, snapshots
 from stratus_operator.services.runtime import AgentPool, Runtime
 from stratus_operator.services.settings import OperatorSettings
+from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 from testsupport import instance
 
 UID = "0b7f7c3e-1111-2222-3333-444455556666"
+IMAGE_UID, NET_UID = "0b7f7c3e-1111-2222-3333-000000000001", "0b7f7c3e-1111-2222-3333-000000000002"
 
 
 class FakeKube:
@@ -110,3 +112,61 @@ async def test_a_puts_answer_older_than_an_applied_event_changes_nothing() -> No
     assert kube.patches[-1]["phase"] == "Ready"
     await snapshots.write_status(snapshot, runtime, answered)
     assert len(kube.patches) == 1  # the older answer wrote nothing
+
+
+async def test_a_settled_answer_is_not_undone_by_an_older_event_that_comes_after_it() -> None:
+    """The node answers a PUT with Running when the guest settled in time; its Provisioning
+    event, sent before, may arrive after the answer: the Instance is written once, Running."""
+    body = instance("web")
+    body["metadata"].update(namespace="ns", uid=UID, generation=1)
+    found = Instance.model_validate(body)
+    ready = [{"type": "Ready", "status": "True", "reason": "Ready",
+              "lastTransitionTime": "2026-01-01T00:00:00Z"}]  # fmt: skip
+    hypervisor = Hypervisor.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": "n1"},
+        "spec": {"endpoint": "https://n:8443", "tokenSecretRef": {"namespace": "s", "name": "t"}},
+        "status": {"capacity": {"cpu": 8, "memory": "16Gi"},
+                   "allocatable": {"cpu": 8, "memory": "16Gi"},
+                   "storage": [{"backend": "file", "capacity": "1Ti", "free": "1Ti",
+                                "provisioned": "0"}],
+                   "conditions": ready},
+    })  # fmt: skip
+    network = Network.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Network",
+        "metadata": {"name": "net", "namespace": "ns", "uid": NET_UID},
+        "spec": {"subnets": [{"cidr": "10.30.0.0/24"}]},
+        "status": {"segmentationId": 7, "conditions": ready},
+    })  # fmt: skip
+    image = Image.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Image",
+        "metadata": {"name": "img", "namespace": "ns", "uid": IMAGE_UID},
+        "spec": {"source": {"http": {"url": "https://images.example/img.qcow2"}}},
+        "status": {"phase": "Ready", "conditions": ready},
+    })  # fmt: skip
+
+    def report(state: GuestState, sequence: int) -> GuestStatus:
+        return GuestStatus(uid=UID, state=state, generation=1, sequence=sequence)
+
+    class Agent:
+        async def ensure(self, _spec: Any) -> GuestStatus:
+            return report(GuestState.RUNNING, 20)
+
+    class Agents:
+        async def client(self, _hypervisor: Any) -> Agent:
+            return Agent()
+
+    kube = FakeKube()
+    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
+    runtime.agents = Agents()  # type: ignore[assignment]
+    world = World(
+        hypervisors=lambda: [hypervisor], instances=lambda: [found],
+        hypervisor=lambda name: hypervisor if name == "n1" else None,
+        instance_type=lambda _: None, image=lambda _: image, network=lambda _: network,
+        instance=lambda uid: found if uid == UID else None, instances_on=lambda _: [found],
+        has_instance=lambda uid: uid == UID, networks=lambda: [network],
+    )  # fmt: skip
+    answered = await instances.reconcile(found, world, runtime)
+    await instances.apply_report(report(GuestState.PROVISIONING, 10), world, runtime)
+    assert kube.patches == []  # the older event wrote nothing
+    await instances.write_status(ObjectRef.of(found), None, 1, runtime, answered)
+    assert [patch["phase"] for patch in kube.patches] == ["Running"]
