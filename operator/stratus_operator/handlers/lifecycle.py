@@ -1,9 +1,11 @@
-"""Operator-wide settings, applied once at startup."""
+"""Operator-wide settings and credentials, applied at startup and login."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -11,6 +13,7 @@ import kopf
 
 from stratus_api.v1alpha1 import Instance
 from stratus_operator.handlers.common import runtime
+from stratus_operator.services.kube import Credentials
 from stratus_operator.services.settings import FINALIZER, GROUP
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -151,6 +154,32 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watches reconnect every few minutes anyway; a bounded server timeout keeps them fresh.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
+    """kopf's own logins, in-cluster first, without the `kubernetes` client; the operator's
+    own calls (services/kube.py) get the same credentials, on every re-login too."""
+    info = kopf.login_with_service_account(**kwargs)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is not None and host and port:
+        # The address the kubelet gives every pod, as client-go uses: it needs no cluster
+        # DNS, which kopf's default (kubernetes.default.svc) does.
+        info = dataclasses.replace(info, server=f"https://{_host(host)}:{port}")
+    info = info or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.LoginError(
+            "no credentials: not in a pod with a service account, and no KUBECONFIG or "
+            "~/.kube/config"
+        )
+    ssl = info.as_ssl_context() if info.server.startswith("https:") else None
+    await runtime(memo).kube.use(Credentials(info.server, ssl, info.as_http_headers()))
+    return info
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 @kopf.on.cleanup()
