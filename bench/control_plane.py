@@ -220,6 +220,7 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
         "agent (fake)": agent,
     }
     before, cpu_before = request_counts(plane), {n: cpu_seconds(p) for n, p in pids.items()}
+    idle_rss = rss_mib(operator, "VmRSS")
     own_cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     watcher = Running(api, count)
@@ -242,6 +243,7 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
         ("per Instance", f"{elapsed / count * 1000:.1f} ms"),
         ("API requests / Instance", f"{total / count:.2f} (with its create)"),
         ("  of which the operator", f"{(total - own) / count:.2f}"),
+        ("operator RSS before", f"{idle_rss:.0f} MiB"),
         ("operator peak RSS", f"{rss_mib(operator):.0f} MiB"),
         ("operator RSS when all Running", f"{rss_mib(operator, 'VmRSS'):.0f} MiB"),
         ("agent (fake) peak RSS", f"{rss_mib(agent):.0f} MiB"),

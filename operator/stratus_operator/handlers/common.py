@@ -22,6 +22,12 @@ INSTANCE_TYPES = (GROUP, VERSION, "instancetypes")
 VOLUMES = (GROUP, VERSION, "volumes")
 SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
 CEPH_POOLS = (GROUP, VERSION, "cephpools")
+# Watch streams kopf keeps open per namespace it serves: one per kind, and its discovery
+# of CRDs and namespaces.
+WATCHED_KINDS = (
+    len({HYPERVISORS, INSTANCES, IMAGES, NETWORKS, INSTANCE_TYPES, VOLUMES, SNAPSHOTS, CEPH_POOLS})
+    + 2
+)
 
 
 def _values(index: kopf.Index[Any, T]) -> Iterable[T]:

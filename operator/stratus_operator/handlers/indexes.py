@@ -35,6 +35,7 @@ from stratus_operator.handlers.common import (
     NETWORKS,
     SNAPSHOTS,
     VOLUMES,
+    runtime,
 )
 from stratus_operator.services.world import instance_on, instance_on_network, instance_using, key_of
 
@@ -42,56 +43,61 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
 
 
-def _parsed(model: type[R], body: kopf.Body) -> R | None:
+def _parsed(model: type[R], body: kopf.Body, memo: kopf.Memo) -> R | None:
     """The body as its model, without its managedFields (nobody reads them, and they are
-    a third of a parsed Instance's memory)."""
+    a third of a parsed Instance's memory); its status is shared with the status writer's
+    copy when they are equal."""
     raw = dict(body)
     raw["metadata"] = {
         k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"
     }
     try:
-        return model.model_validate(raw)
+        found = model.model_validate(raw)
     except ValidationError as exc:  # admission should make this impossible
         meta = body.get("metadata") or {}
         where = f"{meta.get('namespace') or ''}/{meta.get('name')}".lstrip("/")
         log.warning("%s %s cannot be read (%d problems); left out", model.crd.kind, where,
                     exc.error_count())  # fmt: skip
         return None
+    status = getattr(found, "status", None)
+    if status is not None and found.metadata.uid:
+        runtime(memo).status.caught_up(found.metadata.uid, status)
+    return found
 
 
 @kopf.index(*HYPERVISORS)
-async def stratus_hypervisors(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    found = _parsed(Hypervisor, body)
+async def stratus_hypervisors(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Hypervisor, body, memo)
     return {found.metadata.name: found} if found else {}
 
 
 @kopf.index(*INSTANCE_TYPES)
-async def stratus_instance_types(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    found = _parsed(InstanceType, body)
+async def stratus_instance_types(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(InstanceType, body, memo)
     return {found.metadata.name: found} if found else {}
 
 
 @kopf.index(*IMAGES)
-async def stratus_images(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    found = _parsed(Image, body)
+async def stratus_images(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Image, body, memo)
     return {key_of(found): found} if found else {}
 
 
 @kopf.index(*NETWORKS)
-async def stratus_networks(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    found = _parsed(Network, body)
+async def stratus_networks(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Network, body, memo)
     return {key_of(found): found} if found else {}
 
 
 @kopf.index(*INSTANCES)
-async def stratus_instances(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def stratus_instances(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     """Every Instance under its UID (None when the models refuse its spec: a guest whose
     Instance exists is never garbage), and the UID under each key the World looks up by:
     its node, and each Volume it names (a Volume in use is never deleted, even under an
     Instance the models refuse). One index, not one per key: kopf's cost is per index
     and watch event. Node and Volume keys come from the raw body."""
     uid = body.metadata.uid
-    keys: dict[Any, Any] = {uid: _parsed(Instance, body)}
+    keys: dict[Any, Any] = {uid: _parsed(Instance, body, memo)}
     node = (body.get("status") or {}).get("node")
     if node:
         keys[instance_on(node)] = uid
@@ -105,16 +111,16 @@ async def stratus_instances(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 
 @kopf.index(*VOLUMES)
-async def stratus_volumes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def stratus_volumes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     """Each Volume under its (namespace, name) and under its UID (agents report by UID)."""
-    found = _parsed(Volume, body)
+    found = _parsed(Volume, body, memo)
     return {key_of(found): found, found.metadata.uid: found} if found else {}
 
 
 @kopf.index(*SNAPSHOTS)
-async def stratus_snapshots(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def stratus_snapshots(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     """Each VolumeSnapshot under its (namespace, name) and its UID (agents report by UID)."""
-    found = _parsed(VolumeSnapshot, body)
+    found = _parsed(VolumeSnapshot, body, memo)
     return {key_of(found): found, found.metadata.uid: found} if found else {}
 
 
@@ -141,8 +147,8 @@ async def stratus_pool_volumes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 
 @kopf.index(*CEPH_POOLS)
-async def stratus_ceph_pools(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def stratus_ceph_pools(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     """Each CephPool under its name and under ("uid", UID) (agents report pools by UID; a
     name may look like a UID)."""
-    found = _parsed(CephPool, body)
+    found = _parsed(CephPool, body, memo)
     return {found.metadata.name: found, ("uid", found.metadata.uid): found} if found else {}

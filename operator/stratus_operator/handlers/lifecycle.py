@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 
 from stratus_api.v1alpha1 import Instance
-from stratus_operator.handlers.common import runtime
+from stratus_operator.handlers.common import WATCHED_KINDS, runtime
 from stratus_operator.services.kube import Credentials
 from stratus_operator.services.settings import FINALIZER, GROUP
 
@@ -140,7 +140,7 @@ def _digest(value: Any) -> str:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     progress = QuietProgressStorage(prefix=GROUP)
     settings.persistence.progress_storage = progress
@@ -151,15 +151,17 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP,
         key="last-handled-configuration",
     )
-    # Watches reconnect every few minutes anyway; a bounded server timeout keeps them fresh.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    watch = runtime(memo).settings.watch
+    settings.watching.server_timeout = watch.server_timeout_seconds
+    settings.watching.client_timeout = watch.client_timeout_seconds
+    settings.queueing.idle_timeout = watch.worker_idle_seconds
 
 
 @kopf.on.login()
-async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
-    """kopf's own logins, in-cluster first, without the `kubernetes` client; the operator's
-    own calls (services/kube.py) get the same credentials, on every re-login too."""
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession:
+    """kopf's own logins, in-cluster first, without the `kubernetes` client, into one
+    session with a bounded pool that kopf and the operator's own calls (services/kube.py)
+    share; made again at every re-login."""
     info = kopf.login_with_service_account(**kwargs)
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT")
@@ -173,9 +175,18 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
             "no credentials: not in a pod with a service account, and no KUBECONFIG or "
             "~/.kube/config"
         )
+    rt = runtime(memo)
     ssl = info.as_ssl_context() if info.server.startswith("https:") else None
-    await runtime(memo).kube.use(Credentials(info.server, ssl, info.as_http_headers()))
-    return info
+    api = rt.settings.api
+    # kopf holds one connection per watch for as long as it runs: those come on top.
+    watches = WATCHED_KINDS * max(1, len(rt.settings.namespaces))
+    session = rt.kube.connect(
+        Credentials(info.server, ssl, info.as_http_headers()), api.connections + watches
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+        priority=info.priority,
+    )  # fmt: skip
 
 
 def _host(address: str) -> str:

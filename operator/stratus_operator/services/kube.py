@@ -1,15 +1,14 @@
 """The few Kubernetes API calls the operator makes besides kopf's own.
 
 kopf watches and patches the objects it handles; this is for the rest: Secrets, status of
-objects other than the handled one, and Events. They go out on the event loop through one
-aiohttp session, with the credentials kopf logged in with (handlers/lifecycle.py hands them
-over on every login, so a re-read service-account token reaches these calls too). No
-`kubernetes` client: it would cost the operator a quarter of its memory for three calls.
+objects other than the handled one, and Events. They go out on the event loop through the
+session kopf uses too, made at each login with the credentials kopf found (so a re-read
+service-account token reaches these calls too). No `kubernetes` client: it would cost the
+operator a quarter of its memory for three calls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import json
@@ -21,9 +20,6 @@ from urllib.parse import quote
 import aiohttp
 
 from stratus_api.v1alpha1 import GROUP, VERSION
-
-# Status patches in flight at once (one connection each).
-MAX_CONNECTIONS = 32
 
 
 class NotFound(Exception):
@@ -65,27 +61,28 @@ class Credentials:
 
 
 class Kube:
+    """One aiohttp session to the API server, which kopf uses too (handlers/lifecycle.py
+    hands it over at login): one bounded pool of kept-alive connections for the whole
+    operator. kopf's own session has no bound, and a burst of new objects opened a TLS
+    connection per concurrent request, each a handshake for the API server and buffers
+    here."""
+
     def __init__(self) -> None:
         self._info: Credentials | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def use(self, info: Credentials) -> None:
-        """Credentials from kopf's login; later calls use them (the session is remade)."""
-        await self.close()
+    def connect(self, info: Credentials, connections: int) -> aiohttp.ClientSession:
+        """A new session with these credentials, for kopf and these calls, with at most
+        `connections` connections. kopf closes the old one when it drops its credentials."""
         self._info = info
+        connector = aiohttp.TCPConnector(ssl=info.ssl or False, limit=connections)
+        self._session = aiohttp.ClientSession(connector=connector, headers=info.headers)
+        return self._session
 
     def _open(self) -> tuple[Credentials, aiohttp.ClientSession]:
-        info = self._info
-        if info is None:
-            raise NotLoggedIn("the operator has not logged in to the API server yet")
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            # A session belongs to the loop it was made in (tests run several loops).
-            self._loop = loop
-            connector = aiohttp.TCPConnector(ssl=info.ssl or False, limit=MAX_CONNECTIONS)
-            self._session = aiohttp.ClientSession(connector=connector, headers=info.headers)
-        return info, self._session
+        if self._info is None or self._session is None or self._session.closed:
+            raise NotLoggedIn("the operator is not logged in to the API server (yet)")
+        return self._info, self._session
 
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None,
@@ -107,7 +104,7 @@ class Kube:
         raise KubeError(f"{method} {path}", reply.status, text)
 
     async def close(self) -> None:
-        if self._session is not None and self._loop is asyncio.get_running_loop():
+        if self._session is not None:
             await self._session.close()
         self._session = None
 

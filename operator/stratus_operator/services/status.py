@@ -126,6 +126,14 @@ class StatusWriter:
         await self._events.transition(ref.involved(), _conditions(current), _conditions(updated))
         return updated
 
+    def caught_up(self, uid: str, watched: object) -> None:
+        """The watch delivered `watched` as the object's status: once it equals what was
+        last written, the kept copy is swapped for it, so one copy is held, not two (the
+        index's and this one)."""
+        known = self._written.get(uid)
+        if known is not None and known is not watched and known == watched:
+            self._written[uid] = watched
+
     def forget(self, uid: str) -> None:
         """The object is gone: drop what is kept for it."""
         self._written.pop(uid, None)

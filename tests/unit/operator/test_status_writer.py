@@ -86,3 +86,24 @@ async def test_every_caller_waits_for_its_own_change(coalesce: float) -> None:
     await status.write(REF, None, 1, to(InstancePhase.PROVISIONING), InstanceStatus)
     await status.write(REF, None, 1, to(InstancePhase.RUNNING), InstanceStatus)
     assert [p["status"]["phase"] for p in kube.patches] == ["Provisioning", "Running"]
+
+
+async def test_the_watched_copy_replaces_the_kept_one_only_when_it_caught_up() -> None:
+    """One copy of a status is kept, not two, once the watch delivered what was written;
+    a stale watched copy is never taken for it."""
+    kube = FakeKube()
+    status = writer(kube, 0)
+    written = await status.write(REF, None, 1, to(InstancePhase.RUNNING, "hv-1"), InstanceStatus)
+    assert written is not None
+    stale = InstanceStatus(phase=InstancePhase.PROVISIONING, node="hv-1")
+    status.caught_up(REF.uid, stale)
+    # Still from what was written: Running again is no change, so nothing is sent.
+    await status.write(REF, stale, 1, to(InstancePhase.RUNNING), InstanceStatus)
+    assert len(kube.patches) == 1
+
+    watched = InstanceStatus.model_validate(kube.patches[0]["status"])
+    assert watched == written
+    status.caught_up(REF.uid, watched)
+    assert status._written[REF.uid] is watched  # the writer's own copy is let go
+    await status.write(REF, watched, 1, to(InstancePhase.STOPPED), InstanceStatus)
+    assert kube.patches[-1]["status"] == {"phase": "Stopped"}
