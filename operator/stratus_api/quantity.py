@@ -14,6 +14,7 @@ below do not use it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal, localcontext
@@ -144,6 +145,18 @@ class ByteQuantity(str):
         return ANY_SIZE.json_schema()
 
 
+# Every watch event re-validates the same few spellings ("128Mi", "20Gi"): parsed once.
+# Both are pure, and ByteQuantity is immutable, so sharing the results is safe.
+@functools.lru_cache(maxsize=1024)
+def _byte_count(value: str | int) -> int | None:
+    return whole_bytes(parse_quantity(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _byte_quantity(count: int) -> ByteQuantity:
+    return ByteQuantity(count)
+
+
 @dataclass(frozen=True)
 class ByteRange:
     """`Annotated` marker: the byte quantities one kind of field accepts, as one rule.
@@ -169,21 +182,24 @@ class ByteRange:
             f"must be a whole number of bytes, at least {self.minimum} and at most {self.maximum}"
         )
 
+    @functools.cached_property
+    def _bounds(self) -> tuple[int, int]:
+        return ByteQuantity(self.minimum).bytes, ByteQuantity(self.maximum).bytes
+
     def check(self, value: Any) -> ByteQuantity:
         if isinstance(value, ByteQuantity):
-            number = Decimal(value.bytes)
+            count: int | None = value.bytes
         elif isinstance(value, str | int) and not isinstance(value, bool):
             try:
-                number = parse_quantity(value)
+                count = _byte_count(value)
             except QuantityError:
                 raise QuantityError(self.message) from None
         else:
             raise QuantityError("must be a quantity such as 512Mi or 20Gi")
-        count = whole_bytes(number)
-        low, high = ByteQuantity(self.minimum).bytes, ByteQuantity(self.maximum).bytes
+        low, high = self._bounds
         if count is None or not low <= count <= high:
             raise QuantityError(self.message)
-        return value if isinstance(value, ByteQuantity) else ByteQuantity(count)
+        return value if isinstance(value, ByteQuantity) else _byte_quantity(count)
 
     def rule(self) -> dict[str, str]:
         """The CEL twin of `check`. `q.isInteger()` depends on the spelling, so the rule asks

@@ -47,8 +47,29 @@ def _instances(index: kopf.Index[Any, Any]) -> Iterable[Instance]:
             yield from (found for found in store if found is not None)
 
 
+_INDEXES = (
+    "stratus_hypervisors", "stratus_instance_types", "stratus_images", "stratus_networks",
+    "stratus_instances", "stratus_volumes", "stratus_snapshots", "stratus_volume_snapshots",
+    "stratus_ceph_pools", "stratus_pool_volumes",
+)  # fmt: skip
+# The last World built, with the indexes it reads. kopf passes the same live index objects
+# to every handler, so one World serves them all; building one per call was 3% of the
+# operator's CPU in bench/control_plane.py.
+_last: dict[str, tuple[tuple[Any, ...], World]] = {}
+
+
 def world(kwargs: dict[str, Any]) -> World:
     """The World over the live indexes kopf passes to every handler (see indexes.py)."""
+    indexes = tuple(kwargs[name] for name in _INDEXES)
+    last = _last.get("world")
+    if last is not None and all(a is b for a, b in zip(last[0], indexes, strict=True)):
+        return last[1]
+    built = _world(kwargs)
+    _last["world"] = (indexes, built)
+    return built
+
+
+def _world(kwargs: dict[str, Any]) -> World:
     hypervisors, types = kwargs["stratus_hypervisors"], kwargs["stratus_instance_types"]
     images, networks = kwargs["stratus_images"], kwargs["stratus_networks"]
     instances = kwargs["stratus_instances"]
