@@ -20,9 +20,7 @@ IPv4 only: IPv6 subnets and addresses are left out (no DHCPv6, no router adverti
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -33,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stratus_agent import process
+from stratus_agent.drivers.network import netns_ports
+from stratus_agent.drivers.network.netns_ports import NETNS_DIR
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import MAC_PATTERN
@@ -41,9 +41,7 @@ from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)
 
-NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps named namespaces
 EXTERNAL_ID = "stratus-dhcp-network"  # on the OVS Interface: the Network it serves
-IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
 STOP_TIMEOUT = 5.0
 _MAC = re.compile(MAC_PATTERN)
 _HOSTNAME = re.compile(
@@ -76,8 +74,7 @@ class DhcpHost:
 def port_name(bridge: str, network_uid: str) -> str:
     """The server's OVS port: hashed with the bridge, so two simulated nodes (two bridges on
     one kernel) never share a device name."""
-    digest = hashlib.sha256(f"{bridge}\0{network_uid}".encode()).hexdigest()
-    return f"dhcp{digest[: IFNAMSIZ - 4]}"
+    return netns_ports.hashed_name("dhcp", bridge, network_uid)
 
 
 def namespace_name(bridge: str, network_uid: str) -> str:
@@ -274,13 +271,6 @@ def _network_dirs(root: Path) -> set[str]:
         return set()
 
 
-def _namespaces() -> set[str]:
-    try:
-        return {p.name for p in NETNS_DIR.iterdir()}
-    except FileNotFoundError:
-        return set()
-
-
 class DhcpServers:
     """The DHCP servers of the Networks this node serves, on integration bridge `bridge`."""
 
@@ -324,9 +314,9 @@ class DhcpServers:
         hosts_text, opts_text = hosts_file(hosts), opts_file(served, mtu)
         async with self._lock:
             try:
-                await self._ensure_namespace(namespace)
+                await netns_ports.ensure_namespace(namespace)
                 await self._ensure_port(network_uid, port, namespace, vlan_tag, mtu)
-                await self._ensure_addresses(namespace, port, addresses)
+                await netns_ports.ensure_addresses(namespace, port, addresses)
                 changed = await asyncio.to_thread(_write_config, files, hosts_text, opts_text)
                 pid = await asyncio.to_thread(_current_dnsmasq, files, argv, namespace)
                 if pid is not None and changed:
@@ -365,7 +355,7 @@ class DhcpServers:
         found |= await self._ports_by_network()
         prefix = namespace_name(self.bridge, "")
         found |= {
-            name.removeprefix(prefix) for name in await asyncio.to_thread(_namespaces)
+            name.removeprefix(prefix) for name in await netns_ports.namespaces()
             if name.startswith(prefix) and naming.is_uid(name.removeprefix(prefix))
         }  # fmt: skip
         removed = []
@@ -382,50 +372,18 @@ class DhcpServers:
 
     # The steps.
 
-    async def _ip(self, *args: str, check: bool = True) -> process.Output:
-        return await process.run("ip", *args, check=check, timeout=30)
-
-    async def _vsctl_run(self, *args: str) -> str:
-        return (await process.run(self._vsctl, "--timeout=10", *args)).stdout
-
-    async def _ensure_namespace(self, namespace: str) -> None:
-        if not await asyncio.to_thread((NETNS_DIR / namespace).exists):
-            await self._ip("netns", "add", namespace)
-
     async def _ensure_port(
         self, network_uid: str, port: str, namespace: str, vlan_tag: int | None, mtu: int
     ) -> None:
-        """The internal port, tagged (None: untagged, a flat Network's), inside the
-        namespace. Each setting is re-applied, so a port someone retagged is put right."""
-        tagging = ("set", "Port", port, f"tag={vlan_tag}") if vlan_tag is not None else (
-            "clear", "Port", port, "tag")  # fmt: skip
-        await self._vsctl_run(
-            "--may-exist", "add-port", self.bridge, port,
-            "--", "set", "Interface", port, "type=internal", f"mtu_request={mtu}",
-            f"external_ids:{EXTERNAL_ID}={network_uid}",
-            "--", *tagging,
+        await netns_ports.ensure_internal_port(
+            self._vsctl, self.bridge, port, namespace, vlan_tag=vlan_tag, mtu=mtu,
+            external_ids={EXTERNAL_ID: network_uid},
         )  # fmt: skip
-        inside = await self._ip("-n", namespace, "link", "show", "dev", port, check=False)
-        if inside.code != 0:
-            # New (or re-made by OVS) in the root namespace: move it in.
-            await self._ip("link", "set", "dev", port, "netns", namespace)
-        await self._ip("-n", namespace, "link", "set", "dev", port, "mtu", str(mtu), "up")
-
-    async def _ensure_addresses(self, namespace: str, port: str, wanted: set[str]) -> None:
-        out = (await self._ip("-n", namespace, "-j", "-4", "addr", "show", "dev", port)).stdout
-        present = {
-            f"{info['local']}/{info['prefixlen']}"
-            for link in json.loads(out or "[]") for info in link.get("addr_info", [])
-        }  # fmt: skip
-        for address in sorted(present - wanted):
-            await self._ip("-n", namespace, "addr", "del", address, "dev", port)
-        for address in sorted(wanted - present):
-            await self._ip("-n", namespace, "addr", "add", address, "dev", port)
 
     async def _start(self, namespace: str, argv: list[str], files: ServerFiles) -> int:
         # dnsmasq's parent exits once the daemon is ready (or with its error), so this
         # returns with the pid file written.
-        await self._ip("netns", "exec", namespace, *argv)
+        await netns_ports.ip("netns", "exec", namespace, *argv)
         pid = await asyncio.to_thread(_pid_in, files)
         if pid is None:
             raise OSError(f"dnsmasq started but wrote no pid to {files.pid}")
@@ -459,20 +417,14 @@ class DhcpServers:
 
     async def _remove(self, network_uid: str, files: ServerFiles) -> None:
         await self._stop(files)
-        await self._vsctl_run("--if-exists", "del-port", port_name(self.bridge, network_uid))
-        namespace = namespace_name(self.bridge, network_uid)
-        if await asyncio.to_thread((NETNS_DIR / namespace).exists):
-            await self._ip("netns", "delete", namespace)
+        await netns_ports.remove_port(self._vsctl, port_name(self.bridge, network_uid))
+        await netns_ports.remove_namespace(namespace_name(self.bridge, network_uid))
         await asyncio.to_thread(shutil.rmtree, files.directory, ignore_errors=True)
 
     async def _ports_by_network(self) -> set[str]:
         """Networks with a server port on this bridge (named after this bridge)."""
-        out = await self._vsctl_run(
-            "--format=json", "--columns=name,external_ids", "find", "Interface", "type=internal"
-        )
-        found = set()
-        for name, (_, pairs) in json.loads(out)["data"]:
-            network_uid = dict(pairs).get(EXTERNAL_ID, "")
-            if naming.is_uid(network_uid) and name == port_name(self.bridge, network_uid):
-                found.add(network_uid)
-        return found
+        ports = await netns_ports.ports_with_external_id(self._vsctl, EXTERNAL_ID)
+        return {
+            ids[EXTERNAL_ID] for name, ids in ports.items()
+            if naming.is_uid(ids[EXTERNAL_ID]) and name == port_name(self.bridge, ids[EXTERNAL_ID])
+        }  # fmt: skip
