@@ -302,7 +302,9 @@ class Routers:
         chain and no jump when there are none. Rewritten (in one iptables-restore
         transaction, so no packet sees half a chain) only when it differs, so an unchanged
         chain keeps its counters."""
-        current = (await self._iptables(namespace, "iptables", "-w", "-t", "nat", "-S")).splitlines()
+        current = (
+            await self._iptables(namespace, "iptables", "-w", "-t", "nat", "-S")
+        ).splitlines()
         exists = f"-N {SNAT_CHAIN}" in current
         jump = f"-A POSTROUTING -j {SNAT_CHAIN}"
         jumps = current.count(jump)
