@@ -8,8 +8,6 @@ hand, `.venv/bin/python bench/boot.py`.
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from benchlib import copy_disks
 from stratus_devcloud.allinone import DevCloud
 from stratus_devcloud.controlplane import REPO_ROOT
 
@@ -42,23 +41,7 @@ def copy_domain(xml: str, copy_dir: Path) -> tuple[Path, Path]:
     copy_dir.chmod(0o755)
     domain.find("name").text = "bench-virsh-copy"  # type: ignore[union-attr]
     domain.find("uuid").text = str(uuid.uuid4())  # type: ignore[union-attr]
-    for disk in domain.iterfind("devices/disk"):
-        source = disk.find("source")
-        if source is None or source.get("file") is None:
-            continue
-        original = Path(source.get("file", ""))
-        copy = copy_dir / original.name
-        if original.suffix == ".qcow2":
-            info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(original)],
-                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
-            backing = json.loads(info)["backing-filename"]
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            backing, str(copy)], check=True)  # fmt: skip
-        else:
-            shutil.copyfile(original, copy)
-        source.set("file", str(copy))
-        for child in disk.findall("backingStore"):
-            disk.remove(child)
+    copy_disks(domain, copy_dir)
     console = copy_dir / "console.log"
     for log in domain.iterfind("devices/serial/log"):
         log.set("file", str(console))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from benchlib import copy_disks
 from stratus_devcloud.allinone import DevCloud
 from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError
 
@@ -86,23 +86,7 @@ def plain_copy(xml: str, copy_dir: Path, name: str) -> tuple[Path, Path]:
     domain.find("uuid").text = str(uuid.uuid4())  # type: ignore[union-attr]
     for label in domain.findall("seclabel"):
         domain.remove(label)
-    for disk in domain.iterfind("devices/disk"):
-        source = disk.find("source")
-        if source is None or source.get("file") is None:
-            continue
-        original = Path(source.get("file", ""))
-        copy = copy_dir / original.name
-        if original.suffix == ".qcow2":
-            info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(original)],
-                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
-            backing = json.loads(info)["backing-filename"]
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            backing, str(copy)], check=True)  # fmt: skip
-        else:
-            shutil.copyfile(original, copy)
-        source.set("file", str(copy))
-        for child in disk.findall("backingStore") + disk.findall("seclabel"):
-            disk.remove(child)
+    copy_disks(domain, copy_dir, drop=("backingStore", "seclabel"))
     console = copy_dir / "console.log"
     for log in domain.iterfind("devices/serial/log"):
         log.set("file", str(console))
