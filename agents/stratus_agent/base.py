@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
 from stratus_api.imageref import ImageRef
 from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.router_wire import NodeRouterSpec
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.volume_wire import CephAccess, PoolUsage
 
@@ -379,6 +380,20 @@ class NetworkDriver(Protocol):
 
     def network(self, uid: str) -> NodeNetworkSpec | None:
         """The Network's node spec, as kept."""
+
+    async def ensure_router(self, spec: NodeRouterSpec) -> None:
+        """Keep the router's node spec (kept across restarts) and build the router here;
+        raises ProvisioningError when that cannot be done now (the spec stays kept, the
+        periodic check tries again)."""
+
+    async def remove_router(self, uid: str) -> bool:
+        """The router is not this node's any more: remove it; True if it was kept."""
+
+    def router_uids(self) -> list[str]:
+        """UIDs of the routers whose node spec is kept."""
+
+    def router(self, uid: str) -> NodeRouterSpec | None:
+        """The router's node spec, as kept."""
 
 
 class SeedDrive(Protocol):

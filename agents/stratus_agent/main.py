@@ -118,9 +118,12 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
     from stratus_agent.drivers.network.dhcp import DhcpServers
     from stratus_agent.drivers.network.guest_nics import GuestNics
     from stratus_agent.drivers.network.local_vlans import LocalVlans
-    from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
     from stratus_agent.drivers.network.ovs import OvsNetworkDriver
+    from stratus_agent.drivers.network.routers import Routers
+    from stratus_agent.drivers.network.spec_files import SpecFiles
     from stratus_agent.drivers.network.tunnels import TunnelBridge
+    from stratus_api.network_wire import NodeNetworkSpec
+    from stratus_api.router_wire import NodeRouterSpec
 
     directory = config.state_dir / "network"
     vlans = LocalVlans(directory / "local-vlans.json")
@@ -132,7 +135,7 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         integration,
         vlans,
         providers,
-        specs=NetworkSpecFiles(directory / "specs"),
+        specs=SpecFiles(directory / "specs", NodeNetworkSpec),
         tunnel=None if tunnel is None else TunnelBridge(tunnel, integration, network.vsctl),
         local_ip=None if tunnel is None else tunnel.local_ip,
         dhcp={
@@ -140,6 +143,8 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
             for bridge in (integration, *providers.values())
         },
         guest_nics=GuestNics(directory / "guest-nics.json"),
+        routers=Routers(config.state_dir, integration.name, network.vsctl),
+        router_specs=SpecFiles(directory / "routers", NodeRouterSpec),
     )
 
 

@@ -25,6 +25,7 @@ from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.router_wire import NodeRouterSpec
 from stratus_api.validation import problems_of
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeVolumeSpec
 
@@ -42,7 +43,7 @@ SNAPSHOTS = web.AppKey("snapshots", SnapshotManager)
 PHYSICAL_NETWORKS = web.AppKey("physical_networks", list[str])
 NETWORKS = web.AppKey("networks", NetworkDriver)
 TUNNEL_ENDPOINT = web.AppKey("tunnel_endpoint", str)
-Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec, NodeNetworkSpec)
+Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec, NodeNetworkSpec, NodeRouterSpec)
 
 
 class AgentMetrics:
@@ -179,6 +180,7 @@ volume_route = _uid_route("a volume")
 snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
 network_route = _uid_route("a network")
+router_route = _uid_route("a router")
 
 
 @guest_route
@@ -353,6 +355,42 @@ async def delete_network(request: web.Request, uid: str) -> web.Response:
     return web.json_response({"deleted": deleted})
 
 
+async def router_inventory(request: web.Request) -> web.Response:
+    return web.json_response({"routers": _networks(request).router_uids()})
+
+
+@router_route
+async def get_router(request: web.Request, uid: str) -> web.Response:
+    spec = _networks(request).router(uid)
+    if spec is None:
+        return _error(404, f"router {uid} is not kept here")
+    return web.json_response(text=spec.model_dump_json(by_alias=True))
+
+
+@router_route
+async def put_router(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    spec = await _spec_of(request, uid, NodeRouterSpec, "router")
+    if isinstance(spec, web.Response):
+        return spec
+    try:
+        await networks.ensure_router(spec)
+    except ProvisioningError as exc:
+        # Kept (when this node builds routers at all): the periodic check builds it later.
+        return _error(503, f"router {uid} not built yet: {exc}", reason=exc.reason.value)
+    return web.json_response({"uid": uid})
+
+
+@router_route
+async def delete_router(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    try:
+        deleted = await networks.remove_router(uid)
+    except ProvisioningError as exc:
+        return _error(503, f"router {uid} not removed yet: {exc}", reason=exc.reason.value)
+    return web.json_response({"deleted": deleted})
+
+
 @image_route
 async def delete_image(request: web.Request, uid: str) -> web.Response:
     """The Image is gone: evict its cached file now, or once no guest's root disk uses it,
@@ -459,6 +497,10 @@ def create_app(
     app.router.add_get("/v1/networks/{uid}", get_network)
     app.router.add_put("/v1/networks/{uid}", put_network)
     app.router.add_delete("/v1/networks/{uid}", delete_network)
+    app.router.add_get("/v1/routers", router_inventory)
+    app.router.add_get("/v1/routers/{uid}", get_router)
+    app.router.add_put("/v1/routers/{uid}", put_router)
+    app.router.add_delete("/v1/routers/{uid}", delete_router)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stratus_agent.drivers.network.bridge import OvsBridge
+from stratus_agent.drivers.network.local_vlans import LocalVlans
+from stratus_agent.drivers.network.ovs import OvsNetworkDriver
 from stratus_agent.drivers.network.routers import ExternalGateway, RouterPort, Routers
+from stratus_agent.drivers.network.spec_files import SpecFiles
+from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.router_wire import NodeRouterSpec
 
 if TYPE_CHECKING:
     from conftest import Node
@@ -296,3 +302,65 @@ async def test_remove_and_sweep_leave_nothing_of_this_node_only(
         await other_node.sweep(keep=())
     assert not [name for name in netns_list().split() if name.startswith(f"router-{bridges[0]}")]
     assert not [port for port in all_ports(*bridges) if port.startswith(("qr", "qg"))]
+
+
+async def test_the_ovs_driver_builds_a_router_where_its_networks_are_and_keeps_it(
+    libvirt_node: Node, hosts: Hosts, bridges: tuple[str, str], tmp_path: Path
+) -> None:
+    """From the node specs alone: the router's ports go in the overlay Networks' local
+    VLANs (given to them by the router when no guest had) and on the external Network's
+    provider bridge; the spec outlives an agent restart, the periodic check repairs the
+    router, and removing it frees the local VLANs its ports alone held."""
+    net_a, net_b, net_ext, router = (str(uuid.uuid4()) for _ in range(4))
+
+    def driver() -> OvsNetworkDriver:
+        return OvsNetworkDriver(
+            OvsBridge(bridges[0], "netdev"), LocalVlans(tmp_path / "local-vlans.json"),
+            {"extnet": OvsBridge(bridges[1], "netdev")},
+            specs=SpecFiles(tmp_path / "specs", NodeNetworkSpec),
+            routers=Routers(tmp_path, bridges[0]),
+            router_specs=SpecFiles(tmp_path / "routers", NodeRouterSpec),
+        )  # fmt: skip
+
+    first = driver()
+    for vni, (uid, kind) in enumerate(((net_a, "overlay"), (net_b, "overlay"), (net_ext, "flat"))):
+        await first.ensure_network(NodeNetworkSpec.model_validate({
+            "uid": uid, "namespace": "tenant", "name": uid[:8], "type": kind, "mtu": MTU,
+            **({"segmentationId": 4000 + vni} if kind == "overlay" else {}),
+            **({"physicalNetwork": "extnet"} if kind == "flat" else {}),
+        }))  # fmt: skip
+    spec = NodeRouterSpec.model_validate({
+        "uid": router, "namespace": "tenant", "name": "edge",
+        "ports": [
+            {"network": net_a, "mac": "fa:16:3e:00:00:0a", "addresses": ["10.81.0.1/24"]},
+            {"network": net_b, "mac": "fa:16:3e:00:00:0b", "addresses": ["10.82.0.1/24"]},
+        ],
+        "external": {"network": net_ext, "mac": "fa:16:3e:00:00:0e",
+                     "addresses": ["172.30.0.10/24"], "gateway": "172.30.0.1"},
+    })  # fmt: skip
+    try:
+        await first.ensure_router(spec)
+        tags = first.vlans.tags()
+        guest_a = hosts.add(bridges[0], tags[net_a], "10.81.0.11/24", "10.81.0.1")
+        guest_b = hosts.add(bridges[0], tags[net_b], "10.82.0.12/24", "10.82.0.1")
+        hosts.add(bridges[1], None, "172.30.0.1/24", None)  # outside: no route back
+        assert pings(guest_a, "10.82.0.12") and pings(guest_b, "10.81.0.11")
+        assert pings(guest_a, "172.30.0.1")  # through SNAT, on by default
+
+        restarted = driver()
+        assert restarted.router_uids() == [router]
+        names = Routers(tmp_path, bridges[0])
+        gateway_port = names.gateway_port_name(router)
+        vsctl("del-port", gateway_port)  # drift the periodic check repairs
+        await restarted.check()
+        assert pings(guest_a, "172.30.0.1")
+
+        hosts.remove()  # the guests' ports go: the router's alone hold the tags now
+        assert await restarted.remove_router(router)
+        assert not await restarted.remove_router(router)
+        assert names.namespace(router) not in netns_list()
+        assert not ports_of(router)
+        assert net_a not in restarted.vlans.tags() and net_b not in restarted.vlans.tags()
+        assert driver().router_uids() == []
+    finally:
+        await Routers(tmp_path, bridges[0]).remove(router)

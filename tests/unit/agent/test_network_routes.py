@@ -18,8 +18,8 @@ from stratus_agent.drivers.compute.fake import FakeComputeDriver
 from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.fake import FakeNetworkDriver
 from stratus_agent.drivers.network.local_vlans import LocalVlans
-from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
 from stratus_agent.drivers.network.ovs import OvsNetworkDriver
+from stratus_agent.drivers.network.spec_files import SpecFiles
 from stratus_agent.manager.guests import GuestManager
 from stratus_api.network_wire import NodeNetworkSpec
 from testsupport import AGENT_AUTH as AUTH
@@ -132,7 +132,7 @@ async def test_the_ovs_driver_keeps_specs_across_a_restart(tmp_path: Path) -> No
         return OvsNetworkDriver(
             OvsBridge("br-unused", "netdev"),
             LocalVlans(tmp_path / "local-vlans.json"),
-            specs=NetworkSpecFiles(tmp_path / "specs"),
+            specs=SpecFiles(tmp_path / "specs", NodeNetworkSpec),
         )
 
     first = driver()
@@ -144,3 +144,90 @@ async def test_the_ovs_driver_keeps_specs_across_a_restart(tmp_path: Path) -> No
     assert await restarted.remove_network(spec.uid)
     assert not await restarted.remove_network(spec.uid)
     assert driver().networks() == []
+
+
+def router_spec(**overrides: Any) -> dict[str, Any]:
+    spec = {
+        "uid": str(uuid.uuid4()),
+        "namespace": "tenant",
+        "name": "edge",
+        "ports": [{"network": str(uuid.uuid4()), "mac": "52:54:00:00:01:01",
+                   "addresses": ["10.1.0.1/24"]}],
+        "external": {"network": str(uuid.uuid4()), "mac": "52:54:00:00:01:02",
+                     "addresses": ["172.24.4.10/24"], "gateway": "172.24.4.1"},
+    }  # fmt: skip
+    return {**spec, **overrides}
+
+
+async def test_routers_are_put_listed_and_deleted(
+    client: Client, driver: FakeNetworkDriver
+) -> None:
+    spec = router_spec()
+    uid = spec["uid"]
+    response = await client.put(f"/v1/routers/{uid}", json=spec, headers=AUTH)
+    assert response.status == 200, await response.text()
+    external = driver.routers[uid].external
+    assert external is not None and external.snat  # SNAT unless told otherwise
+    got = await (await client.get(f"/v1/routers/{uid}", headers=AUTH)).json()
+    assert got["ports"][0]["addresses"] == ["10.1.0.1/24"]
+    assert await (await client.get("/v1/routers", headers=AUTH)).json() == {"routers": [uid]}
+    first = await client.delete(f"/v1/routers/{uid}", headers=AUTH)
+    again = await client.delete(f"/v1/routers/{uid}", headers=AUTH)
+    assert (await first.json(), await again.json()) == ({"deleted": True}, {"deleted": False})
+    missing = await client.get(f"/v1/routers/{uid}", headers=AUTH)
+    assert missing.status == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            {
+                "ports": [
+                    {"network": "net-a", "mac": "52:54:00:00:01:01", "addresses": ["10.1.0.1/24"]}
+                ]
+            },
+            "ports[0].network",
+        ),
+        (
+            {
+                "ports": [
+                    {
+                        "network": str(uuid.uuid4()),
+                        "mac": "52:54:00:00:01:01",
+                        "addresses": ["10.1.0.1"],
+                    }
+                ]
+            },
+            "ports[0].addresses",
+        ),
+        (
+            {
+                "external": {
+                    "network": str(uuid.uuid4()),
+                    "mac": "52:54:00:00:01:02",
+                    "addresses": ["172.24.4.10/24"],
+                    "gateway": "gw",
+                }
+            },
+            "external.gateway",
+        ),
+    ],
+)
+async def test_a_bad_router_spec_is_refused_naming_the_field(
+    client: Client, driver: FakeNetworkDriver, change: dict[str, Any], field: str
+) -> None:
+    spec = router_spec(**change)
+    response = await client.put(f"/v1/routers/{spec['uid']}", json=spec, headers=AUTH)
+    body = await response.json()
+    assert response.status == 422, body
+    assert any(problem.startswith(f"{field}") for problem in body["problems"]), body
+    assert driver.routers == {}
+
+
+async def test_router_routes_need_the_token(client: Client) -> None:
+    spec = router_spec()
+    for method, path in [("GET", "/v1/routers"), ("PUT", f"/v1/routers/{spec['uid']}"),
+                         ("DELETE", f"/v1/routers/{spec['uid']}")]:  # fmt: skip
+        response = await client.request(method, path, json=spec)
+        assert response.status == 401, (method, path)

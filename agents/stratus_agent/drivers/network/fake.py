@@ -1,5 +1,5 @@
 """A network driver that plugs nothing, for the fake compute mode; it keeps node network
-specs in memory, so control-plane tests and benchmarks can send them."""
+specs and router specs in memory, so control-plane tests and benchmarks can send them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from stratus_agent.base import NicBinding
 from stratus_api.guest import Nic
 from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.router_wire import NodeRouterSpec
 
 
 class FakeNetworkDriver:
@@ -15,6 +16,7 @@ class FakeNetworkDriver:
 
     def __init__(self) -> None:
         self.specs: dict[str, NodeNetworkSpec] = {}
+        self.routers: dict[str, NodeRouterSpec] = {}
 
     async def ensure_node(self) -> None:
         return None
@@ -39,3 +41,15 @@ class FakeNetworkDriver:
 
     def network(self, uid: str) -> NodeNetworkSpec | None:
         return self.specs.get(uid)
+
+    async def ensure_router(self, spec: NodeRouterSpec) -> None:
+        self.routers[spec.uid] = spec
+
+    async def remove_router(self, uid: str) -> bool:
+        return self.routers.pop(uid, None) is not None
+
+    def router_uids(self) -> list[str]:
+        return sorted(self.routers)
+
+    def router(self, uid: str) -> NodeRouterSpec | None:
+        return self.routers.get(uid)

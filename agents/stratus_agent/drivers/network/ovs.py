@@ -2,7 +2,8 @@
 local VLAN tag per Network on it (local_vlans.py), so Networks are isolated on the node; with
 a tunnel configured, overlay Networks reach their guests on other nodes (tunnels.py); each
 overlay Network with DHCP on in its node spec gets a DHCP server for its local guests
-(dhcp.py), with their NICs as reservations (guest_nics.py).
+(dhcp.py), with their NICs as reservations (guest_nics.py); routers this node is the active
+node of get a namespace each (routers.py) with a port where each joined Network is here.
 
 libvirt plugs each NIC itself (`<virtualport type='openvswitch'/>`, `<vlan>` with the tag)
 and tags the OVS Interface with external_ids:vm-id = the domain UUID, which is the Instance
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from stratus_agent import process
 from stratus_agent.base import NicBinding
@@ -21,15 +23,18 @@ from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
 from stratus_agent.drivers.network.guest_nics import GuestNic, GuestNics
 from stratus_agent.drivers.network.local_vlans import LocalVlans
-from stratus_agent.drivers.network.network_specs import NetworkSpecFiles
+from stratus_agent.drivers.network.routers import ExternalGateway, RouterPort, Routers
+from stratus_agent.drivers.network.spec_files import SpecFiles
 from stratus_agent.drivers.network.tunnels import OverlaySegment, TunnelBridge
 from stratus_agent.errors import ProvisioningError
 from stratus_api.guest import Nic
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.reasons import GuestFailure
+from stratus_api.router_wire import NodeRouterSpec, RouterPortSpec
 from stratus_api.v1alpha1.network import NetworkType
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class OvsNetworkDriver:
@@ -41,11 +46,13 @@ class OvsNetworkDriver:
         vlans: LocalVlans,
         providers: dict[str, OvsBridge] | None = None,
         *,
-        specs: NetworkSpecFiles,
+        specs: SpecFiles[NodeNetworkSpec],
         tunnel: TunnelBridge | None = None,
         local_ip: str | None = None,
         dhcp: dict[str, DhcpServers] | None = None,
         guest_nics: GuestNics | None = None,
+        routers: Routers | None = None,
+        router_specs: SpecFiles[NodeRouterSpec] | None = None,
     ) -> None:
         """`providers`: each physical network's bridge (the node admin's). `specs`: where
         node network specs are kept (read now: blocking). `tunnel`: the overlay to other
@@ -64,6 +71,9 @@ class OvsNetworkDriver:
         self.dhcp = dhcp or {}
         self._guest_nics = guest_nics
         self._dhcp_lock = asyncio.Lock()
+        self.routers = routers
+        self._router_files = router_specs
+        self._routers = router_specs.load() if router_specs is not None else {}
 
     async def ensure_node(self) -> None:
         """The integration bridge, and the tunnel bridge with its ports and flows. Checked
@@ -72,6 +82,7 @@ class OvsNetworkDriver:
         await self._ensure_bridge()
         await self._sync_overlay()
         await self._sync_dhcp(set(self._served()) if self._guest_nics else set(), sweep=True)
+        await self._sync_routers()
 
     async def _ensure_bridge(self) -> None:
         async with self._bridge_ready:
@@ -155,7 +166,7 @@ class OvsNetworkDriver:
         """Keep the Network's node spec (replacing the one before) and rebuild the overlay
         with it; kept even when the overlay cannot be rebuilt now (the periodic check
         tries again)."""
-        await asyncio.to_thread(self._spec_files.save, spec)
+        await asyncio.to_thread(self._spec_files.save, spec.uid, spec)
         self._specs[spec.uid] = spec
         await self._sync_overlay()
         await self._sync_dhcp({spec.uid})
@@ -255,3 +266,112 @@ class OvsNetworkDriver:
             nics = self._guest_nics.on_network(uid)
             hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
             await servers.ensure(uid, where[1], spec.mtu, spec.dhcp, hosts)
+
+    # Routers.
+
+    async def ensure_router(self, spec: NodeRouterSpec) -> None:
+        """Keep the router's node spec (replacing the one before) and build it: a port
+        where each of its Networks is on this node (their node specs say where). Kept even
+        when it cannot be built now (the periodic check tries again)."""
+        routers = self._require_routers()
+        assert self._router_files is not None
+        await asyncio.to_thread(self._router_files.save, spec.uid, spec)
+        self._routers[spec.uid] = spec
+        await self._build_router(routers, spec)
+
+    async def remove_router(self, uid: str) -> bool:
+        """This node is the router's node no more: remove it and forget its spec; True if
+        there was one. A local VLAN its ports alone held is freed."""
+        routers = self._require_routers()
+        assert self._router_files is not None
+        held = self._routers.pop(uid, None) is not None
+        removed = await asyncio.to_thread(self._router_files.remove, uid)
+        await self._releasing_tags(routers.remove(uid))
+        return removed or held
+
+    def router_uids(self) -> list[str]:
+        return sorted(self._routers)
+
+    def router(self, uid: str) -> NodeRouterSpec | None:
+        return self._routers.get(uid)
+
+    def _require_routers(self) -> Routers:
+        if self.routers is None or self._router_files is None:
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED, "this agent builds no routers"
+            )
+        return self.routers
+
+    async def _build_router(self, routers: Routers, spec: NodeRouterSpec) -> None:
+        ports = [await self._router_port(spec, port) for port in spec.ports]
+        external = None
+        if spec.external is not None:
+            gateway = spec.external
+            external = ExternalGateway(
+                await self._router_port(spec, gateway), gateway.gateway, gateway.snat
+            )
+        # A Network new on the node through this router gets its overlay flows.
+        await self._sync_overlay()
+        try:
+            await self._releasing_tags(routers.ensure(spec.uid, ports, external))
+        except ValueError as exc:
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED, f"router {spec.namespace}/{spec.name}: {exc}"
+            ) from exc
+
+    async def _router_port(self, spec: NodeRouterSpec, port: RouterPortSpec) -> RouterPort:
+        """Where the router's port on `port.network` goes: the integration bridge in the
+        Network's local VLAN (given now if the Network had none here), or its provider
+        bridge with its VLAN id (flat: untagged)."""
+        network = self._specs.get(port.network)
+        where = f"router {spec.namespace}/{spec.name}"
+        if network is None:
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED,
+                f"{where}: Network {port.network} has no node spec here yet",
+            )
+        if network.type is NetworkType.OVERLAY:
+            async with self._tags:
+                tag: int | None = await asyncio.to_thread(self.vlans.tag_of, network.uid)
+            bridge = self.bridge.name
+        else:
+            provider = self.providers.get(network.physical_network or "")
+            if provider is None:
+                raise ProvisioningError(
+                    GuestFailure.NETWORK_SETUP_FAILED,
+                    f"{where}: physical network {network.physical_network} of Network "
+                    f"{network.namespace}/{network.name} has no bridge on this node",
+                )
+            bridge = provider.name
+            tag = network.segmentation_id if network.type is NetworkType.VLAN else None
+        return RouterPort(port.network, bridge, tag, network.mtu, port.mac, tuple(port.addresses))
+
+    async def _releasing_tags(self, change: Awaitable[T]) -> T:
+        """Run `change` (which removes router ports); a local VLAN no port carries any
+        more afterwards is freed, with its overlay flows. Only tags of removed ports are
+        looked at, so a tag just given to a guest that libvirt has not plugged yet stays."""
+        async with self._tags:
+            before = await self.bridge.port_tags()
+            try:
+                result = await change
+            except (process.CommandError, OSError) as exc:
+                raise ProvisioningError(GuestFailure.NETWORK_SETUP_FAILED, str(exc)) from exc
+            after = await self.bridge.port_tags()
+            gone = {tag for port, tag in before.items() if port not in after} - set(after.values())
+            released = await asyncio.to_thread(self.vlans.release, {t for t in gone if t})
+        if released:
+            await self._sync_overlay()
+        return result
+
+    async def _sync_routers(self) -> None:
+        """Periodic: rebuild every kept router (repairing drift) and remove routers of this
+        node that no spec names. Failures are logged; the next check tries again."""
+        if self.routers is None:
+            return
+        for spec in list(self._routers.values()):
+            try:
+                await self._build_router(self.routers, spec)
+            except ProvisioningError as exc:
+                log.warning("router %s/%s not in order yet: %s", spec.namespace, spec.name, exc)
+        for uid in await self._releasing_tags(self.routers.sweep(set(self._routers))):
+            log.info("router %s: removed its leftovers (no spec names it)", uid)
