@@ -140,6 +140,11 @@ class Reason(enum.StrEnum):
     NETWORK_IN_USE = "NetworkInUse"  # a Network's deletion waits for its Instances
     SEGMENT_IN_USE = "SegmentInUse"  # another Network holds the VLAN id, VNI or flat segment
     ADDRESS_UNAVAILABLE = "AddressUnavailable"
+    # -- Routers ------------------------------------------------------------------------
+    ROUTING = "Routing"  # a Router that routes on its node
+    SUBNETS_OVERLAP = "SubnetsOverlap"  # two of a Router's Networks share addresses
+    NO_GATEWAY = "NoGateway"  # a Router's Network has no subnet with a gateway
+    NETWORK_NOT_EXTERNAL = "NetworkNotExternal"  # an external gateway on a Network that is not
     USER_DATA_NOT_FOUND = "UserDataNotFound"
     USER_DATA_TOO_LARGE = "UserDataTooLarge"
     MEMORY_TOO_SMALL = "MemoryTooSmall"

@@ -7,11 +7,12 @@ from stratus_api.v1alpha1.image import Image
 from stratus_api.v1alpha1.instance import Instance
 from stratus_api.v1alpha1.instancetype import InstanceType
 from stratus_api.v1alpha1.network import Network
+from stratus_api.v1alpha1.router import Router
 from stratus_api.v1alpha1.volume import Volume
 from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
 KINDS: tuple[type[Resource], ...] = (
-    Image, Volume, VolumeSnapshot, Network, Instance, InstanceType, Hypervisor, CephPool
+    Image, Volume, VolumeSnapshot, Network, Router, Instance, InstanceType, Hypervisor, CephPool
 )  # fmt: skip
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "InstanceType",
     "Network",
     "Resource",
+    "Router",
     "Volume",
     "VolumeSnapshot",
 ]

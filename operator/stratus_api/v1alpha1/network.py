@@ -25,6 +25,10 @@ from stratus_api.v1alpha1.base import (
 VLAN_MAX = 4094
 VNI_MAX = 16_777_215
 UNDERLAY_MTU = 1500
+EXTERNAL_MESSAGE = (
+    "an external Network is a provider network: type vlan or flat, on the physical network "
+    "that leads out"
+)
 OVERLAY_MTU = UNDERLAY_MTU - 50  # VXLAN over IPv4: outer Ethernet, IP, UDP, VXLAN headers
 MAX_SUBNETS = 8
 MAX_POOLS = 16
@@ -209,6 +213,11 @@ class NetworkSpec(ApiModel):
                 field_path=".segmentationId",
             ),
             overlap_free("self.subnets.map(s, s.cidr)", "subnets", "subnets"),
+            Rule(
+                "!self.external || self.type != 'overlay'",
+                EXTERNAL_MESSAGE,
+                field_path=".external",
+            ),
         )
     )
 
@@ -239,6 +248,11 @@ class NetworkSpec(ApiModel):
         le=9000,
         description="MTU given to instance NICs. Unset: 1450 for overlay, 1500 otherwise.",
     )
+    external: bool = Field(
+        default=False,
+        description="The way out of the cloud: Routers of every namespace may name it as "
+        "their external gateway (Neutron's router:external). A vlan or flat Network.",
+    )
     subnets: list[Subnet] = Field(
         min_length=1,
         max_length=MAX_SUBNETS,
@@ -264,6 +278,8 @@ class NetworkSpec(ApiModel):
             raise FieldError("physicalNetwork", PHYSNET_MESSAGE)
         if self.type is NetworkType.VLAN and self.segmentation_id is None:
             raise FieldError("segmentationId", VLAN_ID_MESSAGE)
+        if self.external and self.type is NetworkType.OVERLAY:
+            raise FieldError("external", EXTERNAL_MESSAGE)
         networks = [subnet.network for subnet in self.subnets]
         for index, network in enumerate(networks):
             if any(network.overlaps(other) for other in networks[index + 1 :]):

@@ -11,6 +11,7 @@ from stratus_operator.handlers import (
     instance,
     lifecycle,
     network,
+    router,
     volume,
     volumesnapshot,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "instance",
     "lifecycle",
     "network",
+    "router",
     "volume",
     "volumesnapshot",
 ]

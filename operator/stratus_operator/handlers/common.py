@@ -22,6 +22,7 @@ INSTANCE_TYPES = (GROUP, VERSION, "instancetypes")
 VOLUMES = (GROUP, VERSION, "volumes")
 SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
 CEPH_POOLS = (GROUP, VERSION, "cephpools")
+ROUTERS = (GROUP, VERSION, "routers")
 # Watch streams kopf keeps open per namespace it serves: one per kind, and its discovery
 # of CRDs and namespaces.
 WATCHED_KINDS = (
@@ -50,7 +51,7 @@ def _instances(index: kopf.Index[Any, Any]) -> Iterable[Instance]:
 _INDEXES = (
     "stratus_hypervisors", "stratus_instance_types", "stratus_images", "stratus_networks",
     "stratus_instances", "stratus_volumes", "stratus_snapshots", "stratus_volume_snapshots",
-    "stratus_ceph_pools", "stratus_pool_volumes",
+    "stratus_ceph_pools", "stratus_pool_volumes", "stratus_routers",
 )  # fmt: skip
 # The last World built, with the indexes it reads. kopf passes the same live index objects
 # to every handler, so one World serves them all; building one per call was 3% of the
@@ -76,6 +77,7 @@ def _world(kwargs: dict[str, Any]) -> World:
     volumes = kwargs["stratus_volumes"]
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
     ceph_pools, pool_volumes = kwargs["stratus_ceph_pools"], kwargs["stratus_pool_volumes"]
+    routers = kwargs["stratus_routers"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _instances(instances),
@@ -101,6 +103,7 @@ def _world(kwargs: dict[str, Any]) -> World:
         ceph_pool=lambda name: _first(ceph_pools, name),
         ceph_pool_by_uid=lambda uid: _first(ceph_pools, ("uid", uid)),
         pool_volumes=lambda name: list(pool_volumes.get(name, ())),
+        routers=lambda: _values(routers),
     )
 
 

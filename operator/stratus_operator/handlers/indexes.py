@@ -22,6 +22,7 @@ from stratus_api.v1alpha1 import (
     InstanceType,
     Network,
     Resource,
+    Router,
     Volume,
     VolumeSnapshot,
 )
@@ -33,6 +34,7 @@ from stratus_operator.handlers.common import (
     INSTANCE_TYPES,
     INSTANCES,
     NETWORKS,
+    ROUTERS,
     SNAPSHOTS,
     VOLUMES,
     runtime,
@@ -152,3 +154,9 @@ async def stratus_ceph_pools(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict
     name may look like a UID)."""
     found = _parsed(CephPool, body, memo)
     return {found.metadata.name: found, ("uid", found.metadata.uid): found} if found else {}
+
+
+@kopf.index(*ROUTERS)
+async def stratus_routers(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(Router, body, memo)
+    return {found.metadata.uid: found} if found else {}

@@ -28,6 +28,7 @@ from aiohttp import http_exceptions
 
 from stratus_api import guest
 from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.router_wire import NodeRouterSpec
 from stratus_api.volume_wire import (
     NodeSnapshotSpec,
     NodeSnapshotStatus,
@@ -266,6 +267,27 @@ class AgentClient:
         """The node hosts the Network no more; True if it held its share."""
         what, raw = await self._call("DELETE", "/v1/networks/" + quote(uid, safe=""))
         return self._flag(what, raw, "deleted")
+
+    async def ensure_router(self, spec: NodeRouterSpec) -> None:
+        """PUT the router to its node: idempotent; the node builds it now."""
+        body = spec.model_dump_json(by_alias=True)
+        await self._call("PUT", "/v1/routers/" + quote(spec.uid, safe=""), body=body)
+
+    async def forget_router(self, uid: str) -> bool:
+        """The router is not the node's any more; True if it held it."""
+        what, raw = await self._call("DELETE", "/v1/routers/" + quote(uid, safe=""))
+        return self._flag(what, raw, "deleted")
+
+    async def routers(self) -> list[str]:
+        """UIDs of the routers the node holds."""
+        what, raw = await self._call("GET", "/v1/routers")
+        try:
+            found = json.loads(raw).get("routers")
+        except (ValueError, AttributeError):
+            found = None
+        if not isinstance(found, list) or not all(isinstance(u, str) for u in found):
+            raise AgentError(self.endpoint.url, what, 'reply has no "routers" list')
+        return found
 
     async def ensure_volume(self, spec: NodeVolumeSpec) -> NodeVolumeStatus:
         """PUT the volume spec (idempotent); the node makes or grows it in the background."""

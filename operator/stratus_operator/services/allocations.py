@@ -110,6 +110,15 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
             for iface in instance.status.interfaces:
                 if iface.network == name and iface.ip and iface.mac:
                     found.hold(instance.metadata.uid or "", Address(iface.ip, iface.mac))
+        for router in world.routers():
+            gateway, status = router.spec.external_gateway, router.status
+            if gateway is None or status is None or not status.external_address:
+                continue
+            if (gateway.namespace or router.metadata.namespace, gateway.network) == (
+                namespace,
+                name,
+            ):
+                found.hold(f"router/{router.metadata.uid}", Address(status.external_address, ""))
         for server in network.status.dhcp_servers if network.status else []:
             for address in server.addresses:
                 subnet = subnet_of(network, address)

@@ -16,7 +16,7 @@ from stratus_api.v1alpha1.instance import InstanceStatus
 from stratus_api.volume_wire import PoolUsage
 from stratus_operator.controllers import conditions, placement
 from stratus_operator.controllers.instance import StatusChange
-from stratus_operator.services import allocations, ceph, instances
+from stratus_operator.services import allocations, ceph, instances, routers
 from stratus_operator.services.agent_client import (
     AgentClient,
     AgentError,
@@ -140,6 +140,10 @@ async def resync(
 ) -> None:  # fmt: skip
     for instance in await instances.resync(name, placed, inventory, client, world, runtime):
         await redispatch(instance, world, runtime)
+    try:
+        await routers.forget_strays(name, client, world, runtime)
+    except AgentError as exc:  # an agent that builds no routers holds none
+        log.debug("node %s: routers not listed: %s", name, exc)
 
 
 def node_unreachable(node: str, why: str) -> StatusChange:

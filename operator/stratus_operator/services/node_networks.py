@@ -16,6 +16,7 @@ from stratus_api.v1alpha1 import Hypervisor, Network
 from stratus_api.v1alpha1.network import DhcpServer, NetworkStatus
 from stratus_operator.controllers import conditions, node_network
 from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.controllers.router import router_mac
 from stratus_operator.services import allocations
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
@@ -32,16 +33,21 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     again on the next round."""
     uid = network.metadata.uid or ""
     users = (world.instance(u) for u in world.network_users(key_of(network)))
-    hosting = node_network.members(network, (i for i in users if i is not None))
+    with_guests = node_network.members(network, (i for i in users if i is not None))
+    hosting = dict(with_guests)
+    for node, mac in router_ports(network, world, runtime):
+        hosting[node] = sorted({*hosting.get(node, []), mac})
     if network.metadata.deletion_timestamp:
-        hosting = {}
+        hosting = with_guests = {}
     endpoints = {}
     for node in hosting:
         hypervisor = world.hypervisor(node)
         if hypervisor is not None and hypervisor.status and hypervisor.status.tunnel_endpoint:
             endpoints[node] = hypervisor.status.tunnel_endpoint
     async with runtime.decisions:
-        servers = dhcp_servers(network, hosting, world, runtime)
+        # Only nodes with guests answer DHCP: a router's node needs no server (nor an
+        # address of the pool for one).
+        servers = dhcp_servers(network, with_guests, world, runtime)
     await _record_dhcp_servers(network, servers, runtime)
     specs = node_network.node_specs(network, hosting, endpoints, servers)
     wanted = {node: spec.model_dump_json(by_alias=True) for node, spec in specs.items()}
@@ -54,6 +60,26 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     )
     if not told:
         runtime.node_networks.pop(uid, None)
+
+
+def router_ports(network: Network, world: World, runtime: Runtime) -> list[tuple[str, str]]:
+    """(node, MAC) of each Router port on the Network: its node hosts the Network too."""
+    namespace, name = network.metadata.namespace or "", network.metadata.name or ""
+    found = []
+    for router in world.routers():
+        uid = router.metadata.uid or ""
+        node = runtime.router_nodes.get(uid) or (router.status.node if router.status else None)
+        if node is None or router.metadata.deletion_timestamp:
+            continue
+        here = router.metadata.namespace == namespace and any(
+            n.name == name for n in router.spec.networks
+        )
+        gateway = router.spec.external_gateway
+        out = gateway is not None and (gateway.namespace or router.metadata.namespace,
+                                       gateway.network) == (namespace, name)  # fmt: skip
+        if here or out:
+            found.append((node, router_mac(uid, network.metadata.uid or "")))
+    return found
 
 
 def dhcp_servers(

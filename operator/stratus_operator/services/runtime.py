@@ -102,6 +102,8 @@ class Runtime:
     reported: dict[str, int] = field(default_factory=dict)
     # Local Volumes bound to a node (Volume UID -> node) before their status says so.
     volume_nodes: dict[str, str] = field(default_factory=dict)
+    # The node each Router was placed on (Router UID -> node), before its status says so.
+    router_nodes: dict[str, str] = field(default_factory=dict)
     # Which Instance each Volume is attached to (Volume UID -> Instance UID).
     volume_holders: dict[str, str] = field(default_factory=dict)
     # The Instances each shareable Volume is attached to (Volume UID -> Instance UID -> name).

@@ -16,6 +16,7 @@ from stratus_api.v1alpha1 import (
     Instance,
     InstanceType,
     Network,
+    Router,
     Volume,
     VolumeSnapshot,
 )
@@ -48,6 +49,7 @@ class World:
     # UIDs of the Instances whose spec names this Network.
     network_users: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool_by_uid: Callable[[str], CephPool | None] = lambda _: None
+    routers: Callable[[], Iterable[Router]] = lambda: ()
     # "namespace/name" of the ceph Volumes in this CephPool.
     pool_volumes: Callable[[str], Iterable[str]] = lambda _: ()
 

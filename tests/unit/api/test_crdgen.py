@@ -63,6 +63,7 @@ EXPECTED_COLUMNS = {
     "CephPool": ["Pool", "User", "Ready", "Provisioned", "Free", "Age"],
     "Image": ["Phase", "Format", "Size", "Age"],
     "Network": ["Type", "CIDR", "Segment", "Age"],
+    "Router": ["Ready", "Node", "External", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],
     "InstanceType": ["CPU", "Memory", "Disk", "Age"],
 }

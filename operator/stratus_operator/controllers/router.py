@@ -1,0 +1,220 @@
+"""Routers as plain data: what a Router's node builds (its ports, their MACs and addresses,
+its external leg), where it runs, and the status that says so. Pure: the caller looks up
+the Networks and Hypervisors.
+
+A Router answers on the gateway address of every IPv4 subnet of each joined Network; the
+subnets of all of them (and the external one's) must not overlap, since one routing table
+holds them. Its MAC on each Network is derived from the two UIDs (Neutron's fa:16:3e
+prefix), so it is the same on every node and after every restart, and never a guest's
+(52:54:00).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from stratus_api.reasons import Reason
+from stratus_api.router_wire import ExternalPortSpec, NodeRouterSpec, RouterPortSpec
+from stratus_api.v1alpha1 import Hypervisor, Network, Router
+from stratus_api.v1alpha1.router import RouterInterface, RouterStatus
+from stratus_operator.controllers import conditions
+
+EXTERNAL_FIELD = "spec.externalGateway.network"
+
+
+class RouterProblem(Exception):
+    """What keeps the Router from being built, naming the field; `waiting`: it may resolve
+    by itself (a Network not there or not ready yet), else the user must act (Stalled)."""
+
+    def __init__(self, reason: str, message: str, *, waiting: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.waiting = waiting
+
+
+def router_mac(router_uid: str, network_uid: str) -> str:
+    digest = hashlib.sha256(f"{router_uid}\0{network_uid}".encode()).digest()
+    return "fa:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def gateway_interfaces(network: Network) -> list[str]:
+    """ip/prefixlen of the Network's IPv4 subnets' gateways."""
+    found = []
+    for subnet in network.spec.subnets:
+        cidr = subnet.network
+        if subnet.gateway is not None and cidr.version == 4:
+            found.append(f"{subnet.gateway}/{cidr.prefixlen}")
+    return found
+
+
+def _ready(network: Network) -> bool:
+    status = network.status
+    return status is not None and conditions.is_true(status.conditions, conditions.READY)
+
+
+@dataclass(frozen=True)
+class External:
+    """The Router's leg out: its Network and its address there (ip/prefixlen)."""
+
+    network: Network
+    address: str
+
+
+def joined(router: Router, found: Sequence[Network | None]) -> list[Network]:
+    """The Router's Networks (`found`: looked up in spec order), checked: each there and
+    Ready, each with a gateway, none overlapping another. RouterProblem otherwise."""
+    networks = []
+    for index, (wanted, network) in enumerate(zip(router.spec.networks, found, strict=True)):
+        field = f"spec.networks[{index}].name"
+        if network is None:
+            message = f"{field}: Network {wanted.name} not found"
+            raise RouterProblem(Reason.NETWORK_NOT_FOUND, message, waiting=True)
+        if not _ready(network):
+            message = f"{field}: Network {wanted.name} is not Ready"
+            raise RouterProblem(Reason.NETWORK_NOT_READY, message, waiting=True)
+        if not gateway_interfaces(network):
+            raise RouterProblem(
+                Reason.NO_GATEWAY,
+                f"{field}: Network {wanted.name} has no IPv4 subnet with a gateway for the "
+                "Router to answer on (set spec.subnets[].gateway)",
+            )
+        networks.append(network)
+    _no_overlap([(f"spec.networks[{i}].name", n) for i, n in enumerate(networks)])
+    return networks
+
+
+def check_external(router: Router, network: Network | None, joined: Sequence[Network]) -> Network:
+    """The external gateway's Network, checked: there, external, not overlapping the
+    joined ones."""
+    gateway = router.spec.external_gateway
+    assert gateway is not None
+    namespace = gateway.namespace or router.metadata.namespace
+    if network is None:
+        raise RouterProblem(
+            Reason.NETWORK_NOT_FOUND,
+            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} not found",
+            waiting=True,
+        )
+    if not network.spec.external:
+        raise RouterProblem(
+            Reason.NETWORK_NOT_EXTERNAL,
+            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} is not external "
+            "(its spec.external is false)",
+        )
+    if not _ready(network):
+        raise RouterProblem(
+            Reason.NETWORK_NOT_READY,
+            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} is not Ready",
+            waiting=True,
+        )
+    named = [(f"spec.networks[{i}].name", n) for i, n in enumerate(joined)]
+    _no_overlap([*named, (EXTERNAL_FIELD, network)])
+    return network
+
+
+def _no_overlap(named: Sequence[tuple[str, Network]]) -> None:
+    seen: list[tuple[str, Network, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    for field, network in named:
+        for subnet in network.spec.subnets:
+            for other_field, other, cidr in seen:
+                if subnet.network.overlaps(cidr) and other is not network:
+                    raise RouterProblem(
+                        Reason.SUBNETS_OVERLAP,
+                        f"{field}: subnet {subnet.cidr} of Network {network.metadata.name} "
+                        f"overlaps {cidr} of Network {other.metadata.name} ({other_field}); "
+                        "one Router cannot route both",
+                    )
+            seen.append((field, network, subnet.network))
+
+
+def external_gateway_ip(network: Network, address: str) -> str | None:
+    """The next hop out: the gateway of the external subnet holding `address`."""
+    ip = ipaddress.ip_address(address)
+    subnet = next((s for s in network.spec.subnets if ip in s.network), None)
+    return subnet.gateway if subnet is not None else None
+
+
+def node_spec(
+    router: Router, networks: Sequence[Network], external: External | None
+) -> NodeRouterSpec:
+    uid = router.metadata.uid or ""
+    ports = [
+        RouterPortSpec(
+            network=n.metadata.uid or "",
+            mac=router_mac(uid, n.metadata.uid or ""),
+            addresses=gateway_interfaces(n),
+        )
+        for n in networks
+    ]
+    out = None
+    if external is not None and router.spec.external_gateway is not None:
+        network_uid = external.network.metadata.uid or ""
+        out = ExternalPortSpec(
+            network=network_uid, mac=router_mac(uid, network_uid), addresses=[external.address],
+            gateway=external_gateway_ip(external.network, external.address.split("/")[0]),
+            snat=router.spec.external_gateway.snat,
+        )  # fmt: skip
+    return NodeRouterSpec(
+        uid=uid, namespace=router.metadata.namespace or "", name=router.metadata.name or "",
+        generation=router.metadata.generation or 0, ports=ports, external=out,
+    )  # fmt: skip
+
+
+def candidates(
+    router: Router, hypervisors: Iterable[Hypervisor], external: Network | None,
+    routers_on: Mapping[str, int],
+) -> list[str]:  # fmt: skip
+    """Ready nodes that can hold the Router (the external Network's physical network there,
+    when it has one), its current node first, then the least loaded; RouterProblem when
+    there is none."""
+    physnet = external.spec.physical_network if external is not None else None
+    ready = []
+    for hypervisor in hypervisors:
+        status = hypervisor.status
+        if status is None or not conditions.is_true(status.conditions, conditions.READY):
+            continue
+        if physnet is not None and physnet not in (status.physical_networks or []):
+            continue
+        ready.append(hypervisor.metadata.name or "")
+    if not ready:
+        where = f" with physical network {physnet}" if physnet else ""
+        message = f"no Ready Hypervisor{where} to run the Router on"
+        raise RouterProblem(Reason.UNSCHEDULABLE, message, waiting=True)
+    current = router.status.node if router.status else None
+    return sorted(ready, key=lambda node: (node != current, routers_on.get(node, 0), node))
+
+
+def routed(
+    node: str, networks: Sequence[Network], external: External | None
+) -> Callable[[RouterStatus, int], RouterStatus]:
+    def change(status: RouterStatus, generation: int) -> RouterStatus:
+        out = ", ".join(n.metadata.name or "" for n in networks) or "no Network"
+        return status.model_copy(update={
+            "node": node,
+            "external_address": external.address.split("/")[0] if external else None,
+            "interfaces": [RouterInterface(network=n.metadata.name or "",
+                                           addresses=gateway_interfaces(n)) for n in networks],
+            "observed_generation": generation,
+            "conditions": conditions.with_progress(
+                status.conditions, ready=True, reason=Reason.ROUTING,
+                message=f"routing {out} on {node}", generation=generation,
+            ),
+        })  # fmt: skip
+
+    return change
+
+
+def failing(problem: RouterProblem) -> Callable[[RouterStatus, int], RouterStatus]:
+    def change(status: RouterStatus, generation: int) -> RouterStatus:
+        return status.model_copy(update={
+            "observed_generation": generation,
+            "conditions": conditions.with_progress(
+                status.conditions, ready=False, reason=problem.reason, message=str(problem),
+                generation=generation, reconciling=problem.waiting, stalled=not problem.waiting,
+            ),
+        })  # fmt: skip
+
+    return change
