@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import allinone, ceph, controlplane, processes
+from stratus_devcloud import allinone, ceph, controlplane, external, processes
 from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
@@ -164,6 +164,12 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | 
         f"logs in {cloud.state_dir / 'logs'}",
         err=True,
     )
+    if not control_plane_only:
+        click.echo(
+            f"stratus dev: external network: bridge {cloud.external_bridge}, host gateway "
+            f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
+            err=True,
+        )
     if with_ceph:
         start = time.monotonic()
         try:
@@ -237,6 +243,7 @@ def status(state_dir: Path) -> None:
         click.echo(f"{name:<26} {shown}")
     if cloud.node_record.exists():
         click.echo(f"{'bridge':<26} {cloud.bridge}")
+        click.echo(f"{'external network':<26} {cloud.external_bridge} {cloud.external_gateway}")
         click.echo(f"{'node files':<26} {cloud.node_dir}")
     ready = plane.ready()
     click.echo(f"{'API ' + plane.server_url:<26} {'ready' if ready else 'not ready'}")
