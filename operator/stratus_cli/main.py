@@ -143,8 +143,10 @@ def dev() -> None:
 )
 def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | None) -> None:
     """Start the local cloud (or find it running): the Kubernetes control plane with the
-    CRDs, Open vSwitch and libvirtd, one agent per node registered as Hypervisor `local`
-    (and `local-2`...), the operator, and an HTTP server for the test image; with --ceph,
+    CRDs, Open vSwitch and libvirtd, the external network's bridge with the host's address
+    (physical network `external` on every node), one agent per node registered as
+    Hypervisor `local` (and `local-2`...), the operator, and an HTTP server for the test
+    image; with --ceph,
     then a one-node Ceph cluster registered as the CephPool `default`.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
@@ -190,7 +192,7 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | 
 @dev.command()
 @STATE_DIR_OPTION
 def down(state_dir: Path) -> None:
-    """Stop the local cloud: delete its guests, bridge and node files, stop every process it
+    """Stop the local cloud: delete its guests, bridges and node files, stop every process it
     started. Kubernetes data stays in the state directory for the next `up`.
 
     Needs nothing of the environment `up` ran in: what to stop comes from the records `up`
