@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import allinone, ceph, controlplane, processes
+from stratus_devcloud import allinone, ceph, controlplane, external, processes
 from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
@@ -143,8 +143,10 @@ def dev() -> None:
 )
 def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | None) -> None:
     """Start the local cloud (or find it running): the Kubernetes control plane with the
-    CRDs, Open vSwitch and libvirtd, one agent per node registered as Hypervisor `local`
-    (and `local-2`...), the operator, and an HTTP server for the test image; with --ceph,
+    CRDs, Open vSwitch and libvirtd, the external network's bridge with the host's address
+    (physical network `external` on every node), one agent per node registered as
+    Hypervisor `local` (and `local-2`...), the operator, and an HTTP server for the test
+    image; with --ceph,
     then a one-node Ceph cluster registered as the CephPool `default`.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
@@ -164,6 +166,12 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | 
         f"logs in {cloud.state_dir / 'logs'}",
         err=True,
     )
+    if not control_plane_only:
+        click.echo(
+            f"stratus dev: external network: bridge {cloud.external_bridge}, host gateway "
+            f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
+            err=True,
+        )
     if with_ceph:
         start = time.monotonic()
         try:
@@ -184,7 +192,7 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | 
 @dev.command()
 @STATE_DIR_OPTION
 def down(state_dir: Path) -> None:
-    """Stop the local cloud: delete its guests, bridge and node files, stop every process it
+    """Stop the local cloud: delete its guests, bridges and node files, stop every process it
     started. Kubernetes data stays in the state directory for the next `up`.
 
     Needs nothing of the environment `up` ran in: what to stop comes from the records `up`
@@ -237,6 +245,7 @@ def status(state_dir: Path) -> None:
         click.echo(f"{name:<26} {shown}")
     if cloud.node_record.exists():
         click.echo(f"{'bridge':<26} {cloud.bridge}")
+        click.echo(f"{'external network':<26} {cloud.external_bridge} {cloud.external_gateway}")
         click.echo(f"{'node files':<26} {cloud.node_dir}")
     ready = plane.ready()
     click.echo(f"{'API ' + plane.server_url:<26} {'ready' if ready else 'not ready'}")

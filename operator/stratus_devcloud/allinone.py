@@ -5,8 +5,9 @@ node-side file and stops what `up` started. Kubernetes data (etcd) stays in the 
 directory, so Instances come back on the next `up`: the operator finds their guests missing
 on the node and dispatches them again (with fresh disks).
 
-Several local clouds can share a machine: the node directory and the OVS bridge are named
-after the state directory (and written to STATE/node.json at `up`), guests are ours when
+Several local clouds can share a machine: the node directory, the OVS bridges and the
+external network's range are named after the state directory (and written to STATE/node.json
+at `up`; see external.py for the external network), guests are ours when
 their disks live in our node directory, and `down` uses only STATE/node.json and the process
 records in STATE/run, never the environment `up` ran in.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import secrets
 import shutil
@@ -30,7 +32,7 @@ from typing import Any
 from stratus_agent.drivers.network.dhcp import DhcpServers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
-from stratus_devcloud import ceph, processes
+from stratus_devcloud import ceph, external, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
     REPO_ROOT,
@@ -140,6 +142,20 @@ class DevCloud:
         return self._recorded_node().get("bridge") or BRIDGE_PREFIX + self.digest[:7]
 
     @property
+    def external_bridge(self) -> str:
+        """The external network's bridge (physical network `external` on every node)."""
+        recorded = self._recorded_node().get("external", {})
+        return str(recorded.get("bridge") or external.bridge_name(self.digest))
+
+    @property
+    def external_gateway(self) -> ipaddress.IPv4Interface:
+        """The host's address on the external network, with its prefix."""
+        recorded = self._recorded_node().get("external", {}).get("host_gateway")
+        if recorded:
+            return ipaddress.IPv4Interface(recorded)
+        return external.gateway_for(self.state_dir, self.digest)
+
+    @property
     def node_count(self) -> int:
         recorded = self._recorded_node().get("nodes", 1)
         return self._nodes_wanted or (recorded if isinstance(recorded, int) else 1)
@@ -168,9 +184,17 @@ class DevCloud:
         return self.node_slot(1).config_file
 
     def _record_node(self) -> None:
-        node = {"bridge": self.bridge, "node_dir": str(self.node_dir)}
+        node: dict[str, Any] = {
+            "bridge": self.bridge,
+            "node_dir": str(self.node_dir),
+            "external": {
+                "physical_network": external.PHYSICAL_NETWORK,
+                "bridge": self.external_bridge,
+                "host_gateway": str(self.external_gateway),
+            },
+        }
         if self.node_count > 1:
-            node["nodes"] = self.node_count  # type: ignore[assignment]
+            node["nodes"] = self.node_count
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node_record.write_text(json.dumps(node, indent=2) + "\n")
 
@@ -210,6 +234,7 @@ class DevCloud:
         self.plane.up(crd_dir=REPO_ROOT / "crds")
         self._record_node()
         self.node.up()
+        external.ensure(self.external_bridge, self.external_gateway)
         self._serve_test_image()
         for node in self.nodes:
             tunnel = self._tunnel(node) if self.node_count > 1 else None
@@ -286,7 +311,12 @@ class DevCloud:
         node 1's by default. `tunnel`: its network.tunnel section, with several nodes."""
         node = node or self.node_slot(1)
         pki = self.plane.pki_dir
-        network: dict[str, Any] = {"bridge": node.bridge, "datapath_type": "netdev"}
+        network: dict[str, Any] = {
+            "bridge": node.bridge,
+            "datapath_type": "netdev",
+            # One bridge on the host's Open vSwitch for every node: one L2 segment.
+            "physical_networks": {external.PHYSICAL_NETWORK: self.external_bridge},
+        }
         if tunnel is not None:
             network["tunnel"] = tunnel
         return {
@@ -378,8 +408,9 @@ class DevCloud:
 
     # -- down -----------------------------------------------------------------------------
     def down(self) -> processes.StopReport:
-        """Stop what the records in STATE/run prove ours, remove this cloud's guests, bridge
-        and node files; leave everything else, and say what was left and why."""
+        """Stop what the records in STATE/run prove ours, remove this cloud's guests, bridges
+        (the external one too, with the host's address on it) and node files; leave
+        everything else, and say what was left and why."""
         agents = tuple(node.daemon_name for node in self.nodes)
         report = processes.stop_all(self.run_dir, ("image-server", *agents, "stratus-operator"))
         self._remove_node_state()
@@ -418,16 +449,18 @@ class DevCloud:
         recorded = self._recorded_node()
         if "bridge" in recorded and self.node.ovs_running():
             for node in self.nodes:
-                self._remove_dhcp_servers(node)
+                self._remove_dhcp_servers(node, node.bridge)
+                self._remove_dhcp_servers(node, self.external_bridge)
                 subprocess.run([tool("ovs-vsctl"), "--timeout=10", "--if-exists", "del-br",
                                 node.bridge], capture_output=True, check=False)  # fmt: skip
+            external.remove(self.external_bridge)  # and the host's address with it
         shutil.rmtree(self.node_dir, ignore_errors=True)
 
     @staticmethod
-    def _remove_dhcp_servers(node: NodeSlot) -> None:
-        """dnsmasq outlives its agent on purpose (leases survive a restart): stop it, with
-        its namespace and port, as the agent's sweep does."""
-        servers = DhcpServers(node.state_dir, node.bridge, tool("ovs-vsctl"))
+    def _remove_dhcp_servers(node: NodeSlot, bridge: str) -> None:
+        """dnsmasq outlives its agent on purpose (leases survive a restart): stop the node's
+        servers on `bridge`, with their namespaces and ports, as the agent's sweep does."""
+        servers = DhcpServers(node.state_dir, bridge, tool("ovs-vsctl"))
         try:
             asyncio.run(servers.sweep(()))
         except Exception as exc:  # down goes on; the rest is removed below

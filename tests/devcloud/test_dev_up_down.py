@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from stratus_api.v1alpha1 import KINDS
-from stratus_devcloud import controlplane, processes
+from stratus_devcloud import controlplane, external, processes
 from stratus_devcloud.allinone import DevCloud
+from stratus_devcloud.nodeservices import NodeServices
 from testsupport import REPO_ROOT
 
 STRATUS = [sys.executable, "-m", "stratus_cli"]
@@ -190,8 +194,9 @@ def _which(binary: str) -> str | None:
 def two_clouds(tmp_path: Path, node_services_tools: None) -> Iterator[tuple[DevCloud, DevCloud]]:
     """Two local clouds' node sides on one machine: `ours` as `up` leaves it (node record,
     OVS and libvirtd started unless already running, its bridge and node files), and
-    `theirs` stood in for by its bridge and node files made by hand (a second control plane
-    would cost minutes and change nothing here)."""
+    `theirs` stood in for by its bridges and node files made by hand (a second control plane
+    would cost minutes and change nothing here). Each has its external bridge, as `up`
+    makes it."""
     ours, theirs = DevCloud(tmp_path / "ours"), DevCloud(tmp_path / "theirs")
     ours._record_node()
     ours.node.up()
@@ -201,9 +206,13 @@ def two_clouds(tmp_path: Path, node_services_tools: None) -> Iterator[tuple[DevC
                 "--", "set", "Bridge", cloud.bridge, "datapath_type=netdev")  # fmt: skip
             cloud.node_dir.mkdir(parents=True, exist_ok=True)
             (cloud.node_dir / "disk.qcow2").write_text("")
+        external.ensure(ours.external_bridge, ours.external_gateway)
+        external.ensure(theirs.external_bridge, other_range(ours.external_gateway))
         yield ours, theirs
     finally:
         ovs("--if-exists", "del-br", theirs.bridge, check=False)
+        external.remove(theirs.external_bridge)
+        external.remove(ours.external_bridge)
         shutil.rmtree(theirs.node_dir, ignore_errors=True)
         stratus("dev", "down", "--state-dir", str(ours.state_dir))
         # Should `down` itself have failed: leave the machine as it was all the same.
@@ -227,12 +236,86 @@ def test_down_removes_its_own_bridge_and_files_only(
     bridges = ovs("list-br").stdout.split()
     assert ours.bridge not in bridges
     assert theirs.bridge in bridges
+    # The external bridge and the host's address on it went; the other cloud's stayed.
+    assert ours.external_bridge not in bridges
+    assert external.holders(ours.external_gateway.network, besides="") == []
+    assert theirs.external_bridge in bridges
+    assert external.addresses_of(theirs.external_bridge) != []
     assert not ours.node_dir.exists()
     assert (theirs.node_dir / "disk.qcow2").exists()
     if started_ovs:
         # Ours to stop, but the other cloud's bridge still needs it.
         assert "left Open vSwitch running" in down.stderr
         assert processes.Tracked("ovs-vswitchd", ours.run_dir).running()
+
+
+def other_range(taken: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
+    """A /24 of 172.24.5-255 that is not `taken`'s."""
+    third = 5 + (taken.ip.packed[2] - 5 + 1) % 251
+    return ipaddress.IPv4Interface(f"172.24.{third}.1/24")
+
+
+def free_external_range() -> ipaddress.IPv4Interface:
+    """A /24 of 172.24.5-255 no device of this machine has an address in."""
+    for _ in range(50):
+        gateway = ipaddress.IPv4Interface(f"172.24.{5 + secrets.randbelow(251)}.1/24")
+        if not external.holders(gateway.network, besides=""):
+            return gateway
+    raise AssertionError("no free /24 in 172.24.5.0-172.24.255.0")
+
+
+@pytest.fixture
+def host_ovs(tmp_path: Path) -> Iterator[None]:
+    """The host's Open vSwitch (started unless running; stopped after only if this test
+    started it and no other bridge is on it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: Open vSwitch")
+    if not (_which("ovs-vsctl") and _which("ovs-vswitchd")):
+        pytest.skip("Open vSwitch not installed: run hack/install-deps")
+    services = NodeServices(tmp_path / "dev")
+    services.up(libvirt=False)
+    try:
+        yield
+    finally:
+        services.stop()
+        processes.reap_children()
+
+
+def test_the_external_bridge_on_real_ovs(host_ovs: None) -> None:
+    """What `up` makes for the external network and `down` removes, on a random name and
+    range: a netdev bridge whose LOCAL port holds the host's address, up; idempotent; a
+    range another bridge holds is refused."""
+    bridge, gateway = f"{external.BRIDGE_PREFIX}{secrets.token_hex(3)}", free_external_range()
+    rival = f"{external.BRIDGE_PREFIX}{secrets.token_hex(3)}"
+    try:
+        external.ensure(bridge, gateway)
+        assert ovs("get", "Bridge", bridge, "datapath_type").stdout.strip() == "netdev"
+        assert external.addresses_of(bridge) == [gateway]
+        link = subprocess.run(["ip", "-o", "link", "show", "dev", bridge],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert ",UP" in link or "<UP" in link
+        # The host's connected route to the range goes through the bridge.
+        route = subprocess.run(["ip", "-4", "route", "get", str(gateway.network[2])],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"dev {bridge}" in route
+
+        # Again, with a stray address on it: the same bridge, only the gateway's address.
+        subprocess.run(["ip", "addr", "add", "172.24.3.9/24", "dev", bridge], check=True)
+        external.ensure(bridge, gateway)
+        assert ovs("list-br").stdout.split().count(bridge) == 1
+        assert external.addresses_of(bridge) == [gateway]
+
+        # Another cloud's bridge wanting the range is refused, and nothing is made.
+        with pytest.raises(external.ExternalNetworkError, match=re.escape(f"{bridge} ({gateway})")):
+            external.ensure(rival, gateway)
+        assert rival not in ovs("list-br").stdout.split()
+    finally:
+        external.remove(bridge)
+        external.remove(rival)
+    assert bridge not in ovs("list-br").stdout.split()
+    assert external.holders(gateway.network, besides="") == []
+    gone = subprocess.run(["ip", "link", "show", "dev", bridge], capture_output=True, check=False)
+    assert gone.returncode != 0
 
 
 def pinned_kubernetes_version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from stratus_agent import config as agent_config
 from stratus_api import sources
 from stratus_cli import main as cli_main
-from stratus_devcloud import allinone
+from stratus_devcloud import allinone, controlplane, external
 from stratus_devcloud.controlplane import ControlPlaneError
 from testsupport import REPO_ROOT
 
@@ -40,10 +41,78 @@ def test_the_recorded_names_are_the_ones_down_uses(tmp_path: Path) -> None:
     assert json.loads(cloud.node_record.read_text()) == {
         "bridge": cloud.bridge,
         "node_dir": str(cloud.node_dir),
+        "external": {
+            "physical_network": "external",
+            "bridge": cloud.external_bridge,
+            "host_gateway": str(cloud.external_gateway),
+        },
     }
     # A cloud brought up under another naming scheme keeps the names it was given.
     cloud.node_record.write_text(json.dumps({"bridge": "br-old", "node_dir": "/var/lib/x"}))
     assert (cloud.bridge, cloud.node_dir) == ("br-old", Path("/var/lib/x"))
+    # One brought up before it had an external network gets this version's names for it.
+    assert cloud.external_bridge == external.bridge_name(cloud.digest)
+    cloud.node_record.write_text(json.dumps({
+        "bridge": "br-old", "node_dir": "/var/lib/x",
+        "external": {"bridge": "br-ex-old", "host_gateway": "172.24.9.1/24"},
+    }))  # fmt: skip
+    assert cloud.external_bridge == "br-ex-old"
+    assert str(cloud.external_gateway) == "172.24.9.1/24"
+
+
+def test_each_state_directory_has_its_own_external_bridge_and_range(tmp_path: Path) -> None:
+    clouds = [allinone.DevCloud(tmp_path / name) for name in ("a", "b", "c")]
+    bridges = {cloud.external_bridge for cloud in clouds}
+    integration = {node.bridge for cloud in clouds for node in cloud.nodes}
+    assert len(bridges) == 3 and not bridges & integration
+    for cloud in clouds:
+        assert len(cloud.external_bridge) <= 15
+        assert cloud.external_bridge.startswith(external.BRIDGE_PREFIX)
+        # Not the default state directory: a /24 of 172.24.5-255, the host on .1.
+        gateway = cloud.external_gateway
+        assert gateway.network.prefixlen == 24 and gateway.ip == gateway.network[1]
+        assert gateway.network.subnet_of(ipaddress.IPv4Network("172.24.0.0/16"))
+        assert 5 <= gateway.ip.packed[2] <= 255
+        # Stable: the same state directory names the same ones from any process.
+        again = allinone.DevCloud(cloud.state_dir)
+        assert (again.external_bridge, again.external_gateway) == (
+            cloud.external_bridge,
+            gateway,
+        )
+    # By digest, so two clouds may draw one /24 (1 in 251): `up` then refuses (below).
+
+
+def test_the_default_state_directory_gets_devstacks_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cloud = allinone.DevCloud(controlplane.default_state_dir())
+    assert str(cloud.external_gateway) == "172.24.4.1/24"
+
+
+def test_a_range_another_device_holds_is_refused_before_anything_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = {
+        "lo": [ipaddress.IPv4Interface("127.0.0.1/8")],
+        "stratusx-aaaaaa": [ipaddress.IPv4Interface("172.24.4.1/24")],
+        "docker0": [ipaddress.IPv4Interface("172.24.0.1/16")],
+        "stratusx-bbbbbb": [ipaddress.IPv4Interface("172.24.7.1/24")],
+    }
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(external, "_addresses", lambda: held)
+    monkeypatch.setattr(external, "_run", lambda *argv, **kw: ran.append(argv))
+    gateway = ipaddress.IPv4Interface("172.24.7.1/24")
+    # Its own bridge's address is no clash (up again); another's, or a wider one, is.
+    assert external.holders(gateway.network, besides="stratusx-bbbbbb") == [
+        "docker0 (172.24.0.1/16)"
+    ]
+    with pytest.raises(external.ExternalNetworkError) as refused:
+        external.ensure("stratusx-cccccc", gateway)
+    message = str(refused.value)
+    assert "172.24.7.0/24" in message and "docker0 (172.24.0.1/16)" in message
+    assert "stratusx-bbbbbb (172.24.7.1/24)" in message and "--state-dir" in message
+    assert ran == []
 
 
 @pytest.fixture
@@ -58,6 +127,7 @@ def test_the_agent_config_is_explicit_about_tls_and_image_sources(
     assert settings.listen.insecure is False
     assert settings.listen.tls_cert_file == cloud.plane.pki_dir / "agent.crt"
     assert settings.network.bridge == cloud.bridge
+    assert settings.network.physical_networks == {"external": cloud.external_bridge}
     policy = settings.images.sources
     ports = cloud.plane.ports
     assert policy.allowed_endpoints == ("127.0.0.1:8480",)
@@ -135,6 +205,9 @@ def test_each_node_of_a_several_node_cloud_has_its_own_names_ports_and_guest_use
     assert all(a.stop <= b.start for a, b in itertools.pairwise(ranges))
     assert len({c.state_dir for c in configs}) == 3
     assert configs[1].network.tunnel is not None
+    # One external bridge, on the host's Open vSwitch, for every node: one L2 segment.
+    assert all(c.network.physical_networks == {"external": cloud.external_bridge}
+               for c in configs)  # fmt: skip
     assert str(configs[1].network.tunnel.local_ip) == "10.250.0.2"
     assert set(cloud.service_ports()) >= {cloud.port_of(n) for n in nodes}
     with pytest.raises(ControlPlaneError, match="--nodes"):
