@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from stratus_agent.drivers.network.dhcp import DhcpServers
+from stratus_agent.drivers.network.routers import Routers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
 from stratus_devcloud import ceph, external, processes
@@ -451,6 +452,7 @@ class DevCloud:
             for node in self.nodes:
                 self._remove_dhcp_servers(node, node.bridge)
                 self._remove_dhcp_servers(node, self.external_bridge)
+                self._remove_routers(node)
                 subprocess.run([tool("ovs-vsctl"), "--timeout=10", "--if-exists", "del-br",
                                 node.bridge], capture_output=True, check=False)  # fmt: skip
             external.remove(self.external_bridge)  # and the host's address with it
@@ -465,6 +467,17 @@ class DevCloud:
             asyncio.run(servers.sweep(()))
         except Exception as exc:  # down goes on; the rest is removed below
             print(f"stratus dev: DHCP servers of {node.name} not all removed: {exc}",
+                  file=sys.stderr)  # fmt: skip
+
+    @staticmethod
+    def _remove_routers(node: NodeSlot) -> None:
+        """Routers live on in their namespaces without their agent: remove the node's, with
+        their ports, as the agent's sweep does."""
+        routers = Routers(node.state_dir, node.bridge, tool("ovs-vsctl"))
+        try:
+            asyncio.run(routers.sweep(()))
+        except Exception as exc:  # down goes on; the bridges are removed below
+            print(f"stratus dev: routers of {node.name} not all removed: {exc}",
                   file=sys.stderr)  # fmt: skip
 
     def _remove_domains(self) -> int:

@@ -1,0 +1,96 @@
+"""Routers with real guests on the all-in-one: guests of two Networks joined by a Router
+reach each other through it, a guest of a Network it does not join reaches neither, and a
+guest reaches the host's external network through the Router's SNAT (the host has no
+route back to the guests' subnets: an answer proves the source was rewritten). Deleting
+the Router leaves no namespace or port on the node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from allinone_kit import Cloud, boot_marker, small_instance
+from testsupport import REPO_ROOT, wait_until
+
+DONE = "STRATUS-GUEST: user-data exit="
+
+
+def network(name: str, cidr: str, gateway: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "Network", "metadata": {"name": name},
+            "spec": {"subnets": [{"cidr": cidr, "gateway": gateway}], **spec}}  # fmt: skip
+
+
+def guest(name: str, net: str, ip: str, script: str) -> dict[str, Any]:
+    return small_instance(name, networks=[{"name": net, "ip": ip}],
+                          userData="#!/bin/sh\n" + script)  # fmt: skip
+
+
+def reach(target: str, mark: str, tries: int = 90) -> str:
+    """Wait for the first answer (the target may still boot), then ping for real."""
+    return (f"i=0; until ping -c 1 -W 1 {target} >/dev/null 2>&1; do\n"
+            f'  i=$((i + 1)); [ "$i" -lt {tries} ] || break\n'
+            "done\n"
+            f"ping -c 3 -W 2 {target} >/dev/null 2>&1 && echo {mark}\n")  # fmt: skip
+
+
+def never(target: str, mark: str) -> str:
+    return f"ping -c 3 -W 2 {target} >/dev/null 2>&1 || echo {mark}\n"
+
+
+def test_a_router_joins_two_networks_and_leads_out_with_snat(cloud: Cloud) -> None:
+    cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "image.yaml"),
+                  "-f", str(REPO_ROOT / "examples" / "instancetype.yaml"))  # fmt: skip
+    outside = cloud.dev.external_gateway  # the host's address on the external network
+    host = str(outside.ip)
+    cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+        "items": [
+            network("rt-web", "10.71.0.0/24", "10.71.0.1"),
+            network("rt-db", "10.72.0.0/24", "10.72.0.1"),
+            network("rt-apart", "10.73.0.0/24", "10.73.0.1"),
+            network("rt-public", str(outside.network), host, type="flat",
+                    physicalNetwork="external", external=True),
+            {"apiVersion": "stratus.io/v1alpha1", "kind": "Router", "metadata": {"name": "edge"},
+             "spec": {"networks": [{"name": "rt-web"}, {"name": "rt-db"}],
+                      "externalGateway": {"network": "rt-public"}}},
+        ]}))  # fmt: skip
+    cloud.kubectl("wait", "--for=condition=Ready", "router/edge", "--timeout=120s")
+    router = json.loads(cloud.kubectl("get", "router", "edge", "-o", "json"))
+    external_address = router["status"]["externalAddress"]
+
+    guests = [
+        guest("rt-a", "rt-web", "10.71.0.10",
+              reach("10.72.0.10", "ROUTED") + reach(host, "SNAT-OK", tries=5)
+              + never("10.73.0.10", "APART")),
+        guest("rt-b", "rt-db", "10.72.0.10", reach("10.71.0.10", "ROUTED")),
+        guest("rt-c", "rt-apart", "10.73.0.10", never("10.71.0.10", "ISOLATED")),
+    ]  # fmt: skip
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": guests}))  # fmt: skip
+    consoles = {name: boot_marker(cloud, name, DONE) for name in ("rt-a", "rt-b", "rt-c")}
+    assert "\nROUTED\n" in consoles["rt-a"], consoles["rt-a"][-2000:]
+    assert "\nROUTED\n" in consoles["rt-b"], consoles["rt-b"][-2000:]
+    assert "\nSNAT-OK\n" in consoles["rt-a"], consoles["rt-a"][-2000:]
+    assert "\nAPART\n" in consoles["rt-a"], consoles["rt-a"][-2000:]
+    assert "\nISOLATED\n" in consoles["rt-c"], consoles["rt-c"][-2000:]
+    # The host answers the Router's external address itself (the connected route).
+    assert subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", external_address],
+                          capture_output=True, check=False).returncode == 0  # fmt: skip
+
+    uid = router["metadata"]["uid"]
+    namespace = f"router-{cloud.dev.bridge}-{uid}"
+    assert namespace in netns()
+    cloud.kubectl("delete", "router", "edge", "--timeout=60s")
+    wait_until("the router's namespace gone", lambda: namespace not in netns(), timeout=30)
+    ports = subprocess.run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find",
+                            "Interface", f"external_ids:stratus-router={uid}"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert ports.strip() == ""
+    cloud.kubectl("delete", "instance", "rt-a", "rt-b", "rt-c", "--timeout=120s")
+    cloud.kubectl("delete", "network", "rt-web", "rt-db", "rt-apart", "rt-public",
+                  "--timeout=120s")  # fmt: skip
+
+
+def netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
