@@ -114,3 +114,32 @@ def test_what_a_router_cannot_route_is_stalled_naming_the_field(
     apply(cluster, namespace, network("missing", "10.62.0.0/24"))
     wait_until("later Ready", lambda: ready_of(cluster, namespace, "later").get(
         "status") == "True", timeout=90)  # fmt: skip
+
+
+def test_a_router_moves_when_its_node_is_lost_and_the_node_forgets_it_on_return(
+    cluster: Cluster, namespace: str, start_fake_agent: StartFakeAgent, operator: Operator
+) -> None:
+    physnet = f"ext-{uuid.uuid4().hex[:8]}"
+    first = start_fake_agent(physical_networks={physnet: "br-ex"})
+    apply(cluster, namespace, network("web", "10.55.0.0/24"),
+          network("public", "172.24.8.0/24", type="flat", physicalNetwork=physnet,
+                  external=True),
+          router("edge", "web", external="public"))  # fmt: skip
+    wait_until("edge Ready", lambda: ready_of(cluster, namespace, "edge").get("status") == "True")
+    assert status_of(cluster, namespace, "router", "edge")["node"] == first.name
+    address = status_of(cluster, namespace, "router", "edge")["externalAddress"]
+    second = start_fake_agent(physical_networks={physnet: "br-ex"})
+
+    first.stop()
+    wait_until("edge moved", lambda: status_of(
+        cluster, namespace, "router", "edge").get("node") == second.name, timeout=90)  # fmt: skip
+    uid = uid_of(cluster, namespace, "router", "edge")
+    assert routers_on(second) == [uid]
+    assert status_of(cluster, namespace, "router", "edge")["externalAddress"] == address
+
+    first.start()  # the fake driver kept nothing, as a wiped node; a real one keeps its
+    # routers on disk and is told to remove them: shown with a router PUT by hand.
+    spec = second.request("GET", f"/v1/routers/{uid}")
+    first.request("PUT", f"/v1/routers/{uid}", spec)
+    wait_until("the old node told to forget", lambda: routers_on(first) == [], timeout=60)
+    assert routers_on(second) == [uid]
