@@ -195,7 +195,7 @@ async def test_hosts_and_options_are_reloaded_by_the_same_dnsmasq_subnets_restar
     assert (lease.ip, lease.dns, lease.router) == ("10.77.0.15", "10.77.0.54", "")
 
     # A restarted agent adopts the running server: same config, same process.
-    restarted = DhcpServers(servers.root.parent, bridges[0])
+    restarted = DhcpServers(servers.state_dir, bridges[0])
     await restarted.ensure(network, TAG_A, MTU, [other_dns], [first, second])
     assert dnsmasq_pid(servers, network) == pid and alive(pid)
 
@@ -264,7 +264,7 @@ async def test_sweep_removes_leftovers_of_this_bridge_only(
     try:
         leftover_pid = dnsmasq_pid(servers, leftover)
         # As after a crash: a new agent knows only what it is told to keep.
-        restarted = DhcpServers(servers.root.parent, servers.bridge)
+        restarted = DhcpServers(servers.state_dir, servers.bridge)
         assert await restarted.sweep(keep={kept}) == [leftover]
         assert not alive(leftover_pid)
         assert dhcp.port_name(servers.bridge, leftover) not in vsctl("list-ports", servers.bridge)
@@ -274,4 +274,17 @@ async def test_sweep_removes_leftovers_of_this_bridge_only(
         assert await restarted.sweep(keep={kept}) == []
     finally:
         await other_node.sweep(keep=())
-        shutil.rmtree(other_node.root.parent, ignore_errors=True)
+        shutil.rmtree(other_node.state_dir, ignore_errors=True)
+
+
+async def test_one_bridges_sweep_leaves_another_bridges_servers_of_the_same_node(
+    servers: DhcpServers, bridges: tuple[str, str]
+) -> None:
+    """A node serves on its integration bridge and on provider bridges, from one state
+    directory: sweeping a provider bridge's servers must not stop the others (it did, when
+    their files shared one directory)."""
+    network = str(uuid.uuid4())
+    await servers.ensure(network, TAG_A, MTU, [SUBNET], [])
+    provider = DhcpServers(servers.state_dir, bridges[1])
+    assert await provider.sweep(keep=()) == []
+    assert alive(dnsmasq_pid(servers, network))

@@ -203,15 +203,22 @@ def hold_open() -> Iterator[Callable[[Path], None]]:
     holders: list[subprocess.Popen[bytes]] = []
 
     def hold(path: Path) -> None:
-        holder = subprocess.Popen(
-            ["qemu-io", "-f", "qcow2", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        errors = path.with_name(f"{path.name}.qemu-io.err")
+        with errors.open("wb") as sink:
+            holder = subprocess.Popen(
+                ["qemu-io", "-f", "qcow2", str(path)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=sink,
+            )  # fmt: skip
         holders.append(holder)
         probe = ["qemu-img", "info", str(path)]
-        for _ in range(500):  # until the lock is taken
+        # Until the lock is taken: seconds on a loaded machine (the full suite once took
+        # more than the 5 s this allowed before).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             if subprocess.run(probe, capture_output=True, check=False).returncode != 0:
                 return
+            if holder.poll() is not None:
+                raise AssertionError(f"qemu-io exited {holder.returncode}: {errors.read_text()}")
             time.sleep(0.01)
         raise AssertionError(f"qemu-io never locked {path}")
 

@@ -277,7 +277,10 @@ class DhcpServers:
     def __init__(
         self, state_dir: Path, bridge: str, vsctl: str = "ovs-vsctl", dnsmasq: str = "dnsmasq"
     ) -> None:
-        self.root = state_dir / "dhcp"
+        # Files per bridge: a node serves on its integration bridge and its provider
+        # bridges, and each one's sweep must see only its own servers.
+        self.state_dir = state_dir
+        self.root = state_dir / "dhcp" / bridge
         self.bridge = bridge
         self._vsctl = vsctl
         self._dnsmasq = dnsmasq
