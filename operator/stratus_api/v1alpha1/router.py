@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from stratus_api.v1alpha1.base import (
+    DNS_LABEL_MAX,
+    DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
     PrinterColumn,
@@ -38,8 +40,8 @@ class ExternalGateway(ApiModel):
     )
     namespace: str | None = Field(
         default=None,
-        min_length=1,
-        max_length=63,
+        max_length=DNS_LABEL_MAX,
+        pattern=DNS_LABEL_PATTERN,
         description="The external Network's namespace (an admin's, shared by every tenant). "
         "Unset: the Router's own.",
     )
