@@ -35,6 +35,29 @@ class RouterProblem(Exception):
         self.waiting = waiting
 
 
+def node_of(router: Router, placed: Mapping[str, str]) -> str | None:
+    """The Router's node: where this process placed it (`placed`: UID -> node), before its
+    status says so, else its status."""
+    return placed.get(router.metadata.uid or "") or (router.status.node if router.status else None)
+
+
+def external_key(router: Router) -> tuple[str, str] | None:
+    """(namespace, name) of the Router's external Network, if it has an external gateway."""
+    gateway = router.spec.external_gateway
+    if gateway is None:
+        return None
+    return (gateway.namespace or router.metadata.namespace or "", gateway.network)
+
+
+def uses(router: Router, key: tuple[str, str]) -> bool:
+    """Whether the Router has a port on the Network `key`: joined, or its way out."""
+    namespace, name = key
+    joined = router.metadata.namespace == namespace and any(
+        n.name == name for n in router.spec.networks
+    )
+    return joined or external_key(router) == key
+
+
 def router_mac(router_uid: str, network_uid: str) -> str:
     digest = hashlib.sha256(f"{router_uid}\0{network_uid}".encode()).digest()
     return "fa:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])

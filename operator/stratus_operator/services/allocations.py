@@ -15,6 +15,7 @@ from stratus_operator.controllers import conditions, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
 from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.controllers.router import external_key
 from stratus_operator.controllers.volume import served_backends
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.world import World
@@ -111,14 +112,10 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
                 if iface.network == name and iface.ip and iface.mac:
                     found.hold(instance.metadata.uid or "", Address(iface.ip, iface.mac))
         for router in world.routers():
-            gateway, status = router.spec.external_gateway, router.status
-            if gateway is None or status is None or not status.external_address:
-                continue
-            if (gateway.namespace or router.metadata.namespace, gateway.network) == (
-                namespace,
-                name,
-            ):
-                found.hold(f"router/{router.metadata.uid}", Address(status.external_address, ""))
+            status = router.status
+            if status and status.external_address and external_key(router) == (namespace, name):
+                owner = router_owner(router.metadata.uid or "")
+                found.hold(owner, Address(status.external_address, ""))
         for server in network.status.dhcp_servers if network.status else []:
             for address in server.addresses:
                 subnet = subnet_of(network, address)
@@ -131,6 +128,11 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
 def dhcp_owner(node: str, cidr: str) -> str:
     """Whose address a node's DHCP server holds in a subnet, in the Network's ledger."""
     return f"dhcp/{node}/{cidr}"
+
+
+def router_owner(uid: str) -> str:
+    """Whose address a Router's external leg holds, in its external Network's ledger."""
+    return f"router/{uid}"
 
 
 def subnet_of(network: Network, address: str) -> Subnet | None:

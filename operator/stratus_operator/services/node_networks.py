@@ -16,7 +16,7 @@ from stratus_api.v1alpha1 import Hypervisor, Network
 from stratus_api.v1alpha1.network import DhcpServer, NetworkStatus
 from stratus_operator.controllers import conditions, node_network
 from stratus_operator.controllers.ipam import IpamError
-from stratus_operator.controllers.router import router_mac
+from stratus_operator.controllers.router import node_of, router_mac, uses
 from stratus_operator.services import allocations
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
@@ -64,21 +64,13 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
 
 def router_ports(network: Network, world: World, runtime: Runtime) -> list[tuple[str, str]]:
     """(node, MAC) of each Router port on the Network: its node hosts the Network too."""
-    namespace, name = network.metadata.namespace or "", network.metadata.name or ""
+    key = key_of(network)
     found = []
     for router in world.routers():
-        uid = router.metadata.uid or ""
-        node = runtime.router_nodes.get(uid) or (router.status.node if router.status else None)
-        if node is None or router.metadata.deletion_timestamp:
+        node = node_of(router, runtime.router_nodes)
+        if node is None or router.metadata.deletion_timestamp or not uses(router, key):
             continue
-        here = router.metadata.namespace == namespace and any(
-            n.name == name for n in router.spec.networks
-        )
-        gateway = router.spec.external_gateway
-        out = gateway is not None and (gateway.namespace or router.metadata.namespace,
-                                       gateway.network) == (namespace, name)  # fmt: skip
-        if here or out:
-            found.append((node, router_mac(uid, network.metadata.uid or "")))
+        found.append((node, router_mac(router.metadata.uid or "", network.metadata.uid or "")))
     return found
 
 

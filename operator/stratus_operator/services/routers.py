@@ -43,21 +43,20 @@ def failed(exc: Exception) -> RouterChange | None:
     return None
 
 
-def owner(uid: str) -> str:
-    """Whose address the Router's external leg holds, in the external Network's ledger."""
-    return f"router/{uid}"
-
-
 def node_of(router: Router, runtime: Runtime) -> str | None:
-    uid = router.metadata.uid or ""
-    return runtime.router_nodes.get(uid) or (router.status.node if router.status else None)
+    return plan.node_of(router, runtime.router_nodes)
 
 
 def external_network(router: Router, world: World) -> Network | None:
-    gateway = router.spec.external_gateway
-    if gateway is None:
-        return None
-    return world.network((gateway.namespace or router.metadata.namespace or "", gateway.network))
+    key = plan.external_key(router)
+    return world.network(key) if key is not None else None
+
+
+def _looked_up(router: Router, world: World) -> list[Network | None]:
+    """The Router's Networks as the World has them (None: not there), the external last."""
+    namespace = router.metadata.namespace or ""
+    found = [world.network((namespace, n.name)) for n in router.spec.networks]
+    return [*found, external_network(router, world)]
 
 
 async def reconcile(router: Router, world: World, runtime: Runtime) -> RouterChange:
@@ -65,11 +64,11 @@ async def reconcile(router: Router, world: World, runtime: Runtime) -> RouterCha
     cannot be built (the change is `plan.failing(problem)`), AgentError when the node
     does not take it (retried)."""
     uid, namespace = router.metadata.uid or "", router.metadata.namespace or ""
-    found = [world.network((namespace, wanted.name)) for wanted in router.spec.networks]
+    *found, external_found = _looked_up(router, world)
     networks = plan.joined(router, found)
     outside = None
     if router.spec.external_gateway is not None:
-        outside = plan.check_external(router, external_network(router, world), networks)
+        outside = plan.check_external(router, external_found, networks)
     others = Counter(
         node for r in world.routers() if r.metadata.uid != uid and (node := node_of(r, runtime))
     )
@@ -112,7 +111,7 @@ def _hold_external(
                 "with a gateway to route out through",
             )
         try:
-            address = ledger.allocate_service(owner(uid), subnet)
+            address = ledger.allocate_service(allocations.router_owner(uid), subnet)
         except IpamError as exc:
             raise RouterProblem(
                 Reason.ADDRESS_UNAVAILABLE, f"{plan.EXTERNAL_FIELD}: {exc}", waiting=True
@@ -125,7 +124,7 @@ def _hold_external(
 def release_external(uid: str, runtime: Runtime, keep: Network | None = None) -> None:
     for (_, _, network_uid), ledger in runtime.addresses.items():
         if keep is None or network_uid != keep.metadata.uid:
-            ledger.release(owner(uid))
+            ledger.release(allocations.router_owner(uid))
 
 
 async def remove(router: Router, world: World, runtime: Runtime) -> None:
@@ -144,10 +143,7 @@ async def remove(router: Router, world: World, runtime: Runtime) -> None:
 
 
 def _networks_of(router: Router, world: World) -> list[Network]:
-    namespace = router.metadata.namespace or ""
-    found = [world.network((namespace, n.name)) for n in router.spec.networks]
-    found.append(external_network(router, world))
-    return [n for n in found if n is not None]
+    return [n for n in _looked_up(router, world) if n is not None]
 
 
 async def _forget_on(
@@ -182,12 +178,10 @@ async def forget_strays(node: str, client: AgentClient, world: World, runtime: R
 def inputs(router: Router, world: World) -> tuple[object, ...]:
     """What the Router is built from besides its own spec: its Networks, each by UID and
     generation and whether it is Ready. When this changes, the Router is built again."""
-    found = [world.network((router.metadata.namespace or "", n.name)) for n in router.spec.networks]
-    found.append(external_network(router, world))
     return tuple(
         (n.metadata.uid, n.metadata.generation, n.status and n.status.segmentation_id)
         if n is not None else None
-        for n in found
+        for n in _looked_up(router, world)
     )  # fmt: skip
 
 

@@ -34,6 +34,19 @@ class FakeKube:
         return None
 
 
+def runtime_with(agent: object) -> tuple[FakeKube, Runtime]:
+    """A Runtime over a FakeKube whose every node's agent client is `agent`."""
+
+    class Agents:
+        async def client(self, _hypervisor: Any) -> object:
+            return agent
+
+    kube = FakeKube()
+    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
+    runtime.agents = Agents()  # type: ignore[assignment]
+    return kube, runtime
+
+
 def world_of(found: Instance) -> World:
     return World(
         hypervisors=list, instances=lambda: [found], hypervisor=lambda _: None,
@@ -94,13 +107,7 @@ async def test_a_puts_answer_older_than_an_applied_event_changes_nothing() -> No
         async def ensure_snapshot(self, _spec: Any) -> NodeSnapshotStatus:
             return report("Creating", 10)
 
-    class Agents:
-        async def client(self, _hypervisor: Any) -> Agent:
-            return Agent()
-
-    kube = FakeKube()
-    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
-    runtime.agents = Agents()  # type: ignore[assignment]
+    kube, runtime = runtime_with(Agent())
     world = World(
         hypervisors=list, instances=list, hypervisor=lambda _: hypervisor,
         instance_type=lambda _: None, image=lambda _: None, network=lambda _: None,
@@ -151,13 +158,7 @@ async def test_a_settled_answer_is_not_undone_by_an_older_event_that_comes_after
         async def ensure(self, _spec: Any) -> GuestStatus:
             return report(GuestState.RUNNING, 20)
 
-    class Agents:
-        async def client(self, _hypervisor: Any) -> Agent:
-            return Agent()
-
-    kube = FakeKube()
-    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
-    runtime.agents = Agents()  # type: ignore[assignment]
+    kube, runtime = runtime_with(Agent())
     world = World(
         hypervisors=lambda: [hypervisor], instances=lambda: [found],
         hypervisor=lambda name: hypervisor if name == "n1" else None,

@@ -273,19 +273,17 @@ class OvsNetworkDriver:
         """Keep the router's node spec (replacing the one before) and build it: a port
         where each of its Networks is on this node (their node specs say where). Kept even
         when it cannot be built now (the periodic check tries again)."""
-        routers = self._require_routers()
-        assert self._router_files is not None
-        await asyncio.to_thread(self._router_files.save, spec.uid, spec)
+        routers, files = self._require_routers()
+        await asyncio.to_thread(files.save, spec.uid, spec)
         self._routers[spec.uid] = spec
         await self._build_router(routers, spec)
 
     async def remove_router(self, uid: str) -> bool:
         """This node is the router's node no more: remove it and forget its spec; True if
         there was one. A local VLAN its ports alone held is freed."""
-        routers = self._require_routers()
-        assert self._router_files is not None
+        routers, files = self._require_routers()
         held = self._routers.pop(uid, None) is not None
-        removed = await asyncio.to_thread(self._router_files.remove, uid)
+        removed = await asyncio.to_thread(files.remove, uid)
         await self._releasing_tags(routers.remove(uid))
         return removed or held
 
@@ -295,14 +293,15 @@ class OvsNetworkDriver:
     def router(self, uid: str) -> NodeRouterSpec | None:
         return self._routers.get(uid)
 
-    def _require_routers(self) -> Routers:
+    def _require_routers(self) -> tuple[Routers, SpecFiles[NodeRouterSpec]]:
         if self.routers is None or self._router_files is None:
             raise ProvisioningError(
                 GuestFailure.NETWORK_SETUP_FAILED, "this agent builds no routers"
             )
-        return self.routers
+        return self.routers, self._router_files
 
     async def _build_router(self, routers: Routers, spec: NodeRouterSpec) -> None:
+        tagged = self.vlans.tags()
         ports = [await self._router_port(spec, port) for port in spec.ports]
         external = None
         if spec.external is not None:
@@ -310,8 +309,10 @@ class OvsNetworkDriver:
             external = ExternalGateway(
                 await self._router_port(spec, gateway), gateway.gateway, gateway.snat
             )
-        # A Network new on the node through this router gets its overlay flows.
-        await self._sync_overlay()
+        if self.vlans.tags() != tagged:
+            # A Network new on the node through this router gets its overlay flows (only
+            # then: the periodic check rebuilds every router, and syncs the overlay itself).
+            await self._sync_overlay()
         try:
             await self._releasing_tags(routers.ensure(spec.uid, ports, external))
         except ValueError as exc:
