@@ -145,6 +145,17 @@ class Reason(enum.StrEnum):
     SUBNETS_OVERLAP = "SubnetsOverlap"  # two of a Router's Networks share addresses
     NO_GATEWAY = "NoGateway"  # a Router's Network has no subnet with a gateway
     NETWORK_NOT_EXTERNAL = "NetworkNotExternal"  # an external gateway on a Network that is not
+    # -- FloatingIPs --------------------------------------------------------------------
+    MAPPED = "Mapped"  # a FloatingIP its Router maps onto an Instance
+    ALLOCATED = "Allocated"  # a FloatingIP held, leading nowhere (no spec.instance)
+    ADDRESS_IN_USE = "AddressInUse"  # a FloatingIP's spec.address is someone else's
+    POOL_EXHAUSTED = "PoolExhausted"  # no free address left on the external Network
+    INSTANCE_NOT_FOUND = "InstanceNotFound"
+    NIC_NOT_FOUND = "NicNotFound"  # spec.nic names no NIC of the Instance
+    NO_ROUTER = "NoRouter"  # no Router joins the NIC's Network and leads out to the address's
+    ROUTER_NOT_READY = "RouterNotReady"
+    FIXED_ADDRESS_PENDING = "FixedAddressPending"  # the Instance's NIC has no address yet
+    FIXED_ADDRESS_TAKEN = "FixedAddressTaken"  # another FloatingIP maps onto the same address
     USER_DATA_NOT_FOUND = "UserDataNotFound"
     USER_DATA_TOO_LARGE = "UserDataTooLarge"
     MEMORY_TOO_SMALL = "MemoryTooSmall"

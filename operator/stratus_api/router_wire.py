@@ -3,7 +3,8 @@
 The node already holds a node network spec (network_wire.py) of every Network the router
 joins, and of its external Network: they say where each Network's frames are on the node
 (the integration bridge in its local VLAN, or a provider bridge). This spec adds what only
-the router has: its port's MAC and addresses on each of them, its default route and SNAT.
+the router has: its port's MAC and addresses on each of them, its default route, SNAT and
+its floating addresses.
 DELETE /v1/routers/{uid} removes it from the node.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from stratus_api.guest import MAC_PATTERN
 from stratus_api.naming import UID_PATTERN
 from stratus_api.v1alpha1.base import ApiModel
 
 MAX_PORTS = 16
+MAX_FLOATING = 1024
 Mac = Annotated[str, Field(pattern=MAC_PATTERN)]
 
 
@@ -68,6 +70,22 @@ class ExternalPortSpec(RouterPortSpec):
             raise ValueError(f"{value!r} is not an IP address") from None
 
 
+class FloatingAddressSpec(ApiModel):
+    """An external address the router maps one-to-one onto a fixed address of a joined
+    subnet: DNAT in, SNAT out."""
+
+    address: str = Field(description="The floating IPv4 address, in the external subnet.")
+    fixed: str = Field(description="The Instance's IPv4 address.")
+
+    @field_validator("address", "fixed")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
 class NodeRouterSpec(ApiModel):
     uid: str = Field(pattern=UID_PATTERN, description="Router UID.")
     namespace: str
@@ -75,3 +93,18 @@ class NodeRouterSpec(ApiModel):
     generation: int = Field(default=0, ge=0)
     ports: list[RouterPortSpec] = Field(default_factory=list, max_length=MAX_PORTS)
     external: ExternalPortSpec | None = None
+    floating: list[FloatingAddressSpec] = Field(
+        default_factory=list,
+        max_length=MAX_FLOATING,
+        description="Floating addresses, on the external port; only with `external`.",
+    )
+
+    @model_validator(mode="after")
+    def _floating_needs_external(self) -> NodeRouterSpec:
+        if self.floating and self.external is None:
+            raise ValueError("floating addresses need an external port")
+        addresses = [f.address for f in self.floating]
+        fixed = [f.fixed for f in self.floating]
+        if len(set(addresses)) != len(addresses) or len(set(fixed)) != len(fixed):
+            raise ValueError("a floating or fixed address is mapped twice")
+        return self

@@ -2,6 +2,7 @@
 
 from stratus_api.v1alpha1.base import API_VERSION, GROUP, VERSION, Condition, Resource
 from stratus_api.v1alpha1.cephpool import CephPool
+from stratus_api.v1alpha1.floatingip import FloatingIP
 from stratus_api.v1alpha1.hypervisor import Hypervisor
 from stratus_api.v1alpha1.image import Image
 from stratus_api.v1alpha1.instance import Instance
@@ -12,7 +13,8 @@ from stratus_api.v1alpha1.volume import Volume
 from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
 KINDS: tuple[type[Resource], ...] = (
-    Image, Volume, VolumeSnapshot, Network, Router, Instance, InstanceType, Hypervisor, CephPool
+    Image, Volume, VolumeSnapshot, Network, Router, FloatingIP, Instance, InstanceType,
+    Hypervisor, CephPool,
 )  # fmt: skip
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "VERSION",
     "CephPool",
     "Condition",
+    "FloatingIP",
     "Hypervisor",
     "Image",
     "Instance",

@@ -72,7 +72,7 @@ class NetworkLedger:
         known = self._held.get(uid)
         if known is not None:
             return known
-        ip = self._fixed_ip(fixed_ip, f"{field}.ip") if fixed_ip else self._next_free(field)
+        ip = self._fixed_ip(fixed_ip, f"{field}.ip") if fixed_ip else self._next_free(f"{field}.ip")
         if fixed_mac is not None:
             mac = ipam.check_mac(fixed_mac, self._macs, f"{field}.mac")
         else:
@@ -80,6 +80,17 @@ class NetworkLedger:
         address = Address(ip, mac)
         self.hold(uid, address)
         return address
+
+    def allocate_address(self, owner: str, wanted: str | None, field: str) -> str:
+        """An address without a MAC (a floating one): `wanted` (IpamError naming `field`
+        when it is outside the pools or held by another), else the one `owner` holds, else
+        the next free one. A different `wanted` replaces the one held."""
+        known = self._held.get(owner)
+        if known is not None and (wanted is None or _same(wanted, known.ip)):
+            return known.ip
+        ip = self._fixed_ip(wanted, field) if wanted else self._next_free(field)
+        self.hold(owner, Address(ip, ""))
+        return ip
 
     def allocate_service(self, owner: str, subnet: Subnet) -> str:
         """An address for a node's service port (a DHCP server) in `subnet`: the one
@@ -115,7 +126,7 @@ class NetworkLedger:
                 self._cursor = (self._cursor + step + 1) % total
                 return candidate
         cidrs = ", ".join(subnet.cidr for subnet in self.spec.subnets)
-        raise ipam.IpamError(f"{field}.ip", f"no free address left in {cidrs}")
+        raise ipam.IpamError(field, f"no free address left in {cidrs}")
 
     def _address_at(self, index: int) -> IPAddress:
         for pool in self._pools:
@@ -123,6 +134,10 @@ class NetworkLedger:
                 return pool.network_address + index
             index -= pool.num_addresses
         raise IndexError(index)  # pragma: no cover - index is taken modulo the total
+
+
+def _same(one: str, other: str) -> bool:
+    return ipaddress.ip_address(one) == ipaddress.ip_address(other)
 
 
 def describe(spec: NetworkSpec, ip: str) -> ipam.Allocation:

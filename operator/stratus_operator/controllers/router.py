@@ -17,22 +17,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stratus_api.reasons import Reason
-from stratus_api.router_wire import ExternalPortSpec, NodeRouterSpec, RouterPortSpec
+from stratus_api.router_wire import (
+    ExternalPortSpec,
+    FloatingAddressSpec,
+    NodeRouterSpec,
+    RouterPortSpec,
+)
 from stratus_api.v1alpha1 import Hypervisor, Network, Router
 from stratus_api.v1alpha1.router import RouterInterface, RouterStatus
 from stratus_operator.controllers import conditions
+from stratus_operator.controllers.problem import Problem
 
 EXTERNAL_FIELD = "spec.externalGateway.network"
-
-
-class RouterProblem(Exception):
-    """What keeps the Router from being built, naming the field; `waiting`: it may resolve
-    by itself (a Network not there or not ready yet), else the user must act (Stalled)."""
-
-    def __init__(self, reason: str, message: str, *, waiting: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.waiting = waiting
 
 
 def node_of(router: Router, placed: Mapping[str, str]) -> str | None:
@@ -88,18 +84,18 @@ class External:
 
 def joined(router: Router, found: Sequence[Network | None]) -> list[Network]:
     """The Router's Networks (`found`: looked up in spec order), checked: each there and
-    Ready, each with a gateway, none overlapping another. RouterProblem otherwise."""
+    Ready, each with a gateway, none overlapping another. Problem otherwise."""
     networks = []
     for index, (wanted, network) in enumerate(zip(router.spec.networks, found, strict=True)):
         field = f"spec.networks[{index}].name"
         if network is None:
             message = f"{field}: Network {wanted.name} not found"
-            raise RouterProblem(Reason.NETWORK_NOT_FOUND, message, waiting=True)
+            raise Problem(Reason.NETWORK_NOT_FOUND, message, waiting=True)
         if not _ready(network):
             message = f"{field}: Network {wanted.name} is not Ready"
-            raise RouterProblem(Reason.NETWORK_NOT_READY, message, waiting=True)
+            raise Problem(Reason.NETWORK_NOT_READY, message, waiting=True)
         if not gateway_interfaces(network):
-            raise RouterProblem(
+            raise Problem(
                 Reason.NO_GATEWAY,
                 f"{field}: Network {wanted.name} has no IPv4 subnet with a gateway for the "
                 "Router to answer on (set spec.subnets[].gateway)",
@@ -110,31 +106,34 @@ def joined(router: Router, found: Sequence[Network | None]) -> list[Network]:
 
 
 def check_external(router: Router, network: Network | None, joined: Sequence[Network]) -> Network:
-    """The external gateway's Network, checked: there, external, not overlapping the
-    joined ones."""
-    gateway = router.spec.external_gateway
-    assert gateway is not None
-    namespace = gateway.namespace or router.metadata.namespace
+    """The external gateway's Network, checked: there, external, Ready, not overlapping
+    the joined ones."""
+    key = external_key(router)
+    assert key is not None
+    found = external_network(network, EXTERNAL_FIELD, key)
+    named = [(f"spec.networks[{i}].name", n) for i, n in enumerate(joined)]
+    _no_overlap([*named, (EXTERNAL_FIELD, found)])
+    return found
+
+
+def external_network(network: Network | None, field: str, key: tuple[str, str]) -> Network:
+    """`network` (looked up by `key`), checked: there, external and Ready; a Problem
+    naming `field` otherwise."""
+    namespace, name = key
     if network is None:
-        raise RouterProblem(
-            Reason.NETWORK_NOT_FOUND,
-            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} not found",
-            waiting=True,
+        raise Problem(
+            Reason.NETWORK_NOT_FOUND, f"{field}: Network {namespace}/{name} not found", waiting=True
         )
     if not network.spec.external:
-        raise RouterProblem(
+        raise Problem(
             Reason.NETWORK_NOT_EXTERNAL,
-            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} is not external "
-            "(its spec.external is false)",
+            f"{field}: Network {namespace}/{name} is not external (its spec.external is false)",
         )
     if not _ready(network):
-        raise RouterProblem(
-            Reason.NETWORK_NOT_READY,
-            f"{EXTERNAL_FIELD}: Network {namespace}/{gateway.network} is not Ready",
+        raise Problem(
+            Reason.NETWORK_NOT_READY, f"{field}: Network {namespace}/{name} is not Ready",
             waiting=True,
-        )
-    named = [(f"spec.networks[{i}].name", n) for i, n in enumerate(joined)]
-    _no_overlap([*named, (EXTERNAL_FIELD, network)])
+        )  # fmt: skip
     return network
 
 
@@ -144,7 +143,7 @@ def _no_overlap(named: Sequence[tuple[str, Network]]) -> None:
         for subnet in network.spec.subnets:
             for other_field, other, cidr in seen:
                 if subnet.network.overlaps(cidr) and other is not network:
-                    raise RouterProblem(
+                    raise Problem(
                         Reason.SUBNETS_OVERLAP,
                         f"{field}: subnet {subnet.cidr} of Network {network.metadata.name} "
                         f"overlaps {cidr} of Network {other.metadata.name} ({other_field}); "
@@ -161,8 +160,9 @@ def external_gateway_ip(network: Network, address: str) -> str | None:
 
 
 def node_spec(
-    router: Router, networks: Sequence[Network], external: External | None
-) -> NodeRouterSpec:
+    router: Router, networks: Sequence[Network], external: External | None,
+    floating: Sequence[FloatingAddressSpec] = (),
+) -> NodeRouterSpec:  # fmt: skip
     uid = router.metadata.uid or ""
     ports = [
         RouterPortSpec(
@@ -183,6 +183,7 @@ def node_spec(
     return NodeRouterSpec(
         uid=uid, namespace=router.metadata.namespace or "", name=router.metadata.name or "",
         generation=router.metadata.generation or 0, ports=ports, external=out,
+        floating=list(floating) if out is not None else [],
     )  # fmt: skip
 
 
@@ -191,7 +192,7 @@ def candidates(
     routers_on: Mapping[str, int],
 ) -> list[str]:  # fmt: skip
     """Ready nodes that can hold the Router (the external Network's physical network there,
-    when it has one), its current node first, then the least loaded; RouterProblem when
+    when it has one), its current node first, then the least loaded; Problem when
     there is none."""
     physnet = external.spec.physical_network if external is not None else None
     ready = []
@@ -205,7 +206,7 @@ def candidates(
     if not ready:
         where = f" with physical network {physnet}" if physnet else ""
         message = f"no Ready Hypervisor{where} to run the Router on"
-        raise RouterProblem(Reason.UNSCHEDULABLE, message, waiting=True)
+        raise Problem(Reason.UNSCHEDULABLE, message, waiting=True)
     current = router.status.node if router.status else None
     return sorted(ready, key=lambda node: (node != current, routers_on.get(node, 0), node))
 
@@ -224,19 +225,6 @@ def routed(
             "conditions": conditions.with_progress(
                 status.conditions, ready=True, reason=Reason.ROUTING,
                 message=f"routing {out} on {node}", generation=generation,
-            ),
-        })  # fmt: skip
-
-    return change
-
-
-def failing(problem: RouterProblem) -> Callable[[RouterStatus, int], RouterStatus]:
-    def change(status: RouterStatus, generation: int) -> RouterStatus:
-        return status.model_copy(update={
-            "observed_generation": generation,
-            "conditions": conditions.with_progress(
-                status.conditions, ready=False, reason=problem.reason, message=str(problem),
-                generation=generation, reconciling=problem.waiting, stalled=not problem.waiting,
             ),
         })  # fmt: skip
 

@@ -5,6 +5,7 @@ Importing this package registers every handler with kopf.
 
 from stratus_operator.handlers import (
     cephpool,
+    floatingip,
     hypervisor,
     image,
     indexes,
@@ -18,6 +19,7 @@ from stratus_operator.handlers import (
 
 __all__ = [
     "cephpool",
+    "floatingip",
     "hypervisor",
     "image",
     "indexes",

@@ -10,7 +10,13 @@ import kopf
 
 from stratus_api.v1alpha1 import GROUP, VERSION, Instance
 from stratus_operator.services.runtime import Runtime
-from stratus_operator.services.world import World, instance_on, instance_on_network, instance_using
+from stratus_operator.services.world import (
+    World,
+    instance_named,
+    instance_on,
+    instance_on_network,
+    instance_using,
+)
 
 T = TypeVar("T")
 
@@ -23,12 +29,16 @@ VOLUMES = (GROUP, VERSION, "volumes")
 SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
 CEPH_POOLS = (GROUP, VERSION, "cephpools")
 ROUTERS = (GROUP, VERSION, "routers")
+FLOATING_IPS = (GROUP, VERSION, "floatingips")
 # Watch streams kopf keeps open per namespace it serves: one per kind, and its discovery
 # of CRDs and namespaces.
 WATCHED_KINDS = (
-    len({HYPERVISORS, INSTANCES, IMAGES, NETWORKS, INSTANCE_TYPES, VOLUMES, SNAPSHOTS, CEPH_POOLS})
+    len({
+        HYPERVISORS, INSTANCES, IMAGES, NETWORKS, INSTANCE_TYPES, VOLUMES, SNAPSHOTS, CEPH_POOLS,
+        ROUTERS, FLOATING_IPS,
+    })
     + 2
-)
+)  # fmt: skip
 
 
 def _values(index: kopf.Index[Any, T]) -> Iterable[T]:
@@ -51,7 +61,7 @@ def _instances(index: kopf.Index[Any, Any]) -> Iterable[Instance]:
 _INDEXES = (
     "stratus_hypervisors", "stratus_instance_types", "stratus_images", "stratus_networks",
     "stratus_instances", "stratus_volumes", "stratus_snapshots", "stratus_volume_snapshots",
-    "stratus_ceph_pools", "stratus_pool_volumes", "stratus_routers",
+    "stratus_ceph_pools", "stratus_pool_volumes", "stratus_routers", "stratus_floating_ips",
 )  # fmt: skip
 # The last World built, with the indexes it reads. kopf passes the same live index objects
 # to every handler, so one World serves them all; building one per call was 3% of the
@@ -77,7 +87,7 @@ def _world(kwargs: dict[str, Any]) -> World:
     volumes = kwargs["stratus_volumes"]
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
     ceph_pools, pool_volumes = kwargs["stratus_ceph_pools"], kwargs["stratus_pool_volumes"]
-    routers = kwargs["stratus_routers"]
+    routers, floating_ips = kwargs["stratus_routers"], kwargs["stratus_floating_ips"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _instances(instances),
@@ -104,6 +114,8 @@ def _world(kwargs: dict[str, Any]) -> World:
         ceph_pool_by_uid=lambda uid: _first(ceph_pools, ("uid", uid)),
         pool_volumes=lambda name: list(pool_volumes.get(name, ())),
         routers=lambda: _values(routers),
+        floating_ips=lambda: _values(floating_ips),
+        instance_named=lambda key: _first(instances, _first(instances, instance_named(*key))),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import kopf
 
 from stratus_operator.controllers.instance import InstanceProblem
-from stratus_operator.controllers.router import RouterProblem
+from stratus_operator.controllers.problem import Problem
 from stratus_operator.controllers.scheduler import Unschedulable
 from stratus_operator.services.agent_client import AgentError, AgentRejected
 from stratus_operator.services.runtime import AgentNotConfigured
@@ -21,7 +21,7 @@ def intent(exc: Exception, attempt: int, settings: OperatorSettings) -> Exceptio
             return kopf.PermanentError(str(exc))
         delay = retries.stalled_seconds if exc.needs_user else retries.backoff(attempt)
         return kopf.TemporaryError(str(exc), delay=delay)
-    if isinstance(exc, RouterProblem):
+    if isinstance(exc, Problem):
         delay = retries.backoff(attempt) if exc.waiting else retries.stalled_seconds
         return kopf.TemporaryError(str(exc), delay=delay)
     if isinstance(exc, Unschedulable):

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from stratus_api.v1alpha1 import (
     CephPool,
+    FloatingIP,
     Hypervisor,
     Image,
     Instance,
@@ -29,6 +30,7 @@ from stratus_api.v1alpha1 import (
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
 from stratus_operator.handlers.common import (
     CEPH_POOLS,
+    FLOATING_IPS,
     HYPERVISORS,
     IMAGES,
     INSTANCE_TYPES,
@@ -39,7 +41,13 @@ from stratus_operator.handlers.common import (
     VOLUMES,
     runtime,
 )
-from stratus_operator.services.world import instance_on, instance_on_network, instance_using, key_of
+from stratus_operator.services.world import (
+    instance_named,
+    instance_on,
+    instance_on_network,
+    instance_using,
+    key_of,
+)
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Resource)
@@ -100,6 +108,7 @@ async def stratus_instances(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[
     and watch event. Node and Volume keys come from the raw body."""
     uid = body.metadata.uid
     keys: dict[Any, Any] = {uid: _parsed(Instance, body, memo)}
+    keys[instance_named(body.metadata.namespace or "", body.metadata.name or "")] = uid
     node = (body.get("status") or {}).get("node")
     if node:
         keys[instance_on(node)] = uid
@@ -159,4 +168,10 @@ async def stratus_ceph_pools(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict
 @kopf.index(*ROUTERS)
 async def stratus_routers(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     found = _parsed(Router, body, memo)
+    return {found.metadata.uid: found} if found else {}
+
+
+@kopf.index(*FLOATING_IPS)
+async def stratus_floating_ips(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(FloatingIP, body, memo)
     return {found.metadata.uid: found} if found else {}

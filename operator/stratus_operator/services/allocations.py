@@ -13,6 +13,7 @@ from stratus_api.v1alpha1.network import Subnet
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_operator.controllers import conditions, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
+from stratus_operator.controllers.floating_ip import floating_key
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.router import external_key
@@ -116,6 +117,10 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
             if status and status.external_address and external_key(router) == (namespace, name):
                 owner = router_owner(router.metadata.uid or "")
                 found.hold(owner, Address(status.external_address, ""))
+        for floating in world.floating_ips():
+            held = floating.status.address if floating.status else None
+            if held and floating_key(floating) == (namespace, name):
+                found.hold(floating_owner(floating.metadata.uid or ""), Address(held, ""))
         for server in network.status.dhcp_servers if network.status else []:
             for address in server.addresses:
                 subnet = subnet_of(network, address)
@@ -133,6 +138,11 @@ def dhcp_owner(node: str, cidr: str) -> str:
 def router_owner(uid: str) -> str:
     """Whose address a Router's external leg holds, in its external Network's ledger."""
     return f"router/{uid}"
+
+
+def floating_owner(uid: str) -> str:
+    """Whose address a FloatingIP holds, in its external Network's ledger."""
+    return f"floatingip/{uid}"
 
 
 def subnet_of(network: Network, address: str) -> Subnet | None:

@@ -16,14 +16,16 @@ from collections import Counter
 from collections.abc import Callable
 
 from stratus_api.reasons import Reason
+from stratus_api.router_wire import FloatingAddressSpec
 from stratus_api.v1alpha1 import Network, Router
 from stratus_api.v1alpha1.router import RouterStatus
 from stratus_operator.controllers import router as plan
 from stratus_operator.controllers.ipam import IpamError
-from stratus_operator.controllers.router import External, RouterProblem
+from stratus_operator.controllers.problem import Problem, failing
+from stratus_operator.controllers.router import External
 from stratus_operator.services import allocations, node_networks
 from stratus_operator.services.agent_client import AgentClient, AgentError, AgentRejected
-from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.runtime import AgentNotConfigured, Binding, Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 
@@ -34,12 +36,12 @@ RouterChange = Callable[[RouterStatus, int], RouterStatus]
 def failed(exc: Exception) -> RouterChange | None:
     """The status change for an error out of `reconcile`; None for unknown errors (kept
     with their stack trace, retried)."""
-    if isinstance(exc, RouterProblem):
-        return plan.failing(exc)
+    if isinstance(exc, Problem):
+        return failing(exc)
     if isinstance(exc, AgentRejected):
-        return plan.failing(RouterProblem(Reason.AGENT_REJECTED, str(exc)))
+        return failing(Problem(Reason.AGENT_REJECTED, str(exc)))
     if isinstance(exc, AgentError | AgentNotConfigured):
-        return plan.failing(RouterProblem(Reason.AGENT_UNAVAILABLE, str(exc), waiting=True))
+        return failing(Problem(Reason.AGENT_UNAVAILABLE, str(exc), waiting=True))
     return None
 
 
@@ -60,8 +62,8 @@ def _looked_up(router: Router, world: World) -> list[Network | None]:
 
 
 async def reconcile(router: Router, world: World, runtime: Runtime) -> RouterChange:
-    """Build the Router on its node; the status change to write. RouterProblem when it
-    cannot be built (the change is `plan.failing(problem)`), AgentError when the node
+    """Build the Router on its node; the status change to write. Problem when it
+    cannot be built (the change is `failing(problem)`), AgentError when the node
     does not take it (retried)."""
     uid, namespace = router.metadata.uid or "", router.metadata.namespace or ""
     *found, external_found = _looked_up(router, world)
@@ -83,12 +85,44 @@ async def reconcile(router: Router, world: World, runtime: Runtime) -> RouterCha
     hypervisor = world.hypervisor(node)
     assert hypervisor is not None  # a candidate
     client = await runtime.agents.client(hypervisor)
-    await client.ensure_router(plan.node_spec(router, networks, external))
+    # The floating addresses are read and sent under the lock: of two builds (a FloatingIP
+    # added while the Router moves), the node gets the newer list last.
+    async with runtime.lock(uid):
+        floating = floating_of(uid, world, runtime) if external is not None else []
+        await client.ensure_router(plan.node_spec(router, networks, external, floating))
     if previous is not None and previous != node:
         await _forget_on(previous, uid, world, runtime)
         log.info("router %s/%s moved from %s to %s", namespace, router.metadata.name,
                  previous, node)  # fmt: skip
     return plan.routed(node, networks, external)
+
+
+def floating_of(uid: str, world: World, runtime: Runtime) -> list[FloatingAddressSpec]:
+    """The floating addresses the Router maps; the first call of the process reads them
+    from the FloatingIPs' status (what the last run mapped)."""
+    if not runtime.floating_seeded:
+        by_name = {(r.metadata.namespace, r.metadata.name): r.metadata.uid for r in world.routers()}
+        for found in world.floating_ips():
+            status, namespace = found.status, found.metadata.namespace
+            router_uid = by_name.get((namespace, status.router)) if status else None
+            if status and status.address and status.fixed_address and router_uid:
+                binding = Binding(router_uid, status.address, status.fixed_address)
+                runtime.floating.setdefault(found.metadata.uid or "", binding)
+        runtime.floating_seeded = True
+    return sorted(
+        (FloatingAddressSpec(address=b.address, fixed=b.fixed)
+         for b in runtime.floating.values() if b.router_uid == uid),
+        key=lambda f: f.address,
+    )  # fmt: skip
+
+
+async def rebuild(uid: str, world: World, runtime: Runtime) -> None:
+    """Build the Router `uid` again (its floating addresses changed) and write its status;
+    nothing when it is gone or being deleted. What `reconcile` raises otherwise."""
+    router = next((r for r in world.routers() if r.metadata.uid == uid), None)
+    if router is None or router.metadata.deletion_timestamp:
+        return
+    await write_status(router, runtime, await reconcile(router, world, runtime))
 
 
 def _hold_external(
@@ -105,7 +139,7 @@ def _hold_external(
             (s for s in outside.spec.subnets if s.gateway and s.network.version == 4), None
         )
         if subnet is None:
-            raise RouterProblem(
+            raise Problem(
                 Reason.NO_GATEWAY,
                 f"{plan.EXTERNAL_FIELD}: Network {outside.metadata.name} has no IPv4 subnet "
                 "with a gateway to route out through",
@@ -113,7 +147,7 @@ def _hold_external(
         try:
             address = ledger.allocate_service(allocations.router_owner(uid), subnet)
         except IpamError as exc:
-            raise RouterProblem(
+            raise Problem(
                 Reason.ADDRESS_UNAVAILABLE, f"{plan.EXTERNAL_FIELD}: {exc}", waiting=True
             ) from None
         kept = External(outside, f"{address}/{subnet.network.prefixlen}")
@@ -138,6 +172,7 @@ async def remove(router: Router, world: World, runtime: Runtime) -> None:
     async with runtime.decisions:
         release_external(uid, runtime)
     runtime.status.forget(uid)
+    runtime.locks.pop(uid, None)
     for network in _networks_of(router, world):
         await node_networks.publish(network, world, runtime, resync=False)
 

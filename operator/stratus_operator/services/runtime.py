@@ -83,6 +83,15 @@ class AgentPool:
             await self.forget(name)
 
 
+@dataclass(frozen=True)
+class Binding:
+    """A floating address a Router maps onto a fixed one."""
+
+    router_uid: str
+    address: str
+    fixed: str
+
+
 @dataclass
 class Runtime:
     settings: OperatorSettings
@@ -104,6 +113,12 @@ class Runtime:
     volume_nodes: dict[str, str] = field(default_factory=dict)
     # The node each Router was placed on (Router UID -> node), before its status says so.
     router_nodes: dict[str, str] = field(default_factory=dict)
+    # The floating addresses each Router maps (FloatingIP UID -> Binding), seeded from the
+    # FloatingIPs' status on first use (see routers.floating_of).
+    floating: dict[str, Binding] = field(default_factory=dict)
+    floating_seeded: bool = False
+    # One reconcile at a time per object (handler, daemon and FloatingIPs all build Routers).
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Which Instance each Volume is attached to (Volume UID -> Instance UID).
     volume_holders: dict[str, str] = field(default_factory=dict)
     # The Instances each shareable Volume is attached to (Volume UID -> Instance UID -> name).
@@ -113,6 +128,9 @@ class Runtime:
     node_networks: dict[str, dict[str, str]] = field(default_factory=dict)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
 
     def newest(self, uid: str, sequence: int | None) -> bool:
         """Whether a node's report (its sequence) is not older than one already applied for

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from stratus_api.v1alpha1 import (
     CephPool,
+    FloatingIP,
     Hypervisor,
     Image,
     Instance,
@@ -50,6 +51,8 @@ class World:
     network_users: Callable[[Key], Iterable[str]] = lambda _: ()
     ceph_pool_by_uid: Callable[[str], CephPool | None] = lambda _: None
     routers: Callable[[], Iterable[Router]] = lambda: ()
+    floating_ips: Callable[[], Iterable[FloatingIP]] = lambda: ()
+    instance_named: Callable[[Key], Instance | None] = lambda _: None
     # "namespace/name" of the ceph Volumes in this CephPool.
     pool_volumes: Callable[[str], Iterable[str]] = lambda _: ()
 
@@ -65,6 +68,10 @@ def instance_on(node: str) -> tuple[str, str]:
 
 def instance_using(namespace: str, volume: str) -> tuple[str, str, str]:
     return ("volume", namespace, volume)
+
+
+def instance_named(namespace: str, name: str) -> tuple[str, str, str]:
+    return ("name", namespace, name)
 
 
 def instance_on_network(namespace: str, network: str) -> tuple[str, str, str]:

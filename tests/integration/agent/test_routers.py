@@ -11,6 +11,7 @@ unreachable one gets one try (1 s).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import shutil
@@ -25,7 +26,7 @@ import pytest
 from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.local_vlans import LocalVlans
 from stratus_agent.drivers.network.ovs import OvsNetworkDriver
-from stratus_agent.drivers.network.routers import ExternalGateway, RouterPort, Routers
+from stratus_agent.drivers.network.routers import ExternalGateway, Floating, RouterPort, Routers
 from stratus_agent.drivers.network.spec_files import SpecFiles
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
@@ -256,6 +257,73 @@ async def test_snat_through_the_external_port_and_none_without_it(
     assert "default" not in run("ip", "-n", namespace, "route", "show").stdout
     assert gateway_port not in all_ports(*bridges)
     assert never_pings(guest_a, "172.30.0.1")
+
+
+def tcp_answers(namespace: str, address: str, port: int) -> str:
+    """What a TCP server at address:port says to a client in `namespace` (empty: none)."""
+    client = ("ip", "netns", "exec", namespace, "busybox", "nc", "-w", "2", address, str(port))
+    return run(*client, check=False).stdout
+
+
+def tracked(namespace: str, address: str) -> str:
+    """The router's tracked connections that involve `address`."""
+    return "\n".join(
+        line for line in run("ip", "netns", "exec", namespace, "conntrack", "-L",
+                             check=False).stdout.splitlines()
+        if f"={address} " in line
+    )  # fmt: skip
+
+
+async def test_floating_addresses_map_one_to_one_with_or_without_snat(
+    routers: Routers, hosts: Hosts, bridges: tuple[str, str]
+) -> None:
+    router, net_a, net_ext = (str(uuid.uuid4()) for _ in range(3))
+    port_a = router_port(net_a, bridges[0], TAG_A, "10.81.0.1/24")
+    ext_port = router_port(net_ext, bridges[1], None, "172.30.0.10/24")
+    guest_a = hosts.add(bridges[0], TAG_A, "10.81.0.11/24", "10.81.0.1")
+    guest_b = hosts.add(bridges[0], TAG_A, "10.81.0.12/24", "10.81.0.1")
+    outside = hosts.add(bridges[1], None, "172.30.0.1/24", None)  # no route to 10.81.0.0/24
+    mapped = Floating(ipaddress.IPv4Address("172.30.0.50"), ipaddress.IPv4Address("10.81.0.11"))
+    # No router SNAT: only the floating address's own lets a guest out.
+    floating = ExternalGateway(ext_port, "172.30.0.1", snat=False, floating=(mapped,))
+    await routers.ensure(router, [port_a], floating)
+    namespace = routers.namespace(router)
+    gateway_port = routers.gateway_port_name(router)
+    server = subprocess.Popen(  # answers one connection on guest A's port 2222
+        ["ip", "netns", "exec", guest_a, "busybox", "sh", "-c",
+         "echo hello-from-a | busybox nc -l -p 2222"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert pings(outside, "172.30.0.50")  # DNAT in, and the reply back out
+        assert "hello-from-a" in tcp_answers(outside, "172.30.0.50", 2222)
+    finally:
+        server.kill()
+        server.wait()
+    assert pings(guest_a, "172.30.0.1")  # out with the floating address as its source
+    assert never_pings(guest_b, "172.30.0.1")  # no floating address, no SNAT
+    rules = nat_rules(namespace)
+    assert "-A stratus-dnat -d 172.30.0.50/32 -j DNAT --to-destination 10.81.0.11" in rules
+    assert (f"-A stratus-snat -s 10.81.0.11/32 -o {gateway_port} -j SNAT "
+            "--to-source 172.30.0.50") in rules  # fmt: skip
+    assert rules.count("-A PREROUTING -j stratus-dnat") == 1
+    assert rules.count("-A OUTPUT -j stratus-dnat") == 1
+    before = router_state(namespace, bridges)
+    await routers.ensure(router, [port_a], floating)
+    assert router_state(namespace, bridges) == before
+    assert tracked(namespace, "172.30.0.50")
+
+    # Taken away: the address, its rules and its tracked connections go.
+    await routers.ensure(router, [port_a], ExternalGateway(ext_port, "172.30.0.1", snat=False))
+    assert never_pings(outside, "172.30.0.50")
+    assert never_pings(guest_a, "172.30.0.1")
+    assert not [rule for rule in nat_rules(namespace) if "stratus-dnat" in rule]
+    assert not tracked(namespace, "172.30.0.50")
+    shown = run("ip", "-n", namespace, "-4", "addr", "show", "dev", gateway_port).stdout
+    assert "172.30.0.50" not in shown and "172.30.0.10/24" in shown
+    with pytest.raises(ValueError, match="is in none of its subnets"):
+        stray = Floating(ipaddress.IPv4Address("172.31.0.50"), ipaddress.IPv4Address("10.81.0.12"))
+        ExternalGateway(ext_port, "172.30.0.1", snat=False, floating=(stray,))
 
 
 async def test_remove_and_sweep_leave_nothing_of_this_node_only(

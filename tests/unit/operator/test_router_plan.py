@@ -10,7 +10,8 @@ import pytest
 
 from stratus_api.v1alpha1 import Hypervisor, Network, Router
 from stratus_operator.controllers import router as plan
-from stratus_operator.controllers.router import External, RouterProblem
+from stratus_operator.controllers.problem import Problem
+from stratus_operator.controllers.router import External
 
 READY = [{"type": "Ready", "status": "True", "reason": "Ready",
           "lastTransitionTime": "2026-01-01T00:00:00Z"}]  # fmt: skip
@@ -79,7 +80,7 @@ def test_what_cannot_be_routed_names_the_field(
     found: list[Network | None], reason: str, field: str, waiting: bool
 ) -> None:
     edge = router(*("web", "db")[: len(found)])
-    with pytest.raises(RouterProblem) as caught:
+    with pytest.raises(Problem) as caught:
         plan.joined(edge, found)
     assert caught.value.reason == reason and caught.value.waiting is waiting
     assert str(caught.value).startswith(f"{field}: ")
@@ -89,11 +90,11 @@ def test_an_external_gateway_must_be_an_external_network_apart_from_the_joined()
     web = network("web", "10.1.0.0/24")
     edge = router("web", external="public")
     inside = network("public", "172.24.4.0/24", type="flat", physicalNetwork="external")
-    with pytest.raises(RouterProblem, match=r"^spec.externalGateway.network: .* not external"):
+    with pytest.raises(Problem, match=r"^spec.externalGateway.network: .* not external"):
         plan.check_external(edge, inside, [web])
     overlapping = network("public", "10.1.0.0/16", type="flat", physicalNetwork="external",
                           external=True)  # fmt: skip
-    with pytest.raises(RouterProblem, match=re.escape("overlaps 10.1.0.0/24 of Network web")):
+    with pytest.raises(Problem, match=re.escape("overlaps 10.1.0.0/24 of Network web")):
         plan.check_external(edge, overlapping, [web])
 
 
@@ -105,5 +106,5 @@ def test_a_router_stays_on_its_ready_node_else_goes_to_the_least_loaded_one() ->
     assert plan.candidates(router(node="b"), nodes, public, {"b": 5}) == ["b", "a"]
     assert plan.candidates(router(), nodes, public, {"a": 2, "b": 1}) == ["b", "a"]
     assert plan.candidates(router(node="d"), nodes, None, {}) == ["a", "b", "c"]
-    with pytest.raises(RouterProblem, match="physical network external"):
+    with pytest.raises(Problem, match="physical network external"):
         plan.candidates(router(), [hypervisor("c")], public, {})

@@ -100,9 +100,9 @@ async def ensure_internal_port(
     await ip("-n", namespace, "link", "set", "dev", port, *settings, "mtu", str(mtu), "up")
 
 
-async def ensure_addresses(namespace: str, port: str, wanted: set[str]) -> None:
+async def ensure_addresses(namespace: str, port: str, wanted: set[str]) -> set[str]:
     """Exactly the IPv4 addresses `wanted` ("address/prefixlen") on `port`: others, such as
-    one added by hand, are removed."""
+    one added by hand, are removed; those removed."""
     out = (await ip("-n", namespace, "-j", "-4", "addr", "show", "dev", port)).stdout
     present = {
         f"{info['local']}/{info['prefixlen']}"
@@ -112,6 +112,7 @@ async def ensure_addresses(namespace: str, port: str, wanted: set[str]) -> None:
         await ip("-n", namespace, "addr", "del", address, "dev", port)
     for address in sorted(wanted - present):
         await ip("-n", namespace, "addr", "add", address, "dev", port)
+    return present - wanted
 
 
 async def ports_with_external_id(vsctl_cmd: str, key: str) -> dict[str, dict[str, str]]:

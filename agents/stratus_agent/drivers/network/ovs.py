@@ -13,6 +13,7 @@ UID; that tag is how leftover ports of a guest are found and removed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
@@ -23,7 +24,12 @@ from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
 from stratus_agent.drivers.network.guest_nics import GuestNic, GuestNics
 from stratus_agent.drivers.network.local_vlans import LocalVlans
-from stratus_agent.drivers.network.routers import ExternalGateway, RouterPort, Routers
+from stratus_agent.drivers.network.routers import (
+    ExternalGateway,
+    Floating,
+    RouterPort,
+    Routers,
+)
 from stratus_agent.drivers.network.spec_files import SpecFiles
 from stratus_agent.drivers.network.tunnels import OverlaySegment, TunnelBridge
 from stratus_agent.errors import ProvisioningError
@@ -306,8 +312,12 @@ class OvsNetworkDriver:
         external = None
         if spec.external is not None:
             gateway = spec.external
+            floating = tuple(
+                Floating(ipaddress.IPv4Address(f.address), ipaddress.IPv4Address(f.fixed))
+                for f in spec.floating
+            )
             external = ExternalGateway(
-                await self._router_port(spec, gateway), gateway.gateway, gateway.snat
+                await self._router_port(spec, gateway), gateway.gateway, gateway.snat, floating
             )
         if self.vlans.tags() != tagged:
             # A Network new on the node through this router gets its overlay flows (only

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ROUTER_ID = "stratus-router"  # on each router port's OVS Interface: the router's UID
 NETWORK_ID = "stratus-router-network"  # ... and the Network the port is on
 SNAT_CHAIN = "stratus-snat"  # the router's own nat chain, jumped to from POSTROUTING
+DNAT_CHAIN = "stratus-dnat"  # ... and from PREROUTING and OUTPUT
 _MAC = re.compile(MAC_PATTERN)
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an OVS bridge is also a device
 _NODE_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -90,14 +91,27 @@ class RouterPort:
 
 
 @dataclass(frozen=True)
+class Floating:
+    """A floating address of the external port, mapped one-to-one onto `fixed`, a guest's
+    address on a joined subnet."""
+
+    address: ipaddress.IPv4Address
+    fixed: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
 class ExternalGateway:
     """The router's leg on an external (provider) Network: default route via `gateway`
     (None: no default route) and, with `snat`, the joined subnets' traffic leaving through
-    it gets the port's first address as its source."""
+    it gets the port's first address as its source. Each of `floating` is an extra
+    address of the port (a /32), its traffic sent on to its fixed address (DNAT), and what
+    that fixed address sends out leaves with the floating one as its source (SNAT), with
+    or without `snat`."""
 
     port: RouterPort
     gateway: str | None
     snat: bool
+    floating: tuple[Floating, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"external gateway on Network {self.port.network_uid}"
@@ -105,8 +119,21 @@ class ExternalGateway:
             address = ipaddress.ip_address(self.gateway)
             if not any(address in i.network for i in self.port.interfaces):
                 raise ValueError(f"{where}: gateway {address} is in none of its subnets")
-        if self.snat and not self.port.interfaces:
+        if (self.snat or self.floating) and not self.port.interfaces:
             raise ValueError(f"{where}: SNAT needs an IPv4 address on the port")
+        for mapped in self.floating:
+            if not any(mapped.address in i.network for i in self.port.interfaces):
+                raise ValueError(f"{where}: floating {mapped.address} is in none of its subnets")
+        for attribute in ("address", "fixed"):
+            values = [getattr(mapped, attribute) for mapped in self.floating]
+            if len(set(values)) != len(values):
+                raise ValueError(f"{where}: a floating {attribute} address is mapped twice")
+
+    @property
+    def addresses(self) -> set[str]:
+        """The port's addresses: its own and the floating ones."""
+        own = {i.with_prefixlen for i in self.port.interfaces}
+        return own | {f"{mapped.address}/32" for mapped in self.floating}
 
 
 # Names and rules: pure functions of (node tag, router UID, ...).
@@ -131,15 +158,33 @@ def gateway_port_name(node_tag: str, router_uid: str) -> str:
 def snat_rules(
     gateway_port: str, ports: Sequence[RouterPort], external: ExternalGateway | None
 ) -> list[str]:
-    """The router's nat chain, as `iptables -S` prints it (so the chain read back compares
-    equal): one SNAT rule per joined subnet, none without SNAT."""
-    if external is None or not external.snat:
+    """The router's source NAT chain, as `iptables -S` prints it (so the chain read back
+    compares equal): each floating address's fixed one first, then one rule per joined
+    subnet (none without SNAT)."""
+    if external is None:
         return []
-    source = external.port.interfaces[0].ip
-    subnets = sorted({i.network for port in ports for i in port.interfaces})
+    rules = [
+        f"-A {SNAT_CHAIN} -s {f.fixed}/32 -o {gateway_port} -j SNAT --to-source {f.address}"
+        for f in sorted(external.floating, key=lambda f: f.fixed)
+    ]
+    if external.snat:
+        source = external.port.interfaces[0].ip
+        subnets = sorted({i.network for port in ports for i in port.interfaces})
+        rules += [
+            f"-A {SNAT_CHAIN} -s {subnet} -o {gateway_port} -j SNAT --to-source {source}"
+            for subnet in subnets
+        ]
+    return rules
+
+
+def dnat_rules(external: ExternalGateway | None) -> list[str]:
+    """The router's destination NAT chain, as `iptables -S` prints it: each floating
+    address sent on to its fixed one, whichever port it came in on."""
+    if external is None:
+        return []
     return [
-        f"-A {SNAT_CHAIN} -s {subnet} -o {gateway_port} -j SNAT --to-source {source}"
-        for subnet in subnets
+        f"-A {DNAT_CHAIN} -d {f.address}/32 -j DNAT --to-destination {f.fixed}"
+        for f in sorted(external.floating, key=lambda f: f.address)
     ]
 
 
@@ -200,7 +245,10 @@ class Routers:
         gateway_port = self.gateway_port_name(router_uid)
         if external is not None:
             wanted[gateway_port] = external.port
-        rules = snat_rules(gateway_port, ports, external)
+        chains = {
+            SNAT_CHAIN: (("POSTROUTING",), snat_rules(gateway_port, ports, external)),
+            DNAT_CHAIN: (("PREROUTING", "OUTPUT"), dnat_rules(external)),
+        }
         async with self._lock:
             try:
                 await netns_ports.ensure_namespace(namespace)
@@ -217,10 +265,14 @@ class Routers:
                         external_ids={ROUTER_ID: router_uid, NETWORK_ID: port.network_uid},
                     )  # fmt: skip
                     addresses = {i.with_prefixlen for i in port.interfaces}
-                    await netns_ports.ensure_addresses(namespace, name, addresses)
+                    if name == gateway_port and external is not None:
+                        addresses = external.addresses
+                    gone = await netns_ports.ensure_addresses(namespace, name, addresses)
+                    await self._forget_connections(namespace, gone)
                 gateway = external.gateway if external is not None else None
                 await self._ensure_default_route(namespace, gateway_port, gateway)
-                await self._ensure_snat(router_uid, namespace, rules)
+                for chain, (hooks, rules) in chains.items():
+                    await self._ensure_chain(router_uid, namespace, chain, hooks, rules)
             except (process.CommandError, OSError) as exc:
                 raise ProvisioningError(
                     GuestFailure.NETWORK_SETUP_FAILED,
@@ -297,28 +349,44 @@ class Routers:
         argv = ("ip", "netns", "exec", namespace, *args)
         return (await process.run(*argv, stdin=stdin, timeout=30)).stdout
 
-    async def _ensure_snat(self, router_uid: str, namespace: str, rules: list[str]) -> None:
-        """Exactly `rules` in the router's nat chain, jumped to once from POSTROUTING; no
-        chain and no jump when there are none. Rewritten (in one iptables-restore
-        transaction, so no packet sees half a chain) only when it differs, so an unchanged
-        chain keeps its counters."""
+    async def _ensure_chain(
+        self, router_uid: str, namespace: str, chain: str, hooks: Sequence[str],
+        rules: list[str],
+    ) -> None:  # fmt: skip
+        """Exactly `rules` in the router's nat chain `chain`, jumped to once from each of
+        `hooks`; no chain and no jump when there are none. Rewritten (in one
+        iptables-restore transaction, so no packet sees half a chain) only when it differs,
+        so an unchanged chain keeps its counters."""
         current = (
             await self._iptables(namespace, "iptables", "-w", "-t", "nat", "-S")
         ).splitlines()
-        exists = f"-N {SNAT_CHAIN}" in current
-        jump = f"-A POSTROUTING -j {SNAT_CHAIN}"
-        jumps = current.count(jump)
-        present = [line for line in current if line.startswith(f"-A {SNAT_CHAIN} ")]
+        exists = f"-N {chain}" in current
+        jumps = {hook: current.count(f"-A {hook} -j {chain}") for hook in hooks}
+        present = [line for line in current if line.startswith(f"-A {chain} ")]
+        lines: list[str] = []
         if rules:
-            if exists and jumps == 1 and present == rules:
+            if exists and set(jumps.values()) == {1} and present == rules:
                 return
-            lines = [f":{SNAT_CHAIN} - [0:0]", *rules]  # declaring the chain flushes it
-            lines += ([f"-D POSTROUTING -j {SNAT_CHAIN}"] * (jumps - 1)) if jumps else [jump]
-        elif exists or jumps:
-            lines = [f"-D POSTROUTING -j {SNAT_CHAIN}"] * jumps
-            lines += [f"-F {SNAT_CHAIN}", f"-X {SNAT_CHAIN}"] if exists else []
+            lines = [f":{chain} - [0:0]", *rules]  # declaring the chain flushes it
+            for hook, count in jumps.items():
+                extra = [f"-D {hook} -j {chain}"] * (count - 1)
+                lines += extra if count else [f"-A {hook} -j {chain}"]
+        elif exists or any(jumps.values()):
+            lines = [f"-D {hook} -j {chain}" for hook, count in jumps.items() for _ in range(count)]
+            lines += [f"-F {chain}", f"-X {chain}"] if exists else []
         else:
             return
         text = "\n".join(["*nat", *lines, "COMMIT", ""])
         await self._iptables(namespace, "iptables-restore", "-w", "--noflush", stdin=text)
-        log.info("router %s: %d SNAT rules", router_uid, len(rules))
+        log.info("router %s: %d rules in %s", router_uid, len(rules), chain)
+
+    async def _forget_connections(self, namespace: str, removed: Collection[str]) -> None:
+        """Drop the tracked connections of addresses the router no longer has (a floating
+        address taken away): without this, a connection made through it before would go
+        on through the NAT its conntrack entry remembers."""
+        for address in sorted(removed):
+            ip = address.split("/")[0]
+            for direction in ("--orig-dst", "--reply-dst"):
+                # Exit status 1 when there was nothing to delete.
+                await process.run("ip", "netns", "exec", namespace, "conntrack", "-D",
+                                  direction, ip, timeout=30, check=False)  # fmt: skip
