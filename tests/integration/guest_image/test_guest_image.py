@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from stratus_agent.drivers.seed import nocloud
+from stratus_api.guest import CloudInit
 from testsupport import build_test_image
 
 MARKER = "STRATUS-GUEST: "
@@ -311,3 +313,87 @@ def test_guests_on_one_segment_ping_each_other(guests: GuestLauncher, tmp_path: 
         assert "user-data exit=0" in markers, guest.diagnostics()
         assert "3 packets transmitted, 3 packets received, 0% packet loss" in guest.console()
         assert f"64 bytes from {peer}" in guest.console()
+
+
+def free_tcp_port() -> int:
+    """A free TCP port on 127.0.0.1 (released again: QEMU binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ssh_keypair(path: Path, comment: str) -> Path:
+    """A throwaway ed25519 key pair: `path` (private) and `path`.pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        timeout=60,
+    )
+    return path
+
+
+def ssh(key: Path, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` as root in the guest behind 127.0.0.1:`port`, offering only `key`."""
+    return subprocess.run(
+        [
+            *("ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port)),
+            *("-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"),
+            *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+            *("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"),
+            *("root@127.0.0.1", command),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_root_logs_in_over_ssh_with_the_seed_key_only(
+    guests: GuestLauncher, tmp_path: Path
+) -> None:
+    """The guest's sshd lets root in with meta-data's public-keys, and no other key."""
+    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh and ssh-keygen not installed: run hack/install-deps")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    # A comment long enough that a YAML writer wrapping at 80 columns would fold the key.
+    allowed = ssh_keypair(keys / "allowed", "allowed key of a user@a-host.with-a-long-name.example")
+    stranger = ssh_keypair(keys / "stranger", "stranger@elsewhere")
+    public_key = allowed.with_suffix(".pub").read_text().strip()
+    # QEMU's user-mode network: the guest is 10.0.2.15 behind a NAT at 10.0.2.2, and QEMU
+    # forwards a host port on loopback to the guest's port 22.
+    network_config = (
+        f"version: 2\nethernets:\n  nic0:\n    match:\n      macaddress: '{MAC}'\n"
+        "    set-name: eth0\n    addresses:\n    - 10.0.2.15/24\n    gateway4: 10.0.2.2\n"
+    )
+    seed = make_seed(
+        tmp_path,
+        {
+            # As the agent writes it.
+            "meta-data": nocloud.meta_data(
+                CloudInit(instance_id="i-ssh", hostname="sshd-1", ssh_keys=[public_key])
+            ),
+            "network-config": network_config,
+        },
+    )
+    port = free_tcp_port()
+    guest = guests.boot("sshd-1", nics=[(MAC, f"user,hostfwd=tcp:127.0.0.1:{port}-:22")], seed=seed)
+
+    markers = guest.wait_for("sshd started keys=1", timeout=180)
+    assert "ip eth0 10.0.2.15/24" in markers, guest.diagnostics()
+
+    # The first connection also makes the host key, which TCG slows down: retry a while.
+    deadline = time.monotonic() + 120
+    while True:
+        result = ssh(allowed, port, "echo hello-from-$(hostname)")
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert (result.returncode, result.stdout) == (0, "hello-from-sshd-1\n"), (
+        f"{result}\n{guest.diagnostics()}"
+    )
+
+    refused = ssh(stranger, port, "echo in")
+    assert refused.returncode != 0 and refused.stdout == "", refused
+    assert "Permission denied (publickey)" in refused.stderr, refused

@@ -43,6 +43,14 @@ def test_meta_data_carries_identity_and_keys() -> None:
     }
 
 
+def test_each_key_is_one_meta_data_line() -> None:
+    long_key = "ssh-rsa " + "A" * 700 + " a comment with spaces"
+    keyed = CLOUD_INIT.model_copy(update={"ssh_keys": [long_key, *CLOUD_INIT.ssh_keys]})
+    meta = seed.meta_data(keyed)
+    assert f"\n- {long_key}\n" in meta
+    assert yaml.safe_load(meta)["public-keys"] == keyed.ssh_keys
+
+
 def test_no_user_data_is_an_empty_cloud_config() -> None:
     empty = CLOUD_INIT.model_copy(update={"user_data": None})
     assert seed.user_data(empty).startswith(b"#cloud-config")

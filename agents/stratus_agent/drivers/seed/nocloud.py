@@ -33,7 +33,9 @@ def meta_data(cloud_init: CloudInit) -> str:
     if cloud_init.ssh_keys:
         # NoCloud reads keys from meta-data, which keeps user-data entirely the user's.
         data["public-keys"] = list(cloud_init.ssh_keys)
-    return yaml.safe_dump(data, sort_keys=False)
+    # One key per line: PyYAML would fold a long key at 80 columns, which YAML parsers undo
+    # but line-based readers (the test image's init, a person grepping the seed) do not.
+    return yaml.safe_dump(data, sort_keys=False, width=float("inf"))
 
 
 def user_data(cloud_init: CloudInit) -> bytes:
