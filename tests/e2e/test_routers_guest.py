@@ -1,14 +1,20 @@
-"""Routers with real guests on the all-in-one: guests of two Networks joined by a Router
-reach each other through it, a guest of a Network it does not join reaches neither, and a
-guest reaches the host's external network through the Router's SNAT (the host has no
-route back to the guests' subnets: an answer proves the source was rewritten). Deleting
-the Router leaves no namespace or port on the node."""
+"""Routers and floating IPs with real guests on the all-in-one: guests of two Networks
+joined by a Router reach each other through it, a guest of a Network it does not join
+reaches neither, and a guest reaches the host's external network through the Router's SNAT
+(the host has no route back to the guests' subnets: an answer proves the source was
+rewritten). From the host, ssh reaches a guest at its floating IP, and stops reaching it
+when the FloatingIP is deleted. Deleting the Router leaves no namespace or port on the
+node."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from allinone_kit import Cloud, boot_marker, small_instance
 from testsupport import REPO_ROOT, wait_until
@@ -38,18 +44,31 @@ def never(target: str, mark: str) -> str:
     return f"ping -c 3 -W 2 {target} >/dev/null 2>&1 || echo {mark}\n"
 
 
-def test_a_router_joins_two_networks_and_leads_out_with_snat(cloud: Cloud) -> None:
+def apply(cloud: Cloud, *items: dict[str, Any]) -> None:
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": list(items)}))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def public(cloud: Cloud) -> Iterator[str]:
+    """The external Network on the host's external network (one flat Network per physical
+    network: the module's tests share it); the host's address on it."""
     cloud.kubectl("apply", "-f", str(REPO_ROOT / "examples" / "image.yaml"),
                   "-f", str(REPO_ROOT / "examples" / "instancetype.yaml"))  # fmt: skip
-    outside = cloud.dev.external_gateway  # the host's address on the external network
-    host = str(outside.ip)
+    outside = cloud.dev.external_gateway
+    apply(cloud, network("rt-public", str(outside.network), str(outside.ip), type="flat",
+                         physicalNetwork="external", external=True))  # fmt: skip
+    yield str(outside.ip)
+    cloud.kubectl("delete", "network", "rt-public", "--timeout=120s")
+
+
+def test_a_router_joins_two_networks_and_leads_out_with_snat(cloud: Cloud, public: str) -> None:
+    host = public
     cloud.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
         "items": [
             network("rt-web", "10.71.0.0/24", "10.71.0.1"),
             network("rt-db", "10.72.0.0/24", "10.72.0.1"),
             network("rt-apart", "10.73.0.0/24", "10.73.0.1"),
-            network("rt-public", str(outside.network), host, type="flat",
-                    physicalNetwork="external", external=True),
             {"apiVersion": "stratus.io/v1alpha1", "kind": "Router", "metadata": {"name": "edge"},
              "spec": {"networks": [{"name": "rt-web"}, {"name": "rt-db"}],
                       "externalGateway": {"network": "rt-public"}}},
@@ -87,8 +106,62 @@ def test_a_router_joins_two_networks_and_leads_out_with_snat(cloud: Cloud) -> No
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert ports.strip() == ""
     cloud.kubectl("delete", "instance", "rt-a", "rt-b", "rt-c", "--timeout=120s")
-    cloud.kubectl("delete", "network", "rt-web", "rt-db", "rt-apart", "rt-public",
-                  "--timeout=120s")  # fmt: skip
+    cloud.kubectl("delete", "network", "rt-web", "rt-db", "rt-apart", "--timeout=120s")
+
+
+def ssh(
+    key: Path, address: str, command: str, timeout: float = 10
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+         "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o",
+         f"ConnectTimeout={int(timeout)}", "-o", "LogLevel=ERROR", f"root@{address}", command],
+        capture_output=True, text=True, timeout=timeout + 20, check=False,
+    )  # fmt: skip
+
+
+def test_ssh_reaches_a_guest_at_its_floating_ip_until_the_floating_ip_goes(
+    cloud: Cloud, public: str, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    vm = guest("fip-vm", "fip-web", "10.74.0.10", "true\n")
+    vm["spec"]["sshKeys"] = [key.with_suffix(".pub").read_text().strip()]
+    # No SNAT on the Router: the guest's way out is its floating address's own.
+    apply(cloud, network("fip-web", "10.74.0.0/24", "10.74.0.1"),
+          {"apiVersion": "stratus.io/v1alpha1", "kind": "Router", "metadata": {"name": "fip-edge"},
+           "spec": {"networks": [{"name": "fip-web"}],
+                    "externalGateway": {"network": "rt-public", "snat": False}}},
+          vm,
+          {"apiVersion": "stratus.io/v1alpha1", "kind": "FloatingIP",
+           "metadata": {"name": "fip-vm"},
+           "spec": {"network": "rt-public", "instance": "fip-vm"}})  # fmt: skip
+    cloud.kubectl("wait", "--for=condition=Ready", "floatingip/fip-vm", "--timeout=180s")
+    floating = json.loads(cloud.kubectl("get", "floatingip", "fip-vm", "-o", "json"))["status"]
+    assert floating["fixedAddress"] == "10.74.0.10" and floating["router"] == "fip-edge"
+    address = floating["address"]
+    boot_marker(cloud, "fip-vm", "STRATUS-GUEST: sshd started keys=1")
+
+    answer = wait_until("ssh to the floating IP", lambda: (
+        r := ssh(key, address, f"echo hello-from-$(hostname); ping -c 1 -W 2 {public} >/dev/null "
+                 "&& echo out-ok")).returncode == 0 and r, timeout=120)  # fmt: skip
+    assert "hello-from-fip-vm" in answer.stdout, answer
+    assert "out-ok" in answer.stdout, answer  # SNAT to the floating address, no router SNAT
+
+    uid = json.loads(cloud.kubectl("get", "router", "fip-edge", "-o", "json"))["metadata"]["uid"]
+    namespace = f"router-{cloud.dev.bridge}-{uid}"
+    cloud.kubectl("delete", "floatingip", "fip-vm", "--timeout=60s")
+    assert address not in nat(namespace)
+    gone = ssh(key, address, "echo still-here", timeout=5)
+    assert gone.returncode != 0 and "still-here" not in gone.stdout, gone
+    cloud.kubectl("delete", "router", "fip-edge", "--timeout=60s")
+    cloud.kubectl("delete", "instance", "fip-vm", "--timeout=120s")
+    cloud.kubectl("delete", "network", "fip-web", "--timeout=120s")
+
+
+def nat(namespace: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", namespace, "iptables", "-t", "nat", "-S"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
 
 
 def netns() -> str:
