@@ -104,6 +104,10 @@ class NicBinding:
 
     bridge: str
     vlan_tag: int | None = None  # the Network's local tag on the bridge (None: untagged)
+    # False: the guest must fill in its own checksums. OVS's userspace (netdev) datapath
+    # reads a tap without its virtio-net header, so a checksum a guest leaves to the host
+    # stays unfilled, and every TCP segment it sends arrives corrupt.
+    host_checksum: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

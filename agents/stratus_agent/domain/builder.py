@@ -214,4 +214,5 @@ def _interface(uid: str, index: int, nic: guest.Nic, binding: base.NicBinding) -
         mtu=nic.mtu,
         virtualport=dx.VirtualPort(),
         vlan_tag=binding.vlan_tag,
+        host_checksum=binding.host_checksum,
     )

@@ -492,6 +492,7 @@ class Interface:
     mtu: int | None = None
     virtualport: VirtualPort | None = None
     vlan_tag: int | None = None
+    host_checksum: bool = True  # False: <driver><host csum='off'/>, the guest sums itself
 
     def to_element(self) -> etree._Element:
         el = _root("interface", type="bridge")
@@ -503,6 +504,8 @@ class Interface:
             _sub(_sub(el, "vlan"), "tag", id=str(self.vlan_tag))
         _sub(el, "target", dev=self.target_dev)
         _sub(el, "model", type=self.model)
+        if not self.host_checksum:
+            _sub(_sub(el, "driver"), "host", csum="off")
         if self.mtu is not None:
             _sub(el, "mtu", size=str(self.mtu))
         return el
@@ -512,7 +515,7 @@ class Interface:
         if el.get("type") != "bridge":
             raise DomainXMLError(f"{_where(el)}: only type='bridge' interfaces are modelled")
         virtualport, tag, mtu = el.find("virtualport"), el.find("vlan/tag"), el.find("mtu")
-        model = el.find("model")
+        model, host = el.find("model"), el.find("driver/host")
         return cls(
             source_bridge=_attr(_child(el, "source"), "bridge"),
             target_dev=_attr(_child(el, "target"), "dev"),
@@ -521,6 +524,7 @@ class Interface:
             mtu=None if mtu is None else _int(_attr(mtu, "size"), mtu),
             virtualport=None if virtualport is None else VirtualPort.from_element(virtualport),
             vlan_tag=None if tag is None else _int(_attr(tag, "id"), tag),
+            host_checksum=host is None or host.get("csum") != "off",
         )
 
 

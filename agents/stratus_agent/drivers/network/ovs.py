@@ -109,7 +109,7 @@ class OvsNetworkDriver:
             if nic.network_type is NetworkType.OVERLAY:
                 async with self._tags:
                     tag = await asyncio.to_thread(self.vlans.tag_of, nic.network_uid)
-                bindings.append(NicBinding(bridge=self.bridge.name, vlan_tag=tag))
+                bindings.append(self._binding(self.bridge, tag))
             else:
                 bindings.append(await self._provider(index, nic))
         if any(nic.network_type is NetworkType.OVERLAY for nic in nics):
@@ -140,7 +140,13 @@ class OvsNetworkDriver:
                 "does not exist (the node admin makes it, with its uplink)",
             )
         tag = nic.segmentation_id if nic.network_type is NetworkType.VLAN else None
-        return NicBinding(bridge=bridge.name, vlan_tag=tag)
+        return self._binding(bridge, tag)
+
+    @staticmethod
+    def _binding(bridge: OvsBridge, tag: int | None) -> NicBinding:
+        return NicBinding(
+            bridge=bridge.name, vlan_tag=tag, host_checksum=bridge.datapath_type != "netdev"
+        )
 
     async def unplug(self, uid: str) -> None:
         """Remove the guest's ports; a Network none of whose ports is left on the node

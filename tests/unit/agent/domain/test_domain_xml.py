@@ -76,11 +76,13 @@ def spec(**changes: object) -> guest.GuestSpec:
     return guest.GuestSpec.model_validate(fields)
 
 
-def facts(nics: int = 1, **changes: object) -> base.NodeFacts:
+def facts(nics: int | tuple[base.NicBinding, ...] = 1, **changes: object) -> base.NodeFacts:
+    if isinstance(nics, int):
+        nics = tuple(base.NicBinding(bridge="br-stratus") for _ in range(nics))
     fields: dict[str, object] = {
         "root_disk": base.DiskSource(path=f"/var/lib/stratus/guests/{UID}-root.qcow2"),
         "seed_iso_path": f"/var/lib/stratus/guests/{UID}-seed.iso",
-        "nics": tuple(base.NicBinding(bridge="br-stratus") for _ in range(nics)),
+        "nics": nics,
         **changes,
     }
     return base.NodeFacts(**fields)  # type: ignore[arg-type]
@@ -107,8 +109,11 @@ def kvm_two_nics_no_vnc() -> dx.Domain:
         disks=[*spec().disks, volume],
         nics=[nic(0), nic(1, mtu=9000, segmentation_id=42)],
     )
+    # The second NIC on a userspace-datapath bridge: the guest fills in its checksums.
+    bindings = (base.NicBinding(bridge="br-stratus"),
+                base.NicBinding(bridge="br-stratus", host_checksum=False))  # fmt: skip
     node = facts(
-        nics=2,
+        nics=bindings,
         cdrom_bus="sata",
         machine="q35",
         volumes=(base.VolumeAttachment(name="data", path="/srv/volumes/data.raw"),),
@@ -203,6 +208,7 @@ ELEMENTS: dict[str, Element] = {
         mtu=1450,
         virtualport=dx.VirtualPort(interface_id="a5bd4c2e-1f0a-4b7e-9d3c-2e1f0a4b7e9d"),
         vlan_tag=42,
+        host_checksum=False,
     ),
     "element_serial_pty_logged.xml": dx.Serial(log_file="/var/log/stratus/x.log"),
     "element_serial_file.xml": dx.Serial(type="file", source_path="/var/log/stratus/x.log"),
