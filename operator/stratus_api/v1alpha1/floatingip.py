@@ -19,9 +19,11 @@ from stratus_api.v1alpha1.base import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    FieldError,
     PrinterColumn,
     Resource,
     immutable,
+    immutable_message,
     list_map,
 )
 from stratus_api.v1alpha1.network import IpText
@@ -102,3 +104,13 @@ class FloatingIP(
     kind: Literal["FloatingIP"] = "FloatingIP"
     spec: FloatingIPSpec = Field(description="Where the address comes from and leads to.")
     status: FloatingIPStatus | None = Field(default=None, description="Where it leads.")
+
+    def refused_changes(self, old: FloatingIP) -> list[FieldError]:
+        """The twin of the `immutable` rules: the address belongs to its Network's pool."""
+        out = []
+        if self.spec.network != old.spec.network:
+            out.append(FieldError("spec.network", immutable_message("network")))
+        namespaces = (self.spec.network_namespace, old.spec.network_namespace)
+        if None not in namespaces and namespaces[0] != namespaces[1]:
+            out.append(FieldError("spec.networkNamespace", immutable_message("networkNamespace")))
+        return out

@@ -64,6 +64,7 @@ EXPECTED_COLUMNS = {
     "Image": ["Phase", "Format", "Size", "Age"],
     "Network": ["Type", "CIDR", "Segment", "Age"],
     "Router": ["Ready", "Node", "External", "Age"],
+    "FloatingIP": ["Address", "Instance", "Fixed", "Ready", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],
     "InstanceType": ["CPU", "Memory", "Disk", "Age"],
 }
