@@ -1,0 +1,91 @@
+"""Benchmark: ping RTT and TCP connect time to a guest through its floating IP, against its
+fixed IP on the same node.
+
+Runs against the all-in-one that `./hack/demo` leaves running (Instance `demo` with
+FloatingIP `demo` through Router `edge`). The floating path: from the host over the
+external bridge into the Router's namespace, DNAT, out of its port on the integration
+bridge to the guest. The fixed path: from inside the Router's namespace straight to the
+guest's fixed address (the nearest place to the guest with a route to it, on the same
+node). TCP connect is to the guest's sshd (port 22), timed in-process with a fresh socket
+per connection. Not a test: run it by hand, `.venv/bin/python bench/floating_ip.py
+[--count 50]`. No target: TCG guest, userspace OVS datapath; the ratio is what the NAT hop
+costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from stratus_devcloud.allinone import DevCloud
+from stratus_devcloud.controlplane import default_state_dir
+
+SUMMARY = re.compile(r"round-trip min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms")
+CONNECT = """
+import socket, sys, time
+found = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    with socket.create_connection((sys.argv[1], 22), timeout=10):
+        found.append((time.perf_counter() - start) * 1000)
+print(" ".join(f"{ms:.3f}" for ms in found))
+"""
+
+
+def kubectl(cloud: DevCloud, *args: str) -> str:
+    return cloud.plane.kubectl_run(*args, check=True).stdout
+
+
+def ping(prefix: list[str], address: str, count: int) -> tuple[float, float, float]:
+    argv = [*prefix, "busybox", "ping", "-c", str(count), "-i", "0.2", address]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=600).stdout
+    found = SUMMARY.search(out)
+    assert found, out
+    low, avg, high = (float(v) for v in found.groups())
+    return low, avg, high
+
+
+def connect(prefix: list[str], address: str, count: int) -> tuple[float, float, float]:
+    argv = [*prefix, sys.executable, "-c", CONNECT, address, str(count)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=600).stdout
+    times = [float(v) for v in out.split()]
+    return min(times), statistics.median(times), max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--state-dir", default=str(default_state_dir()))
+    args = parser.parse_args()
+    cloud = DevCloud(Path(args.state_dir))
+    floating = json.loads(kubectl(cloud, "get", "floatingip", "demo", "-o", "json"))["status"]
+    router = json.loads(kubectl(cloud, "get", "router", "edge", "-o", "json"))
+    namespace = f"router-{cloud.bridge}-{router['metadata']['uid']}"
+    inside = ["ip", "netns", "exec", namespace]
+    address, fixed = floating["address"], floating["fixedAddress"]
+    ping([], address, 3)  # warm the neighbour tables and conntrack
+    ping(inside, fixed, 3)
+    rows = [
+        ("ping RTT (min/avg/max)", ping([], address, args.count),
+         ping(inside, fixed, args.count)),
+        ("TCP connect :22 (min/median/max)", connect([], address, args.count),
+         connect(inside, fixed, args.count)),
+    ]  # fmt: skip
+    print(f"demo: floating {address} -> fixed {fixed}; {args.count} samples each (ms)")
+    print("| measure | floating IP, from the host | fixed IP, from the router | ratio (avg) |")
+    print("|---|---|---|---|")
+    for name, through, direct in rows:
+        print(f"| {name} | {_ms(through)} | {_ms(direct)} | {through[1] / direct[1]:.2f} |")
+
+
+def _ms(values: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()
