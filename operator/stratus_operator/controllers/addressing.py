@@ -114,7 +114,7 @@ class NetworkLedger:
         if problem is not None:
             raise ipam.IpamError(field, problem)
         if str(ipaddress.ip_address(fixed)) in self._ips:
-            raise ipam.IpamError(field, f"{fixed} is already in use on this network")
+            raise ipam.AddressInUse(field, f"{fixed} is already in use on this network")
         return str(ipaddress.ip_address(fixed))
 
     def _next_free(self, field: str) -> str:

@@ -20,6 +20,10 @@ class IpamError(Exception):
         self.field = field
 
 
+class AddressInUse(IpamError):
+    """The address asked for is another owner's."""
+
+
 @dataclass(frozen=True)
 class Allocation:
     address: str

@@ -196,5 +196,11 @@ def interfaces(allocated: list[tuple[Network, Address]]) -> list[InterfaceStatus
 
 def release(uid: str, runtime: Runtime) -> None:
     runtime.placements.release(uid)
-    for book in runtime.addresses.values():
-        book.release(uid)
+    release_addresses(uid, runtime)
+
+
+def release_addresses(owner: str, runtime: Runtime, keep: Network | None = None) -> None:
+    """Give back what `owner` holds in every Network's ledger but `keep`'s."""
+    for (_, _, network_uid), book in runtime.addresses.items():
+        if keep is None or network_uid != keep.metadata.uid:
+            book.release(owner)

@@ -10,6 +10,7 @@ when the Router cannot be built with it, so the next attempt builds it again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import FloatingIP, Network
@@ -17,12 +18,11 @@ from stratus_api.v1alpha1.floatingip import FloatingIPStatus
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers import floating_ip as plan
 from stratus_operator.controllers.floating_ip import FloatingChange, Target
-from stratus_operator.controllers.ipam import IpamError
+from stratus_operator.controllers.ipam import AddressInUse, IpamError
 from stratus_operator.controllers.problem import Problem
 from stratus_operator.controllers.router import external_key, external_network
 from stratus_operator.services import allocations, routers
-from stratus_operator.services.agent_client import AgentError, AgentRejected
-from stratus_operator.services.runtime import AgentNotConfigured, Binding, Runtime
+from stratus_operator.services.runtime import Binding, Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 
@@ -42,12 +42,13 @@ def _hold(floating: FloatingIP, network: Network, world: World, runtime: Runtime
     wanted = floating.spec.address
     try:
         address = ledger.allocate_address(owner, wanted, plan.ADDRESS_FIELD)
+    except AddressInUse as exc:
+        raise Problem(Reason.ADDRESS_IN_USE, f"{plan.ADDRESS_FIELD}: {exc}") from None
     except IpamError as exc:
         if wanted is None:
             message = f"{plan.NETWORK_FIELD}: {exc}"
             raise Problem(Reason.POOL_EXHAUSTED, message, waiting=True) from None
-        reason = Reason.ADDRESS_IN_USE if "in use" in str(exc) else Reason.ADDRESS_UNAVAILABLE
-        raise Problem(reason, f"{plan.ADDRESS_FIELD}: {exc}") from None
+        raise Problem(Reason.ADDRESS_UNAVAILABLE, f"{plan.ADDRESS_FIELD}: {exc}") from None
     plan.check_ipv4(address, network.metadata.name or "")
     return address
 
@@ -57,10 +58,10 @@ def held(floating: FloatingIP, world: World, runtime: Runtime) -> str | None:
     network = world.network(plan.floating_key(floating))
     if network is None:
         return None
-    held = allocations.ledger(network, world, runtime).held(
+    found = allocations.ledger(network, world, runtime).held(
         allocations.floating_owner(floating.metadata.uid or "")
     )
-    return held.ip if held is not None else None
+    return found.ip if found is not None else None
 
 
 async def reconcile(floating: FloatingIP, world: World, runtime: Runtime) -> FloatingChange:
@@ -77,7 +78,7 @@ async def reconcile(floating: FloatingIP, world: World, runtime: Runtime) -> Flo
             if floating.spec.instance is not None:
                 key = (floating.metadata.namespace or "", floating.spec.instance)
                 found = plan.target(floating, world.instance_named(key), world.routers())
-                _not_taken(uid, found, runtime)
+                check_not_taken(uid, found, runtime.floating)
         except Problem:
             await _map(uid, None, world, runtime)
             raise
@@ -87,9 +88,11 @@ async def reconcile(floating: FloatingIP, world: World, runtime: Runtime) -> Flo
     return plan.mapped(address, found, node)
 
 
-def _not_taken(uid: str, found: Target, runtime: Runtime) -> None:
+def check_not_taken(uid: str, found: Target, mapped: Mapping[str, Binding]) -> None:
+    """One floating address per fixed one: a Problem when another FloatingIP (of `mapped`,
+    FloatingIP UID -> Binding) already maps onto `found`."""
     router_uid = found.router.metadata.uid
-    for other, binding in runtime.floating.items():
+    for other, binding in mapped.items():
         if other != uid and binding.router_uid == router_uid and binding.fixed == found.fixed:
             raise Problem(
                 Reason.FIXED_ADDRESS_TAKEN,
@@ -123,16 +126,9 @@ async def _map(uid: str, binding: Binding | None, world: World, runtime: Runtime
 def failed(
     exc: Exception, floating: FloatingIP, world: World, runtime: Runtime
 ) -> FloatingChange | None:
-    """The status change for an error out of `reconcile`; None for unknown errors (kept
-    with their stack trace, retried)."""
-    address = held(floating, world, runtime)
-    if isinstance(exc, Problem):
-        return plan.unmapped(address, exc)
-    if isinstance(exc, AgentRejected):
-        return plan.unmapped(address, Problem(Reason.AGENT_REJECTED, str(exc)))
-    if isinstance(exc, AgentError | AgentNotConfigured):
-        return plan.unmapped(address, Problem(Reason.AGENT_UNAVAILABLE, str(exc), waiting=True))
-    return None
+    """The status change for an error out of `reconcile` (None: see routers.problem_of)."""
+    problem = routers.problem_of(exc)
+    return plan.unmapped(held(floating, world, runtime), problem) if problem is not None else None
 
 
 async def remove(floating: FloatingIP, world: World, runtime: Runtime) -> None:
@@ -142,8 +138,7 @@ async def remove(floating: FloatingIP, world: World, runtime: Runtime) -> None:
     async with runtime.lock(uid):
         await _map(uid, None, world, runtime)
     async with runtime.decisions:
-        for ledger in runtime.addresses.values():
-            ledger.release(allocations.floating_owner(uid))
+        allocations.release_addresses(allocations.floating_owner(uid), runtime)
     runtime.status.forget(uid)
     runtime.locks.pop(uid, None)
 

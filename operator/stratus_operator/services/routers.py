@@ -33,16 +33,22 @@ log = logging.getLogger(__name__)
 RouterChange = Callable[[RouterStatus, int], RouterStatus]
 
 
-def failed(exc: Exception) -> RouterChange | None:
-    """The status change for an error out of `reconcile`; None for unknown errors (kept
-    with their stack trace, retried)."""
+def problem_of(exc: Exception) -> Problem | None:
+    """What an error out of building a Router (or a FloatingIP it maps) says in status;
+    None for unknown errors (kept with their stack trace, retried)."""
     if isinstance(exc, Problem):
-        return failing(exc)
+        return exc
     if isinstance(exc, AgentRejected):
-        return failing(Problem(Reason.AGENT_REJECTED, str(exc)))
+        return Problem(Reason.AGENT_REJECTED, str(exc))
     if isinstance(exc, AgentError | AgentNotConfigured):
-        return failing(Problem(Reason.AGENT_UNAVAILABLE, str(exc), waiting=True))
+        return Problem(Reason.AGENT_UNAVAILABLE, str(exc), waiting=True)
     return None
+
+
+def failed(exc: Exception) -> RouterChange | None:
+    """The status change for an error out of `reconcile` (None: see problem_of)."""
+    problem = problem_of(exc)
+    return failing(problem) if problem is not None else None
 
 
 def node_of(router: Router, runtime: Runtime) -> str | None:
@@ -151,14 +157,8 @@ def _hold_external(
                 Reason.ADDRESS_UNAVAILABLE, f"{plan.EXTERNAL_FIELD}: {exc}", waiting=True
             ) from None
         kept = External(outside, f"{address}/{subnet.network.prefixlen}")
-    release_external(uid, runtime, keep=outside)
+    allocations.release_addresses(allocations.router_owner(uid), runtime, keep=outside)
     return kept
-
-
-def release_external(uid: str, runtime: Runtime, keep: Network | None = None) -> None:
-    for (_, _, network_uid), ledger in runtime.addresses.items():
-        if keep is None or network_uid != keep.metadata.uid:
-            ledger.release(allocations.router_owner(uid))
 
 
 async def remove(router: Router, world: World, runtime: Runtime) -> None:
@@ -170,7 +170,7 @@ async def remove(router: Router, world: World, runtime: Runtime) -> None:
         await _forget_on(node, uid, world, runtime, strict=True)
     runtime.router_nodes.pop(uid, None)
     async with runtime.decisions:
-        release_external(uid, runtime)
+        allocations.release_addresses(allocations.router_owner(uid), runtime)
     runtime.status.forget(uid)
     runtime.locks.pop(uid, None)
     for network in _networks_of(router, world):

@@ -13,6 +13,8 @@ from stratus_operator.controllers import floating_ip as plan
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.problem import Problem
+from stratus_operator.services.floating_ips import check_not_taken
+from stratus_operator.services.runtime import Binding
 
 READY = [{"type": "Ready", "status": "True", "reason": "Routing",
           "lastTransitionTime": "2026-01-01T00:00:00Z"}]  # fmt: skip
@@ -101,3 +103,18 @@ def test_the_ledger_gives_floating_addresses_once_and_names_the_field() -> None:
     # A different address asked for replaces the one held.
     assert ledger.allocate_address("a", "172.24.4.20", "spec.address") == "172.24.4.20"
     assert ledger.allocate_address("c", None, "spec.network") == "172.24.4.10"
+
+
+def test_a_fixed_address_takes_one_floating_address() -> None:
+    edge = router("edge", "web")
+    found = plan.target(floating(instance="web"), instance(("web", "10.1.0.5")), [edge])
+    mapped = {"other": Binding(edge.metadata.uid or "", "172.24.4.7", "10.1.0.5")}
+    with pytest.raises(Problem) as caught:
+        check_not_taken("mine", found, mapped)
+    assert caught.value.reason == "FixedAddressTaken" and caught.value.waiting
+    assert str(caught.value) == (
+        "spec.instance: 10.1.0.5 already has floating address 172.24.4.7; one fixed address "
+        "takes one"
+    )
+    check_not_taken("other", found, mapped)  # its own mapping is no conflict
+    check_not_taken("mine", found, {"other": Binding("another-router", "172.24.4.7", "10.1.0.5")})
