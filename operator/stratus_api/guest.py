@@ -98,6 +98,12 @@ class Nic(ApiModel):
     physical_network: str | None = Field(
         default=None, description="vlan and flat: the physical network the node maps to a bridge."
     )
+    security_groups: list[str] | None = Field(
+        default=None,
+        max_length=16,
+        description="The groups filtering the NIC, as \"namespace/name\" (their rules come "
+        "in node security group specs). None: not filtered (port security off).",
+    )
 
 
 class CloudInit(ApiModel):
