@@ -9,11 +9,12 @@ from stratus_api.v1alpha1.instance import Instance
 from stratus_api.v1alpha1.instancetype import InstanceType
 from stratus_api.v1alpha1.network import Network
 from stratus_api.v1alpha1.router import Router
+from stratus_api.v1alpha1.securitygroup import SecurityGroup
 from stratus_api.v1alpha1.volume import Volume
 from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
 KINDS: tuple[type[Resource], ...] = (
-    Image, Volume, VolumeSnapshot, Network, Router, FloatingIP, Instance, InstanceType,
+    Image, Volume, VolumeSnapshot, Network, Router, FloatingIP, SecurityGroup, Instance, InstanceType,
     Hypervisor, CephPool,
 )  # fmt: skip
 
@@ -32,6 +33,7 @@ __all__ = [
     "Network",
     "Resource",
     "Router",
+    "SecurityGroup",
     "Volume",
     "VolumeSnapshot",
 ]

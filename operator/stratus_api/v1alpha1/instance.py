@@ -46,6 +46,8 @@ SSH_KEY_PATTERN = (
 MAX_SSH_KEY_LENGTH = 8192  # characters, which are bytes here (ASCII): a 16384-bit RSA key is 2.8K
 MAX_SSH_KEYS = 16
 MAX_NICS = 8
+MAX_NIC_GROUPS = 8
+SecurityGroupName = Annotated[str, Field(min_length=1, max_length=RESOURCE_NAME_MAX)]
 MAX_VOLUMES = 16
 USER_DATA_MESSAGE = f"userData must be at most {MAX_USER_DATA_BYTES} bytes of UTF-8"
 
@@ -235,6 +237,23 @@ class NetworkAttachment(ApiModel):
         description="Fixed unicast MAC address, lowercase (52:54:00:12:34:56), not all zero. "
         "Unset: generated. Immutable while the network stays attached.",
     )
+    security_groups: list[SecurityGroupName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NIC_GROUPS,
+        description="SecurityGroups of the same namespace filtering the NIC. Unset: the "
+        "namespace's group `default`. Changes apply to the running guest within seconds.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _groups_once(self) -> NetworkAttachment:
+        # The twin of the API server's list-type "set", which names the repeated item.
+        groups = self.security_groups or []
+        for index, name in enumerate(groups):
+            if name in groups[:index]:
+                raise FieldError(f"securityGroups[{index}]", f"duplicate value: {name!r}")
+        return self
 
 
 class VolumeAttachment(ApiModel):

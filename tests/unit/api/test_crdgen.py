@@ -65,6 +65,7 @@ EXPECTED_COLUMNS = {
     "Network": ["Type", "CIDR", "Segment", "Age"],
     "Router": ["Ready", "Node", "External", "Age"],
     "FloatingIP": ["Address", "Instance", "Fixed", "Ready", "Age"],
+    "SecurityGroup": ["Ready", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],
     "InstanceType": ["CPU", "Memory", "Disk", "Age"],
 }
