@@ -101,7 +101,7 @@ class Nic(ApiModel):
     security_groups: list[str] | None = Field(
         default=None,
         max_length=16,
-        description="The groups filtering the NIC, as \"namespace/name\" (their rules come "
+        description='The groups filtering the NIC, as "namespace/name" (their rules come '
         "in node security group specs). None: not filtered (port security off).",
     )
 

@@ -156,6 +156,11 @@ class Reason(enum.StrEnum):
     ROUTER_NOT_READY = "RouterNotReady"
     FIXED_ADDRESS_PENDING = "FixedAddressPending"  # the Instance's NIC has no address yet
     FIXED_ADDRESS_TAKEN = "FixedAddressTaken"  # another FloatingIP maps onto the same address
+    # -- SecurityGroups -----------------------------------------------------------------
+    ENFORCED = "Enforced"  # a SecurityGroup told to every node with a port in it
+    GROUP_IN_OTHER_NAMESPACE = "GroupInOtherNamespace"  # a rule's remoteGroup is another's
+    NODES_NOT_TOLD = "NodesNotTold"  # a node with a port in the group did not answer (yet)
+    SECURITY_GROUP_IN_USE = "SecurityGroupInUse"  # a SecurityGroup's deletion waits for NICs
     USER_DATA_NOT_FOUND = "UserDataNotFound"
     USER_DATA_TOO_LARGE = "UserDataTooLarge"
     MEMORY_TOO_SMALL = "MemoryTooSmall"

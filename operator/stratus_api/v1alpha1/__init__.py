@@ -14,8 +14,8 @@ from stratus_api.v1alpha1.volume import Volume
 from stratus_api.v1alpha1.volumesnapshot import VolumeSnapshot
 
 KINDS: tuple[type[Resource], ...] = (
-    Image, Volume, VolumeSnapshot, Network, Router, FloatingIP, SecurityGroup, Instance, InstanceType,
-    Hypervisor, CephPool,
+    Image, Volume, VolumeSnapshot, Network, Router, FloatingIP, SecurityGroup, Instance,
+    InstanceType, Hypervisor, CephPool,
 )  # fmt: skip
 
 __all__ = [

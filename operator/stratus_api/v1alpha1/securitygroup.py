@@ -153,9 +153,7 @@ class SecurityGroup(
     Resource,
     plural="securitygroups",
     short_names=("sg", "secgroup"),
-    printer_columns=(
-        PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),
-    ),
+    printer_columns=(PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),),
 ):
     """Stateful traffic rules for the NICs that name the group (Neutron's security group)."""
 

@@ -117,7 +117,8 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
     return image
 
 
-def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
+def nic_for(network: Network, allocation: Allocation, mac: str, security_groups: list[str]) -> Nic:
+    """The NIC as its node plugs it; `security_groups` as nodes name them (namespace/name)."""
     spec = network.spec
     segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
     return Nic(
@@ -132,6 +133,7 @@ def nic_for(network: Network, allocation: Allocation, mac: str) -> Nic:
         segmentation_id=segment,
         network_type=spec.type,
         physical_network=spec.physical_network,
+        security_groups=security_groups,
     )
 
 

@@ -1,6 +1,6 @@
 """What keeps an object from being built, and the status that says so: one shape for the
 kinds whose status is only a Ready condition and what they are built on (Routers,
-FloatingIPs)."""
+FloatingIPs, SecurityGroups)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from stratus_api.v1alpha1.floatingip import FloatingIPStatus
 from stratus_api.v1alpha1.router import RouterStatus
+from stratus_api.v1alpha1.securitygroup import SecurityGroupStatus
 from stratus_operator.controllers import conditions
 
 
@@ -22,7 +23,7 @@ class Problem(Exception):
         self.waiting = waiting
 
 
-S = TypeVar("S", RouterStatus, FloatingIPStatus)
+S = TypeVar("S", RouterStatus, FloatingIPStatus, SecurityGroupStatus)
 
 
 def failing(problem: Problem) -> Callable[[S, int], S]:

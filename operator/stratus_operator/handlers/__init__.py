@@ -13,6 +13,7 @@ from stratus_operator.handlers import (
     lifecycle,
     network,
     router,
+    securitygroup,
     volume,
     volumesnapshot,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "lifecycle",
     "network",
     "router",
+    "securitygroup",
     "volume",
     "volumesnapshot",
 ]

@@ -12,6 +12,7 @@ from stratus_api.v1alpha1 import GROUP, VERSION, Instance
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.world import (
     World,
+    instance_in_group,
     instance_named,
     instance_on,
     instance_on_network,
@@ -30,12 +31,13 @@ SNAPSHOTS = (GROUP, VERSION, "volumesnapshots")
 CEPH_POOLS = (GROUP, VERSION, "cephpools")
 ROUTERS = (GROUP, VERSION, "routers")
 FLOATING_IPS = (GROUP, VERSION, "floatingips")
+SECURITY_GROUPS = (GROUP, VERSION, "securitygroups")
 # Watch streams kopf keeps open per namespace it serves: one per kind, and its discovery
 # of CRDs and namespaces.
 WATCHED_KINDS = (
     len({
         HYPERVISORS, INSTANCES, IMAGES, NETWORKS, INSTANCE_TYPES, VOLUMES, SNAPSHOTS, CEPH_POOLS,
-        ROUTERS, FLOATING_IPS,
+        ROUTERS, FLOATING_IPS, SECURITY_GROUPS,
     })
     + 2
 )  # fmt: skip
@@ -62,6 +64,7 @@ _INDEXES = (
     "stratus_hypervisors", "stratus_instance_types", "stratus_images", "stratus_networks",
     "stratus_instances", "stratus_volumes", "stratus_snapshots", "stratus_volume_snapshots",
     "stratus_ceph_pools", "stratus_pool_volumes", "stratus_routers", "stratus_floating_ips",
+    "stratus_security_groups",
 )  # fmt: skip
 # The last World built, with the indexes it reads. kopf passes the same live index objects
 # to every handler, so one World serves them all; building one per call was 3% of the
@@ -88,6 +91,7 @@ def _world(kwargs: dict[str, Any]) -> World:
     snapshots, taken = kwargs["stratus_snapshots"], kwargs["stratus_volume_snapshots"]
     ceph_pools, pool_volumes = kwargs["stratus_ceph_pools"], kwargs["stratus_pool_volumes"]
     routers, floating_ips = kwargs["stratus_routers"], kwargs["stratus_floating_ips"]
+    security_groups = kwargs["stratus_security_groups"]
     return World(
         hypervisors=lambda: _values(hypervisors),
         instances=lambda: _instances(instances),
@@ -116,6 +120,8 @@ def _world(kwargs: dict[str, Any]) -> World:
         routers=lambda: _values(routers),
         floating_ips=lambda: _values(floating_ips),
         instance_named=lambda key: _first(instances, _first(instances, instance_named(*key))),
+        security_group=lambda key: _first(security_groups, key),
+        security_group_users=lambda key: list(instances.get(instance_in_group(*key), ())),
     )
 
 

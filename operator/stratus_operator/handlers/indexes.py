@@ -24,10 +24,12 @@ from stratus_api.v1alpha1 import (
     Network,
     Resource,
     Router,
+    SecurityGroup,
     Volume,
     VolumeSnapshot,
 )
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
+from stratus_api.v1alpha1.securitygroup import DEFAULT_GROUP
 from stratus_operator.handlers.common import (
     CEPH_POOLS,
     FLOATING_IPS,
@@ -37,11 +39,13 @@ from stratus_operator.handlers.common import (
     INSTANCES,
     NETWORKS,
     ROUTERS,
+    SECURITY_GROUPS,
     SNAPSHOTS,
     VOLUMES,
     runtime,
 )
 from stratus_operator.services.world import (
+    instance_in_group,
     instance_named,
     instance_on,
     instance_on_network,
@@ -105,7 +109,7 @@ async def stratus_instances(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[
     Instance exists is never garbage), and the UID under each key the World looks up by:
     its node, and each Volume it names (a Volume in use is never deleted, even under an
     Instance the models refuse). One index, not one per key: kopf's cost is per index
-    and watch event. Node and Volume keys come from the raw body."""
+    and watch event. Node and Volume keys come from the raw body, and so do security group keys."""
     uid = body.metadata.uid
     keys: dict[Any, Any] = {uid: _parsed(Instance, body, memo)}
     keys[instance_named(body.metadata.namespace or "", body.metadata.name or "")] = uid
@@ -118,7 +122,22 @@ async def stratus_instances(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[
     keys.update({instance_using(namespace, n): uid for n in names if isinstance(n, str)})
     nets = {n.get("name") for n in spec.get("networks") or [] if isinstance(n, dict)}
     keys.update({instance_on_network(namespace, n): uid for n in nets if isinstance(n, str)})
+    keys.update({instance_in_group(namespace, g): uid for g in _groups(spec)})
     return keys
+
+
+def _groups(spec: dict[str, Any]) -> set[str]:
+    """The security groups the Instance's NICs are in, from the raw spec (a NIC naming none
+    is in `default`)."""
+    found: set[str] = set()
+    for nic in spec.get("networks") or []:
+        if not isinstance(nic, dict):
+            continue
+        named = nic.get("securityGroups")
+        if not isinstance(named, list) or not named:
+            named = [DEFAULT_GROUP]
+        found.update(g for g in named if isinstance(g, str))
+    return found
 
 
 @kopf.index(*VOLUMES)
@@ -175,3 +194,9 @@ async def stratus_routers(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[An
 async def stratus_floating_ips(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
     found = _parsed(FloatingIP, body, memo)
     return {found.metadata.uid: found} if found else {}
+
+
+@kopf.index(*SECURITY_GROUPS)
+async def stratus_security_groups(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = _parsed(SecurityGroup, body, memo)
+    return {(found.metadata.namespace or "", found.metadata.name or ""): found} if found else {}

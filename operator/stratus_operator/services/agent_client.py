@@ -29,6 +29,7 @@ from aiohttp import http_exceptions
 from stratus_api import guest
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.volume_wire import (
     NodeSnapshotSpec,
     NodeSnapshotStatus,
@@ -276,6 +277,16 @@ class AgentClient:
     async def forget_router(self, uid: str) -> bool:
         """The router is not the node's any more; True if it held it."""
         what, raw = await self._call("DELETE", "/v1/routers/" + quote(uid, safe=""))
+        return self._flag(what, raw, "deleted")
+
+    async def ensure_security_group(self, spec: NodeSecurityGroupSpec) -> None:
+        """PUT a group's rules to a node with a port in it: idempotent."""
+        body = spec.model_dump_json(by_alias=True)
+        await self._call("PUT", "/v1/security-groups/" + quote(spec.uid, safe=""), body=body)
+
+    async def forget_security_group(self, uid: str) -> bool:
+        """No port of the node is in the group any more; True if it held its rules."""
+        what, raw = await self._call("DELETE", "/v1/security-groups/" + quote(uid, safe=""))
         return self._flag(what, raw, "deleted")
 
     async def routers(self) -> list[str]:

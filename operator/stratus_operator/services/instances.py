@@ -32,7 +32,8 @@ from stratus_operator.controllers.instance import (
     with_guest_status,
     with_problem,
 )
-from stratus_operator.services import allocations, volumes
+from stratus_operator.controllers.security_group import nic_group_keys
+from stratus_operator.services import allocations, security_groups, volumes
 from stratus_operator.services.agent_client import (
     AgentClient,
     AgentError,
@@ -119,9 +120,15 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
     await volumes.made_ready(instance, attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)
     nics = [
-        nic_for(network, addressing.describe(network.spec, address.ip), address.mac)
-        for network, address in allocated
+        nic_for(
+            network,
+            addressing.describe(network.spec, address.ip),
+            address.mac,
+            nic_group_keys(instance, attachment),
+        )
+        for (network, address), attachment in zip(allocated, instance.spec.networks, strict=True)
     ]
+    await security_groups.ensure_default(instance, world, runtime)
     hypervisor = world.hypervisor(node)
     if hypervisor is None:
         raise InstanceProblem(

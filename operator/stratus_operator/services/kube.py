@@ -141,3 +141,13 @@ class Kube:
         re-created: `body` names the UID it is for)."""
         path = _path(plural, namespace, name) + "/status"
         await self._request("PATCH", path, body, "application/merge-patch+json")
+
+    async def create(self, plural: str, namespace: str | None, body: dict[str, Any]) -> bool:
+        """Create a Stratus object; False if one of that name exists already (409)."""
+        try:
+            await self._request("POST", _path(plural, namespace), body)
+        except KubeError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True

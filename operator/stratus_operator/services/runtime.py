@@ -126,6 +126,12 @@ class Runtime:
     # What each node was last told about each Network (Network UID -> node -> the spec's
     # JSON), so a node hears again only when its share changes (see node_networks.py).
     node_networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    # What each node was told of each SecurityGroup (UID -> node -> spec JSON), and the
+    # status last written from (see security_groups.py).
+    security_group_nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    security_group_seen: dict[str, object] = field(default_factory=dict)
+    # Namespaces whose group `default` this process made (until the watch brings it).
+    default_groups_made: set[str] = field(default_factory=set)
     events: EventRecorder = field(init=False)
     status: StatusWriter = field(init=False)
 

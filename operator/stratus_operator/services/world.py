@@ -18,6 +18,7 @@ from stratus_api.v1alpha1 import (
     InstanceType,
     Network,
     Router,
+    SecurityGroup,
     Volume,
     VolumeSnapshot,
 )
@@ -55,6 +56,9 @@ class World:
     instance_named: Callable[[Key], Instance | None] = lambda _: None
     # "namespace/name" of the ceph Volumes in this CephPool.
     pool_volumes: Callable[[str], Iterable[str]] = lambda _: ()
+    security_group: Callable[[Key], SecurityGroup | None] = lambda _: None
+    # UIDs of the Instances with a NIC in this group (a NIC naming none is in `default`).
+    security_group_users: Callable[[Key], Iterable[str]] = lambda _: ()
 
 
 def key_of(obj: Image | Network | Instance | Volume | VolumeSnapshot) -> Key:
@@ -76,3 +80,7 @@ def instance_named(namespace: str, name: str) -> tuple[str, str, str]:
 
 def instance_on_network(namespace: str, network: str) -> tuple[str, str, str]:
     return ("network", namespace, network)
+
+
+def instance_in_group(namespace: str, group: str) -> tuple[str, str, str]:
+    return ("securitygroup", namespace, group)

@@ -33,6 +33,9 @@ class FakeKube:
     async def post_event(self, *_: Any) -> None:
         return None
 
+    async def create(self, *_: Any) -> bool:  # the namespace's security group `default`
+        return True
+
 
 def runtime_with(agent: object) -> tuple[FakeKube, Runtime]:
     """A Runtime over a FakeKube whose every node's agent client is `agent`."""

@@ -1,0 +1,182 @@
+"""SecurityGroups end to end: tell every node with a NIC in a group the group's rules, with
+its remote groups turned into their members' addresses (controllers/security_group.py);
+tell nodes that have none any more to forget it; keep status.ports true; make a namespace's
+group `default` when a NIC first needs it; hold a group's deletion while NICs are in it.
+
+Sent when a node's spec changes (a rule, or a remote group's members) and again every
+resync interval, in case a node lost what it was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stratus_api.reasons import Reason
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
+from stratus_api.v1alpha1 import API_VERSION, Instance, SecurityGroup
+from stratus_api.v1alpha1.securitygroup import DEFAULT_GROUP, SecurityGroupStatus
+from stratus_operator.controllers import security_group as plan
+from stratus_operator.controllers.problem import Problem
+from stratus_operator.services.agent_client import AgentError
+from stratus_operator.services.node_networks import ready
+from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.status import ObjectRef
+from stratus_operator.services.world import World
+
+log = logging.getLogger(__name__)
+UNTOLD = ""  # what a node that did not answer was told: nothing, so it is asked again
+
+
+class SecurityGroupInUse(Exception):
+    pass
+
+
+def _users(namespace: str, name: str, world: World) -> list[Instance]:
+    found = (world.instance(uid) for uid in world.security_group_users((namespace, name)))
+    return [i for i in found if i is not None]
+
+
+def ports(group: SecurityGroup, world: World) -> list[plan.Port]:
+    namespace, name = group.metadata.namespace or "", group.metadata.name or ""
+    return plan.ports_in(name, _users(namespace, name, world))
+
+
+def node_spec(group: SecurityGroup, world: World) -> NodeSecurityGroupSpec:
+    namespace = group.metadata.namespace or ""
+
+    def members_of(name: str) -> list[str]:
+        return plan.members(plan.ports_in(name, _users(namespace, name, world)))
+
+    return plan.node_spec(group, members_of)
+
+
+async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resync: bool) -> None:
+    """Tell each node with a port in the group whose spec changed (every one when `resync`),
+    have nodes without one forget it, and write status when it changed."""
+    uid = group.metadata.uid or ""
+    found = ports(group, world)
+    nodes = sorted({p.node for p in found if p.node})
+    if group.metadata.deletion_timestamp:
+        nodes = []
+    spec = node_spec(group, world)
+    wanted = spec.model_dump_json(by_alias=True)
+    told = runtime.security_group_nodes.setdefault(uid, {})
+    changed = [node for node in nodes if resync or told.get(node) != wanted]
+    leaving = [node for node in told if node not in nodes]
+    await asyncio.gather(
+        *(_tell(node, spec, wanted, world, runtime, told) for node in changed),
+        *(_forget(group, node, world, runtime, told) for node in leaving),
+    )
+    untold = [node for node in nodes if told.get(node) != wanted]
+    if not told:
+        runtime.security_group_nodes.pop(uid, None)
+    if not group.metadata.deletion_timestamp:
+        await _record(group, found, untold, runtime)
+
+
+async def _record(
+    group: SecurityGroup, found: list[plan.Port], untold: list[str], runtime: Runtime
+) -> None:
+    """Status as it is now, written only when it changed since the last write."""
+    problem = plan.remote_problem(group)
+    generation = group.metadata.generation or 0
+    seen = (tuple(found), tuple(untold), str(problem) if problem else None, generation)
+    uid = group.metadata.uid or ""
+    if runtime.security_group_seen.get(uid) == seen:
+        return
+    change = plan.refused(found, problem) if problem else plan.enforced(found, untold)
+    await runtime.status.write(
+        ObjectRef.of(group), group.status, generation, change, SecurityGroupStatus
+    )
+    runtime.security_group_seen[uid] = seen
+
+
+async def _tell(
+    node: str, spec: NodeSecurityGroupSpec, wanted: str, world: World, runtime: Runtime,
+    told: dict[str, str],
+) -> None:  # fmt: skip
+    hypervisor = world.hypervisor(node)
+    if hypervisor is None or not ready(hypervisor):
+        return  # asked again once it is back
+    try:
+        client = await runtime.agents.client(hypervisor)
+        await client.ensure_security_group(spec)
+    except (AgentError, AgentNotConfigured) as exc:
+        if told.get(node) != UNTOLD:  # said once per outage, not every round
+            log.warning("security group %s/%s: node %s was not told its rules (tried again): "
+                        "%s", spec.namespace, spec.name, node, exc)  # fmt: skip
+        told[node] = UNTOLD
+        return
+    told[node] = wanted
+
+
+async def _forget(
+    group: SecurityGroup, node: str, world: World, runtime: Runtime, told: dict[str, str]
+) -> None:
+    hypervisor = world.hypervisor(node)
+    if hypervisor is not None:
+        try:
+            client = await runtime.agents.client(hypervisor)
+            await client.forget_security_group(group.metadata.uid or "")
+        except (AgentError, AgentNotConfigured) as exc:
+            log.warning("security group %s/%s: node %s was not told to forget it (tried "
+                        "again): %s", group.metadata.namespace, group.metadata.name, node,
+                        exc)  # fmt: skip
+            return
+    told.pop(node, None)
+
+
+def in_use(group: SecurityGroup, world: World) -> Problem | None:
+    """Why the group cannot go yet: NICs are in it (Neutron refuses to delete a group in
+    use; here the deletion waits, as a Network's does)."""
+    found = ports(group, world)
+    if not found:
+        return None
+    names = sorted({p.instance for p in found})
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return Problem(
+        Reason.SECURITY_GROUP_IN_USE,
+        f"NICs of Instance(s) {shown} are in the group; it is deleted once none is",
+        waiting=True,
+    )
+
+
+async def remove(group: SecurityGroup, world: World, runtime: Runtime) -> None:
+    """Forget the group on every node told it; SecurityGroupInUse while NICs are in it."""
+    problem = in_use(group, world)
+    if problem is not None:
+        await runtime.status.write(
+            ObjectRef.of(group), group.status, group.metadata.generation or 0,
+            plan.refused(ports(group, world), problem), SecurityGroupStatus,
+        )  # fmt: skip
+        raise SecurityGroupInUse(str(problem))
+    await publish(group, world, runtime, resync=False)  # deleting: every node forgets it
+    uid = group.metadata.uid or ""
+    left = runtime.security_group_nodes.get(uid)
+    if left:
+        raise SecurityGroupInUse(f"node(s) {', '.join(sorted(left))} not told to forget it yet")
+    runtime.security_group_seen.pop(uid, None)
+
+
+async def ensure_default(instance: Instance, world: World, runtime: Runtime) -> None:
+    """Make the namespace's group `default` when a NIC of `instance` is in it and it does
+    not exist (a user may have edited it: an existing one is left as it is)."""
+    namespace = instance.metadata.namespace or ""
+    needs = any(DEFAULT_GROUP in plan.groups_of(a) for a in instance.spec.networks)
+    if world.security_group((namespace, DEFAULT_GROUP)) is not None:
+        runtime.default_groups_made.discard(namespace)  # made again if deleted later
+        return
+    if not needs:
+        return
+    if namespace in runtime.default_groups_made:
+        return  # made already; the watch has not brought it yet
+    body = {
+        "apiVersion": API_VERSION, "kind": SecurityGroup.crd.kind,
+        "metadata": {"name": DEFAULT_GROUP, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "stratus-operator"}},
+        "spec": plan.default_spec().to_wire(),
+    }  # fmt: skip
+    if await runtime.kube.create(SecurityGroup.crd.plural, namespace, body):
+        log.info("namespace %s: made the security group %s", namespace, DEFAULT_GROUP)
+    runtime.default_groups_made.add(namespace)
