@@ -19,6 +19,7 @@ from stratus_api.guest import GuestEvent, GuestSpec, GuestStatus, Nic
 from stratus_api.imageref import ImageRef
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.v1alpha1.volume import VolumeBackend
 from stratus_api.volume_wire import CephAccess, PoolUsage
 
@@ -398,6 +399,25 @@ class NetworkDriver(Protocol):
 
     def router(self, uid: str) -> NodeRouterSpec | None:
         """The router's node spec, as kept."""
+
+    async def ensure_security_group(self, spec: NodeSecurityGroupSpec) -> None:
+        """Keep the group's rules (kept across restarts) and apply them to the ports here
+        that are in it; ProvisioningError when the flows cannot be applied now (the spec
+        stays kept, the periodic check tries again)."""
+
+    async def remove_security_group(self, uid: str) -> bool:
+        """No port here is in the group any more: forget it; True if it was kept."""
+
+    def security_group_uids(self) -> list[str]:
+        """UIDs of the groups whose rules are kept."""
+
+    def security_group(self, uid: str) -> NodeSecurityGroupSpec | None:
+        """The group's node spec, as kept."""
+
+    async def secure(self, uid: str) -> None:
+        """The guest's ports exist now (libvirt made them at start): filter them. Logs
+        rather than raises: the periodic check tries again, and an unfiltered new port
+        lets nothing through meanwhile."""
 
 
 class SeedDrive(Protocol):

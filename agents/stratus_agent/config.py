@@ -134,6 +134,12 @@ class NetworkConfig(_Section):
         default="system", description="netdev: OVS userspace datapath, where no kernel module."
     )
     vsctl: str = Field(default="ovs-vsctl", description="The ovs-vsctl command to run.")
+    ofctl: str = Field(default="ovs-ofctl", description="The ovs-ofctl command to run.")
+    port_security: bool = Field(
+        default=True,
+        description="Filter overlay NICs with their security groups (conntrack flows on "
+        "the bridge, which the agent then owns). false: every NIC is open, as before.",
+    )
     physical_networks: dict[str, str] = Field(
         default_factory=dict,
         description="Provider networks: physical network name -> the OVS bridge that reaches "

@@ -116,17 +116,21 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         return FakeNetworkDriver()
     from stratus_agent.drivers.network.bridge import OvsBridge
     from stratus_agent.drivers.network.dhcp import DhcpServers
+    from stratus_agent.drivers.network.firewall import Firewall
     from stratus_agent.drivers.network.guest_nics import GuestNics
     from stratus_agent.drivers.network.local_vlans import LocalVlans
     from stratus_agent.drivers.network.ovs import OvsNetworkDriver
+    from stratus_agent.drivers.network.port_security import PortSecurity
     from stratus_agent.drivers.network.routers import Routers
     from stratus_agent.drivers.network.spec_files import SpecFiles
     from stratus_agent.drivers.network.tunnels import TunnelBridge
     from stratus_api.network_wire import NodeNetworkSpec
     from stratus_api.router_wire import NodeRouterSpec
+    from stratus_api.security_group_wire import NodeSecurityGroupSpec
 
     directory = config.state_dir / "network"
     vlans = LocalVlans(directory / "local-vlans.json")
+    nics = GuestNics(directory / "guest-nics.json")
     providers = {physnet: OvsBridge(bridge, network.datapath_type, network.vsctl)
                  for physnet, bridge in network.physical_networks.items()}  # fmt: skip
     integration = OvsBridge(network.bridge, network.datapath_type, network.vsctl)
@@ -142,10 +146,14 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
             bridge.name: DhcpServers(config.state_dir, bridge.name, network.vsctl)
             for bridge in (integration, *providers.values())
         },
-        guest_nics=GuestNics(directory / "guest-nics.json"),
+        guest_nics=nics,
         routers=Routers(config.state_dir, integration.name, network.vsctl),
         router_specs=SpecFiles(directory / "routers", NodeRouterSpec),
-    )
+        security=PortSecurity(
+            integration, Firewall(integration, network.ofctl),
+            SpecFiles(directory / "security-groups", NodeSecurityGroupSpec), nics, vlans,
+        ) if network.port_security else None,
+    )  # fmt: skip
 
 
 def seed_drive(config: agent_config.AgentConfig) -> base.SeedDrive:

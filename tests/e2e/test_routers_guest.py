@@ -4,7 +4,8 @@ reaches neither, and a guest reaches the host's external network through the Rou
 (the host has no route back to the guests' subnets: an answer proves the source was
 rewritten). From the host, ssh reaches a guest at its floating IP, and stops reaching it
 when the FloatingIP is deleted. Deleting the Router leaves no namespace or port on the
-node."""
+node. Security groups let in what their rules allow and replies, nothing else, and follow
+rule changes live."""
 
 from __future__ import annotations
 
@@ -127,8 +128,11 @@ def test_ssh_reaches_a_guest_at_its_floating_ip_until_the_floating_ip_goes(
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     vm = guest("fip-vm", "fip-web", "10.74.0.10", "true\n")
     vm["spec"]["sshKeys"] = [key.with_suffix(".pub").read_text().strip()]
+    vm["spec"]["networks"][0]["securityGroups"] = ["fip-ssh"]
     # No SNAT on the Router: the guest's way out is its floating address's own.
     apply(cloud, network("fip-web", "10.74.0.0/24", "10.74.0.1"),
+          security_group("fip-ssh", {"direction": "ingress", "protocol": "tcp", "port": 22},
+                         {"direction": "egress"}),
           {"apiVersion": "stratus.io/v1alpha1", "kind": "Router", "metadata": {"name": "fip-edge"},
            "spec": {"networks": [{"name": "fip-web"}],
                     "externalGateway": {"network": "rt-public", "snat": False}}},
@@ -156,6 +160,7 @@ def test_ssh_reaches_a_guest_at_its_floating_ip_until_the_floating_ip_goes(
     assert gone.returncode != 0 and "still-here" not in gone.stdout, gone
     cloud.kubectl("delete", "router", "fip-edge", "--timeout=60s")
     cloud.kubectl("delete", "instance", "fip-vm", "--timeout=120s")
+    cloud.kubectl("delete", "sg", "fip-ssh", "--timeout=60s")
     cloud.kubectl("delete", "network", "fip-web", "--timeout=120s")
 
 
@@ -166,4 +171,112 @@ def nat(namespace: str) -> str:
 
 def netns() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def security_group(name: str, *rules: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "stratus.io/v1alpha1", "kind": "SecurityGroup",
+            "metadata": {"name": name}, "spec": {"rules": list(rules)}}  # fmt: skip
+
+
+def host_pings(address: str, count: int = 1) -> bool:
+    return subprocess.run(["busybox", "ping", "-c", str(count), "-W", "1", address],
+                          capture_output=True, check=False).returncode == 0  # fmt: skip
+
+
+def neighbour(namespace: str, address: str) -> str:
+    """The router's neighbour entry for `address`: it asks for it only after a packet from
+    that address reached it (to send the answer back)."""
+    return subprocess.run(["ip", "netns", "exec", namespace, "ip", "neigh", "show", address],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
+    cloud: Cloud, public: str, tmp_path: Path
+) -> None:
+    """sg-server is in group sg-ssh (ssh in, anything out); sg-client is in the namespace's
+    group default. From the client, tcp/22 to the server answers (the SSH banner: replies
+    flow) and icmp does not; from the host, ssh to the server's floating IP works and ping
+    does not, until an icmp rule is added to the running guest's group. The server cannot
+    send from an address it does not own."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    server = small_instance("sg-server", networks=[
+        {"name": "sg-net", "ip": "10.75.0.10", "securityGroups": ["sg-ssh"]}])  # fmt: skip
+    server["spec"]["sshKeys"] = [key.with_suffix(".pub").read_text().strip()]
+    client = guest("sg-client", "sg-net", "10.75.0.20",
+                   "i=0; until echo | nc -w 3 10.75.0.10 22 | grep -q SSH-; do\n"
+                   '  i=$((i + 1)); [ "$i" -lt 60 ] || break; sleep 1\n'
+                   "done\n"
+                   "echo | nc -w 3 10.75.0.10 22 | grep -q SSH- && echo TCP22-OK\n"
+                   + never("10.75.0.10", "ICMP-DENIED"))  # fmt: skip
+    apply(cloud, network("sg-net", "10.75.0.0/24", "10.75.0.1"),
+          security_group("sg-ssh",
+                         {"direction": "ingress", "protocol": "tcp", "port": 22},
+                         {"direction": "egress"}),
+          {"apiVersion": "stratus.io/v1alpha1", "kind": "Router", "metadata": {"name": "sg-edge"},
+           "spec": {"networks": [{"name": "sg-net"}],
+                    "externalGateway": {"network": "rt-public", "snat": False}}},
+          server, client,
+          {"apiVersion": "stratus.io/v1alpha1", "kind": "FloatingIP",
+           "metadata": {"name": "sg-server"},
+           "spec": {"network": "rt-public", "instance": "sg-server"}})  # fmt: skip
+    cloud.kubectl("wait", "--for=condition=Ready", "floatingip/sg-server", "--timeout=180s")
+    address = json.loads(cloud.kubectl("get", "fip", "sg-server", "-o", "json"))["status"][
+        "address"
+    ]
+    boot_marker(cloud, "sg-server", "STRATUS-GUEST: sshd started keys=1")
+
+    console = boot_marker(cloud, "sg-client", DONE)
+    assert "\nTCP22-OK\n" in console, console[-2000:]
+    assert "\nICMP-DENIED\n" in console, console[-2000:]
+    answer = wait_until("ssh to the server's floating IP", lambda: (
+        r := ssh(key, address, "cat /proc/sys/kernel/random/boot_id")).returncode == 0 and r,
+        timeout=120)  # fmt: skip
+    boot_id = answer.stdout.strip()
+    assert not host_pings(address, count=2)  # icmp is not in sg-ssh
+
+    # Status lists the NICs each group applies to; default was made for the client.
+    ssh_group = json.loads(cloud.kubectl("get", "sg", "sg-ssh", "-o", "json"))
+    assert [
+        (p["instance"], p["network"], p.get("address")) for p in ssh_group["status"]["ports"]
+    ] == [("sg-server", "sg-net", "10.75.0.10")]
+    default = json.loads(cloud.kubectl("get", "sg", "default", "-o", "json"))
+    assert ("sg-client", "sg-net") in {(p["instance"], p["network"])
+                                       for p in default["status"]["ports"]}  # fmt: skip
+
+    # A rule added live: the running guest answers ping within seconds, not restarted.
+    cloud.kubectl("patch", "sg", "sg-ssh", "--type=json", "-p", json.dumps([
+        {"op": "add", "path": "/spec/rules/-",
+         "value": {"direction": "ingress", "protocol": "icmp"}}]))  # fmt: skip
+    wait_until("ping through the new icmp rule", lambda: host_pings(address), timeout=30)
+    after = ssh(key, address, "cat /proc/sys/kernel/random/boot_id")
+    assert after.stdout.strip() == boot_id, after
+
+    # Anti-spoofing: from an address the server does not own, nothing reaches the router
+    # (it would look up the sender to answer); from its own, it does.
+    uid = json.loads(cloud.kubectl("get", "router", "sg-edge", "-o", "json"))["metadata"]["uid"]
+    namespace = f"router-{cloud.dev.bridge}-{uid}"
+    spoof = ssh(
+        key,
+        address,
+        "ip addr add 10.75.0.99/24 dev eth0; "
+        "ping -c 2 -W 1 -I 10.75.0.99 10.75.0.1; ping -c 1 -W 2 10.75.0.1 && echo own-ok",
+    )
+    assert "own-ok" in spoof.stdout, spoof
+    assert neighbour(namespace, "10.75.0.99") == "", spoof
+
+    server_mac = json.loads(cloud.kubectl("get", "instance", "sg-server", "-o", "json"))[
+        "status"]["interfaces"][0]["mac"]  # fmt: skip
+    cloud.kubectl("delete", "fip", "sg-server", "--timeout=60s")
+    cloud.kubectl("delete", "router", "sg-edge", "--timeout=60s")
+    cloud.kubectl("delete", "instance", "sg-server", "sg-client", "--timeout=120s")
+    # Its flows go with the guest; the group goes once no NIC is in it.
+    assert server_mac not in flows(cloud.dev.bridge)
+    cloud.kubectl("delete", "sg", "sg-ssh", "--timeout=60s")
+    cloud.kubectl("delete", "network", "sg-net", "--timeout=120s")
+
+
+def flows(bridge: str) -> str:
+    return subprocess.run(["ovs-ofctl", "dump-flows", bridge], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip

@@ -26,6 +26,7 @@ from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.validation import problems_of
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeVolumeSpec
 
@@ -181,6 +182,7 @@ snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
 network_route = _uid_route("a network")
 router_route = _uid_route("a router")
+security_group_route = _uid_route("a security group")
 
 
 @guest_route
@@ -391,6 +393,44 @@ async def delete_router(request: web.Request, uid: str) -> web.Response:
     return web.json_response({"deleted": deleted})
 
 
+async def security_group_inventory(request: web.Request) -> web.Response:
+    return web.json_response({"securityGroups": _networks(request).security_group_uids()})
+
+
+@security_group_route
+async def get_security_group(request: web.Request, uid: str) -> web.Response:
+    spec = _networks(request).security_group(uid)
+    if spec is None:
+        return _error(404, f"security group {uid} is not kept here")
+    return web.json_response(text=spec.model_dump_json(by_alias=True))
+
+
+@security_group_route
+async def put_security_group(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    spec = await _spec_of(request, uid, NodeSecurityGroupSpec, "security group")
+    if isinstance(spec, web.Response):
+        return spec
+    try:
+        await networks.ensure_security_group(spec)
+    except ProvisioningError as exc:
+        # Kept: the periodic check applies it once it can.
+        return _error(503, f"security group {uid} kept, not applied yet: {exc}",
+                      reason=exc.reason.value)  # fmt: skip
+    return web.json_response({"uid": uid})
+
+
+@security_group_route
+async def delete_security_group(request: web.Request, uid: str) -> web.Response:
+    networks = _networks(request)
+    try:
+        deleted = await networks.remove_security_group(uid)
+    except ProvisioningError as exc:
+        return _error(503, f"security group {uid} forgotten, flows not updated yet: {exc}",
+                      reason=exc.reason.value)  # fmt: skip
+    return web.json_response({"deleted": deleted})
+
+
 @image_route
 async def delete_image(request: web.Request, uid: str) -> web.Response:
     """The Image is gone: evict its cached file now, or once no guest's root disk uses it,
@@ -501,6 +541,10 @@ def create_app(
     app.router.add_get("/v1/routers/{uid}", get_router)
     app.router.add_put("/v1/routers/{uid}", put_router)
     app.router.add_delete("/v1/routers/{uid}", delete_router)
+    app.router.add_get("/v1/security-groups", security_group_inventory)
+    app.router.add_get("/v1/security-groups/{uid}", get_security_group)
+    app.router.add_put("/v1/security-groups/{uid}", put_security_group)
+    app.router.add_delete("/v1/security-groups/{uid}", delete_security_group)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:

@@ -108,6 +108,7 @@ class NodeProvisioner:
         ]
 
     async def settle(self, spec: GuestSpec) -> None:
+        await self.network.secure(spec.uid)
         if self.volumes is not None:
             kept = [disk.volume.uid for disk in spec.disks if disk.volume is not None]
             await self.volumes.keep_only(spec.uid, kept)

@@ -1,5 +1,5 @@
 """A network driver that plugs nothing, for the fake compute mode; it keeps node network
-specs and router specs in memory, so control-plane tests and benchmarks can send them."""
+specs, router specs and security group specs in memory, so control-plane tests and benchmarks can send them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from stratus_agent.base import NicBinding
 from stratus_api.guest import Nic
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 
 
 class FakeNetworkDriver:
@@ -17,6 +18,7 @@ class FakeNetworkDriver:
     def __init__(self) -> None:
         self.specs: dict[str, NodeNetworkSpec] = {}
         self.routers: dict[str, NodeRouterSpec] = {}
+        self.security_groups: dict[str, NodeSecurityGroupSpec] = {}
 
     async def ensure_node(self) -> None:
         return None
@@ -53,3 +55,18 @@ class FakeNetworkDriver:
 
     def router(self, uid: str) -> NodeRouterSpec | None:
         return self.routers.get(uid)
+
+    async def ensure_security_group(self, spec: NodeSecurityGroupSpec) -> None:
+        self.security_groups[spec.uid] = spec
+
+    async def remove_security_group(self, uid: str) -> bool:
+        return self.security_groups.pop(uid, None) is not None
+
+    def security_group_uids(self) -> list[str]:
+        return sorted(self.security_groups)
+
+    def security_group(self, uid: str) -> NodeSecurityGroupSpec | None:
+        return self.security_groups.get(uid)
+
+    async def secure(self, uid: str) -> None:
+        return None

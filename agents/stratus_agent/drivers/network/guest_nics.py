@@ -10,15 +10,21 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GuestNic:
+    """`port`: its OVS port (tap) name; `groups`: the security groups filtering it
+    ("namespace/name"), None when it is not filtered."""
+
     network_uid: str
     mac: str
     address: str | None
+    port: str | None = None
+    groups: tuple[str, ...] | None = None
 
 
 class GuestNics:
@@ -29,7 +35,7 @@ class GuestNics:
     def _load(self) -> dict[str, tuple[GuestNic, ...]]:
         try:
             raw = json.loads(self.path.read_text())
-            return {uid: tuple(GuestNic(**nic) for nic in nics) for uid, nics in raw.items()}
+            return {uid: tuple(_nic(nic) for nic in nics) for uid, nics in raw.items()}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError) as exc:
@@ -49,6 +55,10 @@ class GuestNics:
         self._save()
         return {nic.network_uid for nic in (*before, *nics)}
 
+    def guarded(self) -> list[GuestNic]:
+        """Every NIC filtered by security groups."""
+        return [nic for nics in self._nics.values() for nic in nics if nic.groups is not None]
+
     def forget(self, guest_uid: str) -> set[str]:
         return self.record(guest_uid, ())
 
@@ -62,3 +72,8 @@ class GuestNics:
         data = {uid: [asdict(nic) for nic in nics] for uid, nics in self._nics.items()}
         partial.write_text(json.dumps(data, sort_keys=True))
         os.replace(partial, self.path)
+
+
+def _nic(raw: dict[str, Any]) -> GuestNic:
+    groups = raw.get("groups")
+    return GuestNic(**{**raw, "groups": tuple(groups) if groups is not None else None})

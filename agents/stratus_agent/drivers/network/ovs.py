@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 from stratus_agent import process
+from stratus_api import naming
 from stratus_agent.base import NicBinding
 from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
 from stratus_agent.drivers.network.guest_nics import GuestNic, GuestNics
 from stratus_agent.drivers.network.local_vlans import LocalVlans
+from stratus_agent.drivers.network.port_security import PortSecurity
 from stratus_agent.drivers.network.routers import (
     ExternalGateway,
     Floating,
@@ -37,6 +39,7 @@ from stratus_api.guest import Nic
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.reasons import GuestFailure
 from stratus_api.router_wire import NodeRouterSpec, RouterPortSpec
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.v1alpha1.network import NetworkType
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class OvsNetworkDriver:
         guest_nics: GuestNics | None = None,
         routers: Routers | None = None,
         router_specs: SpecFiles[NodeRouterSpec] | None = None,
+        security: PortSecurity | None = None,
     ) -> None:
         """`providers`: each physical network's bridge (the node admin's). `specs`: where
         node network specs are kept (read now: blocking). `tunnel`: the overlay to other
@@ -80,6 +84,7 @@ class OvsNetworkDriver:
         self.routers = routers
         self._router_files = router_specs
         self._routers = router_specs.load() if router_specs is not None else {}
+        self.security = security
 
     async def ensure_node(self) -> None:
         """The integration bridge, and the tunnel bridge with its ports and flows. Checked
@@ -89,6 +94,7 @@ class OvsNetworkDriver:
         await self._sync_overlay()
         await self._sync_dhcp(set(self._served()) if self._guest_nics else set(), sweep=True)
         await self._sync_routers()
+        await self._sync_security(strict=True)
 
     async def _ensure_bridge(self) -> None:
         async with self._bridge_ready:
@@ -225,9 +231,19 @@ class OvsNetworkDriver:
         if self._guest_nics is None:
             return
         book = self._guest_nics
-        found = tuple(GuestNic(n.network_uid, n.mac, n.address) for n in nics)
+        found = tuple(
+            GuestNic(
+                n.network_uid, n.mac, n.address, naming.tap_name(uid, index),
+                # Filtered on the integration bridge only, where overlay NICs are.
+                tuple(n.security_groups)
+                if n.security_groups is not None and n.network_type is NetworkType.OVERLAY
+                else None,
+            )
+            for index, n in enumerate(nics)
+        )  # fmt: skip
         changed = await asyncio.to_thread(book.record, uid, found)
         await self._sync_dhcp(changed)
+        await self._sync_security()
 
     async def _sync_dhcp(self, network_uids: set[str], *, sweep: bool = False) -> None:
         """A DHCP server for each of these Networks that has one here (a local guest, DHCP
@@ -247,6 +263,7 @@ class OvsNetworkDriver:
                 for servers in self.dhcp.values():
                     for leftover in await servers.sweep(served):
                         log.info("network %s: removed its leftover DHCP server", leftover)
+        await self._sync_security()  # a new DHCP port is dropped until the table knows it
 
     def _served(self) -> dict[str, tuple[OvsBridge, int | None]]:
         """The Networks with a DHCP server here, with the bridge and tag its port gets: the
@@ -278,6 +295,42 @@ class OvsNetworkDriver:
             nics = self._guest_nics.on_network(uid)
             hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
             await servers.ensure(uid, where[1], spec.mtu, spec.dhcp, hosts)
+
+    # Security groups.
+
+    async def ensure_security_group(self, spec: NodeSecurityGroupSpec) -> None:
+        await self._require_security().ensure(spec)
+
+    async def remove_security_group(self, uid: str) -> bool:
+        return await self._require_security().remove(uid)
+
+    def security_group_uids(self) -> list[str]:
+        return self.security.uids() if self.security is not None else []
+
+    def security_group(self, uid: str) -> NodeSecurityGroupSpec | None:
+        return self.security.spec(uid) if self.security is not None else None
+
+    async def secure(self, uid: str) -> None:
+        await self._sync_security()
+
+    def _require_security(self) -> PortSecurity:
+        if self.security is None:
+            raise ProvisioningError(
+                GuestFailure.NETWORK_SETUP_FAILED, "this agent filters no ports"
+            )
+        return self.security
+
+    async def _sync_security(self, *, strict: bool = False) -> None:
+        """The firewall table again; a failure is logged (`strict`: raised) and the periodic
+        check tries again, while new ports stay closed."""
+        if self.security is None:
+            return
+        try:
+            await self.security.sync()
+        except ProvisioningError as exc:
+            if strict:
+                raise
+            log.warning("%s", exc)
 
     # Routers.
 
@@ -335,6 +388,7 @@ class OvsNetworkDriver:
             raise ProvisioningError(
                 GuestFailure.NETWORK_SETUP_FAILED, f"router {spec.namespace}/{spec.name}: {exc}"
             ) from exc
+        await self._sync_security()  # its new ports are dropped until the table knows them
 
     async def _router_port(self, spec: NodeRouterSpec, port: RouterPortSpec) -> RouterPort:
         """Where the router's port on `port.network` goes: the integration bridge in the
