@@ -1,5 +1,6 @@
 """Benchmark: ping RTT and TCP connect time to a guest through its floating IP, against its
-fixed IP on the same node.
+fixed IP on the same node; and how long a security group rule takes to apply to the running
+guest.
 
 Runs against the all-in-one that `./hack/demo` leaves running (Instance `demo` with
 FloatingIP `demo` through Router `edge`). The floating path: from the host over the
@@ -10,6 +11,12 @@ node). TCP connect is to the guest's sshd (port 22), timed in-process with a fre
 per connection. Not a test: run it by hand, `.venv/bin/python bench/floating_ip.py
 [--count 50]`. No target: TCG guest, userspace OVS datapath; the ratio is what the NAT hop
 costs.
+
+Rule latency: the demo's group `default` lets ping in; the bench removes that rule and adds
+it back, `--rounds` times, and times each change from the API server's answer to the first
+ping that no longer answers (removed) or answers again (added), pinging every 50 ms. What it
+covers: the operator's group daemon (one round per second at most), the PUT to the node and
+the node's flow table update.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stratus_devcloud.allinone import DevCloud
@@ -57,9 +65,41 @@ def connect(prefix: list[str], address: str, count: int) -> tuple[float, float, 
     return min(times), statistics.median(times), max(times)
 
 
+def answers(address: str) -> bool:
+    argv = ["busybox", "ping", "-c", "1", "-W", "1", address]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def until_ping(address: str, wanted: bool, timeout: float = 30) -> float:
+    """Seconds until a ping to `address` answers (`wanted`) or stops answering."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if answers(address) == wanted:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise TimeoutError(f"ping to {address} still {'silent' if wanted else 'answered'}")
+
+
+def rule_latency(cloud: DevCloud, address: str, rounds: int) -> tuple[list[float], list[float]]:
+    """(seconds to apply a removed rule, seconds to apply an added one), per round."""
+    group = json.loads(kubectl(cloud, "get", "securitygroup", "default", "-o", "json"))
+    rules = group["spec"]["rules"]
+    icmp = next(i for i, r in enumerate(rules) if r.get("protocol") == "icmp")
+    removed, added = [], []
+    for _ in range(rounds):
+        patch = [{"op": "remove", "path": f"/spec/rules/{icmp}"}]
+        kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", json.dumps(patch))
+        removed.append(until_ping(address, wanted=False))
+        patch = [{"op": "add", "path": f"/spec/rules/{icmp}", "value": rules[icmp]}]
+        kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", json.dumps(patch))
+        added.append(until_ping(address, wanted=True))
+    return removed, added
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--state-dir", default=str(default_state_dir()))
     args = parser.parse_args()
     cloud = DevCloud(Path(args.state_dir))
@@ -81,6 +121,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, through, direct in rows:
         print(f"| {name} | {_ms(through)} | {_ms(direct)} | {through[1] / direct[1]:.2f} |")
+    removed, added = rule_latency(cloud, address, args.rounds)
+    print(f"\nsecurity group rule (ingress icmp) on the running guest; {args.rounds} rounds (s)")
+    print("| change | min | median | max |")
+    print("|---|---|---|---|")
+    for name, times in (("rule added: ping answers", added), ("rule removed: ping stops", removed)):
+        low, mid, high = min(times), statistics.median(times), max(times)
+        print(f"| {name} | {low:.2f} | {mid:.2f} | {high:.2f} |")
 
 
 def _ms(values: tuple[float, float, float]) -> str:

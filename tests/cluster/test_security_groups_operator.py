@@ -97,5 +97,6 @@ def test_groups_reach_the_nodes_of_their_nics_with_members_resolved(
         "reason") == "SecurityGroupInUse", timeout=60)  # fmt: skip
     cluster.kubectl("delete", "instance", "web-1", "-n", namespace, "--timeout=60s")
     wait_until("web gone", lambda: "securitygroup.stratus.io/web" not in cluster.kubectl(
-        "get", "securitygroups", "-n", namespace, "-o", "name").stdout.split(), timeout=60)  # fmt: skip
+        "get", "securitygroups", "-n", namespace, "-o", "name"
+    ).stdout.split(), timeout=60)  # fmt: skip
     assert told(fake_agent, web["metadata"]["uid"]) is None

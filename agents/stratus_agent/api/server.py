@@ -44,7 +44,10 @@ SNAPSHOTS = web.AppKey("snapshots", SnapshotManager)
 PHYSICAL_NETWORKS = web.AppKey("physical_networks", list[str])
 NETWORKS = web.AppKey("networks", NetworkDriver)
 TUNNEL_ENDPOINT = web.AppKey("tunnel_endpoint", str)
-Spec = TypeVar("Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec, NodeNetworkSpec, NodeRouterSpec)
+Spec = TypeVar(
+    "Spec", GuestSpec, NodeVolumeSpec, NodeSnapshotSpec, NodeNetworkSpec, NodeRouterSpec,
+    NodeSecurityGroupSpec,
+)  # fmt: skip
 
 
 class AgentMetrics:

@@ -73,7 +73,9 @@ def test_guest_spec_is_self_contained() -> None:
          "spec": {"type": "overlay", "subnets": [{"cidr": "10.0.0.0/24"}]}}
     )  # fmt: skip
     nic = nic_for(
-        network, Allocation("10.0.0.5", 24, "10.0.0.1", ("10.0.0.1",)), "52:54:00:0a:0b:0c",
+        network,
+        Allocation("10.0.0.5", 24, "10.0.0.1", ("10.0.0.1",)),
+        "52:54:00:0a:0b:0c",
         ["default/default"],
     )
     spec = guest_spec(

@@ -31,7 +31,8 @@ def instance(
         "spec": {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
                  "networks": [{"name": n, **({"securityGroups": g} if g else {})}
                               for n, _, g in nics]},
-        "status": {"node": node, "interfaces": [{"network": n, "ip": ip} for n, ip, _ in nics if ip]},
+        "status": {"node": node,
+                   "interfaces": [{"network": n, "ip": ip} for n, ip, _ in nics if ip]},
     })  # fmt: skip
 
 

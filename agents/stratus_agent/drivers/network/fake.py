@@ -1,5 +1,6 @@
 """A network driver that plugs nothing, for the fake compute mode; it keeps node network
-specs, router specs and security group specs in memory, so control-plane tests and benchmarks can send them."""
+specs, router specs and security group specs in memory, so control-plane tests and
+benchmarks can send them."""
 
 from __future__ import annotations
 

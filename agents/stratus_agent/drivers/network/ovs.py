@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 from stratus_agent import process
-from stratus_api import naming
 from stratus_agent.base import NicBinding
 from stratus_agent.drivers.network.bridge import OvsBridge
 from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
@@ -35,6 +34,7 @@ from stratus_agent.drivers.network.routers import (
 from stratus_agent.drivers.network.spec_files import SpecFiles
 from stratus_agent.drivers.network.tunnels import OverlaySegment, TunnelBridge
 from stratus_agent.errors import ProvisioningError
+from stratus_api import naming
 from stratus_api.guest import Nic
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.reasons import GuestFailure

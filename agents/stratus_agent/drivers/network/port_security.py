@@ -74,7 +74,7 @@ class PortSecurity:
             try:
                 flows = await self._table()
                 await self.firewall.apply(flows)
-            except (process.CommandError, OSError) as exc:
+            except (process.CommandError, OSError, ValueError) as exc:
                 raise ProvisioningError(
                     GuestFailure.NETWORK_SETUP_FAILED,
                     f"security group flows on {self.bridge.name} not applied: {exc}",
