@@ -1,6 +1,6 @@
 """SecurityGroup handlers: a daemon per group keeps the nodes of its NICs told its rules
-(and status.ports true); delete waits under the finalizer while NICs are in it, then has
-every node forget it."""
+(and status.ports true), and a rule change is sent at once; delete waits under the
+finalizer while NICs are in it, then has every node forget it."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ async def keep_nodes(
                 log.exception("security group %s/%s: telling its nodes failed",
                               group.metadata.namespace, group.metadata.name)  # fmt: skip
         await stopped.wait(timing.network_peers_seconds)
+
+
+@kopf.on.update(*SECURITY_GROUPS, field="spec")
+async def rules_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A rule change goes out now, not at the daemon's next round."""
+    rt, group = runtime(memo), SecurityGroup.model_validate(dict(body))
+    try:
+        await security_groups.publish(group, world(kwargs), rt, resync=False)
+    except Exception:  # the daemon sends it at its next round all the same
+        log.exception("security group %s/%s: telling its nodes failed",
+                      group.metadata.namespace, group.metadata.name)  # fmt: skip
 
 
 @kopf.on.delete(*SECURITY_GROUPS)
