@@ -88,6 +88,7 @@ class Nic(ApiModel):
     prefix_length: int | None = Field(default=None, ge=0, le=128)
     gateway: str | None = None
     dns_servers: list[str] = Field(default_factory=list)
+    dns_search: list[str] = Field(default_factory=list, description="DNS search domains.")
     mtu: int = Field(default=1500, ge=576, le=9000)
     segmentation_id: int | None = Field(
         default=None, description="VLAN tag / VNI of the network on the node's bridge."

@@ -58,6 +58,30 @@ class DhcpSubnet(ApiModel):
     lease_seconds: int = Field(default=86_400, ge=120)
 
 
+DNS_DOMAIN = "stratus.internal"  # ICANN's reserved private top-level domain (2024)
+
+
+def dns_zone(namespace: str) -> str:
+    """The domain Instance names are served in: `web` is also `web.NAMESPACE.stratus.internal`."""
+    return f"{namespace}.{DNS_DOMAIN}"
+
+
+class DnsName(ApiModel):
+    """An Instance's name and its address on the Network, as the Network's DHCP servers
+    answer it in DNS."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
 class NodeNetworkSpec(ApiModel):
     uid: str = Field(pattern=UID_PATTERN, description="Network UID.")
     namespace: str
@@ -78,4 +102,9 @@ class NodeNetworkSpec(ApiModel):
         default_factory=list,
         description="Subnets this node answers DHCP for, with fixed leases for its own guests "
         "(MAC -> address from their NICs) and nothing for unknown MACs.",
+    )
+    names: list[DnsName] = Field(
+        default_factory=list,
+        description="The Network's Instances on every node, with their addresses: the node's "
+        "DHCP servers answer them in DNS (as NAME and NAME.NAMESPACE.stratus.internal).",
     )

@@ -5,7 +5,7 @@ reaches neither, and a guest reaches the host's external network through the Rou
 rewritten). From the host, ssh reaches a guest at its floating IP, and stops reaching it
 when the FloatingIP is deleted. Deleting the Router leaves no namespace or port on the
 node. Security groups let in what their rules allow and replies, nothing else, and follow
-rule changes live."""
+rule changes live. A guest resolves the names of its Network's Instances."""
 
 from __future__ import annotations
 
@@ -209,6 +209,11 @@ def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
                    '  i=$((i + 1)); [ "$i" -lt 60 ] || break; sleep 1\n'
                    "done\n"
                    "echo | nc -w 3 10.75.0.10 22 | grep -q SSH- && echo TCP22-OK\n"
+        # Names of the Network's Instances, from the node's DHCP server (the seed's first
+        # resolver), short and in the namespace's zone.
+        "nslookup sg-server | grep -q 'Address.*10.75.0.10' && echo DNS-SHORT-OK\n"
+        "nslookup sg-server.default.stratus.internal | grep -q 'Address.*10.75.0.10'"
+        " && echo DNS-ZONE-OK\n"
                    + never("10.75.0.10", "ICMP-DENIED"))  # fmt: skip
     apply(cloud, network("sg-net", "10.75.0.0/24", "10.75.0.1"),
           security_group("sg-ssh",
@@ -230,6 +235,8 @@ def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
     console = boot_marker(cloud, "sg-client", DONE)
     assert "\nTCP22-OK\n" in console, console[-2000:]
     assert "\nICMP-DENIED\n" in console, console[-2000:]
+    assert "\nDNS-SHORT-OK\n" in console, console[-2000:]
+    assert "\nDNS-ZONE-OK\n" in console, console[-2000:]
     answer = wait_until("ssh to the server's floating IP", lambda: (
         r := ssh(key, address, "cat /proc/sys/kernel/random/boot_id")).returncode == 0 and r,
         timeout=120)  # fmt: skip

@@ -18,6 +18,7 @@ from stratus_api.guest import (
     VolumeDisk,
 )
 from stratus_api.imageref import ImageRef
+from stratus_api.network_wire import dns_zone
 from stratus_api.reasons import ConditionType, Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network, Volume
 from stratus_api.v1alpha1.image import ImagePhase
@@ -117,8 +118,12 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
     return image
 
 
-def nic_for(network: Network, allocation: Allocation, mac: str, security_groups: list[str]) -> Nic:
-    """The NIC as its node plugs it; `security_groups` as nodes name them (namespace/name)."""
+def nic_for(
+    network: Network, allocation: Allocation, mac: str, security_groups: list[str],
+    resolver: str | None = None,
+) -> Nic:  # fmt: skip
+    """The NIC as its node plugs it; `security_groups` as nodes name them (namespace/name);
+    `resolver`: the node's DHCP server, which answers the Network's names, asked first."""
     spec = network.spec
     segment = spec.segmentation_id or (network.status.segmentation_id if network.status else None)
     return Nic(
@@ -128,7 +133,8 @@ def nic_for(network: Network, allocation: Allocation, mac: str, security_groups:
         address=allocation.address,
         prefix_length=allocation.prefix_length,
         gateway=allocation.gateway,
-        dns_servers=list(allocation.dns_servers),
+        dns_servers=[*([resolver] if resolver else []), *allocation.dns_servers],
+        dns_search=[dns_zone(network.metadata.namespace or "")] if resolver else [],
         mtu=spec.effective_mtu(),
         segmentation_id=segment,
         network_type=spec.type,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from stratus_api.network_wire import DhcpSubnet, NodeNetworkSpec, OverlayPeer
+from stratus_api.network_wire import DhcpSubnet, DnsName, NodeNetworkSpec, OverlayPeer
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.network import NetworkType, Subnet
 
@@ -24,6 +24,21 @@ def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[s
     return {node: sorted(macs) for node, macs in found.items()}
 
 
+def dns_names(network: Network, instances: Iterable[Instance]) -> list[DnsName]:
+    """The Instances' names and IPv4 addresses on the Network, every node's, sorted: what
+    its DHCP servers answer in DNS."""
+    name = network.metadata.name
+    found = set()
+    for instance in instances:
+        status = instance.status
+        if status is None or instance.metadata.deletion_timestamp:
+            continue
+        for interface in status.interfaces:
+            if interface.network == name and interface.ip and ":" not in interface.ip:
+                found.add((instance.metadata.name or "", interface.ip))
+    return [DnsName(name=n, address=a) for n, a in sorted(found)]
+
+
 def dhcp_subnets(network: Network) -> list[Subnet]:
     """The subnets whose guests get DHCP answers from their nodes: IPv4 ones with dhcp on."""
     return [s for s in network.spec.subnets if s.dhcp and s.network.version == 4]
@@ -34,11 +49,13 @@ def node_specs(
     hosting: Mapping[str, list[str]],
     endpoints: Mapping[str, str],
     dhcp_addresses: Mapping[str, Mapping[str, str]] | None = None,
+    names: list[DnsName] | None = None,
 ) -> dict[str, NodeNetworkSpec]:
     """Each hosting node's share of the Network. An overlay's peers are the other hosting
     nodes that have a tunnel endpoint; a node without one is nobody's peer (its guests stay
     local), and vlan and flat Networks have none (the physical network carries them).
-    `dhcp_addresses`: node -> subnet CIDR -> its DHCP server's address there."""
+    `dhcp_addresses`: node -> subnet CIDR -> its DHCP server's address there; `names`:
+    what a node with a DHCP server answers in DNS."""
     dhcp_addresses = dhcp_addresses or {}
     spec = network.spec
     overlay = spec.type is NetworkType.OVERLAY
@@ -50,6 +67,12 @@ def node_specs(
             for other in sorted(hosting)
             if overlay and other != node and other in endpoints
         ]
+        dhcp = [
+            DhcpSubnet(cidr=subnet.cidr, server_address=address, gateway=subnet.gateway,
+                       dns_servers=list(subnet.dns_servers or ()))
+            for subnet in dhcp_subnets(network)
+            if (address := dhcp_addresses.get(node, {}).get(subnet.cidr))
+        ]  # fmt: skip
         shares[node] = NodeNetworkSpec(
             uid=network.metadata.uid or "",
             namespace=network.metadata.namespace or "",
@@ -59,11 +82,7 @@ def node_specs(
             physical_network=spec.physical_network,
             mtu=spec.effective_mtu(),
             peers=peers,
-            dhcp=[
-                DhcpSubnet(cidr=subnet.cidr, server_address=address, gateway=subnet.gateway,
-                           dns_servers=list(subnet.dns_servers or ()))
-                for subnet in dhcp_subnets(network)
-                if (address := dhcp_addresses.get(node, {}).get(subnet.cidr))
-            ],
+            dhcp=dhcp,
+            names=list(names or ()) if dhcp else [],
         )  # fmt: skip
     return shares

@@ -11,7 +11,7 @@ from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.instance import InterfaceStatus
 from stratus_api.v1alpha1.network import Subnet
 from stratus_api.v1alpha1.volume import VolumeBackend
-from stratus_operator.controllers import conditions, placement, scheduler
+from stratus_operator.controllers import conditions, node_network, placement, scheduler
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.floating_ip import floating_key
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
@@ -128,6 +128,26 @@ def ledger(network: Network, world: World, runtime: Runtime) -> NetworkLedger:
                     found.hold(dhcp_owner(server.node, subnet.cidr), Address(address, ""))
         runtime.addresses[key] = found
     return found
+
+
+def resolver(
+    network: Network, ip: str | None, node: str, world: World, runtime: Runtime
+) -> str | None:
+    """The DHCP server of `node` in the subnet of `ip`, which answers the Network's names in
+    DNS: its address, held now if the Network's daemon has not yet (it holds the same one);
+    None without DHCP there. The caller holds runtime.decisions."""
+    if ip is None:
+        return None
+    address = ipaddress.ip_address(ip)
+    for subnet in node_network.dhcp_subnets(network):
+        if address in subnet.network:
+            try:
+                return ledger(network, world, runtime).allocate_service(
+                    dhcp_owner(node, subnet.cidr), subnet
+                )
+            except IpamError:
+                return None  # the subnet is full: the guest keeps the subnet's servers
+    return None
 
 
 def dhcp_owner(node: str, cidr: str) -> str:

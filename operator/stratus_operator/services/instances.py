@@ -117,17 +117,19 @@ async def reconcile(instance: Instance, world: World, runtime: Runtime) -> Statu
             allocations.physical_networks(instance, world),
         )  # fmt: skip
         allocated = allocations.addresses(instance, world, runtime)
+        resolvers = [allocations.resolver(network, address.ip, node, world, runtime)
+                     for network, address in allocated]  # fmt: skip
     await volumes.made_ready(instance, attached, node, world, runtime)
     interfaces = allocations.interfaces(allocated)
     nics = [
         nic_for(
-            network,
-            addressing.describe(network.spec, address.ip),
-            address.mac,
-            nic_group_keys(instance, attachment),
+            network, addressing.describe(network.spec, address.ip), address.mac,
+            nic_group_keys(instance, attachment), resolver,
         )
-        for (network, address), attachment in zip(allocated, instance.spec.networks, strict=True)
-    ]
+        for (network, address), attachment, resolver in zip(
+            allocated, instance.spec.networks, resolvers, strict=True
+        )
+    ]  # fmt: skip
     await security_groups.ensure_default(instance, world, runtime)
     hypervisor = world.hypervisor(node)
     if hypervisor is None:

@@ -32,8 +32,9 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     its share; tell nodes that left to forget it. A node that does not answer is tried
     again on the next round."""
     uid = network.metadata.uid or ""
-    users = (world.instance(u) for u in world.network_users(key_of(network)))
-    with_guests = node_network.members(network, (i for i in users if i is not None))
+    found = (world.instance(u) for u in world.network_users(key_of(network)))
+    users = [i for i in found if i is not None]
+    with_guests = node_network.members(network, users)
     hosting = dict(with_guests)
     for node, mac in router_ports(network, world, runtime):
         hosting[node] = sorted({*hosting.get(node, []), mac})
@@ -49,7 +50,8 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
         # address of the pool for one).
         servers = dhcp_servers(network, with_guests, world, runtime)
     await _record_dhcp_servers(network, servers, runtime)
-    specs = node_network.node_specs(network, hosting, endpoints, servers)
+    names = node_network.dns_names(network, users)
+    specs = node_network.node_specs(network, hosting, endpoints, servers, names)
     wanted = {node: spec.model_dump_json(by_alias=True) for node, spec in specs.items()}
     told = runtime.node_networks.setdefault(uid, {})
     changed = [node for node in wanted if resync or told.get(node) != wanted[node]]

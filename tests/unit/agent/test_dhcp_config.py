@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stratus_agent.drivers.network import dhcp
-from stratus_api.network_wire import DhcpSubnet
+from stratus_api.network_wire import DhcpSubnet, DnsName
 
 NETWORK = "0b3c9a56-5a0e-4a4e-9d0b-6f1d2c3e4f50"
 V4 = DhcpSubnet(cidr="10.20.0.0/24", server_address="10.20.0.2", gateway="10.20.0.1",
@@ -30,7 +30,7 @@ def test_names_fit_the_kernel_and_differ_per_bridge_and_network() -> None:
     assert dhcp.namespace_name("br-a", NETWORK).endswith(NETWORK)  # sweep reads it back
 
 
-def test_the_command_line_serves_static_ranges_on_the_port_only_without_dns() -> None:
+def test_the_command_line_serves_static_ranges_and_the_names_file_on_the_port_only() -> None:
     files = dhcp.ServerFiles(Path("/state/dhcp") / NETWORK)
     argv = dhcp.dnsmasq_argv("/usr/sbin/dnsmasq", "dhcpabc", files, [V4, ISOLATED])
     assert argv[0] == "/usr/sbin/dnsmasq"
@@ -38,7 +38,9 @@ def test_the_command_line_serves_static_ranges_on_the_port_only_without_dns() ->
         "--conf-file=/dev/null",
         "--no-hosts",
         "--no-resolv",
-        "--port=0",
+        f"--addn-hosts=/state/dhcp/{NETWORK}/names",
+        "--domain-needed",
+        "--bogus-priv",
         "--interface=dhcpabc",
         "--except-interface=lo",
         "--bind-interfaces",
@@ -55,14 +57,25 @@ def test_the_command_line_serves_static_ranges_on_the_port_only_without_dns() ->
 
 
 def test_options_per_subnet_with_no_router_where_there_is_no_gateway() -> None:
-    assert dhcp.opts_file([V4, ISOLATED], 1450).splitlines() == [
+    # The server itself first: it answers the Network's names, then the subnet's own.
+    assert dhcp.opts_file([V4, ISOLATED], 1450, "shop").splitlines() == [
         "tag:subnet0,option:router,10.20.0.1",
-        "tag:subnet0,option:dns-server,10.20.0.53,192.0.2.53",
+        "tag:subnet0,option:dns-server,10.20.0.2,10.20.0.53,192.0.2.53",
+        "tag:subnet0,option:domain-search,shop.stratus.internal",
         "tag:subnet0,option:mtu,1450",
         "tag:subnet1,option:router",  # empty: dnsmasq would offer itself as the router
-        "tag:subnet1,option:dns-server",
+        "tag:subnet1,option:dns-server,10.30.1.2",
+        "tag:subnet1,option:domain-search,shop.stratus.internal",
         "tag:subnet1,option:mtu,1450",
     ]
+
+
+def test_names_file_serves_each_instance_by_name_and_in_its_namespace_zone() -> None:
+    names = [DnsName(name="web", address="10.20.0.11"), DnsName(name="db", address="10.20.0.12"),
+             DnsName(name="web", address="10.20.0.11")]  # fmt: skip
+    assert dhcp.names_file(names, "shop") == (
+        "10.20.0.11 web web.shop.stratus.internal\n10.20.0.12 db db.shop.stratus.internal\n"
+    )
 
 
 def test_hosts_file_is_sorted_short_named_and_ipv4_only() -> None:
@@ -103,4 +116,8 @@ def test_options_and_addresses_that_are_no_addresses_are_refused() -> None:
     with pytest.raises(ValueError, match=re.escape("not in 10.20.0.0/24")):
         dhcp.server_addresses([V4.model_copy(update={"server_address": "10.21.0.2"})])
     with pytest.raises(ValueError):
-        dhcp.opts_file([V4.model_copy(update={"dns_servers": ["1.1.1.1\nx"]})], 1450)
+        dhcp.opts_file([V4.model_copy(update={"dns_servers": ["1.1.1.1\nx"]})], 1450, "shop")
+    with pytest.raises(ValueError, match="not a DNS zone"):
+        dhcp.opts_file([V4], 1450, "shop\ndhcp-script=/tmp/x")
+    with pytest.raises(ValueError, match="not a DNS zone"):
+        dhcp.names_file([DnsName(name="web", address="10.20.0.11")], "a b")

@@ -6,6 +6,10 @@ with the Network's VLAN there (a flat one's port is untagged) and holding the no
 address in each subnet; dnsmasq runs in that namespace, bound to that port. It hands out
 fixed leases only (static ranges, one reservation per guest NIC): an unknown MAC gets no
 answer, so the nodes hosting one overlay Network each answer their own guests side by side.
+It also answers DNS for the names of the Network's Instances, every node's (NAME and
+NAME.NAMESPACE.stratus.internal), and refuses every other name: it has no way out of its
+namespace, and a refusal sends the guest's resolver on to the subnet's own DNS servers,
+listed after it.
 
 dnsmasq daemonizes with its pid file under state_dir/dhcp/<Network UID>/, so it outlives an
 agent restart: the next ensure adopts it when /proc shows dnsmasq with exactly our arguments
@@ -36,7 +40,7 @@ from stratus_agent.drivers.network.netns_ports import NETNS_DIR
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import MAC_PATTERN
-from stratus_api.network_wire import DhcpSubnet
+from stratus_api.network_wire import DhcpSubnet, DnsName, dns_zone
 from stratus_api.reasons import GuestFailure
 
 log = logging.getLogger(__name__)
@@ -108,6 +112,10 @@ class ServerFiles:
         return self.directory / "opts"
 
     @property
+    def names(self) -> Path:
+        return self.directory / "names"
+
+    @property
     def log(self) -> Path:
         return self.directory / "dnsmasq.log"
 
@@ -145,8 +153,10 @@ def dnsmasq_argv(
         dnsmasq,
         "--conf-file=/dev/null",  # not the system's /etc/dnsmasq.conf
         "--no-hosts",
-        "--no-resolv",
-        "--port=0",  # no DNS yet
+        "--no-resolv",  # no upstream: other names are refused, and the guest asks the next
+        f"--addn-hosts={files.names}",
+        "--domain-needed",
+        "--bogus-priv",
         f"--interface={port}",
         "--except-interface=lo",
         "--bind-interfaces",
@@ -179,17 +189,35 @@ def hosts_file(hosts: Sequence[DhcpHost]) -> str:
     return "".join(sorted(set(lines)))
 
 
-def opts_file(subnets: Sequence[DhcpSubnet], mtu: int) -> str:
+def _zone(namespace: str) -> str:
+    """The namespace's DNS zone, checked: it becomes part of dnsmasq's files."""
+    zone = dns_zone(namespace)
+    if not _HOSTNAME.fullmatch(zone):
+        raise ValueError(f"{zone!r} is not a DNS zone")
+    return zone
+
+
+def names_file(names: Sequence[DnsName], namespace: str) -> str:
+    """The Instances' names, hosts-file style (address, NAME, NAME.zone), sorted."""
+    zone = _zone(namespace)
+    lines = {f"{n.address} {n.name} {n.name}.{zone}\n" for n in names}
+    return "".join(sorted(lines))
+
+
+def opts_file(subnets: Sequence[DhcpSubnet], mtu: int, namespace: str) -> str:
     """Options per subnet tag. An option without a value makes dnsmasq send none instead of
     its default (its own address as router), which a subnet without a gateway needs."""
     lines = []
     for index, subnet in enumerate(subnets):
         tag = f"tag:{subnet_tag(index)}"
         router = str(ipaddress.ip_address(subnet.gateway)) if subnet.gateway else ""
-        dns = [str(ipaddress.ip_address(server)) for server in subnet.dns_servers]
+        # This server first (it knows the Instances' names), then the subnet's own.
+        dns = [str(ipaddress.ip_address(server))
+               for server in (subnet.server_address, *subnet.dns_servers)]  # fmt: skip
         lines += [
             ",".join([tag, "option:router", *filter(None, [router])]),
             ",".join([tag, "option:dns-server", *dns]),
+            f"{tag},option:domain-search,{_zone(namespace)}",
             f"{tag},option:mtu,{mtu}",
         ]
     return "".join(f"{line}\n" for line in lines)
@@ -212,13 +240,13 @@ def _write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def _write_config(files: ServerFiles, hosts: str, opts: str) -> bool:
+def _write_config(files: ServerFiles, hosts: str, opts: str, names: str) -> bool:
     files.directory.mkdir(parents=True, exist_ok=True)
     for directory in (files.directory.parent, files.directory):
         directory.chmod(0o755)
-    hosts_changed = _write_if_changed(files.hosts, hosts)
-    opts_changed = _write_if_changed(files.opts, opts)
-    return hosts_changed or opts_changed
+    changed = [_write_if_changed(path, text) for path, text in
+               ((files.hosts, hosts), (files.opts, opts), (files.names, names))]  # fmt: skip
+    return any(changed)
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -300,8 +328,11 @@ class DhcpServers:
         mtu: int,
         subnets: Sequence[DhcpSubnet],
         hosts: Sequence[DhcpHost],
+        names: Sequence[DnsName] = (),
+        namespace: str = "default",
     ) -> None:
-        """Serve the Network's IPv4 subnets with these fixed leases, making or repairing
+        """Serve the Network's IPv4 subnets with these fixed leases and DNS `names` (of the
+        Network's Instances, in `namespace`'s zone), making or repairing
         whatever is missing; a Network without IPv4 subnets gets no server (removed).
         Invalid input raises ValueError before anything is touched; a failing command
         ProvisioningError(NETWORK_SETUP_FAILED)."""
@@ -314,13 +345,16 @@ class DhcpServers:
         namespace = namespace_name(self.bridge, network_uid)
         argv = dnsmasq_argv(self._dnsmasq, port, files, served)
         addresses = server_addresses(served)
-        hosts_text, opts_text = hosts_file(hosts), opts_file(served, mtu)
+        hosts_text, opts_text = hosts_file(hosts), opts_file(served, mtu, namespace)
+        names_text = names_file(names, namespace)
         async with self._lock:
             try:
                 await netns_ports.ensure_namespace(namespace)
                 await self._ensure_port(network_uid, port, namespace, vlan_tag, mtu)
                 await netns_ports.ensure_addresses(namespace, port, addresses)
-                changed = await asyncio.to_thread(_write_config, files, hosts_text, opts_text)
+                changed = await asyncio.to_thread(
+                    _write_config, files, hosts_text, opts_text, names_text
+                )
                 pid = await asyncio.to_thread(_current_dnsmasq, files, argv, namespace)
                 if pid is not None and changed:
                     pid = self._reload(pid)

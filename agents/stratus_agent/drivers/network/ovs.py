@@ -294,7 +294,9 @@ class OvsNetworkDriver:
                 continue
             nics = self._guest_nics.on_network(uid)
             hosts = [DhcpHost(nic.mac, nic.address) for nic in nics if nic.address]
-            await servers.ensure(uid, where[1], spec.mtu, spec.dhcp, hosts)
+            await servers.ensure(
+                uid, where[1], spec.mtu, spec.dhcp, hosts, spec.names, spec.namespace
+            )
 
     # Security groups.
 

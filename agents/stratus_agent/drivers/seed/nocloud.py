@@ -64,7 +64,10 @@ def network_config(nics: list[Nic]) -> str:
                 version = ipaddress.ip_address(nic.gateway).version
                 entry[f"gateway{version}"] = nic.gateway
             if nic.dns_servers:
-                entry["nameservers"] = {"addresses": list(nic.dns_servers)}
+                servers: dict[str, list[str]] = {"addresses": list(nic.dns_servers)}
+                if nic.dns_search:
+                    servers["search"] = list(nic.dns_search)
+                entry["nameservers"] = servers
         else:
             entry["dhcp4"] = True
         ethernets[f"nic{index}"] = entry
