@@ -22,7 +22,7 @@ import pytest
 
 from stratus_agent.drivers.network import dhcp
 from stratus_agent.drivers.network.dhcp import DhcpHost, DhcpServers
-from stratus_api.network_wire import DhcpSubnet
+from stratus_api.network_wire import DhcpSubnet, DnsName
 
 if TYPE_CHECKING:
     from conftest import Node
@@ -144,6 +144,19 @@ class Client:
         fields = dict(line.split("=", 1) for line in out.read_text().splitlines())
         return Lease(**fields)
 
+    def host(self, address: str, tag: int, bridge: str) -> str:
+        """A client with a static `address` (a /24); its namespace."""
+        port = f"dc{secrets.token_hex(4)}"
+        namespace = f"dhcp-test-{port}"
+        self.ports.append(port)
+        vsctl("add-port", bridge, port, "--", "set", "Interface", port, "type=internal",
+              "--", "set", "Port", port, f"tag={tag}")  # fmt: skip
+        run("ip", "netns", "add", namespace)
+        run("ip", "link", "set", "dev", port, "netns", namespace)
+        run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", port)
+        run("ip", "-n", namespace, "link", "set", "dev", port, "up")
+        return namespace
+
     def remove(self) -> None:
         for port in self.ports:
             vsctl("--if-exists", "del-port", port)
@@ -166,7 +179,8 @@ async def test_a_reserved_mac_gets_exactly_its_lease_and_nobody_else_gets_one(
 
     lease = await client.lease(mac(1), TAG_A, bridges[0])
     assert lease == Lease(ip="10.77.0.11", mask="255.255.255.0", router="10.77.0.1",
-                          dns="10.77.0.53 192.0.2.53", mtu="1450", hostname="vm-a")  # fmt: skip
+                          dns="10.77.0.2 10.77.0.53 192.0.2.53", mtu="1450",
+                          hostname="vm-a")  # fmt: skip
     unknown, other_vlan, b_guest = await asyncio.gather(
         client.lease(mac(2), TAG_A, bridges[0]),
         client.lease(mac(1), TAG_B, bridges[0]),
@@ -192,7 +206,7 @@ async def test_hosts_and_options_are_reloaded_by_the_same_dnsmasq_subnets_restar
     assert dnsmasq_pid(servers, network) == pid  # SIGHUP, no restart
     lease = await client.lease(mac(5), TAG_A, bridges[0])
     assert lease is not None
-    assert (lease.ip, lease.dns, lease.router) == ("10.77.0.15", "10.77.0.54", "")
+    assert (lease.ip, lease.dns, lease.router) == ("10.77.0.15", "10.77.0.2 10.77.0.54", "")
 
     # A restarted agent adopts the running server: same config, same process.
     restarted = DhcpServers(servers.state_dir, bridges[0])
@@ -288,3 +302,32 @@ async def test_one_bridges_sweep_leaves_another_bridges_servers_of_the_same_node
     provider = DhcpServers(servers.state_dir, bridges[1])
     assert await provider.sweep(keep=()) == []
     assert alive(dnsmasq_pid(servers, network))
+
+
+def lookup(namespace: str, name: str, server: str) -> str:
+    """busybox nslookup's answer, or its error."""
+    result = subprocess.run(["ip", "netns", "exec", namespace, "busybox", "nslookup", name,
+                             server], capture_output=True, text=True, timeout=30,
+                            check=False)  # fmt: skip
+    return result.stdout + result.stderr
+
+
+async def test_the_server_answers_the_networks_names_in_dns_and_refuses_others(
+    servers: DhcpServers, client: Client, bridges: tuple[str, str]
+) -> None:
+    network = str(uuid.uuid4())
+    web = DnsName(name="web", address="10.77.0.21")
+    await servers.ensure(network, TAG_A, MTU, [SUBNET], [], [web], "shop")
+    pid = dnsmasq_pid(servers, network)
+    namespace = client.host("10.77.0.30", TAG_A, bridges[0])
+    assert "10.77.0.21" in lookup(namespace, "web", "10.77.0.2")
+    assert "10.77.0.21" in lookup(namespace, "web.shop.stratus.internal", "10.77.0.2")
+    assert "10.77.0.22" not in lookup(namespace, "db", "10.77.0.2")
+    outside = lookup(namespace, "example.org", "10.77.0.2")  # no way out: refused, quickly
+    assert "REFUSED" in outside or "can't resolve" in outside, outside
+
+    # A new Instance's name is answered after a reload, by the same process.
+    db = DnsName(name="db", address="10.77.0.22")
+    await servers.ensure(network, TAG_A, MTU, [SUBNET], [], [web, db], "shop")
+    assert dnsmasq_pid(servers, network) == pid
+    assert "10.77.0.22" in lookup(namespace, "db", "10.77.0.2")

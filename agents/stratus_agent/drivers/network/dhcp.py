@@ -329,10 +329,10 @@ class DhcpServers:
         subnets: Sequence[DhcpSubnet],
         hosts: Sequence[DhcpHost],
         names: Sequence[DnsName] = (),
-        namespace: str = "default",
+        owner: str = "default",
     ) -> None:
         """Serve the Network's IPv4 subnets with these fixed leases and DNS `names` (of the
-        Network's Instances, in `namespace`'s zone), making or repairing
+        Network's Instances, in the zone of `owner`, its namespace), making or repairing
         whatever is missing; a Network without IPv4 subnets gets no server (removed).
         Invalid input raises ValueError before anything is touched; a failing command
         ProvisioningError(NETWORK_SETUP_FAILED)."""
@@ -345,8 +345,8 @@ class DhcpServers:
         namespace = namespace_name(self.bridge, network_uid)
         argv = dnsmasq_argv(self._dnsmasq, port, files, served)
         addresses = server_addresses(served)
-        hosts_text, opts_text = hosts_file(hosts), opts_file(served, mtu, namespace)
-        names_text = names_file(names, namespace)
+        hosts_text, opts_text = hosts_file(hosts), opts_file(served, mtu, owner)
+        names_text = names_file(names, owner)
         async with self._lock:
             try:
                 await netns_ports.ensure_namespace(namespace)
