@@ -135,6 +135,12 @@ class NetworkConfig(_Section):
     )
     vsctl: str = Field(default="ovs-vsctl", description="The ovs-vsctl command to run.")
     ofctl: str = Field(default="ovs-ofctl", description="The ovs-ofctl command to run.")
+    appctl: str = Field(default="ovs-appctl", description="The ovs-appctl command to run.")
+    vswitchd_target: str | None = Field(
+        default=None,
+        description="ovs-appctl's -t for the ovs-vswitchd holding the bridge (its control "
+        "socket), where conntrack is read and cut. None: the default one.",
+    )
     port_security: bool = Field(
         default=True,
         description="Filter overlay NICs with their security groups (conntrack flows on "

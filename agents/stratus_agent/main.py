@@ -115,6 +115,7 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
 
         return FakeNetworkDriver()
     from stratus_agent.drivers.network.bridge import OvsBridge
+    from stratus_agent.drivers.network.conntrack import Conntrack
     from stratus_agent.drivers.network.dhcp import DhcpServers
     from stratus_agent.drivers.network.firewall import Firewall
     from stratus_agent.drivers.network.guest_nics import GuestNics
@@ -152,6 +153,7 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
         security=PortSecurity(
             integration, Firewall(integration, network.ofctl),
             SpecFiles(directory / "security-groups", NodeSecurityGroupSpec), nics, vlans,
+            Conntrack(network.appctl, network.vswitchd_target),
         ) if network.port_security else None,
     )  # fmt: skip
 

@@ -320,6 +320,8 @@ class DevCloud:
         }
         if tunnel is not None:
             network["tunnel"] = tunnel
+        if self.node.vswitchd_target is not None:
+            network["vswitchd_target"] = self.node.vswitchd_target
         return {
             "node_name": node.name,
             "token_file": str(node.config_dir / "token"),

@@ -148,6 +148,13 @@ class NodeServices:
             "libvirtd", argv, self.run_dir, self.log_dir, becomes=(shell, libvirtd)
         )
 
+    @property
+    def vswitchd_target(self) -> str | None:
+        """ovs-appctl's -t for the ovs-vswitchd these services run (its control socket);
+        None when the host's own runs (the default target)."""
+        ctl = self.state_dir / "ovs" / "ovs-vswitchd.ctl"
+        return str(ctl) if ctl.exists() else None
+
     def ovs_running(self) -> bool:
         return _ok("ovs-vsctl", "--timeout=2", "show")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from stratus_agent.drivers.network.bridge import OvsBridge
+from stratus_agent.drivers.network.conntrack import Conntrack
 from stratus_agent.drivers.network.firewall import (
     NORMAL_ONLY,
     Firewall,
@@ -192,6 +193,7 @@ class World:
     firewall: Firewall
     prefix: str
     hosts: dict[str, Host] = field(default_factory=dict)
+    vswitchd_target: str | None = None
 
     @property
     def far(self) -> str:
@@ -265,6 +267,7 @@ def world() -> Iterator[World]:
     made = World(bridge, Firewall(bridge), prefix)
     try:
         services.up(libvirt=False)
+        made.vswitchd_target = services.vswitchd_target
         for name in (bridge.name, made.far):
             vsctl("add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
         far_end = f"{prefix}-px"
@@ -315,8 +318,9 @@ async def apply(
     groups_of: dict[str, tuple[str, ...]],
     specs: dict[str, NodeSecurityGroupSpec],
     pending: tuple[PendingPort, ...] = (),
-) -> None:
-    """Apply a table where the hosts named in `groups_of` are guarded, the rest open."""
+) -> list[GuardedPort]:
+    """Apply a table where the hosts named in `groups_of` are guarded, the rest open; the
+    guarded ports."""
     ports = await world.firewall.ofports()
     guarded, opens = [], [OpenPort(ports[world.trunk], None)]
     for host in world.hosts.values():
@@ -329,6 +333,7 @@ async def apply(
         else:
             opens.append(OpenPort(ofport, host.tag))
     await world.firewall.apply(flow_table(guarded, opens, pending, specs))
+    return guarded
 
 
 STANDARD = {"a": (WEB, DEFAULT), "b": (DEFAULT,), "d": (WEB, DEFAULT)}
@@ -479,3 +484,41 @@ async def test_plain_switching_comes_back_when_no_port_is_guarded(world: World) 
     assert c.pings(a.address) and c.connects(a.address, 23)
     assert d.never_pings(a.address)  # the VLANs still part Networks
     assert flow_table([], [OpenPort(1, VLAN_1)], [], groups()) == [NORMAL_ONLY]
+
+
+def replies(log: Path) -> int:
+    return log.read_text().count("bytes from")
+
+
+async def test_a_removed_rule_cuts_the_connections_it_let_in_and_only_those(
+    world: World, tmp_path: Path
+) -> None:
+    """One ping each (one echo id: one connection): C's was let in by an icmp rule, B's by
+    the default group. Removing the icmp rule stops new pings at once, but C's goes on as
+    established until the agent cuts it; B's is left be."""
+    a, b, c = world.hosts["a"], world.hosts["b"], world.hosts["c"]
+    await apply(world, STANDARD, groups(rule(Direction.INGRESS, Protocol.ICMP, "0.0.0.0/0")))
+    logs = {name: tmp_path / f"{name}.log" for name in ("b", "c")}
+    for host in (b, c):
+        with logs[host.name].open("w") as out:
+            host.processes.append(subprocess.Popen(
+                ["ip", "netns", "exec", host.netns, "busybox", "ping", "-i", "0.2", a.address],
+                stdout=out, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    time.sleep(1.5)
+    assert replies(logs["c"]) > 0 and replies(logs["b"]) > 0
+    guarded = await apply(world, STANDARD, groups())
+    assert c.never_pings(a.address)  # a new connection: refused
+    before = replies(logs["c"])
+    time.sleep(1.0)
+    assert replies(logs["c"]) > before  # the old one: established, still let in
+
+    assert await Conntrack(target=world.vswitchd_target).cut(guarded, groups()) >= 1
+    time.sleep(0.5)  # an echo in flight may still come back
+    cut_at, b_at = replies(logs["c"]), replies(logs["b"])
+    time.sleep(1.5)
+    assert replies(logs["c"]) == cut_at
+    assert replies(logs["b"]) > b_at
+    assert (
+        await Conntrack(target=world.vswitchd_target).cut(guarded, groups()) == 0
+    )  # nothing left to cut

@@ -15,6 +15,7 @@ import logging
 
 from stratus_agent import process
 from stratus_agent.drivers.network.bridge import OvsBridge
+from stratus_agent.drivers.network.conntrack import Conntrack
 from stratus_agent.drivers.network.firewall import (
     Firewall,
     GuardedPort,
@@ -40,8 +41,10 @@ class PortSecurity:
         specs: SpecFiles[NodeSecurityGroupSpec],
         nics: GuestNics,
         vlans: LocalVlans,
+        conntrack: Conntrack | None = None,
     ) -> None:
-        """`specs` are read now (blocking)."""
+        """`specs` are read now (blocking). `conntrack`: where connections the rules no
+        longer allow are cut (None: they run on until they end)."""
         self.bridge = bridge
         self.firewall = firewall
         self._files = specs
@@ -49,6 +52,8 @@ class PortSecurity:
         self._nics = nics
         self._vlans = vlans
         self._lock = asyncio.Lock()  # one table computed and applied at a time
+        self._conntrack = conntrack
+        self._judged: object = None  # the ports and rules connections were last judged by
 
     async def ensure(self, spec: NodeSecurityGroupSpec) -> None:
         await asyncio.to_thread(self._files.save, spec.uid, spec)
@@ -72,15 +77,35 @@ class PortSecurity:
         apply it (replace-flows sends only the difference)."""
         async with self._lock:
             try:
-                flows = await self._table()
+                guarded, flows = await self._table()
                 await self.firewall.apply(flows)
             except (process.CommandError, OSError, ValueError) as exc:
                 raise ProvisioningError(
                     GuestFailure.NETWORK_SETUP_FAILED,
                     f"security group flows on {self.bridge.name} not applied: {exc}",
                 ) from exc
+            await self._cut(guarded)
 
-    async def _table(self) -> list[str]:
+    async def _cut(self, guarded: list[GuardedPort]) -> None:
+        """Cut what the rules no longer allow, when the ports or rules changed since the
+        last time (the first time too: they may have changed while the agent was down)."""
+        groups = {spec.key: spec for spec in self._specs.values()}
+        judged = (
+            tuple(guarded),
+            tuple(sorted((k, v.model_dump_json()) for k, v in groups.items())),
+        )
+        if self._conntrack is None or judged == self._judged:
+            return
+        try:
+            cut = await self._conntrack.cut(guarded, groups)
+        except (process.CommandError, OSError) as exc:
+            log.warning("connections the rules no longer allow not cut yet: %s", exc)
+            return
+        self._judged = judged
+        if cut:
+            log.info("cut %d connection(s) the security groups no longer allow", cut)
+
+    async def _table(self) -> tuple[list[GuardedPort], list[str]]:
         tags = await self.bridge.port_tags()
         ofports = await self.firewall.ofports()
         local_tags = self._vlans.tags()
@@ -102,4 +127,4 @@ class PortSecurity:
             if name not in taken and name in ofports
         ]
         groups = {spec.key: spec for spec in self._specs.values()}
-        return flow_table(guarded, open_ports, pending, groups)
+        return guarded, flow_table(guarded, open_ports, pending, groups)
