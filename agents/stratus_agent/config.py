@@ -144,7 +144,8 @@ class NetworkConfig(_Section):
     port_security: bool = Field(
         default=True,
         description="Filter overlay NICs with their security groups (conntrack flows on "
-        "the bridge, which the agent then owns). false: every NIC is open, as before.",
+        "the bridge, which the agent owns, in fail mode secure). false: every NIC is open "
+        "(plain switching, fail mode standalone).",
     )
     physical_networks: dict[str, str] = Field(
         default_factory=dict,

@@ -154,7 +154,8 @@ def network_driver(config: agent_config.AgentConfig) -> base.NetworkDriver:
             integration, Firewall(integration, network.ofctl),
             SpecFiles(directory / "security-groups", NodeSecurityGroupSpec), nics, vlans,
             Conntrack(network.appctl, network.vswitchd_target),
-        ) if network.port_security else None,
+            enabled=network.port_security,
+        ),
     )  # fmt: skip
 
 

@@ -150,10 +150,18 @@ class NodeServices:
 
     @property
     def vswitchd_target(self) -> str | None:
-        """ovs-appctl's -t for the ovs-vswitchd these services run (its control socket);
-        None when the host's own runs (the default target)."""
-        ctl = self.state_dir / "ovs" / "ovs-vswitchd.ctl"
-        return str(ctl) if ctl.exists() else None
+        """ovs-appctl's -t for the running ovs-vswitchd of the host's database: its control
+        socket when started with one of its own (by these services, or by another state
+        directory's, which up() then reuses); None for the default."""
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if Path(argv[0]).name != "ovs-vswitchd" or f"unix:{OVS_DB_SOCK}" not in argv:
+                continue
+            return next((a.split("=", 1)[1] for a in argv if a.startswith("--unixctl=")), None)
+        return None
 
     def ovs_running(self) -> bool:
         return _ok("ovs-vsctl", "--timeout=2", "show")

@@ -101,6 +101,8 @@ class OvsNetworkDriver:
             try:
                 if await self.bridge.ensure():
                     log.info("OVS bridge %s was missing: made it", self.bridge.name)
+                    if self.security is not None:
+                        self.security.bridge_made()
             except (process.CommandError, OSError) as exc:
                 raise ProvisioningError(
                     GuestFailure.NETWORK_SETUP_FAILED,

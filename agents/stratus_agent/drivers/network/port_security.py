@@ -42,9 +42,12 @@ class PortSecurity:
         nics: GuestNics,
         vlans: LocalVlans,
         conntrack: Conntrack | None = None,
+        *,
+        enabled: bool = True,
     ) -> None:
         """`specs` are read now (blocking). `conntrack`: where connections the rules no
-        longer allow are cut (None: they run on until they end)."""
+        longer allow are cut (None: they run on until they end). Not `enabled`: every
+        port is open (plain switching), whatever its groups."""
         self.bridge = bridge
         self.firewall = firewall
         self._files = specs
@@ -54,6 +57,8 @@ class PortSecurity:
         self._lock = asyncio.Lock()  # one table computed and applied at a time
         self._conntrack = conntrack
         self._judged: object = None  # the ports and rules connections were last judged by
+        self.enabled = enabled
+        self._fail_mode_set = False
 
     async def ensure(self, spec: NodeSecurityGroupSpec) -> None:
         await asyncio.to_thread(self._files.save, spec.uid, spec)
@@ -77,6 +82,7 @@ class PortSecurity:
         apply it (replace-flows sends only the difference)."""
         async with self._lock:
             try:
+                await self._set_fail_mode()
                 guarded, flows = await self._table()
                 await self.firewall.apply(flows)
             except (process.CommandError, OSError, ValueError) as exc:
@@ -85,6 +91,20 @@ class PortSecurity:
                     f"security group flows on {self.bridge.name} not applied: {exc}",
                 ) from exc
             await self._cut(guarded)
+
+    def bridge_made(self) -> None:
+        """The bridge was (re-)made: its fail mode is set again at the next sync."""
+        self._fail_mode_set = False
+
+    async def _set_fail_mode(self) -> None:
+        """Filtering: secure, so a bridge whose flows are gone (a restarted ovs-vswitchd)
+        drops everything until the next sync rather than switch unfiltered; else the
+        default, standalone."""
+        if self._fail_mode_set:
+            return
+        mode = "secure" if self.enabled else "standalone"
+        await self.bridge.vsctl("set-fail-mode", self.bridge.name, mode)
+        self._fail_mode_set = True
 
     async def _cut(self, guarded: list[GuardedPort]) -> None:
         """Cut what the rules no longer allow, when the ports or rules changed since the
@@ -110,7 +130,7 @@ class PortSecurity:
         ofports = await self.firewall.ofports()
         local_tags = self._vlans.tags()
         guarded, pending, taken = [], [], set()
-        for nic in self._nics.guarded():
+        for nic in self._nics.guarded() if self.enabled else ():
             tag = local_tags.get(nic.network_uid)
             if tag is None:
                 continue  # not on this node's integration bridge (yet)
