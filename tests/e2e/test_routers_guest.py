@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,9 @@ def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
     after = ssh(key, address, "cat /proc/sys/kernel/random/boot_id")
     assert after.stdout.strip() == boot_id, after
 
+    # Removing it cuts the pings it let in, not only new ones: one ping, one connection.
+    removing_cuts_a_running_ping(cloud, address, tmp_path / "ping.log")
+
     # Anti-spoofing: from an address the server does not own, nothing reaches the router
     # (it would look up the sender to answer); from its own, it does.
     uid = json.loads(cloud.kubectl("get", "router", "sg-edge", "-o", "json"))["metadata"]["uid"]
@@ -287,3 +291,25 @@ def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
 def flows(bridge: str) -> str:
     return subprocess.run(["ovs-ofctl", "dump-flows", bridge], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip
+
+
+def removing_cuts_a_running_ping(cloud: Cloud, address: str, log: Path) -> None:
+    """A ping running from the host (one echo id: one connection) stops answering soon
+    after sg-ssh's icmp rule (its third) is removed."""
+    with log.open("w") as out:
+        pinger = subprocess.Popen(["busybox", "ping", "-i", "0.2", address], stdout=out,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until("the ping answered", lambda: "bytes from" in log.read_text(), timeout=10)
+        cloud.kubectl("patch", "sg", "sg-ssh", "--type=json", "-p",
+                      json.dumps([{"op": "remove", "path": "/spec/rules/2"}]))  # fmt: skip
+
+        def silent() -> bool:
+            before = log.read_text().count("bytes from")
+            time.sleep(1.0)
+            return log.read_text().count("bytes from") == before
+
+        wait_until("the running ping cut", silent, timeout=30)
+    finally:
+        pinger.kill()
+        pinger.wait()
