@@ -158,7 +158,5 @@ class SecurityGroup(
     """Stateful traffic rules for the NICs that name the group (Neutron's security group)."""
 
     kind: Literal["SecurityGroup"] = "SecurityGroup"
-    spec: SecurityGroupSpec = Field(
-        default_factory=SecurityGroupSpec, description="The group's rules."
-    )
+    spec: SecurityGroupSpec = Field(description="The group's rules.")
     status: SecurityGroupStatus | None = Field(default=None, description="Where it applies.")
