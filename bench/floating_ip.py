@@ -74,7 +74,8 @@ def echo(address: str, timeout: float = 0.05) -> bool:
     """One ICMP echo with an identifier of its own (so a connection of its own in
     conntrack, never one a rule let in before), answered within `timeout`."""
     ident = random.randrange(1, 0xFFFF)
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"stratus-bench"
+    # An even length: the checksum sums 16-bit words.
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"stratus-bench."
     total = sum(struct.unpack(f"!{len(header) // 2}H", header))
     total = (total >> 16) + (total & 0xFFFF)
     checksum = ~(total + (total >> 16)) & 0xFFFF
@@ -111,12 +112,14 @@ def rule_latency(cloud: DevCloud, address: str, rounds: int) -> tuple[list[float
     rules = group["spec"]["rules"]
     icmp = next(i for i, r in enumerate(rules) if r.get("protocol") == "icmp")
     removed, added = [], []
+    patch = json.dumps([{"op": "remove", "path": f"/spec/rules/{icmp}"}])
+    back = json.dumps([{"op": "add", "path": f"/spec/rules/{icmp}", "value": rules[icmp]}])
     for _ in range(rounds):
-        patch = [{"op": "remove", "path": f"/spec/rules/{icmp}"}]
-        kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", json.dumps(patch))
-        removed.append(until_ping(address, wanted=False))
-        patch = [{"op": "add", "path": f"/spec/rules/{icmp}", "value": rules[icmp]}]
-        kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", json.dumps(patch))
+        kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", patch)
+        try:
+            removed.append(until_ping(address, wanted=False))
+        finally:  # the demo keeps its rule whatever happens
+            kubectl(cloud, "patch", "securitygroup", "default", "--type=json", "-p", back)
         added.append(until_ping(address, wanted=True))
     return removed, added
 
