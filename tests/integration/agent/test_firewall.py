@@ -52,7 +52,8 @@ from stratus_api.security_group_wire import (
 from stratus_devcloud.nodeservices import NodeServices
 
 STATE_ROOT = Path(os.environ.get("STRATUS_TEST_STATE_ROOT", "/var/lib/stratus-test"))
-TOOLS = ("ovs-vsctl", "ovs-ofctl", "ovsdb-server", "ovs-vswitchd", "ip", "busybox")
+TOOLS = ("ovs-vsctl", "ovs-ofctl", "ovs-appctl", "ovsdb-server", "ovs-vswitchd", "ip", "busybox",
+         "tcpdump")  # fmt: skip
 # Conntrack outlives a bridge (the userspace datapath holds one table for every netdev
 # bridge, zones and all): each run takes its own VLANs (zones) and subnet, so no connection
 # a run before made (or another module's bridge holds) can match.
@@ -258,7 +259,7 @@ def world() -> Iterator[World]:
         pytest.skip("needs root: network namespaces and Open vSwitch")
     missing = [t for t in TOOLS if not (shutil.which(t) or Path("/usr/sbin", t).exists())]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: run hack/install-deps")
+        pytest.fail(f"{', '.join(missing)} not installed: run hack/install-deps")
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="fw-", dir=STATE_ROOT))
     services = NodeServices(root / "node-services")
