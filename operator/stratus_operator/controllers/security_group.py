@@ -104,7 +104,9 @@ def node_spec(
     for rule in group.spec.rules:
         port_min = rule.port
         port_max = rule.end_port or rule.port
-        rules.append(NodeRule(
+        # Not validated again: built from a valid group and addresses, and a big group's
+        # members are thousands of addresses.
+        rules.append(NodeRule.model_construct(
             direction=rule.direction, protocol=rule.protocol, port_min=port_min,
             port_max=port_max, remotes=_remotes(rule, group.metadata.namespace or "", members_of),
         ))  # fmt: skip

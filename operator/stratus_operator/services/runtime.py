@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.controllers.addressing import NetworkLedger
@@ -130,6 +131,10 @@ class Runtime:
     # status last written from (see security_groups.py).
     security_group_nodes: dict[str, dict[str, str]] = field(default_factory=dict)
     security_group_seen: dict[str, object] = field(default_factory=dict)
+    # ... and each group's node spec with its JSON, under the inputs it was built from.
+    security_group_built: dict[str, tuple[object, NodeSecurityGroupSpec, str]] = field(
+        default_factory=dict
+    )
     # Namespaces whose group `default` this process made (until the watch brings it).
     default_groups_made: set[str] = field(default_factory=set)
     events: EventRecorder = field(init=False)

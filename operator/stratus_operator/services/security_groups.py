@@ -42,13 +42,32 @@ def ports(group: SecurityGroup, world: World) -> list[plan.Port]:
     return plan.ports_in(name, _users(namespace, name, world))
 
 
-def node_spec(group: SecurityGroup, world: World) -> NodeSecurityGroupSpec:
-    namespace = group.metadata.namespace or ""
+def node_spec(
+    group: SecurityGroup, world: World, found: list[plan.Port], runtime: Runtime
+) -> tuple[NodeSecurityGroupSpec, str]:
+    """The group's node spec and its JSON, built again only when its generation, its ports
+    or a remote group's members changed (a big default group's daemon would otherwise
+    build and dump every member's address every round)."""
+    namespace, own = group.metadata.namespace or "", group.metadata.name or ""
+    members: dict[str, list[str]] = {}
 
     def members_of(name: str) -> list[str]:
-        return plan.members(plan.ports_in(name, _users(namespace, name, world)))
+        if name not in members:
+            ports_of = found if name == own else plan.ports_in(name, _users(namespace, name, world))
+            members[name] = plan.members(ports_of)
+        return members[name]
 
-    return plan.node_spec(group, members_of)
+    remotes = sorted({r.remote_group.name for r in group.spec.rules if r.remote_group})
+    key = (group.metadata.generation, tuple(found),
+           tuple((name, tuple(members_of(name))) for name in remotes))  # fmt: skip
+    uid = group.metadata.uid or ""
+    built = runtime.security_group_built.get(uid)
+    if built is not None and built[0] == key:
+        return built[1], built[2]
+    spec = plan.node_spec(group, members_of)
+    wanted = spec.model_dump_json(by_alias=True)
+    runtime.security_group_built[uid] = (key, spec, wanted)
+    return spec, wanted
 
 
 async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resync: bool) -> None:
@@ -59,8 +78,7 @@ async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resyn
     nodes = sorted({p.node for p in found if p.node})
     if group.metadata.deletion_timestamp:
         nodes = []
-    spec = node_spec(group, world)
-    wanted = spec.model_dump_json(by_alias=True)
+    spec, wanted = node_spec(group, world, found, runtime)
     told = runtime.security_group_nodes.setdefault(uid, {})
     changed = [node for node in nodes if resync or told.get(node) != wanted]
     leaving = [node for node in told if node not in nodes]
@@ -157,6 +175,7 @@ async def remove(group: SecurityGroup, world: World, runtime: Runtime) -> None:
     if left:
         raise SecurityGroupInUse(f"node(s) {', '.join(sorted(left))} not told to forget it yet")
     runtime.security_group_seen.pop(uid, None)
+    runtime.security_group_built.pop(uid, None)
 
 
 async def ensure_default(instance: Instance, world: World, runtime: Runtime) -> None:
