@@ -8,23 +8,21 @@ forget it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from stratus_api.network_wire import NodeNetworkSpec
-from stratus_api.v1alpha1 import Hypervisor, Network
+from stratus_api.v1alpha1 import Network
 from stratus_api.v1alpha1.network import DhcpServer, NetworkStatus
-from stratus_operator.controllers import conditions, node_network
+from stratus_operator.controllers import node_network
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.router import node_of, router_mac, uses
 from stratus_operator.services import allocations
-from stratus_operator.services.agent_client import AgentError
-from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.agent_client import AgentClient
+from stratus_operator.services.node_shares import tell_nodes
+from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, key_of
 
 log = logging.getLogger(__name__)
-UNTOLD = ""  # what a node that did not answer was told: nothing, so it is asked again
 
 
 async def publish(network: Network, world: World, runtime: Runtime, *, resync: bool) -> None:
@@ -52,14 +50,13 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     await _record_dhcp_servers(network, servers, runtime)
     names = node_network.dns_names(network, users)
     specs = node_network.node_specs(network, hosting, endpoints, servers, names)
-    wanted = {node: spec.model_dump_json(by_alias=True) for node, spec in specs.items()}
+    wanted = {node: (spec, spec.model_dump_json(by_alias=True)) for node, spec in specs.items()}
     told = runtime.node_networks.setdefault(uid, {})
-    changed = [node for node in wanted if resync or told.get(node) != wanted[node]]
-    leaving = [node for node in told if node not in wanted]
-    await asyncio.gather(
-        *(_tell(node, specs[node], world, runtime, told) for node in changed),
-        *(_forget(network, node, world, runtime, told) for node in leaving),
-    )
+    await tell_nodes(
+        f"network {network.metadata.namespace}/{network.metadata.name}", wanted, told, world,
+        runtime, resync=resync, send=AgentClient.ensure_network,
+        forget=lambda client: client.forget_network(uid),
+    )  # fmt: skip
     if not told:
         runtime.node_networks.pop(uid, None)
 
@@ -119,41 +116,3 @@ async def _record_dhcp_servers(
     await runtime.status.write(
         ObjectRef.of(network), network.status, generation, recorded, NetworkStatus
     )
-
-
-async def _tell(
-    node: str, spec: NodeNetworkSpec, world: World, runtime: Runtime, told: dict[str, str]
-) -> None:
-    hypervisor = world.hypervisor(node)
-    if hypervisor is None or not ready(hypervisor):
-        return  # asked again once it is back; a removed node's guests go with it
-    try:
-        client = await runtime.agents.client(hypervisor)
-        await client.ensure_network(spec)
-    except (AgentError, AgentNotConfigured) as exc:
-        if told.get(node) != UNTOLD:  # said once per outage, not every round
-            log.warning("network %s/%s: node %s was not told its peers (tried again): %s",
-                        spec.namespace, spec.name, node, exc)  # fmt: skip
-        told[node] = UNTOLD
-        return
-    told[node] = spec.model_dump_json(by_alias=True)
-
-
-async def _forget(
-    network: Network, node: str, world: World, runtime: Runtime, told: dict[str, str]
-) -> None:
-    hypervisor = world.hypervisor(node)
-    if hypervisor is not None:
-        try:
-            client = await runtime.agents.client(hypervisor)
-            await client.forget_network(network.metadata.uid or "")
-        except (AgentError, AgentNotConfigured) as exc:
-            log.warning("network %s/%s: node %s was not told to forget it (tried again): %s",
-                        network.metadata.namespace, network.metadata.name, node, exc)  # fmt: skip
-            return
-    told.pop(node, None)
-
-
-def ready(hypervisor: Hypervisor) -> bool:
-    status = hypervisor.status
-    return status is not None and conditions.is_true(status.conditions, conditions.READY)

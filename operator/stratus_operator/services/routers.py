@@ -23,7 +23,7 @@ from stratus_operator.controllers import router as plan
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.problem import Problem, failing
 from stratus_operator.controllers.router import External
-from stratus_operator.services import allocations, node_networks
+from stratus_operator.services import allocations, node_networks, node_shares
 from stratus_operator.services.agent_client import AgentClient, AgentError, AgentRejected
 from stratus_operator.services.runtime import AgentNotConfigured, Binding, Runtime
 from stratus_operator.services.status import ObjectRef
@@ -226,7 +226,7 @@ def node_lost(router: Router, world: World, runtime: Runtime) -> bool:
     if node is None:
         return False
     hypervisor = world.hypervisor(node)
-    return hypervisor is None or not node_networks.ready(hypervisor)
+    return hypervisor is None or not node_shares.ready(hypervisor)
 
 
 async def write_status(router: Router, runtime: Runtime, change: RouterChange) -> None:

@@ -9,7 +9,6 @@ resync interval, in case a node lost what it was told.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from stratus_api.reasons import Reason
@@ -18,14 +17,13 @@ from stratus_api.v1alpha1 import API_VERSION, Instance, SecurityGroup
 from stratus_api.v1alpha1.securitygroup import DEFAULT_GROUP, SecurityGroupStatus
 from stratus_operator.controllers import security_group as plan
 from stratus_operator.controllers.problem import Problem
-from stratus_operator.services.agent_client import AgentError
-from stratus_operator.services.node_networks import ready
-from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.agent_client import AgentClient
+from stratus_operator.services.node_shares import tell_nodes
+from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 
 log = logging.getLogger(__name__)
-UNTOLD = ""  # what a node that did not answer was told: nothing, so it is asked again
 
 
 class SecurityGroupInUse(Exception):
@@ -80,12 +78,12 @@ async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resyn
         nodes = []
     spec, wanted = node_spec(group, world, found, runtime)
     told = runtime.security_group_nodes.setdefault(uid, {})
-    changed = [node for node in nodes if resync or told.get(node) != wanted]
-    leaving = [node for node in told if node not in nodes]
-    await asyncio.gather(
-        *(_tell(node, spec, wanted, world, runtime, told) for node in changed),
-        *(_forget(group, node, world, runtime, told) for node in leaving),
-    )
+    await tell_nodes(
+        f"security group {group.metadata.namespace}/{group.metadata.name}",
+        dict.fromkeys(nodes, (spec, wanted)), told, world, runtime, resync=resync,
+        send=AgentClient.ensure_security_group,
+        forget=lambda client: client.forget_security_group(uid),
+    )  # fmt: skip
     untold = [node for node in nodes if told.get(node) != wanted]
     if not told:
         runtime.security_group_nodes.pop(uid, None)
@@ -108,41 +106,6 @@ async def _record(
         ObjectRef.of(group), group.status, generation, change, SecurityGroupStatus
     )
     runtime.security_group_seen[uid] = seen
-
-
-async def _tell(
-    node: str, spec: NodeSecurityGroupSpec, wanted: str, world: World, runtime: Runtime,
-    told: dict[str, str],
-) -> None:  # fmt: skip
-    hypervisor = world.hypervisor(node)
-    if hypervisor is None or not ready(hypervisor):
-        return  # asked again once it is back
-    try:
-        client = await runtime.agents.client(hypervisor)
-        await client.ensure_security_group(spec)
-    except (AgentError, AgentNotConfigured) as exc:
-        if told.get(node) != UNTOLD:  # said once per outage, not every round
-            log.warning("security group %s/%s: node %s was not told its rules (tried again): "
-                        "%s", spec.namespace, spec.name, node, exc)  # fmt: skip
-        told[node] = UNTOLD
-        return
-    told[node] = wanted
-
-
-async def _forget(
-    group: SecurityGroup, node: str, world: World, runtime: Runtime, told: dict[str, str]
-) -> None:
-    hypervisor = world.hypervisor(node)
-    if hypervisor is not None:
-        try:
-            client = await runtime.agents.client(hypervisor)
-            await client.forget_security_group(group.metadata.uid or "")
-        except (AgentError, AgentNotConfigured) as exc:
-            log.warning("security group %s/%s: node %s was not told to forget it (tried "
-                        "again): %s", group.metadata.namespace, group.metadata.name, node,
-                        exc)  # fmt: skip
-            return
-    told.pop(node, None)
 
 
 def in_use(group: SecurityGroup, world: World) -> Problem | None:
