@@ -9,7 +9,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -183,9 +184,6 @@ guest_route = _uid_route("a guest")
 volume_route = _uid_route("a volume")
 snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
-network_route = _uid_route("a network")
-router_route = _uid_route("a router")
-security_group_route = _uid_route("a security group")
 
 
 @guest_route
@@ -323,115 +321,85 @@ def _networks(request: web.Request) -> NetworkDriver:
     return networks
 
 
-async def network_inventory(request: web.Request) -> web.Response:
-    return web.json_response({"networks": _networks(request).networks()})
+Kept = TypeVar("Kept", NodeNetworkSpec, NodeRouterSpec, NodeSecurityGroupSpec)
 
 
-@network_route
-async def get_network(request: web.Request, uid: str) -> web.Response:
-    spec = _networks(request).network(uid)
-    if spec is None:
-        return _error(404, f"network {uid} is not kept here")
-    return web.json_response(text=spec.model_dump_json(by_alias=True))
+@dataclass(frozen=True)
+class KeptSpecs(Generic[Kept]):
+    """A kind of node spec the network driver keeps, and what its routes say: the list
+    (`listed`: its key), GET, PUT (kept even when it cannot be applied now: the periodic
+    check applies it) and DELETE."""
+
+    what: str
+    model: type[Kept]
+    listed: str
+    uids: Callable[[NetworkDriver], list[str]]
+    get: Callable[[NetworkDriver, str], Kept | None]
+    ensure: Callable[[NetworkDriver, Kept], Awaitable[None]]
+    remove: Callable[[NetworkDriver, str], Awaitable[bool]]
+    not_applied: str  # PUT's 503: "network UID <not_applied>: why"
+    not_removed: str  # DELETE's 503
 
 
-@network_route
-async def put_network(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    spec = await _spec_of(request, uid, NodeNetworkSpec, "network")
-    if isinstance(spec, web.Response):
-        return spec
-    try:
-        await networks.ensure_network(spec)
-    except ProvisioningError as exc:
-        # Kept all the same: the agent's periodic check applies it once it can.
-        return _error(503, f"network {uid} kept, not applied yet: {exc}", reason=exc.reason.value)
-    return web.json_response({"uid": uid})
+def _add_kept_routes(app: web.Application, path: str, kind: KeptSpecs[Kept]) -> None:
+    route = _uid_route(f"a {kind.what}")
+
+    async def listed(request: web.Request) -> web.Response:
+        return web.json_response({kind.listed: kind.uids(_networks(request))})
+
+    @route
+    async def get(request: web.Request, uid: str) -> web.Response:
+        spec = kind.get(_networks(request), uid)
+        if spec is None:
+            return _error(404, f"{kind.what} {uid} is not kept here")
+        return web.json_response(text=spec.model_dump_json(by_alias=True))
+
+    @route
+    async def put(request: web.Request, uid: str) -> web.Response:
+        networks = _networks(request)
+        spec = await _spec_of(request, uid, kind.model, kind.what)
+        if isinstance(spec, web.Response):
+            return spec
+        try:
+            await kind.ensure(networks, spec)
+        except ProvisioningError as exc:
+            return _error(503, f"{kind.what} {uid} {kind.not_applied}: {exc}",
+                          reason=exc.reason.value)  # fmt: skip
+        return web.json_response({"uid": uid})
+
+    @route
+    async def delete(request: web.Request, uid: str) -> web.Response:
+        networks = _networks(request)
+        try:
+            deleted = await kind.remove(networks, uid)
+        except ProvisioningError as exc:
+            return _error(503, f"{kind.what} {uid} {kind.not_removed}: {exc}",
+                          reason=exc.reason.value)  # fmt: skip
+        return web.json_response({"deleted": deleted})
+
+    app.router.add_get(path, listed)
+    app.router.add_get(f"{path}/{{uid}}", get)
+    app.router.add_put(f"{path}/{{uid}}", put)
+    app.router.add_delete(f"{path}/{{uid}}", delete)
 
 
-@network_route
-async def delete_network(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    try:
-        deleted = await networks.remove_network(uid)
-    except ProvisioningError as exc:
-        return _error(503, f"network {uid} forgotten, flows not updated yet: {exc}",
-                      reason=exc.reason.value)  # fmt: skip
-    return web.json_response({"deleted": deleted})
-
-
-async def router_inventory(request: web.Request) -> web.Response:
-    return web.json_response({"routers": _networks(request).router_uids()})
-
-
-@router_route
-async def get_router(request: web.Request, uid: str) -> web.Response:
-    spec = _networks(request).router(uid)
-    if spec is None:
-        return _error(404, f"router {uid} is not kept here")
-    return web.json_response(text=spec.model_dump_json(by_alias=True))
-
-
-@router_route
-async def put_router(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    spec = await _spec_of(request, uid, NodeRouterSpec, "router")
-    if isinstance(spec, web.Response):
-        return spec
-    try:
-        await networks.ensure_router(spec)
-    except ProvisioningError as exc:
-        # Kept (when this node builds routers at all): the periodic check builds it later.
-        return _error(503, f"router {uid} not built yet: {exc}", reason=exc.reason.value)
-    return web.json_response({"uid": uid})
-
-
-@router_route
-async def delete_router(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    try:
-        deleted = await networks.remove_router(uid)
-    except ProvisioningError as exc:
-        return _error(503, f"router {uid} not removed yet: {exc}", reason=exc.reason.value)
-    return web.json_response({"deleted": deleted})
-
-
-async def security_group_inventory(request: web.Request) -> web.Response:
-    return web.json_response({"securityGroups": _networks(request).security_group_uids()})
-
-
-@security_group_route
-async def get_security_group(request: web.Request, uid: str) -> web.Response:
-    spec = _networks(request).security_group(uid)
-    if spec is None:
-        return _error(404, f"security group {uid} is not kept here")
-    return web.json_response(text=spec.model_dump_json(by_alias=True))
-
-
-@security_group_route
-async def put_security_group(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    spec = await _spec_of(request, uid, NodeSecurityGroupSpec, "security group")
-    if isinstance(spec, web.Response):
-        return spec
-    try:
-        await networks.ensure_security_group(spec)
-    except ProvisioningError as exc:
-        # Kept: the periodic check applies it once it can.
-        return _error(503, f"security group {uid} kept, not applied yet: {exc}",
-                      reason=exc.reason.value)  # fmt: skip
-    return web.json_response({"uid": uid})
-
-
-@security_group_route
-async def delete_security_group(request: web.Request, uid: str) -> web.Response:
-    networks = _networks(request)
-    try:
-        deleted = await networks.remove_security_group(uid)
-    except ProvisioningError as exc:
-        return _error(503, f"security group {uid} forgotten, flows not updated yet: {exc}",
-                      reason=exc.reason.value)  # fmt: skip
-    return web.json_response({"deleted": deleted})
+NETWORK_SPECS = KeptSpecs(
+    "network", NodeNetworkSpec, "networks", lambda n: n.networks(), lambda n, u: n.network(u),
+    lambda n, s: n.ensure_network(s), lambda n, u: n.remove_network(u),
+    "kept, not applied yet", "forgotten, flows not updated yet",
+)  # fmt: skip
+# Kept when this node builds routers at all.
+ROUTER_SPECS = KeptSpecs(
+    "router", NodeRouterSpec, "routers", lambda n: n.router_uids(), lambda n, u: n.router(u),
+    lambda n, s: n.ensure_router(s), lambda n, u: n.remove_router(u),
+    "not built yet", "not removed yet",
+)  # fmt: skip
+SECURITY_GROUP_SPECS = KeptSpecs(
+    "security group", NodeSecurityGroupSpec, "securityGroups",
+    lambda n: n.security_group_uids(), lambda n, u: n.security_group(u),
+    lambda n, s: n.ensure_security_group(s), lambda n, u: n.remove_security_group(u),
+    "kept, not applied yet", "forgotten, flows not updated yet",
+)  # fmt: skip
 
 
 @image_route
@@ -536,18 +504,9 @@ def create_app(
     app.router.add_get("/v1/snapshots/{uid}", get_snapshot)
     app.router.add_put("/v1/snapshots/{uid}", put_snapshot)
     app.router.add_delete("/v1/snapshots/{uid}", delete_snapshot)
-    app.router.add_get("/v1/networks", network_inventory)
-    app.router.add_get("/v1/networks/{uid}", get_network)
-    app.router.add_put("/v1/networks/{uid}", put_network)
-    app.router.add_delete("/v1/networks/{uid}", delete_network)
-    app.router.add_get("/v1/routers", router_inventory)
-    app.router.add_get("/v1/routers/{uid}", get_router)
-    app.router.add_put("/v1/routers/{uid}", put_router)
-    app.router.add_delete("/v1/routers/{uid}", delete_router)
-    app.router.add_get("/v1/security-groups", security_group_inventory)
-    app.router.add_get("/v1/security-groups/{uid}", get_security_group)
-    app.router.add_put("/v1/security-groups/{uid}", put_security_group)
-    app.router.add_delete("/v1/security-groups/{uid}", delete_security_group)
+    _add_kept_routes(app, "/v1/networks", NETWORK_SPECS)
+    _add_kept_routes(app, "/v1/routers", ROUTER_SPECS)
+    _add_kept_routes(app, "/v1/security-groups", SECURITY_GROUP_SPECS)
     app.router.add_get("/v1/events", events)
 
     async def end_streams(_app: web.Application) -> None:
