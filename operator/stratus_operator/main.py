@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import kopf
 
@@ -15,6 +16,7 @@ assert handlers  # imported for its side effect: registering the handlers with k
 
 
 def run(settings: OperatorSettings, *, liveness_port: int | None = None) -> None:
+    gc.set_threshold(*settings.gc_thresholds)
     kube = Kube()
     rt = Runtime(settings, kube, AgentPool(kube, settings.agents.request_timeout_seconds))
     kopf.configure(log_format=kopf.LogFormat.PLAIN)

@@ -244,14 +244,11 @@ def test_security_groups_filter_guests_statefully_and_follow_live_rule_changes(
     boot_id = answer.stdout.strip()
     assert not host_pings(address, count=2)  # icmp is not in sg-ssh
 
-    # Status lists the NICs each group applies to; default was made for the client.
+    # Status counts the NICs each group applies to; default was made for the client.
     ssh_group = json.loads(cloud.kubectl("get", "sg", "sg-ssh", "-o", "json"))
-    assert [
-        (p["instance"], p["network"], p.get("address")) for p in ssh_group["status"]["ports"]
-    ] == [("sg-server", "sg-net", "10.75.0.10")]
+    assert (ssh_group["status"]["portCount"], ssh_group["status"]["nodeCount"]) == (1, 1)
     default = json.loads(cloud.kubectl("get", "sg", "default", "-o", "json"))
-    assert ("sg-client", "sg-net") in {(p["instance"], p["network"])
-                                       for p in default["status"]["ports"]}  # fmt: skip
+    assert default["status"]["portCount"] >= 1
 
     # A rule added live: the running guest answers ping within seconds, not restarted.
     cloud.kubectl("patch", "sg", "sg-ssh", "--type=json", "-p", json.dumps([

@@ -126,19 +126,11 @@ class SecurityGroupSpec(ApiModel):
     description: str | None = Field(default=None, max_length=255, description="What it is for.")
 
 
-class SecurityGroupPort(ApiModel):
-    """A NIC the group applies to."""
-
-    instance: str = Field(description="The Instance.")
-    network: str = Field(description="The NIC's Network.")
-    address: str | None = Field(default=None, description="The NIC's fixed address.")
-    node: str | None = Field(default=None, description="Where it is enforced.")
-
-
 class SecurityGroupStatus(ApiModel):
-    ports: list[SecurityGroupPort] = Field(
-        default_factory=list, description="The NICs the group applies to."
-    )
+    # Counts, not a list of the NICs: a namespace's default group may hold thousands, and
+    # a list would be rewritten (and sent to every watcher) each time one joins.
+    port_count: int = Field(default=0, description="How many NICs the group applies to.")
+    node_count: int = Field(default=0, description="On how many nodes they are.")
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status describes."
     )
@@ -153,7 +145,11 @@ class SecurityGroup(
     Resource,
     plural="securitygroups",
     short_names=("sg", "secgroup"),
-    printer_columns=(PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),),
+    printer_columns=(
+        PrinterColumn("Ports", ".status.portCount", "integer"),
+        PrinterColumn("Nodes", ".status.nodeCount", "integer"),
+        PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+    ),
 ):
     """Stateful traffic rules for the NICs that name the group (Neutron's security group)."""
 

@@ -1,5 +1,5 @@
 """SecurityGroup handlers: a daemon per group keeps the nodes of its NICs told its rules
-(and status.ports true), and a rule change is sent at once; delete waits under the
+(and its status's counts true), and a rule change is sent at once; delete waits under the
 finalizer while NICs are in it, then has every node forget it."""
 
 from __future__ import annotations

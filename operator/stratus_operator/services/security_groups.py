@@ -1,7 +1,8 @@
 """SecurityGroups end to end: tell every node with a NIC in a group the group's rules, with
 its remote groups turned into their members' addresses (controllers/security_group.py);
-tell nodes that have none any more to forget it; keep status.ports true; make a namespace's
-group `default` when a NIC first needs it; hold a group's deletion while NICs are in it.
+tell nodes that have none any more to forget it; keep its status (NIC and node counts)
+true; make a namespace's group `default` when a NIC first needs it; hold a group's deletion
+while NICs are in it.
 
 Sent when a node's spec changes (a rule, or a remote group's members) and again every
 resync interval, in case a node lost what it was told.
@@ -97,7 +98,8 @@ async def _record(
     """Status as it is now, written only when it changed since the last write."""
     problem = plan.remote_problem(group)
     generation = group.metadata.generation or 0
-    seen = (tuple(found), tuple(untold), str(problem) if problem else None, generation)
+    why = str(problem) if problem else None
+    seen = (len(found), plan.node_count(found), tuple(untold), why, generation)
     uid = group.metadata.uid or ""
     if runtime.security_group_seen.get(uid) == seen:
         return

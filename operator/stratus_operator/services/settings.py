@@ -101,3 +101,9 @@ class OperatorSettings:
     api: ApiSettings = field(default_factory=ApiSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
+    # Python's collector thresholds (young, middle, old). Every watch event replaces a
+    # parsed object that lives until the next one, so it reaches the old generation; with
+    # Python's 10 a full collection ran every few thousand events and walked every object
+    # held (bench/control_plane.py, 10,000 Instances: 54 full collections, 37 s of the
+    # operator's 137 s of CPU). 100 makes them ten times rarer; young ones are unchanged.
+    gc_thresholds: tuple[int, int, int] = (700, 10, 100)

@@ -65,7 +65,7 @@ EXPECTED_COLUMNS = {
     "Network": ["Type", "CIDR", "Segment", "Age"],
     "Router": ["Ready", "Node", "External", "Age"],
     "FloatingIP": ["Address", "Instance", "Fixed", "Ready", "Age"],
-    "SecurityGroup": ["Ready", "Age"],
+    "SecurityGroup": ["Ports", "Nodes", "Ready", "Age"],
     "Hypervisor": ["Ready", "VirtType", "CPU", "Memory", "Age"],
     "InstanceType": ["CPU", "Memory", "Disk", "Age"],
 }

@@ -95,11 +95,11 @@ def test_a_remote_group_of_another_namespace_is_refused_naming_the_field_and_ope
     assert plan.remote_problem(same) is None
 
 
-def test_status_lists_ports_and_says_which_nodes_were_not_told() -> None:
-    a = instance("a", "n1", ("net", "10.0.0.5", None))
-    ports = plan.ports_in("default", [a])
+def test_status_counts_ports_and_nodes_and_says_which_nodes_were_not_told() -> None:
+    a, b = instance("a", "n1", ("net", "10.0.0.5", None)), instance("b", "n1", ("net", None, None))
+    ports = plan.ports_in("default", [a, b])
     done = plan.enforced(ports, [])(SecurityGroupStatus(), 3)
-    assert [p.instance for p in done.ports] == ["a"] and done.observed_generation == 3
+    assert (done.port_count, done.node_count, done.observed_generation) == (2, 1, 3)
     ready = {c.type: c for c in done.conditions}["Ready"]
     assert (ready.status, ready.reason) == ("True", "Enforced")
     waiting = plan.enforced(ports, ["n1"])(SecurityGroupStatus(), 3)
