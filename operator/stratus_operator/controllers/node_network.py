@@ -5,39 +5,57 @@ caller supplies the facts."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from stratus_api.network_wire import DhcpSubnet, DnsName, NodeNetworkSpec, OverlayPeer
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.network import NetworkType, Subnet
 
 
-def members(network: Network, instances: Iterable[Instance]) -> dict[str, list[str]]:
-    """node -> the MACs of the Network's NICs placed there, from the Instances' status."""
-    name = network.metadata.name
+@dataclass(frozen=True)
+class GuestShare:
+    """What one Instance brings to a Network: its node (None: not placed yet), its NICs'
+    MACs there, and its names for DNS (built here, once per change of the Instance, not
+    once per round for every guest)."""
+
+    node: str | None
+    macs: tuple[str, ...]
+    names: tuple[DnsName, ...]
+
+
+def share_of(network: str, instance: Instance) -> GuestShare | None:
+    """The Instance's share of the Network named `network` (of its namespace), from its
+    status; None while it is being deleted or has no status."""
+    status = instance.status
+    if status is None or instance.metadata.deletion_timestamp:
+        return None
+    on = [i for i in status.interfaces if i.network == network]
+    name = instance.metadata.name or ""
+    return GuestShare(
+        node=status.node or None,
+        macs=tuple(sorted({i.mac for i in on if i.mac})),
+        names=tuple(
+            # Not validated again: the name and addresses of a valid Instance.
+            DnsName.model_construct(name=name, address=ip)
+            for ip in sorted({i.ip for i in on if i.ip and ":" not in i.ip})
+        ),
+    )
+
+
+def members(shares: Iterable[GuestShare]) -> dict[str, list[str]]:
+    """node -> the MACs of the Network's NICs placed there."""
     found: dict[str, set[str]] = {}
-    for instance in instances:
-        status = instance.status
-        if status is None or not status.node or instance.metadata.deletion_timestamp:
-            continue
-        macs = found.setdefault(status.node, set())
-        macs.update(i.mac for i in status.interfaces if i.network == name and i.mac)
+    for share in shares:
+        if share.node:
+            found.setdefault(share.node, set()).update(share.macs)
     return {node: sorted(macs) for node, macs in found.items()}
 
 
-def dns_names(network: Network, instances: Iterable[Instance]) -> list[DnsName]:
+def dns_names(shares: Iterable[GuestShare]) -> list[DnsName]:
     """The Instances' names and IPv4 addresses on the Network, every node's, sorted: what
     its DHCP servers answer in DNS."""
-    name = network.metadata.name
-    found = set()
-    for instance in instances:
-        status = instance.status
-        if status is None or instance.metadata.deletion_timestamp:
-            continue
-        for interface in status.interfaces:
-            if interface.network == name and interface.ip and ":" not in interface.ip:
-                found.add((instance.metadata.name or "", interface.ip))
-    # Not validated again: names and addresses of valid Instances, thousands of them.
-    return [DnsName.model_construct(name=n, address=a) for n, a in sorted(found)]
+    found = {(n.name, n.address): n for share in shares for n in share.names}
+    return [found[pair] for pair in sorted(found)]
 
 
 def dhcp_subnets(network: Network) -> list[Subnet]:

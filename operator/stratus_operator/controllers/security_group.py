@@ -136,21 +136,40 @@ def default_spec() -> SecurityGroupSpec:
 GroupChange = Callable[[SecurityGroupStatus, int], SecurityGroupStatus]
 
 
-def enforced(ports: list[Port], untold: list[str]) -> GroupChange:
+@dataclass(frozen=True)
+class Census:
+    """How many NICs a group applies to, and on which nodes: what its status says and
+    where it is sent."""
+
+    ports: int
+    nodes: tuple[str, ...]
+
+
+def census(shares: Iterable[Iterable[Port]]) -> Census:
+    """The census of a group's ports, given per Instance."""
+    count, nodes = 0, set()
+    for ports in shares:
+        for port in ports:
+            count += 1
+            if port.node:
+                nodes.add(port.node)
+    return Census(count, tuple(sorted(nodes)))
+
+
+def enforced(counted: Census, untold: list[str]) -> GroupChange:
     """The status of a group told to the nodes of its ports, but `untold` (nodes that did
     not answer: tried again)."""
 
     def change(status: SecurityGroupStatus, generation: int) -> SecurityGroupStatus:
-        nodes = node_count(ports)
         if untold:
             ready, reason = False, Reason.NODES_NOT_TOLD
             message = f"not told yet to node(s) {', '.join(untold)} (tried again)"
         else:
             ready, reason = True, Reason.ENFORCED
-            message = f"applies to {len(ports)} NIC(s) on {nodes} node(s)"
+            message = f"applies to {counted.ports} NIC(s) on {len(counted.nodes)} node(s)"
         return status.model_copy(update={
-            "port_count": len(ports),
-            "node_count": nodes,
+            "port_count": counted.ports,
+            "node_count": len(counted.nodes),
             "observed_generation": generation,
             "conditions": conditions.with_progress(
                 status.conditions, ready=ready, reason=reason, message=message,
@@ -161,15 +180,11 @@ def enforced(ports: list[Port], untold: list[str]) -> GroupChange:
     return change
 
 
-def refused(ports: list[Port], problem: Problem) -> GroupChange:
+def refused(counted: Census, problem: Problem) -> GroupChange:
     fail: GroupChange = failing(problem)
 
     def change(status: SecurityGroupStatus, generation: int) -> SecurityGroupStatus:
-        counted = {"port_count": len(ports), "node_count": node_count(ports)}
-        return fail(status.model_copy(update=counted), generation)
+        update = {"port_count": counted.ports, "node_count": len(counted.nodes)}
+        return fail(status.model_copy(update=update), generation)
 
     return change
-
-
-def node_count(ports: list[Port]) -> int:
-    return len({p.node for p in ports if p.node})

@@ -121,8 +121,10 @@ async def stratus_instances(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[
     names.add((spec.get("boot") or {}).get("volume"))
     keys.update({instance_using(namespace, n): uid for n in names if isinstance(n, str)})
     nets = {n.get("name") for n in spec.get("networks") or [] if isinstance(n, dict)}
-    keys.update({instance_on_network(namespace, n): uid for n in nets if isinstance(n, str)})
-    keys.update({instance_in_group(namespace, g): uid for g in _groups(spec)})
+    joined = [instance_on_network(namespace, n) for n in nets if isinstance(n, str)]
+    joined += [instance_in_group(namespace, g) for g in _groups(spec)]
+    keys.update(dict.fromkeys(joined, uid))
+    runtime(memo).memberships.changed(uid, joined)  # their daemons look at it again
     return keys
 
 

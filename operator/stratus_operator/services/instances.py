@@ -198,6 +198,7 @@ async def remove(uid: str, node: str | None, world: World, runtime: Runtime) -> 
     await volumes.release(uid, world, runtime)
     runtime.status.forget(uid)
     runtime.reported.pop(uid, None)
+    runtime.memberships.forget(uid)
 
 
 async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> None:

@@ -18,7 +18,7 @@ from stratus_operator.controllers.segments import (
 from stratus_operator.services import allocations, node_networks
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
-from stratus_operator.services.world import World, key_of
+from stratus_operator.services.world import World, instance_on_network, key_of
 
 NetworkChange = Callable[[NetworkStatus, int], NetworkStatus]
 
@@ -175,3 +175,5 @@ async def remove(network: Network, world: World, runtime: Runtime) -> None:
         ledger(world, runtime).release(uid)
         namespace, name = key_of(network)
         runtime.addresses.pop((namespace, name, uid), None)
+    runtime.node_network_built.pop(uid, None)
+    runtime.memberships.drop(instance_on_network(namespace, name))

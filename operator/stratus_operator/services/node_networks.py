@@ -17,10 +17,11 @@ from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.router import node_of, router_mac, uses
 from stratus_operator.services import allocations
 from stratus_operator.services.agent_client import AgentClient
+from stratus_operator.services.memberships import Membership
 from stratus_operator.services.node_shares import tell_nodes
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
-from stratus_operator.services.world import World, key_of
+from stratus_operator.services.world import World, instance_on_network, key_of
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     its share; tell nodes that left to forget it. A node that does not answer is tried
     again on the next round."""
     uid = network.metadata.uid or ""
-    found = (world.instance(u) for u in world.network_users(key_of(network)))
-    users = [i for i in found if i is not None]
-    with_guests = node_network.members(network, users)
+    guests = membership(network, world, runtime, whole=resync)
+    with_guests = guests.derived("members", node_network.members)
     hosting = dict(with_guests)
-    for node, mac in router_ports(network, world, runtime):
+    routers = router_ports(network, world, runtime)
+    for node, mac in routers:
         hosting[node] = sorted({*hosting.get(node, []), mac})
     if network.metadata.deletion_timestamp:
         hosting = with_guests = {}
@@ -48,9 +49,19 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
         # address of the pool for one).
         servers = dhcp_servers(network, with_guests, world, runtime)
     await _record_dhcp_servers(network, servers, runtime)
-    names = node_network.dns_names(network, users)
-    specs = node_network.node_specs(network, hosting, endpoints, servers, names)
-    wanted = {node: (spec, spec.model_dump_json(by_alias=True)) for node, spec in specs.items()}
+    # Built again only when an input changed: the specs carry every guest's MAC and name.
+    inputs = (guests.version, tuple(routers), sorted(endpoints.items()),
+              sorted((node, sorted(s.items())) for node, s in servers.items()),
+              network.metadata.generation, network.status and network.status.segmentation_id,
+              bool(network.metadata.deletion_timestamp))  # fmt: skip
+    built = runtime.node_network_built.get(uid)
+    if built is not None and built[0] == inputs:
+        wanted = built[1]
+    else:
+        names = guests.derived("names", node_network.dns_names)
+        specs = node_network.node_specs(network, hosting, endpoints, servers, names)
+        wanted = {n: (spec, spec.model_dump_json(by_alias=True)) for n, spec in specs.items()}
+        runtime.node_network_built[uid] = (inputs, wanted)
     told = runtime.node_networks.setdefault(uid, {})
     await tell_nodes(
         f"network {network.metadata.namespace}/{network.metadata.name}", wanted, told, world,
@@ -59,6 +70,17 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     )  # fmt: skip
     if not told:
         runtime.node_networks.pop(uid, None)
+
+
+def membership(
+    network: Network, world: World, runtime: Runtime, *, whole: bool = False
+) -> Membership[node_network.GuestShare]:
+    """The Network's guests and what each brings, kept up to date from their events."""
+    key, name = key_of(network), network.metadata.name or ""
+    return runtime.memberships.refresh(
+        instance_on_network(*key), world, lambda: world.network_users(key),
+        lambda instance: node_network.share_of(name, instance), whole=whole,
+    )  # fmt: skip
 
 
 def router_ports(network: Network, world: World, runtime: Runtime) -> list[tuple[str, str]]:

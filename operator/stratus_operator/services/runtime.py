@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.security_group_wire import NodeSecurityGroupSpec
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_api.v1alpha1.hypervisor import HypervisorSpec
@@ -19,6 +20,7 @@ from stratus_operator.controllers.segments import SegmentLedger
 from stratus_operator.services.agent_client import AgentClient, AgentEndpoint
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube
+from stratus_operator.services.memberships import Memberships
 from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.status import StatusWriter
 
@@ -127,6 +129,12 @@ class Runtime:
     # What each node was last told about each Network (Network UID -> node -> the spec's
     # JSON), so a node hears again only when its share changes (see node_networks.py).
     node_networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ... and the node specs last built for each, under the inputs they were built from.
+    node_network_built: dict[str, tuple[object, dict[str, tuple[NodeNetworkSpec, str]]]] = field(
+        default_factory=dict
+    )
+    # Each Network's and group's member Instances, kept from their events.
+    memberships: Memberships = field(default_factory=Memberships)
     # What each node was told of each SecurityGroup (UID -> node -> spec JSON), and the
     # status last written from (see security_groups.py).
     security_group_nodes: dict[str, dict[str, str]] = field(default_factory=dict)

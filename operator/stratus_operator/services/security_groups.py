@@ -19,10 +19,11 @@ from stratus_api.v1alpha1.securitygroup import DEFAULT_GROUP, SecurityGroupStatu
 from stratus_operator.controllers import security_group as plan
 from stratus_operator.controllers.problem import Problem
 from stratus_operator.services.agent_client import AgentClient
+from stratus_operator.services.memberships import Membership
 from stratus_operator.services.node_shares import tell_nodes
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
-from stratus_operator.services.world import World
+from stratus_operator.services.world import World, instance_in_group
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +32,41 @@ class SecurityGroupInUse(Exception):
     pass
 
 
-def _users(namespace: str, name: str, world: World) -> list[Instance]:
-    found = (world.instance(uid) for uid in world.security_group_users((namespace, name)))
-    return [i for i in found if i is not None]
+def membership(
+    namespace: str, name: str, world: World, runtime: Runtime, *, whole: bool = False
+) -> Membership[tuple[plan.Port, ...]]:
+    """The group's NICs, per Instance, kept up to date from the Instances' events."""
+    return runtime.memberships.refresh(
+        instance_in_group(namespace, name), world,
+        lambda: world.security_group_users((namespace, name)),
+        lambda instance: tuple(plan.ports_in(name, [instance])) or None, whole=whole,
+    )  # fmt: skip
 
 
-def ports(group: SecurityGroup, world: World) -> list[plan.Port]:
+def census(
+    group: SecurityGroup, world: World, runtime: Runtime, *, whole: bool = False
+) -> plan.Census:
+    """How many NICs the group applies to, and where."""
     namespace, name = group.metadata.namespace or "", group.metadata.name or ""
-    return plan.ports_in(name, _users(namespace, name, world))
+    return membership(namespace, name, world, runtime, whole=whole).derived("census", plan.census)
 
 
 def node_spec(
-    group: SecurityGroup, world: World, found: list[plan.Port], runtime: Runtime
+    group: SecurityGroup, world: World, runtime: Runtime
 ) -> tuple[NodeSecurityGroupSpec, str]:
-    """The group's node spec and its JSON, built again only when its generation, its ports
-    or a remote group's members changed (a big default group's daemon would otherwise
-    build and dump every member's address every round)."""
-    namespace, own = group.metadata.namespace or "", group.metadata.name or ""
-    members: dict[str, list[str]] = {}
-
-    def members_of(name: str) -> list[str]:
-        if name not in members:
-            ports_of = found if name == own else plan.ports_in(name, _users(namespace, name, world))
-            members[name] = plan.members(ports_of)
-        return members[name]
-
-    remotes = sorted({r.remote_group.name for r in group.spec.rules if r.remote_group})
-    key = (group.metadata.generation, tuple(found),
-           tuple((name, tuple(members_of(name))) for name in remotes))  # fmt: skip
+    """The group's node spec and its JSON, built again only when its generation or a remote
+    group's members changed (a big default group's daemon would otherwise build and dump
+    every member's address every round)."""
+    namespace = group.metadata.namespace or ""
+    remotes = {r.remote_group.name for r in group.spec.rules if r.remote_group}
+    groups = {name: membership(namespace, name, world, runtime) for name in sorted(remotes)}
+    key = (group.metadata.generation, tuple((n, m.version) for n, m in groups.items()))
     uid = group.metadata.uid or ""
     built = runtime.security_group_built.get(uid)
     if built is not None and built[0] == key:
         return built[1], built[2]
-    spec = plan.node_spec(group, members_of)
+    spec = plan.node_spec(group, lambda name: groups[name].derived(
+        "members", lambda shares: plan.members(p for ports in shares for p in ports)))  # fmt: skip
     wanted = spec.model_dump_json(by_alias=True)
     runtime.security_group_built[uid] = (key, spec, wanted)
     return spec, wanted
@@ -73,11 +76,11 @@ async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resyn
     """Tell each node with a port in the group whose spec changed (every one when `resync`),
     have nodes without one forget it, and write status when it changed."""
     uid = group.metadata.uid or ""
-    found = ports(group, world)
-    nodes = sorted({p.node for p in found if p.node})
+    counted = census(group, world, runtime, whole=resync)
+    nodes = list(counted.nodes)
     if group.metadata.deletion_timestamp:
         nodes = []
-    spec, wanted = node_spec(group, world, found, runtime)
+    spec, wanted = node_spec(group, world, runtime)
     told = runtime.security_group_nodes.setdefault(uid, {})
     await tell_nodes(
         f"security group {group.metadata.namespace}/{group.metadata.name}",
@@ -89,34 +92,35 @@ async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resyn
     if not told:
         runtime.security_group_nodes.pop(uid, None)
     if not group.metadata.deletion_timestamp:
-        await _record(group, found, untold, runtime)
+        await _record(group, counted, untold, runtime)
 
 
 async def _record(
-    group: SecurityGroup, found: list[plan.Port], untold: list[str], runtime: Runtime
+    group: SecurityGroup, counted: plan.Census, untold: list[str], runtime: Runtime
 ) -> None:
     """Status as it is now, written only when it changed since the last write."""
     problem = plan.remote_problem(group)
     generation = group.metadata.generation or 0
     why = str(problem) if problem else None
-    seen = (len(found), plan.node_count(found), tuple(untold), why, generation)
+    seen = (counted, tuple(untold), why, generation)
     uid = group.metadata.uid or ""
     if runtime.security_group_seen.get(uid) == seen:
         return
-    change = plan.refused(found, problem) if problem else plan.enforced(found, untold)
+    change = plan.refused(counted, problem) if problem else plan.enforced(counted, untold)
     await runtime.status.write(
         ObjectRef.of(group), group.status, generation, change, SecurityGroupStatus
     )
     runtime.security_group_seen[uid] = seen
 
 
-def in_use(group: SecurityGroup, world: World) -> Problem | None:
+def in_use(group: SecurityGroup, world: World, runtime: Runtime) -> Problem | None:
     """Why the group cannot go yet: NICs are in it (Neutron refuses to delete a group in
     use; here the deletion waits, as a Network's does)."""
-    found = ports(group, world)
-    if not found:
+    namespace, name = group.metadata.namespace or "", group.metadata.name or ""
+    shares = membership(namespace, name, world, runtime).shares
+    if not shares:
         return None
-    names = sorted({p.instance for p in found})
+    names = sorted({p.instance for ports in shares.values() for p in ports})
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return Problem(
         Reason.SECURITY_GROUP_IN_USE,
@@ -127,11 +131,11 @@ def in_use(group: SecurityGroup, world: World) -> Problem | None:
 
 async def remove(group: SecurityGroup, world: World, runtime: Runtime) -> None:
     """Forget the group on every node told it; SecurityGroupInUse while NICs are in it."""
-    problem = in_use(group, world)
+    problem = in_use(group, world, runtime)
     if problem is not None:
         await runtime.status.write(
             ObjectRef.of(group), group.status, group.metadata.generation or 0,
-            plan.refused(ports(group, world), problem), SecurityGroupStatus,
+            plan.refused(census(group, world, runtime), problem), SecurityGroupStatus,
         )  # fmt: skip
         raise SecurityGroupInUse(str(problem))
     await publish(group, world, runtime, resync=False)  # deleting: every node forgets it
@@ -141,6 +145,9 @@ async def remove(group: SecurityGroup, world: World, runtime: Runtime) -> None:
         raise SecurityGroupInUse(f"node(s) {', '.join(sorted(left))} not told to forget it yet")
     runtime.security_group_seen.pop(uid, None)
     runtime.security_group_built.pop(uid, None)
+    runtime.memberships.drop(
+        instance_in_group(group.metadata.namespace or "", group.metadata.name or "")
+    )
 
 
 async def ensure_default(instance: Instance, world: World, runtime: Runtime) -> None:

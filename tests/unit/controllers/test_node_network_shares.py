@@ -9,7 +9,7 @@ import pytest
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.ipam import IpamError
-from stratus_operator.controllers.node_network import members, node_specs
+from stratus_operator.controllers.node_network import dns_names, members, node_specs, share_of
 
 NET_UID = "0b9c8e52-5d1f-4f7e-9a0e-2f1d3c4b5a69"
 
@@ -40,14 +40,27 @@ MAC_A, MAC_B, MAC_C = "52:54:00:00:00:0a", "52:54:00:00:00:0b", "52:54:00:00:00:
 
 
 def test_members_are_the_nodes_with_the_networks_nics_placed_on_them() -> None:
-    found = members(network(), [
+    shares = [share_of("blue", i) for i in [
         placed("a", "node-1", ("blue", MAC_A), ("green", "52:54:00:00:00:99")),
         placed("b", "node-2", ("blue", MAC_B)),
         placed("c", "node-2", ("blue", MAC_C)),
         placed("unplaced", None, ("blue", "52:54:00:00:00:01")),
         placed("going", "node-3", ("blue", "52:54:00:00:00:02"), deleting=True),
-    ])  # fmt: skip
-    assert found == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
+    ]]  # fmt: skip
+    assert shares[-1] is None  # being deleted: it brings nothing
+    assert members(s for s in shares if s) == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
+
+
+def test_dns_names_are_every_guests_ipv4_addresses_on_the_network_placed_or_not() -> None:
+    a = Instance.model_validate({
+        **placed("a", None).model_dump(by_alias=True, exclude_none=True),
+        "status": {"interfaces": [{"network": "blue", "ip": "10.1.0.5"},
+                                  {"network": "blue", "ip": "fd00::5"},
+                                  {"network": "green", "ip": "10.2.0.5"}]},
+    })  # fmt: skip
+    share = share_of("blue", a)
+    assert share is not None and share.node is None
+    assert [(n.name, n.address) for n in dns_names([share])] == [("a", "10.1.0.5")]
 
 
 def test_each_node_hears_of_the_others_with_an_endpoint_and_their_macs() -> None:

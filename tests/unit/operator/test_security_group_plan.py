@@ -97,12 +97,13 @@ def test_a_remote_group_of_another_namespace_is_refused_naming_the_field_and_ope
 
 def test_status_counts_ports_and_nodes_and_says_which_nodes_were_not_told() -> None:
     a, b = instance("a", "n1", ("net", "10.0.0.5", None)), instance("b", "n1", ("net", None, None))
-    ports = plan.ports_in("default", [a, b])
-    done = plan.enforced(ports, [])(SecurityGroupStatus(), 3)
+    counted = plan.census([plan.ports_in("default", [a]), plan.ports_in("default", [b])])
+    assert counted == plan.Census(ports=2, nodes=("n1",))
+    done = plan.enforced(counted, [])(SecurityGroupStatus(), 3)
     assert (done.port_count, done.node_count, done.observed_generation) == (2, 1, 3)
     ready = {c.type: c for c in done.conditions}["Ready"]
     assert (ready.status, ready.reason) == ("True", "Enforced")
-    waiting = plan.enforced(ports, ["n1"])(SecurityGroupStatus(), 3)
+    waiting = plan.enforced(counted, ["n1"])(SecurityGroupStatus(), 3)
     conditions = {c.type: c.status for c in waiting.conditions}
     assert conditions == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
 

@@ -1,0 +1,114 @@
+"""A Network's or group's members kept from the Instances' events, not scanned each round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratus_api.v1alpha1 import Instance
+from stratus_operator.services.memberships import Memberships
+from stratus_operator.services.world import World
+
+KEY = ("network", "ns", "blue")
+
+
+def instance(name: str, node: str | None, *, deleting: bool = False) -> Instance:
+    meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": f"uid-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-28T05:00:00Z"
+    return Instance.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": meta,
+        "spec": {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
+                 "networks": [{"name": "blue"}]},
+        "status": {"node": node},
+    })  # fmt: skip
+
+
+class Cluster:
+    """The Instances index as the World reads it, with a count of the lookups made."""
+
+    def __init__(self, *found: Instance) -> None:
+        self.by_uid = {i.metadata.uid or "": i for i in found}
+        self.lookups = 0
+
+    def instance(self, uid: str) -> Instance | None:
+        self.lookups += 1
+        return self.by_uid.get(uid)
+
+    def world(self) -> World:
+        return World(
+            hypervisors=lambda: (), instances=self.by_uid.values,
+            hypervisor=lambda _: None, instance_type=lambda _: None, image=lambda _: None,
+            network=lambda _: None, instance=self.instance, instances_on=lambda _: (),
+            has_instance=lambda uid: uid in self.by_uid,
+        )  # fmt: skip
+
+
+def node_of(instance: Instance) -> str | None:
+    if instance.metadata.deletion_timestamp or instance.status is None:
+        return None
+    return instance.status.node or "-"
+
+
+def test_after_the_first_build_only_instances_with_events_are_looked_at_again() -> None:
+    cluster = Cluster(instance("a", "n1"), instance("b", None))
+    kept, world = Memberships(), cluster.world()
+    users = lambda: list(cluster.by_uid)  # noqa: E731
+    first = kept.refresh(KEY, world, users, node_of)
+    assert first.shares == {"uid-a": "n1", "uid-b": "-"}
+    version, cluster.lookups = first.version, 0
+
+    again = kept.refresh(KEY, world, users, node_of)  # no event: nothing looked at
+    assert (again.version, cluster.lookups) == (version, 0)
+
+    cluster.by_uid["uid-b"] = instance("b", "n2")
+    cluster.by_uid["uid-c"] = instance("c", "n1")
+    kept.changed("uid-b", [KEY])
+    kept.changed("uid-c", [KEY])
+    kept.changed("uid-x", [("network", "ns", "other")])  # another key's event
+    after = kept.refresh(KEY, world, users, node_of)
+    assert after.shares == {"uid-a": "n1", "uid-b": "n2", "uid-c": "n1"}
+    assert after.version > version and cluster.lookups == 2
+
+
+def test_instances_leave_when_deleted_gone_or_moved_to_another_key() -> None:
+    cluster = Cluster(instance("a", "n1"), instance("b", "n1"), instance("c", "n1"))
+    kept, world = Memberships(), cluster.world()
+    for uid in cluster.by_uid:
+        kept.changed(uid, [KEY])
+    users = lambda: list(cluster.by_uid)  # noqa: E731
+    kept.refresh(KEY, world, users, node_of)
+    cluster.by_uid["uid-a"] = instance("a", "n1", deleting=True)
+    kept.changed("uid-a", [KEY])
+    del cluster.by_uid["uid-b"]
+    kept.forget("uid-b")
+    kept.changed("uid-c", [("network", "ns", "green")])  # its NIC moved: the old key hears
+    cluster.by_uid["uid-c"] = instance("c", None, deleting=True)
+    assert kept.refresh(KEY, world, users, node_of).shares == {}
+
+
+def test_derived_values_are_built_again_only_when_a_share_changed() -> None:
+    cluster = Cluster(instance("a", "n1"))
+    kept, world = Memberships(), cluster.world()
+    users = lambda: list(cluster.by_uid)  # noqa: E731
+    builds: list[list[str]] = []
+
+    def nodes(shares: Any) -> list[str]:
+        builds.append(sorted(shares))
+        return builds[-1]
+
+    kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
+    kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
+    cluster.by_uid["uid-b"] = instance("b", "n2")
+    kept.changed("uid-b", [KEY])
+    assert kept.refresh(KEY, world, users, node_of).derived("nodes", nodes) == ["n1", "n2"]
+    assert builds == [["n1"], ["n1", "n2"]]
+
+
+def test_a_whole_rebuild_finds_instances_whose_events_were_missed() -> None:
+    cluster = Cluster(instance("a", "n1"))
+    kept, world = Memberships(), cluster.world()
+    users = lambda: list(cluster.by_uid)  # noqa: E731
+    kept.refresh(KEY, world, users, node_of)
+    del cluster.by_uid["uid-a"]  # deleted before it had a finalizer: no event seen
+    assert kept.refresh(KEY, world, users, node_of).shares == {"uid-a": "n1"}
+    assert kept.refresh(KEY, world, users, node_of, whole=True).shares == {}
