@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,38 @@ import yaml
 from stratus_devcloud import controlplane
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STRATUS = [sys.executable, "-m", "stratus_cli"]
+
+
+def stratus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The stratus command, as a user runs it."""
+    return subprocess.run(
+        [*STRATUS, *args], capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+
+
+def pinned_kubernetes_version() -> str:
+    """The k8s.io/kubernetes release hack/kube/go.mod requires (what build.sh stamps)."""
+    for line in (REPO_ROOT / "hack" / "kube" / "go.mod").read_text().splitlines():
+        fields = line.split()
+        if fields[:1] == ["k8s.io/kubernetes"]:
+            return fields[1]
+    raise AssertionError("hack/kube/go.mod requires no k8s.io/kubernetes")
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of the processes (other than this one) that name `path`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(path) in cmdline:
+                found.append(cmdline)
+    return found
 
 
 def load_yaml_documents(path: Path) -> list[Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from stratus_api import crdgen
-from stratus_devcloud import allinone, ceph, controlplane, external, processes
+from stratus_devcloud import allinone, ceph, controlplane, external, pki, processes
 from stratus_devcloud.nodeservices import NodeServiceError
 
 REPO_ROOT = controlplane.REPO_ROOT
@@ -133,6 +133,13 @@ def dev() -> None:
     "sparse 4 GiB file, pool `stratus`, user client.stratus.",
 )
 @click.option(
+    "--kubelet",
+    "with_kubelet",
+    is_flag=True,
+    help=f"Also a real Kubernetes node, {pki.NODE_NAME}: containerd and a kubelet, "
+    "with kube-scheduler, so Deployments and DaemonSets run (one per machine).",
+)
+@click.option(
     "--nodes",
     type=click.IntRange(1, allinone.MAX_NODES),
     default=None,
@@ -141,13 +148,16 @@ def dev() -> None:
     "than one, each has its own network namespace, Open vSwitch and tunnel endpoint, and "
     "overlay Networks span them over VXLAN.",
 )
-def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | None) -> None:
+def up(
+    state_dir: Path, control_plane_only: bool, with_ceph: bool, with_kubelet: bool,
+    nodes: int | None,
+) -> None:  # fmt: skip
     """Start the local cloud (or find it running): the Kubernetes control plane with the
     CRDs, Open vSwitch and libvirtd, the external network's bridge with the host's address
     (physical network `external` on every node), one agent per node registered as
     Hypervisor `local` (and `local-2`...), the operator, and an HTTP server for the test
-    image; with --ceph,
-    then a one-node Ceph cluster registered as the CephPool `default`.
+    image; with --ceph, then a one-node Ceph cluster registered as the CephPool `default`;
+    with --kubelet, a kubelet node.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
     `eval "$(stratus dev up)"` sets up the calling shell.
@@ -170,6 +180,16 @@ def up(state_dir: Path, control_plane_only: bool, with_ceph: bool, nodes: int | 
         click.echo(
             f"stratus dev: external network: bridge {cloud.external_bridge}, host gateway "
             f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
+            err=True,
+        )
+    if with_kubelet:
+        try:
+            ready = cloud.kubelet.up()
+        except controlplane.ControlPlaneError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(
+            f"stratus dev: node {pki.NODE_NAME} Ready {ready:.1f} s after its kubelet "
+            f"started (containerd and kubelet logs in {cloud.state_dir / 'logs'})",
             err=True,
         )
     if with_ceph:

@@ -33,7 +33,7 @@ from stratus_agent.drivers.network.dhcp import DhcpServers
 from stratus_agent.drivers.network.routers import Routers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
-from stratus_devcloud import ceph, external, processes
+from stratus_devcloud import ceph, external, kubeletnode, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
     REPO_ROOT,
@@ -113,6 +113,8 @@ class DevCloud:
         self.simnodes = SimNodes(self.state_dir)
         # Started only when asked (`stratus dev up --ceph`); nothing uses it yet.
         self.ceph = ceph.LocalCeph(self.state_dir)
+        # Started only when asked (`stratus dev up --kubelet`): a real node for pods.
+        self.kubelet = kubeletnode.KubeletNode(self.plane)
         self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
         self.node_record = self.state_dir / "node.json"
         python = sys.executable
@@ -415,7 +417,9 @@ class DevCloud:
         (the external one too, with the host's address on it) and node files; leave
         everything else, and say what was left and why."""
         agents = tuple(node.daemon_name for node in self.nodes)
-        report = processes.stop_all(self.run_dir, ("image-server", *agents, "stratus-operator"))
+        # First, while the API server still answers: the kubelet stops its pods itself.
+        report = processes.StopReport(stopped=self.kubelet.down())
+        report.add(processes.stop_all(self.run_dir, ("image-server", *agents, "stratus-operator")))
         self._remove_node_state()
         report.notes.extend(f"removed {what}" for what in self.simnodes.down())
         report.add(self.ceph.down())
@@ -424,7 +428,7 @@ class DevCloud:
         # Records of names this version does not know; OVS and libvirtd, which node.stop()
         # may have left running on purpose, are not among them.
         known = {*APP_NAMES, *agents, *ceph.DAEMON_NAMES, *OVS_NAMES, *LIBVIRT_NAMES,
-                 *DAEMON_NAMES}  # fmt: skip
+                 *DAEMON_NAMES, *kubeletnode.DAEMON_NAMES}  # fmt: skip
         unknown = tuple(r.name for r in processes.recorded(self.run_dir) if r.name not in known)
         if unknown:
             report.add(processes.stop_all(self.run_dir, unknown))

@@ -32,6 +32,17 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
     "clusterrole-aggregation-controller",
+    # What the kubelet node's workloads need (idle without one): Deployments, DaemonSets
+    # and Jobs (Helm hooks), Services' EndpointSlices, and node lifecycle (without it a new
+    # node's not-ready taint never leaves and its pods stay Pending).
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "endpointslice-controller",
+    "node-lifecycle-controller",
+    "pod-garbage-collector-controller",
+    "ttl-controller",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # In start order.
@@ -169,6 +180,12 @@ class LocalControlPlane:
             f"--client-ca-file={p / 'ca.crt'}",
             "--anonymous-auth=false",
             "--authorization-mode=RBAC",
+            # The kubelet node: its privileged DaemonSet pods, and kubectl logs/exec.
+            "--allow-privileged=true",
+            f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={p / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",

@@ -22,6 +22,10 @@ VALIDITY = datetime.timedelta(days=3650)
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 # First address of the service CIDR the API server is given: its in-cluster address.
 SERVICE_IP = ipaddress.ip_address("10.96.0.1")
+# The kubelet node (kubeletnode.py): its name, and its address on a local veth. TEST-NET-1,
+# never routed, so nothing of it leaves the machine; the kubelet refuses loopback.
+NODE_NAME = "stratus-node"
+NODE_IP = ipaddress.ip_address("192.0.2.1")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,22 @@ CERTS = (
     CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True),
     CertSpec("admin", "stratus-admin", organization="system:masters", client=True),
     CertSpec("controller-manager", "system:kube-controller-manager", client=True),
+    CertSpec("scheduler", "system:kube-scheduler", client=True),
+    # kubectl logs/exec: the API server calls the kubelet with this.
+    CertSpec(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        organization="system:masters",
+        client=True,
+    ),
+    CertSpec("node", f"system:node:{NODE_NAME}", organization="system:nodes", client=True),
+    CertSpec(
+        "kubelet",
+        NODE_NAME,
+        server=True,
+        dns_names=(NODE_NAME, "localhost"),
+        ips=(LOOPBACK, NODE_IP),
+    ),
 )
 
 

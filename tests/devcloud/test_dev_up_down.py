@@ -11,7 +11,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,21 +20,7 @@ from stratus_api.v1alpha1 import KINDS
 from stratus_devcloud import controlplane, external, processes
 from stratus_devcloud.allinone import DevCloud
 from stratus_devcloud.nodeservices import NodeServices
-from testsupport import REPO_ROOT
-
-STRATUS = [sys.executable, "-m", "stratus_cli"]
-
-
-def stratus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*STRATUS, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO_ROOT,
-        env=env,
-    )
+from testsupport import pinned_kubernetes_version, processes_using, stratus
 
 
 def bare_env(tmp_path: Path) -> dict[str, str]:
@@ -47,21 +32,6 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     if "PYTHONPATH" in os.environ:  # which Stratus code runs, not the cloud's environment
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
-
-
-def processes_using(state_dir: Path) -> list[str]:
-    """Command lines of every process that mentions the state directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(state_dir) in cmdline and int(entry.name) != os.getpid():
-            found.append(cmdline)
-    return found
 
 
 def pids(state_dir: Path) -> dict[str, int]:
@@ -316,15 +286,6 @@ def test_the_external_bridge_on_real_ovs(host_ovs: None) -> None:
     assert external.holders(gateway.network, besides="") == []
     gone = subprocess.run(["ip", "link", "show", "dev", bridge], capture_output=True, check=False)
     assert gone.returncode != 0
-
-
-def pinned_kubernetes_version() -> str:
-    """The k8s.io/kubernetes release hack/kube/go.mod requires (what build.sh stamps)."""
-    for line in (REPO_ROOT / "hack" / "kube" / "go.mod").read_text().splitlines():
-        fields = line.split()
-        if fields[:1] == ["k8s.io/kubernetes"]:
-            return fields[1]
-    raise AssertionError("hack/kube/go.mod requires no k8s.io/kubernetes")
 
 
 def test_the_control_plane_reports_the_pinned_version(tmp_path: Path) -> None:

@@ -8,18 +8,17 @@ configuration or keyring file). The last test stops the session's cluster: keep 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from stratus_devcloud import ceph, processes
+from testsupport import processes_using
 
 MiB = 1024**2
 # What the monitor logs when cephx refuses a key (with a one-time challenge, not the key).
@@ -57,20 +56,6 @@ def connected(
         yield client
     finally:
         client.shutdown()
-
-
-def processes_using(path: Path) -> list[str]:
-    """Command lines of the processes that name `path`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(path) in cmdline:
-                found.append(cmdline)
-    return found
 
 
 def test_cluster_is_up_with_one_osd_and_the_stratus_pool(ceph_cluster: ceph.CephCluster) -> None:
