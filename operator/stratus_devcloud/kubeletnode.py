@@ -144,14 +144,16 @@ class KubeletNode:
             self._remove_containers()
         if processes.Tracked("containerd", run).stop():
             stopped.append("containerd")
+        if not (self.dir / "host-state.json").exists():
+            return stopped  # this cloud never started its node: the host is not ours to touch
         _kill_shims(self.dir)
         self._remove_pod_networks()
         _unmount_under(self.dir)
         _remove_kubepods_cgroups()
         self._restore_kernel_settings()
-        self._remove_host_leftovers()
         for link in (NODE_LINK, POD_BRIDGE):
             subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        self._remove_host_leftovers()  # last: it forgets the host's state as `up` found it
         return stopped
 
     def _evict_pods(self) -> None:
