@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -351,6 +352,19 @@ class AgentUnderTest:
         )
 
 
+async def stop_or_show_why(agent: AgentUnderTest, timeout: float = 90.0) -> None:
+    """Stop the agent; if that hangs, fail after `timeout` with every asyncio task's stack
+    (a teardown hang was seen once in a full run: the thread dump of pytest-timeout, 600 s
+    later, showed only an idle loop)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(agent.stop()), timeout)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+        raise AssertionError(f"the agent did not stop within {timeout:.0f} s") from None
+
+
 @pytest.fixture
 async def start_agent(
     libvirt_node: Node, created_guests: list[str], image_server: dict[str, Any]
@@ -404,7 +418,7 @@ async def start_agent(
 
     yield start
     for agent in reversed(running):
-        await agent.stop()
+        await stop_or_show_why(agent)
     # A libvirt call cannot be cancelled: let those still running in worker threads end
     # before `created_guests` removes the domains they may be starting.
     await asyncio.get_running_loop().shutdown_default_executor()
