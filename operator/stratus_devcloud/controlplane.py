@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -283,20 +284,9 @@ class LocalControlPlane:
             return False
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            for daemon in self.daemons():
-                if not daemon.running():
-                    raise ControlPlaneError(
-                        f"{daemon.name} exited; last lines of {daemon.log_file}:\n"
-                        f"{daemon.log_tail()}"
-                    )
-            time.sleep(0.2)
-        raise ControlPlaneError(
-            f"kube-apiserver not ready after {timeout:.0f} s; see {self.state_dir / 'logs'}"
-        )
+        logs = self.state_dir / "logs"
+        failure = f"kube-apiserver not ready after {timeout:.0f} s; see {logs}"
+        wait_for(self.ready, self.daemons(), timeout, failure)
 
     def kubectl_run(
         self, *args: str, check: bool = True, input: str | None = None
@@ -311,6 +301,24 @@ class LocalControlPlane:
 
     def apply_crds(self, crd_dir: Path) -> None:
         apply_and_establish_crds(lambda *args: self.kubectl_run(*args, check=False), crd_dir)
+
+
+def wait_for(
+    done: Callable[[], bool], daemons: Iterable[Daemon], timeout: float, failure: str
+) -> None:
+    """Poll `done` until it holds; ControlPlaneError with the log's tail as soon as one of
+    `daemons` exited, or `failure` after `timeout` seconds."""
+    watched = list(daemons)
+    deadline = time.monotonic() + timeout
+    while not done():
+        for daemon in watched:
+            if not daemon.running():
+                raise ControlPlaneError(
+                    f"{daemon.name} exited; last lines of {daemon.log_file}:\n{daemon.log_tail()}"
+                )
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(failure)
+        time.sleep(0.2)
 
 
 def apply_and_establish_crds(

@@ -25,11 +25,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from stratus_devcloud import kubeconfig, processes
-from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError, LocalControlPlane
+from stratus_devcloud.controlplane import (
+    REPO_ROOT,
+    ControlPlaneError,
+    LocalControlPlane,
+    wait_for,
+)
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
 from stratus_devcloud.processes import Daemon
 
@@ -64,6 +70,16 @@ class KubeletNode:
     @property
     def kubelet_root(self) -> Path:
         return self.dir / "kubelet"
+
+    def _ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """`ctr` against this node's containerd, in the namespace the kubelet uses."""
+        argv = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+    def _tasks(self) -> list[str] | None:
+        """The running containers' IDs; None when containerd does not answer."""
+        listed = self._ctr("tasks", "ls", "-q")
+        return listed.stdout.split() if listed.returncode == 0 else None
 
     def daemons(self) -> list[Daemon]:
         bins = self.plane.bin_dir()
@@ -113,15 +129,23 @@ class KubeletNode:
         self.prepare()
         daemons = {d.name: d for d in self.daemons()}
         self._save_host_state()
-        daemons["containerd"].start()
-        self._wait_for(self.containerd_socket.exists, "containerd's socket")
+        containerd = daemons["containerd"]
+        containerd.start()
+        self._wait_for(self.containerd_socket.exists, "containerd's socket", [containerd])
         self._import_sandbox_image()
         self._grant_node_rights()
         daemons["kube-scheduler"].start()
         started = time.monotonic()
         daemons["kubelet"].start()
-        self._wait_for(self.ready, f"Node {NODE_NAME} Ready", daemons=list(daemons.values()))
+        self._wait_for(self.ready, f"Node {NODE_NAME} Ready", daemons.values())
         return time.monotonic() - started
+
+    def _wait_for(
+        self, done: Callable[[], bool], what: str, daemons: Iterable[Daemon],
+        timeout: float = READY_TIMEOUT_SECONDS,
+    ) -> None:  # fmt: skip
+        logs = self.plane.state_dir / "logs"
+        wait_for(done, daemons, timeout, f"no {what} after {timeout:.0f} s; see {logs}")
 
     def ready(self) -> bool:
         shown = self.plane.kubectl_run(
@@ -144,7 +168,7 @@ class KubeletNode:
             self._remove_containers()
         if processes.Tracked("containerd", run).stop():
             stopped.append("containerd")
-        if not (self.dir / "host-state.json").exists():
+        if self._host_state() is None:
             return stopped  # this cloud never started its node: the host is not ours to touch
         _kill_shims(self.dir)
         self._remove_pod_networks()
@@ -165,18 +189,14 @@ class KubeletNode:
             "delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
             "--grace-period=0", "--force", "--wait=false", check=False,
         )  # fmt: skip
-        ctr = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io"]
 
         def stopped() -> bool:
             """No container runs and no pod network is left: containerd tears a sandbox's
             network down (CNI DEL, then its namespace) after its container stopped."""
-            listed = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True,
-                                    text=True, check=False)  # fmt: skip
-            running = listed.returncode == 0 and listed.stdout.split()
-            return not running and not self._pod_networks_left()
+            return not self._tasks() and not self._pod_networks_left()
 
         with contextlib.suppress(ControlPlaneError):  # what is left is killed without it
-            self._wait_for(stopped, "pods stopped", timeout=EVICT_TIMEOUT_SECONDS)
+            self._wait_for(stopped, "pods stopped", [], timeout=EVICT_TIMEOUT_SECONDS)
 
     # -- parts ----------------------------------------------------------------------------
     def _containerd_config(self) -> str:
@@ -231,15 +251,10 @@ state = "{root / "state"}"
 
     def _import_sandbox_image(self) -> None:
         archive = sandbox_archive()
-        ctr = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io"]
-        listed = subprocess.run([*ctr, "images", "ls", "-q"], capture_output=True, text=True,
-                                check=True)  # fmt: skip
-        if SANDBOX_IMAGE in listed.stdout.split():
+        if SANDBOX_IMAGE in self._ctr("images", "ls", "-q", check=True).stdout.split():
             return
-        subprocess.run(
-            [*ctr, "images", "import", "--base-name", SANDBOX_IMAGE.rsplit(":", 1)[0],
-             str(archive)], capture_output=True, check=True,
-        )  # fmt: skip
+        self._ctr("images", "import", "--base-name", SANDBOX_IMAGE.rsplit(":", 1)[0],
+                  str(archive), check=True)  # fmt: skip
 
     def _grant_node_rights(self) -> None:
         """Bind the node role to the nodes group: an RBAC-only server has no Node
@@ -256,30 +271,32 @@ state = "{root / "state"}"
 
     def _remove_containers(self) -> None:
         """Every container and sandbox the kubelet left: killed, then deleted."""
-        ctr = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io"]
-        tasks = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True,
-                               check=False).stdout.split()  # fmt: skip
+        tasks = self._tasks() or []
         for task in tasks:
-            subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True,
-                           check=False)  # fmt: skip
+            self._ctr("tasks", "kill", "-s", "SIGKILL", task)
         deadline = time.monotonic() + 10
         for task in tasks:
-            while time.monotonic() < deadline:
-                gone = subprocess.run([*ctr, "tasks", "rm", "-f", task], capture_output=True,
-                                      check=False)  # fmt: skip
-                if gone.returncode == 0:
+            while self._ctr("tasks", "rm", "-f", task).returncode != 0:
+                if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        containers = subprocess.run([*ctr, "containers", "ls", "-q"], capture_output=True,
-                                    text=True, check=False).stdout.split()  # fmt: skip
-        for container in containers:
-            subprocess.run([*ctr, "containers", "rm", container], capture_output=True,
-                           check=False)  # fmt: skip
+        for container in self._ctr("containers", "ls", "-q").stdout.split():
+            self._ctr("containers", "rm", container)
+
+    @property
+    def _host_state_file(self) -> Path:
+        return self.dir / "host-state.json"
+
+    def _host_state(self) -> dict[str, Any] | None:
+        """The host as `up` found it; None when this state directory never started a node."""
+        saved = self._host_state_file
+        found: dict[str, Any] | None = json.loads(saved.read_text()) if saved.exists() else None
+        return found
 
     def _save_host_state(self) -> None:
         """The kernel settings the kubelet changes, which of its host paths exist, and the
         network namespaces there are before any pod's."""
-        saved = self.dir / "host-state.json"
+        saved = self._host_state_file
         if saved.exists():
             return
         state = {
@@ -289,12 +306,15 @@ state = "{root / "state"}"
         }
         saved.write_text(json.dumps(state) + "\n")
 
+    def _pod_namespaces(self) -> set[str]:
+        """Network namespaces made since `up`: the pods'."""
+        state = self._host_state()
+        return _network_namespaces() - set(state["netns"] if state else ())
+
     def _pod_networks_left(self) -> set[str]:
         """What is left of pod networks: namespaces made since `up`, NAT rules of the pod
         network, addresses host-local still holds."""
-        saved = self.dir / "host-state.json"
-        before = set(json.loads(saved.read_text())["netns"]) if saved.exists() else set()
-        left = {f"netns {n}" for n in _network_namespaces() - before}
+        left = {f"netns {n}" for n in self._pod_namespaces()}
         left |= {f"nat {r}" for r in _pod_nat_rules()}
         if CNI_ADDRESSES.is_dir():
             left |= {f"address {p.name}" for p in CNI_ADDRESSES.glob("[0-9]*")}
@@ -303,9 +323,7 @@ state = "{root / "state"}"
     def _remove_pod_networks(self) -> None:
         """What the CNI plugins did not tear down (a kubelet that died first): the pods'
         namespaces (their veths go with them) and NAT rules and chains."""
-        saved = self.dir / "host-state.json"
-        before = set(json.loads(saved.read_text())["netns"]) if saved.exists() else set()
-        for name in _network_namespaces() - before:
+        for name in self._pod_namespaces():
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         chains = set()
         for rule in _pod_nat_rules():
@@ -323,10 +341,9 @@ state = "{root / "state"}"
                                check=False)  # fmt: skip
 
     def _restore_kernel_settings(self) -> None:
-        saved = self.dir / "host-state.json"
-        if saved.exists():
-            for key, value in json.loads(saved.read_text())["settings"].items():
-                (Path("/proc/sys") / key).write_text(value + "\n")
+        state = self._host_state()
+        for key, value in (state["settings"] if state else {}).items():
+            (Path("/proc/sys") / key).write_text(value + "\n")
 
     def _remove_host_leftovers(self) -> None:
         """The container log links into this node's pod logs, host paths that `up` found
@@ -336,28 +353,11 @@ state = "{root / "state"}"
             for link in CONTAINER_LOG_LINKS.iterdir():
                 if link.is_symlink() and str(link.readlink()).startswith(pods):
                     link.unlink()
-        saved = self.dir / "host-state.json"
-        if saved.exists():
-            for path in json.loads(saved.read_text())["absent"]:
-                shutil.rmtree(path, ignore_errors=True)
-            saved.unlink()
+        state = self._host_state()
+        for path in state["absent"] if state else ():
+            shutil.rmtree(path, ignore_errors=True)
+        self._host_state_file.unlink(missing_ok=True)
         shutil.rmtree(CNI_ADDRESSES, ignore_errors=True)
-
-    def _wait_for(
-        self, done: Callable[[], bool], what: str, daemons: list[Daemon] | None = None,
-        timeout: float = READY_TIMEOUT_SECONDS,
-    ) -> None:  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not done():
-            for daemon in daemons or []:
-                if not daemon.running():
-                    raise ControlPlaneError(
-                        f"{daemon.name} exited; last lines of {daemon.log_file}:\n"
-                        f"{daemon.log_tail()}"
-                    )
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"no {what} after {timeout:.0f} s; see the logs")
-            time.sleep(0.2)
 
 
 def _cni_config() -> str:
@@ -465,8 +465,3 @@ def _remove_kubepods_cgroups() -> None:
         for cgroup in [*inner, top]:
             with contextlib.suppress(OSError):  # still holds a process: left for the next down
                 cgroup.rmdir()
-
-
-def remove_state(directory: Path) -> None:
-    """The node's directory, once `down` unmounted what was under it."""
-    shutil.rmtree(directory, ignore_errors=True)
