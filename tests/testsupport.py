@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from stratus_api.v1alpha1 import Instance
 from stratus_devcloud import controlplane
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,24 @@ def pinned_kubernetes_version() -> str:
         if fields[:1] == ["k8s.io/kubernetes"]:
             return fields[1]
     raise AssertionError("hack/kube/go.mod requires no k8s.io/kubernetes")
+
+
+def placed_instance(
+    name: str, node: str | None, *macs: tuple[str, str], deleting: bool = False
+) -> Instance:
+    """A parsed Instance of namespace team-a with a NIC on Network blue, placed on `node`
+    (None: not yet), its status's interfaces given as (network, MAC); `deleting`: with a
+    deletionTimestamp."""
+    meta: dict[str, Any] = {"name": name, "namespace": "team-a", "uid": f"uid-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-27T18:00:00Z"
+    return Instance.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": meta,
+        "spec": {"cpu": 1, "memory": "256Mi", "boot": {"image": "img"},
+                 "networks": [{"name": "blue"}]},
+        "status": {"node": node,
+                   "interfaces": [{"network": net, "mac": mac} for net, mac in macs]},
+    })  # fmt: skip
 
 
 def processes_using(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from stratus_api.v1alpha1 import Instance, Network
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.node_network import dns_names, members, node_specs, share_of
+from testsupport import placed_instance
 
 NET_UID = "0b9c8e52-5d1f-4f7e-9a0e-2f1d3c4b5a69"
 
@@ -23,29 +24,16 @@ def network(**spec: Any) -> Network:
     })  # fmt: skip
 
 
-def placed(name: str, node: str | None, *macs: tuple[str, str], deleting: bool = False) -> Instance:
-    meta: dict[str, Any] = {"name": name, "namespace": "team-a", "uid": f"uid-{name}"}
-    if deleting:
-        meta["deletionTimestamp"] = "2026-11-27T18:00:00Z"
-    return Instance.model_validate({
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": meta,
-        "spec": {"cpu": 1, "memory": "256Mi", "boot": {"image": "img"},
-                 "networks": [{"name": "blue"}]},
-        "status": {"node": node,
-                   "interfaces": [{"network": net, "mac": mac} for net, mac in macs]},
-    })  # fmt: skip
-
-
 MAC_A, MAC_B, MAC_C = "52:54:00:00:00:0a", "52:54:00:00:00:0b", "52:54:00:00:00:0c"
 
 
 def test_members_are_the_nodes_with_the_networks_nics_placed_on_them() -> None:
     shares = [share_of("blue", i) for i in [
-        placed("a", "node-1", ("blue", MAC_A), ("green", "52:54:00:00:00:99")),
-        placed("b", "node-2", ("blue", MAC_B)),
-        placed("c", "node-2", ("blue", MAC_C)),
-        placed("unplaced", None, ("blue", "52:54:00:00:00:01")),
-        placed("going", "node-3", ("blue", "52:54:00:00:00:02"), deleting=True),
+        placed_instance("a", "node-1", ("blue", MAC_A), ("green", "52:54:00:00:00:99")),
+        placed_instance("b", "node-2", ("blue", MAC_B)),
+        placed_instance("c", "node-2", ("blue", MAC_C)),
+        placed_instance("unplaced", None, ("blue", "52:54:00:00:00:01")),
+        placed_instance("going", "node-3", ("blue", "52:54:00:00:00:02"), deleting=True),
     ]]  # fmt: skip
     assert shares[-1] is None  # being deleted: it brings nothing
     assert members(s for s in shares if s) == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
@@ -53,7 +41,7 @@ def test_members_are_the_nodes_with_the_networks_nics_placed_on_them() -> None:
 
 def test_dns_names_are_every_guests_ipv4_addresses_on_the_network_placed_or_not() -> None:
     a = Instance.model_validate({
-        **placed("a", None).model_dump(by_alias=True, exclude_none=True),
+        **placed_instance("a", None).model_dump(by_alias=True, exclude_none=True),
         "status": {"interfaces": [{"network": "blue", "ip": "10.1.0.5"},
                                   {"network": "blue", "ip": "fd00::5"},
                                   {"network": "green", "ip": "10.2.0.5"}]},

@@ -7,20 +7,9 @@ from typing import Any
 from stratus_api.v1alpha1 import Instance
 from stratus_operator.services.memberships import Memberships
 from stratus_operator.services.world import World
+from testsupport import placed_instance
 
-KEY = ("network", "ns", "blue")
-
-
-def instance(name: str, node: str | None, *, deleting: bool = False) -> Instance:
-    meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": f"uid-{name}"}
-    if deleting:
-        meta["deletionTimestamp"] = "2026-11-28T05:00:00Z"
-    return Instance.model_validate({
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Instance", "metadata": meta,
-        "spec": {"cpu": 1, "memory": "128Mi", "boot": {"image": "img"},
-                 "networks": [{"name": "blue"}]},
-        "status": {"node": node},
-    })  # fmt: skip
+KEY = ("network", "team-a", "blue")
 
 
 class Cluster:
@@ -50,7 +39,7 @@ def node_of(instance: Instance) -> str | None:
 
 
 def test_after_the_first_build_only_instances_with_events_are_looked_at_again() -> None:
-    cluster = Cluster(instance("a", "n1"), instance("b", None))
+    cluster = Cluster(placed_instance("a", "n1"), placed_instance("b", None))
     kept, world = Memberships(), cluster.world()
     users = lambda: list(cluster.by_uid)  # noqa: E731
     first = kept.refresh(KEY, world, users, node_of)
@@ -60,8 +49,8 @@ def test_after_the_first_build_only_instances_with_events_are_looked_at_again() 
     again = kept.refresh(KEY, world, users, node_of)  # no event: nothing looked at
     assert (again.version, cluster.lookups) == (version, 0)
 
-    cluster.by_uid["uid-b"] = instance("b", "n2")
-    cluster.by_uid["uid-c"] = instance("c", "n1")
+    cluster.by_uid["uid-b"] = placed_instance("b", "n2")
+    cluster.by_uid["uid-c"] = placed_instance("c", "n1")
     kept.changed("uid-b", [KEY])
     kept.changed("uid-c", [KEY])
     kept.changed("uid-x", [("network", "ns", "other")])  # another key's event
@@ -71,23 +60,23 @@ def test_after_the_first_build_only_instances_with_events_are_looked_at_again() 
 
 
 def test_instances_leave_when_deleted_gone_or_moved_to_another_key() -> None:
-    cluster = Cluster(instance("a", "n1"), instance("b", "n1"), instance("c", "n1"))
+    cluster = Cluster(*(placed_instance(name, "n1") for name in "abc"))
     kept, world = Memberships(), cluster.world()
     for uid in cluster.by_uid:
         kept.changed(uid, [KEY])
     users = lambda: list(cluster.by_uid)  # noqa: E731
     kept.refresh(KEY, world, users, node_of)
-    cluster.by_uid["uid-a"] = instance("a", "n1", deleting=True)
+    cluster.by_uid["uid-a"] = placed_instance("a", "n1", deleting=True)
     kept.changed("uid-a", [KEY])
     del cluster.by_uid["uid-b"]
     kept.forget("uid-b")
     kept.changed("uid-c", [("network", "ns", "green")])  # its NIC moved: the old key hears
-    cluster.by_uid["uid-c"] = instance("c", None, deleting=True)
+    cluster.by_uid["uid-c"] = placed_instance("c", None, deleting=True)
     assert kept.refresh(KEY, world, users, node_of).shares == {}
 
 
 def test_derived_values_are_built_again_only_when_a_share_changed() -> None:
-    cluster = Cluster(instance("a", "n1"))
+    cluster = Cluster(placed_instance("a", "n1"))
     kept, world = Memberships(), cluster.world()
     users = lambda: list(cluster.by_uid)  # noqa: E731
     builds: list[list[str]] = []
@@ -98,14 +87,14 @@ def test_derived_values_are_built_again_only_when_a_share_changed() -> None:
 
     kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
     kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
-    cluster.by_uid["uid-b"] = instance("b", "n2")
+    cluster.by_uid["uid-b"] = placed_instance("b", "n2")
     kept.changed("uid-b", [KEY])
     assert kept.refresh(KEY, world, users, node_of).derived("nodes", nodes) == ["n1", "n2"]
     assert builds == [["n1"], ["n1", "n2"]]
 
 
 def test_a_whole_rebuild_finds_instances_whose_events_were_missed() -> None:
-    cluster = Cluster(instance("a", "n1"))
+    cluster = Cluster(placed_instance("a", "n1"))
     kept, world = Memberships(), cluster.world()
     users = lambda: list(cluster.by_uid)  # noqa: E731
     kept.refresh(KEY, world, users, node_of)
