@@ -6,7 +6,8 @@ node that hosts a Network one NodeNetworkSpec (PUT /v1/networks/{uid}) whenever 
 the overlay's peers, with the MAC addresses behind each (Neutron's l2population), so the node
 floods broadcast and unknown unicast only to nodes that host the Network and sends known
 unicast straight to the right one. DELETE /v1/networks/{uid} tells a node it hosts the
-Network no more.
+Network no more. PATCH /v1/networks/{uid} sends a NodeNetworkChange instead when only the
+names and MACs changed (spec_changes.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pydantic import Field, field_validator
 
 from stratus_api.guest import MAC_PATTERN
 from stratus_api.naming import UID_PATTERN
+from stratus_api.spec_changes import REVISION_PATTERN, applied, between, revision_field
 from stratus_api.v1alpha1.base import ApiModel
 from stratus_api.v1alpha1.network import VNI_MAX, NetworkType
 
 VXLAN_PORT = 4789  # IANA's
+Mac = Annotated[str, Field(pattern=MAC_PATTERN)]
 
 
 class OverlayPeer(ApiModel):
@@ -30,7 +33,7 @@ class OverlayPeer(ApiModel):
     endpoint: str = Field(
         description="The node's tunnel endpoint (Hypervisor status), an IPv4 or IPv6 address."
     )
-    macs: list[Annotated[str, Field(pattern=MAC_PATTERN)]] = Field(
+    macs: list[Mac] = Field(
         default_factory=list,
         description="MACs of the Network's NICs on that node: unicast to them goes there only.",
     )
@@ -84,6 +87,7 @@ class DnsName(ApiModel):
 
 class NodeNetworkSpec(ApiModel):
     uid: str = Field(pattern=UID_PATTERN, description="Network UID.")
+    revision: str = revision_field()
     namespace: str
     name: str
     type: NetworkType
@@ -108,3 +112,78 @@ class NodeNetworkSpec(ApiModel):
         description="The Network's Instances on every node, with their addresses: the node's "
         "DHCP servers answer them in DNS (as NAME and NAME.NAMESPACE.stratus.internal).",
     )
+
+
+def _name_key(name: DnsName) -> tuple[str, str]:
+    return (name.name, name.address)
+
+
+def _mac_key(mac: str) -> str:
+    return mac
+
+
+class NodeNetworkChange(ApiModel):
+    """PATCH /v1/networks/{uid}: the names and peers' MACs that came and went since the
+    revision `base`; everything else in the spec is as it was."""
+
+    uid: str = Field(pattern=UID_PATTERN, description="Network UID.")
+    base: str = Field(pattern=REVISION_PATTERN, description="The revision this applies to.")
+    revision: str = Field(pattern=REVISION_PATTERN, description="The revision it makes.")
+    names_added: list[DnsName] = Field(default_factory=list)
+    names_removed: list[DnsName] = Field(default_factory=list)
+    macs_added: dict[str, list[Mac]] = Field(
+        default_factory=dict, description="peer endpoint -> MACs that arrived there."
+    )
+    macs_removed: dict[str, list[Mac]] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, old: NodeNetworkSpec, new: NodeNetworkSpec) -> NodeNetworkChange | None:
+        """The change from `old` to `new`; None when more than names and MACs differ (the
+        peers' endpoints among them): then only the whole spec says it."""
+        if _outline(old) != _outline(new):
+            return None
+        names_added, names_removed = between(old.names, new.names, _name_key)
+        change = cls.model_construct(
+            uid=new.uid, base=old.revision, revision=new.revision,
+            names_added=names_added, names_removed=names_removed, macs_added={},
+            macs_removed={},
+        )  # fmt: skip
+        for was, now in zip(old.peers, new.peers, strict=True):
+            added, removed = between(was.macs, now.macs, _mac_key)
+            if added:
+                change.macs_added[now.endpoint] = added
+            if removed:
+                change.macs_removed[now.endpoint] = removed
+        return change
+
+    def held_by(self, spec: NodeNetworkSpec) -> bool:
+        """Whether `spec` is the revision this change applies to."""
+        return bool(self.base) and spec.revision == self.base
+
+    @property
+    def empty(self) -> bool:
+        return not (self.names_added or self.names_removed or self.macs_added
+                    or self.macs_removed)  # fmt: skip
+
+    def applied(self, spec: NodeNetworkSpec) -> NodeNetworkSpec:
+        """`spec` (of revision `base`) with this change made; MACs of an endpoint that is
+        no peer are refused (ValueError). Nothing is validated again but what it brings."""
+        endpoints = {peer.endpoint for peer in spec.peers}
+        if strangers := (self.macs_added.keys() | self.macs_removed.keys()) - endpoints:
+            raise ValueError(f"MACs of {', '.join(sorted(strangers))}, which is no peer")
+        peers = [
+            peer.model_copy(update={"macs": applied(
+                peer.macs, self.macs_added.get(peer.endpoint, ()),
+                self.macs_removed.get(peer.endpoint, ()), _mac_key)})
+            if peer.endpoint in self.macs_added or peer.endpoint in self.macs_removed
+            else peer
+            for peer in spec.peers
+        ]  # fmt: skip
+        names = applied(spec.names, self.names_added, self.names_removed, _name_key)
+        return spec.model_copy(update={"revision": self.revision, "names": names, "peers": peers})
+
+
+def _outline(spec: NodeNetworkSpec) -> NodeNetworkSpec:
+    """The spec without its revision, names and peers' MACs."""
+    peers = [peer.model_copy(update={"macs": []}) for peer in spec.peers]
+    return spec.model_copy(update={"revision": "", "names": [], "peers": peers})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stratus_devcloud import controlplane
 from stratus_devcloud.controlplane import free_port
@@ -97,6 +98,21 @@ class FakeAgent:
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=10) as response:
             return json.loads(response.read())
+
+    def served(self, method: str, route: str, code: int = 200) -> int:
+        """How many `method` requests to `route` the agent answered with `code` (its
+        /metrics)."""
+        req = urllib.request.Request(
+            self.url + "/metrics", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as response:
+            text = response.read().decode()
+        wanted = {"method": method, "route": route, "code": str(code)}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "stratus_agent_requests_total" and sample.labels == wanted:
+                    return int(sample.value)
+        return 0
 
     def guest_uids(self) -> set[str]:
         return {g["uid"] for g in self.request("GET", "/v1/guests")["guests"]}

@@ -163,6 +163,21 @@ def test_each_node_hosting_a_network_hears_of_the_others_and_serves_dhcp(
                     "gateway": "10.30.0.1", "dnsServers": [], "leaseSeconds": 86400}  # fmt: skip
     assert len({a[0] for a in servers.values()}) == 3
 
+    # One more guest on node 1: the others hear only that, a change to the revision they
+    # hold, not every name and MAC again.
+    whole = nodes[1].served("PUT", "/v1/networks/{uid}")
+    apply(cluster, namespace, instance("vm-3", nodeSelector={"stratus.io/test": nodes[0].name}))
+    wait_until("vm-3 Running", lambda: statuses(cluster, namespace).get("vm-3", {}).get(
+        "phase") == "Running")  # fmt: skip
+    both = sorted(
+        [macs[nodes[0].name], statuses(cluster, namespace)["vm-3"]["interfaces"][0]["mac"]]
+    )
+    wait_until("node 2 told of vm-3", lambda: peers(nodes[1])[endpoints[nodes[0].name]] == both)
+    names = {(n["name"], n["address"]) for n in (told(nodes[1]) or {})["names"]}
+    assert ("vm-3", statuses(cluster, namespace)["vm-3"]["interfaces"][0]["ip"]) in names
+    assert nodes[1].served("PATCH", "/v1/networks/{uid}") > 0
+    assert nodes[1].served("PUT", "/v1/networks/{uid}") == whole
+
     # The last guest on node 3 goes: node 3 forgets the Network, the others forget node 3,
     # and its DHCP server's address is free again.
     cluster.kubectl("delete", "instance", "vm-2", "-n", namespace)

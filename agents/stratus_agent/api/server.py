@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,9 +25,9 @@ from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
 from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
-from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.network_wire import NodeNetworkChange, NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
-from stratus_api.security_group_wire import NodeSecurityGroupSpec
+from stratus_api.security_group_wire import NodeSecurityGroupChange, NodeSecurityGroupSpec
 from stratus_api.validation import problems_of
 from stratus_api.volume_wire import NodeSnapshotSpec, NodeVolumeSpec
 
@@ -197,20 +197,33 @@ async def get_guest(request: web.Request, uid: str) -> web.Response:
 async def _spec_of(
     request: web.Request, uid: str, model: type[Spec], what: str
 ) -> Spec | web.Response:
-    """The PUT body as `model`, for the UID in the URL; else the error reply (400 not JSON,
+    """The body as `model`, for the UID in the URL; else the error reply (400 not JSON,
     422 naming each field)."""
+    return await _parsed(request, uid, model.model_validate, f"{what} spec")
+
+
+class _ForOne(Protocol):
+    uid: str
+
+
+Parsed = TypeVar("Parsed", bound=_ForOne)
+
+
+async def _parsed(
+    request: web.Request, uid: str, parse: Callable[[object], Parsed], what: str
+) -> Parsed | web.Response:
     try:
         raw = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"body is not JSON: {exc}")
     try:
-        spec = model.model_validate(raw)
+        spec = parse(raw)
     except ValidationError as exc:
         problems = [str(problem) for problem in problems_of(exc)]
-        return _error(422, f"invalid {what} spec: " + "; ".join(problems), problems=problems)
+        return _error(422, f"invalid {what}: " + "; ".join(problems), problems=problems)
     if spec.uid != uid:
         problem = f"uid: {spec.uid} does not match the URL's {uid}"
-        return _error(422, f"invalid {what} spec: {problem}", problems=[problem])
+        return _error(422, f"invalid {what}: {problem}", problems=[problem])
     return spec
 
 
@@ -324,11 +337,23 @@ def _networks(request: web.Request) -> NetworkDriver:
 Kept = TypeVar("Kept", NodeNetworkSpec, NodeRouterSpec, NodeSecurityGroupSpec)
 
 
+class SpecChange(Protocol[Kept]):
+    """A change to the revision of a kept spec (stratus_api.spec_changes)."""
+
+    uid: str
+    base: str
+
+    def applied(self, spec: Kept) -> Kept: ...
+
+    def held_by(self, spec: Kept) -> bool: ...
+
+
 @dataclass(frozen=True)
 class KeptSpecs(Generic[Kept]):
     """A kind of node spec the network driver keeps, and what its routes say: the list
     (`listed`: its key), GET, PUT (kept even when it cannot be applied now: the periodic
-    check applies it) and DELETE."""
+    check applies it), PATCH with a `change` to the revision held (when the kind has one)
+    and DELETE."""
 
     what: str
     model: type[Kept]
@@ -339,6 +364,7 @@ class KeptSpecs(Generic[Kept]):
     remove: Callable[[NetworkDriver, str], Awaitable[bool]]
     not_applied: str  # PUT's 503: "network UID <not_applied>: why"
     not_removed: str  # DELETE's 503
+    change: Callable[[object], SpecChange[Kept]] | None = None  # parses a PATCH body
 
 
 def _add_kept_routes(app: web.Application, path: str, kind: KeptSpecs[Kept]) -> None:
@@ -354,18 +380,39 @@ def _add_kept_routes(app: web.Application, path: str, kind: KeptSpecs[Kept]) -> 
             return _error(404, f"{kind.what} {uid} is not kept here")
         return web.json_response(text=spec.model_dump_json(by_alias=True))
 
-    @route
-    async def put(request: web.Request, uid: str) -> web.Response:
-        networks = _networks(request)
-        spec = await _spec_of(request, uid, kind.model, kind.what)
-        if isinstance(spec, web.Response):
-            return spec
+    async def ensure(networks: NetworkDriver, uid: str, spec: Kept) -> web.Response:
         try:
             await kind.ensure(networks, spec)
         except ProvisioningError as exc:
             return _error(503, f"{kind.what} {uid} {kind.not_applied}: {exc}",
                           reason=exc.reason.value)  # fmt: skip
         return web.json_response({"uid": uid})
+
+    @route
+    async def put(request: web.Request, uid: str) -> web.Response:
+        networks = _networks(request)
+        spec = await _spec_of(request, uid, kind.model, kind.what)
+        if isinstance(spec, web.Response):
+            return spec
+        return await ensure(networks, uid, spec)
+
+    @route
+    async def patch(request: web.Request, uid: str) -> web.Response:
+        """409 when the change is not to the revision held: the sender sends it whole."""
+        assert kind.change is not None
+        networks = _networks(request)
+        change = await _parsed(request, uid, kind.change, f"{kind.what} change")
+        if isinstance(change, web.Response):
+            return change
+        held = kind.get(networks, uid)
+        if held is None or not change.held_by(held):
+            return _error(409, f"{kind.what} {uid}: this node does not hold revision "
+                          f"{change.base}; send the whole spec")  # fmt: skip
+        try:
+            spec = change.applied(held)
+        except ValueError as exc:
+            return _error(422, f"invalid {kind.what} change: {exc}", problems=[str(exc)])
+        return await ensure(networks, uid, spec)
 
     @route
     async def delete(request: web.Request, uid: str) -> web.Response:
@@ -380,13 +427,15 @@ def _add_kept_routes(app: web.Application, path: str, kind: KeptSpecs[Kept]) -> 
     app.router.add_get(path, listed)
     app.router.add_get(f"{path}/{{uid}}", get)
     app.router.add_put(f"{path}/{{uid}}", put)
+    if kind.change is not None:
+        app.router.add_patch(f"{path}/{{uid}}", patch)
     app.router.add_delete(f"{path}/{{uid}}", delete)
 
 
 NETWORK_SPECS = KeptSpecs(
     "network", NodeNetworkSpec, "networks", lambda n: n.networks(), lambda n, u: n.network(u),
     lambda n, s: n.ensure_network(s), lambda n, u: n.remove_network(u),
-    "kept, not applied yet", "forgotten, flows not updated yet",
+    "kept, not applied yet", "forgotten, flows not updated yet", NodeNetworkChange.model_validate,
 )  # fmt: skip
 # Kept when this node builds routers at all.
 ROUTER_SPECS = KeptSpecs(
@@ -399,6 +448,7 @@ SECURITY_GROUP_SPECS = KeptSpecs(
     lambda n: n.security_group_uids(), lambda n, u: n.security_group(u),
     lambda n, s: n.ensure_security_group(s), lambda n, u: n.remove_security_group(u),
     "kept, not applied yet", "forgotten, flows not updated yet",
+    NodeSecurityGroupChange.model_validate,
 )  # fmt: skip
 
 

@@ -27,9 +27,9 @@ import pydantic
 from aiohttp import http_exceptions
 
 from stratus_api import guest
-from stratus_api.network_wire import NodeNetworkSpec
+from stratus_api.network_wire import NodeNetworkChange, NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
-from stratus_api.security_group_wire import NodeSecurityGroupSpec
+from stratus_api.security_group_wire import NodeSecurityGroupChange, NodeSecurityGroupSpec
 from stratus_api.volume_wire import (
     NodeSnapshotSpec,
     NodeSnapshotStatus,
@@ -264,6 +264,11 @@ class AgentClient:
         body = spec.model_dump_json(by_alias=True)
         await self._call("PUT", "/v1/networks/" + quote(spec.uid, safe=""), body=body)
 
+    async def change_network(self, change: NodeNetworkChange) -> bool:
+        """PATCH a change to the Network's share the node holds; False when it holds another
+        revision (send the whole spec)."""
+        return await self._change("/v1/networks/" + quote(change.uid, safe=""), change)
+
     async def forget_network(self, uid: str) -> bool:
         """The node hosts the Network no more; True if it held its share."""
         what, raw = await self._call("DELETE", "/v1/networks/" + quote(uid, safe=""))
@@ -283,6 +288,20 @@ class AgentClient:
         """PUT a group's rules to a node with a port in it: idempotent."""
         body = spec.model_dump_json(by_alias=True)
         await self._call("PUT", "/v1/security-groups/" + quote(spec.uid, safe=""), body=body)
+
+    async def change_security_group(self, change: NodeSecurityGroupChange) -> bool:
+        """PATCH a change to the group's rules the node holds; False when it holds another
+        revision (send the whole spec)."""
+        return await self._change("/v1/security-groups/" + quote(change.uid, safe=""), change)
+
+    async def _change(self, path: str, change: NodeNetworkChange | NodeSecurityGroupChange) -> bool:
+        try:
+            await self._call("PATCH", path, body=change.model_dump_json(by_alias=True))
+        except AgentRejected as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     async def forget_security_group(self, uid: str) -> bool:
         """No port of the node is in the group any more; True if it held its rules."""

@@ -16,9 +16,8 @@ from stratus_operator.controllers import node_network
 from stratus_operator.controllers.ipam import IpamError
 from stratus_operator.controllers.router import node_of, router_mac, uses
 from stratus_operator.services import allocations
-from stratus_operator.services.agent_client import AgentClient
 from stratus_operator.services.memberships import Membership
-from stratus_operator.services.node_shares import tell_nodes
+from stratus_operator.services.node_shares import NETWORKS, tell_nodes
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, instance_on_network, key_of
@@ -59,14 +58,12 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
         wanted = built[1]
     else:
         names = guests.derived("names", node_network.dns_names)
-        specs = node_network.node_specs(network, hosting, endpoints, servers, names)
-        wanted = {n: (spec, spec.model_dump_json(by_alias=True)) for n, spec in specs.items()}
+        wanted = node_network.node_specs(network, hosting, endpoints, servers, names)
         runtime.node_network_built[uid] = (inputs, wanted)
     told = runtime.node_networks.setdefault(uid, {})
     await tell_nodes(
-        f"network {network.metadata.namespace}/{network.metadata.name}", wanted, told, world,
-        runtime, resync=resync, send=AgentClient.ensure_network,
-        forget=lambda client: client.forget_network(uid),
+        f"network {network.metadata.namespace}/{network.metadata.name}", uid, wanted, told,
+        world, runtime, NETWORKS, resync=resync,
     )  # fmt: skip
     if not told:
         runtime.node_networks.pop(uid, None)

@@ -6,9 +6,11 @@ Built once at startup and handed to handlers through kopf's memo.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from stratus_api.network_wire import NodeNetworkSpec
 from stratus_api.security_group_wire import NodeSecurityGroupSpec
@@ -25,6 +27,29 @@ from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.status import StatusWriter
 
 S = TypeVar("S")  # a kind's status model
+N = TypeVar("N")  # a kind of node spec
+
+
+class Revisions:
+    """Names for the versions of node specs sent (stratus_api.spec_changes): this process's
+    own prefix, so no other operator's (a leader before it) matches one by chance, and a
+    counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._count)}"
+
+
+@dataclass(frozen=True)
+class Told(Generic[N]):
+    """What a node was last told of an object: the spec as built (compared by identity: built
+    specs are kept until their inputs change) and as sent, with the revision it holds."""
+
+    built: N
+    sent: N
 
 
 class AgentNotConfigured(Exception):
@@ -126,23 +151,27 @@ class Runtime:
     volume_holders: dict[str, str] = field(default_factory=dict)
     # The Instances each shareable Volume is attached to (Volume UID -> Instance UID -> name).
     volume_sharers: dict[str, dict[str, str]] = field(default_factory=dict)
-    # What each node was last told about each Network (Network UID -> node -> the spec's
-    # JSON), so a node hears again only when its share changes (see node_networks.py).
-    node_networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    # What each node was last told about each Network (Network UID -> node -> Told, None
+    # when it did not answer), so a node hears again only when its share changes, and then
+    # only what changed (see node_shares.py).
+    node_networks: dict[str, dict[str, Told[NodeNetworkSpec] | None]] = field(default_factory=dict)
     # ... and the node specs last built for each, under the inputs they were built from.
-    node_network_built: dict[str, tuple[object, dict[str, tuple[NodeNetworkSpec, str]]]] = field(
+    node_network_built: dict[str, tuple[object, dict[str, NodeNetworkSpec]]] = field(
         default_factory=dict
     )
     # Each Network's and group's member Instances, kept from their events.
     memberships: Memberships = field(default_factory=Memberships)
-    # What each node was told of each SecurityGroup (UID -> node -> spec JSON), and the
-    # status last written from (see security_groups.py).
-    security_group_nodes: dict[str, dict[str, str]] = field(default_factory=dict)
-    security_group_seen: dict[str, object] = field(default_factory=dict)
-    # ... and each group's node spec with its JSON, under the inputs it was built from.
-    security_group_built: dict[str, tuple[object, NodeSecurityGroupSpec, str]] = field(
+    # What each node was told of each SecurityGroup (UID -> node -> Told, None when it did
+    # not answer), and the status last written from (see security_groups.py).
+    security_group_nodes: dict[str, dict[str, Told[NodeSecurityGroupSpec] | None]] = field(
         default_factory=dict
     )
+    security_group_seen: dict[str, object] = field(default_factory=dict)
+    # ... and each group's node spec, under the inputs it was built from.
+    security_group_built: dict[str, tuple[object, NodeSecurityGroupSpec]] = field(
+        default_factory=dict
+    )
+    revisions: Revisions = field(default_factory=Revisions)
     # Namespaces whose group `default` this process made (until the watch brings it).
     default_groups_made: set[str] = field(default_factory=set)
     events: EventRecorder = field(init=False)

@@ -18,9 +18,8 @@ from stratus_api.v1alpha1 import API_VERSION, Instance, SecurityGroup
 from stratus_api.v1alpha1.securitygroup import DEFAULT_GROUP, SecurityGroupStatus
 from stratus_operator.controllers import security_group as plan
 from stratus_operator.controllers.problem import Problem
-from stratus_operator.services.agent_client import AgentClient
 from stratus_operator.services.memberships import Membership
-from stratus_operator.services.node_shares import tell_nodes
+from stratus_operator.services.node_shares import SECURITY_GROUPS, holds, tell_nodes
 from stratus_operator.services.runtime import Runtime
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World, instance_in_group
@@ -51,12 +50,10 @@ def census(
     return membership(namespace, name, world, runtime, whole=whole).derived("census", plan.census)
 
 
-def node_spec(
-    group: SecurityGroup, world: World, runtime: Runtime
-) -> tuple[NodeSecurityGroupSpec, str]:
-    """The group's node spec and its JSON, built again only when its generation or a remote
-    group's members changed (a big default group's daemon would otherwise build and dump
-    every member's address every round)."""
+def node_spec(group: SecurityGroup, world: World, runtime: Runtime) -> NodeSecurityGroupSpec:
+    """The group's node spec, built again only when its generation or a remote group's
+    members changed (a big default group's daemon would otherwise build every member's
+    address every round)."""
     namespace = group.metadata.namespace or ""
     remotes = {r.remote_group.name for r in group.spec.rules if r.remote_group}
     groups = {name: membership(namespace, name, world, runtime) for name in sorted(remotes)}
@@ -64,12 +61,11 @@ def node_spec(
     uid = group.metadata.uid or ""
     built = runtime.security_group_built.get(uid)
     if built is not None and built[0] == key:
-        return built[1], built[2]
+        return built[1]
     spec = plan.node_spec(group, lambda name: groups[name].derived(
         "members", lambda shares: plan.members(p for ports in shares for p in ports)))  # fmt: skip
-    wanted = spec.model_dump_json(by_alias=True)
-    runtime.security_group_built[uid] = (key, spec, wanted)
-    return spec, wanted
+    runtime.security_group_built[uid] = (key, spec)
+    return spec
 
 
 async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resync: bool) -> None:
@@ -80,15 +76,13 @@ async def publish(group: SecurityGroup, world: World, runtime: Runtime, *, resyn
     nodes = list(counted.nodes)
     if group.metadata.deletion_timestamp:
         nodes = []
-    spec, wanted = node_spec(group, world, runtime)
+    spec = node_spec(group, world, runtime)
     told = runtime.security_group_nodes.setdefault(uid, {})
     await tell_nodes(
-        f"security group {group.metadata.namespace}/{group.metadata.name}",
-        dict.fromkeys(nodes, (spec, wanted)), told, world, runtime, resync=resync,
-        send=AgentClient.ensure_security_group,
-        forget=lambda client: client.forget_security_group(uid),
+        f"security group {group.metadata.namespace}/{group.metadata.name}", uid,
+        dict.fromkeys(nodes, spec), told, world, runtime, SECURITY_GROUPS, resync=resync,
     )  # fmt: skip
-    untold = [node for node in nodes if told.get(node) != wanted]
+    untold = [node for node in nodes if not holds(told, node, spec)]
     if not told:
         runtime.security_group_nodes.pop(uid, None)
     if not group.metadata.deletion_timestamp:

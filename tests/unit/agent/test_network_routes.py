@@ -77,6 +77,38 @@ async def test_put_list_delete(client: Client, driver: FakeNetworkDriver) -> Non
     assert (await (await client.get("/v1/networks", headers=AUTH)).json()) == {"networks": []}
 
 
+async def test_a_change_applies_to_the_revision_held_and_else_asks_for_the_whole_spec(
+    client: Client, driver: FakeNetworkDriver
+) -> None:
+    spec = network_spec(revision="op-1", names=[{"name": "web", "address": "10.0.0.2"}])
+    uid = spec["uid"]
+    change = {"uid": uid, "base": "op-1", "revision": "op-2",
+              "namesAdded": [{"name": "db", "address": "10.0.0.3"}],
+              "macsAdded": {"192.0.2.2": ["52:54:00:00:00:0c"]},
+              "macsRemoved": {"192.0.2.2": ["52:54:00:00:00:0b"]}}  # fmt: skip
+    before = await client.patch(f"/v1/networks/{uid}", json=change, headers=AUTH)
+    assert before.status == 409, "a change to a spec never sent"
+    assert "send the whole spec" in (await before.json())["error"]
+    assert (await client.put(f"/v1/networks/{uid}", json=spec, headers=AUTH)).status == 200
+    response = await client.patch(f"/v1/networks/{uid}", json=change, headers=AUTH)
+    assert response.status == 200, await response.text()
+    held = driver.specs[uid]
+    assert held.revision == "op-2"
+    assert [(n.name, n.address) for n in held.names] == [("db", "10.0.0.3"), ("web", "10.0.0.2")]
+    assert held.peers[0].macs == ["52:54:00:00:00:0c"]
+    again = await client.patch(f"/v1/networks/{uid}", json=change, headers=AUTH)
+    assert again.status == 409, "the same change twice: the node holds op-2 now"
+    stranger = {**change, "base": "op-2", "revision": "op-3",
+                "macsAdded": {"198.51.100.1": ["52:54:00:00:00:0d"]}}  # fmt: skip
+    refused = await client.patch(f"/v1/networks/{uid}", json=stranger, headers=AUTH)
+    assert refused.status == 422 and "no peer" in (await refused.json())["error"]
+    bad = {**change, "base": "op-2", "namesAdded": [{"name": "Bad_Name", "address": "10.0.0.4"}]}
+    invalid = await client.patch(f"/v1/networks/{uid}", json=bad, headers=AUTH)
+    assert invalid.status == 422
+    assert (await invalid.json())["problems"][0].startswith("namesAdded[0].name:")
+    assert driver.specs[uid].revision == "op-2"
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -111,6 +143,7 @@ async def test_the_uid_in_the_url_must_be_the_specs(client: Client) -> None:
 async def test_routes_need_the_token(client: Client) -> None:
     spec = network_spec()
     for method, path in [("GET", "/v1/networks"), ("PUT", f"/v1/networks/{spec['uid']}"),
+                         ("PATCH", f"/v1/networks/{spec['uid']}"),
                          ("DELETE", f"/v1/networks/{spec['uid']}")]:  # fmt: skip
         response = await client.request(method, path, json=spec)
         assert response.status == 401, (method, path)
