@@ -24,11 +24,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STRATUS = [sys.executable, "-m", "stratus_cli"]
 
 
-def stratus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def stratus(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """The stratus command, as a user runs it."""
     return subprocess.run(
-        [*STRATUS, *args], capture_output=True, text=True, timeout=300, check=False,
+        [*STRATUS, *args], capture_output=True, text=True, timeout=timeout, check=False,
         cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+
+
+def dev_kubectl(
+    state: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl as `stratus dev up --state-dir STATE` left it for the user."""
+    return subprocess.run(
+        [str(state / "bin" / "kubectl"), f"--kubeconfig={state / 'kubeconfig'}", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,12 +87,26 @@ def agent(config_path: Path) -> None:
     metavar="PORT",
     help="Refuse Image sources on this port: the cluster's own service ports (repeatable).",
 )
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Run as one of several replicas: reconcile only while holding the Lease "
+    "stratus-operator (a standby takes over within 15 s of the leader's death).",
+)
+@click.option(
+    "--leader-election-namespace",
+    default=lambda: os.environ.get("POD_NAMESPACE") or "stratus-system",
+    show_default="$POD_NAMESPACE, else stratus-system",
+    help="The namespace of the Lease.",
+)
 def operator(
     namespaces: tuple[str, ...],
     liveness_port: int | None,
     kubeconfig: str | None,
     allowed_endpoints: tuple[str, ...],
     refused_ports: tuple[int, ...],
+    leader_elect: bool,
+    leader_election_namespace: str,
 ) -> None:
     """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
     import pydantic
@@ -107,9 +123,16 @@ def operator(
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
-    from stratus_operator.services.settings import ImageSettings, OperatorSettings
+    from stratus_operator.services.settings import (
+        ImageSettings,
+        LeaderSettings,
+        OperatorSettings,
+    )
 
-    settings = OperatorSettings(namespaces=namespaces, images=ImageSettings(sources=sources))
+    leader = LeaderSettings(enabled=leader_elect, namespace=leader_election_namespace)
+    settings = OperatorSettings(
+        namespaces=namespaces, images=ImageSettings(sources=sources), leader=leader
+    )
     operator_main.run(settings, liveness_port=liveness_port)
 
 
@@ -270,6 +293,44 @@ def status(state_dir: Path) -> None:
     ready = plane.ready()
     click.echo(f"{'API ' + plane.server_url:<26} {'ready' if ready else 'not ready'}")
     sys.exit(0 if ready else 1)
+
+
+@dev.command("images")
+@STATE_DIR_OPTION
+@click.option(
+    "--import",
+    "into_node",
+    is_flag=True,
+    help=f"Import them into the containerd of the kubelet node ({pki.NODE_NAME}) that "
+    "`stratus dev up --kubelet` started.",
+)
+def build_images(state_dir: Path, into_node: bool) -> None:
+    """Build the operator and agent images offline (Debian packages with mmdebstrap, the
+    project's wheel and its dependencies at .venv's versions, packed with umoci) into OCI
+    archives in the cache; print each one's name, archive, size and build time."""
+    from stratus_devcloud import images
+
+    built = []
+    for recipe in images.RECIPES.values():
+        try:
+            done = images.build(recipe)
+        except subprocess.CalledProcessError as exc:
+            raise click.ClickException(
+                f"image {recipe.name}: {shlex.join(map(str, exc.cmd))} failed:\n{exc.stderr}"
+            ) from exc
+        except FileNotFoundError as exc:
+            raise click.ClickException(
+                f"image {recipe.name}: {exc.filename} is not installed (hack/install-deps "
+                "installs it)"
+            ) from exc
+        built.append(done)
+        took = f"built in {done.seconds:.0f} s" if done.seconds else "cached"
+        click.echo(f"{done.reference:<36} {done.size / 2**20:6.0f} MiB  {took:<16} {done.archive}")
+    if into_node:
+        cloud = allinone.DevCloud(state_dir)
+        for done in built:
+            cloud.kubelet.import_image(done.archive, done.reference)
+        click.echo(f"imported into {pki.NODE_NAME}'s containerd", err=True)
 
 
 @dev.command("gen-crds")

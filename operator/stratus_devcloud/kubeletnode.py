@@ -18,29 +18,26 @@ kernel settings it changed, the veth and the bridge.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from stratus_devcloud import kubeconfig, processes
+from stratus_devcloud import images, kubeconfig, processes
 from stratus_devcloud.controlplane import (
-    REPO_ROOT,
     ControlPlaneError,
     LocalControlPlane,
     wait_for,
 )
+from stratus_devcloud.images import SANDBOX_IMAGE
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
 from stratus_devcloud.processes import Daemon
 
 DAEMON_NAMES = ("containerd", "kube-scheduler", "kubelet")
-SANDBOX_IMAGE = "localhost/stratus/pause:3.10"
 POD_CIDR = "10.85.0.0/24"
 POD_BRIDGE = POD_NETWORK = "stratus-pods"  # the bridge, and the CNI network's name
 NODE_LINK = "stratus-node0"  # the veth end holding NODE_IP; its peer is NODE_LINK + "p"
@@ -250,11 +247,14 @@ state = "{root / "state"}"
         return json.dumps(config, indent=2) + "\n"
 
     def _import_sandbox_image(self) -> None:
-        archive = sandbox_archive()
-        if SANDBOX_IMAGE in self._ctr("images", "ls", "-q", check=True).stdout.split():
-            return
-        self._ctr("images", "import", "--base-name", SANDBOX_IMAGE.rsplit(":", 1)[0],
-                  str(archive), check=True)  # fmt: skip
+        if SANDBOX_IMAGE not in self._ctr("images", "ls", "-q", check=True).stdout.split():
+            self.import_image(images.sandbox_archive(), SANDBOX_IMAGE)
+
+    def import_image(self, archive: Path, reference: str) -> None:
+        """An OCI archive into the node's containerd as `reference` (replacing an image of
+        that name), where its kubelet finds it without a registry."""
+        self._ctr("images", "import", "--base-name", reference.rsplit(":", 1)[0], str(archive),
+                  check=True)  # fmt: skip
 
     def _grant_node_rights(self) -> None:
         """Bind the node role to the nodes group: an RBAC-only server has no Node
@@ -388,39 +388,6 @@ def _ensure_node_link() -> None:
         ["ip", "link", "set", NODE_LINK, "up"],
     ):
         subprocess.run(argv, capture_output=True, check=True)
-
-
-def sandbox_archive() -> Path:
-    """The pod sandbox image as an OCI archive, built once from hack/node/pause.c (a static
-    binary, packed with umoci) into the per-user cache."""
-    source = REPO_ROOT / "hack" / "node" / "pause.c"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    cache = Path.home() / ".cache" / "stratus"
-    archive = cache / f"pause-{digest}.tar"
-    if archive.exists():
-        return archive
-    cache.mkdir(parents=True, exist_ok=True)
-    tag = SANDBOX_IMAGE.rsplit(":", 1)[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "rootfs").mkdir()
-        subprocess.run(["gcc", "-Os", "-static", "-o", str(work / "rootfs" / "pause"),
-                        str(source)], check=True, capture_output=True)  # fmt: skip
-        subprocess.run(["tar", "-C", str(work / "rootfs"), "-cf", str(work / "layer.tar"),
-                        "pause"], check=True)  # fmt: skip
-        layout, image = str(work / "layout"), f"{work / 'layout'}:{tag}"
-        for argv in (
-            ["umoci", "init", "--layout", layout],
-            ["umoci", "new", "--image", image],
-            ["umoci", "raw", "add-layer", "--image", image, str(work / "layer.tar")],
-            ["umoci", "config", "--image", image, "--config.entrypoint", "/pause",
-             "--config.user", "65535:65535", "--architecture", "amd64", "--os", "linux"],
-        ):  # fmt: skip
-            subprocess.run(argv, check=True, capture_output=True)
-        partial = archive.with_suffix(".tmp")
-        subprocess.run(["tar", "-C", layout, "-cf", str(partial), "."], check=True)
-        partial.rename(archive)
-    return archive
 
 
 def _network_namespaces() -> set[str]:

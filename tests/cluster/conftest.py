@@ -273,29 +273,36 @@ def image_server() -> Iterator[ImageServer]:
     server.shutdown()
 
 
+def operator_process(
+    cluster: Cluster, namespace: str, log: Path, image_server: ImageServer, *extra: str,
+    env: dict[str, str] | None = None,
+) -> Operator:  # fmt: skip
+    """An operator (not started yet) watching `namespace`, logging to `log`."""
+    # The test image server is on loopback, which the source policy refuses unless allowed.
+    return Operator(
+        log,
+        [*STRATUS, "operator", "--namespace", namespace,
+         "--allow-image-endpoint", f"127.0.0.1:{image_server.port}", *extra],
+        {**cluster.env, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )  # fmt: skip
+
+
+def release_objects(cluster: Cluster, namespace: str) -> None:
+    """Leave nothing behind once the operators stopped: the namespace goes, so its objects
+    must lose their finalizers."""
+    for kind in ("instances", "images", "networks"):
+        cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
+                        "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+
+
 @pytest.fixture
 def operator(
     cluster: Cluster, namespace: str, tmp_path: Path, image_server: ImageServer
 ) -> Iterator[Operator]:
-    # The test image server is on loopback, which the source policy refuses unless allowed.
-    running = Operator(
-        tmp_path / "operator.log",
-        [
-            *STRATUS,
-            "operator",
-            "--namespace",
-            namespace,
-            "--allow-image-endpoint",
-            f"127.0.0.1:{image_server.port}",
-        ],
-        {**cluster.env, "PYTHONUNBUFFERED": "1"},
-    )
+    running = operator_process(cluster, namespace, tmp_path / "operator.log", image_server)
     running.start()
     try:
         yield running
     finally:
         running.stop()
-        # Leave nothing behind: the namespace goes, so Instances must lose their finalizer.
-        for kind in ("instances", "images", "networks"):
-            cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
-                            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+        release_objects(cluster, namespace)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stratus_devcloud.kubeletnode import KERNEL_SETTINGS, NODE_LINK, POD_BRIDGE, POD_CIDR
 from stratus_devcloud.pki import NODE_NAME
+from testsupport import dev_kubectl as kubectl
 from testsupport import pinned_kubernetes_version, processes_using, stratus
 
 SANDBOX = "localhost/stratus/pause:3.10"
@@ -30,13 +31,6 @@ def host_state() -> dict[str, object]:
         "kubelet dir": Path("/var/lib/kubelet").exists(),
         "kubepods": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
     }
-
-
-def kubectl(state: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(state / "bin" / "kubectl"), f"--kubeconfig={state / 'kubeconfig'}", *args],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
 
 
 def workload(kind: str, name: str) -> dict[str, object]:

@@ -162,6 +162,24 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession:
     """kopf's own logins, in-cluster first, without the `kubernetes` client, into one
     session with a bounded pool that kopf and the operator's own calls (services/kube.py)
     share; made again at every re-login."""
+    info = connection_info(**kwargs)
+    rt = runtime(memo)
+    ssl = info.as_ssl_context() if info.server.startswith("https:") else None
+    api = rt.settings.api
+    # kopf holds one connection per watch for as long as it runs: those come on top.
+    watches = WATCHED_KINDS * max(1, len(rt.settings.namespaces))
+    session = rt.kube.connect(
+        Credentials(info.server, ssl, info.as_http_headers()), api.connections + watches
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+        priority=info.priority,
+    )  # fmt: skip
+
+
+def connection_info(**kwargs: Any) -> kopf.ConnectionInfo:
+    """Where the API server is and the credentials for it: the pod's service account
+    first, else KUBECONFIG or ~/.kube/config."""
     info = kopf.login_with_service_account(**kwargs)
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT")
@@ -175,18 +193,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession:
             "no credentials: not in a pod with a service account, and no KUBECONFIG or "
             "~/.kube/config"
         )
-    rt = runtime(memo)
-    ssl = info.as_ssl_context() if info.server.startswith("https:") else None
-    api = rt.settings.api
-    # kopf holds one connection per watch for as long as it runs: those come on top.
-    watches = WATCHED_KINDS * max(1, len(rt.settings.namespaces))
-    session = rt.kube.connect(
-        Credentials(info.server, ssl, info.as_http_headers()), api.connections + watches
-    )
-    return kopf.AiohttpSession(
-        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
-        priority=info.priority,
-    )  # fmt: skip
+    return info
 
 
 def _host(address: str) -> str:

@@ -45,8 +45,10 @@ def _gone(status: int, body: str) -> bool:
     return status == 404 or (status in (409, 422) and "uid" in body.lower())
 
 
-def _path(plural: str, namespace: str | None, name: str = "", group: str = GROUP) -> str:
-    prefix = f"/apis/{group}/{VERSION}" if group else "/api/v1"
+def _path(
+    plural: str, namespace: str | None, name: str = "", group: str = GROUP, version: str = VERSION
+) -> str:
+    prefix = f"/apis/{group}/{version}" if group else "/api/v1"
     where = f"/namespaces/{quote(namespace, safe='')}" if namespace is not None else ""
     return f"{prefix}{where}/{plural}" + (f"/{quote(name, safe='')}" if name else "")
 
@@ -146,6 +148,30 @@ class Kube:
         """Create a Stratus object; False if one of that name exists already (409)."""
         try:
             await self._request("POST", _path(plural, namespace), body)
+        except KubeError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A coordination.k8s.io Lease, or None when there is none."""
+        path = _path("leases", namespace, name, group="coordination.k8s.io", version="v1")
+        try:
+            found: dict[str, Any] = json.loads(await self._request("GET", path))
+        except NotFound:
+            return None
+        return found
+
+    async def write_lease(
+        self, namespace: str, lease: dict[str, Any], *, create: bool = False
+    ) -> bool:
+        """Create or replace a Lease (its resourceVersion guards the replace); False when
+        another writer got there first (409)."""
+        name = "" if create else lease["metadata"]["name"]
+        path = _path("leases", namespace, name, group="coordination.k8s.io", version="v1")
+        try:
+            await self._request("POST" if create else "PUT", path, lease)
         except KubeError as exc:
             if exc.status == 409:
                 return False

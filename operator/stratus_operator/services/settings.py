@@ -91,6 +91,20 @@ class StatusSettings:
 
 
 @dataclass(frozen=True)
+class LeaderSettings:
+    """Leader election among operator replicas (services/leadership.py); off for a single
+    operator. client-go's 15/10/2 s scaled down so a standby takes over from a dead leader
+    within 15 s: lease + one retry + its start."""
+
+    enabled: bool = False
+    namespace: str = "stratus-system"
+    name: str = "stratus-operator"
+    lease_seconds: float = 10.0
+    renew_deadline_seconds: float = 7.0
+    retry_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
@@ -99,6 +113,7 @@ class OperatorSettings:
     status: StatusSettings = field(default_factory=StatusSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
     # Python's collector thresholds (young, middle, old). Every watch event replaces a
