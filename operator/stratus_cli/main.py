@@ -64,7 +64,13 @@ def agent(config_path: Path) -> None:
     multiple=True,
     help="Watch only this namespace (repeatable). Default: the whole cluster.",
 )
-@click.option("--liveness-port", type=int, default=None, help="Serve /healthz on loopback.")
+@click.option("--liveness-port", type=int, default=None, help="Serve /healthz on this port.")
+@click.option(
+    "--liveness-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address /healthz listens on (0.0.0.0 in a pod, for the kubelet's probe).",
+)
 @click.option(
     "--kubeconfig",
     type=click.Path(dir_okay=False, exists=True),
@@ -102,6 +108,7 @@ def agent(config_path: Path) -> None:
 def operator(
     namespaces: tuple[str, ...],
     liveness_port: int | None,
+    liveness_host: str,
     kubeconfig: str | None,
     allowed_endpoints: tuple[str, ...],
     refused_ports: tuple[int, ...],
@@ -133,7 +140,8 @@ def operator(
     settings = OperatorSettings(
         namespaces=namespaces, images=ImageSettings(sources=sources), leader=leader
     )
-    operator_main.run(settings, liveness_port=liveness_port)
+    liveness = (liveness_host, liveness_port) if liveness_port else None
+    operator_main.run(settings, liveness=liveness)
 
 
 @cli.group()
@@ -333,23 +341,28 @@ def build_images(state_dir: Path, into_node: bool) -> None:
         click.echo(f"imported into {pki.NODE_NAME}'s containerd", err=True)
 
 
+CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "stratus" / "crds")
+
+
 @dev.command("gen-crds")
 @click.option(
     "--output",
+    "outputs",
     type=click.Path(file_okay=False, path_type=Path),
-    default=REPO_ROOT / "crds",
-    show_default="crds/",
+    multiple=True,
+    default=CRD_DIRS,
+    show_default="crds/ and the chart's charts/stratus/crds/",
 )
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files differ.")
-def gen_crds(output: Path, check: bool) -> None:
+def gen_crds(outputs: tuple[Path, ...], check: bool) -> None:
     """Generate the CustomResourceDefinitions from the stratus_api models."""
     if check:
-        stale = crdgen.diff(output)
-        if stale:
-            raise click.ClickException(
-                f"out of date in {output}: {', '.join(stale)}; run `stratus dev gen-crds`"
-            )
-        click.echo(f"{output} is up to date")
+        stale = {output: crdgen.diff(output) for output in outputs}
+        if any(stale.values()):
+            shown = "; ".join(f"{o}: {', '.join(names)}" for o, names in stale.items() if names)
+            raise click.ClickException(f"out of date: {shown}; run `stratus dev gen-crds`")
+        click.echo(f"{', '.join(map(str, outputs))} up to date")
         return
-    for path in crdgen.write(output):
-        click.echo(f"wrote {path}")
+    for output in outputs:
+        for path in crdgen.write(output):
+            click.echo(f"wrote {path}")

@@ -173,7 +173,10 @@ class LocalControlPlane:
             f"--etcd-cafile={p / 'ca.crt'}",
             f"--etcd-certfile={p / 'apiserver-etcd-client.crt'}",
             f"--etcd-keyfile={p / 'apiserver-etcd-client.key'}",
-            "--bind-address=127.0.0.1",
+            # Every address, so the kubelet node's pods reach it at the node address
+            # (192.0.2.1): there is no kube-proxy for the kubernetes Service. Anonymous
+            # requests are refused; every client needs a certificate or token of this CA.
+            "--bind-address=0.0.0.0",
             "--advertise-address=127.0.0.1",
             f"--secure-port={ports.apiserver}",
             f"--tls-cert-file={p / 'apiserver.crt'}",

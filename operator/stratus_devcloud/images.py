@@ -96,8 +96,8 @@ def build(recipe: Recipe, *, python: Path | None = None) -> Built:
         wheels = _wheels(python, work / "wheels")
         own = next(wheels.glob("stratus-*.whl"))
         deps = sorted(w for w in wheels.glob("*.whl") if w != own)
-        base_key = _digest(repr(recipe.packages), repr(recipe.system_site_packages), *SOURCES,
-                           *(w.name for w in deps))  # fmt: skip
+        base_key = _digest(repr(recipe.packages), repr(recipe.system_site_packages), recipe.user,
+                           *SOURCES, *(w.name for w in deps))  # fmt: skip
         key = _digest(base_key, repr(recipe), _file_digest(own))
         archive = CACHE / f"{recipe.name}-{key}.tar"
         if archive.exists():
@@ -154,6 +154,12 @@ def _base_layer(recipe: Recipe, deps: Sequence[Path], key: str, work: Path) -> P
         f'chroot "$1" {" ".join(install)}',
         'rm -rf "$1"/tmp/deps "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
     ]  # fmt: skip
+    if recipe.user != "0:0":
+        # A name for the user it runs as: libraries ask the password database who they are.
+        uid, gid = recipe.user.split(":")
+        hooks.append(f'chroot "$1" groupadd --system --gid {gid} stratus')
+        hooks.append(f'chroot "$1" useradd --system --uid {uid} --gid {gid} --no-create-home '
+                     '--home-dir /nonexistent --shell /usr/sbin/nologin stratus')  # fmt: skip
     partial = layer.with_suffix(".tmp")
     subprocess.run(
         ["mmdebstrap", "--mode=root", "--variant=apt", "--format=tar", "--quiet",

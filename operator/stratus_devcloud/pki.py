@@ -51,7 +51,8 @@ CERTS = (
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ips=(LOOPBACK, SERVICE_IP),
+        # The node address: pods of the kubelet node reach the API server there.
+        ips=(LOOPBACK, SERVICE_IP, NODE_IP),
     ),
     CertSpec("etcd-server", "etcd", server=True, dns_names=("localhost",), ips=(LOOPBACK,)),
     CertSpec("agent", "stratus-agent", server=True, dns_names=("localhost",), ips=(LOOPBACK,)),
@@ -108,8 +109,21 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
     )
 
 
+def _names_of(cert_path: Path) -> tuple[set[str], set[object]]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(sans.get_values_for_type(x509.DNSName)), set(
+        sans.get_values_for_type(x509.IPAddress)
+    )
+
+
 def ensure_pki(directory: Path) -> None:
-    """Create whatever is missing in `directory`; never replace what exists."""
+    """Create whatever is missing in `directory`; never replace what exists, but for a
+    certificate whose names are not its spec's any more (a state directory made by an
+    older version)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert_path, ca_key_path = directory / "ca.crt", directory / "ca.key"
     if not ca_cert_path.exists():
@@ -142,7 +156,7 @@ def ensure_pki(directory: Path) -> None:
 
     for spec in CERTS:
         cert_path = directory / f"{spec.name}.crt"
-        if cert_path.exists():
+        if cert_path.exists() and _names_of(cert_path) == (set(spec.dns_names), set(spec.ips)):
             continue
         key = ec.generate_private_key(ec.SECP256R1())
         usages = []

@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import kopf
@@ -25,19 +26,23 @@ assert handlers  # imported for its side effect: registering the handlers with k
 log = logging.getLogger(__name__)
 
 
-def run(settings: OperatorSettings, *, liveness_port: int | None = None) -> None:
+def run(settings: OperatorSettings, *, liveness: tuple[str, int] | None = None) -> None:
+    """`liveness`: (host, port) to serve /healthz on."""
     gc.set_threshold(*settings.gc_thresholds)
     kopf.configure(log_format=kopf.LogFormat.PLAIN)
-    asyncio.run(_run(settings, liveness_port))
+    # A line per liveness probe says nothing; failures show in the probe's own events.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    asyncio.run(_run(settings, liveness))
 
 
-async def _run(settings: OperatorSettings, liveness_port: int | None) -> None:
+async def _run(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
     kube = Kube()
     rt = Runtime(settings, kube, AgentPool(kube, settings.agents.request_timeout_seconds))
     leader = keeper = None
+    me = identity()
     if settings.leader.enabled:
-        leader = Leader(_elector_kube, settings.leader, identity())
-        async with _standby_health(liveness_port):
+        leader = Leader(_elector_kube, settings.leader, me)
+        async with _standby_health(liveness):
             await leader.acquire()
         # Lost: stop at once, as client-go's leaders do; another replica may act already.
         keeper = asyncio.create_task(leader.keep(lambda: os._exit(1)))
@@ -46,11 +51,11 @@ async def _run(settings: OperatorSettings, liveness_port: int | None) -> None:
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             memo=kopf.Memo(runtime=rt),
+            # kopf's own default asks the password database, which an image's user may lack.
+            identity=me,  # type: ignore[arg-type]  # kopf.Identity: str, not exported
             # The Lease elects the one active replica; kopf's own peering needs its CRDs.
             standalone=True,
-            liveness_endpoint=f"http://127.0.0.1:{liveness_port}/healthz"
-            if liveness_port
-            else None,
+            liveness_endpoint=f"http://{liveness[0]}:{liveness[1]}/healthz" if liveness else None,
         )
     finally:
         if leader is not None and keeper is not None:
@@ -59,9 +64,10 @@ async def _run(settings: OperatorSettings, liveness_port: int | None) -> None:
 
 
 def identity() -> str:
-    """This replica's name in the Lease: its pod's (the Downward API's POD_NAME), else the
-    host's and the process's."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}"
+    """This process's name in the Lease: its pod's (the Downward API's POD_NAME), else the
+    host's, and a random suffix, as kube-controller-manager's: a container restarted in
+    the same pod is another candidate, not the leader it replaced."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 def _elector_kube() -> Kube:
@@ -74,10 +80,10 @@ def _elector_kube() -> Kube:
 
 
 @contextlib.asynccontextmanager
-async def _standby_health(port: int | None) -> AsyncIterator[None]:
+async def _standby_health(liveness: tuple[str, int] | None) -> AsyncIterator[None]:
     """/healthz while this replica waits for the Lease (kopf serves it once it runs), so a
     liveness probe does not restart a healthy standby."""
-    if port is None:
+    if liveness is None:
         yield
         return
 
@@ -88,7 +94,7 @@ async def _standby_health(port: int | None) -> AsyncIterator[None]:
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, *liveness).start()
     try:
         yield
     finally:

@@ -273,36 +273,42 @@ def image_server() -> Iterator[ImageServer]:
     server.shutdown()
 
 
-def operator_process(
-    cluster: Cluster, namespace: str, log: Path, image_server: ImageServer, *extra: str,
-    env: dict[str, str] | None = None,
-) -> Operator:  # fmt: skip
-    """An operator (not started yet) watching `namespace`, logging to `log`."""
-    # The test image server is on loopback, which the source policy refuses unless allowed.
-    return Operator(
-        log,
-        [*STRATUS, "operator", "--namespace", namespace,
-         "--allow-image-endpoint", f"127.0.0.1:{image_server.port}", *extra],
-        {**cluster.env, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )  # fmt: skip
-
-
-def release_objects(cluster: Cluster, namespace: str) -> None:
-    """Leave nothing behind once the operators stopped: the namespace goes, so its objects
-    must lose their finalizers."""
-    for kind in ("instances", "images", "networks"):
-        cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
-                        "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+MakeOperator = Callable[..., Operator]
 
 
 @pytest.fixture
-def operator(
+def make_operator(
     cluster: Cluster, namespace: str, tmp_path: Path, image_server: ImageServer
-) -> Iterator[Operator]:
-    running = operator_process(cluster, namespace, tmp_path / "operator.log", image_server)
-    running.start()
+) -> Iterator[MakeOperator]:
+    """Operators watching the test's namespace (not started yet): `make_operator(name,
+    *extra_args, env=...)` logs to NAME.log. All are stopped at the end, and the
+    namespace's objects lose their finalizers so the namespace can go."""
+    made: list[Operator] = []
+
+    def make(name: str = "operator", *extra: str, env: dict[str, str] | None = None) -> Operator:
+        # The test image server is on loopback, which the source policy refuses unless
+        # allowed.
+        running = Operator(
+            tmp_path / f"{name}.log",
+            [*STRATUS, "operator", "--namespace", namespace,
+             "--allow-image-endpoint", f"127.0.0.1:{image_server.port}", *extra],
+            {**cluster.env, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )  # fmt: skip
+        made.append(running)
+        return running
+
     try:
-        yield running
+        yield make
     finally:
-        running.stop()
-        release_objects(cluster, namespace)
+        for running in made:
+            running.stop()
+        for kind in ("instances", "images", "networks"):
+            cluster.kubectl("-n", namespace, "patch", kind, "--all", "--type=merge",
+                            "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+
+
+@pytest.fixture
+def operator(make_operator: MakeOperator) -> Operator:
+    running = make_operator()
+    running.start()
+    return running

@@ -14,6 +14,10 @@ from testsupport import REPO_ROOT
 
 def test_crds_directory_is_in_sync_with_the_models() -> None:
     assert crdgen.diff(REPO_ROOT / "crds") == [], "run `stratus dev gen-crds`"
+    # The chart installs the same CRDs.
+    assert crdgen.diff(REPO_ROOT / "charts" / "stratus" / "crds") == [], (
+        "run `stratus dev gen-crds`"
+    )
 
 
 def test_diff_notices_an_edit_and_a_stray_file(tmp_path: Any) -> None:

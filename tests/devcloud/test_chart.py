@@ -1,0 +1,240 @@
+"""The Helm chart on a real kubelet node: the images built offline run as pods, the chart
+renders manifests the API server accepts for every values toggle, and `helm install --wait`
+brings up two operator replicas that reconcile with the chart's ServiceAccount alone, fail
+over within 15 s of the leader's death, upgrade, and uninstall cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stratus_devcloud import images
+from stratus_devcloud.pki import NODE_IP
+from testsupport import REPO_ROOT, dev_kubectl, stratus, wait_until
+
+CHART = REPO_ROOT / "charts" / "stratus"
+RELEASE, NAMESPACE = "stratus", "stratus-system"
+
+
+class Node:
+    """The all-in-one's control plane and kubelet node, with the images imported."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        done = dev_kubectl(self.state, *args, stdin=stdin)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def helm(self, *args: str, check: bool = True) -> Any:
+        done = subprocess.run(
+            [str(self.state / "bin" / "helm"), f"--kubeconfig={self.state / 'kubeconfig'}",
+             *args], capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 or not check, (args, done.stdout, done.stderr)
+        return done
+
+    def api_port(self) -> int:
+        config = yaml.safe_load((self.state / "kubeconfig").read_text())
+        port = urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"]).port
+        assert port is not None
+        return port
+
+    def in_cluster_values(self) -> list[str]:
+        """Pods reach the API server at the node address (no kube-proxy here)."""
+        return ["--set", "image.pullPolicy=Never", "--set", f"kubernetesServiceHost={NODE_IP}",
+                "--set", f"kubernetesServicePort={self.api_port()}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    state = tmp_path_factory.mktemp("chart") / "dev"
+    up = stratus("dev", "up", "--control-plane-only", "--kubelet", "--state-dir", str(state))
+    try:
+        assert up.returncode == 0, up.stderr
+        built = stratus("dev", "images", "--import", "--state-dir", str(state), timeout=1800)
+        assert built.returncode == 0, built.stderr
+        for recipe in images.RECIPES.values():
+            assert recipe.reference in built.stdout, built.stdout
+        made = Node(state)
+        made.kubectl("create", "namespace", NAMESPACE)  # for the dry runs, before the install
+        yield made
+    finally:
+        down = stratus("dev", "down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stderr
+
+
+def pod(name: str, image: str, script: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
+                                 "command": ["sh", "-c", script]}]},
+    }  # fmt: skip
+
+
+def test_the_images_run_as_pods(node: Node) -> None:
+    checks = {
+        # Unprivileged, and the operator's code and dependencies import.
+        "operator": (images.OPERATOR.reference,
+                     "id -u && python -m stratus_cli operator --help | head -1 && "
+                     "python -c 'import stratus_operator.main, kopf; print(\"imports\")'"),
+        # Debian's bindings to the node's daemons, and the tools the drivers run.
+        "agent": (images.AGENT.reference,
+                  "id -u && python -c 'import libvirt, rados, rbd, stratus_agent.main; "
+                  "print(\"imports\")' && qemu-img --version | head -1 && "
+                  "ovs-vsctl --version | head -1 && dnsmasq --version | head -1 && "
+                  "rbd --version && lvm version | head -1 && conntrack --version"),
+    }  # fmt: skip
+    items = [pod(name, image, script) for name, (image, script) in checks.items()]
+    node.kubectl("apply", "-f", "-", stdin=json.dumps({"kind": "List", "apiVersion": "v1",
+                                                      "items": items}))  # fmt: skip
+
+    def finished(name: str) -> str | None:
+        phase = node.json("get", "pod", name, "-n", "default")["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    logs = {}
+    for name in checks:
+        phase = wait_until(f"pod {name} done", lambda n=name: finished(n), timeout=120)
+        logs[name] = node.kubectl("logs", name, "-n", "default")
+        assert phase == "Succeeded", (name, logs[name])
+    operator, agent = logs["operator"].splitlines(), logs["agent"].splitlines()
+    assert operator[0] == "65532"
+    assert operator[1].startswith("Usage:") and operator[2] == "imports"
+    assert agent[0] == "0" and agent[1] == "imports"
+    assert agent[2].startswith("qemu-img version")
+    assert "Open vSwitch" in agent[3] and agent[4].startswith("Dnsmasq version")
+    assert agent[5].startswith("ceph version")
+    node.kubectl("delete", "pod", "operator", "agent", "-n", "default", "--wait=false")
+
+
+@pytest.mark.parametrize(
+    "toggles",
+    [
+        [],
+        ["--set", "operator.leaderElection=false"],
+        ["--set", "rbac.aggregateToDefaultRoles=false"],
+        ["--set-json", 'operator.watchNamespaces=["team-a","team-b"]',
+         "--set-json", 'operator.allowImageEndpoints=["images.internal:8080"]',
+         "--set-json", 'imagePullSecrets=[{"name":"registry"}]',
+         "--set-json", 'operator.tolerations=[{"operator":"Exists"}]'],
+    ],
+    ids=["defaults", "no-leader-election", "no-aggregated-roles", "namespaced"],
+)  # fmt: skip
+def test_every_toggle_renders_manifests_the_api_server_accepts(
+    node: Node, toggles: list[str]
+) -> None:
+    lint = node.helm("lint", "--strict", str(CHART), *toggles)
+    assert "0 chart(s) failed" in lint.stdout, lint.stdout
+    rendered = node.helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--include-crds",
+                         *toggles).stdout  # fmt: skip
+    # The API server's own validation against its OpenAPI schemas: a dry run, nothing kept.
+    done = dev_kubectl(node.state, "apply", "--dry-run=server", "-n", NAMESPACE, "-f", "-",
+                       stdin=rendered)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kinds = {line.split("/")[0] for line in done.stdout.splitlines()}
+    assert {"deployment.apps", "clusterrole.rbac.authorization.k8s.io",
+            "customresourcedefinition.apiextensions.k8s.io"} <= kinds, kinds  # fmt: skip
+
+
+def test_bad_values_are_refused_naming_the_value(node: Node) -> None:
+    done = node.helm("template", RELEASE, str(CHART), "--set", "operator.replicas=0",
+                     "--set", "operator.bogus=1", check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "/operator/replicas" in done.stderr and "bogus" in done.stderr
+
+
+def leader(node: Node) -> str:
+    """The replica holding the Lease; "" while none does."""
+    done = dev_kubectl(node.state, "get", "lease", "stratus-operator", "-n", NAMESPACE,
+                       "-o", "jsonpath={.spec.holderIdentity}")  # fmt: skip
+    assert done.returncode == 0 or "NotFound" in done.stderr, done.stderr
+    return done.stdout if done.returncode == 0 else ""
+
+
+def operator_pods(node: Node) -> list[dict[str, Any]]:
+    listed = node.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")
+    return [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def network_ready(node: Node, name: str) -> bool:
+    found = node.json("get", "network", name, "-n", "default")
+    conditions = found.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def network(name: str) -> str:
+    return json.dumps({"apiVersion": "stratus.io/v1alpha1", "kind": "Network",
+                       "metadata": {"name": name, "namespace": "default"},
+                       "spec": {"subnets": [{"cidr": "10.40.0.0/24"}]}})  # fmt: skip
+
+
+def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> None:
+    install = node.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
+                        *node.in_cluster_values(), "--wait", "--timeout=3m")  # fmt: skip
+    assert "kubectl label node" in install.stdout  # NOTES.txt: what to apply first
+    pods = operator_pods(node)
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
+    try:
+        first = wait_until("a replica leads", lambda: leader(node))
+    except AssertionError:
+        logs = node.kubectl("logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+                            "--tail=30", "--prefix")  # fmt: skip
+        raise AssertionError(logs) from None
+    assert first.rpartition("_")[0] in {p["metadata"]["name"] for p in pods}
+    # The operator reconciles with its chart's ServiceAccount alone.
+    node.kubectl("apply", "-f", "-", stdin=network("before"))
+    wait_until("Network before Ready", lambda: network_ready(node, "before"), timeout=60)
+
+    # The leader dies (its process killed, not asked to stop): the standby takes over.
+    leading = next(p for p in pods if p["metadata"]["name"] == first.rpartition("_")[0])
+    container = leading["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    _ctr(node, "tasks", "kill", "--signal", "SIGKILL", container)
+    died = time.monotonic()
+    # The standby, or the dead one's restarted container (a new candidate): whichever asks
+    # first once the Lease ran out.
+    second = wait_until("a new leader", lambda: (h := leader(node)) != first and h, timeout=30)
+    took = time.monotonic() - died
+    print(f"{second} took over {took:.1f} s after the leader's death")
+    assert took < 15, took
+    node.kubectl("apply", "-f", "-", stdin=network("after"))
+    wait_until("Network after Ready", lambda: network_ready(node, "after"), timeout=60)
+
+    upgrade = node.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE,
+                        *node.in_cluster_values(), "--set-json",
+                        'operator.podAnnotations={"stratus.io/upgraded":"yes"}',
+                        "--wait", "--timeout=3m")  # fmt: skip
+    assert upgrade.returncode == 0
+    pods = operator_pods(node)
+    assert len(pods) == 2
+    assert all(p["metadata"]["annotations"].get("stratus.io/upgraded") == "yes" for p in pods)
+
+    node.kubectl("delete", "network", "before", "after", "-n", "default", "--timeout=60s")
+    node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
+    assert operator_pods(node) == []
+    left = node.kubectl("get", "clusterrole,clusterrolebinding,role,rolebinding,serviceaccount,"
+                        "deployment", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                        "-o", "name")  # fmt: skip
+    assert left == "", left
+    # CRDs stay, as Helm leaves a chart's crds/ (deleting them would delete every object).
+    assert "instances.stratus.io" in node.kubectl("get", "crd", "-o", "name")
+
+
+def _ctr(node: Node, *args: str) -> None:
+    socket = node.state / "node" / "containerd" / "containerd.sock"
+    done = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", *args],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
