@@ -48,6 +48,15 @@ CONTROLLERS = (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # In start order.
 DAEMON_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager")
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:stratus-system"]
+  - level: None
+"""
 
 
 class KubectlRunner(Protocol):
@@ -141,6 +150,17 @@ class LocalControlPlane:
     def ports(self) -> Ports:
         return Ports.load_or_pick(self.state_dir / "ports.json")
 
+    @property
+    def audit_policy(self) -> Path:
+        return self.state_dir / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """Every request of a ServiceAccount of stratus-system (the chart's operator and
+        agents), with its verb, resource and answer (JSON lines, metadata only: never a
+        body, so no Secret's data)."""
+        return self.state_dir / "logs" / "audit.log"
+
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = kube_bin_dir()
@@ -198,6 +218,12 @@ class LocalControlPlane:
             # endpoints out of it.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            # Who of stratus-system called what, and the answer: the RBAC tests read it.
+            f"--audit-policy-file={self.audit_policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=100",
+            "--audit-log-maxbackup=1",
         )
         controller_manager = (
             str(bins / "kube-controller-manager"),
@@ -221,6 +247,7 @@ class LocalControlPlane:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
         pki.ensure_pki(self.pki_dir)
+        self.audit_policy.write_text(AUDIT_POLICY)
         common = {"server": self.server_url, "ca": self.pki_dir / "ca.crt"}
         kubeconfig.write_kubeconfig(
             self.kubeconfig,

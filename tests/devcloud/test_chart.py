@@ -223,6 +223,15 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
     assert all(p["metadata"]["annotations"].get("stratus.io/upgraded") == "yes" for p in pods)
 
     node.kubectl("delete", "network", "before", "after", "-n", "default", "--timeout=60s")
+
+    # Every call the operator made with the chart's ServiceAccount was allowed (the API
+    # server's audit log): a right missing from the ClusterRole shows here, not as a
+    # retry loop in its log.
+    calls = audited(node, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator")
+    denied = sorted({what for what, code in calls if code == 403})
+    assert calls and not denied, denied
+    print("operator calls:", ", ".join(sorted({what for what, _ in calls})))
+
     node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
     assert operator_pods(node) == []
     left = node.kubectl("get", "clusterrole,clusterrolebinding,role,rolebinding,serviceaccount,"
@@ -231,6 +240,21 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
     assert left == "", left
     # CRDs stay, as Helm leaves a chart's crds/ (deleting them would delete every object).
     assert "instances.stratus.io" in node.kubectl("get", "crd", "-o", "name")
+
+
+def audited(node: Node, user: str) -> list[tuple[str, int]]:
+    """("verb group/resource[/subresource]", HTTP code) of each request `user` made."""
+    calls = []
+    for line in (node.state / "logs" / "audit.log").read_text().splitlines():
+        event = json.loads(line)
+        if event["user"]["username"] != user:
+            continue
+        ref = event.get("objectRef") or {}
+        resource = "/".join(x for x in (ref.get("resource"), ref.get("subresource")) if x)
+        what = f"{event['verb']} {ref.get('apiGroup') or 'core'}/{resource}" if resource else (
+            f"{event['verb']} {event['requestURI'].split('?')[0]}")  # fmt: skip
+        calls.append((what, int(event.get("responseStatus", {}).get("code", 0))))
+    return calls
 
 
 def _ctr(node: Node, *args: str) -> None:

@@ -193,8 +193,14 @@ class World:
     bridge: OvsBridge
     firewall: Firewall
     prefix: str
+    services: NodeServices | None = None
     hosts: dict[str, Host] = field(default_factory=dict)
-    vswitchd_target: str | None = None
+
+    @property
+    def vswitchd_target(self) -> str | None:
+        """Looked up when asked, not when the module started: the ovs-vswitchd found then
+        may have been another module's, on its way out (a full run once had none)."""
+        return self.services.vswitchd_target if self.services is not None else None
 
     @property
     def far(self) -> str:
@@ -265,10 +271,9 @@ def world() -> Iterator[World]:
     services = NodeServices(root / "node-services")
     prefix = f"fw{secrets.token_hex(3)}"  # 8 characters + a host letter
     bridge = OvsBridge(prefix, "netdev")
-    made = World(bridge, Firewall(bridge), prefix)
+    made = World(bridge, Firewall(bridge), prefix, services)
     try:
         services.up(libvirt=False)
-        made.vswitchd_target = services.vswitchd_target
         for name in (bridge.name, made.far):
             vsctl("add-br", name, "--", "set", "Bridge", name, "datapath_type=netdev")
         far_end = f"{prefix}-px"
