@@ -14,8 +14,8 @@ Each archive is named by a digest of what it is built from, so it is built once.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -28,7 +28,6 @@ from pathlib import Path
 
 from stratus_devcloud.controlplane import REPO_ROOT
 
-log = logging.getLogger(__name__)
 CACHE = Path(os.environ.get("STRATUS_CACHE_DIR") or Path.home() / ".cache" / "stratus") / "images"
 SUITE = "bookworm"
 SOURCES = (
@@ -38,9 +37,9 @@ SOURCES = (
 )
 VENV = "/opt/stratus"
 PYTHON = "python3.11"  # bookworm's, and .venv's: the wheels are built for it
-UNPRIVILEGED = "65532:65532"  # a user with no name and no home, as distroless's nonroot
+UNPRIVILEGED = "65532:65532"  # distroless's nonroot; the image names it `stratus`
 SANDBOX_IMAGE = "localhost/stratus/pause:3.10"
-VERSION = "0.1.0"  # pyproject's
+VERSION = importlib.metadata.version("stratus")  # the images' tag: the project's version
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def build(recipe: Recipe, *, python: Path | None = None) -> Built:
         if archive.exists():
             return Built(recipe.name, recipe.reference, archive, 0.0)
         base = _base_layer(recipe, deps, base_key, work)
-        project = _project_layer(own, work)
+        project = _project_layer(python, own, work)
         config = ImageConfig(
             user=recipe.user,
             entrypoint=(f"{VENV}/bin/python", "-m", "stratus_cli", *recipe.command),
@@ -177,11 +176,11 @@ def _base_layer(recipe: Recipe, deps: Sequence[Path], key: str, work: Path) -> P
     return layer
 
 
-def _project_layer(wheel: Path, work: Path) -> Path:
+def _project_layer(python: Path, wheel: Path, work: Path) -> Path:
     """This checkout's packages, installed from its wheel into the venv's site-packages."""
     root = work / "project"
     site = root / VENV.lstrip("/") / "lib" / PYTHON / "site-packages"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
                     "--no-compile", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, text=True)  # fmt: skip
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts name the host's python

@@ -68,14 +68,14 @@ class KubeletNode:
     def kubelet_root(self) -> Path:
         return self.dir / "kubelet"
 
-    def _ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """`ctr` against this node's containerd, in the namespace the kubelet uses."""
         argv = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", *args]
         return subprocess.run(argv, capture_output=True, text=True, check=check)
 
     def _tasks(self) -> list[str] | None:
         """The running containers' IDs; None when containerd does not answer."""
-        listed = self._ctr("tasks", "ls", "-q")
+        listed = self.ctr("tasks", "ls", "-q")
         return listed.stdout.split() if listed.returncode == 0 else None
 
     def daemons(self) -> list[Daemon]:
@@ -247,13 +247,13 @@ state = "{root / "state"}"
         return json.dumps(config, indent=2) + "\n"
 
     def _import_sandbox_image(self) -> None:
-        if SANDBOX_IMAGE not in self._ctr("images", "ls", "-q", check=True).stdout.split():
+        if SANDBOX_IMAGE not in self.ctr("images", "ls", "-q", check=True).stdout.split():
             self.import_image(images.sandbox_archive(), SANDBOX_IMAGE)
 
     def import_image(self, archive: Path, reference: str) -> None:
         """An OCI archive into the node's containerd as `reference` (replacing an image of
         that name), where its kubelet finds it without a registry."""
-        self._ctr("images", "import", "--base-name", reference.rsplit(":", 1)[0], str(archive),
+        self.ctr("images", "import", "--base-name", reference.rsplit(":", 1)[0], str(archive),
                   check=True)  # fmt: skip
 
     def _grant_node_rights(self) -> None:
@@ -273,15 +273,15 @@ state = "{root / "state"}"
         """Every container and sandbox the kubelet left: killed, then deleted."""
         tasks = self._tasks() or []
         for task in tasks:
-            self._ctr("tasks", "kill", "-s", "SIGKILL", task)
+            self.ctr("tasks", "kill", "-s", "SIGKILL", task)
         deadline = time.monotonic() + 10
         for task in tasks:
-            while self._ctr("tasks", "rm", "-f", task).returncode != 0:
+            while self.ctr("tasks", "rm", "-f", task).returncode != 0:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        for container in self._ctr("containers", "ls", "-q").stdout.split():
-            self._ctr("containers", "rm", container)
+        for container in self.ctr("containers", "ls", "-q").stdout.split():
+            self.ctr("containers", "rm", container)
 
     @property
     def _host_state_file(self) -> Path:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from stratus_devcloud import images
+from stratus_devcloud import allinone, images
 from stratus_devcloud.pki import NODE_IP
 from testsupport import REPO_ROOT, dev_kubectl, stratus, wait_until
 
@@ -29,6 +27,7 @@ class Node:
 
     def __init__(self, state: Path) -> None:
         self.state = state
+        self.cloud = allinone.DevCloud(state)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         done = dev_kubectl(self.state, *args, stdin=stdin)
@@ -47,10 +46,7 @@ class Node:
         return done
 
     def api_port(self) -> int:
-        config = yaml.safe_load((self.state / "kubeconfig").read_text())
-        port = urllib.parse.urlsplit(config["clusters"][0]["cluster"]["server"]).port
-        assert port is not None
-        return port
+        return self.cloud.plane.ports.apiserver
 
     def in_cluster_values(self) -> list[str]:
         """Pods reach the API server at the node address (no kube-proxy here)."""
@@ -202,7 +198,7 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
     # The leader dies (its process killed, not asked to stop): the standby takes over.
     leading = next(p for p in pods if p["metadata"]["name"] == first.rpartition("_")[0])
     container = leading["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    _ctr(node, "tasks", "kill", "--signal", "SIGKILL", container)
+    node.cloud.kubelet.ctr("tasks", "kill", "--signal", "SIGKILL", container, check=True)
     died = time.monotonic()
     # The standby, or the dead one's restarted container (a new candidate): whichever asks
     # first once the Lease ran out.
@@ -255,10 +251,3 @@ def audited(node: Node, user: str) -> list[tuple[str, int]]:
             f"{event['verb']} {event['requestURI'].split('?')[0]}")  # fmt: skip
         calls.append((what, int(event.get("responseStatus", {}).get("code", 0))))
     return calls
-
-
-def _ctr(node: Node, *args: str) -> None:
-    socket = node.state / "node" / "containerd" / "containerd.sock"
-    done = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", *args],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
