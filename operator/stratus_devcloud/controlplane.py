@@ -197,7 +197,8 @@ class LocalControlPlane:
             # (192.0.2.1): there is no kube-proxy for the kubernetes Service. Anonymous
             # requests are refused; every client needs a certificate or token of this CA.
             "--bind-address=0.0.0.0",
-            "--advertise-address=127.0.0.1",
+            # The `kubernetes` Service's endpoint: pods reach it through kube-proxy there.
+            f"--advertise-address={pki.NODE_IP}",
             f"--secure-port={ports.apiserver}",
             f"--tls-cert-file={p / 'apiserver.crt'}",
             f"--tls-private-key-file={p / 'apiserver.key'}",
@@ -214,9 +215,6 @@ class LocalControlPlane:
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # No kubelets or Services to reach on loopback: keep the kubernetes Service's
-            # endpoints out of it.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             # Who of stratus-system called what, and the answer: the RBAC tests read it.
             f"--audit-policy-file={self.audit_policy}",

@@ -37,7 +37,7 @@ from stratus_devcloud.images import SANDBOX_IMAGE
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
 from stratus_devcloud.processes import Daemon
 
-DAEMON_NAMES = ("containerd", "kube-scheduler", "kubelet")
+DAEMON_NAMES = ("containerd", "kube-scheduler", "kubelet", "kube-proxy")
 POD_CIDR = "10.85.0.0/24"
 POD_BRIDGE = POD_NETWORK = "stratus-pods"  # the bridge, and the CNI network's name
 NODE_LINK = "stratus-node0"  # the veth end holding NODE_IP; its peer is NODE_LINK + "p"
@@ -98,7 +98,8 @@ class KubeletNode:
             f"--node-ip={NODE_IP}",
             f"--hostname-override={NODE_NAME}",
         )
-        argvs = (containerd, scheduler, kubelet)
+        proxy = (str(bins / "kube-proxy"), f"--config={self.dir / 'kube-proxy.yaml'}")
+        argvs = (containerd, scheduler, kubelet, proxy)
         return [Daemon(n, a, run, logs) for n, a in zip(DAEMON_NAMES, argvs, strict=True)]
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -109,7 +110,8 @@ class KubeletNode:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         pki = self.plane.pki_dir
         for name, stem, user in (("kubelet", "node", f"system:node:{NODE_NAME}"),
-                                 ("scheduler", "scheduler", "system:kube-scheduler")):  # fmt: skip
+                                 ("scheduler", "scheduler", "system:kube-scheduler"),
+                                 ("kube-proxy", "proxy", "system:kube-proxy")):  # fmt: skip
             kubeconfig.write_kubeconfig(
                 self.dir / f"{name}.kubeconfig", server=self.plane.server_url, ca=pki / "ca.crt",
                 cert=pki / f"{stem}.crt", key=pki / f"{stem}.key", user=user,
@@ -118,6 +120,7 @@ class KubeletNode:
         (self.dir / "containerd" / "config.toml").write_text(self._containerd_config())
         (self.dir / "cni" / "10-stratus-pods.conflist").write_text(_cni_config())
         (self.dir / "kubelet.yaml").write_text(self._kubelet_config())
+        (self.dir / "kube-proxy.yaml").write_text(self._proxy_config())
         _ensure_node_link()
 
     def up(self) -> float:
@@ -134,6 +137,7 @@ class KubeletNode:
         daemons["kube-scheduler"].start()
         started = time.monotonic()
         daemons["kubelet"].start()
+        daemons["kube-proxy"].start()
         self._wait_for(self.ready, f"Node {NODE_NAME} Ready", daemons.values())
         return time.monotonic() - started
 
@@ -161,6 +165,10 @@ class KubeletNode:
             self._evict_pods()
         if processes.Tracked("kubelet", run).stop():
             stopped.append("kubelet")
+        if processes.Tracked("kube-proxy", run).stop():
+            stopped.append("kube-proxy")
+        if self._host_state() is not None:
+            self._remove_service_rules()
         if processes.Tracked("containerd", run).running():
             self._remove_containers()
         if processes.Tracked("containerd", run).stop():
@@ -245,6 +253,33 @@ state = "{root / "state"}"
             "resolvConf": "/etc/resolv.conf",
         }
         return json.dumps(config, indent=2) + "\n"
+
+    def _proxy_config(self) -> str:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.dir / "kube-proxy.kubeconfig")},
+            "hostnameOverride": NODE_NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_CIDR,
+            # Only the node address: localhost NodePorts would set route_localnet on the
+            # host, and the machine's other addresses are not the node's.
+            "nodePortAddresses": [f"{NODE_IP}/32"],
+            "iptables": {"localhostNodePorts": False},
+            # The host's conntrack limits and timeouts stay as they are.
+            "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s",
+                          "tcpCloseWaitTimeout": "0s"},
+            # No ports of its own beyond the Services': several clouds share this host.
+            "healthzBindAddress": "",
+            "metricsBindAddress": "",
+        }  # fmt: skip
+        return json.dumps(config, indent=2) + "\n"
+
+    def _remove_service_rules(self) -> None:
+        """kube-proxy's iptables chains and rules (it leaves them when stopped)."""
+        proxy = self.plane.bin_dir() / "kube-proxy"
+        subprocess.run([str(proxy), f"--config={self.dir / 'kube-proxy.yaml'}", "--cleanup"],
+                       capture_output=True, check=False)  # fmt: skip
 
     def _import_sandbox_image(self) -> None:
         if SANDBOX_IMAGE not in self.ctr("images", "ls", "-q", check=True).stdout.split():

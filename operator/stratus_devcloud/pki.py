@@ -60,6 +60,8 @@ CERTS = (
     CertSpec("admin", "stratus-admin", organization="system:masters", client=True),
     CertSpec("controller-manager", "system:kube-controller-manager", client=True),
     CertSpec("scheduler", "system:kube-scheduler", client=True),
+    # The built-in binding system:node-proxier names this user.
+    CertSpec("proxy", "system:kube-proxy", client=True),
     # kubectl logs/exec: the API server calls the kubelet with this.
     CertSpec(
         "apiserver-kubelet-client",

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from stratus_operator import handlers
 from stratus_operator.handlers.lifecycle import connection_info
+from stratus_operator.services import enrollment
 from stratus_operator.services.kube import Credentials, Kube
 from stratus_operator.services.leadership import Leader
 from stratus_operator.services.runtime import AgentPool, Runtime
@@ -36,12 +37,19 @@ def run(settings: OperatorSettings, *, liveness: tuple[str, int] | None = None) 
 
 
 async def _run(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
+    # Enrollment needs no leadership: every replica serves agents that join.
+    enroller = _own_kube() if settings.enrollment.enabled else Kube()
+    async with enrollment.serving(enroller, settings.enrollment):
+        await _operate(settings, liveness)
+
+
+async def _operate(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
     kube = Kube()
     rt = Runtime(settings, kube, AgentPool(kube, settings.agents.request_timeout_seconds))
     leader = keeper = None
     me = identity()
     if settings.leader.enabled:
-        leader = Leader(_elector_kube, settings.leader, me)
+        leader = Leader(_own_kube, settings.leader, me)
         async with _standby_health(liveness):
             await leader.acquire()
         # Lost: stop at once, as client-go's leaders do; another replica may act already.
@@ -70,8 +78,9 @@ def identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
-def _elector_kube() -> Kube:
-    """A connection of the elector's own, so renewals never queue behind reconciles."""
+def _own_kube() -> Kube:
+    """A connection of its own, for the elector and enrollment: Lease renewals and
+    enrollments never queue behind reconciles, and they work before kopf logs in."""
     info = connection_info(logger=log, settings=kopf.OperatorSettings())
     ssl = info.as_ssl_context() if info.server.startswith("https:") else None
     kube = Kube()

@@ -144,15 +144,50 @@ class Kube:
         path = _path(plural, namespace, name) + "/status"
         await self._request("PATCH", path, body, "application/merge-patch+json")
 
-    async def create(self, plural: str, namespace: str | None, body: dict[str, Any]) -> bool:
-        """Create a Stratus object; False if one of that name exists already (409)."""
+    async def create(
+        self, plural: str, namespace: str | None, body: dict[str, Any],
+        group: str = GROUP, version: str = VERSION,
+    ) -> bool:  # fmt: skip
+        """Create an object (a Stratus one by default); False if one of that name exists
+        already (409)."""
         try:
-            await self._request("POST", _path(plural, namespace), body)
+            await self._request("POST", _path(plural, namespace, group=group, version=version),
+                                body)  # fmt: skip
         except KubeError as exc:
             if exc.status == 409:
                 return False
             raise
         return True
+
+    async def read(
+        self, plural: str, namespace: str | None, name: str,
+        group: str = GROUP, version: str = VERSION,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """An object (a Stratus one by default), or None when there is none."""
+        try:
+            text = await self._request("GET", _path(plural, namespace, name, group, version))
+        except NotFound:
+            return None
+        found: dict[str, Any] = json.loads(text)
+        return found
+
+    async def merge_patch(
+        self, plural: str, namespace: str | None, name: str, body: dict[str, Any],
+        group: str = GROUP, version: str = VERSION,
+    ) -> None:  # fmt: skip
+        path = _path(plural, namespace, name, group, version)
+        await self._request("PATCH", path, body, "application/merge-patch+json")
+
+    async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """The API server's verdict on a bearer token (authentication.k8s.io TokenReview):
+        its `status` (authenticated, user, audiences, error)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": {"token": token, "audiences": audiences}}  # fmt: skip
+        path = _path("tokenreviews", None, group="authentication.k8s.io", version="v1")
+        status: dict[str, Any] = (
+            json.loads(await self._request("POST", path, review)).get("status") or {}
+        )
+        return status
 
     async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A coordination.k8s.io Lease, or None when there is none."""

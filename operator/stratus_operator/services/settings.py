@@ -105,6 +105,28 @@ class LeaderSettings:
 
 
 @dataclass(frozen=True)
+class EnrollmentSettings:
+    """The endpoint agent pods enroll at (services/enrollment.py); off outside a chart."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 8443
+    # Where the operator keeps its CA (a Secret) and publishes its certificate (a ConfigMap
+    # of the same name), and makes each node's Secret.
+    namespace: str = "stratus-system"
+    ca_name: str = "stratus-ca"
+    # The Service agents reach this endpoint by: the names in its certificate.
+    service: str = "stratus-operator"
+    # The only ServiceAccount allowed to enroll (namespace, name).
+    agent_service_account: tuple[str, str] = ("stratus-system", "stratus-agent")
+    # The agents' DaemonSet: it owns the nodes' Secrets and the CA, so uninstalling it
+    # removes them. Empty: nothing owns them.
+    agent_daemonset: str = ""
+    secret_prefix: str = "stratus-agent-"
+    token_bytes: int = 32
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
@@ -114,6 +136,7 @@ class OperatorSettings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
+    enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
     # Python's collector thresholds (young, middle, old). Every watch event replaces a
