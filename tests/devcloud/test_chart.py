@@ -1,13 +1,20 @@
 """The Helm chart on a real kubelet node: the images built offline run as pods, the chart
 renders manifests the API server accepts for every values toggle, and `helm install --wait`
-brings up two operator replicas that reconcile with the chart's ServiceAccount alone, fail
-over within 15 s of the leader's death, upgrade, and uninstall cleanly."""
+brings up two operator replicas and an agent on the labelled node. The agent enrolls for
+credentials of its own node and its Hypervisor registers itself; Instances run on it; the
+operators reconcile with the chart's ServiceAccount alone, fail over within 15 s of the
+leader's death, upgrade, and uninstall cleanly. The agent's compute is the fake driver here
+(the guest itself is the all-in-one's e2e tests' part)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import shutil
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +22,8 @@ from typing import Any
 import pytest
 
 from stratus_devcloud import allinone, images
-from stratus_devcloud.pki import NODE_IP
-from testsupport import REPO_ROOT, dev_kubectl, stratus, wait_until
+from stratus_devcloud.pki import NODE_IP, NODE_NAME
+from testsupport import REPO_ROOT, basics, dev_kubectl, instance, stratus, wait_until
 
 CHART = REPO_ROOT / "charts" / "stratus"
 RELEASE, NAMESPACE = "stratus", "stratus-system"
@@ -25,9 +32,12 @@ RELEASE, NAMESPACE = "stratus", "stratus-system"
 class Node:
     """The all-in-one's control plane and kubelet node, with the images imported."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, image_port: int) -> None:
         self.state = state
         self.cloud = allinone.DevCloud(state)
+        self.image_port = image_port
+        # The agent's node files, where the node's own services could read them.
+        self.agent_state = Path("/var/lib/stratus") / f"chart-test-{uuid.uuid4().hex[:8]}"
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         done = dev_kubectl(self.state, *args, stdin=stdin)
@@ -45,13 +55,28 @@ class Node:
         assert done.returncode == 0 or not check, (args, done.stdout, done.stderr)
         return done
 
-    def api_port(self) -> int:
-        return self.cloud.plane.ports.apiserver
-
     def in_cluster_values(self) -> list[str]:
-        """Pods reach the API server at the node address (no kube-proxy here)."""
-        return ["--set", "image.pullPolicy=Never", "--set", f"kubernetesServiceHost={NODE_IP}",
-                "--set", f"kubernetesServicePort={self.api_port()}"]  # fmt: skip
+        """Imported images; a fake-compute agent with node files of its own; the test's
+        image server on the node address allowed as an Image source."""
+        return ["--set", "image.pullPolicy=Never", "--set", f"agent.stateDir={self.agent_state}",
+                "--set-json", 'agent.config={"compute":"fake"}', "--set-json",
+                f'operator.allowImageEndpoints=["{NODE_IP}:{self.image_port}"]']  # fmt: skip
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    """A few bytes at any path: enough for an Image a fake node "downloads"."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.do_HEAD()
+        self.wfile.write(b"QFI\xfb")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +89,17 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         assert built.returncode == 0, built.stderr
         for recipe in images.RECIPES.values():
             assert recipe.reference in built.stdout, built.stdout
-        made = Node(state)
+        server = http.server.ThreadingHTTPServer((str(NODE_IP), 0), _ImageHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        made = Node(state, server.server_address[1])
         made.kubectl("create", "namespace", NAMESPACE)  # for the dry runs, before the install
         yield made
+        server.shutdown()
     finally:
         down = stratus("dev", "down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr
+        if "made" in locals():
+            shutil.rmtree(made.agent_state, ignore_errors=True)
 
 
 def pod(name: str, image: str, script: str) -> dict[str, Any]:
@@ -122,13 +152,14 @@ def test_the_images_run_as_pods(node: Node) -> None:
     [
         [],
         ["--set", "operator.leaderElection=false"],
+        ["--set", "agent.enabled=false"],
         ["--set", "rbac.aggregateToDefaultRoles=false"],
         ["--set-json", 'operator.watchNamespaces=["team-a","team-b"]',
          "--set-json", 'operator.allowImageEndpoints=["images.internal:8080"]',
          "--set-json", 'imagePullSecrets=[{"name":"registry"}]',
          "--set-json", 'operator.tolerations=[{"operator":"Exists"}]'],
     ],
-    ids=["defaults", "no-leader-election", "no-aggregated-roles", "namespaced"],
+    ids=["defaults", "no-leader-election", "no-agent", "no-aggregated-roles", "namespaced"],
 )  # fmt: skip
 def test_every_toggle_renders_manifests_the_api_server_accepts(
     node: Node, toggles: list[str]
@@ -161,24 +192,36 @@ def leader(node: Node) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
-def operator_pods(node: Node) -> list[dict[str, Any]]:
-    listed = node.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")
+def component_pods(node: Node, component: str) -> list[dict[str, Any]]:
+    listed = node.json("get", "pods", "-n", NAMESPACE, "-l",
+                       f"app.kubernetes.io/component={component}")  # fmt: skip
     return [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
-def network_ready(node: Node, name: str) -> bool:
-    found = node.json("get", "network", name, "-n", "default")
+def operator_pods(node: Node) -> list[dict[str, Any]]:
+    return component_pods(node, "operator")
+
+
+def ready(node: Node, *what: str) -> bool:
+    found = node.json("get", *what)
     conditions = found.get("status", {}).get("conditions", [])
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def network(name: str) -> str:
-    return json.dumps({"apiVersion": "stratus.io/v1alpha1", "kind": "Network",
-                       "metadata": {"name": name, "namespace": "default"},
-                       "spec": {"subnets": [{"cidr": "10.40.0.0/24"}]}})  # fmt: skip
+def running(node: Node, name: str) -> bool:
+    found = node.json("get", "instance", name, "-n", "default")
+    return found.get("status", {}).get("phase") == "Running"
 
 
-def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> None:
+def boot(node: Node, name: str) -> None:
+    node.kubectl("apply", "-n", "default", "-f", "-", stdin=json.dumps(instance(name)))
+    wait_until(f"Instance {name} Running", lambda: running(node, name), timeout=90)
+
+
+def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
+    node: Node,
+) -> None:
+    node.kubectl("label", "node", NODE_NAME, "stratus.io/hypervisor=true", "--overwrite")
     install = node.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
                         *node.in_cluster_values(), "--wait", "--timeout=3m")  # fmt: skip
     assert "kubectl label node" in install.stdout  # NOTES.txt: what to apply first
@@ -191,9 +234,20 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
                             "--tail=30", "--prefix")  # fmt: skip
         raise AssertionError(logs) from None
     assert first.rpartition("_")[0] in {p["metadata"]["name"] for p in pods}
-    # The operator reconciles with its chart's ServiceAccount alone.
-    node.kubectl("apply", "-f", "-", stdin=network("before"))
-    wait_until("Network before Ready", lambda: network_ready(node, "before"), timeout=60)
+
+    # The agent pod enrolled (its readiness is its API, served once enrolled): the node's
+    # Hypervisor registered itself, and the operator reaches it with the node's own token.
+    [agent] = component_pods(node, "agent")
+    assert agent["status"]["phase"] == "Running" and agent["spec"]["nodeName"] == NODE_NAME
+    hypervisor = node.json("get", "hypervisor", NODE_NAME)
+    assert hypervisor["spec"]["endpoint"] == f"https://{NODE_IP}:8441"
+    assert hypervisor["spec"]["tokenSecretRef"]["name"] == f"stratus-agent-{NODE_NAME}"
+    wait_until("Hypervisor Ready", lambda: ready(node, "hypervisor", NODE_NAME), timeout=60)
+    # The operator reconciles with its chart's ServiceAccount alone, and boots through pods.
+    node.kubectl("apply", "-n", "default", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "List",
+        "items": basics(f"http://{NODE_IP}:{node.image_port}/img.qcow2")}))  # fmt: skip
+    boot(node, "vm-1")
 
     # The leader dies (its process killed, not asked to stop): the standby takes over.
     leading = next(p for p in pods if p["metadata"]["name"] == first.rpartition("_")[0])
@@ -206,8 +260,7 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
     took = time.monotonic() - died
     print(f"{second} took over {took:.1f} s after the leader's death")
     assert took < 15, took
-    node.kubectl("apply", "-f", "-", stdin=network("after"))
-    wait_until("Network after Ready", lambda: network_ready(node, "after"), timeout=60)
+    boot(node, "vm-2")
 
     upgrade = node.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE,
                         *node.in_cluster_values(), "--set-json",
@@ -217,23 +270,30 @@ def test_install_reconciles_fails_over_upgrades_and_uninstalls(node: Node) -> No
     pods = operator_pods(node)
     assert len(pods) == 2
     assert all(p["metadata"]["annotations"].get("stratus.io/upgraded") == "yes" for p in pods)
+    assert running(node, "vm-1") and running(node, "vm-2")
 
-    node.kubectl("delete", "network", "before", "after", "-n", "default", "--timeout=60s")
+    node.kubectl("delete", "instance", "vm-1", "vm-2", "-n", "default", "--timeout=60s")
+    node.kubectl("delete", "network,image", "--all", "-n", "default", "--timeout=60s")
 
     # Every call the operator made with the chart's ServiceAccount was allowed (the API
     # server's audit log): a right missing from the ClusterRole shows here, not as a
-    # retry loop in its log.
+    # retry loop in its log. The agent's ServiceAccount made none at all.
     calls = audited(node, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator")
     denied = sorted({what for what, code in calls if code == 403})
     assert calls and not denied, denied
     print("operator calls:", ", ".join(sorted({what for what, _ in calls})))
+    assert audited(node, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-agent") == []
 
     node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
-    assert operator_pods(node) == []
+    assert operator_pods(node) == [] and component_pods(node, "agent") == []
     left = node.kubectl("get", "clusterrole,clusterrolebinding,role,rolebinding,serviceaccount,"
-                        "deployment", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
-                        "-o", "name")  # fmt: skip
+                        "deployment,daemonset,service,configmap", "-A", "-l",
+                        f"app.kubernetes.io/instance={RELEASE}", "-o", "name")  # fmt: skip
     assert left == "", left
+    # What enrollment made goes with the agents' DaemonSet that owns it.
+    wait_until("enrollment's Secrets and ConfigMap collected", lambda: node.kubectl(
+        "get", "secret,configmap", "-n", NAMESPACE, "-l", "stratus.io/enrolled=true",
+        "-o", "name") == "", timeout=30)  # fmt: skip
     # CRDs stay, as Helm leaves a chart's crds/ (deleting them would delete every object).
     assert "instances.stratus.io" in node.kubectl("get", "crd", "-o", "name")
 
