@@ -284,6 +284,14 @@ def dev() -> None:
     "with kube-scheduler, so Deployments and DaemonSets run (one per machine).",
 )
 @click.option(
+    "--chart",
+    "from_chart",
+    is_flag=True,
+    help="Run Stratus itself from its Helm chart on the kubelet node (implies --kubelet): "
+    f"the operator and an agent as pods; the agent enrolls as Hypervisor {pki.NODE_NAME}. "
+    "No agent or operator runs on the host.",
+)
+@click.option(
     "--nodes",
     type=click.IntRange(1, allinone.MAX_NODES),
     default=None,
@@ -294,23 +302,28 @@ def dev() -> None:
 )
 def up(
     state_dir: Path, control_plane_only: bool, with_ceph: bool, with_kubelet: bool,
-    nodes: int | None,
+    from_chart: bool, nodes: int | None,
 ) -> None:  # fmt: skip
     """Start the local cloud (or find it running): the Kubernetes control plane with the
     CRDs, Open vSwitch and libvirtd, the external network's bridge with the host's address
     (physical network `external` on every node), one agent per node registered as
     Hypervisor `local` (and `local-2`...), the operator, and an HTTP server for the test
     image; with --ceph, then a one-node Ceph cluster registered as the CephPool `default`;
-    with --kubelet, a kubelet node.
+    with --kubelet, a kubelet node; with --chart, the kubelet node runs Stratus from its
+    Helm chart instead of host processes.
 
     Prints the `export` lines for KUBECONFIG and PATH on stdout, so
     `eval "$(stratus dev up)"` sets up the calling shell.
     """
+    if from_chart and (control_plane_only or (nodes or 1) > 1):
+        raise click.UsageError("--chart runs one node, with its node services")
     cloud = allinone.DevCloud(state_dir, nodes)
     start = time.monotonic()
     try:
         if control_plane_only:
             cloud.plane.up(crd_dir=REPO_ROOT / "crds")
+        elif from_chart:
+            _up_from_chart(cloud)
         else:
             cloud.up()
     except (controlplane.ControlPlaneError, NodeServiceError) as exc:
@@ -326,7 +339,7 @@ def up(
             f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
             err=True,
         )
-    if with_kubelet:
+    if with_kubelet and not from_chart:
         try:
             ready = cloud.kubelet.up()
         except controlplane.ControlPlaneError as exc:
@@ -351,6 +364,23 @@ def up(
         )
     click.echo(f"export KUBECONFIG={cloud.plane.kubeconfig}")
     click.echo(f"export PATH={cloud.plane.user_bin_dir}:$PATH")
+
+
+def _up_from_chart(cloud: allinone.DevCloud) -> None:
+    from stratus_devcloud import incluster
+
+    try:
+        took = incluster.up(cloud)
+    except subprocess.CalledProcessError as exc:
+        command = shlex.join(map(str, exc.cmd))
+        raise click.ClickException(f"{command} failed:\n{exc.stderr}") from None
+    click.echo(
+        f"stratus dev: node {pki.NODE_NAME} Ready {took.kubelet_ready:.1f} s after its kubelet "
+        f"started; images ready in {took.images:.0f} s; chart {incluster.CHART.name} installed "
+        f"as {incluster.RELEASE} in {incluster.NAMESPACE} and Ready in {took.install:.0f} s "
+        f"(Hypervisor {pki.NODE_NAME} enrolled; Images from http://{incluster.IMAGE_ENDPOINT}/)",
+        err=True,
+    )
 
 
 @dev.command()

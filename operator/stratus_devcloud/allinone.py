@@ -117,10 +117,13 @@ class DevCloud:
         self.kubelet = kubeletnode.KubeletNode(self.plane)
         self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
         self.node_record = self.state_dir / "node.json"
-        python = sys.executable
-        self.image_server = Daemon(
+        self.image_server = self.image_server_on("127.0.0.1")
+
+    def image_server_on(self, host: str) -> Daemon:
+        """The test image's HTTP server, on `host`'s IMAGE_PORT."""
+        return Daemon(
             "image-server",
-            (python, "-m", "http.server", str(IMAGE_PORT), "--bind", "127.0.0.1",
+            (sys.executable, "-m", "http.server", str(IMAGE_PORT), "--bind", host,
              "--directory", str(self.node_dir / "served")),
             self.run_dir, self.log_dir,
         )  # fmt: skip
@@ -234,16 +237,21 @@ class DevCloud:
 
     # -- up -------------------------------------------------------------------------------
     def up(self) -> None:
-        self.plane.up(crd_dir=REPO_ROOT / "crds")
-        self._record_node()
-        self.node.up()
-        external.ensure(self.external_bridge, self.external_gateway)
-        self._serve_test_image()
+        self.up_node_services()
+        self.serve_test_image()
         for node in self.nodes:
             tunnel = self._tunnel(node) if self.node_count > 1 else None
             self._start_agent(node, tunnel)
             self._register_node(node)
         self.operator.start()
+
+    def up_node_services(self) -> None:
+        """The control plane, and what a node needs besides its agent: Open vSwitch,
+        libvirtd, the external network."""
+        self.plane.up(crd_dir=REPO_ROOT / "crds")
+        self._record_node()
+        self.node.up()
+        external.ensure(self.external_bridge, self.external_gateway)
 
     def up_ceph(self) -> ceph.CephCluster:
         """The one-node Ceph cluster of this state directory (STATE/ceph), made on first use
@@ -289,7 +297,7 @@ class DevCloud:
             "link": {"int_port": sim.int_port, "tun_port": sim.tun_port},
         }
 
-    def _serve_test_image(self) -> None:
+    def serve_test_image(self, server: Daemon | None = None) -> None:
         served = self.node_dir / "served"
         served.mkdir(parents=True, exist_ok=True)
         for directory in (NODE_ROOT, self.node_dir, served):
@@ -305,7 +313,7 @@ class DevCloud:
         if not target.exists() or target.read_bytes() != image.read_bytes():
             shutil.copyfile(image, target)
         target.chmod(0o644)
-        self.image_server.start()
+        (server or self.image_server).start()
 
     def agent_settings(
         self, node: NodeSlot | None = None, tunnel: dict[str, Any] | None = None

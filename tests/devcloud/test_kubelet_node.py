@@ -27,6 +27,8 @@ def host_state() -> dict[str, object]:
         "settings": {k: (Path("/proc/sys") / k).read_text() for k in KERNEL_SETTINGS},
         "links": sorted(n for n in (NODE_LINK, f"{NODE_LINK}p", POD_BRIDGE) if f" {n}" in links),
         "nat rules": [line for line in nat.splitlines() if "stratus-pods" in line],
+        # kube-proxy's Service rules and chains.
+        "kube-proxy rules": [line for line in nat.splitlines() if "KUBE-" in line],
         "netns": subprocess.run(["ip", "netns"], capture_output=True, text=True, check=True).stdout,
         "kubelet dir": Path("/var/lib/kubelet").exists(),
         "kubepods": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
