@@ -342,10 +342,12 @@ def failing(
 ) -> StatusChange:
     def change(status: InstanceStatus, generation: int) -> InstanceStatus:
         # A guest that runs (or is paused or stopped) keeps its phase: only the newer spec
-        # is stuck, and the conditions say so.
+        # is stuck, and the conditions say so. The status is about this generation now:
+        # kstatus reads Stalled (Failed) or Reconciling, not a status not yet observed.
         has_guest = status.phase in _HAS_GUEST
         return status.model_copy(
             update={
+                "observed_generation": generation,
                 "phase": phase or (InstancePhase.FAILED if stalled and not has_guest
                                    else status.phase),
                 "conditions": conditions.with_progress(
