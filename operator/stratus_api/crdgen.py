@@ -138,7 +138,15 @@ def schema_for(model: type[Resource]) -> Schema:
     }
     props["kind"] = {"description": f"{model.crd.kind}", "type": "string"}
     if "status" in props:
-        props["status"].pop("nullable", None)
+        status = props["status"]
+        status.pop("nullable", None)
+        if "observedGeneration" in status.get("properties", {}):
+            # kstatus (helm --wait, Flux) reads an object with no status as Current; one
+            # the operator has not looked at yet must read InProgress instead, or a fresh
+            # stack is "ready" before anything ran. The API server fills this default in
+            # when it reads an object without status: observed 0, never a generation.
+            status["default"] = {"observedGeneration": 0}
+            props["status"] = _ordered(status)
     root["required"] = ["spec"]
     root["description"] = model.__doc__.strip() if model.__doc__ else model.crd.kind
     if model.crd.root_rules:

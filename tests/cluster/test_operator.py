@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -163,3 +164,53 @@ def test_many_instances_restarts_and_resync(
     fake_agent.start()
     fake_agent.request("PUT", f"/v1/guests/{orphan}", spec)
     wait_until("the node resynced", lambda: fake_agent.guest_uids() == uids, timeout=120)
+
+
+def test_a_waiting_instance_moves_on_when_its_dependencies_appear(
+    cluster: Cluster,
+    namespace: str,
+    fake_agent: FakeAgent,
+    operator: Operator,
+    image_server: ImageServer,
+) -> None:
+    """Applied before its Image and Network, the Instance waits and says on what; each
+    dependency's events let it go on at once. It first waits 31 s, after which kopf's
+    backoff (2 s doubling) would next look at it only at 62 s, and the safety retry at
+    60 s: moving on within 10 s of each dependency is the wake-up's doing."""
+    image, network = basics(image_server.url())[1], basics(image_server.url())[0]
+    apply(cluster, namespace, instance("late", nodeSelector={"stratus.io/test": fake_agent.name}))
+    found = wait_until("ImageNotFound", lambda: ready_reason(statuses(cluster, namespace)["late"])
+                       == "ImageNotFound" and statuses(cluster, namespace)["late"])  # fmt: skip
+    ready = condition(found, "Ready") or {}
+    assert ready["message"] == "spec.boot.image: Image img not found"
+    assert (condition(found, "Reconciling") or {}).get("status") == "True"
+    assert (condition(found, "Stalled") or {}).get("status") == "False"
+    time.sleep(31)  # the old backoff: retries at 2, 6, 14, 30 s, then 62 s
+
+    started = time.monotonic()
+    apply(cluster, namespace, image)
+
+    def waits_for_network() -> dict[str, Any] | None:
+        status = statuses(cluster, namespace)["late"]
+        return status if ready_reason(status) == "NetworkNotFound" else None
+
+    found = wait_until("NetworkNotFound after the Image", waits_for_network, timeout=10)
+    assert (condition(found, "Ready") or {})["message"] == (
+        "spec.networks[0].name: Network net not found"
+    )
+    image_woke = time.monotonic() - started
+
+    started = time.monotonic()
+    apply(cluster, namespace, network)
+
+    def scheduled() -> dict[str, Any] | None:
+        status = statuses(cluster, namespace)["late"]
+        return status if (condition(status, "Scheduled") or {}).get("status") == "True" else None
+
+    wait_until("Scheduled after the Network", scheduled, timeout=10)
+    network_woke = time.monotonic() - started
+    print(f"woken {image_woke:.1f} s after the Image, {network_woke:.1f} s after the Network")
+    cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "instance/late",
+                    "--timeout=60s")  # fmt: skip
+    log = operator.log.read_text()
+    assert "Traceback" not in log, log[-3000:]

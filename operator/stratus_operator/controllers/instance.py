@@ -25,7 +25,7 @@ from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
 from stratus_api.validation import FieldProblem
 from stratus_api.volume_wire import CephAccess, disk_serial
-from stratus_operator.controllers import conditions
+from stratus_operator.controllers import conditions, waiters
 from stratus_operator.controllers.ipam import Allocation
 
 READY = conditions.READY
@@ -36,7 +36,8 @@ class InstanceProblem(Exception):
     """Something stops the Instance from progressing; `reason` and `message` go into its Ready
     condition, `field` names what to fix. `retry` says whether trying again can help (a
     missing dependency may appear); `stalled` whether it is the user's move (Stalled rather
-    than Reconciling), by default when retrying cannot help."""
+    than Reconciling), by default when retrying cannot help. `waits_on`: the object whose
+    change may let it progress (a Network not there yet), as the waiter index keys it."""
 
     def __init__(
         self,
@@ -46,12 +47,14 @@ class InstanceProblem(Exception):
         field: str = "",
         retry: bool = True,
         stalled: bool | None = None,
+        waits_on: waiters.Dependency | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.field = field
         self.retry = retry
         self.needs_user = (not retry) if stalled is None else stalled
+        self.waits_on = waits_on
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ def resolve_size(instance: Instance, itype: InstanceType | None) -> Size:
             Reason.INSTANCE_TYPE_NOT_FOUND,
             f"spec.instanceType: InstanceType {spec.instance_type} not found",
             field="spec.instanceType",
+            waits_on=(waiters.INSTANCE_TYPE, "", spec.instance_type),
         )
     cpu = spec.cpu or (itype.spec.cpu if itype else None)
     memory = spec.memory or (itype.spec.memory if itype else None)
@@ -77,12 +81,14 @@ def resolve_size(instance: Instance, itype: InstanceType | None) -> Size:
 
 
 def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
-    name = instance.spec.boot.image
+    name = instance.spec.boot.image or ""
+    on = (waiters.IMAGE, instance.metadata.namespace or "", name)
     if image is None:
         raise InstanceProblem(
             Reason.IMAGE_NOT_FOUND,
             f"spec.boot.image: Image {name} not found",
             field="spec.boot.image",
+            waits_on=on,
         )
     status = image.status
     if status is not None and status.phase is ImagePhase.FAILED:
@@ -113,7 +119,7 @@ def check_image(instance: Instance, image: Image | None, size: Size) -> Image:
         phase = status.phase if status is not None else ImagePhase.PENDING
         raise InstanceProblem(
             Reason.IMAGE_NOT_READY, f"spec.boot.image: Image {name} is {phase}, not Ready yet",
-            field="spec.boot.image",
+            field="spec.boot.image", waits_on=on,
         )  # fmt: skip
     return image
 
@@ -336,10 +342,12 @@ def failing(
 ) -> StatusChange:
     def change(status: InstanceStatus, generation: int) -> InstanceStatus:
         # A guest that runs (or is paused or stopped) keeps its phase: only the newer spec
-        # is stuck, and the conditions say so.
+        # is stuck, and the conditions say so. The status is about this generation now:
+        # kstatus reads Stalled (Failed) or Reconciling, not a status not yet observed.
         has_guest = status.phase in _HAS_GUEST
         return status.model_copy(
             update={
+                "observed_generation": generation,
                 "phase": phase or (InstancePhase.FAILED if stalled and not has_guest
                                    else status.phase),
                 "conditions": conditions.with_progress(

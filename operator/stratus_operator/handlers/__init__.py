@@ -16,6 +16,7 @@ from stratus_operator.handlers import (
     securitygroup,
     volume,
     volumesnapshot,
+    wakeups,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "securitygroup",
     "volume",
     "volumesnapshot",
+    "wakeups",
 ]

@@ -11,7 +11,7 @@ from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.instance import InterfaceStatus
 from stratus_api.v1alpha1.network import Subnet
 from stratus_api.v1alpha1.volume import VolumeBackend
-from stratus_operator.controllers import conditions, node_network, placement, scheduler
+from stratus_operator.controllers import conditions, node_network, placement, scheduler, waiters
 from stratus_operator.controllers.addressing import Address, NetworkLedger
 from stratus_operator.controllers.floating_ip import floating_key
 from stratus_operator.controllers.instance import InstanceProblem, Size, resolve_size
@@ -178,10 +178,11 @@ def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[
     for index, attachment in enumerate(instance.spec.networks):
         field = f"spec.networks[{index}]"
         network = world.network((namespace, attachment.name))
+        on = (waiters.NETWORK, namespace, attachment.name)
         if network is None:
             raise InstanceProblem(
                 Reason.NETWORK_NOT_FOUND, f"{field}.name: Network {attachment.name} not found",
-                field=f"{field}.name",
+                field=f"{field}.name", waits_on=on,
             )  # fmt: skip
         stalled = conditions.condition(network.status.conditions if network.status else [],
                                        conditions.STALLED)  # fmt: skip
@@ -189,7 +190,7 @@ def addresses(instance: Instance, world: World, runtime: Runtime) -> list[tuple[
             raise InstanceProblem(
                 Reason.NETWORK_NOT_READY,
                 f"{field}.name: Network {attachment.name} cannot be used: {stalled.message}",
-                field=f"{field}.name",
+                field=f"{field}.name", waits_on=on,
             )  # fmt: skip
         book = ledger(network, world, runtime)
         previous = own.get(attachment.name)

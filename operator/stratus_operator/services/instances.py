@@ -17,7 +17,7 @@ from stratus_api.reasons import IMAGE_FAILURES, Reason
 from stratus_api.v1alpha1 import Instance
 from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
-from stratus_operator.controllers import addressing, conditions, scheduler
+from stratus_operator.controllers import addressing, conditions, scheduler, waiters
 from stratus_operator.controllers.instance import (
     SCHEDULED,
     InstanceProblem,
@@ -41,6 +41,7 @@ from stratus_operator.services.agent_client import (
     AgentUnauthorized,
 )
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
+from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.status import ObjectRef
 from stratus_operator.services.world import World
 
@@ -184,6 +185,30 @@ def failed(exc: Exception) -> StatusChange | None:
         return failing(Reason.AGENT_UNAUTHORIZED, str(exc), stalled=False)
     if isinstance(exc, AgentError | AgentNotConfigured):
         return failing(Reason.AGENT_UNAVAILABLE, str(exc), stalled=False)
+    return None
+
+
+def retry_delay(exc: Exception, attempt: int, settings: OperatorSettings) -> float | None:
+    """Seconds before `reconcile` is tried again after `exc` (`attempt`: retries so far),
+    or None when only a change to the Instance can help. handlers/errors.py gives kopf
+    these; wakeups.py uses them for the Instances it runs itself."""
+    retries = settings.retries
+    if isinstance(exc, InstanceProblem):
+        if not exc.retry:
+            return None
+        return retries.stalled_seconds if exc.needs_user else retries.backoff(attempt)
+    if isinstance(exc, scheduler.Unschedulable):
+        return settings.scheduling.retry_seconds
+    if isinstance(exc, AgentRejected):
+        return None  # the node refused the request itself: sending it again cannot help
+    return retries.backoff(attempt)
+
+
+def waits_on(exc: Exception) -> waiters.Dependency | None:
+    """The object whose change may let the Instance progress, when `exc` is only waiting
+    for one (nothing for the user to do meanwhile)."""
+    if isinstance(exc, InstanceProblem) and exc.retry and not exc.needs_user:
+        return exc.waits_on
     return None
 
 

@@ -19,6 +19,7 @@ from stratus_api.v1alpha1.hypervisor import HypervisorSpec
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.placement import PlacementLedger
 from stratus_operator.controllers.segments import SegmentLedger
+from stratus_operator.controllers.waiters import Waiters
 from stratus_operator.services.agent_client import AgentClient, AgentEndpoint
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube
@@ -172,6 +173,11 @@ class Runtime:
         default_factory=dict
     )
     revisions: Revisions = field(default_factory=Revisions)
+    # Instances waiting on a dependency, run again when it changes (services/wakeups.py),
+    # the tasks doing so, and the one that runs those whose safety retry is due.
+    waiters: Waiters = field(default_factory=Waiters)
+    wakeups: set[asyncio.Task[None]] = field(default_factory=set)
+    waiting_sweeper: asyncio.Task[None] | None = None
     # Namespaces whose group `default` this process made (until the watch brings it).
     default_groups_made: set[str] = field(default_factory=set)
     events: EventRecorder = field(init=False)

@@ -67,6 +67,12 @@ class RetrySettings:
     # Seconds between looks at a problem that needs the user but may be fixed outside the
     # object (a Secret too large): cheap, so a fix is picked up without touching the object.
     stalled_seconds: float = 60.0
+    # Seconds between looks at an Instance waiting on a Network, Image, Volume or
+    # InstanceType (services/wakeups.py), in case the change that lets it go is missed: the
+    # dependency's own watch events run it again at once.
+    waiting_seconds: float = 60.0
+    # Seconds between checks for waiting Instances whose look is due.
+    waiting_tick_seconds: float = 1.0
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.initial_seconds * 2 ** min(attempt, 20), self.max_seconds))

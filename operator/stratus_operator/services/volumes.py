@@ -15,7 +15,7 @@ from stratus_api.reasons import Reason
 from stratus_api.v1alpha1 import Hypervisor, Instance, Volume, VolumeSnapshot
 from stratus_api.v1alpha1.volume import VolumeBackend, VolumePhase, VolumeStatus
 from stratus_api.volume_wire import CephAccess, NodeVolumeStatus
-from stratus_operator.controllers import conditions
+from stratus_operator.controllers import conditions, waiters
 from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.scheduler import Unschedulable
 from stratus_operator.controllers.volume import (
@@ -346,8 +346,9 @@ def claim(instance: Instance, world: World, runtime: Runtime) -> list[Volume]:
         if volume is None or volume.metadata.deletion_timestamp:
             what = "not found" if volume is None else "being deleted"
             raise InstanceProblem(
-                Reason.VOLUME_NOT_FOUND, f"{field}: Volume {name} {what}", field=field
-            )
+                Reason.VOLUME_NOT_FOUND, f"{field}: Volume {name} {what}", field=field,
+                waits_on=(waiters.VOLUME, namespace, name),
+            )  # fmt: skip
         holder = holder_of(volume, world, runtime)
         if holder is not None and holder != uid:
             other = world.instance(holder)
@@ -416,6 +417,7 @@ async def made_ready(
                 Reason.VOLUME_NOT_READY,
                 f"{field}: Volume {volume.metadata.name} is {phase}, not Available yet",
                 field=field, stalled=phase is VolumePhase.ERROR,
+                waits_on=(waiters.VOLUME, *key_of(volume)),
             )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from stratus_api.guest import GuestState, GuestStatus, PowerState
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network
+from stratus_api.v1alpha1.image import ImagePhase, ImageStatus
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.instance import (
@@ -22,6 +23,7 @@ from stratus_operator.controllers.instance import (
     with_guest_status,
 )
 from stratus_operator.controllers.ipam import Allocation
+from stratus_operator.services import instances
 
 UID = "6295dea5-ce37-4888-9124-91b65ededffc"
 
@@ -63,6 +65,27 @@ def test_image_requirements() -> None:
     assert caught.value.field == "spec.memory"
     with pytest.raises(InstanceProblem, match="Image img not found"):
         check_image(instance(), None, resolve_size(instance(), SMALL))
+
+
+def test_waiting_problems_name_what_they_wait_on() -> None:
+    """The waiter index keys them by (kind, namespace, name); a problem only the user can
+    fix waits on nothing."""
+    size = resolve_size(instance(), SMALL)
+    with pytest.raises(InstanceProblem) as caught:
+        check_image(instance(), None, size)
+    assert caught.value.waits_on == ("Image", "t", "img")
+    assert instances.waits_on(caught.value) == ("Image", "t", "img")
+    pending = IMAGE.model_copy(update={"status": ImageStatus(phase=ImagePhase.DOWNLOADING)})
+    with pytest.raises(InstanceProblem, match="is Downloading, not Ready yet") as caught:
+        check_image(instance(), pending, size)
+    assert instances.waits_on(caught.value) == ("Image", "t", "img")
+    with pytest.raises(InstanceProblem) as caught:
+        resolve_size(instance(), None)
+    assert instances.waits_on(caught.value) == ("InstanceType", "", "small")
+    failed = IMAGE.model_copy(update={"status": ImageStatus(phase=ImagePhase.FAILED)})
+    with pytest.raises(InstanceProblem) as caught:
+        check_image(instance(), failed, size)
+    assert caught.value.reason == "ImageFailed" and instances.waits_on(caught.value) is None
 
 
 def test_guest_spec_is_self_contained() -> None:
