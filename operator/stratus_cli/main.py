@@ -257,6 +257,24 @@ def operator(
     operator_main.run(settings, liveness=liveness)
 
 
+@cli.command("forget-enrolled-nodes")
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds the operator has to let each go before its finalizers are removed.",
+)
+def forget_enrolled_nodes(grace: float) -> None:
+    """Delete the Hypervisors that agent enrollment made (the chart's pre-delete hook: Helm
+    removes only what it made itself)."""
+    from stratus_operator import main as operator_main
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    names = operator_main.forget_enrolled_nodes(grace)
+    click.echo(f"deleted Hypervisors: {', '.join(names) or 'none'}")
+
+
 @cli.group()
 def dev() -> None:
     """The all-in-one local cloud, for development and tests."""

@@ -71,6 +71,19 @@ async def _operate(settings: OperatorSettings, liveness: tuple[str, int] | None)
             await leader.release()
 
 
+def forget_enrolled_nodes(grace_seconds: float) -> list[str]:
+    """Delete the Hypervisors enrollment made; their names."""
+
+    async def forget() -> list[str]:
+        kube = _own_kube()
+        try:
+            return await enrollment.forget_enrolled(kube, grace_seconds)
+        finally:
+            await kube.close()
+
+    return asyncio.run(forget())
+
+
 def identity() -> str:
     """This process's name in the Lease: its pod's (the Downward API's POD_NAME), else the
     host's, and a random suffix, as kube-controller-manager's: a container restarted in

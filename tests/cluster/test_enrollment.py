@@ -23,7 +23,7 @@ from stratus_agent import enrollment
 from stratus_agent.config import AgentConfig
 from stratus_api.enrollment_wire import ENROLLMENT_AUDIENCE, ENROLLMENT_PATH, EnrollmentRequest
 from stratus_devcloud.controlplane import free_port
-from testsupport import Cluster, wait_until
+from testsupport import Cluster, stratus, wait_until
 
 if TYPE_CHECKING:  # conftest names collide across folders in a full run
     from conftest import MakeOperator
@@ -181,3 +181,23 @@ async def test_other_callers_are_refused_saying_why(site: Site) -> None:
     # None of these made anything.
     assert site.cluster.kubectl("get", "hypervisor", site.node, check=False).returncode != 0
     assert not config.token_file.exists()
+
+
+async def test_forgetting_enrolled_nodes_leaves_an_admins_own_hypervisor(site: Site) -> None:
+    await enrollment.enroll(site.config(), site.options(site.token()))
+    admins = f"admins-{site.node}"
+    site.cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": admins},
+        "spec": {"endpoint": "https://192.0.2.78:8441",
+                 "tokenSecretRef": {"namespace": site.namespace, "name": "x"}},
+    }))  # fmt: skip
+    try:
+        forgot = stratus("forget-enrolled-nodes", "--grace", "5", env=site.cluster.env)
+        assert forgot.returncode == 0, forgot.stderr
+        assert site.node in forgot.stdout
+        assert site.cluster.kubectl("get", "hypervisor", site.node, check=False).returncode != 0
+        assert site.cluster.kubectl("get", "hypervisor", admins, check=False).returncode == 0
+    finally:
+        site.cluster.kubectl("patch", "hypervisor", admins, "--type=merge", "-p",
+                             '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+        site.cluster.kubectl("delete", "hypervisor", admins, "--wait=false", check=False)

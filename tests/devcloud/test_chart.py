@@ -287,9 +287,11 @@ def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
     node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
     assert operator_pods(node) == [] and component_pods(node, "agent") == []
     left = node.kubectl("get", "clusterrole,clusterrolebinding,role,rolebinding,serviceaccount,"
-                        "deployment,daemonset,service,configmap", "-A", "-l",
+                        "deployment,daemonset,service,configmap,job", "-A", "-l",
                         f"app.kubernetes.io/instance={RELEASE}", "-o", "name")  # fmt: skip
     assert left == "", left
+    # The pre-delete hook deleted the Hypervisor enrollment made (the operator still ran).
+    assert node.kubectl("get", "hypervisors", "-o", "name") == ""
     # What enrollment made goes with the agents' DaemonSet that owns it.
     wait_until("enrollment's Secrets and ConfigMap collected", lambda: node.kubectl(
         "get", "secret,configmap", "-n", NAMESPACE, "-l", "stratus.io/enrolled=true",

@@ -11,6 +11,7 @@ standby too: it needs no leadership, only the API server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -161,6 +162,25 @@ class Enrollment:
         change = hypervisor_change(found, body["spec"])
         if change is not None:
             await self._kube.merge_patch("hypervisors", None, name, change)
+
+
+async def forget_enrolled(kube: Kube, grace_seconds: float, poll_seconds: float = 1.0) -> list[str]:
+    """Delete the Hypervisors enrollment made (a chart's pre-delete hook: Helm leaves objects
+    it did not make). The operator, still running, lets each go; those still there after
+    `grace_seconds` lose their finalizers, as no operator is left to remove them."""
+    selector = f"{ENROLLED_LABEL}=true"
+    names = [h["metadata"]["name"] for h in await kube.list_objects("hypervisors", None, selector)]
+    for name in names:
+        await kube.delete("hypervisors", None, name)
+    deadline = asyncio.get_running_loop().time() + grace_seconds
+    while left := await kube.list_objects("hypervisors", None, selector):
+        if asyncio.get_running_loop().time() > deadline:
+            for found in left:
+                await kube.merge_patch("hypervisors", None, found["metadata"]["name"],
+                                       {"metadata": {"finalizers": None}})  # fmt: skip
+            deadline = float("inf")  # once; deletion then completes on its own
+        await asyncio.sleep(poll_seconds)
+    return names
 
 
 def app(enrollment: Enrollment) -> web.Application:

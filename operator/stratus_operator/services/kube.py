@@ -171,6 +171,27 @@ class Kube:
         found: dict[str, Any] = json.loads(text)
         return found
 
+    async def list_objects(
+        self, plural: str, namespace: str | None, label_selector: str = "",
+        group: str = GROUP, version: str = VERSION,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The objects of a kind (a Stratus one by default) matching the selector."""
+        query = f"?labelSelector={quote(label_selector, safe='')}" if label_selector else ""
+        path = _path(plural, namespace, group=group, version=version) + query
+        items: list[dict[str, Any]] = json.loads(await self._request("GET", path))["items"]
+        return items
+
+    async def delete(
+        self, plural: str, namespace: str | None, name: str,
+        group: str = GROUP, version: str = VERSION,
+    ) -> bool:  # fmt: skip
+        """Delete an object; False when it was not there."""
+        try:
+            await self._request("DELETE", _path(plural, namespace, name, group, version))
+        except NotFound:
+            return False
+        return True
+
     async def merge_patch(
         self, plural: str, namespace: str | None, name: str, body: dict[str, Any],
         group: str = GROUP, version: str = VERSION,
