@@ -24,7 +24,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.create("stratus.io", "v1alpha1", "images")
-def created(patch: kopf.Patch, **_: Any) -> None:
+def created(patch: kopf.Patch, meta: kopf.Meta, **_: Any) -> None:
+    # The CRD defaults status.observedGeneration to 0; kubectl wait needs it current.
+    patch.status["observedGeneration"] = meta.get("generation")
     patch.status["phase"] = "Ready"
     patch.status["conditions"] = [
         {"type": "Ready", "status": "True", "reason": "Probed", "message": "seen by kopf"}

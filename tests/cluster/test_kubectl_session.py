@@ -58,8 +58,10 @@ def test_user_session(cluster: Cluster, namespace: str) -> None:
     assert "copy-on-write" in cluster.kubectl("explain", "instance.spec.boot.image").stdout
 
     # The operator's view: status through the status subresource, then wait on a condition.
+    # Until a controller says which generation it saw, kubectl wait (as kstatus) waits.
     status = {
         "status": {
+            "observedGeneration": 1,
             "phase": "Running",
             "node": "node-1",
             "interfaces": [{"network": "default", "ip": "10.20.0.17", "mac": "52:54:00:00:00:01"}],
