@@ -272,3 +272,46 @@ def qcow2_naming_data_file(path: Path, data_file: str) -> Path:
     at = raw.index(decoy.encode(), 72)
     path.write_bytes(raw[:at] + data_file.encode() + raw[at + len(decoy) :])
     return path
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request in the API server's audit log: RBAC's words for it, and the answer."""
+
+    verb: str
+    group: str  # "" for the core group
+    resource: str  # with its subresource: "instances/status"; "" for a non-resource URL
+    path: str
+    code: int
+
+    @property
+    def right(self) -> str:
+        return f"{self.verb} {self.group or 'core'}/{self.resource}" if self.resource else (
+            f"{self.verb} {self.path}")  # fmt: skip
+
+
+def audited(log_dir: Path, user: str) -> list[ApiCall]:
+    """Every request `user` made, from the audit logs in `log_dir` (rotated ones too)."""
+    calls = []
+    for log in sorted(log_dir.glob("audit*.log")):
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["user"]["username"] != user:
+                continue
+            ref = event.get("objectRef") or {}
+            resource = "/".join(x for x in (ref.get("resource"), ref.get("subresource")) if x)
+            calls.append(ApiCall(event["verb"], ref.get("apiGroup") or "", resource,
+                                 event["requestURI"].split("?")[0],
+                                 int(event.get("responseStatus", {}).get("code", 0))))  # fmt: skip
+    return calls
+
+
+def granted(rules: list[dict[str, Any]]) -> set[str]:
+    """Each right a Role's rules grant, in ApiCall.right's words (resource rules only)."""
+    return {
+        f"{verb} {group or 'core'}/{resource}"
+        for rule in rules if "resources" in rule
+        for group in rule.get("apiGroups", [])
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }  # fmt: skip

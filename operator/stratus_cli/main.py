@@ -394,7 +394,7 @@ def _up_from_chart(cloud: allinone.DevCloud) -> None:
         raise click.ClickException(f"{command} failed:\n{exc.stderr}") from None
     click.echo(
         f"stratus dev: node {pki.NODE_NAME} Ready {took.kubelet_ready:.1f} s after its kubelet "
-        f"started; images ready in {took.images:.0f} s; chart {incluster.CHART.name} installed "
+        f"started; images ready in {took.images:.0f} s; chart {allinone.CHART.name} installed "
         f"as {incluster.RELEASE} in {incluster.NAMESPACE} and Ready in {took.install:.0f} s "
         f"(Hypervisor {pki.NODE_NAME} enrolled; Images from http://{incluster.IMAGE_ENDPOINT}/)",
         err=True,

@@ -33,7 +33,7 @@ from stratus_agent.drivers.network.dhcp import DhcpServers
 from stratus_agent.drivers.network.routers import Routers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
-from stratus_devcloud import ceph, external, kubeletnode, processes
+from stratus_devcloud import ceph, external, kubeconfig, kubeletnode, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
     REPO_ROOT,
@@ -60,6 +60,8 @@ BRIDGE_PREFIX = "stratus-"  # plus 7 hex digits: 15 characters, Linux's interfac
 IMAGE_PORT = 8480  # examples/image.yaml points here
 IMAGE_ENDPOINT = f"127.0.0.1:{IMAGE_PORT}"
 AGENT_SYSTEM_NAMESPACE = "stratus-system"
+CHART = REPO_ROOT / "charts" / "stratus"
+OPERATOR_ACCOUNT = "stratus-operator"  # the chart's, for a release named stratus
 # One directory per state dir, named from it (see DevCloud.node_dir).
 NODE_ROOT = Path("/var/lib/stratus")
 READY_TIMEOUT_SECONDS = 60.0
@@ -231,8 +233,45 @@ class DevCloud:
         return Daemon(
             "stratus-operator",
             (sys.executable, "-m", "stratus_cli", "operator",
-             "--kubeconfig", str(self.plane.kubeconfig), *image_policy),
+             "--kubeconfig", str(self.operator_kubeconfig), *image_policy),
             self.run_dir, self.log_dir,
+        )  # fmt: skip
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        return self.state_dir / "operator.kubeconfig"
+
+    def _operator_credentials(self) -> None:
+        """The operator's rights are its chart's: the ServiceAccount and ClusterRole that
+        charts/stratus installs (rendered as a release `stratus` without leader election or
+        agents, which the all-in-one runs on the host), and a token of that account in
+        the operator's kubeconfig. So what it is denied here, a chart install is too."""
+        rendered = subprocess.run(
+            [str(self.plane.bin_dir() / "helm"), "template", "stratus", str(CHART), "-n",
+             AGENT_SYSTEM_NAMESPACE, "--set", "operator.leaderElection=false", "--set",
+             "agent.enabled=false", "--show-only", "templates/operator-serviceaccount.yaml",
+             "--show-only", "templates/operator-rbac.yaml"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if rendered.returncode != 0:
+            raise ControlPlaneError(f"helm template of {CHART} failed: {rendered.stderr}")
+        namespace = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": AGENT_SYSTEM_NAMESPACE}}  # fmt: skip
+        for manifest in (json.dumps(namespace), rendered.stdout):
+            applied = self.plane.kubectl_run("apply", "-f", "-", input=manifest, check=False)
+            if applied.returncode != 0:
+                raise ControlPlaneError(f"the operator's RBAC: {applied.stderr.strip()}")
+        made = self.plane.kubectl_run(
+            "create", "token", OPERATOR_ACCOUNT, "-n", AGENT_SYSTEM_NAMESPACE,
+            "--duration=8760h", check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise ControlPlaneError(f"a token for the operator: {made.stderr.strip()}")
+        kubeconfig.write_kubeconfig(
+            self.operator_kubeconfig, server=self.plane.server_url,
+            ca=self.plane.pki_dir / "ca.crt", token=made.stdout.strip(),
+            user=f"system:serviceaccount:{AGENT_SYSTEM_NAMESPACE}:{OPERATOR_ACCOUNT}",
+            context="stratus-dev",
         )  # fmt: skip
 
     # -- up -------------------------------------------------------------------------------
@@ -243,6 +282,7 @@ class DevCloud:
             tunnel = self._tunnel(node) if self.node_count > 1 else None
             self._start_agent(node, tunnel)
             self._register_node(node)
+        self._operator_credentials()
         self.operator.start()
 
     def up_node_services(self) -> None:

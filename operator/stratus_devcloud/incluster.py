@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from stratus_devcloud import images
-from stratus_devcloud.allinone import IMAGE_PORT, DevCloud
-from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError
+from stratus_devcloud.allinone import CHART, IMAGE_PORT, DevCloud
+from stratus_devcloud.controlplane import ControlPlaneError
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
 
-CHART = REPO_ROOT / "charts" / "stratus"
 RELEASE, NAMESPACE = "stratus", "stratus-system"
 IMAGE_ENDPOINT = f"{NODE_IP}:{IMAGE_PORT}"
 AGENT_PORT = 8441  # the chart's agent.port

@@ -13,8 +13,16 @@ def _b64(path: Path) -> str:
 
 
 def write_kubeconfig(
-    path: Path, *, server: str, ca: Path, cert: Path, key: Path, user: str, context: str
-) -> None:
+    path: Path, *, server: str, ca: Path, user: str, context: str,
+    cert: Path | None = None, key: Path | None = None, token: str | None = None,
+) -> None:  # fmt: skip
+    """A client certificate and key, or a bearer token (a ServiceAccount's)."""
+    if token is not None:
+        credentials = {"token": token}
+    elif cert is not None and key is not None:
+        credentials = {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)}
+    else:
+        raise ValueError("a kubeconfig needs a certificate and key, or a token")
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -27,7 +35,7 @@ def write_kubeconfig(
         "users": [
             {
                 "name": user,
-                "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)},
+                "user": credentials,
             }
         ],
         "contexts": [{"name": context, "context": {"cluster": context, "user": user}}],

@@ -23,7 +23,15 @@ import pytest
 
 from stratus_devcloud import allinone, images
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
-from testsupport import REPO_ROOT, basics, dev_kubectl, instance, stratus, wait_until
+from testsupport import (
+    REPO_ROOT,
+    audited,
+    basics,
+    dev_kubectl,
+    instance,
+    stratus,
+    wait_until,
+)
 
 CHART = REPO_ROOT / "charts" / "stratus"
 RELEASE, NAMESPACE = "stratus", "stratus-system"
@@ -278,11 +286,12 @@ def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
     # Every call the operator made with the chart's ServiceAccount was allowed (the API
     # server's audit log): a right missing from the ClusterRole shows here, not as a
     # retry loop in its log. The agent's ServiceAccount made none at all.
-    calls = audited(node, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator")
-    denied = sorted({what for what, code in calls if code == 403})
+    logs = node.state / "logs"
+    calls = audited(logs, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator")
+    denied = sorted({call.right for call in calls if call.code == 403})
     assert calls and not denied, denied
-    print("operator calls:", ", ".join(sorted({what for what, _ in calls})))
-    assert audited(node, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-agent") == []
+    print("operator calls:", ", ".join(sorted({call.right for call in calls})))
+    assert audited(logs, f"system:serviceaccount:{NAMESPACE}:{RELEASE}-agent") == []
 
     node.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=2m")
     assert operator_pods(node) == [] and component_pods(node, "agent") == []
@@ -298,18 +307,3 @@ def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
         "-o", "name") == "", timeout=30)  # fmt: skip
     # CRDs stay, as Helm leaves a chart's crds/ (deleting them would delete every object).
     assert "instances.stratus.io" in node.kubectl("get", "crd", "-o", "name")
-
-
-def audited(node: Node, user: str) -> list[tuple[str, int]]:
-    """("verb group/resource[/subresource]", HTTP code) of each request `user` made."""
-    calls = []
-    for line in (node.state / "logs" / "audit.log").read_text().splitlines():
-        event = json.loads(line)
-        if event["user"]["username"] != user:
-            continue
-        ref = event.get("objectRef") or {}
-        resource = "/".join(x for x in (ref.get("resource"), ref.get("subresource")) if x)
-        what = f"{event['verb']} {ref.get('apiGroup') or 'core'}/{resource}" if resource else (
-            f"{event['verb']} {event['requestURI'].split('?')[0]}")  # fmt: skip
-        calls.append((what, int(event.get("responseStatus", {}).get("code", 0))))
-    return calls

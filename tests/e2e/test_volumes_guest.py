@@ -163,6 +163,13 @@ def test_an_instance_boots_from_an_rbd_clone_of_the_image(cloud: Cloud) -> None:
     wait_until("rbd-boot Available", lambda: json.loads(cloud.kubectl(
         "get", "volume", "rbd-boot", "-o", "json"))["status"]["phase"] == "Available")  # fmt: skip
     assert f"volume-{uid}" in rbd(cloud, "ls", "stratus").split()
+    # A snapshot of it, taken in the pool; once it is deleted, so can the Volume be.
+    snapshot = {"apiVersion": "stratus.io/v1alpha1", "kind": "VolumeSnapshot",
+                "metadata": {"name": "rbd-boot-1"}, "spec": {"volume": "rbd-boot"}}  # fmt: skip
+    cloud.kubectl("apply", "-f", "-", input=json.dumps(snapshot))
+    cloud.kubectl("wait", "--for=condition=Ready", "volumesnapshot/rbd-boot-1", "--timeout=60s")
+    assert rbd(cloud, "snap", "ls", f"stratus/volume-{uid}").strip()
+    cloud.kubectl("delete", "volumesnapshot", "rbd-boot-1", "--timeout=60s")
     cloud.kubectl("delete", "volume", "rbd-boot", "--timeout=60s")
     assert f"volume-{uid}" not in rbd(cloud, "ls", "stratus").split()
 

@@ -162,8 +162,9 @@ def test_the_operator_gets_the_same_image_policy(
     monkeypatch.setattr(operator_main, "run", lambda settings, **kw: seen.update(s=settings))
     argv = cloud.operator.argv
     assert argv[1:3] == ("-m", "stratus_cli")
-    cloud.plane.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-    cloud.plane.kubeconfig.write_text("{}")
+    # The operator's own kubeconfig (its chart ServiceAccount's token), as `up` writes it.
+    cloud.operator_kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    cloud.operator_kubeconfig.write_text("{}")
     monkeypatch.delenv("KUBECONFIG", raising=False)
     result = CliRunner().invoke(cli_main.cli, list(argv[3:]))
     assert result.exit_code == 0, result.output
