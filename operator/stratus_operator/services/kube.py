@@ -112,12 +112,10 @@ class Kube:
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """A Secret's decoded data, or None when it does not exist."""
-        try:
-            text = await self._request("GET", _path("secrets", namespace, name, group=""))
-        except NotFound:
+        secret = await self.read("secrets", namespace, name, group="")
+        if secret is None:
             return None
-        data = json.loads(text).get("data") or {}
-        return {k: base64.b64decode(v) for k, v in data.items()}
+        return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
     async def post_event(
         self, involved: dict[str, str], type_: str, reason: str, message: str
@@ -212,12 +210,7 @@ class Kube:
 
     async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A coordination.k8s.io Lease, or None when there is none."""
-        path = _path("leases", namespace, name, group="coordination.k8s.io", version="v1")
-        try:
-            found: dict[str, Any] = json.loads(await self._request("GET", path))
-        except NotFound:
-            return None
-        return found
+        return await self.read("leases", namespace, name, "coordination.k8s.io", "v1")
 
     async def write_lease(
         self, namespace: str, lease: dict[str, Any], *, create: bool = False
