@@ -12,7 +12,7 @@ from stratus_api.validation import problems_of
 from stratus_operator.controllers.instance import invalid
 from stratus_operator.handlers import errors
 from stratus_operator.handlers.common import INSTANCES, runtime, world
-from stratus_operator.services import instances, volumes, wakeups
+from stratus_operator.services import instances, wakeups
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
 
@@ -30,24 +30,16 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
         problems = problems_of(exc)
         await instances.write_body_status(body, rt, invalid(problems))
         raise kopf.PermanentError("; ".join(str(p) for p in problems)) from None
-    view, uid = world(kwargs), instance.metadata.uid or ""
+    uid = instance.metadata.uid or ""
     async with rt.lock(uid):  # one at a time with its runs from services/wakeups.py
-        since = rt.waiters.tick()
-        try:
-            change = await instances.reconcile(instance, view, rt)
-        except Exception as exc:
-            failure = instances.failed(exc)
-            if failure is None:
-                rt.waiters.forget(uid)
-                raise
-            await volumes.tell_volume(instance, exc, rt)
-            await instances.write_body_status(body, rt, failure)
-            if wakeups.hold(instance, exc, since, view, rt):
-                return  # its Network, Image, ... runs it again when it changes
-            rt.waiters.forget(uid)
-            raise errors.intent(exc, retry, rt.settings) from None
-        rt.waiters.forget(uid)
-        await instances.write_body_status(body, rt, change)
+        error = await wakeups.attempt(instance, world(kwargs), rt)
+        if error is not None:
+            rt.waiters.forget(uid)  # kopf retries it from here
+    if error is None:
+        return  # done, or its Network, Image, ... runs it again when it changes
+    if instances.failed(error) is None:
+        raise error
+    raise errors.intent(error, retry, rt.settings) from None
 
 
 @kopf.on.delete(*INSTANCES)

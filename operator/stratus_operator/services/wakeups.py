@@ -51,6 +51,27 @@ def wake(
         _spawn(rt, rerun(uid, world, rt), f"instance {uid} (woken by {'/'.join(dependency)})")
 
 
+async def attempt(instance: Instance, world: World, runtime: Runtime) -> Exception | None:
+    """One reconcile of `instance`, its status written, with the Instance's lock held by
+    the caller: None when it is done or now waits on a dependency (which runs it again);
+    else the error, for the caller to retry. Unknown errors write no status."""
+    ref, generation = ObjectRef.of(instance), instance.metadata.generation or 0
+    since = runtime.waiters.tick()
+    try:
+        change = await instances.reconcile(instance, world, runtime)
+    except Exception as exc:
+        failure = instances.failed(exc)
+        if failure is not None:
+            await volumes.tell_volume(instance, exc, runtime)
+            await instances.write_status(ref, instance.status, generation, runtime, failure)
+            if hold(instance, exc, since, world, runtime):
+                return None
+        return exc
+    runtime.waiters.forget(instance.metadata.uid or "")
+    await instances.write_status(ref, instance.status, generation, runtime, change)
+    return None
+
+
 async def rerun(uid: str, world: World, runtime: Runtime) -> None:
     """Reconcile a waiting Instance again, as its kopf handler would, and write its status."""
     async with runtime.lock(uid):
@@ -58,27 +79,16 @@ async def rerun(uid: str, world: World, runtime: Runtime) -> None:
         if instance is None or instance.metadata.deletion_timestamp:
             runtime.waiters.forget(uid)
             return
-        ref, generation = ObjectRef.of(instance), instance.metadata.generation or 0
-        since = runtime.waiters.tick()
-        try:
-            change = await instances.reconcile(instance, world, runtime)
-        except Exception as exc:
-            failure = instances.failed(exc)
-            if failure is None:
-                log.exception("instance %s: reconcile failed", instance.metadata.name)
-            else:
-                await volumes.tell_volume(instance, exc, runtime)
-                await instances.write_status(ref, instance.status, generation, runtime, failure)
-            if hold(instance, exc, since, world, runtime):
-                return
-            attempt = runtime.waiters.attempts(uid)
-            delay = instances.retry_delay(exc, attempt, runtime.settings)
-            if delay is not None:  # else only an edit helps, and kopf runs that
-                runtime.waiters.retry(uid, _now() + delay)
-                _sweep_from(world, runtime)
+        exc = await attempt(instance, world, runtime)
+        if exc is None:
             return
-        runtime.waiters.forget(uid)
-        await instances.write_status(ref, instance.status, generation, runtime, change)
+        if instances.failed(exc) is None:
+            log.error("instance %s: reconcile failed", instance.metadata.name, exc_info=exc)
+        attempt_count = runtime.waiters.attempts(uid)
+        delay = instances.retry_delay(exc, attempt_count, runtime.settings)
+        if delay is not None:  # else only an edit helps, and kopf runs that
+            runtime.waiters.retry(uid, _now() + delay)
+            _sweep_from(world, runtime)
 
 
 def _now() -> float:
