@@ -6,9 +6,12 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from stratus_api.v1alpha1 import Instance
 from stratus_devcloud import controlplane
@@ -315,3 +319,46 @@ def granted(rules: list[dict[str, Any]]) -> set[str]:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }  # fmt: skip
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str, token: str | None, ca_file: Path | None = None) -> tuple[int, str]:
+    """GET a /metrics endpoint over HTTPS (verified against `ca_file`, else not verified):
+    the status code and the text."""
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else (
+        ssl._create_unverified_context())  # fmt: skip
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(found: Samples, metric: str, /, **labels: str) -> float | None:
+    """The value of the one sample of `metric` whose labels include `labels`; None if
+    there is none."""
+    wanted = set(labels.items())
+    values = [v for (n, ls), v in found.items() if n == metric and wanted <= ls]
+    assert len(values) <= 1, f"{len(values)} samples of {metric} match {labels}"
+    return values[0] if values else None
+
+
+def promtool_check_metrics(text: str) -> str:
+    """`promtool check metrics` on an exposition: its complaints (empty when none)."""
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return (done.stdout + done.stderr).strip() if done.returncode else ""

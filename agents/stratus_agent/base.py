@@ -161,6 +161,73 @@ class StoredSnapshot:
     location: str  # a file path, pool/image@snap or VG/LV
 
 
+# A domain's state as the hypervisor names it (libvirt's virDomainState): finer than
+# GuestState (a guest shutting down, one blocked on I/O), for metrics.
+DomainState = Literal[
+    "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskStats:
+    """One disk's I/O since its guest's QEMU started, as the hypervisor counts it."""
+
+    device: str  # the guest-side target (vda, hda): few per guest
+    read_bytes: int
+    write_bytes: int
+    read_requests: int
+    write_requests: int
+    read_seconds: float  # time spent on reads, summed over requests
+    write_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NicStats:
+    """One NIC's traffic since its guest's QEMU started, as the guest sees it (received:
+    what reached the guest)."""
+
+    index: int  # the NIC's position in the spec's NICs
+    receive_bytes: int
+    transmit_bytes: int
+    receive_packets: int
+    transmit_packets: int
+    receive_errors: int
+    transmit_errors: int
+    receive_drops: int
+    transmit_drops: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestStats:
+    """What the hypervisor says one guest has and uses, read for all guests at once. The
+    counters are None (or the devices empty) while it does not run: they start afresh with
+    each QEMU process."""
+
+    uid: str  # the Instance UID
+    state: DomainState
+    vcpus: int
+    memory_bytes: int  # what it is defined with (the balloon's maximum)
+    # The Instance as the guest's definition names it; None when the driver has not read it.
+    namespace: str | None = None
+    name: str | None = None
+    cpu_seconds: float | None = None  # the whole QEMU process: vCPUs, emulation and I/O
+    vcpu_seconds: float | None = None  # the vCPU threads only
+    balloon_bytes: int | None = None  # memory the guest has now (the balloon's current)
+    resident_bytes: int | None = None  # host memory its QEMU process holds
+    disks: tuple[DiskStats, ...] = ()
+    nics: tuple[NicStats, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageCacheStats:
+    """The image store's contents and how often it was asked, since the agent started."""
+
+    images: int
+    bytes: int  # allocated on disk
+    hits: int  # ensures answered from the cache
+    misses: int  # ensures that had to download
+
+
 @dataclass(frozen=True)
 class Released:
     """What releasing an image did: evicted now, or kept while guests use it."""
@@ -219,6 +286,10 @@ class ComputeDriver(Protocol):
     async def capacity(self) -> tuple[int, int]:
         """(CPUs, memory bytes) of the node."""
 
+    async def guest_stats(self) -> builtins.list[GuestStats]:
+        """Every guest of this driver with its usage counters, read in one pass (one
+        hypervisor call, off the event loop): per scrape, so it must stay cheap."""
+
 
 class ImageStore(Protocol):
     """Base images on the node: download, verify sha256, inspect the format, cache, evict."""
@@ -233,6 +304,9 @@ class ImageStore(Protocol):
     async def collect(self) -> list[str]:
         """Evict released images no disk uses and, over budget, the least recently used
         unused ones; the UIDs evicted. Never raises."""
+
+    async def stats(self) -> ImageCacheStats:
+        """What the store holds now, and its hits and misses so far."""
 
 
 class DiskDriver(Protocol):

@@ -333,6 +333,12 @@ class FakeComputeConfig(_Section):
 class AgentConfig(_Section):
     node_name: str = Field(default_factory=socket.gethostname)
     token_file: Path = Field(description="File holding the bearer token callers must send.")
+    metrics_token_file: Path | None = Field(
+        default=None,
+        description="File holding a second bearer token that opens GET /metrics and nothing "
+        "else: Prometheus's scrape credential, so it need not hold the API token (which "
+        "still reads /metrics too). None: only the API token. Same rules as token_file.",
+    )
     state_dir: Path = Field(
         default=Path("/var/lib/stratus"),
         description="Disks, seed ISOs, console logs and the image cache live here.",
@@ -395,13 +401,30 @@ class AgentConfig(_Section):
         return self
 
     def read_token(self) -> str:
-        token = self.token_file.read_text().strip()
-        if len(token) < 16:
-            raise ConfigError(f"{self.token_file}: the token must be at least 16 characters")
-        mode = self.token_file.stat().st_mode
-        if mode & 0o077 and os.geteuid() == self.token_file.stat().st_uid:
-            raise ConfigError(f"{self.token_file}: must not be readable by others (chmod 600)")
+        return _read_token(self.token_file)
+
+    def read_metrics_token(self) -> str | None:
+        if self.metrics_token_file is None:
+            return None
+        token = _read_token(self.metrics_token_file)
+        if token == self.read_token():
+            # Prometheus would then hold the token that drives guests.
+            raise ConfigError(
+                f"{self.metrics_token_file}: the metrics token must differ from the API token"
+            )
         return token
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token, stat = path.read_text().strip(), path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ConfigError(f"{path}: the token must be at least 16 characters")
+    if stat.st_mode & 0o077 and os.geteuid() == stat.st_uid:
+        raise ConfigError(f"{path}: must not be readable by others (chmod 600)")
+    return token
 
 
 # Sections whose `driver` follows compute: fake unless given.

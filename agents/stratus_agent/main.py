@@ -305,13 +305,14 @@ def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:
 
 
 async def serve(config: agent_config.AgentConfig) -> None:
-    token = config.read_token()
+    token, metrics_token = config.read_token(), config.read_metrics_token()
     agent = await build(config)
     manager = agent.manager
     app = create_app(
         manager,
         agent.hub,
         token=token,
+        metrics_token=metrics_token,
         node=config.node_name,
         heartbeat=config.heartbeat_seconds,
         images=agent.images,

@@ -198,6 +198,29 @@ def agent(
     show_default=True,
     help="The Secret keeping the enrollment CA, and the ConfigMap publishing its certificate.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at https://HOST:PORT/metrics; off by default. Callers "
+    "need get on the non-resource URL /metrics (as for kube-controller-manager's).",
+)
+@click.option(
+    "--metrics-host", default="0.0.0.0", show_default=True, help="The address /metrics listens on."
+)
+@click.option(
+    "--metrics-cert-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate for /metrics (default: from the enrollment CA when enrollment is "
+    "on, else self-signed).",
+)
+@click.option(
+    "--metrics-key-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM key of --metrics-cert-file.",
+)
 def operator(
     namespaces: tuple[str, ...],
     liveness_port: int | None,
@@ -212,6 +235,10 @@ def operator(
     agent_service_account: str,
     agent_daemonset: str,
     ca_name: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_cert_file: str | None,
+    metrics_key_file: str | None,
 ) -> None:
     """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
     import pydantic
@@ -225,6 +252,11 @@ def operator(
         raise click.BadParameter(
             f"{bad}: expected HOST:PORT", param_hint="--allow-image-endpoint"
         ) from None
+    if bool(metrics_cert_file) != bool(metrics_key_file):
+        raise click.BadParameter(
+            "give both --metrics-cert-file and --metrics-key-file, or neither",
+            param_hint="--metrics-cert-file",
+        )
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
@@ -232,6 +264,7 @@ def operator(
         EnrollmentSettings,
         ImageSettings,
         LeaderSettings,
+        MetricsSettings,
         OperatorSettings,
     )
 
@@ -247,11 +280,21 @@ def operator(
         agent_service_account=(namespace, agent_service_account),
         agent_daemonset=agent_daemonset,
     )
+    metrics = MetricsSettings(
+        enabled=metrics_port is not None,
+        host=metrics_host,
+        port=metrics_port or MetricsSettings.port,
+        cert_file=metrics_cert_file or "",
+        key_file=metrics_key_file or "",
+        service=enrollment_service,
+        namespace=namespace,
+    )
     settings = OperatorSettings(
         namespaces=namespaces,
         images=ImageSettings(sources=sources),
         leader=leader,
         enrollment=enrollment,
+        metrics=metrics,
     )
     liveness = (liveness_host, liveness_port) if liveness_port else None
     operator_main.run(settings, liveness=liveness)
@@ -318,9 +361,16 @@ def dev() -> None:
     "than one, each has its own network namespace, Open vSwitch and tunnel endpoint, and "
     "overlay Networks span them over VXLAN.",
 )
+@click.option(
+    "--no-prometheus",
+    "without_prometheus",
+    is_flag=True,
+    help="Do not start Prometheus (by default it scrapes the operator and every agent, with "
+    "the chart's alert rules, on a port printed at the end).",
+)
 def up(
     state_dir: Path, control_plane_only: bool, with_ceph: bool, with_kubelet: bool,
-    from_chart: bool, nodes: int | None,
+    from_chart: bool, nodes: int | None, without_prometheus: bool,
 ) -> None:  # fmt: skip
     """Start the local cloud (or find it running): the Kubernetes control plane with the
     CRDs, Open vSwitch and libvirtd, the external network's bridge with the host's address
@@ -343,7 +393,7 @@ def up(
         elif from_chart:
             _up_from_chart(cloud)
         else:
-            cloud.up()
+            cloud.up(with_prometheus=not without_prometheus)
     except (controlplane.ControlPlaneError, NodeServiceError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -355,6 +405,12 @@ def up(
         click.echo(
             f"stratus dev: external network: bridge {cloud.external_bridge}, host gateway "
             f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
+            err=True,
+        )
+    if not (control_plane_only or from_chart or without_prometheus):
+        click.echo(
+            f"stratus dev: Prometheus at {cloud.prometheus.url} (alerts at "
+            f"{cloud.prometheus.url}/alerts), scraping the operator and every agent",
             err=True,
         )
     if with_kubelet and not from_chart:

@@ -33,7 +33,7 @@ from stratus_agent.drivers.network.dhcp import DhcpServers
 from stratus_agent.drivers.network.routers import Routers
 from stratus_api import naming
 from stratus_api.v1alpha1.cephpool import DEFAULT_POOL
-from stratus_devcloud import ceph, external, kubeconfig, kubeletnode, processes
+from stratus_devcloud import ceph, external, kubeconfig, kubeletnode, monitoring, processes
 from stratus_devcloud.controlplane import (
     DAEMON_NAMES,
     REPO_ROOT,
@@ -69,7 +69,7 @@ READY_TIMEOUT_SECONDS = 60.0
 DOWN_SETTLE_SECONDS = 90.0
 
 
-APP_NAMES = ("image-server", "stratus-agent", "stratus-operator")  # in start order
+APP_NAMES = ("image-server", "stratus-agent", "stratus-operator", monitoring.DAEMON_NAME)
 MAX_NODES = 9  # node K's bridge is "stratusK-" plus 6 hex digits: 15 characters
 # Each simulated node's guests get QEMU users from a range of their own: two nodes sharing
 # one kernel must never give two guests the same UID.
@@ -120,6 +120,7 @@ class DevCloud:
         self.run_dir, self.log_dir = self.state_dir / "run", self.state_dir / "logs"
         self.node_record = self.state_dir / "node.json"
         self.image_server = self.image_server_on("127.0.0.1")
+        self.prometheus = monitoring.LocalPrometheus(self.state_dir, self.run_dir, self.log_dir)
 
     def image_server_on(self, host: str) -> Daemon:
         """The test image's HTTP server, on `host`'s IMAGE_PORT."""
@@ -223,19 +224,32 @@ class DevCloud:
         """This cloud's own service ports: no Image may be downloaded from them."""
         ports = self.plane.ports
         agents = [self.port_of(node) for node in self.nodes]
-        return [ports.etcd_client, ports.etcd_peer, ports.apiserver, *agents]
+        return [ports.etcd_client, ports.etcd_peer, ports.apiserver, *agents,
+                self.operator_metrics_port, self.prometheus.port]  # fmt: skip
 
     @property
     def operator(self) -> Daemon:
         image_policy = ["--allow-image-endpoint", IMAGE_ENDPOINT]
         for port in self.service_ports():
             image_policy += ["--refuse-image-port", str(port)]
+        pki = self.plane.pki_dir
+        metrics = ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.operator_metrics_port),
+                   "--metrics-cert-file", str(pki / "operator.crt"),
+                   "--metrics-key-file", str(pki / "operator.key")]  # fmt: skip
         return Daemon(
             "stratus-operator",
             (sys.executable, "-m", "stratus_cli", "operator",
-             "--kubeconfig", str(self.operator_kubeconfig), *image_policy),
+             "--kubeconfig", str(self.operator_kubeconfig), *image_policy, *metrics),
             self.run_dir, self.log_dir,
         )  # fmt: skip
+
+    @property
+    def operator_metrics_port(self) -> int:
+        """Chosen at first start and kept, like the agents' ports."""
+        port_file = self.state_dir / "operator-metrics-port"
+        if not port_file.exists():
+            port_file.write_text(str(free_port()))
+        return int(port_file.read_text())
 
     @property
     def operator_kubeconfig(self) -> Path:
@@ -250,7 +264,8 @@ class DevCloud:
             [str(self.plane.bin_dir() / "helm"), "template", "stratus", str(CHART), "-n",
              AGENT_SYSTEM_NAMESPACE, "--set", "operator.leaderElection=false", "--set",
              "agent.enabled=false", "--show-only", "templates/operator-serviceaccount.yaml",
-             "--show-only", "templates/operator-rbac.yaml"],
+             "--show-only", "templates/operator-rbac.yaml",
+             "--show-only", "templates/metrics-reader-rbac.yaml"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if rendered.returncode != 0:
@@ -275,7 +290,7 @@ class DevCloud:
         )  # fmt: skip
 
     # -- up -------------------------------------------------------------------------------
-    def up(self) -> None:
+    def up(self, *, with_prometheus: bool = True) -> None:
         self.up_node_services()
         self.serve_test_image()
         for node in self.nodes:
@@ -284,6 +299,42 @@ class DevCloud:
             self._register_node(node)
         self._operator_credentials()
         self.operator.start()
+        if with_prometheus:
+            self.up_prometheus()
+
+    def up_prometheus(self) -> None:
+        """Prometheus scraping the operator (as the ServiceAccount stratus-prometheus, bound
+        to the chart's stratus-metrics-reader) and every agent (with their metrics token)."""
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": monitoring.ACCOUNT, "namespace": AGENT_SYSTEM_NAMESPACE},
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": monitoring.ACCOUNT},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": monitoring.READER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": monitoring.ACCOUNT,
+                          "namespace": AGENT_SYSTEM_NAMESPACE}],
+        }  # fmt: skip
+        for manifest in (account, binding):
+            applied = self.plane.kubectl_run("apply", "-f", "-", input=json.dumps(manifest),
+                                             check=False)  # fmt: skip
+            if applied.returncode != 0:
+                raise ControlPlaneError(f"Prometheus' account: {applied.stderr.strip()}")
+        made = self.plane.kubectl_run(
+            "create", "token", monitoring.ACCOUNT, "-n", AGENT_SYSTEM_NAMESPACE,
+            "--duration=8760h", check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise ControlPlaneError(f"a token for Prometheus: {made.stderr.strip()}")
+        self.prometheus.configure(
+            f"127.0.0.1:{self.operator_metrics_port}",
+            [(node.name, f"127.0.0.1:{self.port_of(node)}") for node in self.nodes],
+            self.plane.pki_dir / "ca.crt", made.stdout.strip(),
+        )  # fmt: skip
+        self.prometheus.up()
 
     def up_node_services(self) -> None:
         """The control plane, and what a node needs besides its agent: Open vSwitch,
@@ -375,6 +426,7 @@ class DevCloud:
         return {
             "node_name": node.name,
             "token_file": str(node.config_dir / "token"),
+            "metrics_token_file": str(self.prometheus.agent_token_file),
             "state_dir": str(node.state_dir),
             "isolation": {
                 "uid_first": NODE_UID_FIRST + (node.index - 1) * NODE_UID_COUNT,
@@ -467,7 +519,8 @@ class DevCloud:
         agents = tuple(node.daemon_name for node in self.nodes)
         # First, while the API server still answers: the kubelet stops its pods itself.
         report = processes.StopReport(stopped=self.kubelet.down())
-        report.add(processes.stop_all(self.run_dir, ("image-server", *agents, "stratus-operator")))
+        apps = ("image-server", *agents, "stratus-operator", monitoring.DAEMON_NAME)
+        report.add(processes.stop_all(self.run_dir, apps))
         self._remove_node_state()
         report.notes.extend(f"removed {what}" for what in self.simnodes.down())
         report.add(self.ceph.down())

@@ -56,6 +56,10 @@ CERTS = (
     ),
     CertSpec("etcd-server", "etcd", server=True, dns_names=("localhost",), ips=(LOOPBACK,)),
     CertSpec("agent", "stratus-agent", server=True, dns_names=("localhost",), ips=(LOOPBACK,)),
+    # The operator's /metrics.
+    CertSpec(
+        "operator", "stratus-operator", server=True, dns_names=("localhost",), ips=(LOOPBACK,)
+    ),
     CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True),
     CertSpec("admin", "stratus-admin", organization="system:masters", client=True),
     CertSpec("controller-manager", "system:kube-controller-manager", client=True),

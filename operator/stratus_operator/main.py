@@ -17,9 +17,10 @@ from aiohttp import web
 
 from stratus_operator import handlers
 from stratus_operator.handlers.lifecycle import connection_info
-from stratus_operator.services import enrollment
+from stratus_operator.services import enrollment, metrics_serving
 from stratus_operator.services.kube import Credentials, Kube
 from stratus_operator.services.leadership import Leader
+from stratus_operator.services.metrics import OperatorMetrics
 from stratus_operator.services.runtime import AgentPool, Runtime
 from stratus_operator.services.settings import OperatorSettings
 
@@ -37,23 +38,34 @@ def run(settings: OperatorSettings, *, liveness: tuple[str, int] | None = None) 
 
 
 async def _run(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
-    # Enrollment needs no leadership: every replica serves agents that join.
-    enroller = _own_kube() if settings.enrollment.enabled else Kube()
-    async with enrollment.serving(enroller, settings.enrollment):
-        await _operate(settings, liveness)
+    # Enrollment and metrics need no leadership: every replica serves them.
+    metrics = OperatorMetrics()
+    own = (
+        _own_kube(metrics)
+        if settings.enrollment.enabled or settings.metrics.enabled
+        else Kube(metrics.trace())
+    )
+    async with enrollment.serving(own, settings.enrollment) as enrolling:
+        authority = await enrolling.authority() if enrolling is not None else None
+        async with metrics_serving.serving(own, settings.metrics, metrics, authority):
+            await _operate(settings, liveness, metrics)
 
 
-async def _operate(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
-    kube = Kube()
-    rt = Runtime(settings, kube, AgentPool(kube, settings.agents.request_timeout_seconds))
+async def _operate(
+    settings: OperatorSettings, liveness: tuple[str, int] | None, metrics: OperatorMetrics
+) -> None:
+    kube = Kube(metrics.trace())
+    agents = AgentPool(kube, settings.agents.request_timeout_seconds, metrics.dispatch_failed)
+    rt = Runtime(settings, kube, agents, metrics)
     leader = keeper = None
     me = identity()
     if settings.leader.enabled:
-        leader = Leader(_own_kube, settings.leader, me)
+        leader = Leader(lambda: _own_kube(metrics), settings.leader, me)
         async with _standby_health(liveness):
             await leader.acquire()
         # Lost: stop at once, as client-go's leaders do; another replica may act already.
         keeper = asyncio.create_task(leader.keep(lambda: os._exit(1)))
+    metrics.leader.set(1)
     try:
         await kopf.operator(
             clusterwide=not settings.namespaces,
@@ -91,12 +103,13 @@ def identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
-def _own_kube() -> Kube:
-    """A connection of its own, for the elector and enrollment: Lease renewals and
-    enrollments never queue behind reconciles, and they work before kopf logs in."""
+def _own_kube(metrics: OperatorMetrics | None = None) -> Kube:
+    """A connection of its own, for the elector, enrollment and the metrics' guard: Lease
+    renewals, enrollments and scrapes never queue behind reconciles, and they work before
+    kopf logs in."""
     info = connection_info(logger=log, settings=kopf.OperatorSettings())
     ssl = info.as_ssl_context() if info.server.startswith("https:") else None
-    kube = Kube()
+    kube = Kube(metrics.trace() if metrics is not None else None)
     kube.connect(Credentials(info.server, ssl, info.as_http_headers()), 2)
     return kube
 

@@ -12,6 +12,7 @@ import http.server
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from stratus_devcloud import allinone, images
 from stratus_devcloud.pki import NODE_IP, NODE_NAME
@@ -155,6 +157,50 @@ def test_the_images_run_as_pods(node: Node) -> None:
     node.kubectl("delete", "pod", "operator", "agent", "-n", "default", "--wait=false")
 
 
+MONITORING = [
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.dashboard.enabled=true",
+]
+
+
+def check_monitoring_objects(documents: list[dict[str, Any]]) -> list[str]:
+    """The Prometheus Operator's objects, which this cluster has no CRDs for: a
+    PrometheusRule's rules pass `promtool check rules`, and each ServiceMonitor selects a
+    Service of the release with the port it scrapes and names Secrets the release makes.
+    The kinds checked."""
+    services = [d for d in documents if d["kind"] == "Service"]
+    secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+    checked = []
+    for doc in documents:
+        if doc["kind"] == "PrometheusRule":
+            rules = yaml.safe_dump(doc["spec"])
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as out:
+                out.write(rules)
+                out.flush()
+                done = subprocess.run(["promtool", "check", "rules", out.name],
+                                      capture_output=True, text=True, check=False)  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+        elif doc["kind"] == "ServiceMonitor":
+            wanted = doc["spec"]["selector"]["matchLabels"]
+            for endpoint in doc["spec"]["endpoints"]:
+                assert [
+                    s
+                    for s in services
+                    if wanted.items() <= s["metadata"]["labels"].items()
+                    and endpoint["port"] in [p["name"] for p in s["spec"]["ports"]]
+                ], doc
+                token = (endpoint.get("authorization") or {}).get("credentials")
+                assert token is None or token["name"] in secrets, token
+        else:
+            continue
+        checked.append(doc["kind"])
+    return checked
+
+
 @pytest.mark.parametrize(
     "toggles",
     [
@@ -166,8 +212,12 @@ def test_the_images_run_as_pods(node: Node) -> None:
          "--set-json", 'operator.allowImageEndpoints=["images.internal:8080"]',
          "--set-json", 'imagePullSecrets=[{"name":"registry"}]',
          "--set-json", 'operator.tolerations=[{"operator":"Exists"}]'],
+        ["--set", "metrics.enabled=false"],
+        MONITORING,
+        [*MONITORING, "--set", "agent.enabled=false"],
     ],
-    ids=["defaults", "no-leader-election", "no-agent", "no-aggregated-roles", "namespaced"],
+    ids=["defaults", "no-leader-election", "no-agent", "no-aggregated-roles", "namespaced",
+         "no-metrics", "monitoring", "monitoring-no-agent"],
 )  # fmt: skip
 def test_every_toggle_renders_manifests_the_api_server_accepts(
     node: Node, toggles: list[str]
@@ -176,9 +226,15 @@ def test_every_toggle_renders_manifests_the_api_server_accepts(
     assert "0 chart(s) failed" in lint.stdout, lint.stdout
     rendered = node.helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--include-crds",
                          *toggles).stdout  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    monitoring = [d for d in documents if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert sorted(check_monitoring_objects(documents)) == sorted(d["kind"] for d in monitoring)
+    if toggles and toggles[: len(MONITORING)] == MONITORING:
+        assert {d["kind"] for d in monitoring} == {"ServiceMonitor", "PrometheusRule"}
     # The API server's own validation against its OpenAPI schemas: a dry run, nothing kept.
+    others = [d for d in documents if d not in monitoring]
     done = dev_kubectl(node.state, "apply", "--dry-run=server", "-n", NAMESPACE, "-f", "-",
-                       stdin=rendered)  # fmt: skip
+                       stdin=yaml.safe_dump_all(others))  # fmt: skip
     assert done.returncode == 0, done.stderr
     kinds = {line.split("/")[0] for line in done.stdout.splitlines()}
     assert {"deployment.apps", "clusterrole.rbac.authorization.k8s.io",

@@ -1,4 +1,5 @@
-"""The agent's HTTPS API (aiohttp). Every request needs the bearer token."""
+"""The agent's HTTPS API (aiohttp). Every request needs the bearer token; GET /metrics also
+takes the metrics token, when the node has one (Prometheus's, which can do nothing else)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from stratus_agent.api import metrics as agent_metrics
 from stratus_agent.api.events import EventHub
 from stratus_agent.base import ImageStore, NetworkDriver
 from stratus_agent.errors import ProvisioningError
@@ -24,7 +25,7 @@ from stratus_agent.manager.guests import GuestManager, StaleSpecError
 from stratus_agent.manager.snapshots import SnapshotManager
 from stratus_agent.manager.volumes import VolumeInUseError, VolumeManager
 from stratus_api import naming
-from stratus_api.guest import GuestEvent, GuestSpec, GuestState, NodeInventory
+from stratus_api.guest import GuestEvent, GuestSpec, NodeInventory
 from stratus_api.network_wire import NodeNetworkChange, NodeNetworkSpec
 from stratus_api.router_wire import NodeRouterSpec
 from stratus_api.security_group_wire import NodeSecurityGroupChange, NodeSecurityGroupSpec
@@ -37,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MANAGER = web.AppKey("manager", GuestManager)
 HUB = web.AppKey("hub", EventHub)
 TOKEN = web.AppKey("token", str)
+METRICS_TOKEN = web.AppKey("metrics_token", str)
 NODE = web.AppKey("node", str)
 HEARTBEAT = web.AppKey("heartbeat", float)
 IMAGES = web.AppKey("images", ImageStore)
@@ -51,45 +53,38 @@ Spec = TypeVar(
 )  # fmt: skip
 
 
-class AgentMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "stratus_agent_requests",
-            "API requests by route and status code.",
-            ["method", "route", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "stratus_agent_request_seconds",
-            "API request latency (event streams excluded).",
-            ["method", "route"],
-            registry=self.registry,
-        )
-        self.guests = Gauge(
-            "stratus_agent_guests",
-            "Guests on this node by state.",
-            ["state"],
-            registry=self.registry,
-        )
-        self.streams = Gauge(
-            "stratus_agent_event_streams", "Open event streams.", registry=self.registry
-        )
-
-
-METRICS = web.AppKey("metrics", AgentMetrics)
+METRICS = web.AppKey("metrics", agent_metrics.AgentMetrics)
 
 
 def _error(status: int, message: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
+def _route(request: web.Request) -> str:
+    """The matched route's pattern (never the URL itself, which may hold a UID)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _authorized(request: web.Request, presented: bytes) -> bool:
+    if hmac.compare_digest(presented, request.app[TOKEN].encode()):
+        return True
+    # The metrics token opens the scrape and nothing else: whoever holds it (Prometheus)
+    # must not be able to read specs or drive guests.
+    scrape_token = request.app.get(METRICS_TOKEN)
+    return (
+        scrape_token is not None
+        and request.method == "GET"
+        and _route(request) == "/metrics"
+        and hmac.compare_digest(presented, scrape_token.encode())
+    )
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    expected = request.app[TOKEN]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.encode()):
+    if scheme.lower() != "bearer" or not _authorized(request, presented.encode()):
         return _error(401, "missing or wrong bearer token")
     return await handler(request)
 
@@ -108,8 +103,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else "unmatched"
+    name = _route(request)
     started = time.monotonic()
     code = 500
     try:
@@ -134,14 +128,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app_metrics = request.app[METRICS]
-    counts: dict[str, int] = {state.value: 0 for state in GuestState}
-    for status in await request.app[MANAGER].inventory():
-        counts[status.state.value] += 1
-    for state, count in counts.items():
-        app_metrics.guests.labels(state).set(count)
+    scrape = await agent_metrics.read(request.app[MANAGER], request.app.get(IMAGES))
     return web.Response(
-        body=generate_latest(app_metrics.registry),
+        body=agent_metrics.render(request.app[METRICS], scrape),
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
 
@@ -515,6 +504,7 @@ def create_app(
     *,
     token: str,
     node: str,
+    metrics_token: str | None = None,
     heartbeat: float = 10.0,
     images: ImageStore | None = None,
     volumes: VolumeManager | None = None,
@@ -527,7 +517,9 @@ def create_app(
         middlewares=[measure, authenticate, json_errors], client_max_size=2 * 2**20
     )
     app[MANAGER], app[HUB], app[TOKEN], app[NODE] = manager, hub, token, node
-    app[HEARTBEAT], app[METRICS] = heartbeat, AgentMetrics()
+    app[HEARTBEAT], app[METRICS] = heartbeat, agent_metrics.AgentMetrics()
+    if metrics_token is not None:
+        app[METRICS_TOKEN] = metrics_token
     app[PHYSICAL_NETWORKS] = list(physical_networks)
     if images is not None:
         app[IMAGES] = images

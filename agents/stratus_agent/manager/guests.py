@@ -159,6 +159,11 @@ class GuestManager:
     def status(self, uid: str) -> GuestStatus | None:
         return self._status.get(uid)
 
+    def specs(self) -> dict[str, GuestSpec]:
+        """The newest spec accepted for each guest, by UID: applied, or being applied. Empty
+        for a guest found running at start until the operator sends its spec again."""
+        return {**self._applied, **self._desired}
+
     async def ensure(self, spec: GuestSpec) -> GuestStatus:
         """Accept a spec; return the guest's status as of now."""
         uid = spec.uid

@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from stratus_api.v1alpha1.network import IPAddress, Subnet
+from stratus_api.v1alpha1.network import IPAddress, NetworkSpec, Subnet, parse_cidr
 
 MAC_PREFIX = "52:54:00"  # QEMU's locally administered range
 
@@ -41,6 +41,17 @@ def reserved(subnet: Subnet) -> set[IPAddress]:
     if subnet.gateway:
         out.add(ipaddress.ip_address(subnet.gateway))
     return out
+
+
+def pool_size(spec: NetworkSpec) -> int:
+    """How many addresses the Network can hand out: its pools (a subnet without pools is
+    one), less the reserved addresses inside them."""
+    total = 0
+    for subnet in spec.subnets:
+        pools = [parse_cidr(p) for p in subnet.allocation_pools or []] or [subnet.network]
+        taken = reserved(subnet)
+        total += sum(p.num_addresses - sum(1 for a in taken if a in p) for p in pools)
+    return total
 
 
 def check_mac(mac: str, used: set[str], field: str) -> str:

@@ -30,40 +30,54 @@ class Candidate:
     physical_networks: frozenset[str] = frozenset()
 
 
+# Why a Hypervisor is turned down (the codes in Unschedulable.rejections).
+REJECTIONS = (
+    "NoHypervisors", "VolumeNode", "NotReady", "NotSchedulable", "NodeSelector",
+    "VolumeBackend", "PhysicalNetwork", "InsufficientCPU", "InsufficientMemory",
+)  # fmt: skip
+
+
 class Unschedulable(Exception):
-    """No Hypervisor can take the Instance now; the message says why, per cause."""
+    """No Hypervisor can take the Instance now; the message says why, per cause, and
+    `rejections` counts the Hypervisors turned down per cause (a CamelCase code)."""
+
+    def __init__(self, message: str, rejections: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.rejections = rejections or {}
 
 
 def pick(request: Request, candidates: list[Candidate]) -> Candidate:
     """The fitting candidate with the most free memory (spreads load); ties by name."""
     reasons: dict[str, int] = {}
+    codes: dict[str, int] = {}
 
-    def reject(why: str) -> None:
+    def reject(code: str, why: str) -> None:
         reasons[why] = reasons.get(why, 0) + 1
+        codes[code] = codes.get(code, 0) + 1
 
     fitting = []
     for node in candidates:
         if request.required_node is not None and node.name != request.required_node:
-            reject("not the node of its local Volumes")
+            reject("VolumeNode", "not the node of its local Volumes")
         elif not node.ready:
-            reject("not Ready")
+            reject("NotReady", "not Ready")
         elif not node.schedulable:
-            reject("not schedulable")
+            reject("NotSchedulable", "not schedulable")
         elif any(node.labels.get(k) != v for k, v in request.node_selector.items()):
-            reject("nodeSelector does not match")
+            reject("NodeSelector", "nodeSelector does not match")
         elif missing := sorted(request.backends - node.backends):
-            reject(f"serving no {'/'.join(missing)} volumes")
+            reject("VolumeBackend", f"serving no {'/'.join(missing)} volumes")
         elif absent := sorted(request.physical_networks - node.physical_networks):
-            reject(f"without physical network {'/'.join(absent)}")
+            reject("PhysicalNetwork", f"without physical network {'/'.join(absent)}")
         elif node.cpu_free < request.cpu:
-            reject("not enough free CPU")
+            reject("InsufficientCPU", "not enough free CPU")
         elif node.memory_free_bytes < request.memory_bytes:
-            reject("not enough free memory")
+            reject("InsufficientMemory", "not enough free memory")
         else:
             fitting.append(node)
     if not fitting:
         if not candidates:
-            raise Unschedulable("no Hypervisors registered")
+            raise Unschedulable("no Hypervisors registered", {"NoHypervisors": 1})
         detail = ", ".join(f"{count} {why}" for why, count in sorted(reasons.items()))
-        raise Unschedulable(f"0/{len(candidates)} Hypervisors fit: {detail}")
+        raise Unschedulable(f"0/{len(candidates)} Hypervisors fit: {detail}", codes)
     return min(fitting, key=lambda node: (-node.memory_free_bytes, node.name))

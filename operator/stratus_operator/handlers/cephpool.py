@@ -9,7 +9,7 @@ import kopf
 from stratus_api.v1alpha1 import CephPool
 from stratus_api.v1alpha1.cephpool import CephPoolStatus
 from stratus_operator.controllers.volume import VolumeProblem
-from stratus_operator.handlers.common import CEPH_POOLS, runtime, world
+from stratus_operator.handlers.common import CEPH_POOLS, measured, runtime, world
 from stratus_operator.services import ceph
 from stratus_operator.services.status import ObjectRef
 
@@ -17,6 +17,7 @@ from stratus_operator.services.status import ObjectRef
 @kopf.on.resume(*CEPH_POOLS)
 @kopf.on.create(*CEPH_POOLS)
 @kopf.on.update(*CEPH_POOLS, field="spec")
+@measured("CephPool")
 async def check(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     rt, pool = runtime(memo), CephPool.model_validate(dict(body))
     generation = pool.metadata.generation or 0
@@ -30,6 +31,7 @@ async def check(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
 
 
 @kopf.on.delete(*CEPH_POOLS)
+@measured("CephPool")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, pool = runtime(memo), CephPool.model_validate(dict(body))
     try:

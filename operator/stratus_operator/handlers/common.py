@@ -3,7 +3,9 @@ Runtime from the memo."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import kopf
@@ -123,6 +125,59 @@ def _world(kwargs: dict[str, Any]) -> World:
         security_group=lambda key: _first(security_groups, key),
         security_group_users=lambda key: list(instances.get(instance_in_group(*key), ())),
     )
+
+
+def result_of(exc: BaseException | None) -> str:
+    """A reconcile's outcome as a label: success, retry (kopf runs it again later), stalled
+    (it waits for a change to the object) or error (unexpected; kopf retries it)."""
+    if exc is None:
+        return "success"
+    if isinstance(exc, kopf.TemporaryError):
+        return "retry"
+    if isinstance(exc, kopf.PermanentError):
+        return "stalled"
+    return "error"
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[None]])
+
+
+def measured(kind: str) -> Callable[[Handler], Handler]:
+    """Count and time every run of a reconcile or delete handler of `kind`, by result
+    (services/metrics.py). Goes under kopf's decorators, which then register the wrapper
+    under the handler's own name."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            started, failure = time.perf_counter(), None
+            try:
+                await handler(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                runtime(kwargs["memo"]).metrics.reconciled(kind, result_of(failure), seconds)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def every_object(kwargs: dict[str, Any]) -> Iterable[Any]:
+    """Every parsed Stratus object in kopf's indexes, once each (for the metrics)."""
+    for name in ("stratus_hypervisors", "stratus_images", "stratus_networks", "stratus_routers",
+                 "stratus_floating_ips", "stratus_security_groups"):  # fmt: skip
+        yield from _values(kwargs[name])
+    yield from _instances(kwargs["stratus_instances"])
+    for name in ("stratus_volumes", "stratus_snapshots"):  # also kept under their UID
+        for key, store in kwargs[name].items():
+            if isinstance(key, tuple):
+                yield from store
+    for key, store in kwargs["stratus_ceph_pools"].items():  # also under ("uid", UID)
+        if isinstance(key, str):
+            yield from store
 
 
 def runtime(memo: kopf.Memo) -> Runtime:

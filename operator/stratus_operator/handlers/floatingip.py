@@ -11,7 +11,7 @@ import kopf
 
 from stratus_api.v1alpha1 import FloatingIP
 from stratus_operator.handlers import errors
-from stratus_operator.handlers.common import FLOATING_IPS, runtime, world
+from stratus_operator.handlers.common import FLOATING_IPS, measured, runtime, world
 from stratus_operator.services import floating_ips
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
@@ -35,6 +35,7 @@ async def _reconcile(floating: FloatingIP, view: World, rt: Runtime) -> None:
 @kopf.on.resume(*FLOATING_IPS)
 @kopf.on.create(*FLOATING_IPS)
 @kopf.on.update(*FLOATING_IPS, field="spec")
+@measured("FloatingIP")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt = runtime(memo)
     try:
@@ -66,6 +67,7 @@ async def follow(
 
 
 @kopf.on.delete(*FLOATING_IPS)
+@measured("FloatingIP")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt = runtime(memo)
     try:

@@ -13,7 +13,7 @@ from stratus_api.guest import GuestEvent
 from stratus_api.v1alpha1 import Hypervisor
 from stratus_operator.handlers.common import HYPERVISORS, runtime, world
 from stratus_operator.services import hypervisors, instances, snapshots, volumes
-from stratus_operator.services.agent_client import watch_events
+from stratus_operator.services.agent_client import AgentLink, watch_events
 from stratus_operator.services.runtime import AgentNotConfigured
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ async def follow_agent(
     """Hold the agent's event stream; after every (re)connection, resync the whole node."""
     rt, view = runtime(memo), world(kwargs)
     name = body["metadata"]["name"]
+    link = rt.metrics.state.links[name] = AgentLink()
     stop = asyncio.Event()
     stopper = asyncio.create_task(_set_when_stopped(stopped, stop))
     try:
@@ -70,10 +71,12 @@ async def follow_agent(
             await watch_events(
                 client, on_connect, on_event, stop,
                 backoff=rt.settings.agents.watch_backoff_seconds,
-                idle_timeout=rt.settings.agents.event_idle_timeout_seconds,
+                idle_timeout=rt.settings.agents.event_idle_timeout_seconds, link=link,
             )  # fmt: skip
     finally:
         stopper.cancel()
+        if rt.metrics.state.links.get(name) is link:
+            del rt.metrics.state.links[name]
         await rt.agents.forget(name)
 
 

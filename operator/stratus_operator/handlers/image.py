@@ -10,7 +10,7 @@ import kopf
 
 from stratus_api.v1alpha1 import Image
 from stratus_operator.controllers import conditions
-from stratus_operator.handlers.common import IMAGES, runtime, world
+from stratus_operator.handlers.common import IMAGES, measured, runtime, world
 from stratus_operator.services import images
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 @kopf.on.resume(*IMAGES)
 @kopf.on.create(*IMAGES)
+@measured("Image")
 async def check_source(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     image = Image.model_validate(dict(body))
     rt = runtime(memo)
@@ -34,6 +35,7 @@ async def check_source(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -
 
 
 @kopf.on.delete(*IMAGES)
+@measured("Image")
 async def evict_from_nodes(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Evict by reference: each node drops the cached file now, or once no guest uses it.
     A node that does not answer keeps it until its cache budget evicts it."""

@@ -11,7 +11,7 @@ from stratus_api.v1alpha1 import Instance
 from stratus_api.validation import problems_of
 from stratus_operator.controllers.instance import invalid
 from stratus_operator.handlers import errors
-from stratus_operator.handlers.common import INSTANCES, runtime, world
+from stratus_operator.handlers.common import INSTANCES, measured, runtime, world
 from stratus_operator.services import instances, wakeups
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
@@ -20,6 +20,7 @@ from stratus_operator.services.runtime import AgentNotConfigured
 @kopf.on.resume(*INSTANCES)
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES, field="spec")
+@measured("Instance")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     # Status goes through the one status writer, never kopf's patch: agent reports write
     # it too, and the writer orders both.
@@ -43,6 +44,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
 
 
 @kopf.on.delete(*INSTANCES)
+@measured("Instance")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     # Only the UID and the node are needed: an Instance whose spec cannot be read is
     # deleted like any other.

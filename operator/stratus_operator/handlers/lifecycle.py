@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 
 from stratus_api.v1alpha1 import Instance
-from stratus_operator.handlers.common import WATCHED_KINDS, runtime
+from stratus_operator.handlers.common import WATCHED_KINDS, every_object, runtime
 from stratus_operator.services.kube import Credentials
 from stratus_operator.services.settings import FINALIZER, GROUP
 
@@ -155,6 +155,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = watch.server_timeout_seconds
     settings.watching.client_timeout = watch.client_timeout_seconds
     settings.queueing.idle_timeout = watch.worker_idle_seconds
+
+
+@kopf.on.startup()
+def measure_objects(memo: kopf.Memo, **kwargs: Any) -> None:
+    """The metrics read the objects from kopf's indexes, which startup handlers get too."""
+    rt = runtime(memo)
+    rt.metrics.state.objects = lambda: every_object(kwargs)
+
+    def placed(node: str) -> tuple[int, int] | None:
+        used = rt.placements.used(node)
+        return (used.cpu, used.memory_bytes) if rt.seeded else None
+
+    rt.metrics.state.placed = placed
 
 
 @kopf.on.login()

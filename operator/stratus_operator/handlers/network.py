@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import Network
-from stratus_operator.handlers.common import NETWORKS, runtime, world
+from stratus_operator.handlers.common import NETWORKS, measured, runtime, world
 from stratus_operator.services import networks, node_networks
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 @kopf.on.resume(*NETWORKS)
 @kopf.on.create(*NETWORKS)
+@measured("Network")
 async def settle(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, network = runtime(memo), Network.model_validate(dict(body))
     try:
@@ -58,6 +59,7 @@ async def keep_nodes_and_counts(
 
 
 @kopf.on.delete(*NETWORKS)
+@measured("Network")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, network = runtime(memo), Network.model_validate(dict(body))
     try:

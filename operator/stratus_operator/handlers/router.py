@@ -10,7 +10,7 @@ import kopf
 
 from stratus_api.v1alpha1 import Router
 from stratus_operator.handlers import errors
-from stratus_operator.handlers.common import ROUTERS, runtime, world
+from stratus_operator.handlers.common import ROUTERS, measured, runtime, world
 from stratus_operator.services import routers
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured, Runtime
@@ -34,6 +34,7 @@ async def _reconcile(router: Router, view: World, rt: Runtime) -> None:
 @kopf.on.resume(*ROUTERS)
 @kopf.on.create(*ROUTERS)
 @kopf.on.update(*ROUTERS, field="spec")
+@measured("Router")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt = runtime(memo)
     try:
@@ -68,6 +69,7 @@ async def follow_node(
 
 
 @kopf.on.delete(*ROUTERS)
+@measured("Router")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt = runtime(memo)
     try:

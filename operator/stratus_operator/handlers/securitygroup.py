@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from stratus_api.v1alpha1 import SecurityGroup
-from stratus_operator.handlers.common import SECURITY_GROUPS, runtime, world
+from stratus_operator.handlers.common import SECURITY_GROUPS, measured, runtime, world
 from stratus_operator.services import security_groups
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ async def keep_nodes(
 
 
 @kopf.on.update(*SECURITY_GROUPS, field="spec")
+@measured("SecurityGroup")
 async def rules_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A rule change goes out now, not at the daemon's next round."""
     rt, group = runtime(memo), SecurityGroup.model_validate(dict(body))
@@ -54,6 +55,7 @@ async def rules_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None
 
 
 @kopf.on.delete(*SECURITY_GROUPS)
+@measured("SecurityGroup")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt = runtime(memo)
     try:

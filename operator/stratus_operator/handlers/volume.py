@@ -11,7 +11,7 @@ from stratus_api.v1alpha1 import Volume
 from stratus_operator.controllers.instance import InstanceProblem
 from stratus_operator.controllers.volume import deleting
 from stratus_operator.handlers import errors
-from stratus_operator.handlers.common import VOLUMES, runtime, world
+from stratus_operator.handlers.common import VOLUMES, measured, runtime, world
 from stratus_operator.services import volumes
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
@@ -20,6 +20,7 @@ from stratus_operator.services.runtime import AgentNotConfigured
 @kopf.on.resume(*VOLUMES)
 @kopf.on.create(*VOLUMES)
 @kopf.on.update(*VOLUMES, field="spec")
+@measured("Volume")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, volume = runtime(memo), Volume.model_validate(dict(body))
     try:
@@ -34,6 +35,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
 
 
 @kopf.on.delete(*VOLUMES)
+@measured("Volume")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, volume = runtime(memo), Volume.model_validate(dict(body))
     try:

@@ -8,7 +8,7 @@ import kopf
 
 from stratus_api.v1alpha1 import VolumeSnapshot
 from stratus_operator.handlers import errors
-from stratus_operator.handlers.common import SNAPSHOTS, runtime, world
+from stratus_operator.handlers.common import SNAPSHOTS, measured, runtime, world
 from stratus_operator.services import snapshots
 from stratus_operator.services.agent_client import AgentError
 from stratus_operator.services.runtime import AgentNotConfigured
@@ -16,6 +16,7 @@ from stratus_operator.services.runtime import AgentNotConfigured
 
 @kopf.on.resume(*SNAPSHOTS)
 @kopf.on.create(*SNAPSHOTS)
+@measured("VolumeSnapshot")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, snapshot = runtime(memo), VolumeSnapshot.model_validate(dict(body))
     try:
@@ -30,6 +31,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any)
 
 
 @kopf.on.delete(*SNAPSHOTS)
+@measured("VolumeSnapshot")
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **kwargs: Any) -> None:
     rt, snapshot = runtime(memo), VolumeSnapshot.model_validate(dict(body))
     try:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -177,6 +178,17 @@ def tls_context(ca_pem: bytes | None) -> ssl.SSLContext:
         raise ValueError("the agent CA is not a PEM certificate") from exc
 
 
+@dataclass
+class AgentLink:
+    """The state of the operator's event stream from one agent (for the metrics)."""
+
+    connected: bool = False
+    last_message: float = 0.0  # Unix time of its last line, heartbeats included
+
+    def seen(self) -> None:
+        self.last_message = time.time()
+
+
 class AgentClient:
     """Typed calls to one agent. Use as `async with`; it closes only a session it made."""
 
@@ -185,9 +197,11 @@ class AgentClient:
         endpoint: AgentEndpoint,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        on_error: Callable[[AgentError], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self._on_error = on_error
         self._session = session
         self._owns_session = session is None
         self._base = endpoint.url.rstrip("/")
@@ -433,7 +447,20 @@ class AgentClient:
         expect: int = 200,
         guest_uid: str | None = None,
     ) -> tuple[str, bytes]:
-        """One request; returns (what, the reply body) or raises an AgentError."""
+        """One request; returns (what, the reply body) or raises an AgentError (told to
+        `on_error`, except a guest the agent does not have)."""
+        try:
+            return await self._request(method, path, body, expect, guest_uid)
+        except GuestNotFound:
+            raise
+        except AgentError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            raise
+
+    async def _request(
+        self, method: str, path: str, body: str | None, expect: int, guest_uid: str | None
+    ) -> tuple[str, bytes]:
         what = f"{method} {path}"
         headers = self._headers()
         if body is not None:
@@ -489,6 +516,7 @@ async def watch_events(
     stop: asyncio.Event,
     backoff: tuple[float, float] = (0.5, 10.0),
     idle_timeout: float = 30.0,
+    link: AgentLink | None = None,
 ) -> None:
     """Follow the agent's events until `stop` is set, reconnecting whenever a stream ends.
 
@@ -500,12 +528,14 @@ async def watch_events(
     heartbeat. The delay between
     attempts doubles from backoff[0] up to backoff[1], and drops back to backoff[0] after a
     connection that delivered anything. AgentErrors, from the stream or from `on_connect`,
-    lead to a reconnection; any other exception from a callback ends the watch.
+    lead to a reconnection; any other exception from a callback ends the watch. `link`
+    follows the connection for the metrics.
     """
+    link = link if link is not None else AgentLink()
     first, cap = backoff
     delay = first
     while not stop.is_set():
-        alive = await _until(stop, _follow(client, on_connect, on_event, idle_timeout))
+        alive = await _until(stop, _follow(client, on_connect, on_event, idle_timeout, link))
         if alive is None:
             return  # stopped
         if alive:
@@ -577,8 +607,9 @@ class _Reports:
 
 
 async def _follow(
-    client: AgentClient, on_connect: OnConnect, on_event: OnEvent, idle_timeout: float
-) -> bool:
+    client: AgentClient, on_connect: OnConnect, on_event: OnEvent, idle_timeout: float,
+    link: AgentLink,
+) -> bool:  # fmt: skip
     """One connection; True if it delivered anything (the agent was alive and well). Every
     report it delivered has gone through `on_event` when it returns."""
     alive = False
@@ -586,8 +617,11 @@ async def _follow(
     try:
         async with client.event_stream(idle_timeout) as stream:
             await on_connect()
+            link.connected = True
+            link.seen()
             async for event in stream:
                 alive = True
+                link.seen()
                 # Reports only: a resync is on_connect's, heartbeats keep it alive.
                 if event.type in REPORTS:
                     await reports.submit(event)
@@ -595,10 +629,12 @@ async def _follow(
     except AgentError as exc:
         log.warning("%s; reconnecting", exc)
     except BaseException:  # cancelled (stopped), or a callback's failure ends the watch
+        link.connected = False
         await reports.cancel()
         raise
     else:
         log.info("agent %s: the event stream ended; reconnecting", client.endpoint.url)
+    link.connected = False
     await _settle(reports)
     return alive
 

@@ -87,7 +87,12 @@ def schedule(
         size.cpu, size.memory_bytes, instance.spec.node_selector or {}, required, backends,
         physical_networks,
     )  # fmt: skip
-    chosen = scheduler.pick(request, candidates)
+    try:
+        chosen = scheduler.pick(request, candidates)
+    except scheduler.Unschedulable as exc:
+        runtime.metrics.scheduled(exc.rejections)
+        raise
+    runtime.metrics.scheduled(None)
     runtime.placements.place(uid, chosen.name, placement.Usage(size.cpu, size.memory_bytes))
     return chosen.name
 

@@ -15,10 +15,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import secrets
-import ssl
-import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,6 +39,7 @@ from stratus_operator.controllers.enrollment import (
     hypervisor_change,
     reviewed_node,
 )
+from stratus_operator.services import tls
 from stratus_operator.services.kube import Kube, KubeError, NotLoggedIn
 from stratus_operator.services.settings import EnrollmentSettings
 
@@ -211,24 +209,6 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
-async def serving_context(authority: ca.Authority, settings: EnrollmentSettings) -> ssl.SSLContext:
-    """TLS for the endpoint: a key of this process and a certificate for the Service's
-    names, signed by the CA the agents trust."""
-    key = ca.new_key()
-    svc, ns = settings.service, settings.namespace
-    names = (f"{svc}.{ns}.svc", f"{svc}.{ns}", svc, f"{svc}.{ns}.svc.cluster.local")
-    certificate = ca.issue(authority, key.public_key(), names[0], dns_names=names)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # ssl reads PEM from files only: a private directory, removed once loaded.
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "serving.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(ca.key_pem(key) + certificate)
-        context.load_cert_chain(path)
-    return context
-
-
 @contextlib.asynccontextmanager
 async def serving(kube: Kube, settings: EnrollmentSettings) -> AsyncIterator[Enrollment | None]:
     """The endpoint, served for the duration; nothing when enrollment is off."""
@@ -236,7 +216,8 @@ async def serving(kube: Kube, settings: EnrollmentSettings) -> AsyncIterator[Enr
         yield None
         return
     enrollment = Enrollment(kube, settings)
-    context = await serving_context(await enrollment.authority(), settings)
+    names = tls.service_names(settings.service, settings.namespace)
+    context = tls.serving_context(await enrollment.authority(), names)
     runner = web.AppRunner(app(enrollment), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, ssl_context=context).start()

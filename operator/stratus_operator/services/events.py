@@ -1,72 +1,67 @@
-"""Kubernetes Events of our own: one when an object starts failing, one when it recovers.
-
-Events follow condition transitions, not reconciles, so a problem retried every few seconds
-is one Event, not hundreds. Messages come from conditions, which never carry secrets.
+"""Kubernetes Events of our own, for the transitions a user acts on (controllers/notices.py
+says which), recorded as client-go's recorder does: the same Event again (same object, type,
+reason and message) within the window bumps the count and lastTimestamp of the one already
+recorded instead of making another object, so `kubectl get events` shows `x3`, not three
+lines.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
+from typing import Any
 
-from stratus_api.reasons import Reason
-from stratus_api.v1alpha1.base import Condition, ConditionStatus
-from stratus_operator.controllers import conditions
-from stratus_operator.services.kube import Kube
+from stratus_operator.controllers.notices import notices
+from stratus_operator.services.kube import Kube, NotFound
 
 log = logging.getLogger(__name__)
 
 Involved = dict[str, str]
 
 
-def _failing(conds: list[Condition]) -> Condition | None:
-    """The condition that says why the object is not Ready, if it is failing."""
-    stalled = conditions.condition(conds, conditions.STALLED)
-    if stalled is not None and stalled.status is ConditionStatus.TRUE:
-        return stalled
-    ready = conditions.condition(conds, conditions.READY)
-    reconciling = conditions.condition(conds, conditions.RECONCILING)
-    busy = reconciling is not None and reconciling.status is ConditionStatus.TRUE
-    if ready is not None and ready.status is ConditionStatus.FALSE and _is_failure(ready.reason):
-        return ready if not busy or reconciling is None else reconciling
-    return None
-
-
-def _is_failure(reason: str) -> bool:
-    # Progress reasons are not failures; everything else that keeps Ready false is.
-    return reason not in {
-        Reason.PROVISIONING,
-        Reason.GUEST_STOPPED,
-        Reason.GUEST_PAUSED,
-        Reason.SCHEDULED,
-        Reason.PROGRESSING,
-        "",
-    }
+@dataclass
+class _Recorded:
+    name: str  # the Event object's
+    count: int
+    last: float  # monotonic
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, window_seconds: float = 600.0, size: int = 4096) -> None:
         self._kube = kube
+        self._window = window_seconds
+        self._size = size
+        self._recorded: dict[tuple[str, str, str, str], _Recorded] = {}
 
-    async def transition(
-        self, ref: Involved, before: list[Condition], after: list[Condition]
-    ) -> None:
-        """Post a Warning when a new failure appears. Recoveries post nothing: a Normal
-        event per Instance per start would cost an API request each, and Ready says it."""
-        was, now = _failing(before), _failing(after)
-        news = (
-            was is None or (was.reason, was.message) != (now.reason, now.message) if now else False
-        )
-        if now is not None and news:
-            await self._post(ref, "Warning", now.reason, now.message)
+    async def changed(self, kind: str, ref: Involved, before: Any, after: Any) -> None:
+        """Record what a status write from `before` to `after` calls for."""
+        for notice in notices(kind, before, after):
+            await self.record(ref, notice.type, notice.reason, notice.message)
 
     async def warn(self, ref: Involved, reason: str, message: str) -> None:
-        """A Warning about `ref` that no condition of its own carries."""
-        await self._post(ref, "Warning", reason, message)
+        """A Warning about `ref` that no status change of its own carries."""
+        await self.record(ref, "Warning", reason, message)
 
-    async def _post(self, ref: Involved, type_: str, reason: str, message: str) -> None:
+    async def record(self, ref: Involved, type_: str, reason: str, message: str) -> None:
+        key = (ref.get("uid", ""), type_, reason, message)
+        now = time.monotonic()
         try:
-            await self._kube.post_event(ref, type_, reason, message)
+            kept = self._recorded.pop(key, None)
+            if kept is not None and now - kept.last < self._window:
+                try:
+                    await self._kube.bump_event(ref, kept.name, kept.count + 1)
+                    self._keep(key, _Recorded(kept.name, kept.count + 1, now))
+                    return
+                except NotFound:  # expired (the API server keeps Events an hour)
+                    pass
+            name = await self._kube.post_event(ref, type_, reason, message)
+            self._keep(key, _Recorded(name, 1, now))
         except Exception as exc:  # an Event is a courtesy: never fail a reconcile for it
-            log.warning(
-                "%s %s: could not record event %s: %s", ref["kind"], ref["name"], reason, exc
-            )
+            log.warning("%s %s: could not record event %s: %s", ref.get("kind"), ref.get("name"),
+                        reason, exc)  # fmt: skip
+
+    def _keep(self, key: tuple[str, str, str, str], recorded: _Recorded) -> None:
+        self._recorded[key] = recorded  # the newest last: the oldest go first
+        while len(self._recorded) > self._size:
+            del self._recorded[next(iter(self._recorded))]

@@ -22,6 +22,10 @@ import aiohttp
 from stratus_api.v1alpha1 import GROUP, VERSION
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class NotFound(Exception):
     """The object is not there (any more)."""
 
@@ -69,16 +73,20 @@ class Kube:
     connection per concurrent request, each a handshake for the API server and buffers
     here."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: aiohttp.TraceConfig | None = None) -> None:
+        """`trace`: told of every request made through this session (the metrics)."""
         self._info: Credentials | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._traces = [trace] if trace is not None else None
 
     def connect(self, info: Credentials, connections: int) -> aiohttp.ClientSession:
         """A new session with these credentials, for kopf and these calls, with at most
         `connections` connections. kopf closes the old one when it drops its credentials."""
         self._info = info
         connector = aiohttp.TCPConnector(ssl=info.ssl or False, limit=connections)
-        self._session = aiohttp.ClientSession(connector=connector, headers=info.headers)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=info.headers, trace_configs=self._traces
+        )
         return self._session
 
     def _open(self) -> tuple[Credentials, aiohttp.ClientSession]:
@@ -119,11 +127,11 @@ class Kube:
 
     async def post_event(
         self, involved: dict[str, str], type_: str, reason: str, message: str
-    ) -> None:
+    ) -> str:
         """Record a core/v1 Event on an object (cluster-scoped ones in `default`), as
-        `kubectl describe` and `kubectl get events` show them."""
+        `kubectl describe` and `kubectl get events` show them; the Event's name."""
         namespace = involved.get("namespace") or "default"
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = _now()
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
@@ -132,7 +140,14 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             "reportingComponent": "stratus.io/operator", "reportingInstance": "stratus-operator",
         }  # fmt: skip
-        await self._request("POST", _path("events", namespace, group=""), event)
+        made = json.loads(await self._request("POST", _path("events", namespace, group=""), event))
+        return str(made["metadata"]["name"])
+
+    async def bump_event(self, involved: dict[str, str], name: str, count: int) -> None:
+        """The Event `name` happened again: its count and lastTimestamp."""
+        namespace = involved.get("namespace") or "default"
+        await self.merge_patch("events", namespace, name, {"count": count, "lastTimestamp": _now()},
+                               group="")  # fmt: skip
 
     async def patch_status(
         self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
@@ -207,6 +222,18 @@ class Kube:
             json.loads(await self._request("POST", path, review)).get("status") or {}
         )
         return status
+
+    async def access_review(self, user: dict[str, Any], non_resource: dict[str, str]) -> bool:
+        """Whether `user` (a TokenReview's) may do this to a non-resource URL
+        (authorization.k8s.io SubjectAccessReview)."""
+        spec = {"user": user.get("username", ""), "uid": user.get("uid", ""),
+                "groups": user.get("groups") or [], "extra": user.get("extra") or {},
+                "nonResourceAttributes": non_resource}  # fmt: skip
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": spec}  # fmt: skip
+        path = _path("subjectaccessreviews", None, group="authorization.k8s.io", version="v1")
+        status = json.loads(await self._request("POST", path, review)).get("status") or {}
+        return bool(status.get("allowed"))
 
     async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A coordination.k8s.io Lease, or None when there is none."""

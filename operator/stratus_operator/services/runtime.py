@@ -20,10 +20,11 @@ from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.placement import PlacementLedger
 from stratus_operator.controllers.segments import SegmentLedger
 from stratus_operator.controllers.waiters import Waiters
-from stratus_operator.services.agent_client import AgentClient, AgentEndpoint
+from stratus_operator.services.agent_client import AgentClient, AgentEndpoint, AgentError
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube
 from stratus_operator.services.memberships import Memberships
+from stratus_operator.services.metrics import OperatorMetrics
 from stratus_operator.services.settings import OperatorSettings
 from stratus_operator.services.status import StatusWriter
 
@@ -64,9 +65,12 @@ class AgentPool:
     health check), not on every call: reconciling an Instance costs no Secret read.
     """
 
-    def __init__(self, kube: Kube, timeout: float) -> None:
+    def __init__(
+        self, kube: Kube, timeout: float, on_error: Callable[[AgentError], None] | None = None
+    ) -> None:
         self._kube = kube
         self._timeout = timeout
+        self._on_error = on_error
         self._clients: dict[str, tuple[HypervisorSpec, AgentEndpoint, AgentClient]] = {}
 
     async def endpoint(self, hypervisor: Hypervisor) -> AgentEndpoint:
@@ -97,7 +101,7 @@ class AgentPool:
             return known[2]
         if known is not None:
             await known[2].close()
-        fresh = AgentClient(endpoint, timeout=self._timeout)
+        fresh = AgentClient(endpoint, timeout=self._timeout, on_error=self._on_error)
         await fresh.__aenter__()
         self._clients[name] = (hypervisor.spec, endpoint, fresh)
         return fresh
@@ -126,6 +130,7 @@ class Runtime:
     settings: OperatorSettings
     kube: Kube
     agents: AgentPool
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     # What this process decided: placements and addresses, rebuilt from the watched
     # Instances on first use, then kept in step (see instances.py). One lock orders the
     # decisions, so concurrent creates get the answers they would get one at a time.
@@ -210,4 +215,6 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.kube)
-        self.status = StatusWriter(self.kube, self.events, self.settings.status.coalesce_seconds)
+        self.status = StatusWriter(
+            self.kube, self.events, self.settings.status.coalesce_seconds, self.metrics
+        )

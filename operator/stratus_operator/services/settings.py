@@ -133,6 +133,25 @@ class EnrollmentSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """/metrics over HTTPS (services/metrics_serving.py); off unless asked for."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 8444
+    # The serving certificate and key (PEM files); none: one from the enrollment CA for the
+    # Service's names when enrollment is on, else a self-signed one.
+    cert_file: str = ""
+    key_file: str = ""
+    service: str = "stratus-operator"
+    namespace: str = "stratus-system"
+    # Callers must hold `get` on the non-resource URL /metrics (TokenReview and
+    # SubjectAccessReview, as kube-controller-manager asks); verdicts kept this long.
+    authorize: bool = True
+    verdict_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
@@ -143,6 +162,7 @@ class OperatorSettings:
     api: ApiSettings = field(default_factory=ApiSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
     # Python's collector thresholds (young, middle, old). Every watch event replaces a

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from stratus_api.v1alpha1.base import ApiModel, Condition, Resource
 from stratus_operator.services.events import EventRecorder
 from stratus_operator.services.kube import Kube, NotFound
+from stratus_operator.services.metrics import OperatorMetrics
 
 S = TypeVar("S", bound=ApiModel)
 Change = Callable[[S, int], S]  # (current status, metadata.generation) -> new status
@@ -29,11 +30,13 @@ class ObjectRef:
     namespace: str | None
     name: str
     uid: str
+    created: str | None = None  # metadata.creationTimestamp
 
     @classmethod
     def of(cls, obj: Resource) -> ObjectRef:
         meta = obj.metadata
-        return cls(obj.crd.kind, obj.crd.plural, meta.namespace, meta.name or "", meta.uid or "")
+        return cls(obj.crd.kind, obj.crd.plural, meta.namespace, meta.name or "", meta.uid or "",
+                   meta.creation_timestamp)  # fmt: skip
 
     def involved(self) -> dict[str, str]:
         ref = {"apiVersion": "stratus.io/v1alpha1", "kind": self.kind, "name": self.name,
@@ -72,9 +75,13 @@ class StatusWriter:
     report that follows at once cost one request, not two. Each caller still waits until
     its change is written (or failed)."""
 
-    def __init__(self, kube: Kube, events: EventRecorder, coalesce_seconds: float = 0.0) -> None:
+    def __init__(
+        self, kube: Kube, events: EventRecorder, coalesce_seconds: float = 0.0,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:  # fmt: skip
         self._kube = kube
         self._events = events
+        self._metrics = metrics
         self._coalesce = coalesce_seconds
         self._batches: dict[str, _Batch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -123,7 +130,11 @@ class StatusWriter:
             self.forget(ref.uid)
             return None
         self._written[ref.uid] = updated
-        await self._events.transition(ref.involved(), _conditions(current), _conditions(updated))
+        if self._metrics is not None:
+            self._metrics.transition(
+                ref.kind, ref.uid, ref.created, _conditions(current), _conditions(updated)
+            )
+        await self._events.changed(ref.kind, ref.involved(), current, updated)
         return updated
 
     def caught_up(self, uid: str, watched: object) -> None:
@@ -138,6 +149,8 @@ class StatusWriter:
         """The object is gone: drop what is kept for it."""
         self._written.pop(uid, None)
         self._locks.pop(uid, None)
+        if self._metrics is not None:
+            self._metrics.forget(uid)
 
 
 def _conditions(status: ApiModel) -> list[Condition]:

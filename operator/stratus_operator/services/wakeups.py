@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -79,7 +80,11 @@ async def rerun(uid: str, world: World, runtime: Runtime) -> None:
         if instance is None or instance.metadata.deletion_timestamp:
             runtime.waiters.forget(uid)
             return
+        started = time.perf_counter()
         exc = await attempt(instance, world, runtime)
+        seconds = time.perf_counter() - started
+        result = "success" if exc is None else "retry" if instances.failed(exc) else "error"
+        runtime.metrics.reconciled(instance.crd.kind, result, seconds)
         if exc is None:
             return
         if instances.failed(exc) is None:

@@ -22,7 +22,7 @@ import pytest
 from stratus_agent.drivers.compute import libvirt_driver
 from stratus_api import naming
 from stratus_devcloud import nodeservices
-from testsupport import AGENT_AUTH
+from testsupport import AGENT_AUTH, sample, samples
 
 if TYPE_CHECKING:
     from conftest import AgentUnderTest, Node
@@ -177,6 +177,14 @@ async def test_stop_start_and_delete(
     report("Running -> Stopped (ACPI)", time.monotonic() - started)
     assert libvirt_node.domain_state(uid) == "shut off"
     assert "power button" in agent.console(uid).markers(), "stopped, but not through ACPI"
+    # Its state and size stay on /metrics; its usage goes (libvirt reports a CPU time for
+    # a shut-off domain that is not the guest's).
+    found = samples(await (await agent.client.get("/metrics", headers=AGENT_AUTH)).text())
+    guest = {"namespace": spec["namespace"], "name": spec["name"], "uid": uid}
+    assert sample(found, "stratus_guest_state", **guest, state="shutoff") == 1
+    assert sample(found, "stratus_guest_vcpus", **guest) == spec["cpu"]
+    assert sample(found, "stratus_guest_cpu_seconds_total", **guest) is None
+    assert sample(found, "stratus_guest_disk_read_bytes_total", **guest, device="vda") is None
 
     # runStrategy Always again: the same domain starts anew, from the same disk.
     spec = {**spec, "generation": 3, "power": "Running"}
@@ -226,6 +234,26 @@ async def test_wrong_token_is_refused(agent: AgentUnderTest) -> None:
     assert (await agent.client.get("/v1/guests", headers=AGENT_AUTH)).status == 200
 
 
+async def assert_metered(agent: AgentUnderTest, spec: dict[str, Any]) -> None:
+    """/metrics has the running guest's CPU time and disk reads, under its Instance."""
+    response = await agent.client.get("/metrics", headers=AGENT_AUTH)
+    assert response.status == 200
+    found = samples(await response.text())
+    guest = {"namespace": spec["namespace"], "name": spec["name"], "uid": spec["uid"]}
+    assert sample(found, "stratus_guest_state", **guest, state="running") == 1
+    assert (sample(found, "stratus_guest_vcpu_seconds_total", **guest) or 0) > 0
+    assert (sample(found, "stratus_guest_cpu_seconds_total", **guest) or 0) > 0
+    assert (sample(found, "stratus_guest_disk_read_bytes_total", **guest, device="vda") or 0) > 0
+    assert (sample(found, "stratus_guest_disk_read_requests_total", **guest, device="vda")
+            or 0) > 0  # fmt: skip
+    assert (sample(found, "stratus_guest_memory_resident_bytes", **guest) or 0) > 0
+    assert sample(found, "stratus_guest_vcpus", **guest) == spec["cpu"]
+    assert sample(found, "stratus_guest_memory_bytes", **guest) == spec["memoryBytes"]
+    assert sample(found, "stratus_guest_network_transmit_packets_total", **guest,
+                  interface="0") is not None  # fmt: skip
+    assert sample(found, "stratus_agent_scrape_collector_success", collector="guests") == 1
+
+
 async def test_restarted_agent_finds_its_guest(
     start_agent: StartAgent, make_guest_spec: SpecFactory, libvirt_node: Node
 ) -> None:
@@ -233,6 +261,7 @@ async def test_restarted_agent_finds_its_guest(
     uid = spec["uid"]
     first = await start_agent()
     await boot(first, spec)
+    await assert_metered(first, spec)
     domain_id = libvirt_node.domain_id(uid)
     await first.stop()
 
@@ -240,6 +269,8 @@ async def test_restarted_agent_finds_its_guest(
     listed = {guest["uid"]: guest for guest in (await second.inventory())["guests"]}
     assert listed[uid]["state"] == "Running"
     assert (await second.get(uid) or {}).get("state") == "Running"
+    # Holding no spec of it yet, the new agent names it by its definition.
+    await assert_metered(second, spec)
 
     await second.put(spec)
     await second.wait_for_state(uid, "Running", generation=1)

@@ -136,6 +136,8 @@ def test_the_agent_config_is_explicit_about_tls_and_image_sources(
         ports.etcd_peer,
         ports.apiserver,
         cloud.agent_port,
+        cloud.operator_metrics_port,
+        cloud.prometheus.port,
     }
     assert_policy_fits_the_all_in_one(policy, cloud)
 
@@ -165,9 +167,17 @@ def test_the_operator_gets_the_same_image_policy(
     # The operator's own kubeconfig (its chart ServiceAccount's token), as `up` writes it.
     cloud.operator_kubeconfig.parent.mkdir(parents=True, exist_ok=True)
     cloud.operator_kubeconfig.write_text("{}")
+    for pem in ("operator.crt", "operator.key"):  # as the control plane's PKI makes them
+        (cloud.plane.pki_dir / pem).parent.mkdir(parents=True, exist_ok=True)
+        (cloud.plane.pki_dir / pem).write_text("")
     monkeypatch.delenv("KUBECONFIG", raising=False)
     result = CliRunner().invoke(cli_main.cli, list(argv[3:]))
     assert result.exit_code == 0, result.output
+    # /metrics on loopback, over TLS with the cloud's CA, for its Prometheus.
+    metrics = seen["s"].metrics
+    assert metrics.enabled and metrics.host == "127.0.0.1"
+    assert metrics.port == cloud.operator_metrics_port
+    assert metrics.cert_file == str(cloud.plane.pki_dir / "operator.crt")
     policy = seen["s"].images.sources
     assert policy.allowed_endpoints == ("127.0.0.1:8480",)
     assert sorted(policy.refused_ports) == sorted(cloud.service_ports())

@@ -2,12 +2,14 @@
 benchmarks, where what matters is the API traffic, not the guests.
 
 It keeps the verbs' semantics (Running, Paused, Stopped, a restart that boots afresh) and
-counts boots per guest, so tests can tell a restart from none.
+counts boots per guest, so tests can tell a restart from none. Its guests do nothing, so
+their usage counters stay at zero unless a test says otherwise (`io`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 
 from stratus_agent import base
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
@@ -17,6 +19,14 @@ _WANTED = {
     PowerState.PAUSED: GuestState.PAUSED,
     PowerState.STOPPED: GuestState.STOPPED,
 }
+# Its states as libvirt names a domain's.
+_DOMAIN_STATES: dict[GuestState, base.DomainState] = {
+    GuestState.RUNNING: "running",
+    GuestState.PAUSED: "paused",
+    GuestState.STOPPED: "shutoff",
+    GuestState.CRASHED: "crashed",
+}
+_ACTIVE = (GuestState.RUNNING, GuestState.PAUSED)
 
 
 class FakeComputeDriver:
@@ -27,6 +37,9 @@ class FakeComputeDriver:
         self._memory = memory_bytes
         self._boot_delay = boot_delay
         self._guests: dict[str, GuestStatus] = {}
+        self._specs: dict[str, GuestSpec] = {}
+        # Device counters a test set (`io`), reported while the guest is active.
+        self._io: dict[str, tuple[tuple[base.DiskStats, ...], tuple[base.NicStats, ...]]] = {}
         self._listener: base.GuestListener | None = None
         # Times each guest was started from off (a fresh boot): a restart adds one.
         self.boots: dict[str, int] = {}
@@ -50,7 +63,8 @@ class FakeComputeDriver:
         if self._boot_delay:
             await asyncio.sleep(self._boot_delay)
         previous = self._guests.get(spec.uid)
-        active = previous is not None and previous.state in (GuestState.RUNNING, GuestState.PAUSED)
+        active = previous is not None and previous.state in _ACTIVE
+        self._specs[spec.uid] = spec
         wanted = _WANTED[spec.power]
         # A fresh boot when it was off, or when a restart power-cycles it; like libvirt's
         # driver, the stop half of a restart is not reported.
@@ -68,6 +82,8 @@ class FakeComputeDriver:
     async def delete(self, uid: str) -> bool:
         gone = self._guests.pop(uid, None)
         self.boots.pop(uid, None)
+        self._specs.pop(uid, None)
+        self._io.pop(uid, None)
         if gone is not None and self._listener:
             self._listener(GuestStatus(uid=uid, state=GuestState.MISSING))
         return gone is not None
@@ -77,6 +93,36 @@ class FakeComputeDriver:
 
     async def capacity(self) -> tuple[int, int]:
         return self._cpu, self._memory
+
+    async def guest_stats(self) -> builtins.list[base.GuestStats]:
+        return [self._stats(self._specs[uid], status) for uid, status in self._guests.items()]
+
+    def _stats(self, spec: GuestSpec, status: GuestStatus) -> base.GuestStats:
+        active = status.state in _ACTIVE
+        disks, nics = self._io.get(spec.uid, ((), ())) if active else ((), ())
+        return base.GuestStats(
+            uid=spec.uid,
+            state=_DOMAIN_STATES.get(status.state, "nostate"),
+            vcpus=spec.cpu,
+            memory_bytes=spec.memory_bytes,
+            namespace=spec.namespace,
+            name=spec.name,
+            # Active: it has all its memory and has used no CPU. Off: no process to count.
+            cpu_seconds=0.0 if active else None,
+            vcpu_seconds=0.0 if active else None,
+            balloon_bytes=spec.memory_bytes if active else None,
+            disks=disks,
+            nics=nics,
+        )
+
+    def io(
+        self,
+        uid: str,
+        disks: tuple[base.DiskStats, ...] = (),
+        nics: tuple[base.NicStats, ...] = (),
+    ) -> None:
+        """Test hook: the device counters the hypervisor would report for the guest."""
+        self._io[uid] = (disks, nics)
 
     def crash(self, uid: str) -> None:
         """Test hook: the guest dies as if QEMU had crashed."""

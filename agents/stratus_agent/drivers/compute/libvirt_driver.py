@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import contextlib
 import logging
 import threading
@@ -28,6 +29,7 @@ import libvirt
 from stratus_agent import base
 from stratus_agent.domain import builder
 from stratus_agent.domain import xml as domain_xml
+from stratus_agent.drivers.compute import domain_stats
 from stratus_agent.errors import ProvisioningError
 from stratus_api import naming
 from stratus_api.guest import GuestSpec, GuestState, GuestStatus, PowerState
@@ -51,6 +53,21 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: GuestState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: GuestState.PAUSED,
 }
+
+
+# The groups of libvirt's bulk statistics a scrape reads, all in one call.
+_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+# Every domain, active or not, top-level disks only (no backing chains). NOWAIT: a domain
+# busy in a job (a shutdown, a hot-unplug) lacks its monitor's counters for this scrape
+# rather than holding the whole scrape up to libvirt's job timeout, one domain at a time.
+_STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
 
 def _event_state(event: int, detail: int) -> GuestState | None:
@@ -237,11 +254,15 @@ class LibvirtGuest:
         flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         self.domain.undefineFlags(flags)
 
-    def status(self) -> GuestStatus:
+    def describe(self) -> domain_xml.Domain:
+        return domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
+
+    def status(self, described: domain_xml.Domain | None = None) -> GuestStatus:
         """State, VNC port and the generation the definition was built from (the manager's,
-        kept in our metadata, so it survives an agent restart)."""
+        kept in our metadata, so it survives an agent restart); from `described` when the
+        caller has read the definition already."""
         assert self.uid is not None
-        described = domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
+        described = described or self.describe()
         ports = [g.port for g in described.devices.graphics if g.port is not None and g.port > 0]
         generation = described.metadata.generation if described.metadata is not None else None
         return GuestStatus(
@@ -384,6 +405,9 @@ class LibvirtComputeDriver:
         # Guests of this node, for the lifecycle callback, which may not call libvirt to
         # tell another node's domain from ours: filled by every listing and every ensure.
         self._mine: set[str] = set()
+        # (namespace, name) of each of those guests, from its spec or its definition's
+        # metadata, so stats need no extra libvirt call to name the Instance.
+        self._identities: dict[str, tuple[str, str]] = {}
         self.console_dir = console_dir
         self.virt_type: base.VirtType = virt_type or "qemu"
         # Seconds a guest gets to power off on ACPI before it is destroyed.
@@ -475,6 +499,7 @@ class LibvirtComputeDriver:
             agent=self.host.agent,
         )
         self._mine.add(spec.uid)
+        self._identities[spec.uid] = (spec.namespace, spec.name)
         xml = domain.to_xml()
         # The guest's RBD disks name their pool's secret: it must hold the key before QEMU
         # opens them (at start, or when one is plugged in live).
@@ -545,6 +570,7 @@ class LibvirtComputeDriver:
                     guest.destroy()
                     guest.undefine()
                 self._mine.discard(uid)
+                self._identities.pop(uid, None)
                 try:
                     console_log.unlink(missing_ok=True)
                 except OSError as exc:  # the guest is gone; a leftover log is not a failure
@@ -561,9 +587,14 @@ class LibvirtComputeDriver:
             for guest in guests:
                 # One domain that vanished meanwhile or cannot be read must not hide the rest.
                 try:
-                    statuses.append(guest.status())
+                    described = guest.describe()
+                    statuses.append(guest.status(described))
                 except (libvirt.libvirtError, domain_xml.DomainXMLError) as exc:
                     log.warning("skipping domain %s in the inventory: %s", guest.uid, exc)
+                    continue
+                meta = described.metadata
+                if guest.uid is not None and meta is not None:
+                    self._identities[guest.uid] = (meta.namespace, meta.name)
             return statuses
 
         return await asyncio.to_thread(collect)
@@ -591,3 +622,19 @@ class LibvirtComputeDriver:
 
     async def capacity(self) -> tuple[int, int]:
         return await asyncio.to_thread(self.host.capacity)
+
+    async def guest_stats(self) -> builtins.list[base.GuestStats]:
+        """One getAllDomainStats call for the whole host; domains not this driver's (other
+        agents', anyone's) are dropped by name, without another call."""
+
+        def collect() -> builtins.list[base.GuestStats]:
+            found = []
+            for domain, record in self.host.conn.getAllDomainStats(_STATS, _STATS_FLAGS):
+                uid = naming.instance_uid_of_domain(domain.name())  # no call: held locally
+                if uid is None or uid not in self._mine:
+                    continue
+                namespace, name = self._identities.get(uid, (None, None))
+                found.append(domain_stats.guest_stats(uid, record, namespace=namespace, name=name))
+            return found
+
+        return await asyncio.to_thread(collect)

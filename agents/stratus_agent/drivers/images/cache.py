@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from stratus_agent.base import CachedImage, Released
+from stratus_agent.base import CachedImage, ImageCacheStats, Released
 from stratus_agent.config import ImagesConfig
 from stratus_agent.drivers.formats import imageformat
 from stratus_agent.drivers.images import download
@@ -92,6 +92,9 @@ class ImageCache:
         # written then): counts as released until the image is evicted.
         self._release_pending: set[str] = set()
         self._collecting = asyncio.Lock()
+        # Ensures answered from the cache, and those that had to download (since start).
+        self._hits = 0
+        self._misses = 0
 
     def _lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -132,12 +135,14 @@ class ImageCache:
             meta = await asyncio.to_thread(self._read_meta, ref.uid)
             # Another checksum under the same UID (the Image was re-created): refetch.
             if meta is not None and ref.sha256 in (None, meta.sha256):
+                self._hits += 1
                 released = meta.released or ref.uid in self._release_pending
                 meta = replace(meta, last_used=time.time(), released=released)
                 await asyncio.to_thread(self._write_meta, ref.uid, meta)
                 return CachedImage(
                     ref.uid, self.path(ref.uid), meta.format, meta.virtual_size, meta.sha256
                 )
+            self._misses += 1
             cached = await self._fetch(ref, released=meta is not None and meta.released)
         await self.collect(keep=ref.uid)  # the new image may have put the cache over budget
         return cached
@@ -180,6 +185,29 @@ class ImageCache:
             return CachedImage(ref.uid, path, detected.format, detected.virtual_size, digest)
         finally:
             partial.unlink(missing_ok=True)  # blocking but short; also runs when cancelled
+
+    async def stats(self) -> ImageCacheStats:
+        images, allocated = await asyncio.to_thread(self._usage_now)
+        return ImageCacheStats(images=images, bytes=allocated, hits=self._hits, misses=self._misses)
+
+    def _usage_now(self) -> tuple[int, int]:
+        """Whole cached images and the bytes they take on disk (blocking); partial
+        downloads are not counted."""
+        images = allocated = 0
+        try:
+            listing = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0, 0
+        for item in listing:
+            uid, _, suffix = item.name.partition(".")
+            if suffix != "img" or not naming.is_uid(uid):  # naming.image_cache_file
+                continue
+            try:
+                allocated += item.stat(follow_symlinks=False).st_blocks * 512
+            except FileNotFoundError:
+                continue  # evicted meanwhile
+            images += 1
+        return images, allocated
 
     # Eviction.
 

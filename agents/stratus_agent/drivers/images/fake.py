@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stratus_agent.base import CachedImage, Released
+from stratus_agent.base import CachedImage, ImageCacheStats, Released
 from stratus_api import naming
 from stratus_api.imageref import ImageRef
 
@@ -31,3 +31,7 @@ class FakeImageStore:
 
     async def collect(self) -> list[str]:
         return []
+
+    async def stats(self) -> ImageCacheStats:
+        # It holds no image and never looks one up: nothing to count.
+        return ImageCacheStats(images=0, bytes=0, hits=0, misses=0)
