@@ -1,7 +1,8 @@
 """Benchmark: N Instances on the fake compute driver, through the real API server.
 
 Prints a table: time until all Running, API requests per Instance (from kube-apiserver's
-own apiserver_request_total), operator peak memory (VmHWM). Not a test: run it by hand,
+own apiserver_request_total), operator peak memory (VmHWM), and then what a scrape of the
+operator's /metrics costs with every Instance in it. Not a test: run it by hand,
 `.venv/bin/python bench/control_plane.py [--instances 1000]` (and 10000).
 """
 
@@ -16,6 +17,8 @@ import re
 import resource
 import secrets
 import signal
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,7 +197,9 @@ def start_stack(
     kubectl(plane, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                          "items": items}))  # fmt: skip
     operator = subprocess.Popen([*STRATUS, "operator", "--kubeconfig", str(plane.kubeconfig),
-                                 "--allow-image-endpoint", f"127.0.0.1:{images}"],
+                                 "--allow-image-endpoint", f"127.0.0.1:{images}",
+                                 "--metrics-host", "127.0.0.1",
+                                 "--metrics-port", str(METRICS_PORT.setdefault(0, free_port()))],
                                 stdout=(work / "operator.log").open("w"),
                                 stderr=subprocess.STDOUT)  # fmt: skip
     started.append(operator)
@@ -208,6 +213,36 @@ def start_stack(
         assert time.monotonic() < deadline, "image never Ready"
         time.sleep(0.2)
     return agent, operator
+
+
+METRICS_PORT: dict[int, int] = {}  # the operator's, chosen at its start
+SCRAPES = 5
+
+
+def scrape_cost(plane: LocalControlPlane, operator: int) -> list[tuple[str, str]]:
+    """What Prometheus' scrape of the operator's /metrics costs: the median time, the bytes,
+    and the operator's CPU per scrape (its token reviewed once, then kept)."""
+    kubectl(plane, "create", "serviceaccount", "scraper", "-n", "default")
+    kubectl(plane, "create", "clusterrole", "scraper", "--verb=get", "--non-resource-url=/metrics")
+    kubectl(plane, "create", "clusterrolebinding", "scraper", "--clusterrole=scraper",
+            "--serviceaccount=default:scraper")  # fmt: skip
+    token = kubectl(plane, "create", "token", "scraper", "-n", "default").strip()
+    context = ssl._create_unverified_context()  # self-signed: no certificate given
+    times, sizes = [], []
+    cpu_before = cpu_seconds(operator)
+    for _ in range(SCRAPES):
+        request = urllib.request.Request(f"https://127.0.0.1:{METRICS_PORT[0]}/metrics",
+                                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        began = time.monotonic()
+        with urllib.request.urlopen(request, context=context, timeout=60) as reply:
+            sizes.append(len(reply.read()))
+        times.append(time.monotonic() - began)
+    cpu = (cpu_seconds(operator) - cpu_before) / SCRAPES
+    return [
+        ("operator /metrics scrape (median)", f"{statistics.median(times) * 1000:.0f} ms"),
+        ("operator /metrics size", f"{max(sizes) / 1024:.0f} KiB"),
+        ("operator CPU per scrape", f"{cpu * 1000:.0f} ms"),
+    ]
 
 
 def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> None:
@@ -251,6 +286,7 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
     rows += [(f"CPU: {name}", f"{seconds:.1f} s") for name, seconds in cpu.items()]
     rows += [(f"requests: {what}", f"{n / count:.2f} / Instance")
              for what, n in requests.most_common() if n >= count / 100]  # fmt: skip
+    rows += scrape_cost(plane, operator)
     width = max(len(name) for name, _ in rows)
     print(f"{'metric':<{width}}  value")
     for name, value in rows:

@@ -324,11 +324,14 @@ def granted(rules: list[dict[str, Any]]) -> set[str]:
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(url: str, token: str | None, ca_file: Path | None = None) -> tuple[int, str]:
+def scrape(
+    url: str, token: str | None, ca_file: Path | None = None, *, check_hostname: bool = True
+) -> tuple[int, str]:
     """GET a /metrics endpoint over HTTPS (verified against `ca_file`, else not verified):
     the status code and the text."""
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else (
         ssl._create_unverified_context())  # fmt: skip
+    context.check_hostname = check_hostname and ca_file is not None
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")

@@ -8,6 +8,7 @@ leader's death, upgrade, and uninstall cleanly. The agent's compute is the fake 
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import shutil
@@ -31,6 +32,10 @@ from testsupport import (
     basics,
     dev_kubectl,
     instance,
+    promtool_check_metrics,
+    sample,
+    samples,
+    scrape,
     stratus,
     wait_until,
 )
@@ -282,6 +287,35 @@ def boot(node: Node, name: str) -> None:
     wait_until(f"Instance {name} Running", lambda: running(node, name), timeout=90)
 
 
+def check_metrics(node: Node) -> None:
+    """The chart's metrics, as a Prometheus in the cluster reads them: each operator replica's
+    /metrics with a token bound to the chart's stratus-metrics-reader, over TLS from the
+    published CA (one replica leads); the agent's with the chart's agent metrics token."""
+    node.kubectl("create", "serviceaccount", "prometheus", "-n", NAMESPACE)
+    reader = f"{RELEASE}-metrics-reader"
+    node.kubectl("create", "clusterrolebinding", "prometheus-stratus", "--clusterrole", reader,
+                 "--serviceaccount", f"{NAMESPACE}:prometheus")  # fmt: skip
+    token = node.kubectl("create", "token", "prometheus", "-n", NAMESPACE).strip()
+    ca = node.state.parent / "stratus-ca.crt"
+    ca.write_text(node.json("get", "configmap", f"{RELEASE}-ca", "-n", NAMESPACE)["data"]["ca.crt"])
+    leading = 0.0
+    for pod in operator_pods(node):
+        url = f"https://{pod['status']['podIP']}:8444/metrics"
+        status, text = scrape(url, token, ca, check_hostname=False)  # by the pod's address
+        assert status == 200, text
+        assert promtool_check_metrics(text) == ""
+        leading += sample(samples(text), "stratus_operator_leader") or 0
+        assert scrape(url, None, ca, check_hostname=False)[0] == 401
+    assert leading == 1
+    secret = node.json("get", "secret", f"{RELEASE}-agent-metrics", "-n", NAMESPACE)
+    agent_token = base64.b64decode(secret["data"]["token"]).decode()
+    status, text = scrape(f"https://{NODE_IP}:8441/metrics", agent_token, ca)
+    assert status == 200, text
+    assert sample(samples(text), "stratus_guest_state", namespace="default", name="vm-1",
+                  state="running") == 1  # fmt: skip
+    node.kubectl("delete", "clusterrolebinding", "prometheus-stratus")
+
+
 def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
     node: Node,
 ) -> None:
@@ -312,6 +346,7 @@ def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
         "apiVersion": "v1", "kind": "List",
         "items": basics(f"http://{NODE_IP}:{node.image_port}/img.qcow2")}))  # fmt: skip
     boot(node, "vm-1")
+    check_metrics(node)
 
     # The leader dies (its process killed, not asked to stop): the standby takes over.
     leading = next(p for p in pods if p["metadata"]["name"] == first.rpartition("_")[0])
