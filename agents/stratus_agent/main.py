@@ -9,6 +9,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import prometheus_client
 from aiohttp import web
 
 from stratus_agent import base
@@ -306,6 +307,8 @@ def _ssl_context(listen: agent_config.ListenConfig) -> ssl.SSLContext | None:
 
 async def serve(config: agent_config.AgentConfig) -> None:
     token, metrics_token = config.read_token(), config.read_metrics_token()
+    # No `_created` series beside every counter: read by nobody, a third of a scrape.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     agent = await build(config)
     manager = agent.manager
     app = create_app(
