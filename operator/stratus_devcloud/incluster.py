@@ -39,7 +39,7 @@ def values(cloud: DevCloud) -> dict[str, Any]:
     less what the chart and enrollment give (its name, token, listen address, files)."""
     node = cloud.node_slot(1)
     agent = cloud.agent_settings(node)
-    for given in ("node_name", "token_file", "state_dir", "listen"):
+    for given in ("node_name", "token_file", "metrics_token_file", "state_dir", "listen"):
         agent.pop(given)
     refused = [*cloud.service_ports(), AGENT_PORT]
     agent["images"] = {"sources": {"allowed_endpoints": [IMAGE_ENDPOINT],

@@ -208,13 +208,13 @@ async def test_one_unreadable_domain_does_not_break_the_inventory(
     for spec in (good, bad):
         await agent.put(spec)
         await agent.wait_for_state(spec["uid"], "Running")
-    original = libvirt_driver.LibvirtGuest.status
+    original = libvirt_driver.LibvirtGuest.describe
 
-    def status(guest: libvirt_driver.LibvirtGuest) -> Any:
+    def describe(guest: libvirt_driver.LibvirtGuest) -> Any:
         if guest.uid == bad["uid"]:  # e.g. undefined between listing and reading it
             raise libvirt.libvirtError("Domain not found: vanished meanwhile")
         return original(guest)
 
-    monkeypatch.setattr(libvirt_driver.LibvirtGuest, "status", status)
+    monkeypatch.setattr(libvirt_driver.LibvirtGuest, "describe", describe)
     listed = {g["uid"]: g["state"] for g in (await agent.inventory())["guests"]}
     assert listed[good["uid"]] == "Running"
