@@ -286,6 +286,14 @@ class ComputeDriver(Protocol):
     async def capacity(self) -> tuple[int, int]:
         """(CPUs, memory bytes) of the node."""
 
+    async def console_device(self, uid: str) -> str | None:
+        """The host pty of the running guest's serial console; None when it is not running
+        or has none (the fake's guests)."""
+
+    async def vnc_port(self, uid: str) -> int | None:
+        """The port of the running guest's VNC display on the node's loopback; None when it
+        is not running or has none."""
+
     async def guest_stats(self) -> builtins.list[GuestStats]:
         """Every guest of this driver with its usage counters, read in one pass (one
         hypervisor call, off the event loop): per scrape, so it must stay cheap."""

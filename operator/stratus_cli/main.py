@@ -209,17 +209,28 @@ def agent(
     "--metrics-host", default="0.0.0.0", show_default=True, help="The address /metrics listens on."
 )
 @click.option(
-    "--metrics-cert-file",
-    type=click.Path(dir_okay=False, exists=True),
+    "--console-port",
+    type=click.IntRange(1, 65535),
     default=None,
-    help="PEM certificate for /metrics (default: from the enrollment CA when enrollment is "
-    "on, else self-signed).",
+    help="Serve the console proxy (WebSockets of Instances' serial consoles and VNC, for "
+    "callers with get on instances/console or instances/vnc) at https://HOST:PORT; off by "
+    "default.",
 )
 @click.option(
-    "--metrics-key-file",
+    "--console-host", default="0.0.0.0", show_default=True, help="The address it listens on."
+)
+@click.option(
+    "--tls-cert-file",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="PEM key of --metrics-cert-file.",
+    help="PEM certificate for /metrics and the console proxy (default: from the enrollment "
+    "CA when enrollment is on, else self-signed).",
+)
+@click.option(
+    "--tls-key-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM key of --tls-cert-file.",
 )
 def operator(
     namespaces: tuple[str, ...],
@@ -237,8 +248,10 @@ def operator(
     ca_name: str,
     metrics_port: int | None,
     metrics_host: str,
-    metrics_cert_file: str | None,
-    metrics_key_file: str | None,
+    console_port: int | None,
+    console_host: str,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
 ) -> None:
     """Run the operator: reconcile Stratus resources, dispatch guests to node agents."""
     import pydantic
@@ -252,15 +265,16 @@ def operator(
         raise click.BadParameter(
             f"{bad}: expected HOST:PORT", param_hint="--allow-image-endpoint"
         ) from None
-    if bool(metrics_cert_file) != bool(metrics_key_file):
+    if bool(tls_cert_file) != bool(tls_key_file):
         raise click.BadParameter(
-            "give both --metrics-cert-file and --metrics-key-file, or neither",
-            param_hint="--metrics-cert-file",
+            "give both --tls-cert-file and --tls-key-file, or neither",
+            param_hint="--tls-cert-file",
         )
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     from stratus_operator import main as operator_main
     from stratus_operator.services.settings import (
+        ConsoleSettings,
         EnrollmentSettings,
         ImageSettings,
         LeaderSettings,
@@ -284,8 +298,17 @@ def operator(
         enabled=metrics_port is not None,
         host=metrics_host,
         port=metrics_port or MetricsSettings.port,
-        cert_file=metrics_cert_file or "",
-        key_file=metrics_key_file or "",
+        cert_file=tls_cert_file or "",
+        key_file=tls_key_file or "",
+        service=enrollment_service,
+        namespace=namespace,
+    )
+    console = ConsoleSettings(
+        enabled=console_port is not None,
+        host=console_host,
+        port=console_port or ConsoleSettings.port,
+        cert_file=tls_cert_file or "",
+        key_file=tls_key_file or "",
         service=enrollment_service,
         namespace=namespace,
     )
@@ -295,6 +318,7 @@ def operator(
         leader=leader,
         enrollment=enrollment,
         metrics=metrics,
+        console=console,
     )
     liveness = (liveness_host, liveness_port) if liveness_port else None
     operator_main.run(settings, liveness=liveness)
@@ -407,6 +431,13 @@ def up(
             f"{cloud.external_gateway} (physical network {external.PHYSICAL_NETWORK})",
             err=True,
         )
+    if not (control_plane_only or from_chart):
+        click.echo(
+            f"stratus dev: consoles through {cloud.console_url}: kubectl stratus console NAME "
+            f'--token "$(kubectl create token {allinone.DEVELOPER})" (and vnc, start, stop, '
+            "restart, pause, unpause)",
+            err=True,
+        )
     if not (control_plane_only or from_chart or without_prometheus):
         click.echo(
             f"stratus dev: Prometheus at {cloud.prometheus.url} (alerts at "
@@ -438,6 +469,9 @@ def up(
         )
     click.echo(f"export KUBECONFIG={cloud.plane.kubeconfig}")
     click.echo(f"export PATH={cloud.plane.user_bin_dir}:$PATH")
+    if not (control_plane_only or from_chart):
+        click.echo(f"export STRATUS_CONSOLE_SERVER={cloud.console_url}")
+        click.echo(f"export STRATUS_CONSOLE_CA={cloud.plane.pki_dir / 'ca.crt'}")
 
 
 def _up_from_chart(cloud: allinone.DevCloud) -> None:

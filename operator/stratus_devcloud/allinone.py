@@ -62,6 +62,7 @@ IMAGE_ENDPOINT = f"127.0.0.1:{IMAGE_PORT}"
 AGENT_SYSTEM_NAMESPACE = "stratus-system"
 CHART = REPO_ROOT / "charts" / "stratus"
 OPERATOR_ACCOUNT = "stratus-operator"  # the chart's, for a release named stratus
+DEVELOPER = "developer"  # a ServiceAccount admin of `default`: a token for the consoles
 # One directory per state dir, named from it (see DevCloud.node_dir).
 NODE_ROOT = Path("/var/lib/stratus")
 READY_TIMEOUT_SECONDS = 60.0
@@ -225,7 +226,7 @@ class DevCloud:
         ports = self.plane.ports
         agents = [self.port_of(node) for node in self.nodes]
         return [ports.etcd_client, ports.etcd_peer, ports.apiserver, *agents,
-                self.operator_metrics_port, self.prometheus.port]  # fmt: skip
+                self.operator_metrics_port, self.console_port, self.prometheus.port]  # fmt: skip
 
     @property
     def operator(self) -> Daemon:
@@ -234,8 +235,9 @@ class DevCloud:
             image_policy += ["--refuse-image-port", str(port)]
         pki = self.plane.pki_dir
         metrics = ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.operator_metrics_port),
-                   "--metrics-cert-file", str(pki / "operator.crt"),
-                   "--metrics-key-file", str(pki / "operator.key")]  # fmt: skip
+                   "--console-host", "127.0.0.1", "--console-port", str(self.console_port),
+                   "--tls-cert-file", str(pki / "operator.crt"),
+                   "--tls-key-file", str(pki / "operator.key")]  # fmt: skip
         return Daemon(
             "stratus-operator",
             (sys.executable, "-m", "stratus_cli", "operator",
@@ -246,8 +248,21 @@ class DevCloud:
     @property
     def operator_metrics_port(self) -> int:
         """Chosen at first start and kept, like the agents' ports."""
-        port_file = self.state_dir / "operator-metrics-port"
+        return self._kept_port("operator-metrics-port")
+
+    @property
+    def console_port(self) -> int:
+        """The console proxy's (the operator serves it)."""
+        return self._kept_port("console-port")
+
+    @property
+    def console_url(self) -> str:
+        return f"https://127.0.0.1:{self.console_port}"
+
+    def _kept_port(self, name: str) -> int:
+        port_file = self.state_dir / name
         if not port_file.exists():
+            port_file.parent.mkdir(parents=True, exist_ok=True)
             port_file.write_text(str(free_port()))
         return int(port_file.read_text())
 
@@ -265,7 +280,8 @@ class DevCloud:
              AGENT_SYSTEM_NAMESPACE, "--set", "operator.leaderElection=false", "--set",
              "agent.enabled=false", "--show-only", "templates/operator-serviceaccount.yaml",
              "--show-only", "templates/operator-rbac.yaml",
-             "--show-only", "templates/metrics-reader-rbac.yaml"],
+             "--show-only", "templates/metrics-reader-rbac.yaml",
+             "--show-only", "templates/user-roles.yaml"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if rendered.returncode != 0:
@@ -298,9 +314,32 @@ class DevCloud:
             self._start_agent(node, tunnel)
             self._register_node(node)
         self._operator_credentials()
+        self._developer()
         self.operator.start()
         if with_prometheus:
             self.up_prometheus()
+
+    def _developer(self) -> None:
+        """The ServiceAccount `developer`, admin of the namespace default (so its Stratus
+        objects and consoles, through the chart's aggregated roles): a user whose token the
+        console proxy accepts (the admin kubeconfig holds a client certificate)."""
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": DEVELOPER, "namespace": "default"},
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": DEVELOPER, "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": DEVELOPER, "namespace": "default"}],
+        }  # fmt: skip
+        for manifest in (account, binding):
+            applied = self.plane.kubectl_run("apply", "-f", "-", input=json.dumps(manifest),
+                                             check=False)  # fmt: skip
+            if applied.returncode != 0:
+                raise ControlPlaneError(f"the developer account: {applied.stderr.strip()}")
 
     def up_prometheus(self) -> None:
         """Prometheus scraping the operator (as the ServiceAccount stratus-prometheus, bound

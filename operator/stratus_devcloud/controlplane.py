@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -264,9 +265,12 @@ class LocalControlPlane:
             **common,  # type: ignore[arg-type]
         )
         self.user_bin_dir.mkdir(exist_ok=True)
-        for tool in ("kubectl", "helm"):
+        # kubectl, helm and the `kubectl stratus` plugin (installed beside this interpreter).
+        plugin = Path(sys.executable).parent / "kubectl-stratus"
+        tools = {"kubectl": self.bin_dir() / "kubectl", "helm": self.bin_dir() / "helm",
+                 "kubectl-stratus": plugin}  # fmt: skip
+        for tool, target in tools.items():
             link = self.user_bin_dir / tool
-            target = self.bin_dir() / tool
             if not link.is_symlink() or link.readlink() != target:
                 link.unlink(missing_ok=True)
                 link.symlink_to(target)

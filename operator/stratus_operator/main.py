@@ -18,7 +18,7 @@ from aiohttp import web
 
 from stratus_operator import handlers
 from stratus_operator.handlers.lifecycle import connection_info
-from stratus_operator.services import enrollment, metrics_serving
+from stratus_operator.services import console_proxy, enrollment, metrics_serving
 from stratus_operator.services.kube import Credentials, Kube
 from stratus_operator.services.leadership import Leader
 from stratus_operator.services.metrics import OperatorMetrics
@@ -41,16 +41,16 @@ def run(settings: OperatorSettings, *, liveness: tuple[str, int] | None = None) 
 
 
 async def _run(settings: OperatorSettings, liveness: tuple[str, int] | None) -> None:
-    # Enrollment and metrics need no leadership: every replica serves them.
+    # Enrollment, metrics and consoles need no leadership: every replica serves them.
     metrics = OperatorMetrics()
-    own = (
-        _own_kube(metrics)
-        if settings.enrollment.enabled or settings.metrics.enabled
-        else Kube(metrics.trace())
-    )
+    served = (settings.enrollment, settings.metrics, settings.console)
+    own = _own_kube(metrics) if any(s.enabled for s in served) else Kube(metrics.trace())
     async with enrollment.serving(own, settings.enrollment) as enrolling:
         authority = await enrolling.authority() if enrolling is not None else None
-        async with metrics_serving.serving(own, settings.metrics, metrics, authority):
+        async with (
+            metrics_serving.serving(own, settings.metrics, metrics, authority),
+            console_proxy.serving(own, settings.console, authority),
+        ):
             await _operate(settings, liveness, metrics)
 
 

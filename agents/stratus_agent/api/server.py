@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from stratus_agent.api import consoles
 from stratus_agent.api import metrics as agent_metrics
 from stratus_agent.api.events import EventHub
 from stratus_agent.base import ImageStore, NetworkDriver
@@ -53,6 +54,8 @@ Spec = TypeVar(
 )  # fmt: skip
 
 
+CONSOLES = web.AppKey("consoles", consoles.Consoles)
+STREAMS = frozenset({"/v1/events", "/v1/guests/{uid}/console", "/v1/guests/{uid}/vnc"})
 METRICS = web.AppKey("metrics", agent_metrics.AgentMetrics)
 
 
@@ -116,7 +119,7 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         metrics = request.app[METRICS]
         metrics.requests.labels(request.method, name, str(code)).inc()
-        if name != "/v1/events":
+        if name not in STREAMS:  # sessions, not requests
             metrics.latency.labels(request.method, name).observe(time.monotonic() - started)
 
 
@@ -150,7 +153,7 @@ async def inventory(request: web.Request) -> web.Response:
     return web.json_response(text=body.model_dump_json(by_alias=True))
 
 
-UidHandler = Callable[[web.Request, str], Awaitable[web.Response]]
+UidHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
 def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
@@ -158,7 +161,7 @@ def _uid_route(kind: str) -> Callable[[UidHandler], Handler]:
     domain and port name on the node is made from it (aiohttp decodes %2e%2e%2f to ../)."""
 
     def route(handler: UidHandler) -> Handler:
-        async def checked(request: web.Request) -> web.Response:
+        async def checked(request: web.Request) -> web.StreamResponse:
             uid = request.match_info["uid"]
             if not naming.is_uid(uid):
                 return _error(400, f"{uid!r} in the URL is not {kind} UID (a Kubernetes UID)")
@@ -173,6 +176,16 @@ guest_route = _uid_route("a guest")
 volume_route = _uid_route("a volume")
 snapshot_route = _uid_route("a snapshot")
 image_route = _uid_route("an image")
+
+
+@guest_route
+async def serial_console(request: web.Request, uid: str) -> web.StreamResponse:
+    return await consoles.relay(request, request.app[CONSOLES].serial(uid))
+
+
+@guest_route
+async def vnc_console(request: web.Request, uid: str) -> web.StreamResponse:
+    return await consoles.relay(request, request.app[CONSOLES].vnc(uid))
 
 
 @guest_route
@@ -535,6 +548,9 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/guests", inventory)
     app.router.add_get("/v1/guests/{uid}", get_guest)
+    app[CONSOLES] = consoles.Consoles(manager)
+    app.router.add_get("/v1/guests/{uid}/console", serial_console)
+    app.router.add_get("/v1/guests/{uid}/vnc", vnc_console)
     app.router.add_put("/v1/guests/{uid}", put_guest)
     app.router.add_delete("/v1/guests/{uid}", delete_guest)
     app.router.add_delete("/v1/images/{uid}", delete_image)

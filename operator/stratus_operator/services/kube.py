@@ -186,11 +186,14 @@ class Kube:
 
     async def list_objects(
         self, plural: str, namespace: str | None, label_selector: str = "",
-        group: str = GROUP, version: str = VERSION,
+        group: str = GROUP, version: str = VERSION, field_selector: str = "",
     ) -> list[dict[str, Any]]:  # fmt: skip
-        """The objects of a kind (a Stratus one by default) matching the selector."""
-        query = f"?labelSelector={quote(label_selector, safe='')}" if label_selector else ""
-        path = _path(plural, namespace, group=group, version=version) + query
+        """The objects of a kind (a Stratus one by default) matching the selectors."""
+        selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in selectors.items() if v)
+        path = _path(plural, namespace, group=group, version=version) + (
+            f"?{query}" if query else ""
+        )
         items: list[dict[str, Any]] = json.loads(await self._request("GET", path))["items"]
         return items
 
@@ -223,12 +226,9 @@ class Kube:
         )
         return status
 
-    async def access_review(self, user: dict[str, Any], non_resource: dict[str, str]) -> bool:
-        """Whether `user` (a TokenReview's) may do this to a non-resource URL
-        (authorization.k8s.io SubjectAccessReview)."""
-        spec = {"user": user.get("username", ""), "uid": user.get("uid", ""),
-                "groups": user.get("groups") or [], "extra": user.get("extra") or {},
-                "nonResourceAttributes": non_resource}  # fmt: skip
+    async def access_review(self, spec: dict[str, Any]) -> bool:
+        """Whether the API server allows what a SubjectAccessReview's `spec` asks (its user
+        and resource or non-resource attributes)."""
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                   "spec": spec}  # fmt: skip
         path = _path("subjectaccessreviews", None, group="authorization.k8s.io", version="v1")

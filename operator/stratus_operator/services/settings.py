@@ -152,6 +152,26 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The console proxy (services/console_proxy.py); off unless asked for."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 8445
+    cert_file: str = ""  # as MetricsSettings'
+    key_file: str = ""
+    service: str = "stratus-operator"
+    namespace: str = "stratus-system"
+    # Seconds a session may pass with no byte either way before it is closed.
+    idle_seconds: float = 900.0
+    # Bytes per WebSocket message either way (a bigger one ends the session, 1009).
+    max_frame_bytes: int = 256 * 1024
+    # Seconds to reach the node's agent; token and access verdicts kept this long.
+    connect_timeout_seconds: float = 10.0
+    verdict_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
@@ -163,6 +183,7 @@ class OperatorSettings:
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     # Namespaces to watch; empty: all (cluster-wide).
     namespaces: tuple[str, ...] = ()
     # Python's collector thresholds (young, middle, old). Every watch event replaces a

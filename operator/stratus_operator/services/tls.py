@@ -41,3 +41,15 @@ def service_names(service: str, namespace: str) -> tuple[str, ...]:
     """The names a Service is reached by in the cluster, the full one first."""
     return (f"{service}.{namespace}.svc", f"{service}.{namespace}", service,
             f"{service}.{namespace}.svc.cluster.local")  # fmt: skip
+
+
+def endpoint_context(
+    cert_file: str, key_file: str, names: tuple[str, ...], authority: ca.Authority | None
+) -> ssl.SSLContext:
+    """An endpoint's certificate: the files given, else one from the enrollment CA (for
+    `names`), else a self-signed one."""
+    if cert_file:
+        return files_context(cert_file, key_file)
+    if authority is not None:
+        return serving_context(authority, names)
+    return self_signed_context(names)

@@ -137,6 +137,7 @@ def test_the_agent_config_is_explicit_about_tls_and_image_sources(
         ports.apiserver,
         cloud.agent_port,
         cloud.operator_metrics_port,
+        cloud.console_port,
         cloud.prometheus.port,
     }
     assert_policy_fits_the_all_in_one(policy, cloud)
@@ -178,6 +179,9 @@ def test_the_operator_gets_the_same_image_policy(
     assert metrics.enabled and metrics.host == "127.0.0.1"
     assert metrics.port == cloud.operator_metrics_port
     assert metrics.cert_file == str(cloud.plane.pki_dir / "operator.crt")
+    console = seen["s"].console
+    assert console.enabled and (console.host, console.port) == ("127.0.0.1", cloud.console_port)
+    assert console.cert_file == metrics.cert_file
     policy = seen["s"].images.sources
     assert policy.allowed_endpoints == ("127.0.0.1:8480",)
     assert sorted(policy.refused_ports) == sorted(cloud.service_ports())

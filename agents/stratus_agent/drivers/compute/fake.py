@@ -94,6 +94,12 @@ class FakeComputeDriver:
     async def capacity(self) -> tuple[int, int]:
         return self._cpu, self._memory
 
+    async def console_device(self, uid: str) -> str | None:
+        return None  # the fake's guests run nothing that could print
+
+    async def vnc_port(self, uid: str) -> int | None:
+        return None
+
     async def guest_stats(self) -> builtins.list[base.GuestStats]:
         return [self._stats(self._specs[uid], status) for uid, status in self._guests.items()]
 

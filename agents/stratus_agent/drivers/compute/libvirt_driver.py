@@ -623,6 +623,29 @@ class LibvirtComputeDriver:
     async def capacity(self) -> tuple[int, int]:
         return await asyncio.to_thread(self.host.capacity)
 
+    async def console_device(self, uid: str) -> str | None:
+        """From the live definition: libvirt allocates the pty when the guest starts."""
+        found = await self._live(uid, "devices/console[@type='pty']/source", "path")
+        return found or None
+
+    async def vnc_port(self, uid: str) -> int | None:
+        """From the live definition: libvirt picks the port when the guest starts (a
+        lifecycle event's status does not carry it)."""
+        found = await self._live(uid, "devices/graphics[@type='vnc']", "port")
+        return int(found) if found and found.isdigit() and int(found) > 0 else None
+
+    async def _live(self, uid: str, path: str, attribute: str) -> str | None:
+        """An attribute of the running guest's live definition."""
+
+        def read() -> str | None:
+            guest = self.host.guest(uid) if uid in self._mine else None
+            if guest is None or not guest.running():
+                return None
+            found = domain_xml.parse(guest.domain.XMLDesc(0)).find(path)
+            return found.get(attribute) if found is not None else None
+
+        return await asyncio.to_thread(read)
+
     async def guest_stats(self) -> builtins.list[base.GuestStats]:
         """One getAllDomainStats call for the whole host; domains not this driver's (other
         agents', anyone's) are dropped by name, without another call."""
