@@ -280,6 +280,7 @@ def operator(
         LeaderSettings,
         MetricsSettings,
         OperatorSettings,
+        ServingCertificate,
     )
 
     # The operator's own namespace: its Lease, its CA, the nodes' Secrets.
@@ -294,23 +295,22 @@ def operator(
         agent_service_account=(namespace, agent_service_account),
         agent_daemonset=agent_daemonset,
     )
+    # /metrics and the console proxy are behind the enrollment endpoint's Service.
+    certificate = ServingCertificate(
+        cert_file=tls_cert_file or "", key_file=tls_key_file or "",
+        service=enrollment_service, namespace=namespace,
+    )  # fmt: skip
     metrics = MetricsSettings(
         enabled=metrics_port is not None,
         host=metrics_host,
         port=metrics_port or MetricsSettings.port,
-        cert_file=tls_cert_file or "",
-        key_file=tls_key_file or "",
-        service=enrollment_service,
-        namespace=namespace,
+        certificate=certificate,
     )
     console = ConsoleSettings(
         enabled=console_port is not None,
         host=console_host,
         port=console_port or ConsoleSettings.port,
-        cert_file=tls_cert_file or "",
-        key_file=tls_key_file or "",
-        service=enrollment_service,
-        namespace=namespace,
+        certificate=certificate,
     )
     settings = OperatorSettings(
         namespaces=namespaces,

@@ -39,7 +39,7 @@ from stratus_devcloud.controlplane import (
     REPO_ROOT,
     ControlPlaneError,
     LocalControlPlane,
-    free_port,
+    kept_port,
 )
 from stratus_devcloud.nodeservices import (
     LIBVIRT_NAMES,
@@ -215,11 +215,7 @@ class DevCloud:
 
     def port_of(self, node: NodeSlot) -> int:
         """Chosen at first start and kept, like the control plane's (ports.json)."""
-        port_file = node.config_dir / "port"
-        if not port_file.exists():
-            port_file.parent.mkdir(parents=True, exist_ok=True)
-            port_file.write_text(str(free_port()))
-        return int(port_file.read_text())
+        return kept_port(node.config_dir / "port")
 
     def service_ports(self) -> list[int]:
         """This cloud's own service ports: no Image may be downloaded from them."""
@@ -248,23 +244,16 @@ class DevCloud:
     @property
     def operator_metrics_port(self) -> int:
         """Chosen at first start and kept, like the agents' ports."""
-        return self._kept_port("operator-metrics-port")
+        return kept_port(self.state_dir / "operator-metrics-port")
 
     @property
     def console_port(self) -> int:
         """The console proxy's (the operator serves it)."""
-        return self._kept_port("console-port")
+        return kept_port(self.state_dir / "console-port")
 
     @property
     def console_url(self) -> str:
         return f"https://127.0.0.1:{self.console_port}"
-
-    def _kept_port(self, name: str) -> int:
-        port_file = self.state_dir / name
-        if not port_file.exists():
-            port_file.parent.mkdir(parents=True, exist_ok=True)
-            port_file.write_text(str(free_port()))
-        return int(port_file.read_text())
 
     @property
     def operator_kubeconfig(self) -> Path:
@@ -288,19 +277,10 @@ class DevCloud:
             raise ControlPlaneError(f"helm template of {CHART} failed: {rendered.stderr}")
         namespace = {"apiVersion": "v1", "kind": "Namespace",
                      "metadata": {"name": AGENT_SYSTEM_NAMESPACE}}  # fmt: skip
-        for manifest in (json.dumps(namespace), rendered.stdout):
-            applied = self.plane.kubectl_run("apply", "-f", "-", input=manifest, check=False)
-            if applied.returncode != 0:
-                raise ControlPlaneError(f"the operator's RBAC: {applied.stderr.strip()}")
-        made = self.plane.kubectl_run(
-            "create", "token", OPERATOR_ACCOUNT, "-n", AGENT_SYSTEM_NAMESPACE,
-            "--duration=8760h", check=False,
-        )  # fmt: skip
-        if made.returncode != 0:
-            raise ControlPlaneError(f"a token for the operator: {made.stderr.strip()}")
+        self._apply("the operator's RBAC", json.dumps(namespace), rendered.stdout)
         kubeconfig.write_kubeconfig(
             self.operator_kubeconfig, server=self.plane.server_url,
-            ca=self.plane.pki_dir / "ca.crt", token=made.stdout.strip(),
+            ca=self.plane.pki_dir / "ca.crt", token=self._token(OPERATOR_ACCOUNT, "the operator"),
             user=f"system:serviceaccount:{AGENT_SYSTEM_NAMESPACE}:{OPERATOR_ACCOUNT}",
             context="stratus-dev",
         )  # fmt: skip
@@ -335,11 +315,23 @@ class DevCloud:
                         "name": "admin"},
             "subjects": [{"kind": "ServiceAccount", "name": DEVELOPER, "namespace": "default"}],
         }  # fmt: skip
-        for manifest in (account, binding):
-            applied = self.plane.kubectl_run("apply", "-f", "-", input=json.dumps(manifest),
-                                             check=False)  # fmt: skip
+        self._apply("the developer account", json.dumps(account), json.dumps(binding))
+
+    def _apply(self, what: str, *manifests: str) -> None:
+        for manifest in manifests:
+            applied = self.plane.kubectl_run("apply", "-f", "-", input=manifest, check=False)
             if applied.returncode != 0:
-                raise ControlPlaneError(f"the developer account: {applied.stderr.strip()}")
+                raise ControlPlaneError(f"{what}: {applied.stderr.strip()}")
+
+    def _token(self, account: str, whose: str) -> str:
+        """A year-long token of the ServiceAccount `account` of stratus-system."""
+        made = self.plane.kubectl_run(
+            "create", "token", account, "-n", AGENT_SYSTEM_NAMESPACE, "--duration=8760h",
+            check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise ControlPlaneError(f"a token for {whose}: {made.stderr.strip()}")
+        return made.stdout.strip()
 
     def up_prometheus(self) -> None:
         """Prometheus scraping the operator (as the ServiceAccount stratus-prometheus, bound
@@ -357,21 +349,11 @@ class DevCloud:
             "subjects": [{"kind": "ServiceAccount", "name": monitoring.ACCOUNT,
                           "namespace": AGENT_SYSTEM_NAMESPACE}],
         }  # fmt: skip
-        for manifest in (account, binding):
-            applied = self.plane.kubectl_run("apply", "-f", "-", input=json.dumps(manifest),
-                                             check=False)  # fmt: skip
-            if applied.returncode != 0:
-                raise ControlPlaneError(f"Prometheus' account: {applied.stderr.strip()}")
-        made = self.plane.kubectl_run(
-            "create", "token", monitoring.ACCOUNT, "-n", AGENT_SYSTEM_NAMESPACE,
-            "--duration=8760h", check=False,
-        )  # fmt: skip
-        if made.returncode != 0:
-            raise ControlPlaneError(f"a token for Prometheus: {made.stderr.strip()}")
+        self._apply("Prometheus' account", json.dumps(account), json.dumps(binding))
         self.prometheus.configure(
             f"127.0.0.1:{self.operator_metrics_port}",
             [(node.name, f"127.0.0.1:{self.port_of(node)}") for node in self.nodes],
-            self.plane.pki_dir / "ca.crt", made.stdout.strip(),
+            self.plane.pki_dir / "ca.crt", self._token(monitoring.ACCOUNT, "Prometheus"),
         )  # fmt: skip
         self.prometheus.up()
 

@@ -100,6 +100,15 @@ def free_port() -> int:
         return port
 
 
+def kept_port(port_file: Path) -> int:
+    """A port chosen at first use (free_port) and kept in `port_file`, so a cloud's
+    services keep their addresses across down and up."""
+    if not port_file.exists():
+        port_file.parent.mkdir(parents=True, exist_ok=True)
+        port_file.write_text(str(free_port()))
+    return int(port_file.read_text())
+
+
 @dataclass(frozen=True)
 class Ports:
     apiserver: int

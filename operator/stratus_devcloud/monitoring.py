@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError, free_port
+from stratus_devcloud.controlplane import REPO_ROOT, ControlPlaneError, kept_port
 from stratus_devcloud.processes import Daemon
 
 RULES = REPO_ROOT / "charts" / "stratus" / "files" / "alerts.yaml"
@@ -35,11 +35,7 @@ class LocalPrometheus:
 
     @property
     def port(self) -> int:
-        port_file = self.dir / "port"
-        if not port_file.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            port_file.write_text(str(free_port()))
-        return int(port_file.read_text())
+        return kept_port(self.dir / "port")
 
     @property
     def url(self) -> str:

@@ -87,6 +87,15 @@ class Access:
         self._verdicts.put(key, verdict)
         return verdict
 
+    async def admit(self, token: str, attributes: dict[str, Any]) -> tuple[int, Identity | None]:
+        """An HTTP verdict on a caller: 200 with who they are when they may do this (see
+        `allowed`), 403 with who they are when not, 401 when the API server does not
+        accept the token."""
+        who = await self.identify(token)
+        if who is None:
+            return 401, None
+        return (200 if await self.allowed(who, attributes) else 403), who
+
 
 def bearer(authorization: str, protocols: str = "") -> str | None:
     """The bearer token of a request: its Authorization header, else (browsers cannot set

@@ -81,15 +81,15 @@ class ConsoleProxy:
         if token is None:
             return _error(401, NO_TOKEN)
         try:
-            who = await self._access.identify(token)
-            if who is None:
-                return _error(401, "the API server does not accept this token")
-            if not await self._access.allowed(who, _attributes(namespace, name, kind)):
-                return _error(403, f"{who.username} may not get instances/{kind} of "
-                                   f"{namespace}/{name}")  # fmt: skip
+            verdict, who = await self._access.admit(token, _attributes(namespace, name, kind))
         except (KubeError, NotLoggedIn, OSError) as exc:
             log.warning("console: the API server did not review a caller: %s", exc)
             return _error(503, "the API server did not answer; retry")
+        if who is None:
+            return _error(401, "the API server does not accept this token")
+        if verdict != 200:
+            return _error(403, f"{who.username} may not get instances/{kind} of "
+                               f"{namespace}/{name}")  # fmt: skip
         ws = web.WebSocketResponse(protocols=PROTOCOLS, heartbeat=30.0,
                                    max_msg_size=self._settings.max_frame_bytes)  # fmt: skip
         await ws.prepare(request)
@@ -232,8 +232,7 @@ async def serving(
     proxy = ConsoleProxy(kube, Access(kube, settings.verdict_seconds), settings)
     runner = web.AppRunner(app(proxy), access_log=None)
     await runner.setup()
-    names = tls.service_names(settings.service, settings.namespace)
-    context = tls.endpoint_context(settings.cert_file, settings.key_file, names, authority)
+    context = tls.endpoint_context(settings.certificate, authority)
     await web.TCPSite(runner, settings.host, settings.port, ssl_context=context).start()
     log.info("console proxy on https://%s:%d", settings.host, settings.port)
     try:

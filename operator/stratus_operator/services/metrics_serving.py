@@ -26,28 +26,19 @@ log = logging.getLogger(__name__)
 METRICS_PATH = "/metrics"
 
 
-class Guard:
-    """Who may read /metrics: HTTP 200, 401 or 403 for a bearer token."""
-
-    def __init__(self, access: Access) -> None:
-        self._access = access
-
-    async def verdict(self, token: str) -> int:
-        who = await self._access.identify(token)
-        if who is None:
-            return 401
-        attributes = {"nonResourceAttributes": {"path": METRICS_PATH, "verb": "get"}}
-        return 200 if await self._access.allowed(who, attributes) else 403
+WHO_MAY_READ = {"nonResourceAttributes": {"path": METRICS_PATH, "verb": "get"}}
 
 
-def app(metrics: OperatorMetrics, guard: Guard | None) -> web.Application:
+def app(metrics: OperatorMetrics, access: Access | None) -> web.Application:
+    """`access`: who may read; None: anyone."""
+
     async def scrape(request: web.Request) -> web.Response:
-        if guard is not None:
+        if access is not None:
             token = bearer(request.headers.get("Authorization", ""))
             if token is None:
                 return web.Response(status=401, text="send a bearer token\n")
             try:
-                verdict = await guard.verdict(token)
+                verdict, _ = await access.admit(token, WHO_MAY_READ)
             except (KubeError, NotLoggedIn, OSError) as exc:
                 log.warning("metrics: the API server did not review a token: %s", exc)
                 return web.Response(status=503, text="the API server did not answer; retry\n")
@@ -74,14 +65,11 @@ async def serving(
     if not settings.enabled:
         yield
         return
-    guard = Guard(Access(kube, settings.verdict_seconds)) if settings.authorize else None
-    runner = web.AppRunner(app(metrics, guard), access_log=None)
+    access = Access(kube, settings.verdict_seconds) if settings.authorize else None
+    runner = web.AppRunner(app(metrics, access), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port,
-                       ssl_context=tls.endpoint_context(settings.cert_file, settings.key_file,
-                           tls.service_names(settings.service, settings.namespace),
-                           authority))  # fmt: skip
-    await site.start()
+    context = tls.endpoint_context(settings.certificate, authority)
+    await web.TCPSite(runner, settings.host, settings.port, ssl_context=context).start()
     log.info("metrics on https://%s:%d%s", settings.host, settings.port, METRICS_PATH)
     try:
         yield

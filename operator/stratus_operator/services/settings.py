@@ -133,18 +133,25 @@ class EnrollmentSettings:
 
 
 @dataclass(frozen=True)
+class ServingCertificate:
+    """The certificate of the operator's own HTTPS endpoints (/metrics, the console proxy):
+    the PEM files given; none: one from the enrollment CA for the names of the Service in
+    front of them when enrollment is on, else a self-signed one (services/tls.py)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    service: str = "stratus-operator"
+    namespace: str = "stratus-system"
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """/metrics over HTTPS (services/metrics_serving.py); off unless asked for."""
 
     enabled: bool = False
     host: str = "0.0.0.0"
     port: int = 8444
-    # The serving certificate and key (PEM files); none: one from the enrollment CA for the
-    # Service's names when enrollment is on, else a self-signed one.
-    cert_file: str = ""
-    key_file: str = ""
-    service: str = "stratus-operator"
-    namespace: str = "stratus-system"
+    certificate: ServingCertificate = field(default_factory=ServingCertificate)
     # Callers must hold `get` on the non-resource URL /metrics (TokenReview and
     # SubjectAccessReview, as kube-controller-manager asks); verdicts kept this long.
     authorize: bool = True
@@ -158,10 +165,7 @@ class ConsoleSettings:
     enabled: bool = False
     host: str = "0.0.0.0"
     port: int = 8445
-    cert_file: str = ""  # as MetricsSettings'
-    key_file: str = ""
-    service: str = "stratus-operator"
-    namespace: str = "stratus-system"
+    certificate: ServingCertificate = field(default_factory=ServingCertificate)
     # Seconds a session may pass with no byte either way before it is closed.
     idle_seconds: float = 900.0
     # Bytes per WebSocket message either way (a bigger one ends the session, 1009).

@@ -7,6 +7,7 @@ import ssl
 import tempfile
 
 from stratus_operator.controllers import authority as ca
+from stratus_operator.services.settings import ServingCertificate
 
 
 def serving_context(authority: ca.Authority, names: tuple[str, ...]) -> ssl.SSLContext:
@@ -44,12 +45,13 @@ def service_names(service: str, namespace: str) -> tuple[str, ...]:
 
 
 def endpoint_context(
-    cert_file: str, key_file: str, names: tuple[str, ...], authority: ca.Authority | None
+    certificate: ServingCertificate, authority: ca.Authority | None
 ) -> ssl.SSLContext:
     """An endpoint's certificate: the files given, else one from the enrollment CA (for
-    `names`), else a self-signed one."""
-    if cert_file:
-        return files_context(cert_file, key_file)
+    the Service's names), else a self-signed one."""
+    if certificate.cert_file:
+        return files_context(certificate.cert_file, certificate.key_file)
+    names = service_names(certificate.service, certificate.namespace)
     if authority is not None:
         return serving_context(authority, names)
     return self_signed_context(names)

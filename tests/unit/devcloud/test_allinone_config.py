@@ -178,10 +178,10 @@ def test_the_operator_gets_the_same_image_policy(
     metrics = seen["s"].metrics
     assert metrics.enabled and metrics.host == "127.0.0.1"
     assert metrics.port == cloud.operator_metrics_port
-    assert metrics.cert_file == str(cloud.plane.pki_dir / "operator.crt")
+    assert metrics.certificate.cert_file == str(cloud.plane.pki_dir / "operator.crt")
     console = seen["s"].console
     assert console.enabled and (console.host, console.port) == ("127.0.0.1", cloud.console_port)
-    assert console.cert_file == metrics.cert_file
+    assert console.certificate.cert_file == metrics.certificate.cert_file
     policy = seen["s"].images.sources
     assert policy.allowed_endpoints == ("127.0.0.1:8480",)
     assert sorted(policy.refused_ports) == sorted(cloud.service_ports())
