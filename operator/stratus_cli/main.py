@@ -220,6 +220,21 @@ def agent(
     "--console-host", default="0.0.0.0", show_default=True, help="The address it listens on."
 )
 @click.option(
+    "--event-qps",
+    type=click.FloatRange(0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Kubernetes Events recorded per second at most (beyond --event-burst); the rest "
+    "are dropped and counted in stratus_operator_events_dropped_total, as the kubelet's are.",
+)
+@click.option(
+    "--event-burst",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Events recorded at once before --event-qps applies.",
+)
+@click.option(
     "--tls-cert-file",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
@@ -250,6 +265,8 @@ def operator(
     metrics_host: str,
     console_port: int | None,
     console_host: str,
+    event_qps: float,
+    event_burst: int,
     tls_cert_file: str | None,
     tls_key_file: str | None,
 ) -> None:
@@ -276,6 +293,7 @@ def operator(
     from stratus_operator.services.settings import (
         ConsoleSettings,
         EnrollmentSettings,
+        EventSettings,
         ImageSettings,
         LeaderSettings,
         MetricsSettings,
@@ -319,6 +337,7 @@ def operator(
         enrollment=enrollment,
         metrics=metrics,
         console=console,
+        events=EventSettings(qps=event_qps, burst=event_burst),
     )
     liveness = (liveness_host, liveness_port) if liveness_port else None
     operator_main.run(settings, liveness=liveness)

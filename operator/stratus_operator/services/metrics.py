@@ -119,6 +119,11 @@ class OperatorMetrics:
             "Hypervisors turned down by failed placements, by reason.",
             ["reason"], registry=registry,
         )  # fmt: skip
+        self.events_dropped = Counter(
+            "stratus_operator_events_dropped",
+            "Kubernetes Events not recorded because they came faster than the operator's "
+            "event rate (--event-qps, --event-burst), by type.", ["type"], registry=registry,
+        )  # fmt: skip
         self.leader = Gauge(
             "stratus_operator_leader", "1 while this replica is the active one, else 0.",
             registry=registry,
@@ -130,6 +135,8 @@ class OperatorMetrics:
             self.unschedulable.labels(reason)
         for result in ("scheduled", "unschedulable"):
             self.decisions.labels(result)
+        for type_ in ("Normal", "Warning"):
+            self.events_dropped.labels(type_)
         self.state = StateCollector()
         registry.register(self.state)
         self._ready_seen: set[str] = set()
@@ -141,6 +148,9 @@ class OperatorMetrics:
 
     def dispatch_failed(self, exc: AgentError) -> None:
         self.dispatch_errors.labels(dispatch_reason(exc)).inc()
+
+    def event_dropped(self, type_: str) -> None:
+        self.events_dropped.labels(type_).inc()
 
     def scheduled(self, rejections: dict[str, int] | None) -> None:
         """A placement decision; `rejections`: why each Hypervisor was turned down, when

@@ -214,7 +214,7 @@ class Runtime:
         return guarded
 
     def __post_init__(self) -> None:
-        self.events = EventRecorder(self.kube)
+        self.events = EventRecorder(self.kube, self.settings.events, self.metrics.event_dropped)
         self.status = StatusWriter(
             self.kube, self.events, self.settings.status.coalesce_seconds, self.metrics
         )

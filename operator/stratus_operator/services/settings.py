@@ -97,6 +97,16 @@ class StatusSettings:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    # Events are a courtesy, and the API server keeps each an hour: a burst of them (1,000
+    # Instances created at once post 2,000) must not crowd out the requests that do the
+    # work. As the kubelet's --event-qps and --event-burst do, Events beyond this rate are
+    # dropped and counted (stratus_operator_events_dropped_total), never queued.
+    qps: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True)
 class LeaderSettings:
     """Leader election among operator replicas (services/leadership.py); off for a single
     operator. client-go's 15/10/2 s scaled down so a standby takes over from a dead leader
@@ -182,6 +192,7 @@ class OperatorSettings:
     images: ImageSettings = field(default_factory=ImageSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
     status: StatusSettings = field(default_factory=StatusSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
