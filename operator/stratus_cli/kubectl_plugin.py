@@ -28,15 +28,11 @@ import click
 import yaml
 from aiohttp import WSMsgType, web
 
+from stratus_api.v1alpha1.instance import VERBS, verb_patch
+
 ESCAPE = b"\x1d"  # Ctrl-], as virsh console and telnet
 QUIET_SECONDS = 3.0  # after piped input ends, how long the guest's answer is waited for
 NOVNC_DIR = Path("/usr/share/novnc")  # Debian's novnc
-VERBS = {
-    "start": {"runStrategy": "Always"},
-    "stop": {"runStrategy": "Halted"},
-    "pause": {"runStrategy": "Paused"},
-    "unpause": {"runStrategy": "Always"},
-}
 
 
 @dataclass(frozen=True)
@@ -278,18 +274,13 @@ def _patch(name: str, namespace: str | None, spec: dict[str, Any]) -> None:
         raise SystemExit(done.returncode)
 
 
-def _verb(verb: str, spec: dict[str, Any] | None) -> None:
+def _verb(verb: str) -> None:
     @main.command(verb, help=f"{verb.capitalize()} the Instance (patches its spec).")
     @click.argument("name")
     @click.option("-n", "--namespace", default=None, help="The Instance's namespace.")
     def command(name: str, namespace: str | None) -> None:
-        wanted = spec if spec is not None else {
-            # One restart per new value; status.lastRestartRequestHandled says when done.
-            "restartRequestedAt": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z")}  # fmt: skip
-        _patch(name, namespace, wanted)
+        _patch(name, namespace, verb_patch(verb, datetime.datetime.now(datetime.UTC)))
 
 
-for _name, _spec in VERBS.items():
-    _verb(_name, _spec)
-_verb("restart", None)
+for _name in VERBS:
+    _verb(_name)

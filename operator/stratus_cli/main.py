@@ -220,6 +220,19 @@ def agent(
     "--console-host", default="0.0.0.0", show_default=True, help="The address it listens on."
 )
 @click.option(
+    "--dashboard/--no-dashboard",
+    default=True,
+    show_default=True,
+    help="Serve the web dashboard on the console port, beside the console proxy.",
+)
+@click.option(
+    "--dashboard-session-key-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The key (32 bytes, raw or base64) sealing dashboard sessions, which every replica "
+    "must share (default: a new one at start, so sessions end with the process).",
+)
+@click.option(
     "--event-qps",
     type=click.FloatRange(0, min_open=True),
     default=50.0,
@@ -265,6 +278,8 @@ def operator(
     metrics_host: str,
     console_port: int | None,
     console_host: str,
+    dashboard: bool,
+    dashboard_session_key_file: str | None,
     event_qps: float,
     event_burst: int,
     tls_cert_file: str | None,
@@ -329,6 +344,8 @@ def operator(
         host=console_host,
         port=console_port or ConsoleSettings.port,
         certificate=certificate,
+        dashboard=dashboard,
+        session_key_file=dashboard_session_key_file or "",
     )
     settings = OperatorSettings(
         namespaces=namespaces,
@@ -491,6 +508,12 @@ def up(
     if not (control_plane_only or from_chart):
         click.echo(f"export STRATUS_CONSOLE_SERVER={cloud.console_url}")
         click.echo(f"export STRATUS_CONSOLE_CA={cloud.plane.pki_dir / 'ca.crt'}")
+        click.echo(
+            f"stratus dev: dashboard at {cloud.console_url}/ (its CA: "
+            f"{cloud.plane.pki_dir / 'ca.crt'}); sign in with the token that "
+            f"`kubectl create token {allinone.DEVELOPER} -n default` prints",
+            err=True,
+        )
 
 
 def _up_from_chart(cloud: allinone.DevCloud) -> None:

@@ -17,8 +17,9 @@ import prometheus_client
 from aiohttp import web
 
 from stratus_operator import handlers
+from stratus_operator.dashboard import serving as console_serving
 from stratus_operator.handlers.lifecycle import connection_info
-from stratus_operator.services import console_proxy, enrollment, metrics_serving
+from stratus_operator.services import enrollment, metrics_serving
 from stratus_operator.services.kube import Credentials, Kube
 from stratus_operator.services.leadership import Leader
 from stratus_operator.services.metrics import OperatorMetrics
@@ -49,7 +50,7 @@ async def _run(settings: OperatorSettings, liveness: tuple[str, int] | None) -> 
         authority = await enrolling.authority() if enrolling is not None else None
         async with (
             metrics_serving.serving(own, settings.metrics, metrics, authority),
-            console_proxy.serving(own, settings.console, authority),
+            console_serving.serving(own, settings.console, authority),
         ):
             await _operate(settings, liveness, metrics)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
@@ -156,6 +156,22 @@ class RunStrategy(enum.StrEnum):
     ALWAYS = "Always"
     HALTED = "Halted"
     PAUSED = "Paused"
+
+
+def verb_patch(verb: str, now: datetime.datetime) -> dict[str, Any]:
+    """The spec merge patch of a lifecycle verb (start, stop, pause, unpause, restart), as
+    `kubectl stratus` and the dashboard send it; KeyError for another verb."""
+    if verb == "restart":  # one restart per new value; lastRestartRequestHandled says when
+        stamp = now.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+        return {"restartRequestedAt": stamp.replace("+00:00", "Z")}
+    return {"runStrategy": VERB_STRATEGIES[verb].value}
+
+
+VERB_STRATEGIES = {
+    "start": RunStrategy.ALWAYS, "stop": RunStrategy.HALTED,
+    "pause": RunStrategy.PAUSED, "unpause": RunStrategy.ALWAYS,
+}  # fmt: skip
+VERBS = (*VERB_STRATEGIES, "restart")
 
 
 class InstancePhase(enum.StrEnum):

@@ -177,12 +177,19 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession:
     share; made again at every re-login."""
     info = connection_info(**kwargs)
     rt = runtime(memo)
-    ssl = info.as_ssl_context() if info.server.startswith("https:") else None
+    secure = info.server.startswith("https:")
+    ssl = info.as_ssl_context() if secure else None
+    # For calls made with a user's token (the dashboard): the CA only, never the operator's
+    # client certificate, which the API server would take over the user's token.
+    bare = dataclasses.replace(info, certificate_path=None, certificate_data=None,
+                               private_key_path=None, private_key_data=None)  # fmt: skip
+    user_ssl = bare.as_ssl_context() if secure else None
     api = rt.settings.api
     # kopf holds one connection per watch for as long as it runs: those come on top.
     watches = WATCHED_KINDS * max(1, len(rt.settings.namespaces))
     session = rt.kube.connect(
-        Credentials(info.server, ssl, info.as_http_headers()), api.connections + watches
+        Credentials(info.server, ssl, info.as_http_headers(), user_ssl),
+        api.connections + watches,
     )
     return kopf.AiohttpSession(
         aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,

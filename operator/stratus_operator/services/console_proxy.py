@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,6 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from stratus_api.v1alpha1 import Hypervisor
-from stratus_operator.controllers import authority as ca
-from stratus_operator.services import tls
 from stratus_operator.services.access import Access, bearer
 from stratus_operator.services.agent_client import tls_context
 from stratus_operator.services.kube import Kube, KubeError, NotLoggedIn
@@ -67,8 +65,14 @@ class Session:
 
 
 class ConsoleProxy:
-    def __init__(self, kube: Kube, access: Access, settings: ConsoleSettings) -> None:
+    def __init__(
+        self, kube: Kube, access: Access, settings: ConsoleSettings,
+        browser_token: Callable[[web.Request], str | None] | None = None,
+    ) -> None:  # fmt: skip
+        """`browser_token`: the token of a signed-in dashboard session whose page opens the
+        stream (a cookie, from this site only), for callers that bring none of their own."""
         self._kube = kube
+        self._browser_token = browser_token
         self._access = access
         self._settings = settings
         self._agents = AgentPool(kube, settings.connect_timeout_seconds)
@@ -78,6 +82,8 @@ class ConsoleProxy:
         kind = KINDS[request.match_info["kind"]]
         token = bearer(request.headers.get("Authorization", ""),
                        request.headers.get("Sec-WebSocket-Protocol", ""))  # fmt: skip
+        if token is None and self._browser_token is not None:
+            token = self._browser_token(request)
         if token is None:
             return _error(401, NO_TOKEN)
         try:
@@ -219,23 +225,3 @@ def app(proxy: ConsoleProxy) -> web.Application:
         "/v1/namespaces/{namespace}/instances/{name}/{kind:console|vnc}", proxy.handle
     )
     return application
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    kube: Kube, settings: ConsoleSettings, authority: ca.Authority | None
-) -> AsyncIterator[None]:
-    """The proxy, served for the duration; nothing when it is off."""
-    if not settings.enabled:
-        yield
-        return
-    proxy = ConsoleProxy(kube, Access(kube, settings.verdict_seconds), settings)
-    runner = web.AppRunner(app(proxy), access_log=None)
-    await runner.setup()
-    context = tls.endpoint_context(settings.certificate, authority)
-    await web.TCPSite(runner, settings.host, settings.port, ssl_context=context).start()
-    log.info("console proxy on https://%s:%d", settings.host, settings.port)
-    try:
-        yield
-    finally:
-        await runner.cleanup()

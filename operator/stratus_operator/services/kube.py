@@ -14,6 +14,7 @@ import datetime
 import json
 import ssl
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
 
@@ -64,6 +65,9 @@ class Credentials:
     server: str
     ssl: ssl.SSLContext | None
     headers: dict[str, str]
+    # Verifies the API server without presenting the operator's client certificate: for
+    # requests made with a user's own token.
+    user_ssl: SSLContext | None = None
 
 
 class Kube:
@@ -88,6 +92,11 @@ class Kube:
             connector=connector, headers=info.headers, trace_configs=self._traces
         )
         return self._session
+
+    def for_users(self) -> tuple[str, ssl.SSLContext | None]:
+        """The API server's address, and the TLS context for calls with a user's token."""
+        info, _ = self._open()
+        return info.server, info.user_ssl
 
     def _open(self) -> tuple[Credentials, aiohttp.ClientSession]:
         if self._info is None or self._session is None or self._session.closed:

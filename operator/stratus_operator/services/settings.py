@@ -183,6 +183,12 @@ class ConsoleSettings:
     # Seconds to reach the node's agent; token and access verdicts kept this long.
     connect_timeout_seconds: float = 10.0
     verdict_seconds: float = 10.0
+    # The web dashboard, on the same port (its consoles are then the same origin).
+    dashboard: bool = True
+    # The key sealing its sessions' cookies (32 bytes, raw or base64), which replicas share;
+    # empty: a new one at start, so sessions end with the process.
+    session_key_file: str = ""
+    session_seconds: float = 8 * 3600.0
 
 
 @dataclass(frozen=True)
