@@ -8,19 +8,25 @@ leader's death, upgrade, and uninstall cleanly. The agent's compute is the fake 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.server
 import json
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -41,6 +47,7 @@ from testsupport import (
 )
 
 CHART = REPO_ROOT / "charts" / "stratus"
+INSECURE = ssl._create_unverified_context()  # by the pods' addresses, not the Service's name
 RELEASE, NAMESPACE = "stratus", "stratus-system"
 
 
@@ -316,6 +323,54 @@ def check_metrics(node: Node) -> None:
     node.kubectl("delete", "clusterrolebinding", "prometheus-stratus")
 
 
+def check_consoles_and_dashboard(node: Node) -> None:
+    """Through the operator pods' console port: a user's console session reaches the agent
+    pod (whose fake guest has no console, which it says), and a dashboard session made on
+    one replica is good on the other (the chart's shared key), with its assets in the
+    image."""
+    node.kubectl("create", "serviceaccount", "alice", "-n", "default")
+    node.kubectl("create", "rolebinding", "alice-admin", "--clusterrole", "admin",
+                 "--serviceaccount", "default:alice", "-n", "default")  # fmt: skip
+    token = node.kubectl("create", "token", "alice", "-n", "default").strip()
+    first, second = (f"https://{p['status']['podIP']}:8445" for p in operator_pods(node))
+
+    async def console() -> tuple[int | None, str]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{first}/v1/namespaces/default/instances/vm-1/console", ssl=INSECURE,
+            headers={"Authorization": f"Bearer {token}"}, protocols=["binary"],
+        ) as ws:  # fmt: skip
+            message = await ws.receive(timeout=30)
+            return ws.close_code, str(message.extra)
+
+    code, reason = asyncio.run(console())
+    assert code == 4409 and "HTTP 409" in reason, (code, reason)  # the agent pod answered
+
+    form = urllib.parse.urlencode({"token": token}).encode()
+    login = urllib.request.Request(f"{first}/login", form, {"Origin": first}, method="POST")
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=INSECURE))
+    with pytest.raises(urllib.error.HTTPError) as redirected:
+        opener.open(login, timeout=30)
+    assert redirected.value.code == 303
+    cookie = redirected.value.headers["Set-Cookie"].split(";")[0]
+    for path in ("/", "/static/vendor/xterm/lib/xterm.js", "/static/vendor/novnc/core/rfb.js"):
+        page = urllib.request.Request(f"{second}{path}", headers={"Cookie": cookie})
+        with opener.open(page, timeout=30) as reply:
+            assert reply.status == 200, path
+            if path == "/":
+                assert ">default</a>" in reply.read().decode()
+
+
+def check_served(node: Node) -> None:
+    """What the pods serve besides reconciling: metrics, consoles and the dashboard."""
+    check_metrics(node)
+    check_consoles_and_dashboard(node)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
 def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
     node: Node,
 ) -> None:
@@ -346,7 +401,7 @@ def test_install_enrolls_the_node_reconciles_fails_over_upgrades_and_uninstalls(
         "apiVersion": "v1", "kind": "List",
         "items": basics(f"http://{NODE_IP}:{node.image_port}/img.qcow2")}))  # fmt: skip
     boot(node, "vm-1")
-    check_metrics(node)
+    check_served(node)
 
     # The leader dies (its process killed, not asked to stop): the standby takes over.
     leading = next(p for p in pods if p["metadata"]["name"] == first.rpartition("_")[0])

@@ -16,6 +16,7 @@ from allinone_kit import BOOT_TIMEOUT, Cloud, boot_marker
 from testsupport import REPO_ROOT
 
 SHOTS = REPO_ROOT / "test-artifacts" / "dashboard"
+AXE = REPO_ROOT / "build" / "test-assets" / "axe-core" / "axe.min.js"  # hack/fetch-web-assets
 CHROMIUM = "/usr/bin/chromium"
 # As the machine's notes say: without the background-networking flags Chromium keeps trying
 # Google's hosts, which this closed network refuses.
@@ -46,7 +47,24 @@ def signed_in(browser: Browser, cloud: Cloud, token: str) -> Page:
 
 
 def shot(page: Page, name: str) -> None:
+    """A screenshot, and the page checked against WCAG 2 A and AA (labels, names, roles,
+    contrast...) by axe-core in the page itself."""
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})).violations"
+        ".map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target).join(' ')})`)"
+    )
+    assert found == [], f"{name}: {found}"
+
+
+def tab_to(page: Page, text: str, most: int = 30) -> None:
+    """Move the keyboard's focus with Tab alone until it is on the element reading `text`."""
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == text:
+            return
+    raise AssertionError(f"{text!r} is not reached with Tab")
 
 
 def test_a_user_creates_a_network_and_an_instance_and_uses_its_consoles(
@@ -73,10 +91,15 @@ def test_a_user_creates_a_network_and_an_instance_and_uses_its_consoles(
 
 
 def create_network(page: Page) -> None:
-    """From the form: first refused by the API server, naming the field."""
+    """From the form, reached and filled with the keyboard alone: first refused by the API
+    server, naming the field."""
     page.get_by_role("link", name="Networks").click()
-    page.get_by_role("link", name="Create Network").click()
-    page.get_by_label("Name", exact=True).fill("web-net")
+    tab_to(page, "Create Network")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Create Network")).to_be_visible()
+    tab_to(page, "")  # the first field, Name (an input has no text)
+    assert page.evaluate("document.activeElement.id") == "f-name"
+    page.keyboard.type("web-net")
     page.get_by_label("Subnet", exact=True).fill("10.31.0.0/33")
     page.get_by_role("button", name="Create").click()
     expect(page.get_by_role("alert")).to_contain_text("spec.subnets[0].cidr")
