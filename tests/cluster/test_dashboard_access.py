@@ -5,6 +5,7 @@ neither the cookie's text nor the operator's log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -102,18 +103,16 @@ async def test_the_dashboard_signs_in_with_tokens_and_acts_with_the_users_rights
         status, where, _ = await call("POST", delete, headers=ours)
         assert (status, where) == (303, f"/ns/{namespace}/networks")
 
-        # The live stream sends the table again after a change.
-        async with http.get(f"{base}/ns/{namespace}/networks/live", ssl=INSECURE) as live:
-            assert live.headers["Content-Type"] == "text/event-stream"
-            first = await live.content.readuntil(b"\n\n")
-            assert first.startswith(b"event: fragment\ndata: ")
-            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(
-                {"apiVersion": "stratus.io/v1alpha1", "kind": "Network",
-                 "metadata": {"name": "later"},
-                 "spec": {"type": "overlay", "subnets": [{"cidr": "10.41.0.0/24"}]}}))  # fmt: skip
-            while b"row-later" not in (changed := await live.content.readuntil(b"\n\n")):
-                pass
-            assert changed.startswith(b"event: fragment")
+        await live_table_follows(http, base, cluster, namespace)
+
+        # A token that stops working (its ServiceAccount deleted) ends the session.
+        cluster.kubectl("delete", "serviceaccount", "dash", "-n", namespace)
+        for _ in range(30):  # the API server drops the token once the account is gone
+            status, where, _ = await call("GET", f"/ns/{namespace}/networks")
+            if status != 200:
+                break
+            await asyncio.sleep(1)
+        assert (status, where) == (303, f"/login?next=/ns/{namespace}/networks")
 
         # A forged or foreign cookie is no session.
         jar.update_cookies({"stratus_session": "forged"}, aiohttp.client.URL(base))
@@ -142,3 +141,19 @@ async def signing_in(call: Call, jar: aiohttp.CookieJar, token: str, ours: dict[
     cookie = next(c for c in jar if c.key == "stratus_session")
     assert cookie["httponly"] and cookie["secure"] and cookie["samesite"] == "Strict"
     assert token not in cookie.value
+
+
+async def live_table_follows(http: aiohttp.ClientSession, base: str, cluster: Cluster,
+                             namespace: str) -> None:  # fmt: skip
+    # The live stream sends the table again after a change.
+    async with http.get(f"{base}/ns/{namespace}/networks/live", ssl=INSECURE) as live:
+        assert live.headers["Content-Type"] == "text/event-stream"
+        first = await live.content.readuntil(b"\n\n")
+        assert first.startswith(b"event: fragment\ndata: ")
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(
+            {"apiVersion": "stratus.io/v1alpha1", "kind": "Network",
+             "metadata": {"name": "later"},
+             "spec": {"type": "overlay", "subnets": [{"cidr": "10.41.0.0/24"}]}}))  # fmt: skip
+        while b"row-later" not in (changed := await live.content.readuntil(b"\n\n")):
+            pass
+        assert changed.startswith(b"event: fragment")

@@ -121,7 +121,7 @@ async def stream(request: web.Request, api: UserApi, token: str, sources: list[S
             await response.write(f"event: fragment\ndata: {data}\n\n".encode())
             if any(t.done() for t in tasks):  # a watch failed for good
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the page went away
         pass
     finally:
         for task in tasks:

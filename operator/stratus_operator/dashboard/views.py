@@ -208,11 +208,10 @@ class Dashboard:
                     values: dict[str, str], error: str, status: int) -> web.Response:  # fmt: skip
         choices: dict[str, list[str]] = {}
         if kind.plural == "instances":  # what the user may pick from, where they may look
-            for plural, prefix in (("images", None), ("networks", None),
-                                   ("instancetypes", "cluster")):  # fmt: skip
+            wheres = {"images": namespace, "networks": namespace, "instancetypes": None}
+            for plural, where in wheres.items():
                 try:
-                    found = await self.api.list(session.token, plural,
-                                                None if prefix else namespace)  # fmt: skip
+                    found = await self.api.list(session.token, plural, where)
                     choices[plural] = sorted(o["metadata"]["name"] for o in found["items"])
                 except ApiError:
                     choices[plural] = []
@@ -289,6 +288,10 @@ def signed_in(dashboard: Dashboard, handler: Callable[[web.Request, Session],
         try:
             return await handler(request, session)
         except ApiError as exc:
+            if exc.status == 401:  # the token expired or was revoked: sign in again
+                again = web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+                again.del_cookie(COOKIE, path="/")
+                return again
             return dashboard._error(session, request.match_info.get("namespace", ""), exc)
 
     return guarded
