@@ -58,7 +58,7 @@ class Dashboard:
 
     async def login_page(self, request: web.Request) -> web.StreamResponse:
         return self._page("login.html", next=_safe_next(request.query.get("next", "/")),
-                          error="", user=None)  # fmt: skip
+                          error="")  # fmt: skip
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         if not same_origin(request):  # no signing a browser in from another site
@@ -72,12 +72,12 @@ class Dashboard:
                 who = await self._access.identify(token)
             except (KubeError, NotLoggedIn, OSError) as exc:
                 log.warning("dashboard: the API server did not review a log-in: %s", exc)
-                return self._page("login.html", 503, next=target, user=None,
+                return self._page("login.html", 503, next=target,
                                   error="The API server did not answer; try again.")  # fmt: skip
             if who is None:
                 error = "The API server does not accept this token (wrong or expired)."
         if who is None:
-            return self._page("login.html", 401, next=target, error=error, user=None)
+            return self._page("login.html", 401, next=target, error=error)
         log.info("dashboard: %s signed in", who.username)
         expires = time.time() + self._session_seconds
         response = web.HTTPSeeOther(target)
@@ -95,8 +95,7 @@ class Dashboard:
 
     async def namespaces(self, request: web.Request, session: Session) -> web.StreamResponse:
         names = await self.visible_namespaces(session)
-        return self._page("namespaces.html", user=session.username, namespaces=names,
-                          namespace=None)  # fmt: skip
+        return self._page("namespaces.html", user=session.username, namespaces=names)
 
     async def visible_namespaces(self, session: Session) -> list[str]:
         """The namespaces the user may list Instances in: all they may list, if they may
@@ -124,10 +123,9 @@ class Dashboard:
         source = Source(kind.plural, namespace)
         seen = await snapshot(self.api, session.token, [source])
         if seen[source].forbidden:
-            return self._error(session, namespace, ApiError(403, seen[source].forbidden))
+            return self.refused(session, namespace, ApiError(403, seen[source].forbidden))
         return self._page("table.html", user=session.username, namespace=namespace, kind=kind,
-                          kinds=present.KINDS, rows=self._rows(namespace, kind, seen[source]),
-                          forbidden=seen[source].forbidden,
+                          rows=self._rows(namespace, kind, seen[source]),
                           live=f"{request.path}/live")  # fmt: skip
 
     def _rows(self, namespace: str, kind: present.Kind, seen: Seen) -> str:
@@ -164,11 +162,11 @@ class Dashboard:
         try:
             obj = await self.api.get(session.token, kind.plural, namespace, name)
         except ApiError as exc:
-            return self._error(session, namespace, exc)
+            return self.refused(session, namespace, exc)
         sources = self._detail_sources(request)
         seen = await snapshot(self.api, session.token, list(sources))
         return self._page("detail.html", user=session.username, namespace=namespace, kind=kind,
-                          kinds=present.KINDS, name=name, obj=obj, verbs=VERBS,
+                          name=name, obj=obj, verbs=VERBS,
                           status=self._detail(kind, seen, sources),
                           live=f"{request.path}/live")  # fmt: skip
 
@@ -189,7 +187,7 @@ class Dashboard:
         sources = [Source("networks", namespace), Source("instances", namespace)]
         seen = await snapshot(self.api, session.token, sources)
         return self._page("topology.html", user=session.username, namespace=namespace,
-                          kinds=present.KINDS, kind=None, svg=self._topology(seen, sources),
+                          svg=self._topology(seen, sources),
                           live=f"{request.path}/live")  # fmt: skip
 
     async def topology_live(self, request: web.Request, session: Session) -> web.StreamResponse:
@@ -216,7 +214,7 @@ class Dashboard:
                 except ApiError:
                     choices[plural] = []
         return self._page(f"new_{kind.plural}.html", status, user=session.username,
-                          namespace=namespace, kind=kind, kinds=present.KINDS, values=values,
+                          namespace=namespace, kind=kind, values=values,
                           error=error, choices=choices,
                           options=present.options(choices.get("networks", [])))  # fmt: skip
 
@@ -227,8 +225,9 @@ class Dashboard:
         try:
             await self.api.create(session.token, kind.plural, namespace, body)
         except ApiError as exc:
-            return await self._form(session, namespace, kind, form, exc.message,
-                                    422 if exc.status == 422 else exc.status)  # fmt: skip
+            if exc.status == 401:
+                raise  # signed_in: sign in again
+            return await self._form(session, namespace, kind, form, exc.message, exc.status)
         name = quote(body["metadata"]["name"], safe="")
         raise web.HTTPSeeOther(f"/ns/{quote(namespace)}/{kind.plural}/{name}")
 
@@ -238,7 +237,7 @@ class Dashboard:
             await self.api.delete(session.token, kind.plural, namespace,
                                   request.match_info["name"])  # fmt: skip
         except ApiError as exc:
-            return self._error(session, namespace, exc)
+            return self.refused(session, namespace, exc)
         raise web.HTTPSeeOther(f"/ns/{quote(namespace)}/{kind.plural}")
 
     async def act(self, request: web.Request, session: Session) -> web.StreamResponse:
@@ -248,13 +247,16 @@ class Dashboard:
         try:
             await self.api.patch(session.token, "instances", namespace, name, patch)
         except ApiError as exc:
-            return self._error(session, namespace, exc)
+            return self.refused(session, namespace, exc)
         raise web.HTTPSeeOther(f"/ns/{quote(namespace)}/instances/{quote(name, safe='')}")
 
-    def _error(self, session: Session, namespace: str, exc: ApiError) -> web.Response:
+    def refused(self, session: Session, namespace: str, exc: ApiError) -> web.Response:
+        """The API server's refusal as a page; a token it no longer takes goes to
+        signed_in, which asks the user to sign in again."""
+        if exc.status == 401:
+            raise exc
         return self._page("error.html", exc.status, user=session.username, namespace=namespace,
-                          kinds=present.KINDS, kind=None, status=exc.status,
-                          message=exc.message)  # fmt: skip
+                          status=exc.status, message=exc.message)  # fmt: skip
 
 
 def _where(request: web.Request) -> tuple[str, present.Kind]:
@@ -288,11 +290,12 @@ def signed_in(dashboard: Dashboard, handler: Callable[[web.Request, Session],
         try:
             return await handler(request, session)
         except ApiError as exc:
-            if exc.status == 401:  # the token expired or was revoked: sign in again
-                again = web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
-                again.del_cookie(COOKIE, path="/")
-                return again
-            return dashboard._error(session, request.match_info.get("namespace", ""), exc)
+            if exc.status != 401:
+                return dashboard.refused(session, request.match_info.get("namespace", ""), exc)
+            # The token expired or was revoked: sign in again.
+            again = web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+            again.del_cookie(COOKIE, path="/")
+            return again
 
     return guarded
 
