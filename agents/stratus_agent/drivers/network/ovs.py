@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from stratus_agent import process
@@ -353,7 +353,7 @@ class OvsNetworkDriver:
         routers, files = self._require_routers()
         held = self._routers.pop(uid, None) is not None
         removed = await asyncio.to_thread(files.remove, uid)
-        await self._releasing_tags(routers.remove(uid))
+        await self._releasing_tags(lambda: routers.remove(uid))
         return removed or held
 
     def router_uids(self) -> list[str]:
@@ -387,7 +387,7 @@ class OvsNetworkDriver:
             # then: the periodic check rebuilds every router, and syncs the overlay itself).
             await self._sync_overlay()
         try:
-            await self._releasing_tags(routers.ensure(spec.uid, ports, external))
+            await self._releasing_tags(lambda: routers.ensure(spec.uid, ports, external))
         except ValueError as exc:
             raise ProvisioningError(
                 GuestFailure.NETWORK_SETUP_FAILED, f"router {spec.namespace}/{spec.name}: {exc}"
@@ -421,14 +421,16 @@ class OvsNetworkDriver:
             tag = network.segmentation_id if network.type is NetworkType.VLAN else None
         return RouterPort(port.network, bridge, tag, network.mtu, port.mac, tuple(port.addresses))
 
-    async def _releasing_tags(self, change: Awaitable[T]) -> T:
+    async def _releasing_tags(self, change: Callable[[], Awaitable[T]]) -> T:
         """Run `change` (which removes router ports); a local VLAN no port carries any
         more afterwards is freed, with its overlay flows. Only tags of removed ports are
-        looked at, so a tag just given to a guest that libvirt has not plugged yet stays."""
+        looked at, so a tag just given to a guest that libvirt has not plugged yet stays.
+        `change` is started only once the tags are read (a bridge that is gone fails
+        first, and nothing is left half begun)."""
         async with self._tags:
             before = await self.bridge.port_tags()
             try:
-                result = await change
+                result = await change()
             except (process.CommandError, OSError) as exc:
                 raise ProvisioningError(GuestFailure.NETWORK_SETUP_FAILED, str(exc)) from exc
             after = await self.bridge.port_tags()
@@ -448,5 +450,6 @@ class OvsNetworkDriver:
                 await self._build_router(self.routers, spec)
             except ProvisioningError as exc:
                 log.warning("router %s/%s not in order yet: %s", spec.namespace, spec.name, exc)
-        for uid in await self._releasing_tags(self.routers.sweep(set(self._routers))):
+        routers, kept = self.routers, set(self._routers)
+        for uid in await self._releasing_tags(lambda: routers.sweep(kept)):
             log.info("router %s: removed its leftovers (no spec names it)", uid)
