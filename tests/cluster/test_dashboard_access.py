@@ -104,6 +104,7 @@ async def test_the_dashboard_signs_in_with_tokens_and_acts_with_the_users_rights
         assert (status, where) == (303, f"/ns/{namespace}/networks")
 
         await live_table_follows(http, base, cluster, namespace)
+        await live_pages_are_capped_per_user(http, base, namespace)
 
         # A token that stops working (its ServiceAccount deleted) ends the session.
         cluster.kubectl("delete", "serviceaccount", "dash", "-n", namespace)
@@ -157,3 +158,29 @@ async def live_table_follows(http: aiohttp.ClientSession, base: str, cluster: Cl
         while b"row-later" not in (changed := await live.content.readuntil(b"\n\n")):
             pass
         assert changed.startswith(b"event: fragment")
+
+
+async def live_pages_are_capped_per_user(http: aiohttp.ClientSession, base: str,
+                                         namespace: str) -> None:  # fmt: skip
+    """16 live pages at once per user (each holds watches as its user); the next is refused
+    with 429 until one closes."""
+    url = f"{base}/ns/{namespace}/networks/live"
+    opened = []
+    try:
+        while len(opened) <= 16:
+            live = await http.get(url, ssl=INSECURE)
+            if live.status != 200:
+                break
+            opened.append(live)
+            await live.content.readuntil(b"\n\n")
+        assert (len(opened), live.status) == (16, 429)
+        assert "16 live pages open" in await live.text()
+    finally:
+        for live in opened:
+            live.close()
+    for _ in range(20):  # a closed page lets go of its place at once
+        async with http.get(url, ssl=INSECURE) as again:
+            if again.status == 200:
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError("closed live pages were never let go")

@@ -25,7 +25,7 @@ def application(kube: Kube, settings: ConsoleSettings) -> tuple[web.Application,
     board = None
     if settings.dashboard:
         board = Dashboard(kube, access, Sealer.from_file(settings.session_key_file),
-                          settings.session_seconds)  # fmt: skip
+                          settings.session_seconds, settings.live_streams_per_user)  # fmt: skip
 
     def browser_token(request: web.Request) -> str | None:
         session = board.session(request) if board is not None else None
@@ -47,7 +47,9 @@ async def serving(
         yield
         return
     app, board = application(kube, settings)
-    runner = web.AppRunner(app, access_log=None)
+    # A page that goes away cancels its handler at once: its live streams let go of their
+    # watches (and of the user's count) then, not at their next ping.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     context = tls.endpoint_context(settings.certificate, authority)
     await web.TCPSite(runner, settings.host, settings.port, ssl_context=context).start()

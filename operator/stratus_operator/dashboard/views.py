@@ -4,6 +4,7 @@ shown with the API server's own message and status."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
 import time
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from stratus_api.v1alpha1.instance import VERBS, verb_patch
 from stratus_operator.dashboard import present
-from stratus_operator.dashboard.live import Seen, Source, snapshot, stream
+from stratus_operator.dashboard.live import Render, Seen, Source, snapshot, stream
 from stratus_operator.dashboard.sessions import COOKIE, Sealer, Session
 from stratus_operator.dashboard.userapi import CORE, ApiError, UserApi
 from stratus_operator.services.access import Access
@@ -30,11 +31,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Dashboard:
-    def __init__(self, kube: Kube, access: Access, sealer: Sealer, session_seconds: float) -> None:
+    def __init__(
+        self, kube: Kube, access: Access, sealer: Sealer, session_seconds: float,
+        live_streams_per_user: int = 16,
+    ) -> None:  # fmt: skip
         self._kube = kube
         self._access = access
         self._sealer = sealer
         self._session_seconds = session_seconds
+        self._live_limit = live_streams_per_user
+        self._live: collections.Counter[str] = collections.Counter()  # by user
         self.api = UserApi(kube)
         self._pages = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -134,11 +140,28 @@ class Dashboard:
         return self._fragment("rows.html", namespace=namespace, kind=kind, rows=rows,
                               forbidden=seen.forbidden)  # fmt: skip
 
+    async def _stream(self, request: web.Request, session: Session, sources: list[Source],
+                      render: Render) -> web.StreamResponse:  # fmt: skip
+        """A live part, unless its user holds as many open as they may (429)."""
+        if self._live[session.username] >= self._live_limit:
+            return web.Response(status=429, text=f"{session.username} has "
+                                f"{self._live_limit} live pages open; close one")  # fmt: skip
+        self._live[session.username] += 1
+        try:
+            return await stream(request, self.api, session.token, sources, render)
+        finally:
+            self._live[session.username] -= 1
+            if not self._live[session.username]:
+                del self._live[session.username]
+
     async def table_live(self, request: web.Request, session: Session) -> web.StreamResponse:
         namespace, kind = _where(request)
         source = Source(kind.plural, namespace)
-        return await stream(request, self.api, session.token, [source],
-                            lambda seen: self._rows(namespace, kind, seen[source]))  # fmt: skip
+
+        def rows(seen: dict[Source, Seen]) -> str:
+            return self._rows(namespace, kind, seen[source])
+
+        return await self._stream(request, session, [source], rows)
 
     def _detail_sources(self, request: web.Request) -> tuple[Source, Source]:
         namespace, kind = _where(request)
@@ -173,8 +196,8 @@ class Dashboard:
     async def detail_live(self, request: web.Request, session: Session) -> web.StreamResponse:
         _, kind = _where(request)
         sources = self._detail_sources(request)
-        return await stream(request, self.api, session.token, list(sources),
-                            lambda seen: self._detail(kind, seen, sources))  # fmt: skip
+        return await self._stream(request, session, list(sources),
+                                  lambda seen: self._detail(kind, seen, sources))  # fmt: skip
 
     def _topology(self, seen: dict[Source, Seen], sources: list[Source]) -> str:
         networks, instances = (seen[s] for s in sources)
@@ -193,8 +216,8 @@ class Dashboard:
     async def topology_live(self, request: web.Request, session: Session) -> web.StreamResponse:
         namespace = request.match_info["namespace"]
         sources = [Source("networks", namespace), Source("instances", namespace)]
-        return await stream(request, self.api, session.token, sources,
-                            lambda seen: self._topology(seen, sources))  # fmt: skip
+        return await self._stream(request, session, sources,
+                                  lambda seen: self._topology(seen, sources))  # fmt: skip
 
     # ---- changes ----
 

@@ -189,6 +189,9 @@ class ConsoleSettings:
     # empty: a new one at start, so sessions end with the process.
     session_key_file: str = ""
     session_seconds: float = 8 * 3600.0
+    # Live parts (Server-Sent Events, each one or two watches as its user) open at once per
+    # user: enough for a few tabs, not for one user to hold the API server's watches.
+    live_streams_per_user: int = 16
 
 
 @dataclass(frozen=True)
