@@ -37,20 +37,10 @@ def port_open(port: int) -> bool:
 def reader_of(cluster: Cluster, namespace: str) -> str:
     """A token whose user may work with Stratus objects in `namespace` only."""
     cluster.kubectl("create", "serviceaccount", "dash", "-n", namespace)
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "dash", "namespace": namespace},
-        "rules": [{"apiGroups": ["stratus.io"], "resources": ["*"], "verbs": ["*"]}],
-    }
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "dash", "namespace": namespace},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                           "name": "dash"},
-               "subjects": [{"kind": "ServiceAccount", "name": "dash",
-                             "namespace": namespace}]}  # fmt: skip
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                           "items": [role, binding]}))  # fmt: skip
+    cluster.kubectl("create", "role", "dash", "--verb=*", "--resource=*.stratus.io",
+                    "-n", namespace)  # fmt: skip
+    cluster.kubectl("create", "rolebinding", "dash", "--role=dash",
+                    f"--serviceaccount={namespace}:dash", "-n", namespace)  # fmt: skip
     return str(cluster.kubectl("create", "token", "dash", "-n", namespace).stdout.strip())
 
 

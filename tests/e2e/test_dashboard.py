@@ -6,7 +6,6 @@ Screenshots go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -176,13 +175,8 @@ def test_a_user_of_one_namespace_sees_only_it_and_gets_no_console_elsewhere(
 ) -> None:
     cloud.kubectl("create", "namespace", TEAM)
     cloud.kubectl("create", "serviceaccount", "teammate", "-n", TEAM)
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "teammate-admin", "namespace": TEAM},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                           "name": "admin"},
-               "subjects": [{"kind": "ServiceAccount", "name": "teammate",
-                             "namespace": TEAM}]}  # fmt: skip
-    cloud.kubectl("apply", "-f", "-", input=json.dumps(binding))
+    cloud.kubectl("create", "rolebinding", "teammate-admin", "--clusterrole=admin",
+                  f"--serviceaccount={TEAM}:teammate", "-n", TEAM)  # fmt: skip
     token = cloud.kubectl("create", "token", "teammate", "-n", TEAM).strip()
     try:
         page = signed_in(browser, cloud, token)

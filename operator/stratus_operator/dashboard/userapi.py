@@ -6,6 +6,7 @@ each request carries its user's token, and TLS verifies the API server with the 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -47,12 +48,19 @@ class UserApi:
         self._kube = kube
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._context: ssl.SSLContext | None = None
 
-    def _client(self) -> tuple[str, aiohttp.ClientSession]:
+    async def _client(self) -> tuple[str, aiohttp.ClientSession]:
+        """The session, made again when the operator logged in anew (kopf's re-login brings
+        a new TLS context: a CA that changed must reach these calls too)."""
         server, context = self._kube.for_users()
+        if self._session is not None and context is not self._context:
+            await self._session.close()
+            self._session = None
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=context or False, limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector)
+            self._context = context
         return server.rstrip("/"), self._session
 
     async def close(self) -> None:
@@ -63,7 +71,7 @@ class UserApi:
         self, token: str, method: str, url_path: str, body: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:  # fmt: skip
-        server, session = self._client()
+        server, session = await self._client()
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None
         if body is not None:
@@ -103,7 +111,7 @@ class UserApi:
         prefix: str = STRATUS, timeout_seconds: int = 300, field_selector: str = "",
     ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
         """The watch events after `resource_version`, until the API server ends the watch."""
-        server, session = self._client()
+        server, session = await self._client()
         query = {"watch": "1", "resourceVersion": resource_version,
                  "timeoutSeconds": str(timeout_seconds)}  # fmt: skip
         if field_selector:
