@@ -1,9 +1,14 @@
 """Benchmark: N Instances on the fake compute driver, through the real API server.
 
 Prints a table: time until all Running, API requests per Instance (from kube-apiserver's
-own apiserver_request_total), operator peak memory (VmHWM), and then what a scrape of the
-operator's /metrics costs with every Instance in it. Not a test: run it by hand,
-`.venv/bin/python bench/control_plane.py [--instances 1000]` (and 10000).
+own apiserver_request_total), operator peak memory (VmHWM), CPU per process, and then what a
+scrape of the operator's /metrics costs with every Instance in it. Not a test: run it by
+hand, `.venv/bin/python bench/control_plane.py [--instances 1000 10000] [--repeat 3]`.
+
+Several sizes, or repeats, run interleaved, each on a fresh control plane (1,000, 10,000,
+1,000, ...), so a slow spell of the machine falls on both; each size's median run (by time
+per Instance) is shown, sizes side by side, with every run's time per Instance and each
+size's ratio to the first.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 import resource
 import secrets
+import shutil
 import signal
 import ssl
 import statistics
@@ -102,10 +108,17 @@ class Api:
 INSTANCES = "/apis/stratus.io/v1alpha1/namespaces/default/instances"
 
 
-def create_all(api: Api, count: int) -> None:
-    """One POST per Instance from 16 threads."""
+def create_all(api: Api, count: int, running: Running, in_flight: int | None) -> None:
+    """One POST per Instance from 16 threads; with `in_flight`, each waits while that many
+    Instances are created and not Running yet."""
+
+    def create(index: int) -> None:
+        if in_flight is not None:
+            running.wait_below(index - in_flight + 1)
+        api.create(instance(index))
+
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda index: api.create(instance(index)), range(count)))
+        list(pool.map(create, range(count)))
 
 
 class Running(threading.Thread):
@@ -115,6 +128,13 @@ class Running(threading.Thread):
     def __init__(self, api: Api, count: int) -> None:
         super().__init__(daemon=True)
         self.api, self.count, self.requests = api, count, 0
+        self.seen = threading.Condition()
+        self.running = 0
+
+    def wait_below(self, count: int) -> None:
+        """Until at least `count` Instances are Running."""
+        with self.seen:
+            self.seen.wait_for(lambda: self.running >= count)
 
     def run(self) -> None:
         running: set[str] = set()
@@ -137,6 +157,9 @@ class Running(threading.Thread):
                 version = obj["metadata"]["resourceVersion"]
                 if obj.get("status", {}).get("phase") == "Running":
                     running.add(obj["metadata"]["name"])
+                    with self.seen:
+                        self.running = len(running)
+                        self.seen.notify_all()
             connection.close()
 
 
@@ -245,12 +268,19 @@ def scrape_cost(plane: LocalControlPlane, operator: int) -> list[tuple[str, str]
     ]
 
 
-def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> None:
-    """Create `count` Instances, wait until all are Running, print the tables."""
+Rows = list[tuple[str, str]]
+
+
+def measure(
+    plane: LocalControlPlane, count: int, operator: int, agent: int, in_flight: int | None
+) -> tuple[float, Rows]:
+    """Create `count` Instances (at most `in_flight` not Running at once), wait until all
+    are Running; (seconds per Instance, rows)."""
     api = Api(plane)
     pids = {
         "kube-apiserver": plane_pid(plane, "kube-apiserver"),
         "etcd": plane_pid(plane, "etcd"),
+        "kube-controller-manager": plane_pid(plane, "kube-controller-manager"),
         "operator": operator,
         "agent (fake)": agent,
     }
@@ -260,7 +290,7 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
     start = time.monotonic()
     watcher = Running(api, count)
     watcher.start()
-    create_all(api, count)
+    create_all(api, count, watcher, in_flight)
     created = time.monotonic() - start
     watcher.join()
     elapsed = time.monotonic() - start
@@ -272,8 +302,10 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
     own = count + watcher.requests + 2
     total = sum(requests.values())
     rows = [
-        ("instances", f"{count}"),
-        ("create (all, 16 clients)", f"{created:.1f} s"),
+        (
+            "create (all, 16 clients)",
+            f"{created:.1f} s" + (f", at most {in_flight} not Running" if in_flight else ""),
+        ),
         ("create -> all Running", f"{elapsed:.1f} s"),
         ("per Instance", f"{elapsed / count * 1000:.1f} ms"),
         ("API requests / Instance", f"{total / count:.2f} (with its create)"),
@@ -283,32 +315,73 @@ def measure(plane: LocalControlPlane, count: int, operator: int, agent: int) -> 
         ("operator RSS when all Running", f"{rss_mib(operator, 'VmRSS'):.0f} MiB"),
         ("agent (fake) peak RSS", f"{rss_mib(agent):.0f} MiB"),
     ]
-    rows += [(f"CPU: {name}", f"{seconds:.1f} s") for name, seconds in cpu.items()]
+    rows += [(f"CPU / Instance: {name}", f"{seconds / count * 1000:.2f} ms")
+             for name, seconds in cpu.items()]  # fmt: skip
     rows += [(f"requests: {what}", f"{n / count:.2f} / Instance")
              for what, n in requests.most_common() if n >= count / 100]  # fmt: skip
     rows += scrape_cost(plane, operator)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'metric':<{width}}  value")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    return elapsed / count, rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=1000)
-    args = parser.parse_args()
+def run_once(count: int, in_flight: int | None, keep: bool = False) -> tuple[float, Rows]:
+    """One run on a fresh control plane and stack, all of it stopped afterwards (and its
+    files removed, unless `keep`: the logs)."""
     work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
     plane = LocalControlPlane(work / "cluster")
     started: list[subprocess.Popen[bytes]] = []
     try:
         plane.up(crd_dir=REPO_ROOT / "crds")
         agent, operator = start_stack(work, plane, started)
-        measure(plane, args.instances, operator.pid, agent.pid)
+        return measure(plane, count, operator.pid, agent.pid, in_flight)
     finally:  # also when the stack never came up: nothing of it may outlive the bench
         for process in started:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
         plane.down()
+        if keep:
+            print(f"kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def table(sizes: list[int], runs: dict[int, list[tuple[float, Rows]]]) -> list[list[str]]:
+    """Each size's median run, side by side, with every run's time per Instance and the
+    ratio of the median to the first size's."""
+    medians = {n: sorted(runs[n], key=lambda run: run[0])[(len(runs[n]) - 1) // 2] for n in sizes}
+    names = list(dict.fromkeys(name for n in sizes for name, _ in medians[n][1]))
+    lines = [["metric", *(f"{n} Instances" for n in sizes)]]
+    for index, name in enumerate(names):
+        lines.append([name, *(dict(medians[n][1]).get(name, "-") for n in sizes)])
+        if index == 2 and len(sizes) + max(len(r) for r in runs.values()) > 2:
+            lines.append(["  each run", *(", ".join(f"{t * 1000:.1f}" for t, _ in runs[n])
+                                         for n in sizes)])  # fmt: skip
+            base = medians[sizes[0]][0]
+            lines.append(["  median / first size's",
+                          *(f"{medians[n][0] / base:.2f}" for n in sizes)])  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, nargs="+", default=[1000])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each size, interleaved")
+    parser.add_argument("--keep", action="store_true", help="keep each run's files and logs")
+    parser.add_argument(
+        "--in-flight", type=int, default=None,
+        help="create no more while this many Instances are not Running yet (default: all at "
+        "once); the same number at every size gives every size the same backlog",
+    )  # fmt: skip
+    args = parser.parse_args()
+    runs: dict[int, list[tuple[float, Rows]]] = {n: [] for n in args.instances}
+    for _ in range(args.repeat):
+        for count in args.instances:
+            runs[count].append(run_once(count, args.in_flight, args.keep))
+            print(f"{count} Instances: {runs[count][-1][0] * 1000:.1f} ms per Instance",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    lines = table(args.instances, runs)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 if __name__ == "__main__":

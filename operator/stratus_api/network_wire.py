@@ -13,6 +13,8 @@ names and MACs changed (spec_changes.py).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -114,12 +116,9 @@ class NodeNetworkSpec(ApiModel):
     )
 
 
-def _name_key(name: DnsName) -> tuple[str, str]:
-    return (name.name, name.address)
-
-
-def _mac_key(mac: str) -> str:
-    return mac
+# C-level keys: a change to a list of 10,000 is diffed and applied at C speed.
+_name_key: Callable[[DnsName], tuple[str, str]] = attrgetter("name", "address")
+_mac_key: Callable[[str], str] = str
 
 
 class NodeNetworkChange(ApiModel):

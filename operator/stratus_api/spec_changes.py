@@ -11,7 +11,8 @@ a change applied gives exactly the spec the operator built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import Field
@@ -30,25 +31,50 @@ def revision_field() -> Any:
 
 
 def between(
-    old: Iterable[T], new: Iterable[T], key: Callable[[T], Hashable]
+    old: Sequence[T], new: Sequence[T], key: Callable[[T], Hashable]
 ) -> tuple[list[T], list[T]]:
     """(added, removed): the items of `new` whose key `old` lacks, and of `old` whose key
-    `new` lacks, each sorted by key."""
-    was = {key(item): item for item in old}
-    now = {key(item): item for item in new}
+    `new` lacks, each sorted by key; each list holds a key once (as every spec's lists
+    are built). Two lists built from the same kept items (the operator's tallies) share
+    most of them: those are told apart by identity, at C speed, and only the rest by key
+    (an item made again, equal to one before, is no change)."""
+    if old is new:
+        return [], []
+    old_ids = dict(zip(map(id, old), old, strict=True))
+    new_ids = dict(zip(map(id, new), new, strict=True))
+    gone = {key(old_ids[i]): old_ids[i] for i in old_ids.keys() - new_ids.keys()}
+    came = {key(new_ids[i]): new_ids[i] for i in new_ids.keys() - old_ids.keys()}
     return (
-        [now[k] for k in sorted(now.keys() - was.keys())],  # type: ignore[type-var]
-        [was[k] for k in sorted(was.keys() - now.keys())],  # type: ignore[type-var]
+        [came[k] for k in sorted(came.keys() - gone.keys())],  # type: ignore[type-var]
+        [gone[k] for k in sorted(gone.keys() - came.keys())],  # type: ignore[type-var]
     )
 
 
 def applied(
-    current: Iterable[T], added: Iterable[T], removed: Iterable[T], key: Callable[[T], Hashable]
+    current: Sequence[T], added: Iterable[T], removed: Iterable[T], key: Callable[[T], Hashable]
 ) -> list[T]:
-    """`current` without `removed` and with `added` (by key), sorted by key."""
-    items = {key(item): item for item in current}
+    """`current` without `removed` and with `added` (by key), sorted by key. A sorted
+    `current` (as the operator builds every list) takes each item in its place, O(change *
+    log n); any other is sorted whole."""
+    keys: list[Any] = list(map(key, current))
+    if keys != sorted(keys) or len(set(keys)) != len(keys):
+        items = dict(zip(keys, current, strict=True))
+        for item in removed:
+            items.pop(key(item), None)
+        for item in added:
+            items[key(item)] = item
+        return [items[k] for k in sorted(items)]
+    result = list(current)
     for item in removed:
-        items.pop(key(item), None)
+        at = bisect_left(keys, key(item))
+        if at < len(keys) and keys[at] == key(item):
+            del keys[at], result[at]
     for item in added:
-        items[key(item)] = item
-    return [items[k] for k in sorted(items)]  # type: ignore[type-var]
+        wanted = key(item)
+        at = bisect_left(keys, wanted)
+        if at < len(keys) and keys[at] == wanted:
+            result[at] = item
+        else:
+            keys.insert(at, wanted)
+            result.insert(at, item)
+    return result

@@ -4,12 +4,14 @@ caller supplies the facts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 from stratus_api.network_wire import DhcpSubnet, DnsName, NodeNetworkSpec, OverlayPeer
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_api.v1alpha1.network import NetworkType, Subnet
+from stratus_operator.controllers.tallies import Grouped, SortedBag
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,27 @@ def share_of(network: str, instance: Instance) -> GuestShare | None:
     )
 
 
-def members(shares: Iterable[GuestShare]) -> dict[str, list[str]]:
-    """node -> the MACs of the Network's NICs placed there."""
-    found: dict[str, set[str]] = {}
-    for share in shares:
-        if share.node:
-            found.setdefault(share.node, set()).update(share.macs)
-    return {node: sorted(macs) for node, macs in found.items()}
+def macs_by_node() -> Grouped[GuestShare, str]:
+    """node -> the MACs of the Network's NICs placed there, kept share by share."""
+    return Grouped(_node, _macs, str)
 
 
-def dns_names(shares: Iterable[GuestShare]) -> list[DnsName]:
+def dns_names() -> SortedBag[GuestShare, DnsName]:
     """The Instances' names and IPv4 addresses on the Network, every node's, sorted: what
-    its DHCP servers answer in DNS."""
-    found = {(n.name, n.address): n for share in shares for n in share.names}
-    return [found[pair] for pair in sorted(found)]
+    its DHCP servers answer in DNS; kept share by share."""
+    return SortedBag(_names, attrgetter("name", "address"))
+
+
+def _node(share: GuestShare) -> str | None:
+    return share.node
+
+
+def _macs(share: GuestShare) -> tuple[str, ...]:
+    return share.macs
+
+
+def _names(share: GuestShare) -> tuple[DnsName, ...]:
+    return share.names
 
 
 def dhcp_subnets(network: Network) -> list[Subnet]:

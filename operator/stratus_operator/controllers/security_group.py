@@ -26,6 +26,7 @@ from stratus_api.v1alpha1.securitygroup import (
 )
 from stratus_operator.controllers import conditions
 from stratus_operator.controllers.problem import Problem, failing
+from stratus_operator.controllers.tallies import Counted, SortedBag
 
 ANYWHERE = "0.0.0.0/0"
 
@@ -68,9 +69,14 @@ def ports_in(name: str, instances: Iterable[Instance]) -> list[Port]:
     return sorted(found, key=lambda p: (p.instance, p.network))
 
 
-def members(ports: Iterable[Port]) -> list[str]:
-    """A remote group's addresses, as /32s (a NIC without an address yet adds none)."""
-    return sorted({f"{p.address}/32" for p in ports if p.address and ":" not in p.address})
+def member_addresses() -> SortedBag[tuple[Port, ...], str]:
+    """A remote group's addresses, as /32s (a NIC without an address yet adds none), kept
+    from its members' ports share by share."""
+    return SortedBag(_addresses, str)
+
+
+def _addresses(ports: tuple[Port, ...]) -> list[str]:
+    return [f"{p.address}/32" for p in ports if p.address and ":" not in p.address]
 
 
 def remote_problem(group: SecurityGroup) -> Problem | None:
@@ -145,15 +151,17 @@ class Census:
     nodes: tuple[str, ...]
 
 
-def census(shares: Iterable[Iterable[Port]]) -> Census:
-    """The census of a group's ports, given per Instance."""
-    count, nodes = 0, set()
-    for ports in shares:
-        for port in ports:
-            count += 1
-            if port.node:
-                nodes.add(port.node)
-    return Census(count, tuple(sorted(nodes)))
+def port_count() -> Counted[tuple[Port, ...]]:
+    """A group's ports and their nodes, counted share by share (census() reads it)."""
+    return Counted(_nodes)
+
+
+def _nodes(ports: tuple[Port, ...]) -> list[str | None]:
+    return [p.node for p in ports]
+
+
+def census(counted: Counted[tuple[Port, ...]]) -> Census:
+    return Census(counted.count, counted.groups())
 
 
 def enforced(counted: Census, untold: list[str]) -> GroupChange:

@@ -17,31 +17,52 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stratus_api.v1alpha1 import Instance
+from stratus_operator.controllers.tallies import Tally
 from stratus_operator.services.world import World
 
 T = TypeVar("T")
-D = TypeVar("D")
+A = TypeVar("A", bound=Tally[Any])
 Key = Hashable  # the Instances index's key (world.instance_on_network, instance_in_group)
 
 
 @dataclass
 class Membership(Generic[T]):
     """Per member Instance UID, what it brings (`share`); `version` moves when any share
-    does, so what is derived from them is derived again only then. Versions are never
-    reused, not even by a key kept again after it was dropped."""
+    does. Versions are never reused, not even by a key kept again after it was dropped.
+    Tallies (controllers/tallies.py) derived from the shares follow each share's change."""
 
     shares: dict[str, T] = field(default_factory=dict)
     version: int = 0
-    _derived: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    _tallies: dict[str, Tally[T]] = field(default_factory=dict)
 
-    def derived(self, name: str, build: Callable[[Iterable[T]], D]) -> D:
-        """`build(shares)`, built again only when a share changed since the last call."""
-        kept = self._derived.get(name)
-        if kept is not None and kept[0] == self.version:
-            return kept[1]  # type: ignore[no-any-return]
-        value = build(self.shares.values())
-        self._derived[name] = (self.version, value)
-        return value
+    def tally(self, name: str, make: Callable[[], A]) -> A:
+        """The tally `name`, made by `make()` from every share the first time (and after
+        the shares were built whole again), then kept up to date share by share."""
+        kept = self._tallies.get(name)
+        if kept is None:
+            made = make()
+            for share in self.shares.values():
+                made.add(share)
+            self._tallies[name] = made
+            return made
+        return kept  # type: ignore[return-value]
+
+    def rebuilt(self, shares: dict[str, T], version: int) -> None:
+        """Every share anew: the tallies are made again from them when next asked."""
+        self.shares, self.version = shares, version
+        self._tallies.clear()
+
+    def replace(self, uid: str, share: T | None, version: int) -> None:
+        """One member's share anew (None: it left), and the tallies told."""
+        self.version = version
+        old = self.shares.pop(uid, None) if share is None else self.shares.get(uid)
+        if share is not None:
+            self.shares[uid] = share
+        for tally in self._tallies.values():
+            if old is not None:
+                tally.remove(old)
+            if share is not None:
+                tally.add(share)
 
 
 class Memberships:
@@ -90,18 +111,16 @@ class Memberships:
             if found is None:
                 found = self._tracked[key] = Membership()
             if shares != found.shares:
-                found.shares, found.version = shares, next(self._versions)
+                found.rebuilt(shares, next(self._versions))
             return found
         dirty, self._dirty[key] = self._dirty[key], set()
         for uid in dirty:
             instance = world.instance(uid)
             brought = share(instance) if instance is not None else None
-            if brought is None:
-                if found.shares.pop(uid, None) is not None:
-                    found.version = next(self._versions)
-            elif found.shares.get(uid) != brought:
-                found.shares[uid] = brought
-                found.version = next(self._versions)
+            if brought is None and uid not in found.shares:
+                continue
+            if brought is None or found.shares.get(uid) != brought:
+                found.replace(uid, brought, next(self._versions))
         return found
 
     def drop(self, key: Key) -> None:

@@ -31,7 +31,7 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     again on the next round."""
     uid = network.metadata.uid or ""
     guests = membership(network, world, runtime, whole=resync)
-    with_guests = guests.derived("members", node_network.members)
+    with_guests = guests.tally("macs", node_network.macs_by_node).items()
     hosting = dict(with_guests)
     routers = router_ports(network, world, runtime)
     for node, mac in routers:
@@ -57,7 +57,7 @@ async def publish(network: Network, world: World, runtime: Runtime, *, resync: b
     if built is not None and built[0] == inputs:
         wanted = built[1]
     else:
-        names = guests.derived("names", node_network.dns_names)
+        names = guests.tally("names", node_network.dns_names).items()
         wanted = node_network.node_specs(network, hosting, endpoints, servers, names)
         runtime.node_network_built[uid] = (inputs, wanted)
     told = runtime.node_networks.setdefault(uid, {})

@@ -47,7 +47,8 @@ def census(
 ) -> plan.Census:
     """How many NICs the group applies to, and where."""
     namespace, name = group.metadata.namespace or "", group.metadata.name or ""
-    return membership(namespace, name, world, runtime, whole=whole).derived("census", plan.census)
+    kept = membership(namespace, name, world, runtime, whole=whole)
+    return plan.census(kept.tally("census", plan.port_count))
 
 
 def node_spec(group: SecurityGroup, world: World, runtime: Runtime) -> NodeSecurityGroupSpec:
@@ -62,8 +63,9 @@ def node_spec(group: SecurityGroup, world: World, runtime: Runtime) -> NodeSecur
     built = runtime.security_group_built.get(uid)
     if built is not None and built[0] == key:
         return built[1]
-    spec = plan.node_spec(group, lambda name: groups[name].derived(
-        "members", lambda shares: plan.members(p for ports in shares for p in ports)))  # fmt: skip
+    spec = plan.node_spec(
+        group, lambda name: groups[name].tally("addresses", plan.member_addresses).items()
+    )
     runtime.security_group_built[uid] = (key, spec)
     return spec
 
@@ -162,6 +164,13 @@ async def ensure_default(instance: Instance, world: World, runtime: Runtime) -> 
                      "labels": {"app.kubernetes.io/managed-by": "stratus-operator"}},
         "spec": plan.default_spec().to_wire(),
     }  # fmt: skip
-    if await runtime.kube.create(SecurityGroup.crd.plural, namespace, body):
-        log.info("namespace %s: made the security group %s", namespace, DEFAULT_GROUP)
+    # Marked before the request: the NICs of a burst that come while it is on the way do
+    # not each make it again (each a 409).
     runtime.default_groups_made.add(namespace)
+    try:
+        made = await runtime.kube.create(SecurityGroup.crd.plural, namespace, body)
+    except BaseException:
+        runtime.default_groups_made.discard(namespace)
+        raise
+    if made:
+        log.info("namespace %s: made the security group %s", namespace, DEFAULT_GROUP)

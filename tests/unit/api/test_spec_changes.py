@@ -14,6 +14,7 @@ from stratus_api.security_group_wire import (
     NodeSecurityGroupChange,
     NodeSecurityGroupSpec,
 )
+from stratus_api.spec_changes import applied, between
 
 UID = str(uuid.uuid4())
 
@@ -114,3 +115,16 @@ def test_a_group_change_beyond_remotes_or_its_rules_is_refused() -> None:
         beyond.applied(old)
     with pytest.raises(ValueError, match="only IPv4"):
         NodeSecurityGroupChange(uid=UID, base="a", revision="b", remotes_added={0: ["fd00::1/128"]})
+
+
+def test_a_change_keeps_a_sorted_list_sorted_and_sorts_any_other_whole() -> None:
+    kept = ["10.0.0.1/32", "10.0.0.5/32", "10.0.0.9/32"]
+    assert applied(kept, ["10.0.0.3/32", "10.0.0.1/32"], ["10.0.0.9/32", "10.0.0.7/32"], str) == [
+        "10.0.0.1/32", "10.0.0.3/32", "10.0.0.5/32"]  # fmt: skip
+    assert kept == ["10.0.0.1/32", "10.0.0.5/32", "10.0.0.9/32"]  # a new list; this one is kept
+    unsorted = ["10.0.0.9/32", "10.0.0.1/32", "10.0.0.5/32", "10.0.0.1/32"]
+    assert applied(unsorted, ["10.0.0.3/32"], ["10.0.0.5/32"], str) == [
+        "10.0.0.1/32", "10.0.0.3/32", "10.0.0.9/32"]  # fmt: skip
+    assert between(kept, kept, str) == ([], [])
+    assert between(kept, ["10.0.0.5/32", "10.0.0.2/32"], str) == (
+        ["10.0.0.2/32"], ["10.0.0.1/32", "10.0.0.9/32"])  # fmt: skip

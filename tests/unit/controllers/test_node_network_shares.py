@@ -6,10 +6,17 @@ from typing import Any
 
 import pytest
 
+from stratus_api.network_wire import DnsName
 from stratus_api.v1alpha1 import Instance, Network
 from stratus_operator.controllers.addressing import NetworkLedger
 from stratus_operator.controllers.ipam import IpamError
-from stratus_operator.controllers.node_network import dns_names, members, node_specs, share_of
+from stratus_operator.controllers.node_network import (
+    GuestShare,
+    dns_names,
+    macs_by_node,
+    node_specs,
+    share_of,
+)
 from testsupport import placed_instance
 
 NET_UID = "0b9c8e52-5d1f-4f7e-9a0e-2f1d3c4b5a69"
@@ -36,7 +43,14 @@ def test_members_are_the_nodes_with_the_networks_nics_placed_on_them() -> None:
         placed_instance("going", "node-3", ("blue", "52:54:00:00:00:02"), deleting=True),
     ]]  # fmt: skip
     assert shares[-1] is None  # being deleted: it brings nothing
-    assert members(s for s in shares if s) == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
+    macs = macs_by_node()
+    for share in shares:
+        if share is not None:
+            macs.add(share)
+    assert macs.items() == {"node-1": [MAC_A], "node-2": [MAC_B, MAC_C]}
+    macs.remove(shares[0])  # type: ignore[arg-type]
+    macs.remove(shares[1])  # type: ignore[arg-type]
+    assert macs.items() == {"node-2": [MAC_C]}  # a node whose last NIC left is gone
 
 
 def test_dns_names_are_every_guests_ipv4_addresses_on_the_network_placed_or_not() -> None:
@@ -48,7 +62,29 @@ def test_dns_names_are_every_guests_ipv4_addresses_on_the_network_placed_or_not(
     })  # fmt: skip
     share = share_of("blue", a)
     assert share is not None and share.node is None
-    assert [(n.name, n.address) for n in dns_names([share])] == [("a", "10.1.0.5")]
+    names = dns_names()
+    names.add(share)
+    assert [(n.name, n.address) for n in names.items()] == [("a", "10.1.0.5")]
+
+
+def test_dns_names_stay_sorted_and_leave_with_the_last_guest_bringing_them() -> None:
+    def guest(*names: tuple[str, str]) -> GuestShare:
+        return GuestShare("node-1", (), tuple(DnsName(name=n, address=a) for n, a in names))
+
+    names, web, web_again, db = (
+        dns_names(), guest(("web", "10.1.0.9")), guest(("web", "10.1.0.9")),
+        guest(("db", "10.1.0.7"), ("db", "10.1.0.3")),
+    )  # fmt: skip
+    for share in (web, db, web_again):
+        names.add(share)
+    before = names.items()
+    assert [(n.name, n.address) for n in before] == [
+        ("db", "10.1.0.3"), ("db", "10.1.0.7"), ("web", "10.1.0.9")]  # fmt: skip
+    names.remove(web)
+    assert names.items() is before  # another guest still brings web's name: no change
+    names.remove(web_again)
+    assert [n.name for n in names.items()] == ["db", "db"]
+    assert len(before) == 3  # a spec built from the earlier list keeps it as it was
 
 
 def test_each_node_hears_of_the_others_with_an_endpoint_and_their_macs() -> None:

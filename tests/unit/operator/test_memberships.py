@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from stratus_api.v1alpha1 import Instance
 from stratus_operator.services.memberships import Memberships
 from stratus_operator.services.world import World
@@ -75,22 +73,35 @@ def test_instances_leave_when_deleted_gone_or_moved_to_another_key() -> None:
     assert kept.refresh(KEY, world, users, node_of).shares == {}
 
 
-def test_derived_values_are_built_again_only_when_a_share_changed() -> None:
-    cluster = Cluster(placed_instance("a", "n1"))
+class Recorded:
+    """A tally that records what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def add(self, share: str) -> None:
+        self.told.append(f"+{share}")
+
+    def remove(self, share: str) -> None:
+        self.told.append(f"-{share}")
+
+
+def test_tallies_follow_each_changed_share_and_are_made_again_after_a_whole_rebuild() -> None:
+    cluster = Cluster(placed_instance("a", "n1"), placed_instance("b", "n1"))
     kept, world = Memberships(), cluster.world()
     users = lambda: list(cluster.by_uid)  # noqa: E731
-    builds: list[list[str]] = []
-
-    def nodes(shares: Any) -> list[str]:
-        builds.append(sorted(shares))
-        return builds[-1]
-
-    kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
-    kept.refresh(KEY, world, users, node_of).derived("nodes", nodes)
-    cluster.by_uid["uid-b"] = placed_instance("b", "n2")
+    tally = kept.refresh(KEY, world, users, node_of).tally("nodes", Recorded)
+    assert tally.told == ["+n1", "+n1"]  # made from every share
+    cluster.by_uid["uid-b"] = placed_instance("b", "n2")  # moved
+    cluster.by_uid["uid-c"] = placed_instance("c", "n3")  # came
     kept.changed("uid-b", [KEY])
-    assert kept.refresh(KEY, world, users, node_of).derived("nodes", nodes) == ["n1", "n2"]
-    assert builds == [["n1"], ["n1", "n2"]]
+    kept.changed("uid-c", [KEY])
+    again = kept.refresh(KEY, world, users, node_of).tally("nodes", Recorded)
+    assert again is tally
+    assert sorted(tally.told[2:]) == ["+n2", "+n3", "-n1"]  # only what changed
+    del cluster.by_uid["uid-a"]  # gone without an event: only a whole rebuild sees it
+    rebuilt = kept.refresh(KEY, world, users, node_of, whole=True).tally("nodes", Recorded)
+    assert rebuilt is not tally and sorted(rebuilt.told) == ["+n2", "+n3"]
 
 
 def test_a_whole_rebuild_finds_instances_whose_events_were_missed() -> None:

@@ -50,7 +50,9 @@ def test_ports_and_members_of_a_group() -> None:
     assert [(p.instance, p.network, p.address, p.node) for p in ports] == [
         ("a", "net", "10.0.0.5", "n1"), ("b", "back", None, "n2"), ("c", "net", None, None),
     ]  # fmt: skip
-    assert plan.members(ports) == ["10.0.0.5/32"]
+    addresses = plan.member_addresses()
+    addresses.add(tuple(ports))
+    assert addresses.items() == ["10.0.0.5/32"]
     assert [p.instance for p in plan.ports_in("web", [a, b, c])] == ["b"]
 
 
@@ -97,8 +99,14 @@ def test_a_remote_group_of_another_namespace_is_refused_naming_the_field_and_ope
 
 def test_status_counts_ports_and_nodes_and_says_which_nodes_were_not_told() -> None:
     a, b = instance("a", "n1", ("net", "10.0.0.5", None)), instance("b", "n1", ("net", None, None))
-    counted = plan.census([plan.ports_in("default", [a]), plan.ports_in("default", [b])])
+    count = plan.port_count()
+    for ports in (plan.ports_in("default", [a]), plan.ports_in("default", [b])):
+        count.add(tuple(ports))
+    counted = plan.census(count)
     assert counted == plan.Census(ports=2, nodes=("n1",))
+    count.remove(tuple(plan.ports_in("default", [a])))
+    count.remove(tuple(plan.ports_in("default", [b])))
+    assert plan.census(count) == plan.Census(ports=0, nodes=())
     done = plan.enforced(counted, [])(SecurityGroupStatus(), 3)
     assert (done.port_count, done.node_count, done.observed_generation) == (2, 1, 3)
     ready = {c.type: c for c in done.conditions}["Ready"]
