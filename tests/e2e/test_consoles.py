@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import ssl
 import statistics
 import subprocess
@@ -61,16 +62,23 @@ def virsh_echo_times(domain: str) -> list[float]:
                              stdin=follower, stdout=follower, stderr=follower)  # fmt: skip
     os.close(follower)
 
-    def until(marker: bytes, timeout: float = 20) -> None:
+    def until(marker: bytes, timeout: float = 20, poke: bytes = b"") -> None:
+        """Read until `marker`, failing at the deadline (never blocked in a read); `poke`
+        is sent again each quiet second (a keystroke lost while the console changed hands
+        from the proxy's stream to virsh is pressed again, as a user would)."""
         seen, deadline = b"", time.monotonic() + timeout
         while marker not in seen:
-            assert time.monotonic() < deadline, seen[-300:]
-            seen += os.read(leader, 4096)
+            left = deadline - time.monotonic()
+            assert left > 0, seen[-300:]
+            if select.select([leader], [], [], min(left, 1.0))[0]:
+                seen += os.read(leader, 4096)
+            elif poke:
+                os.write(leader, poke)
 
     try:
         until(b"Escape character")
         os.write(leader, b"\r")
-        until(b"#")
+        until(b"#", poke=b"\r")
         times = []
         for _ in range(ECHOES):
             began = time.perf_counter()
