@@ -345,8 +345,9 @@ def run_once(count: int, in_flight: int | None, keep: bool = False) -> tuple[flo
 
 
 def table(sizes: list[int], runs: dict[int, list[tuple[float, Rows]]]) -> list[list[str]]:
-    """Each size's median run, side by side, with every run's time per Instance and the
-    ratio of the median to the first size's."""
+    """Each size's median run, side by side, with every run's time per Instance, the ratio
+    of the median to the first size's, and the median of the ratios of runs made back to
+    back."""
     medians = {n: sorted(runs[n], key=lambda run: run[0])[(len(runs[n]) - 1) // 2] for n in sizes}
     names = list(dict.fromkeys(name for n in sizes for name, _ in medians[n][1]))
     lines = [["metric", *(f"{n} Instances" for n in sizes)]]
@@ -358,6 +359,14 @@ def table(sizes: list[int], runs: dict[int, list[tuple[float, Rows]]]) -> list[l
             base = medians[sizes[0]][0]
             lines.append(["  median / first size's",
                           *(f"{medians[n][0] / base:.2f}" for n in sizes)])  # fmt: skip
+            # Run i of each size ran back to back: their ratio is free of the machine's
+            # drift over the whole series.
+            pairs = {n: sorted(t / b for (t, _), (b, _) in zip(runs[n], runs[sizes[0]],
+                                                             strict=False))
+                     for n in sizes}  # fmt: skip
+            lines.append(["  run i / first size's run i, median", *(
+                f"{statistics.median(pairs[n]):.2f} ({', '.join(f'{r:.2f}' for r in pairs[n])})"
+                for n in sizes)])  # fmt: skip
     return lines
 
 
