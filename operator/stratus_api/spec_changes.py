@@ -66,8 +66,9 @@ def applied(
         return [items[k] for k in sorted(items)]
     result = list(current)
     for item in removed:
-        at = bisect_left(keys, key(item))
-        if at < len(keys) and keys[at] == key(item):
+        gone = key(item)
+        at = bisect_left(keys, gone)
+        if at < len(keys) and keys[at] == gone:
             del keys[at], result[at]
     for item in added:
         wanted = key(item)

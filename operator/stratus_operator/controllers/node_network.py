@@ -46,25 +46,13 @@ def share_of(network: str, instance: Instance) -> GuestShare | None:
 
 def macs_by_node() -> Grouped[GuestShare, str]:
     """node -> the MACs of the Network's NICs placed there, kept share by share."""
-    return Grouped(_node, _macs, str)
+    return Grouped(attrgetter("node"), attrgetter("macs"), str)
 
 
 def dns_names() -> SortedBag[GuestShare, DnsName]:
     """The Instances' names and IPv4 addresses on the Network, every node's, sorted: what
     its DHCP servers answer in DNS; kept share by share."""
-    return SortedBag(_names, attrgetter("name", "address"))
-
-
-def _node(share: GuestShare) -> str | None:
-    return share.node
-
-
-def _macs(share: GuestShare) -> tuple[str, ...]:
-    return share.macs
-
-
-def _names(share: GuestShare) -> tuple[DnsName, ...]:
-    return share.names
+    return SortedBag(attrgetter("names"), attrgetter("name", "address"))
 
 
 def dhcp_subnets(network: Network) -> list[Subnet]:
