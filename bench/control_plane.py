@@ -9,6 +9,11 @@ Several sizes, or repeats, run interleaved, each on a fresh control plane (1,000
 1,000, ...), so a slow spell of the machine falls on both; each size's median run (by time
 per Instance) is shown, sizes side by side, with every run's time per Instance and each
 size's ratio to the first.
+
+`--baseline` runs each size again beside it with the API server only: no operator and no
+agent; the bench's own client makes each Instance Running with the writes the operator makes
+for it (its finalizer, then its status). That is what the API server and etcd cost per
+Instance at each size without Stratus, and the difference is the part Stratus adds.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import http.client
 import http.server
 import json
 import os
+import queue
 import re
 import resource
 import secrets
@@ -33,6 +39,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,6 +111,15 @@ class Api:
         text = reply.read()
         assert reply.status == 201, f"create: HTTP {reply.status}: {text[:300]!r}"
 
+    def patch(self, path: str, body: dict[str, object]) -> None:
+        connection = getattr(self.local, "connection", None) or self.connect()
+        self.local.connection = connection
+        connection.request("PATCH", path, json.dumps(body).encode(),
+                           {"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        reply = connection.getresponse()
+        text = reply.read()
+        assert reply.status == 200, f"patch {path}: HTTP {reply.status}: {text[:300]!r}"
+
 
 INSTANCES = "/apis/stratus.io/v1alpha1/namespaces/default/instances"
 
@@ -163,6 +179,78 @@ class Running(threading.Thread):
             connection.close()
 
 
+class StandIn(threading.Thread):
+    """The baseline's stand-in for the operator: for each Instance it sees created, the
+    operator's two writes (finalizer, then a Running status of the operator's shape), from
+    16 threads, so it is not the bottleneck."""
+
+    def __init__(self, api: Api, count: int) -> None:
+        super().__init__(daemon=True)
+        self.api, self.count, self.requests = api, count, 0
+        self.created: queue.Queue[tuple[int, str] | None] = queue.Queue()
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(16) as pool:
+            workers = [pool.submit(self._work) for _ in range(16)]
+            for index, name in enumerate(self._created_names()):
+                self.created.put((index, name))
+            for _ in workers:
+                self.created.put(None)
+            for worker in workers:
+                worker.result()
+
+    def _created_names(self) -> Iterator[str]:
+        version, seen = "", 0
+        while seen < self.count:
+            self.requests += 1
+            connection = self.api.connect()
+            query = urllib.parse.urlencode(
+                {"watch": "1", "resourceVersion": version, "timeoutSeconds": "300"}
+            )
+            connection.request("GET", f"{INSTANCES}?{query}")
+            reply = connection.getresponse()
+            assert reply.status == 200, f"watch: HTTP {reply.status}"
+            while seen < self.count and (line := reply.readline()):
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    version = ""
+                    break
+                version = event["object"]["metadata"]["resourceVersion"]
+                if event["type"] == "ADDED":
+                    seen += 1
+                    yield event["object"]["metadata"]["name"]
+            connection.close()
+
+    def _work(self) -> None:
+        while (item := self.created.get()) is not None:
+            index, name = item
+            self.api.patch(f"{INSTANCES}/{name}",
+                           {"metadata": {"finalizers": ["stratus.io/finalizer"]}})  # fmt: skip
+            self.api.patch(f"{INSTANCES}/{name}/status", {"status": running_status(index)})
+
+
+def running_status(index: int) -> dict[str, object]:
+    """What the operator writes when a guest runs (as `kubectl get -o json` shows it)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, object]:
+        return {"type": type_, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": now, "observedGeneration": 1}  # fmt: skip
+
+    return {
+        "phase": "Running", "node": "bench", "observedGeneration": 1,
+        "conditions": [
+            condition("Scheduled", "True", "Scheduled", "placed on bench"),
+            condition("Ready", "True", "GuestRunning", "running on bench"),
+            condition("Reconciling", "False", "Settled"),
+            condition("Stalled", "False", "Settled"),
+        ],
+        "interfaces": [{"network": "net", "ip": f"10.64.{index // 250}.{index % 250 + 2}",
+                        "mac": f"52:54:00:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:"
+                               f"{index & 255:02x}"}],
+    }  # fmt: skip
+
+
 def rss_mib(pid: int, field: str = "VmHWM") -> float:
     """Peak (VmHWM) or current (VmRSS) resident memory of a live process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -175,6 +263,17 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a live process, from /proc (clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, seconds: float = 60.0) -> None:
+    """Until the process is idle (under 5 % of a core for a second): a fresh API server
+    builds its OpenAPI for the CRDs for a while, which must not count against a run."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            return
 
 
 def kubectl(plane: LocalControlPlane, *args: str, input: str | None = None) -> str:
@@ -272,33 +371,41 @@ Rows = list[tuple[str, str]]
 
 
 def measure(
-    plane: LocalControlPlane, count: int, operator: int, agent: int, in_flight: int | None
+    plane: LocalControlPlane, count: int, stack: dict[str, int], in_flight: int | None
 ) -> tuple[float, Rows]:
     """Create `count` Instances (at most `in_flight` not Running at once), wait until all
-    are Running; (seconds per Instance, rows)."""
+    are Running; (seconds per Instance, rows). `stack`: the operator's and the agent's
+    pids; empty for the baseline, where the bench's stand-in makes them Running."""
     api = Api(plane)
     pids = {
         "kube-apiserver": plane_pid(plane, "kube-apiserver"),
         "etcd": plane_pid(plane, "etcd"),
         "kube-controller-manager": plane_pid(plane, "kube-controller-manager"),
-        "operator": operator,
-        "agent (fake)": agent,
+        **stack,
     }
+    operator, agent = stack.get("operator"), stack.get("agent (fake)")
+    settle(pids["kube-apiserver"])
     before, cpu_before = request_counts(plane), {n: cpu_seconds(p) for n, p in pids.items()}
-    idle_rss = rss_mib(operator, "VmRSS")
+    idle_rss = rss_mib(operator, "VmRSS") if operator else 0.0
     own_cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     watcher = Running(api, count)
     watcher.start()
+    stand_in = None if stack else StandIn(api, count)
+    if stand_in is not None:
+        stand_in.start()
     create_all(api, count, watcher, in_flight)
     created = time.monotonic() - start
     watcher.join()
     elapsed = time.monotonic() - start
+    if stand_in is not None:
+        stand_in.join()
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu["bench client"] = usage.ru_utime + usage.ru_stime - own_cpu.ru_utime - own_cpu.ru_stime
     requests = request_counts(plane) - before
-    # The bench's own requests: one create per Instance, its list+watch, two scrapes.
+    # The bench's own requests: one create per Instance, its watches, two scrapes; the
+    # stand-in's are the operator's part in the baseline.
     own = count + watcher.requests + 2
     total = sum(requests.values())
     rows = [
@@ -309,30 +416,40 @@ def measure(
         ("create -> all Running", f"{elapsed:.1f} s"),
         ("per Instance", f"{elapsed / count * 1000:.1f} ms"),
         ("API requests / Instance", f"{total / count:.2f} (with its create)"),
-        ("  of which the operator", f"{(total - own) / count:.2f}"),
-        ("operator RSS before", f"{idle_rss:.0f} MiB"),
-        ("operator peak RSS", f"{rss_mib(operator):.0f} MiB"),
-        ("operator RSS when all Running", f"{rss_mib(operator, 'VmRSS'):.0f} MiB"),
-        ("agent (fake) peak RSS", f"{rss_mib(agent):.0f} MiB"),
+        ("  of which the operator (or its stand-in)", f"{(total - own) / count:.2f}"),
     ]
+    if operator and agent:
+        rows += [
+            ("operator RSS before", f"{idle_rss:.0f} MiB"),
+            ("operator peak RSS", f"{rss_mib(operator):.0f} MiB"),
+            ("operator RSS when all Running", f"{rss_mib(operator, 'VmRSS'):.0f} MiB"),
+            ("agent (fake) peak RSS", f"{rss_mib(agent):.0f} MiB"),
+        ]
     rows += [(f"CPU / Instance: {name}", f"{seconds / count * 1000:.2f} ms")
              for name, seconds in cpu.items()]  # fmt: skip
+    rows.append(("CPU / Instance: all of them", f"{sum(cpu.values()) / count * 1000:.2f} ms"))
     rows += [(f"requests: {what}", f"{n / count:.2f} / Instance")
              for what, n in requests.most_common() if n >= count / 100]  # fmt: skip
-    rows += scrape_cost(plane, operator)
+    if operator:
+        rows += scrape_cost(plane, operator)
     return elapsed / count, rows
 
 
-def run_once(count: int, in_flight: int | None, keep: bool = False) -> tuple[float, Rows]:
-    """One run on a fresh control plane and stack, all of it stopped afterwards (and its
-    files removed, unless `keep`: the logs)."""
+def run_once(
+    count: int, in_flight: int | None, keep: bool = False, api_server_only: bool = False
+) -> tuple[float, Rows]:
+    """One run on a fresh control plane and stack (none with `api_server_only`), all of it
+    stopped afterwards (and its files removed, unless `keep`: the logs)."""
     work = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
     plane = LocalControlPlane(work / "cluster")
     started: list[subprocess.Popen[bytes]] = []
     try:
         plane.up(crd_dir=REPO_ROOT / "crds")
-        agent, operator = start_stack(work, plane, started)
-        return measure(plane, count, operator.pid, agent.pid, in_flight)
+        stack: dict[str, int] = {}
+        if not api_server_only:
+            agent, operator = start_stack(work, plane, started)
+            stack = {"operator": operator.pid, "agent (fake)": agent.pid}
+        return measure(plane, count, stack, in_flight)
     finally:  # also when the stack never came up: nothing of it may outlive the bench
         for process in started:
             process.send_signal(signal.SIGTERM)
@@ -344,29 +461,55 @@ def run_once(count: int, in_flight: int | None, keep: bool = False) -> tuple[flo
             shutil.rmtree(work, ignore_errors=True)
 
 
-def table(sizes: list[int], runs: dict[int, list[tuple[float, Rows]]]) -> list[list[str]]:
-    """Each size's median run, side by side, with every run's time per Instance, the ratio
-    of the median to the first size's, and the median of the ratios of runs made back to
-    back."""
-    medians = {n: sorted(runs[n], key=lambda run: run[0])[(len(runs[n]) - 1) // 2] for n in sizes}
-    names = list(dict.fromkeys(name for n in sizes for name, _ in medians[n][1]))
-    lines = [["metric", *(f"{n} Instances" for n in sizes)]]
+Run = tuple[float, Rows]
+Column = tuple[int, bool]  # (Instances, API server only)
+
+
+def label(column: Column) -> str:
+    count, api_server_only = column
+    return f"{count}, API server only" if api_server_only else f"{count} Instances"
+
+
+def table(columns: list[Column], runs: dict[Column, list[Run]]) -> list[list[str]]:
+    """Each column's median run, side by side, with every run's time per Instance, the
+    ratio of the median to the first size's (of the same kind), and the median of the
+    ratios of runs made back to back; with a baseline, the part Stratus adds: full minus
+    API server only, per size."""
+    medians = {c: sorted(runs[c], key=lambda run: run[0])[(len(runs[c]) - 1) // 2] for c in columns}
+    first = {only: next(c for c in columns if c[1] == only) for _, only in columns}
+    names = list(dict.fromkeys(name for c in columns for name, _ in medians[c][1]))
+    lines = [["metric", *(label(c) for c in columns)]]
     for index, name in enumerate(names):
-        lines.append([name, *(dict(medians[n][1]).get(name, "-") for n in sizes)])
-        if index == 2 and len(sizes) + max(len(r) for r in runs.values()) > 2:
-            lines.append(["  each run", *(", ".join(f"{t * 1000:.1f}" for t, _ in runs[n])
-                                         for n in sizes)])  # fmt: skip
-            base = medians[sizes[0]][0]
-            lines.append(["  median / first size's",
-                          *(f"{medians[n][0] / base:.2f}" for n in sizes)])  # fmt: skip
-            # Run i of each size ran back to back: their ratio is free of the machine's
-            # drift over the whole series.
-            pairs = {n: sorted(t / b for (t, _), (b, _) in zip(runs[n], runs[sizes[0]],
-                                                             strict=False))
-                     for n in sizes}  # fmt: skip
-            lines.append(["  run i / first size's run i, median", *(
-                f"{statistics.median(pairs[n]):.2f} ({', '.join(f'{r:.2f}' for r in pairs[n])})"
-                for n in sizes)])  # fmt: skip
+        lines.append([name, *(dict(medians[c][1]).get(name, "-") for c in columns)])
+        if index == 2 and len(columns) + max(len(r) for r in runs.values()) > 2:
+            times = {c: [t for t, _ in runs[c]] for c in columns}
+            lines += spread(columns, times, {c: medians[c][0] for c in columns}, first)
+    full = [c for c in columns if not c[1]]
+    if len(full) < len(columns):  # a baseline ran: Stratus's part, full minus API server only
+        added = {c: [t - b for (t, _), (b, _) in zip(runs[c], runs[c[0], True], strict=False)]
+                 for c in full}  # fmt: skip
+        middle = {c: medians[c][0] - medians[c[0], True][0] for c in full}
+        bare = ["-"] * (len(columns) - len(full))  # full columns come first
+        lines.append(["Stratus's part per Instance (full - API server only)",
+                      *(f"{middle[c] * 1000:.1f} ms" for c in full), *bare])  # fmt: skip
+        lines += [[*line, *bare] for line in spread(full, added, middle, {False: full[0]})]
+    return lines
+
+
+def spread(
+    columns: list[Column], times: dict[Column, list[float]], middle: dict[Column, float],
+    first: dict[bool, Column],
+) -> list[list[str]]:  # fmt: skip
+    """Every run's value, the median's ratio to the first size's, and the median ratio of
+    runs made back to back (run i of each size: free of the machine's drift)."""
+    lines = [["  each run", *(", ".join(f"{t * 1000:.1f}" for t in times[c]) for c in columns)]]
+    lines.append(["  median / first size's",
+                  *(f"{middle[c] / middle[first[c[1]]]:.2f}" for c in columns)])  # fmt: skip
+    pairs = {c: sorted(t / b for t, b in zip(times[c], times[first[c[1]]], strict=False))
+             for c in columns}  # fmt: skip
+    lines.append(["  run i / first size's run i, median", *(
+        f"{statistics.median(pairs[c]):.2f} ({', '.join(f'{r:.2f}' for r in pairs[c])})"
+        for c in columns)])  # fmt: skip
     return lines
 
 
@@ -380,14 +523,22 @@ def main() -> None:
         help="create no more while this many Instances are not Running yet (default: all at "
         "once); the same number at every size gives every size the same backlog",
     )  # fmt: skip
+    parser.add_argument(
+        "--baseline", action="store_true",
+        help="after each run, the same size with the API server only: no operator or agent, "
+        "the bench making each Instance Running with the operator's writes (finalizer, status)",
+    )  # fmt: skip
     args = parser.parse_args()
-    runs: dict[int, list[tuple[float, Rows]]] = {n: [] for n in args.instances}
+    kinds = [False, True] if args.baseline else [False]
+    columns = [(count, only) for only in kinds for count in args.instances]
+    runs: dict[Column, list[Run]] = {c: [] for c in columns}
     for _ in range(args.repeat):
         for count in args.instances:
-            runs[count].append(run_once(count, args.in_flight, args.keep))
-            print(f"{count} Instances: {runs[count][-1][0] * 1000:.1f} ms per Instance",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    lines = table(args.instances, runs)
+            for only in kinds:
+                runs[count, only].append(run_once(count, args.in_flight, args.keep, only))
+                print(f"{label((count, only))}: {runs[count, only][-1][0] * 1000:.1f} ms per "
+                      "Instance", file=sys.stderr, flush=True)  # fmt: skip
+    lines = table(columns, runs)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for line in lines:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
