@@ -3,9 +3,11 @@ Ready, and an exposition promtool accepts."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from stratus_api.v1alpha1 import Hypervisor, Image, Network
 from stratus_api.v1alpha1.base import Condition
@@ -128,4 +130,31 @@ def test_the_exposition_describes_objects_nodes_and_pools_and_promtool_accepts_i
     assert sample(found, "stratus_operator_agent_stream_up", hypervisor="n1") == 1
     assert sample(found, "stratus_scheduler_rejections_total", reason="InsufficientMemory") == 2
     assert sample(found, "stratus_operator_reconciles_total", kind="Instance",
+                  result="success") == 1  # fmt: skip
+
+
+def test_a_scrape_collected_on_the_loop_and_written_in_a_thread_reads_as_one_render() -> None:
+    metrics = OperatorMetrics()
+    image = Image.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Image",
+        "metadata": {"name": "img", "namespace": "a", "generation": 1},
+        "spec": {"source": {"http": {"url": "http://x/i.qcow2"}}},
+        "status": {"phase": "Ready", "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]},
+    })  # fmt: skip
+    objects = [image]
+    metrics.state.objects = lambda: list(objects)
+    metrics.reconciled("Image", "success", 0.02)
+    collected = metrics.collected()
+    before = metrics.render()
+    # What changes after the collection (kopf's indexes between awaits) is not in it.
+    objects.clear()
+    metrics.reconciled("Image", "success", 0.02)
+    with ThreadPoolExecutor(1) as pool:
+        written = pool.submit(generate_latest, collected).result()
+    assert written == before
+    found = samples(written.decode())
+    assert sample(found, "stratus_object_ready", kind="Image", name="img", phase="Ready") == 1
+    assert sample(found, "stratus_operator_reconciles_total", kind="Image",
                   result="success") == 1  # fmt: skip
