@@ -194,6 +194,7 @@ class ObjectMeta(BaseModel):
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
     deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
     labels: dict[str, str] = Field(default_factory=dict)

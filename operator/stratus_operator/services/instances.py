@@ -223,6 +223,7 @@ async def remove(uid: str, node: str | None, world: World, runtime: Runtime) -> 
     await volumes.release(uid, world, runtime)
     runtime.status.forget(uid)
     runtime.reported.pop(uid, None)
+    runtime.settled.pop(uid, None)
     runtime.memberships.forget(uid)
 
 
@@ -233,17 +234,28 @@ async def apply_report(guest: GuestStatus, world: World, runtime: Runtime) -> No
         return
     if not runtime.newest(guest.uid, guest.sequence):
         return  # older than a report already applied
+    version = instance.metadata.resource_version
+    said = {**guest.__dict__, "sequence": None}  # what the guest is, not when it was said
+    if version is None or runtime.settled.get(guest.uid) != (version, said):
+        wrote = await _apply_news(instance, guest, runtime)
+        if version is not None and not wrote:  # a write makes a new version: look again then
+            runtime.settled[guest.uid] = (version, said)
+    if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
+        await _fail_image(instance, guest, world, runtime)
+
+
+async def _apply_news(instance: Instance, guest: GuestStatus, runtime: Runtime) -> bool:
+    """Write what the report changes in the Instance's status; whether it changed any."""
     wanted, node = Wanted.of(instance), runtime.placements.node_of(guest.uid)
     known = instance.status or InstanceStatus()
     generation = instance.metadata.generation or 0
-    if with_guest_status(known, guest, generation, wanted, node) != known:
-        # Only news costs API calls: resyncs report every guest every few seconds.
-        await write_status(
-            ObjectRef.of(instance), instance.status, generation, runtime,
-            lambda status, generation: with_guest_status(status, guest, generation, wanted, node),
-        )  # fmt: skip
-    if guest.state is GuestState.FAILED and guest.reason in IMAGE_FAILURES:
-        await _fail_image(instance, guest, world, runtime)
+    if with_guest_status(known, guest, generation, wanted, node) == known:
+        return False  # only news costs API calls: resyncs report every guest every 10 s
+    await write_status(
+        ObjectRef.of(instance), instance.status, generation, runtime,
+        lambda status, generation: with_guest_status(status, guest, generation, wanted, node),
+    )  # fmt: skip
+    return True
 
 
 async def _fail_image(instance: Instance, guest: GuestStatus, world: World, rt: Runtime) -> None:

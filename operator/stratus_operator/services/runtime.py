@@ -143,6 +143,11 @@ class Runtime:
     # inventory read before an event already applied must not turn a Running guest back to
     # Provisioning, nor a PUT's answer a Ready snapshot back to Creating (see `newest`).
     reported: dict[str, int] = field(default_factory=dict)
+    # Guest reports that changed nothing, per guest UID: (the Instance's resourceVersion,
+    # the report without its sequence). Every health check reports every guest again; one
+    # that says the same about the same Instance is not worked out again (O(1), not a
+    # status derived and compared, for each of 10,000 guests every 10 s).
+    settled: dict[str, tuple[str, dict[str, object]]] = field(default_factory=dict)
     # Local Volumes bound to a node (Volume UID -> node) before their status says so.
     volume_nodes: dict[str, str] = field(default_factory=dict)
     # The node each Router was placed on (Router UID -> node), before its status says so.

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from stratus_api.guest import GuestState, GuestStatus
 from stratus_api.v1alpha1 import Hypervisor, Image, Instance, Network, Volume, VolumeSnapshot
 from stratus_api.volume_wire import NodeSnapshotState, NodeSnapshotStatus
+from stratus_operator.controllers.instance import with_guest_status
 from stratus_operator.services import instances, snapshots
 from stratus_operator.services.runtime import AgentPool, Runtime
 from stratus_operator.services.settings import OperatorSettings
@@ -174,3 +177,46 @@ async def test_a_settled_answer_is_not_undone_by_an_older_event_that_comes_after
     assert kube.patches == []  # the older event wrote nothing
     await instances.write_status(ObjectRef.of(found), None, 1, runtime, answered)
     assert [patch["phase"] for patch in kube.patches] == ["Running"]
+
+
+async def test_resyncs_work_out_a_guest_again_only_when_it_or_its_instance_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every health check reports every guest: the same report about the same Instance (the
+    same resourceVersion) is not worked out again; a changed Instance or guest is."""
+    kube = FakeKube()
+    runtime = Runtime(OperatorSettings(), kube, AgentPool(kube, 1.0))  # type: ignore[arg-type]
+    derived: list[GuestState] = []
+
+    def counted(status: Any, guest: GuestStatus, *args: Any) -> Any:
+        derived.append(guest.state)
+        return with_guest_status(status, guest, *args)
+
+    monkeypatch.setattr(instances, "with_guest_status", counted)
+
+    def found(version: str, status: dict[str, Any] | None) -> Instance:
+        body = instance("web")
+        body["metadata"].update(namespace="ns", uid=UID, generation=1, resourceVersion=version)
+        return Instance.model_validate({**body, "status": status} if status else body)
+
+    def report(state: GuestState, sequence: int) -> GuestStatus:
+        return GuestStatus(uid=UID, state=state, generation=1, sequence=sequence)
+
+    await instances.apply_report(report(GuestState.RUNNING, 1), world_of(found("5", None)),
+                                 runtime)  # fmt: skip
+    running, first = kube.patches[-1], len(derived)
+    settled = world_of(found("6", running))  # the watch brings the written status back
+    for sequence in (2, 3, 4):  # three resyncs: the guest still runs
+        await instances.apply_report(report(GuestState.RUNNING, sequence), settled, runtime)
+    assert len(kube.patches) == 1
+    assert len(derived) == first + 1  # found unchanged once, then not looked at again
+    # The Instance changed (whatever it was): the same report is worked out again.
+    await instances.apply_report(report(GuestState.RUNNING, 5), world_of(found("7", running)),
+                                 runtime)  # fmt: skip
+    assert len(derived) == first + 2 and len(kube.patches) == 1
+    # The guest stops: news, whatever the Instance.
+    await instances.apply_report(report(GuestState.STOPPED, 6), settled, runtime)
+    assert kube.patches[-1]["phase"] != "Running"
+    # Deleting the Instance forgets it.
+    await instances.remove(UID, None, settled, runtime)
+    assert UID not in runtime.settled
