@@ -39,9 +39,10 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from stratus_devcloud import processes
 from stratus_devcloud.controlplane import REPO_ROOT, LocalControlPlane, free_port
@@ -103,22 +104,50 @@ class Api:
         return http.client.HTTPSConnection(self.host, self.port, context=self.context)
 
     def create(self, body: dict[str, object]) -> None:
-        connection = getattr(self.local, "connection", None) or self.connect()
-        self.local.connection = connection
-        connection.request("POST", INSTANCES, json.dumps(body).encode(),
-                           {"Content-Type": "application/json"})  # fmt: skip
-        reply = connection.getresponse()
-        text = reply.read()
-        assert reply.status == 201, f"create: HTTP {reply.status}: {text[:300]!r}"
+        self._send("POST", INSTANCES, body, "application/json", 201)
 
     def patch(self, path: str, body: dict[str, object]) -> None:
+        self._send("PATCH", path, body, "application/merge-patch+json", 200)
+
+    def _send(
+        self, method: str, path: str, body: dict[str, object], content_type: str, expected: int
+    ) -> None:
+        """On this thread's kept-alive connection."""
         connection = getattr(self.local, "connection", None) or self.connect()
         self.local.connection = connection
-        connection.request("PATCH", path, json.dumps(body).encode(),
-                           {"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        connection.request(method, path, json.dumps(body).encode(), {"Content-Type": content_type})
         reply = connection.getresponse()
         text = reply.read()
-        assert reply.status == 200, f"patch {path}: HTTP {reply.status}: {text[:300]!r}"
+        assert reply.status == expected, f"{method} {path}: HTTP {reply.status}: {text[:300]!r}"
+
+
+class InstanceWatch:
+    """The Instances' watch events, the watch opened again where the server ends it (from
+    the last version seen, or from now when that is too old); counts its requests."""
+
+    def __init__(self, api: Api) -> None:
+        self.api, self.requests = api, 0
+
+    def events(self, done: Callable[[], bool]) -> Iterator[dict[str, Any]]:
+        """Every event until `done()`, asked after each."""
+        version = ""
+        while not done():
+            self.requests += 1
+            connection = self.api.connect()
+            query = urllib.parse.urlencode(
+                {"watch": "1", "resourceVersion": version, "timeoutSeconds": "300"}
+            )
+            connection.request("GET", f"{INSTANCES}?{query}")
+            reply = connection.getresponse()
+            assert reply.status == 200, f"watch: HTTP {reply.status}"
+            while not done() and (line := reply.readline()):
+                event = json.loads(line)
+                if event["type"] == "ERROR":  # too old a version: start over
+                    version = ""
+                    break
+                version = event["object"]["metadata"]["resourceVersion"]
+                yield event
+            connection.close()
 
 
 INSTANCES = "/apis/stratus.io/v1alpha1/namespaces/default/instances"
@@ -139,11 +168,11 @@ def create_all(api: Api, count: int, running: Running, in_flight: int | None) ->
 
 class Running(threading.Thread):
     """Follows one watch (reconnecting if the server ends it) until `count` Instances are
-    Running; counts its own requests."""
+    Running."""
 
     def __init__(self, api: Api, count: int) -> None:
         super().__init__(daemon=True)
-        self.api, self.count, self.requests = api, count, 0
+        self.watch, self.count = InstanceWatch(api), count
         self.seen = threading.Condition()
         self.running = 0
 
@@ -154,29 +183,13 @@ class Running(threading.Thread):
 
     def run(self) -> None:
         running: set[str] = set()
-        version = ""
-        while len(running) < self.count:
-            self.requests += 1
-            connection = self.api.connect()
-            query = urllib.parse.urlencode(
-                {"watch": "1", "resourceVersion": version, "timeoutSeconds": "300"}
-            )
-            connection.request("GET", f"{INSTANCES}?{query}")
-            reply = connection.getresponse()
-            assert reply.status == 200, f"watch: HTTP {reply.status}"
-            while len(running) < self.count and (line := reply.readline()):
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":  # too old a version: start over
-                    version = ""
-                    break
-                version = obj["metadata"]["resourceVersion"]
-                if obj.get("status", {}).get("phase") == "Running":
-                    running.add(obj["metadata"]["name"])
-                    with self.seen:
-                        self.running = len(running)
-                        self.seen.notify_all()
-            connection.close()
+        for event in self.watch.events(lambda: len(running) >= self.count):
+            obj = event["object"]
+            if obj.get("status", {}).get("phase") == "Running":
+                running.add(obj["metadata"]["name"])
+                with self.seen:
+                    self.running = len(running)
+                    self.seen.notify_all()
 
 
 class StandIn(threading.Thread):
@@ -186,7 +199,7 @@ class StandIn(threading.Thread):
 
     def __init__(self, api: Api, count: int) -> None:
         super().__init__(daemon=True)
-        self.api, self.count, self.requests = api, count, 0
+        self.api, self.count = api, count
         self.created: queue.Queue[tuple[int, str] | None] = queue.Queue()
 
     def run(self) -> None:
@@ -200,26 +213,11 @@ class StandIn(threading.Thread):
                 worker.result()
 
     def _created_names(self) -> Iterator[str]:
-        version, seen = "", 0
-        while seen < self.count:
-            self.requests += 1
-            connection = self.api.connect()
-            query = urllib.parse.urlencode(
-                {"watch": "1", "resourceVersion": version, "timeoutSeconds": "300"}
-            )
-            connection.request("GET", f"{INSTANCES}?{query}")
-            reply = connection.getresponse()
-            assert reply.status == 200, f"watch: HTTP {reply.status}"
-            while seen < self.count and (line := reply.readline()):
-                event = json.loads(line)
-                if event["type"] == "ERROR":
-                    version = ""
-                    break
-                version = event["object"]["metadata"]["resourceVersion"]
-                if event["type"] == "ADDED":
-                    seen += 1
-                    yield event["object"]["metadata"]["name"]
-            connection.close()
+        seen: set[str] = set()
+        for event in InstanceWatch(self.api).events(lambda: len(seen) >= self.count):
+            if event["type"] == "ADDED":
+                seen.add(name := event["object"]["metadata"]["name"])
+                yield name
 
     def _work(self) -> None:
         while (item := self.created.get()) is not None:
@@ -406,7 +404,7 @@ def measure(
     requests = request_counts(plane) - before
     # The bench's own requests: one create per Instance, its watches, two scrapes; the
     # stand-in's are the operator's part in the baseline.
-    own = count + watcher.requests + 2
+    own = count + watcher.watch.requests + 2
     total = sum(requests.values())
     rows = [
         (

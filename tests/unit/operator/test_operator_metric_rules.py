@@ -94,6 +94,19 @@ def test_failed_agent_requests_are_counted_by_the_reason_conditions_give() -> No
     assert dispatch_reason(AgentError(*args)) == "AgentBadReply"
 
 
+def image_in(phase: str, *, ready: str, reason: str, generation: int) -> Image:
+    """The Image a/img at `generation`, in `phase`, its Ready condition `ready` for `reason`
+    and observed at that generation."""
+    return Image.model_validate({
+        "apiVersion": "stratus.io/v1alpha1", "kind": "Image",
+        "metadata": {"name": "img", "namespace": "a", "generation": generation},
+        "spec": {"source": {"http": {"url": "http://x/i.qcow2"}}},
+        "status": {"phase": phase, "conditions": [
+            {"type": "Ready", "status": ready, "reason": reason, "message": "m",
+             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}]},
+    })  # fmt: skip
+
+
 def test_the_exposition_describes_objects_nodes_and_pools_and_promtool_accepts_it() -> None:
     metrics = OperatorMetrics()
     node = Hypervisor.model_validate({
@@ -104,14 +117,7 @@ def test_the_exposition_describes_objects_nodes_and_pools_and_promtool_accepts_i
                    "allocated": {"cpu": 2, "memory": "1Gi"},
                    "heartbeat": "2026-11-28T00:00:00Z"},
     })  # fmt: skip
-    image = Image.model_validate({
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Image",
-        "metadata": {"name": "img", "namespace": "a", "generation": 2},
-        "spec": {"source": {"http": {"url": "http://x/i.qcow2"}}},
-        "status": {"phase": "Failed", "conditions": [
-            {"type": "Ready", "status": "False", "reason": "ChecksumMismatch", "message": "m",
-             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}]},
-    })  # fmt: skip
+    image = image_in("Failed", ready="False", reason="ChecksumMismatch", generation=2)
     metrics.state.objects = lambda: [node, image, network({"cidr": "10.0.0.0/24"})]
     metrics.state.placed = lambda name: (3, 2**30) if name == "n1" else None
     metrics.state.links["n1"] = AgentLink(connected=True, last_message=1.5)
@@ -135,14 +141,7 @@ def test_the_exposition_describes_objects_nodes_and_pools_and_promtool_accepts_i
 
 def test_a_scrape_collected_on_the_loop_and_written_in_a_thread_reads_as_one_render() -> None:
     metrics = OperatorMetrics()
-    image = Image.model_validate({
-        "apiVersion": "stratus.io/v1alpha1", "kind": "Image",
-        "metadata": {"name": "img", "namespace": "a", "generation": 1},
-        "spec": {"source": {"http": {"url": "http://x/i.qcow2"}}},
-        "status": {"phase": "Ready", "conditions": [
-            {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
-             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]},
-    })  # fmt: skip
+    image = image_in("Ready", ready="True", reason="Ready", generation=1)
     objects = [image]
     metrics.state.objects = lambda: list(objects)
     metrics.reconciled("Image", "success", 0.02)
