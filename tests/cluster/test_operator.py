@@ -46,6 +46,12 @@ def test_instance_runs_and_is_deleted_from_its_node(
     assert "stratus.io/finalizer" in web["metadata"]["finalizers"]
     assert fake_agent.guest_uids() == {web["metadata"]["uid"]}
 
+    # A status edited by hand is put back within a health interval (the node's report).
+    cluster.kubectl("-n", namespace, "patch", "instance", "web", "--subresource=status",
+                    "--type=merge", "-p", '{"status": {"phase": "Failed"}}')  # fmt: skip
+    wait_until("the status put back", lambda: statuses(cluster, namespace)["web"] == status,
+               timeout=30)  # fmt: skip
+
     cluster.kubectl("-n", namespace, "patch", "instance", "web", "--type=merge",
                     "-p", '{"spec": {"runStrategy": "Halted"}}')  # fmt: skip
     wait_until("Stopped", lambda: statuses(cluster, namespace)["web"].get("phase") == "Stopped")

@@ -75,7 +75,7 @@ def _parsed(model: type[R], body: kopf.Body, memo: kopf.Memo) -> R | None:
         return None
     status = getattr(found, "status", None)
     if status is not None and found.metadata.uid:
-        runtime(memo).status.caught_up(found.metadata.uid, status)
+        runtime(memo).status.caught_up(found.metadata.uid, status, found.metadata.resource_version)
     return found
 
 

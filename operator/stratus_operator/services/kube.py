@@ -160,11 +160,13 @@ class Kube:
 
     async def patch_status(
         self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
-    ) -> None:
-        """Merge-patch the status subresource; NotFound when the object is gone (or was
-        re-created: `body` names the UID it is for)."""
+    ) -> str | None:
+        """Merge-patch the status subresource and return the resourceVersion it made;
+        NotFound when the object is gone (or was re-created: `body` names its UID)."""
         path = _path(plural, namespace, name) + "/status"
-        await self._request("PATCH", path, body, "application/merge-patch+json")
+        text = await self._request("PATCH", path, body, "application/merge-patch+json")
+        version = (json.loads(text).get("metadata") or {}).get("resourceVersion")
+        return version if isinstance(version, str) else None
 
     async def create(
         self, plural: str, namespace: str | None, body: dict[str, Any],

@@ -3,8 +3,11 @@
 The operator is the only writer of Stratus status (agents hold no credentials) and one
 replica is active, so writes are serialised per object in-process and start from the last
 status this process wrote (else the watched one): one merge patch per change, no read
-first. The patch names the object's UID, so a write never lands on an object re-created
-under the same name. Events follow the condition transitions a write makes.
+first. Once the watch shows a status other than that at or after the version written
+(someone edited it by hand), the next write starts from the watched one, and puts back
+what the operator owns. The patch names the object's UID, so a write never lands on an
+object re-created under the same name. Events follow the condition transitions a write
+makes.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class _Written:
+    """The status this process last wrote to an object, and the resourceVersion it made."""
+
+    status: Any
+    version: str | None
+    seen: bool = False  # the watch delivered `version`: later events are newer than it
+
+
+@dataclass
 class _Batch:
     """Changes to one object's status waiting to be written together."""
 
@@ -85,7 +97,10 @@ class StatusWriter:
         self._coalesce = coalesce_seconds
         self._batches: dict[str, _Batch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._written: dict[str, Any] = {}
+        self._written: dict[str, _Written] = {}
+        # What the watch delivers while a write is in flight, (version, status) in order:
+        # the write's own event may come before its answer.
+        self._in_flight: dict[str, list[tuple[str, object]]] = {}
 
     async def write(
         self, ref: ObjectRef, watched: S | None, generation: int, change: Change[S], model: type[S]
@@ -116,7 +131,7 @@ class StatusWriter:
     async def _apply(self, ref: ObjectRef, batch: _Batch) -> Any:
         _, watched, _, model = batch.changes[0]
         known = self._written.get(ref.uid)
-        current = known if isinstance(known, model) else watched or model()
+        current = known.status if known and isinstance(known.status, model) else watched or model()
         updated = current
         for change, _, generation, _ in batch.changes:
             updated = change(updated, generation)
@@ -124,12 +139,17 @@ class StatusWriter:
         if old == new:
             return None
         body = {"metadata": {"uid": ref.uid}, "status": merge_patch(old, new)}
+        self._in_flight[ref.uid] = []
         try:
-            await self._kube.patch_status(ref.plural, ref.namespace, ref.name, body)
+            version = await self._kube.patch_status(ref.plural, ref.namespace, ref.name, body)
         except NotFound:
             self.forget(ref.uid)
             return None
-        self._written[ref.uid] = updated
+        finally:
+            delivered = self._in_flight.pop(ref.uid, [])
+        self._written[ref.uid] = _Written(updated, version)
+        for seen_version, seen_status in delivered:
+            self.caught_up(ref.uid, seen_status, seen_version)
         if self._metrics is not None:
             self._metrics.transition(
                 ref.kind, ref.uid, ref.created, _conditions(current), _conditions(updated)
@@ -137,17 +157,33 @@ class StatusWriter:
         await self._events.changed(ref.kind, ref.involved(), current, updated)
         return updated
 
-    def caught_up(self, uid: str, watched: object) -> None:
-        """The watch delivered `watched` as the object's status: once it equals what was
-        last written, the kept copy is swapped for it, so one copy is held, not two (the
-        index's and this one)."""
+    def caught_up(self, uid: str, watched: object, version: str | None) -> None:
+        """The watch delivered `watched` as the object's status at `version`. Events from
+        before the last write are passed over; from its version on, the watched status is
+        the truth: equal to what was written, it replaces the kept copy (one copy held,
+        the index's, not two); different, somebody else wrote it, and the kept copy goes,
+        so the next write starts from the watched one."""
+        if version is None:
+            return
+        if (waiting := self._in_flight.get(uid)) is not None:
+            waiting.append((version, watched))  # judged once the write's version is known
+            return
         known = self._written.get(uid)
-        if known is not None and known is not watched and known == watched:
-            self._written[uid] = watched
+        if known is None:
+            return
+        if version == known.version:
+            known.seen = True
+        elif not known.seen:
+            return  # from before the write, still on its way
+        if known.status == watched:
+            known.status = watched
+        else:
+            del self._written[uid]
 
     def forget(self, uid: str) -> None:
         """The object is gone: drop what is kept for it."""
         self._written.pop(uid, None)
+        self._in_flight.pop(uid, None)
         self._locks.pop(uid, None)
         if self._metrics is not None:
             self._metrics.forget(uid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,14 +23,19 @@ class FakeKube:
         self.patches: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.gone = gone
+        self.while_in_flight: Callable[[], None] | None = None  # before the answer
 
     async def patch_status(
         self, plural: str, namespace: str | None, name: str, body: dict[str, Any]
-    ) -> None:
+    ) -> str:
+        """The resourceVersion the patch made: 1, 2, ... (others' writes aside)."""
         assert (plural, namespace, name) == ("instances", "ns", "web")
         if self.gone:
             raise NotFound(name)
         self.patches.append(body)
+        if self.while_in_flight is not None:
+            self.while_in_flight()
+        return str(len(self.patches))
 
     async def post_event(
         self, involved: dict[str, str], type_: str, reason: str, message: str
@@ -96,14 +102,46 @@ async def test_the_watched_copy_replaces_the_kept_one_only_when_it_caught_up() -
     written = await status.write(REF, None, 1, to(InstancePhase.RUNNING, "hv-1"), InstanceStatus)
     assert written is not None
     stale = InstanceStatus(phase=InstancePhase.PROVISIONING, node="hv-1")
-    status.caught_up(REF.uid, stale)
+    status.caught_up(REF.uid, stale, "0")  # an event from before the write
     # Still from what was written: Running again is no change, so nothing is sent.
     await status.write(REF, stale, 1, to(InstancePhase.RUNNING), InstanceStatus)
     assert len(kube.patches) == 1
 
     watched = InstanceStatus.model_validate(kube.patches[0]["status"])
     assert watched == written
-    status.caught_up(REF.uid, watched)
-    assert status._written[REF.uid] is watched  # the writer's own copy is let go
+    status.caught_up(REF.uid, watched, "1")
+    assert status._written[REF.uid].status is watched  # the writer's own copy is let go
     await status.write(REF, watched, 1, to(InstancePhase.STOPPED), InstanceStatus)
     assert kube.patches[-1]["status"] == {"phase": "Stopped"}
+
+
+async def test_a_status_edited_by_someone_else_is_put_back_by_the_next_write() -> None:
+    """Once the watch has shown the write, a later status that differs is somebody else's
+    (`kubectl edit --subresource=status`): the next write starts from it, so the fields
+    the operator owns go back, not only the ones its change touched."""
+    kube = FakeKube()
+    status = writer(kube, 0)
+    written = await status.write(REF, None, 1, to(InstancePhase.RUNNING, "hv-1"), InstanceStatus)
+    assert written is not None
+    status.caught_up(REF.uid, written.model_copy(), "1")
+    edited = InstanceStatus(phase=InstancePhase.FAILED, node="hv-1")
+    status.caught_up(REF.uid, edited, "7")
+    await status.write(REF, edited, 1, to(InstancePhase.RUNNING), InstanceStatus)
+    assert kube.patches[-1]["status"] == {"phase": "Running"}
+
+
+async def test_the_writes_own_event_may_come_before_its_answer() -> None:
+    """The watch can deliver a write's event while the PATCH's answer is on its way: it
+    still counts, so a later edit by someone else is seen as one."""
+    kube = FakeKube()
+    status = writer(kube, 0)
+    own = InstanceStatus(phase=InstancePhase.RUNNING, node="hv-1")
+    kube.while_in_flight = lambda: status.caught_up(REF.uid, own, "1")
+    await status.write(REF, None, 1, to(InstancePhase.RUNNING, "hv-1"), InstanceStatus)
+    assert status._written[REF.uid].status is own  # judged once the answer came
+    kube.while_in_flight = None
+
+    edited = InstanceStatus(phase=InstancePhase.STOPPED, node="hv-1")
+    status.caught_up(REF.uid, edited, "2")
+    await status.write(REF, edited, 1, to(InstancePhase.RUNNING), InstanceStatus)
+    assert kube.patches[-1]["status"] == {"phase": "Running"}
