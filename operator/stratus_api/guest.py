@@ -178,7 +178,10 @@ class GuestStatus(ApiModel):
     uid: str
     state: GuestState
     generation: int | None = Field(default=None, description="GuestSpec generation applied.")
-    reason: str = Field(default="", description="A GuestFailure when state is Failed.")
+    reason: str = Field(
+        default="",
+        description="A GuestFailure when state is Failed, or Paused on its own (PausedOnError).",
+    )
     message: str = ""
     vnc_port: int | None = None
     restarts: int = Field(

@@ -50,6 +50,9 @@ class GuestFailure(enum.StrEnum):
     # them helps.
     BACKEND_UNSUPPORTED = "BackendUnsupported"
     AGENT_ERROR = "AgentError"
+    # QEMU paused a guest nobody asked to pause (a disk I/O error, its watchdog, a panic):
+    # said with the Paused state; it stays paused until restarted once the cause is fixed.
+    PAUSED_ON_ERROR = "PausedOnError"
 
 
 # Failures of the image file: the operator marks the Image Failed with the node's message.

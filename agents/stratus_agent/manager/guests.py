@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 CRASHED = "Crashed"
 STOPPED_OUTSIDE = "StoppedOutsideStratus"
 _DOWN = (GuestState.STOPPED, GuestState.CRASHED)
+# States the manager knows better than the driver: still being prepared, or failed before
+# (or while) the driver got the guest.
+_HELD = (GuestState.PROVISIONING, GuestState.FAILED)
 # Powers a guest is kept up in: one that goes down on its own is started again.
 _UP = (PowerState.RUNNING, PowerState.PAUSED)
 _WANTED = {
@@ -399,10 +402,19 @@ class GuestManager:
 
     async def inventory(self) -> list[GuestStatus]:
         """Every guest on the node: the driver's view, plus guests still provisioning or
-        failed before the driver ever saw them."""
-        known = {status.uid: self._with_restarts(status) for status in await self.compute.list()}
+        failed before the driver ever saw them.
+
+        Stamped as of the moment before the driver's read: newer than every event sent
+        before it, older than one recorded while the read ran (a guest that finished
+        starting meanwhile), which is newer than what the read saw, and is listed as is."""
+        read_at = self._sequence.next()
+        listed = await self.compute.list()
+        known = {
+            status.uid: self._with_restarts(status).model_copy(update={"sequence": read_at})
+            for status in listed
+        }
         for uid, status in self._status.items():
-            if uid not in known or status.state in (GuestState.PROVISIONING, GuestState.FAILED):
-                known[uid] = status
-        # Stamped now: as of this moment, newer than every event already sent.
-        return sorted((self._stamped(s) for s in known.values()), key=lambda status: status.uid)
+            newer = (status.sequence or 0) > read_at
+            if newer or uid not in known or status.state in _HELD:
+                known[uid] = status if newer else status.model_copy(update={"sequence": read_at})
+        return sorted(known.values(), key=lambda status: status.uid)

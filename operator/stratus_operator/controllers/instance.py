@@ -19,7 +19,7 @@ from stratus_api.guest import (
 )
 from stratus_api.imageref import ImageRef
 from stratus_api.network_wire import dns_zone
-from stratus_api.reasons import ConditionType, Reason, is_transient
+from stratus_api.reasons import ConditionType, GuestFailure, Reason, is_transient
 from stratus_api.v1alpha1 import Image, Instance, InstanceType, Network, Volume
 from stratus_api.v1alpha1.image import ImagePhase
 from stratus_api.v1alpha1.instance import InstancePhase, InstanceStatus, RunStrategy
@@ -284,6 +284,12 @@ def progress_of(guest: GuestStatus, node: str | None, wanted: Wanted) -> Progres
     if restart and guest.restart_token != restart and wanted.power is not PowerState.STOPPED:
         return Progress(phase, False, Reason.GUEST_RESTARTING,
                         f"restart requested at {restart}", reconciling=True)  # fmt: skip
+    if state is GuestState.PAUSED and guest.reason == GuestFailure.PAUSED_ON_ERROR:
+        return Progress(
+            phase, False, guest.reason,
+            f"{guest.message}; it stays paused: restart the Instance once that is fixed",
+            stalled=True,
+        )  # fmt: skip
     if state in (GuestState.STOPPED, GuestState.CRASHED) and wanted.power is not PowerState.STOPPED:
         what = "crashed" if state is GuestState.CRASHED else "stopped"
         return Progress(

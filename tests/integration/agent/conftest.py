@@ -275,6 +275,20 @@ class AgentUnderTest:
         assert response.status == 200, body
         return body
 
+    async def volume_available(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """PUT a volume spec (wire form) and poll until the node has it Available at its
+        generation."""
+        path = f"/v1/volumes/{spec['uid']}"
+        put = await self.client.put(path, json=spec, headers=AGENT_AUTH)
+        assert put.status == 200, await put.text()
+        for _ in range(1500):
+            body: dict[str, Any] = await (await self.client.get(path, headers=AGENT_AUTH)).json()
+            if body["state"] == "Available" and body.get("generation") == spec["generation"]:
+                return body
+            assert body["state"] != "Failed", body
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"volume never Available: {body}")
+
     async def inventory(self) -> dict[str, Any]:
         response = await self.client.get("/v1/guests", headers=AGENT_AUTH)
         body: dict[str, Any] = await response.json()

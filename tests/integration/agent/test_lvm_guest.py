@@ -147,19 +147,6 @@ async def lvm_agent(
     emulated.close()
 
 
-async def available(agent: AgentUnderTest, spec: dict[str, Any]) -> dict[str, Any]:
-    path = f"/v1/volumes/{spec['uid']}"
-    put = await agent.client.put(path, json=spec, headers=AGENT_AUTH)
-    assert put.status == 200, await put.text()
-    for _ in range(1500):
-        body: dict[str, Any] = await (await agent.client.get(path, headers=AGENT_AUTH)).json()
-        if body["state"] == "Available" and body.get("generation") == spec["generation"]:
-            return body
-        assert body["state"] != "Failed", body
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"volume never Available: {body}")
-
-
 async def console_line(agent: AgentUnderTest, uid: str, start: str, timeout: float = 60) -> str:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
@@ -179,10 +166,10 @@ async def test_a_guest_boots_from_an_lvm_volume_and_uses_another_plugged_in_live
     lvm_agent: Any, make_guest_spec: SpecFactory, image_server: dict[str, Any]
 ) -> None:
     agent, emulated = lvm_agent
-    root = await available(agent, volume_spec(
+    root = await agent.volume_available(volume_spec(
         backend="lvm", sizeBytes=256 * 2**20, source={"image": image_server},
     ))  # fmt: skip
-    data = await available(agent, volume_spec(backend="lvm", sizeBytes=16 * 2**20))
+    data = await agent.volume_available(volume_spec(backend="lvm", sizeBytes=16 * 2**20))
     root_device = f"/dev/{emulated.vg}/volume-{root['uid']}"
     assert root["location"] == f"{emulated.vg}/volume-{root['uid']}"
 
@@ -212,7 +199,7 @@ async def test_a_guest_boots_from_an_lvm_volume_and_uses_another_plugged_in_live
     assert f"sectors={16 * 2**20 // 512} " in seen, seen
     await console_line(agent, spec["uid"], f"VOL-WROTE {serial}")
     grow = volume_spec(uid=data["uid"], backend="lvm", generation=2, sizeBytes=24 * 2**20)
-    assert (await available(agent, grow))["sizeBytes"] == 24 * 2**20
+    assert (await agent.volume_available(grow))["sizeBytes"] == 24 * 2**20
     await console_line(agent, spec["uid"], f"VOL-SEEN {serial} dev=vdb sectors={24 * 2**20 // 512}")
 
     snap = str(uuid.uuid4())

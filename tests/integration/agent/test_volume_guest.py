@@ -22,23 +22,10 @@ if TYPE_CHECKING:
 SpecFactory = Callable[..., dict[str, Any]]
 
 
-async def available(agent: AgentUnderTest, spec: dict[str, Any]) -> dict[str, Any]:
-    path = f"/v1/volumes/{spec['uid']}"
-    put = await agent.client.put(path, json=spec, headers=AGENT_AUTH)
-    assert put.status == 200, await put.text()
-    for _ in range(500):
-        body: dict[str, Any] = await (await agent.client.get(path, headers=AGENT_AUTH)).json()
-        if body["state"] == "Available":
-            return body
-        assert body["state"] != "Failed", body
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"volume never Available: {body}")
-
-
 async def test_an_attached_volume_is_a_disk_with_its_serial_owned_by_the_guest(
     agent: AgentUnderTest, make_guest_spec: SpecFactory
 ) -> None:
-    volume = await available(agent, volume_spec(sizeBytes=16 * 2**20))
+    volume = await agent.volume_available(volume_spec(sizeBytes=16 * 2**20))
     uid = volume["uid"]
     spec = make_guest_spec()
     serial = disk_serial(uid)
@@ -86,7 +73,7 @@ async def console_line(agent: AgentUnderTest, uid: str, start: str, timeout: flo
 async def test_a_volume_plugs_into_a_running_guest_grows_there_and_unplugs(
     agent: AgentUnderTest, make_guest_spec: SpecFactory
 ) -> None:
-    volume = await available(agent, volume_spec(sizeBytes=16 * 2**20))
+    volume = await agent.volume_available(volume_spec(sizeBytes=16 * 2**20))
     uid, serial = volume["uid"], disk_serial(volume["uid"])
     path = volume["location"]
     spec = make_guest_spec()
@@ -112,7 +99,7 @@ async def test_a_volume_plugs_into_a_running_guest_grows_there_and_unplugs(
     put = await agent.client.put(f"/v1/volumes/{uid}", json=grow, headers=AGENT_AUTH)
     assert put.status == 200, await put.text()
     await console_line(agent, spec["uid"], f"VOL-SEEN {serial} dev=vdb sectors={24 * 2**20 // 512}")
-    assert (await available(agent, grow))["sizeBytes"] == 24 * 2**20
+    assert (await agent.volume_available(grow))["sizeBytes"] == 24 * 2**20
 
     # Unplugged: gone from the guest, from the live and the persistent definition, and the
     # file is root's again; only now may the volume be deleted.
@@ -132,8 +119,8 @@ async def test_a_volume_plugs_into_a_running_guest_grows_there_and_unplugs(
 async def test_a_guest_boots_from_a_volume_made_from_the_image_and_the_volume_outlives_it(
     agent: AgentUnderTest, make_guest_spec: SpecFactory, image_server: dict[str, Any]
 ) -> None:
-    volume = await available(
-        agent, volume_spec(sizeBytes=256 * 2**20, source={"image": image_server})
+    volume = await agent.volume_available(
+        volume_spec(sizeBytes=256 * 2**20, source={"image": image_server})
     )
     uid, path = volume["uid"], volume["location"]
     spec = make_guest_spec()

@@ -177,6 +177,35 @@ async def test_a_guest_that_stops_on_its_own_is_started_again_and_counted(
     )
 
 
+async def test_an_event_during_the_inventory_read_is_not_undone_by_it(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest that changes while the driver is being read (its event recorded before the
+    read returns) is listed as the event says, and no newer than it: the read saw it before."""
+    guest = spec()
+    await node.manager.ensure(guest)
+    await until("Running", is_state(node.manager, guest.uid, GuestState.RUNNING))
+    read = node.compute.list
+
+    async def read_then_event() -> list[GuestStatus]:
+        listed = await read()  # the guest still Running here
+        node.compute.event(guest.uid, GuestState.PAUSED)
+        return listed
+
+    monkeypatch.setattr(node.compute, "list", read_then_event)
+    listed = {s.uid: s for s in await node.manager.inventory()}
+    event = node.manager.status(guest.uid)
+    assert event is not None and event.state is GuestState.PAUSED
+    assert listed[guest.uid].state is GuestState.PAUSED
+    assert listed[guest.uid].sequence == event.sequence
+
+    monkeypatch.setattr(node.compute, "list", read)
+    node.compute.event(guest.uid, GuestState.RUNNING)
+    again = {s.uid: s for s in await node.manager.inventory()}[guest.uid]
+    assert again.state is GuestState.RUNNING
+    assert (again.sequence or 0) > (node.manager.status(guest.uid).sequence or 0)  # type: ignore[union-attr]
+
+
 async def test_a_halted_guest_is_never_restarted(node: Node) -> None:
     guest = spec(power="Stopped")
     await node.manager.ensure(guest)

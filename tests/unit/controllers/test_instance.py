@@ -193,6 +193,21 @@ def test_failures_carry_the_agents_reason_and_keep_transition_times() -> None:
     assert status.phase is InstancePhase.FAILED
 
 
+def test_a_guest_paused_by_an_error_stalls_its_instance_and_says_why() -> None:
+    """QEMU paused the guest itself (here on a disk I/O error): nothing resumes it, so the
+    Instance is Stalled, with the node's reason and what to do, whatever its runStrategy."""
+    paused = GuestStatus(uid=UID, state=GuestState.PAUSED, reason="PausedOnError",
+                         message="QEMU paused the guest on a disk I/O error")  # fmt: skip
+    for wanted in (RUNNING, PAUSED):
+        status = with_guest_status(InstanceStatus(node="hv"), paused, 1, wanted)
+        ready = conditions.condition(status.conditions, "Ready")
+        assert ready is not None and ready.reason == "PausedOnError"
+        assert "disk I/O error" in ready.message and "restart" in ready.message
+        assert conditions.is_true(status.conditions, "Stalled")
+        assert not conditions.is_true(status.conditions, "Reconciling")
+        assert status.phase is InstancePhase.PAUSED
+
+
 def test_transient_failures_keep_reconciling() -> None:
     failed = GuestStatus(uid=UID, state=GuestState.FAILED, reason="NetworkSetupFailed",
                          message="ovs-vsctl: bridge missing")  # fmt: skip

@@ -70,19 +70,59 @@ _STATS = (
 _STATS_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
 
-def _event_state(event: int, detail: int) -> GuestState | None:
-    """The state a lifecycle event leaves a guest in; None for events that change none."""
+_DISK_ERROR = "QEMU paused the guest on a disk I/O error (a full or unreachable volume?)"
+_WATCHDOG = "QEMU paused the guest when its watchdog fired"
+_MIGRATION_FAILED = "the guest was left paused by a failed post-copy migration"
+# Why QEMU or libvirt paused a guest nobody asked to pause (virDomainPausedReason); a pause
+# asked for (ours, `virsh suspend`) or part of a job (a snapshot, a save) has no entry.
+_PAUSED_BY_ERROR = {
+    libvirt.VIR_DOMAIN_PAUSED_IOERROR: _DISK_ERROR,
+    libvirt.VIR_DOMAIN_PAUSED_WATCHDOG: _WATCHDOG,
+    libvirt.VIR_DOMAIN_PAUSED_CRASHED: "QEMU paused the guest when it panicked",
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED: _MIGRATION_FAILED,
+}
+# The same, as the detail of a SUSPENDED lifecycle event.
+_SUSPENDED_BY_ERROR = {
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR: _DISK_ERROR,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG: _WATCHDOG,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR: "libvirt paused the guest after an error",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED: _MIGRATION_FAILED,
+}
+
+
+def _paused(uid: str, why: str) -> GuestStatus:
+    """A paused guest; `why` says what paused it when nobody asked to."""
+    reason = GuestFailure.PAUSED_ON_ERROR if why else ""
+    return GuestStatus(uid=uid, state=GuestState.PAUSED, reason=reason, message=why)
+
+
+def _state_status(uid: str, code: int, reason: int) -> GuestStatus:
+    """A domain's state and its reason (virDomainGetState) as the guest's status."""
+    if code == libvirt.VIR_DOMAIN_PAUSED:
+        if reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
+            # libvirt starts QEMU with its vCPUs stopped, and runs them once it is set up.
+            return GuestStatus(uid=uid, state=GuestState.PROVISIONING)
+        return _paused(uid, _PAUSED_BY_ERROR.get(reason, ""))
+    return GuestStatus(uid=uid, state=_STATES.get(code, GuestState.FAILED))
+
+
+def _event_status(uid: str, event: int, detail: int) -> GuestStatus | None:
+    """The status a lifecycle event leaves a guest in; None for events that change none."""
+    if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+        return _paused(uid, _SUSPENDED_BY_ERROR.get(detail, ""))
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
         failed = (libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED)
-        return GuestState.CRASHED if detail in failed else GuestState.STOPPED
-    return {
+        return GuestStatus(
+            uid=uid, state=GuestState.CRASHED if detail in failed else GuestState.STOPPED
+        )
+    state = {
         libvirt.VIR_DOMAIN_EVENT_STARTED: GuestState.RUNNING,
         libvirt.VIR_DOMAIN_EVENT_RESUMED: GuestState.RUNNING,
-        libvirt.VIR_DOMAIN_EVENT_SUSPENDED: GuestState.PAUSED,
         libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: GuestState.PAUSED,
         libvirt.VIR_DOMAIN_EVENT_CRASHED: GuestState.CRASHED,
         libvirt.VIR_DOMAIN_EVENT_UNDEFINED: GuestState.MISSING,
     }.get(event)
+    return GuestStatus(uid=uid, state=state) if state is not None else None
 
 
 def ensure_traversable(directory: Path) -> None:
@@ -129,10 +169,6 @@ class LibvirtGuest:
     @property
     def uid(self) -> str | None:
         return naming.instance_uid_of_domain(self.domain.name())
-
-    def state(self) -> GuestState:
-        code, _reason = self.domain.state()
-        return _STATES.get(code, GuestState.FAILED)
 
     def running(self) -> bool:
         return bool(self.domain.isActive())
@@ -258,18 +294,19 @@ class LibvirtGuest:
         return domain_xml.Domain.from_xml(self.domain.XMLDesc(0))
 
     def status(self, described: domain_xml.Domain | None = None) -> GuestStatus:
-        """State, VNC port and the generation the definition was built from (the manager's,
-        kept in our metadata, so it survives an agent restart); from `described` when the
-        caller has read the definition already."""
+        """State (and what paused it, if nobody asked to), VNC port and the generation the
+        definition was built from (the manager's, kept in our metadata, so it survives an
+        agent restart); from `described` when the caller has read the definition already."""
         assert self.uid is not None
         described = described or self.describe()
         ports = [g.port for g in described.devices.graphics if g.port is not None and g.port > 0]
         generation = described.metadata.generation if described.metadata is not None else None
-        return GuestStatus(
-            uid=self.uid,
-            state=self.state(),
-            generation=generation,
-            vnc_port=ports[0] if ports and self.running() else None,
+        code, reason = self.domain.state()
+        return _state_status(self.uid, code, reason).model_copy(
+            update={
+                "generation": generation,
+                "vnc_port": ports[0] if ports and self.running() else None,
+            }
         )
 
 
@@ -456,13 +493,13 @@ class LibvirtComputeDriver:
             # Runs in libvirt's event thread. No libvirt calls here (a call from inside a
             # callback can stall the event loop it needs): map the event, hand it over.
             uid = naming.instance_uid_of_domain(domain.name())
-            state = _event_state(event, detail)
-            if uid is None or state is None or uid not in self._mine:
+            if uid is None or uid not in self._mine:
                 return
-            if self._own_stop(uid, event, detail):
+            status = _event_status(uid, event, detail)
+            if status is None or self._own_stop(uid, event, detail):
                 return
             # No generation: the manager adds the one it applied.
-            loop.call_soon_threadsafe(on_change, GuestStatus(uid=uid, state=state))
+            loop.call_soon_threadsafe(on_change, status)
 
         def connect() -> base.VirtType:
             self.host.watch(lifecycle)
