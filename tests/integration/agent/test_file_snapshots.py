@@ -196,6 +196,10 @@ async def test_a_failed_snapshot_leaves_nothing_half_made(
     assert (await driver.snapshot(volume.uid, snap)).uid == snap
 
 
+def locks() -> str:
+    return Path("/proc/locks").read_text()
+
+
 @pytest.fixture
 def hold_open() -> Iterator[Callable[[Path], None]]:
     """Opens a qcow2 for writing the way a running guest's QEMU does (qemu-io), with its
@@ -210,12 +214,13 @@ def hold_open() -> Iterator[Callable[[Path], None]]:
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=sink,
             )  # fmt: skip
         holders.append(holder)
-        probe = ["qemu-img", "info", str(path)]
-        # Until the lock is taken: seconds on a loaded machine (the full suite once took
-        # more than the 5 s this allowed before).
+        # Until the lock is taken: seconds on a loaded machine. Read from /proc/locks (QEMU
+        # takes OFD locks on the file): a probe with qemu-img would lock the image itself,
+        # and a qemu-io starting meanwhile failed to get its write lock.
+        inode = f":{path.stat().st_ino} "
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+            if any("OFDLCK" in line and inode in line for line in locks().splitlines()):
                 return
             if holder.poll() is not None:
                 raise AssertionError(f"qemu-io exited {holder.returncode}: {errors.read_text()}")
