@@ -92,12 +92,22 @@ def kube_bin_dir() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+# Ports this process has handed out: a cloud's ports are all chosen before its services
+# bind them, and the kernel may offer a port it offered a moment ago (an agent and the
+# console proxy once got the same one, and the operator could not start).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on loopback that nothing listens on right now, and that this process has
+    not handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def kept_port(port_file: Path) -> int:

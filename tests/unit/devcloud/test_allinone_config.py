@@ -227,3 +227,27 @@ def test_each_node_of_a_several_node_cloud_has_its_own_names_ports_and_guest_use
     assert set(cloud.service_ports()) >= {cloud.port_of(n) for n in nodes}
     with pytest.raises(ControlPlaneError, match="--nodes"):
         allinone.DevCloud(tmp_path / "dev", nodes=allinone.MAX_NODES + 1)
+
+
+def test_a_port_is_handed_out_once_even_when_the_kernel_offers_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cloud's ports are chosen before anything binds them: the kernel may offer the
+    same free port twice, which once gave an agent and the console proxy one port."""
+    offered = iter([47001, 47001, 47002])
+
+    class Offering:
+        def __enter__(self) -> Offering:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+        def bind(self, _address: object) -> None:
+            self.port = next(offered)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(controlplane.socket, "socket", Offering)
+    assert [controlplane.free_port(), controlplane.free_port()] == [47001, 47002]
