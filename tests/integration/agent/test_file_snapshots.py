@@ -196,10 +196,6 @@ async def test_a_failed_snapshot_leaves_nothing_half_made(
     assert (await driver.snapshot(volume.uid, snap)).uid == snap
 
 
-def locks() -> str:
-    return Path("/proc/locks").read_text()
-
-
 @pytest.fixture
 def hold_open() -> Iterator[Callable[[Path], None]]:
     """Opens a qcow2 for writing the way a running guest's QEMU does (qemu-io), with its
@@ -220,7 +216,8 @@ def hold_open() -> Iterator[Callable[[Path], None]]:
         inode = f":{path.stat().st_ino} "
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if any("OFDLCK" in line and inode in line for line in locks().splitlines()):
+            locks = Path("/proc/locks").read_text().splitlines()
+            if any("OFDLCK" in line and inode in line for line in locks):
                 return
             if holder.poll() is not None:
                 raise AssertionError(f"qemu-io exited {holder.returncode}: {errors.read_text()}")
